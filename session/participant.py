@@ -1,0 +1,53 @@
+"""A participant as the room knows it, and the Client interface the room pushes to."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Any, Protocol
+
+from .roles import Role
+
+Event = dict[str, Any]
+
+
+class Client(Protocol):
+    """What a room pushes to: a WebSocket connection, the recorder, or a test client."""
+
+    def push(self, event: Event) -> None:
+        """Queue an event for delivery; must not block."""
+
+    def kick(self, code: int, reason: str) -> None:
+        """Disconnect after the events already queued are delivered."""
+
+
+class State(StrEnum):
+    """Where a participant stands: in the lobby or in the room."""
+
+    WAITING = "waiting"
+    JOINED = "joined"
+
+
+@dataclass
+class Participant:
+    """One member of a room, present or waiting in its lobby."""
+
+    id: str
+    identity: str
+    name: str
+    role: Role
+    client: Client
+    joined_at: float
+    state: State = State.JOINED
+    muted: bool = False
+
+    def describe(self) -> Event:
+        """Return the public description sent to other participants."""
+        return {
+            "id": self.id,
+            "identity": self.identity,
+            "name": self.name,
+            "role": self.role.value,
+            "muted": self.muted,
+            "joined_at": self.joined_at,
+        }

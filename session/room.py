@@ -1,0 +1,259 @@
+"""A room: its participants, lobby and moderation rules, with no I/O."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from .errors import Close, Code, SessionError
+from .participant import Client, Event, Participant, State
+from .roles import Action, Role, may
+
+
+@dataclass(frozen=True)
+class RoomConfig:
+    """Settings fixed when a room is created."""
+
+    title: str = ""
+    max_participants: int = 50
+    lobby: bool = False
+    idle_timeout: float = 600.0
+
+
+class Room:
+    """Owns one room's participants and applies its rules; pushes events to clients."""
+
+    def __init__(self, room_id: str, config: RoomConfig, now: float) -> None:
+        self.id = room_id
+        self.config = config
+        self.created_at = now
+        self.ended = False
+        self.end_reason = ""
+        self.participants: dict[str, Participant] = {}
+        self.banned: set[str] = set()
+        self.empty_since: float | None = now
+
+    # -- queries ---------------------------------------------------------------------------
+
+    def joined(self) -> list[Participant]:
+        """Return the participants in the room, lobby excluded, in join order."""
+        return [p for p in self.participants.values() if p.state is State.JOINED]
+
+    def waiting(self) -> list[Participant]:
+        """Return the participants waiting in the lobby."""
+        return [p for p in self.participants.values() if p.state is State.WAITING]
+
+    def by_identity(self, identity: str) -> Participant | None:
+        """Return the participant with this identity, if present or waiting."""
+        for p in self.participants.values():
+            if p.identity == identity:
+                return p
+        return None
+
+    def describe(self) -> Event:
+        """Return the room's public description."""
+        return {
+            "id": self.id,
+            "title": self.config.title,
+            "created_at": self.created_at,
+            "lobby": self.config.lobby,
+            "max_participants": self.config.max_participants,
+        }
+
+    def snapshot(self, viewer: Participant) -> Event:
+        """Return what a participant sees on entering: the room, who is in it and who waits."""
+        snap: Event = {
+            "room": self.describe(),
+            "participants": [p.describe() for p in self.joined()],
+            "feeds": [],
+        }
+        if viewer.role is Role.MODERATOR:
+            snap["waiting"] = [p.describe() for p in self.waiting()]
+        return snap
+
+    # -- membership ------------------------------------------------------------------------
+
+    def join(
+        self,
+        identity: str,
+        name: str,
+        role: Role,
+        client: Client,
+        now: float,
+        new_id: Callable[[], str],
+    ) -> Participant:
+        """Admit a participant or seat it in the lobby; a rejoining identity replaces its link."""
+        if self.ended:
+            raise SessionError(Code.ROOM_ENDED, "this session has ended")
+        if identity in self.banned:
+            raise SessionError(Code.REMOVED, "you were removed from this session")
+        old = self.by_identity(identity)
+        if old is not None:
+            # A reconnect after a network drop often beats the detection of the dead socket;
+            # the newer connection wins and keeps the participant id.
+            old.client.kick(Close.REPLACED, "replaced by a newer connection")
+            old.client = client
+            old.name = name
+            if old.role is not role:
+                old.role = role
+                self._broadcast(
+                    {
+                        "type": "role_changed",
+                        "participant_id": old.id,
+                        "role": role.value,
+                        "by": None,
+                    },
+                    skip=old.id,
+                )
+            return old
+        if role is not Role.MODERATOR and len(self.participants) >= self.config.max_participants:
+            raise SessionError(Code.ROOM_FULL, "this session is full")
+        state = State.WAITING if self._must_wait(role) else State.JOINED
+        p = Participant(new_id(), identity, name, role, client, now, state)
+        self.participants[p.id] = p
+        self.empty_since = None
+        if state is State.JOINED:
+            self._broadcast({"type": "joined", "participant": p.describe()}, skip=p.id)
+        else:
+            self._to_moderators({"type": "knock", "participant": p.describe()})
+        return p
+
+    def leave(
+        self, participant_id: str, reason: str, now: float, client: Client | None = None
+    ) -> Participant | None:
+        """Remove a participant (only if still served by `client`, when given); others are told."""
+        p = self.participants.get(participant_id)
+        if p is None or (client is not None and p.client is not client):
+            return None
+        del self.participants[participant_id]
+        event = {"type": "left", "participant_id": p.id, "reason": reason}
+        if p.state is State.JOINED:
+            self._broadcast(event)
+        else:
+            self._to_moderators(event)
+        if not self.participants:
+            self.empty_since = now
+        return p
+
+    def admit(self, actor_id: str, target_id: str) -> Participant:
+        """Let a waiting participant in."""
+        self._require(actor_id, Action.ADMIT)
+        p = self._waiting(target_id)
+        p.state = State.JOINED
+        p.client.push({"type": "admitted", **self.snapshot(p)})
+        self._broadcast({"type": "joined", "participant": p.describe()}, skip=p.id)
+        return p
+
+    def deny(self, actor_id: str, target_id: str, now: float) -> Participant:
+        """Turn a waiting participant away."""
+        self._require(actor_id, Action.ADMIT)
+        p = self._waiting(target_id)
+        p.client.push({"type": "denied"})
+        p.client.kick(Close.DENIED, "not admitted")
+        self.leave(p.id, "denied", now)
+        return p
+
+    # -- moderation ------------------------------------------------------------------------
+
+    def set_role(self, actor_id: str, target_id: str, role: Role) -> Participant:
+        """Change a participant's role."""
+        actor = self._require(actor_id, Action.SET_ROLE)
+        p = self._target(target_id)
+        p.role = role
+        self._broadcast(
+            {"type": "role_changed", "participant_id": p.id, "role": role.value, "by": actor.id}
+        )
+        return p
+
+    def mute(self, actor_id: str, target_id: str) -> Participant:
+        """Mute a participant's microphone; only the participant may unmute."""
+        actor = self._require(actor_id, Action.MUTE)
+        p = self._target(target_id)
+        p.muted = True
+        self._broadcast({"type": "muted", "participant_id": p.id, "muted": True, "by": actor.id})
+        return p
+
+    def set_muted(self, participant_id: str, muted: bool) -> Participant:
+        """Record a participant muting or unmuting itself."""
+        p = self._self(participant_id)
+        p.muted = muted
+        self._broadcast({"type": "muted", "participant_id": p.id, "muted": muted, "by": p.id})
+        return p
+
+    def remove(self, actor_id: str, target_id: str, now: float) -> Participant:
+        """Remove a participant for the rest of the session."""
+        actor = self._require(actor_id, Action.REMOVE)
+        p = self._participant(target_id)
+        self.banned.add(p.identity)
+        p.client.push({"type": "removed", "by": actor.id})
+        p.client.kick(Close.REMOVED, "removed by a moderator")
+        self.leave(p.id, "removed", now)
+        return p
+
+    def end(self, reason: str, actor_id: str | None = None) -> list[Participant]:
+        """End the session for everyone; returns who was in it."""
+        if actor_id is not None:
+            self._require(actor_id, Action.END_ROOM)
+        self.ended = True
+        self.end_reason = reason
+        gone = list(self.participants.values())
+        for p in gone:
+            p.client.push({"type": "room_ended", "reason": reason})
+            p.client.kick(Close.ROOM_ENDED, "session ended")
+        self.participants.clear()
+        return gone
+
+    def idle(self, now: float) -> bool:
+        """Tell whether the room has been empty for longer than its idle timeout."""
+        return self.empty_since is not None and now - self.empty_since >= self.config.idle_timeout
+
+    def check(self, participant_id: str, action: Action) -> Participant:
+        """Return the joined participant if its role allows the action, else refuse."""
+        return self._require(participant_id, action)
+
+    # -- helpers ---------------------------------------------------------------------------
+
+    def _must_wait(self, role: Role) -> bool:
+        return self.config.lobby and role is not Role.MODERATOR
+
+    def _participant(self, participant_id: str) -> Participant:
+        p = self.participants.get(participant_id)
+        if p is None:
+            raise SessionError(Code.NO_SUCH_PARTICIPANT, "no such participant in this room")
+        return p
+
+    def _target(self, participant_id: str) -> Participant:
+        p = self._participant(participant_id)
+        if p.state is not State.JOINED:
+            raise SessionError(Code.NO_SUCH_PARTICIPANT, "that participant is not in the room")
+        return p
+
+    def _waiting(self, participant_id: str) -> Participant:
+        p = self._participant(participant_id)
+        if p.state is not State.WAITING:
+            raise SessionError(Code.NOT_WAITING, "that participant is not waiting in the lobby")
+        return p
+
+    def _self(self, participant_id: str) -> Participant:
+        p = self._participant(participant_id)
+        if p.state is State.WAITING:
+            raise SessionError(Code.IN_LOBBY, "wait until a moderator admits you")
+        return p
+
+    def _require(self, participant_id: str, action: Action) -> Participant:
+        actor = self._self(participant_id)
+        if not may(actor.role, action):
+            raise SessionError(
+                Code.FORBIDDEN, f"the {actor.role.value} role may not {action.value}"
+            )
+        return actor
+
+    def _broadcast(self, event: Event, skip: str | None = None) -> None:
+        for p in self.joined():
+            if p.id != skip:
+                p.client.push(event)
+
+    def _to_moderators(self, event: Event) -> None:
+        for p in self.joined():
+            if p.role is Role.MODERATOR:
+                p.client.push(event)

@@ -1,0 +1,42 @@
+"""The ASGI application: WebSocket signaling, HTTP API and the web client's static files."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+from starlette.applications import Starlette
+from starlette.routing import BaseRoute, Mount, WebSocketRoute
+from starlette.staticfiles import StaticFiles
+from starlette.websockets import WebSocket
+
+from .config import Secrets, Settings, resolve_secrets
+from .connection import Connection
+from .http_api import routes
+from .hub import Hub
+
+STATIC = Path(__file__).resolve().parent.parent / "web_client" / "static"
+
+
+def create_app(settings: Settings, keys: Secrets | None = None) -> Starlette:
+    """Build the application and its hub."""
+    hub = Hub(settings, keys or resolve_secrets(settings))
+
+    async def signaling(websocket: WebSocket) -> None:
+        await Connection(websocket, hub).run()
+
+    @asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        await hub.start()
+        try:
+            yield
+        finally:
+            await hub.stop()
+
+    all_routes: list[BaseRoute] = [WebSocketRoute("/ws", signaling), *routes(hub)]
+    if STATIC.is_dir():
+        all_routes.append(Mount("/", StaticFiles(directory=STATIC, html=True), name="static"))
+    app = Starlette(routes=all_routes, lifespan=lifespan)
+    app.state.hub = hub
+    return app

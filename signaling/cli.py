@@ -1,0 +1,218 @@
+"""The teleconsult command: serve, token, rooms."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+from session.roles import Role
+
+from .config import Settings, env, resolve_secrets
+from .tokens import mint, parse_ttl
+
+DEMO_ROOM = "demo"
+DEMO_PEOPLE = [
+    (Role.OPERATOR, "Sonographer", "demo-operator"),
+    (Role.EXPERT, "Remote expert", "demo-expert"),
+    (Role.AUDIENCE, "Trainee", "demo-audience"),
+    (Role.MODERATOR, "Moderator", "demo-moderator"),
+]
+
+
+def _settings_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--data-dir",
+        default=env("DATA_DIR", "data"),
+        help="state, secrets, audit trail and recordings [TELECONSULT_DATA_DIR]",
+    )
+    p.add_argument(
+        "--secret",
+        default=env("SECRET"),
+        help="token signing secret (default: generated into the data dir) [TELECONSULT_SECRET]",
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Build the argument parser."""
+    parser = argparse.ArgumentParser(prog="teleconsult", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    serve = sub.add_parser("serve", help="run the server")
+    serve.add_argument("--host", default=env("HOST", "127.0.0.1"), help="[TELECONSULT_HOST]")
+    serve.add_argument(
+        "--port", type=int, default=int(env("PORT", "8080") or 8080), help="[TELECONSULT_PORT]"
+    )
+    serve.add_argument(
+        "--announce",
+        default=env("ANNOUNCE"),
+        help="public address to put in ICE candidates (behind NAT, or 127.0.0.1 "
+        "on loopback) [TELECONSULT_ANNOUNCE]",
+    )
+    serve.add_argument(
+        "--public-url",
+        default=env("PUBLIC_URL"),
+        help="base URL printed in join links [TELECONSULT_PUBLIC_URL]",
+    )
+    serve.add_argument(
+        "--admin-key",
+        default=env("ADMIN_KEY"),
+        help="admin API key (default: generated into the data dir) [TELECONSULT_ADMIN_KEY]",
+    )
+    serve.add_argument(
+        "--redis",
+        default=env("REDIS"),
+        help="Redis URL for scale-out (not yet available; state is in memory) [TELECONSULT_REDIS]",
+    )
+    serve.add_argument(
+        "--idle-timeout",
+        type=float,
+        default=600.0,
+        help="seconds an empty room lives before it ends",
+    )
+    serve.add_argument(
+        "--demo", action="store_true", help="create a demo room and print join links for each role"
+    )
+    serve.add_argument("--log-level", default=env("LOG_LEVEL", "info"))
+    _settings_args(serve)
+
+    token = sub.add_parser("token", help="mint an access token")
+    token.add_argument("--room", required=True)
+    token.add_argument("--role", required=True, choices=[r.value for r in Role])
+    token.add_argument("--name", required=True, help="display name")
+    token.add_argument("--identity", help="stable identity (default: random)")
+    token.add_argument("--ttl", default="2h", help="lifetime, e.g. 90m, 2h, 1d")
+    token.add_argument("--url", help="also print a join link with this base URL")
+    _settings_args(token)
+
+    rooms = sub.add_parser("rooms", help="list the rooms of a running server")
+    rooms.add_argument("--server", default=env("SERVER", "http://127.0.0.1:8080"))
+    rooms.add_argument("--admin-key", default=env("ADMIN_KEY"), help="[TELECONSULT_ADMIN_KEY]")
+    rooms.add_argument(
+        "--data-dir",
+        default=env("DATA_DIR", "data"),
+        help="where to read the generated admin key from",
+    )
+    rooms.add_argument("--json", action="store_true", help="print JSON")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the command line."""
+    args = build_parser().parse_args(argv)
+    command = {"serve": _serve, "token": _token, "rooms": _rooms}[args.command]
+    try:
+        return command(args)
+    except ValueError as e:
+        print(f"teleconsult: {e}", file=sys.stderr)
+        return 2
+
+
+def _serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from .app import create_app
+    from .http_api import join_url
+
+    if args.redis:
+        raise ValueError("--redis is reserved for scale-out and not available in this version")
+    settings = Settings(
+        host=args.host,
+        port=args.port,
+        announce=args.announce,
+        public_url=args.public_url,
+        data_dir=Path(args.data_dir),
+        secret=args.secret,
+        admin_key=args.admin_key,
+        idle_timeout=args.idle_timeout,
+    )
+    keys = resolve_secrets(settings)
+    app = create_app(settings, keys)
+    if args.demo:
+        from session.room import RoomConfig
+
+        hub = app.state.hub
+        hub.rooms.create(
+            DEMO_ROOM,
+            hub.now(),
+            RoomConfig(
+                title="Demo consultation",
+                max_participants=settings.max_participants,
+                # A demo room should outlive a coffee break with nobody in it.
+                idle_timeout=max(settings.idle_timeout, 12 * 3600),
+            ),
+        )
+    config = uvicorn.Config(
+        app,
+        host=settings.host,
+        port=settings.port,
+        log_level=args.log_level,
+        ws_max_size=1024 * 1024,
+        ws_ping_interval=None,
+        lifespan="on",
+    )
+    server = uvicorn.Server(config)
+
+    async def run() -> None:
+        task = asyncio.create_task(server.serve())
+        # uvicorn offers no startup event; poll for at most a minute.
+        for _ in range(1200):
+            if server.started or task.done():
+                break
+            await asyncio.sleep(0.05)
+        if server.started:
+            print(f"teleconsult listening on {settings.base_url()}", flush=True)
+            print(f"data directory: {settings.data_dir.resolve()}", flush=True)
+            if args.demo:
+                print(f"\nJoin the demo room '{DEMO_ROOM}':", flush=True)
+                for role, name, identity in DEMO_PEOPLE:
+                    token = mint(keys.token_secret, DEMO_ROOM, role, name, 12 * 3600, identity)
+                    link = join_url(settings.base_url(), DEMO_ROOM, token)
+                    print(f"  {role.value:<10} {link}", flush=True)
+                print("\nAdmin API key: in secrets.json of the data directory.", flush=True)
+        await task
+
+    asyncio.run(run())
+    return 0
+
+
+def _token(args: argparse.Namespace) -> int:
+    secret = args.secret or resolve_secrets(Settings(data_dir=Path(args.data_dir))).token_secret
+    ttl = parse_ttl(args.ttl)
+    token = mint(secret, args.room, Role(args.role), args.name, ttl, args.identity)
+    print(token)
+    if args.url:
+        from .http_api import join_url
+
+        print(join_url(args.url.rstrip("/"), args.room, token))
+    return 0
+
+
+def _rooms(args: argparse.Namespace) -> int:
+    key = args.admin_key or resolve_secrets(Settings(data_dir=Path(args.data_dir))).admin_key
+    request = urllib.request.Request(
+        args.server.rstrip("/") + "/api/rooms", headers={"Authorization": f"Bearer {key}"}
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            data: dict[str, Any] = json.load(response)
+    except urllib.error.HTTPError as e:
+        raise ValueError(f"server answered {e.code}: {e.read().decode(errors='replace')}") from None
+    except urllib.error.URLError as e:
+        raise ValueError(f"cannot reach {args.server}: {e.reason}") from None
+    if args.json:
+        print(json.dumps(data, indent=2))
+        return 0
+    print(f"{'ROOM':<24} {'PARTICIPANTS':>12} {'WAITING':>8}  TITLE")
+    for room in data["rooms"]:
+        print(f"{room['id']:<24} {room['participants']:>12} {room['waiting']:>8}  {room['title']}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,137 @@
+"""A Python client of the signaling protocol, for tests, CLI tools, the recorder and load."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+from collections.abc import Callable
+from typing import Any
+
+from websockets.asyncio.client import ClientConnection, connect
+from websockets.exceptions import ConnectionClosed
+
+Event = dict[str, Any]
+
+
+class JoinRefused(Exception):
+    """The server refused the handshake."""
+
+    def __init__(self, code: str, message: str, close_code: int | None) -> None:
+        super().__init__(f"{code}: {message}")
+        self.code = code
+        self.message = message
+        self.close_code = close_code
+
+
+class SignalingClient:
+    """Connects, performs the handshake, answers pings and hands out server events in order."""
+
+    def __init__(self, url: str, token: str, room: str, version: int = 1) -> None:
+        self.url = url
+        self.token = token
+        self.room = room
+        self.version = version
+        self.welcome: Event = {}
+        self.ws: ClientConnection | None = None
+        self.close_code: int | None = None
+        self.close_reason: str = ""
+        self.answer_pings = True
+        self._inbox: asyncio.Queue[Event | None] = asyncio.Queue()
+        self._reader: asyncio.Task[None] | None = None
+
+    @property
+    def participant_id(self) -> str:
+        """Return the id the server gave this participant."""
+        return str(self.welcome["participant_id"])
+
+    async def open(self) -> None:
+        """Open the WebSocket without sending anything."""
+        self.ws = await connect(self.url, max_size=2**22, ping_interval=None, open_timeout=10)
+        self._reader = asyncio.create_task(self._read())
+
+    async def connect(self, timeout: float = 10.0) -> Event:
+        """Open the WebSocket, say hello and return the welcome; raise JoinRefused if refused."""
+        await self.open()
+        await self.send(
+            {"type": "hello", "version": self.version, "token": self.token, "room": self.room}
+        )
+        first = await self.recv(timeout)
+        if first.get("type") == "error":
+            await self.wait_closed(timeout)
+            raise JoinRefused(first["code"], first["message"], self.close_code)
+        if first.get("type") != "welcome":
+            raise JoinRefused("unexpected", f"expected welcome, got {first.get('type')}", None)
+        self.welcome = first
+        return first
+
+    async def send(self, message: Event) -> None:
+        """Send one message as JSON."""
+        await self.send_raw(json.dumps(message))
+
+    async def send_raw(self, data: str | bytes) -> None:
+        """Send a frame exactly as given."""
+        assert self.ws is not None
+        await self.ws.send(data)
+
+    async def recv(self, timeout: float = 5.0) -> Event:
+        """Return the next server event; raise ConnectionError once the connection is closed."""
+        event = await asyncio.wait_for(self._inbox.get(), timeout)
+        if event is None:
+            self._inbox.put_nowait(None)
+            raise ConnectionError(f"closed with {self.close_code}: {self.close_reason}")
+        return event
+
+    async def wait_for(
+        self, type_: str, timeout: float = 5.0, where: Callable[[Event], bool] | None = None
+    ) -> Event:
+        """Return the next event of a type (and matching `where`), dropping those before it."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while True:
+            event = await self.recv(max(0.0, deadline - loop.time()))
+            if event.get("type") == type_ and (where is None or where(event)):
+                return event
+
+    def drain(self) -> list[Event]:
+        """Return the events already received and not yet read, without waiting."""
+        events = []
+        while not self._inbox.empty():
+            event = self._inbox.get_nowait()
+            if event is None:
+                self._inbox.put_nowait(None)
+                break
+            events.append(event)
+        return events
+
+    async def wait_closed(self, timeout: float = 5.0) -> int | None:
+        """Wait until the server closes the connection; return its close code."""
+        if self._reader is not None:
+            await asyncio.wait_for(asyncio.shield(self._reader), timeout)
+        return self.close_code
+
+    async def close(self) -> None:
+        """Close the connection and stop reading."""
+        if self.ws is not None:
+            await self.ws.close()
+        if self._reader is not None:
+            with contextlib.suppress(asyncio.CancelledError, asyncio.TimeoutError):
+                await asyncio.wait_for(self._reader, 5)
+
+    async def _read(self) -> None:
+        assert self.ws is not None
+        try:
+            async for frame in self.ws:
+                event = json.loads(frame)
+                if event.get("type") == "ping" and self.answer_pings:
+                    await self.ws.send(json.dumps({"type": "pong", "ts": event.get("ts")}))
+                    continue
+                self._inbox.put_nowait(event)
+        except ConnectionClosed:
+            pass
+        finally:
+            rcvd = self.ws.protocol.close_rcvd
+            if rcvd is not None:
+                self.close_code = rcvd.code
+                self.close_reason = rcvd.reason
+            self._inbox.put_nowait(None)

@@ -1,0 +1,207 @@
+"""One signaling connection: a reader, a writer fed by a queue, and a keepalive timer."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+from starlette.websockets import WebSocket
+
+from session.errors import Code as SessionCode
+from session.errors import SessionError
+from session.participant import Event, Participant
+from session.room import Room
+
+from .errors import Close, Code, ProtocolError
+from .handlers import HANDLERS, PRE_HANDSHAKE
+from .hub import Hub
+from .messages import parse
+from .ratelimit import TokenBucket
+from .tokens import Grant
+
+log = logging.getLogger("teleconsult.signaling")
+
+
+@dataclass(frozen=True)
+class _CloseRequest:
+    code: int
+    reason: str
+
+
+class Connection:
+    """Serves one WebSocket; implements session.participant.Client for its room."""
+
+    def __init__(self, ws: WebSocket, hub: Hub) -> None:
+        self.ws = ws
+        self.hub = hub
+        s = hub.settings
+        now = hub.now()
+        self.out: asyncio.Queue[Event | _CloseRequest] = asyncio.Queue()
+        self.bucket = TokenBucket(s.rate, s.burst, now)
+        self.opened_at = now
+        self.last_heard = now
+        self.last_ping = now
+        self.last_rate_error = -1e9
+        self.closing: _CloseRequest | None = None
+        self.leave_reason = "disconnected"
+        self.grant: Grant | None = None
+        self.room: Room | None = None
+        self.participant: Participant | None = None
+
+    # -- session.participant.Client ----------------------------------------------------------
+
+    def push(self, event: Event) -> None:
+        """Queue an event for the writer; a client that cannot keep up is disconnected."""
+        if self.closing is not None:
+            return
+        if self.out.qsize() >= self.hub.settings.queue_size:
+            self.leave_reason = "too_slow"
+            self.kick(Close.TOO_SLOW, "not reading fast enough")
+            return
+        self.out.put_nowait(event)
+
+    def kick(self, code: int, reason: str) -> None:
+        """Close after what is already queued has been sent."""
+        if self.closing is None:
+            self.closing = _CloseRequest(code, reason)
+            self.out.put_nowait(self.closing)
+
+    # -- helpers for handlers ----------------------------------------------------------------
+
+    def error(self, code: str, message: str, ref: str | None = None, **details: Any) -> None:
+        """Send an error message and count it."""
+        self.hub.metrics.errors.labels(code=code).inc()
+        event: Event = {"type": "error", "code": code, "message": message}
+        if ref is not None:
+            event["ref"] = ref
+        event.update({k: v for k, v in details.items() if v is not None})
+        self.push(event)
+
+    def shutdown(self) -> None:
+        """Close because the server is stopping."""
+        self.leave_reason = "server_shutdown"
+        self.kick(Close.GOING_AWAY, "server shutting down")
+
+    # -- the three loops ---------------------------------------------------------------------
+
+    async def run(self) -> None:
+        """Serve the connection until either side closes it."""
+        await self.ws.accept()
+        self.hub.connections.add(self)
+        self.hub.metrics.connections.inc()
+        tasks = [
+            asyncio.create_task(self._read()),
+            asyncio.create_task(self._write()),
+            asyncio.create_task(self._keepalive()),
+        ]
+        try:
+            await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for t in tasks:
+                t.cancel()
+            for t in tasks:
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await t
+            self._depart()
+            self.hub.connections.discard(self)
+            self.hub.metrics.connections.dec()
+
+    async def _read(self) -> None:
+        while True:
+            msg = await self.ws.receive()
+            if msg["type"] == "websocket.disconnect":
+                return
+            self.last_heard = self.hub.now()
+            if self.closing is not None:
+                continue
+            await self._on_frame(msg.get("text"), msg.get("bytes"))
+
+    async def _write(self) -> None:
+        while True:
+            item = await self.out.get()
+            if isinstance(item, _CloseRequest):
+                with contextlib.suppress(Exception):
+                    await self.ws.close(item.code, item.reason)
+                return
+            await self.ws.send_text(json.dumps(item, separators=(",", ":")))
+
+    async def _keepalive(self) -> None:
+        s = self.hub.settings
+        tick = min(s.ping_interval, s.ping_timeout, s.handshake_timeout) / 4
+        while self.closing is None:
+            await asyncio.sleep(tick)
+            now = self.hub.now()
+            if self.participant is None and now - self.opened_at >= s.handshake_timeout:
+                self.error(Code.HANDSHAKE_REQUIRED, "no hello within the handshake timeout")
+                self.kick(Close.HANDSHAKE_TIMEOUT, "handshake timeout")
+            elif now - self.last_heard >= s.ping_timeout:
+                self.leave_reason = "timeout"
+                self.kick(Close.TIMEOUT, "keepalive timeout")
+            elif now - self.last_ping >= s.ping_interval:
+                self.last_ping = now
+                self.push({"type": "ping", "ts": now})
+
+    # -- one frame ---------------------------------------------------------------------------
+
+    async def _on_frame(self, text: str | None, data: bytes | None) -> None:
+        now = self.hub.now()
+        if not self.bucket.take(now):
+            self.hub.metrics.messages.labels(type="dropped").inc()
+            # One error a second is enough to tell a flooding client; more would add to the flood.
+            if now - self.last_rate_error >= 1.0:
+                self.last_rate_error = now
+                self.error(Code.RATE_LIMITED, "too many messages; slow down")
+            return
+        try:
+            if text is None:
+                raise ProtocolError(Code.BINARY_NOT_SUPPORTED, "binary frames are not accepted")
+            if len(text) > self.hub.settings.max_message or (
+                len(text.encode()) > self.hub.settings.max_message
+            ):
+                raise ProtocolError(
+                    Code.MESSAGE_TOO_LARGE,
+                    f"messages are limited to {self.hub.settings.max_message} bytes",
+                )
+            message = parse(text)
+        except ProtocolError as e:
+            self.hub.metrics.messages.labels(type="invalid").inc()
+            self.error(e.code, e.message, ref=e.ref, **e.details)
+            return
+        self.hub.metrics.messages.labels(type=message.type).inc()
+        if self.participant is None and message.type not in PRE_HANDSHAKE:
+            self.error(Code.HANDSHAKE_REQUIRED, "send hello first", ref=message.id)
+            return
+        try:
+            await HANDLERS[message.type](self, message)
+        except SessionError as e:
+            self.error(e.code, e.message, ref=message.id)
+            if e.code in (SessionCode.FORBIDDEN, SessionCode.IN_LOBBY):
+                self.audit(message.type, "denied", code=e.code)
+        except Exception:
+            log.exception("handler for %s failed", message.type)
+            self.error(Code.INTERNAL, "the server could not handle this message", ref=message.id)
+
+    def audit(self, action: str, outcome: str = "ok", **fields: Any) -> None:
+        """Audit an action taken through this connection."""
+        p, g = self.participant, self.grant
+        self.hub.audit.record(
+            action,
+            outcome,
+            room=g.room if g else None,
+            identity=g.identity if g else None,
+            role=p.role.value if p else None,
+            participant=p.id if p else None,
+            **fields,
+        )
+
+    def _depart(self) -> None:
+        if self.room is None or self.participant is None:
+            return
+        left = self.room.leave(self.participant.id, self.leave_reason, self.hub.now(), client=self)
+        if left is not None:
+            self.audit("leave", code=self.leave_reason)
+            self.hub.refresh_gauges()

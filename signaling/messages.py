@@ -1,0 +1,147 @@
+"""Typed models of the messages a client sends, and their parsing from JSON text."""
+
+from __future__ import annotations
+
+import json
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from session.roles import Role
+
+from .errors import Code, ProtocolError
+
+PROTOCOL_VERSIONS = (1,)
+
+ParticipantId = Annotated[str, Field(min_length=1, max_length=64)]
+
+
+class Message(BaseModel):
+    """Fields every client message may carry."""
+
+    # Strict so that "1" is not taken for 1; unknown fields are ignored so newer clients work.
+    model_config = ConfigDict(strict=True, extra="ignore", frozen=True)
+
+    type: str
+    id: Annotated[str, Field(max_length=64)] | None = None
+
+
+class Hello(Message):
+    """The handshake: protocol version, access token and room."""
+
+    type: Literal["hello"]
+    version: int
+    token: Annotated[str, Field(max_length=4096)]
+    room: Annotated[str, Field(min_length=1, max_length=64)]
+
+
+class Ping(Message):
+    """A keepalive probe; answered with pong."""
+
+    type: Literal["ping"]
+    ts: float | None = None
+
+
+class Pong(Message):
+    """The answer to the server's ping."""
+
+    type: Literal["pong"]
+    ts: float | None = None
+
+
+class Leave(Message):
+    """Leave the room and close the connection."""
+
+    type: Literal["leave"]
+
+
+class SetRole(Message):
+    """Moderator: change a participant's role."""
+
+    type: Literal["set_role"]
+    participant: ParticipantId
+    role: Role = Field(strict=False)
+
+
+class Mute(Message):
+    """Moderator: mute a participant's microphone."""
+
+    type: Literal["mute"]
+    participant: ParticipantId
+
+
+class SetMuted(Message):
+    """Mute or unmute one's own microphone."""
+
+    type: Literal["set_muted"]
+    muted: bool
+
+
+class Remove(Message):
+    """Moderator: remove a participant for the rest of the session."""
+
+    type: Literal["remove"]
+    participant: ParticipantId
+
+
+class Admit(Message):
+    """Moderator: let a participant in from the lobby."""
+
+    type: Literal["admit"]
+    participant: ParticipantId
+
+
+class Deny(Message):
+    """Moderator: turn a participant in the lobby away."""
+
+    type: Literal["deny"]
+    participant: ParticipantId
+
+
+class EndRoom(Message):
+    """Moderator: end the session for everyone."""
+
+    type: Literal["end_room"]
+
+
+MODELS: dict[str, type[Message]] = {
+    "hello": Hello,
+    "ping": Ping,
+    "pong": Pong,
+    "leave": Leave,
+    "set_role": SetRole,
+    "mute": Mute,
+    "set_muted": SetMuted,
+    "remove": Remove,
+    "admit": Admit,
+    "deny": Deny,
+    "end_room": EndRoom,
+}
+
+
+def parse(text: str) -> Message:
+    """Turn one JSON text frame into a typed message or raise ProtocolError."""
+    try:
+        raw: Any = json.loads(text)
+    except (json.JSONDecodeError, RecursionError):
+        raise ProtocolError(Code.BAD_JSON, "the message is not valid JSON") from None
+    if not isinstance(raw, dict) or not isinstance(raw.get("type"), str):
+        raise ProtocolError(
+            Code.BAD_MESSAGE, "a message must be a JSON object with a string 'type'"
+        )
+    ref = raw.get("id") if isinstance(raw.get("id"), str) and len(raw["id"]) <= 64 else None
+    model = MODELS.get(raw["type"])
+    if model is None:
+        raise ProtocolError(
+            Code.UNKNOWN_TYPE, f"unknown message type {raw['type'][:40]!r}", ref=ref
+        )
+    try:
+        return model.model_validate(raw)
+    except ValidationError as e:
+        fields = [
+            {"field": ".".join(str(x) for x in err["loc"]), "problem": err["msg"]}
+            for err in e.errors(include_url=False, include_input=False)
+        ]
+        raise ProtocolError(
+            Code.INVALID_FIELD, "a field is missing or has the wrong type", fields=fields, ref=ref
+        ) from None

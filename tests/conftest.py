@@ -1,0 +1,117 @@
+"""Fixtures: a real uvicorn server on a free loopback port, and clients for it."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+import uvicorn
+
+from session.roles import Role
+from signaling.app import create_app
+from signaling.client import SignalingClient
+from signaling.config import Secrets, Settings
+from signaling.hub import Hub
+from signaling.tokens import mint
+
+SECRET = "test-secret-that-is-long-enough-for-hs256-0123456789"
+ADMIN_KEY = "test-admin-key-0123456789"
+
+
+@dataclass
+class Server:
+    """A running server and helpers to reach it."""
+
+    host: str
+    port: int
+    hub: Hub
+    clients: list[SignalingClient] = field(default_factory=list)
+
+    @property
+    def ws_url(self) -> str:
+        return f"ws://{self.host}:{self.port}/ws"
+
+    @property
+    def http(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    def token(
+        self,
+        room: str = "r1",
+        role: Role = Role.EXPERT,
+        name: str = "Dr. Test",
+        identity: str | None = None,
+        ttl: float = 3600,
+        secret: str = SECRET,
+    ) -> str:
+        return mint(secret, room, role, name, ttl, identity)
+
+    def client(
+        self,
+        room: str = "r1",
+        role: Role = Role.EXPERT,
+        name: str = "Dr. Test",
+        identity: str | None = None,
+        token: str | None = None,
+    ) -> SignalingClient:
+        c = SignalingClient(self.ws_url, token or self.token(room, role, name, identity), room)
+        self.clients.append(c)
+        return c
+
+    async def join(
+        self,
+        room: str = "r1",
+        role: Role = Role.EXPERT,
+        name: str = "Dr. Test",
+        identity: str | None = None,
+    ) -> SignalingClient:
+        c = self.client(room, role, name, identity)
+        await c.connect()
+        return c
+
+
+def free_socket() -> socket.socket:
+    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    s.bind(("127.0.0.1", 0))
+    return s
+
+
+@asynccontextmanager
+async def running_server(data_dir: Path, **overrides: Any) -> AsyncIterator[Server]:
+    """Run the real application under uvicorn on a free 127.0.0.1 port."""
+    sock = free_socket()
+    port = sock.getsockname()[1]
+    settings = Settings(host="127.0.0.1", port=port, data_dir=data_dir, **overrides)
+    app = create_app(settings, Secrets(SECRET, ADMIN_KEY))
+    config = uvicorn.Config(
+        app, log_level="warning", ws_max_size=1024 * 1024, ws_ping_interval=None, lifespan="on"
+    )
+    server = uvicorn.Server(config)
+    task = asyncio.create_task(server.serve(sockets=[sock]))
+    for _ in range(200):
+        if server.started:
+            break
+        await asyncio.sleep(0.01)
+    assert server.started, "server did not start"
+    srv = Server("127.0.0.1", port, app.state.hub)
+    try:
+        yield srv
+    finally:
+        for c in srv.clients:
+            await c.close()
+        server.should_exit = True
+        await asyncio.wait_for(task, 10)
+        sock.close()
+
+
+@pytest.fixture
+async def server(tmp_path: Path) -> AsyncIterator[Server]:
+    async with running_server(tmp_path) as srv:
+        yield srv

@@ -1,0 +1,160 @@
+"""The teleconsult command as a user runs it: serve --demo, token and rooms."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from signaling.client import JoinRefused, SignalingClient
+
+from .conftest import free_socket
+
+TELECONSULT = str(Path(sys.executable).parent / "teleconsult")
+
+
+def run(*args: str, data_dir: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [TELECONSULT, *args, "--data-dir", str(data_dir)],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+
+
+def test_token_command(tmp_path: Path) -> None:
+    out = run(
+        "token",
+        "--room",
+        "r1",
+        "--role",
+        "expert",
+        "--name",
+        "Remote expert",
+        "--ttl",
+        "2h",
+        "--url",
+        "http://127.0.0.1:8080",
+        data_dir=tmp_path,
+    )
+    assert out.returncode == 0, out.stderr
+    token, link = out.stdout.split()
+    assert link == f"http://127.0.0.1:8080/room/r1#token={token}"
+    assert (tmp_path / "secrets.json").exists()
+    assert oct((tmp_path / "secrets.json").stat().st_mode & 0o777) == "0o600"
+    bad = run("token", "--room", "../x", "--role", "expert", "--name", "x", data_dir=tmp_path)
+    assert bad.returncode == 2 and "room ids" in bad.stderr
+    bad = run(
+        "token",
+        "--room",
+        "r1",
+        "--role",
+        "expert",
+        "--name",
+        "x",
+        "--ttl",
+        "soon",
+        data_dir=tmp_path,
+    )
+    assert bad.returncode == 2 and "duration" in bad.stderr
+
+
+@pytest.fixture
+def demo_server(tmp_path: Path):  # type: ignore[no-untyped-def]
+    sock = free_socket()
+    port = sock.getsockname()[1]
+    sock.close()
+    proc = subprocess.Popen(
+        [TELECONSULT, "serve", "--demo", "--port", str(port), "--data-dir", str(tmp_path)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+    lines: list[str] = []
+    deadline = time.monotonic() + 30
+    assert proc.stdout is not None
+    while time.monotonic() < deadline and len([x for x in lines if "#token=" in x]) < 4:
+        line = proc.stdout.readline()
+        if not line:
+            break
+        lines.append(line)
+    try:
+        yield port, lines
+    finally:
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5)
+        proc.stdout.close()
+
+
+async def test_serve_demo_prints_working_links_and_rooms_lists_them(
+    demo_server: tuple[int, list[str]], tmp_path: Path
+) -> None:
+    port, lines = demo_server
+    links = dict(re.findall(r"^\s+(\w+)\s+(http://\S+)$", "".join(lines), re.M))
+    assert set(links) == {"operator", "expert", "audience", "moderator"}
+    tokens = {}
+    for role, link in links.items():
+        m = re.fullmatch(rf"http://127\.0\.0\.1:{port}/room/demo#token=(\S+)", link)
+        assert m, link
+        tokens[role] = m.group(1)
+    op = SignalingClient(f"ws://127.0.0.1:{port}/ws", tokens["operator"], "demo")
+    ex = SignalingClient(f"ws://127.0.0.1:{port}/ws", tokens["expert"], "demo")
+    try:
+        welcome = await op.connect()
+        assert welcome["you"]["role"] == "operator"
+        assert welcome["room"]["title"] == "Demo consultation"
+        await ex.connect()
+        assert (await op.wait_for("joined"))["participant"]["role"] == "expert"
+        out = await asyncio.to_thread(
+            run, "rooms", "--server", f"http://127.0.0.1:{port}", data_dir=tmp_path
+        )
+        assert out.returncode == 0, out.stderr
+        rows = [line.split() for line in out.stdout.splitlines()[1:]]
+        assert rows[0][:3] == ["demo", "2", "0"]
+        wrong = await asyncio.to_thread(
+            subprocess.run,
+            [TELECONSULT, "rooms", "--server", f"http://127.0.0.1:{port}", "--admin-key", "wrong"],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+        assert wrong.returncode == 2 and "401" in wrong.stderr
+    finally:
+        await op.close()
+        await ex.close()
+
+
+def test_redis_option_is_refused_clearly(tmp_path: Path) -> None:
+    out = subprocess.run(
+        [TELECONSULT, "serve", "--redis", "redis://127.0.0.1:1", "--data-dir", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert out.returncode == 2 and "--redis" in out.stderr
+
+
+async def test_token_from_another_secret_is_refused(
+    demo_server: tuple[int, list[str]], tmp_path: Path
+) -> None:
+    port, _ = demo_server
+    other = tmp_path / "other"
+    out = run(
+        "token", "--room", "demo", "--role", "moderator", "--name", "Intruder", data_dir=other
+    )
+    c = SignalingClient(f"ws://127.0.0.1:{port}/ws", out.stdout.strip(), "demo")
+    with pytest.raises(JoinRefused) as refused:
+        await c.connect()
+    assert refused.value.code == "token_invalid"

@@ -1,0 +1,123 @@
+"""The admin API, health and metrics over real HTTP."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import urllib.error
+import urllib.request
+from typing import Any
+
+from session.roles import Role
+from signaling.client import SignalingClient
+
+from .conftest import ADMIN_KEY, Server
+
+
+async def api(
+    server: Server, method: str, path: str, body: Any = None, key: str | None = ADMIN_KEY
+) -> tuple[int, Any]:
+    def call() -> tuple[int, Any]:
+        data = (
+            None
+            if body is None
+            else (body if isinstance(body, bytes) else json.dumps(body).encode())
+        )
+        req = urllib.request.Request(server.http + path, data=data, method=method)
+        if key is not None:
+            req.add_header("Authorization", f"Bearer {key}")
+        try:
+            with urllib.request.urlopen(req, timeout=5) as r:
+                raw = r.read()
+                ctype = r.headers.get("content-type", "")
+                return r.status, json.loads(raw) if "json" in ctype else raw.decode()
+        except urllib.error.HTTPError as e:
+            return e.code, json.loads(e.read())
+
+    return await asyncio.to_thread(call)
+
+
+async def test_admin_api_needs_the_key(server: Server) -> None:
+    for key in (None, "wrong", ""):
+        status, body = await api(server, "GET", "/api/rooms", key=key)
+        assert status == 401 and body["error"]["code"] == "unauthorized"
+    status, _ = await api(server, "GET", "/api/rooms")
+    assert status == 200
+
+
+async def test_create_room_mint_token_join_list_end(server: Server) -> None:
+    status, room = await api(
+        server,
+        "POST",
+        "/api/rooms",
+        {"id": "ward-7", "title": "Thyroid case", "max_participants": 5},
+    )
+    assert status == 201 and room["id"] == "ward-7" and room["max_participants"] == 5
+    status, body = await api(server, "POST", "/api/rooms", {"id": "ward-7"})
+    assert status == 409 and body["error"]["code"] == "room_exists"
+
+    status, tok = await api(
+        server,
+        "POST",
+        "/api/rooms/ward-7/tokens",
+        {"role": "expert", "name": "Dr. Chen", "ttl": 600},
+    )
+    assert status == 201
+    assert tok["join_url"].startswith(server.http + "/room/ward-7#token=")
+    client = SignalingClient(server.ws_url, tok["token"], "ward-7")
+    server.clients.append(client)
+    welcome = await client.connect()
+    assert welcome["room"]["title"] == "Thyroid case"
+    assert welcome["you"]["identity"] == tok["identity"]
+
+    status, listing = await api(server, "GET", "/api/rooms")
+    assert [(r["id"], r["participants"]) for r in listing["rooms"]] == [("ward-7", 1)]
+    status, detail = await api(server, "GET", "/api/rooms/ward-7/participants")
+    assert [p["name"] for p in detail["participants"]] == ["Dr. Chen"]
+
+    status, _ = await api(server, "DELETE", "/api/rooms/ward-7")
+    assert status == 200
+    assert (await client.wait_for("room_ended"))["reason"] == "ended_by_admin"
+    status, body = await api(server, "GET", "/api/rooms/ward-7")
+    assert status == 404 and body["error"]["code"] == "no_such_room"
+    status, body = await api(
+        server, "POST", "/api/rooms/ward-7/tokens", {"role": "expert", "name": "Dr. Late"}
+    )
+    assert status == 410 and body["error"]["code"] == "room_ended"
+
+
+async def test_bad_bodies_get_field_errors(server: Server) -> None:
+    cases = [
+        ("/api/rooms", {"id": "../../etc"}),
+        ("/api/rooms", {"max_participants": 0}),
+        ("/api/rooms", {"surprise": True}),
+        ("/api/rooms", b"{not json"),
+        ("/api/rooms/r1/tokens", {"role": "king", "name": "x"}),
+        ("/api/rooms/r1/tokens", {"role": "expert"}),
+    ]
+    for path, body in cases:
+        status, answer = await api(server, "POST", path, body)
+        assert status == 422, (path, body, answer)
+        assert answer["error"]["code"] == "invalid_field"
+    status, answer = await api(
+        server, "POST", "/api/rooms/bad%20id/tokens", {"role": "expert", "name": "x"}
+    )
+    assert status == 422
+
+
+async def test_healthz_and_metrics(server: Server) -> None:
+    await server.join(role=Role.EXPERT, identity="a")
+    c = await server.join(role=Role.EXPERT, identity="b")
+    await c.send_raw("{nope")
+    await c.wait_for("error")
+    status, health = await api(server, "GET", "/healthz", key=None)
+    assert status == 200 and health == {"status": "ok", "rooms": 1}
+    status, text = await api(server, "GET", "/metrics", key=None)
+    assert status == 200
+    lines = set(text.splitlines())
+    assert "teleconsult_rooms 1.0" in lines
+    assert "teleconsult_participants 2.0" in lines
+    assert 'teleconsult_messages_total{type="hello"} 2.0' in lines
+    assert 'teleconsult_errors_total{code="bad_json"} 1.0' in lines
+    # Metrics never carry room ids or names.
+    assert "r1" not in text

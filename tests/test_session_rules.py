@@ -1,0 +1,187 @@
+"""Session rules with no I/O: roles, rooms, lobby, moderation and expiry."""
+
+from __future__ import annotations
+
+import itertools
+from typing import Any
+
+import pytest
+
+from session.errors import Code, SessionError
+from session.participant import State
+from session.roles import Action, Role, Source, may, may_publish
+from session.room import Room, RoomConfig
+from session.rooms import Rooms
+
+
+class Inbox:
+    """A Client that keeps what the room pushes."""
+
+    def __init__(self) -> None:
+        self.events: list[dict[str, Any]] = []
+        self.kicked: tuple[int, str] | None = None
+
+    def push(self, event: dict[str, Any]) -> None:
+        self.events.append(event)
+
+    def kick(self, code: int, reason: str) -> None:
+        self.kicked = (code, reason)
+
+    def types(self) -> list[str]:
+        return [e["type"] for e in self.events]
+
+
+ids = (f"p{i}" for i in itertools.count())
+
+
+def join(room: Room, identity: str, role: Role, now: float = 0.0) -> tuple[str, Inbox]:
+    inbox = Inbox()
+    p = room.join(identity, identity.title(), role, inbox, now, lambda: next(ids))
+    return p.id, inbox
+
+
+def test_role_table() -> None:
+    assert may_publish(Role.OPERATOR, Source.PROBE)
+    assert may_publish(Role.OPERATOR, Source.LAPAROSCOPE)
+    assert not may_publish(Role.EXPERT, Source.PROBE)
+    assert may_publish(Role.EXPERT, Source.MICROPHONE)
+    assert not any(may_publish(Role.AUDIENCE, s) for s in Source)
+    assert not may(Role.AUDIENCE, Action.ANNOTATE)
+    for action in (
+        Action.ADMIT,
+        Action.MUTE,
+        Action.REMOVE,
+        Action.SET_ROLE,
+        Action.RECORD,
+        Action.END_ROOM,
+    ):
+        assert may(Role.MODERATOR, action)
+        assert not any(may(r, action) for r in (Role.OPERATOR, Role.EXPERT, Role.AUDIENCE))
+    assert all(may(r, Action.SUBSCRIBE) for r in Role)
+
+
+def test_join_and_leave_events() -> None:
+    room = Room("r", RoomConfig(), 0.0)
+    a, ia = join(room, "a", Role.OPERATOR)
+    b, ib = join(room, "b", Role.EXPERT)
+    assert ia.events == [{"type": "joined", "participant": room.participants[b].describe()}]
+    assert ib.events == []  # the joiner gets the snapshot instead
+    snap = room.snapshot(room.participants[b])
+    assert [p["id"] for p in snap["participants"]] == [a, b]
+    assert "waiting" not in snap
+    room.leave(b, "left", now=5.0)
+    assert ia.events[-1] == {"type": "left", "participant_id": b, "reason": "left"}
+    assert room.empty_since is None
+    room.leave(a, "left", now=6.0)
+    assert room.empty_since == 6.0
+
+
+def test_second_join_of_an_identity_replaces_the_first() -> None:
+    room = Room("r", RoomConfig(), 0.0)
+    _, iw = join(room, "w", Role.EXPERT)
+    first, i1 = join(room, "x", Role.AUDIENCE)
+    iw.events.clear()
+    inbox2 = Inbox()
+    p = room.join("x", "X", Role.EXPERT, inbox2, 1.0, lambda: "new")
+    assert p.id == first and p.client is inbox2
+    assert i1.kicked is not None and i1.kicked[0] == 4010
+    assert iw.types() == ["role_changed"]
+    # The replaced connection leaving must not remove the participant.
+    assert room.leave(first, "disconnected", 2.0, client=i1) is None
+    assert first in room.participants
+
+
+def test_capacity_and_moderator_bypass() -> None:
+    room = Room("r", RoomConfig(max_participants=1), 0.0)
+    join(room, "a", Role.EXPERT)
+    with pytest.raises(SessionError) as e:
+        join(room, "b", Role.EXPERT)
+    assert e.value.code is Code.ROOM_FULL
+    join(room, "m", Role.MODERATOR)
+
+
+def test_lobby() -> None:
+    room = Room("r", RoomConfig(lobby=True), 0.0)
+    m, im = join(room, "m", Role.MODERATOR)
+    x, ix = join(room, "x", Role.EXPERT)
+    assert room.participants[x].state is State.WAITING
+    assert im.types() == ["knock"]
+    assert room.snapshot(room.participants[m])["waiting"][0]["id"] == x
+    y, iy = join(room, "y", Role.OPERATOR)
+    with pytest.raises(SessionError) as e:
+        room.mute(x, m)
+    assert e.value.code is Code.IN_LOBBY
+    with pytest.raises(SessionError) as e:
+        room.admit(y, x)
+    assert e.value.code is Code.IN_LOBBY
+    room.admit(m, x)
+    assert ix.types() == ["admitted"]
+    assert room.participants[x].state is State.JOINED
+    with pytest.raises(SessionError) as e:
+        room.admit(m, x)
+    assert e.value.code is Code.NOT_WAITING
+    with pytest.raises(SessionError) as e:
+        room.admit(x, y)
+    assert e.value.code is Code.FORBIDDEN
+    room.deny(m, y, 1.0)
+    assert iy.types() == ["denied"] and iy.kicked is not None and iy.kicked[0] == 4012
+    # The admitted expert never heard of the lobby.
+    assert "knock" not in ix.types() and "left" not in ix.types()
+
+
+def test_moderation_needs_the_role() -> None:
+    room = Room("r", RoomConfig(), 0.0)
+    m, _ = join(room, "m", Role.MODERATOR)
+    e_, _ = join(room, "e", Role.EXPERT)
+    a, ia = join(room, "a", Role.AUDIENCE)
+    for call in (
+        lambda: room.set_role(e_, a, Role.MODERATOR),
+        lambda: room.mute(e_, a),
+        lambda: room.remove(e_, a, 0.0),
+        lambda: room.end("x", e_),
+    ):
+        with pytest.raises(SessionError) as err:
+            call()
+        assert err.value.code is Code.FORBIDDEN
+    assert room.participants[a].role is Role.AUDIENCE and not room.ended
+    room.set_role(m, a, Role.EXPERT)
+    assert ia.events[-1] == {"type": "role_changed", "participant_id": a, "role": "expert", "by": m}
+    room.remove(m, a, 1.0)
+    assert ia.kicked is not None and ia.kicked[0] == 4009
+    with pytest.raises(SessionError) as err:
+        join(room, "a", Role.AUDIENCE)
+    assert err.value.code is Code.REMOVED
+    with pytest.raises(SessionError) as err:
+        room.mute(m, "p-none")
+    assert err.value.code is Code.NO_SUCH_PARTICIPANT
+
+
+def test_rooms_registry_idle_and_tombstones() -> None:
+    rooms = Rooms(RoomConfig(idle_timeout=10.0), tombstone_ttl=100.0)
+    r = rooms.open("a", now=0.0)
+    assert rooms.open("a", now=1.0) is r
+    pid, _ = join(r, "x", Role.EXPERT, now=1.0)
+    assert rooms.sweep(now=50.0) == []  # occupied rooms never expire
+    r.leave(pid, "left", now=50.0)
+    assert rooms.sweep(now=59.0) == []
+    assert rooms.sweep(now=60.0) == [r]
+    assert rooms.get("a") is None and not rooms.was_ended("a")
+    rooms.open("a", now=61.0)  # an idle-ended room opens again
+
+    b = rooms.create("b", now=0.0)
+    _, ib = join(b, "y", Role.EXPERT)
+    rooms.end("b", "ended_by_admin", now=70.0)
+    assert ib.events[-1] == {"type": "room_ended", "reason": "ended_by_admin"}
+    assert rooms.was_ended("b")
+    with pytest.raises(SessionError) as err:
+        rooms.open("b", now=71.0)
+    assert err.value.code is Code.ROOM_ENDED
+    rooms.sweep(now=170.0)
+    assert not rooms.was_ended("b")
+    with pytest.raises(SessionError) as err:
+        rooms.end("zzz", "x", now=0.0)
+    assert err.value.code is Code.NO_SUCH_ROOM
+    rooms.create("c", now=171.0)
+    with pytest.raises(SessionError) as err:
+        rooms.create("c", now=171.0)
+    assert err.value.code is Code.ROOM_EXISTS
