@@ -7,7 +7,9 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 
 from starlette.applications import Starlette
-from starlette.routing import BaseRoute, Mount, WebSocketRoute
+from starlette.requests import Request
+from starlette.responses import FileResponse, Response
+from starlette.routing import BaseRoute, Mount, Route, WebSocketRoute
 from starlette.staticfiles import StaticFiles
 from starlette.websockets import WebSocket
 
@@ -34,7 +36,14 @@ def create_app(settings: Settings, keys: Secrets | None = None) -> Starlette:
         finally:
             await hub.stop()
 
-    all_routes: list[BaseRoute] = [WebSocketRoute("/ws", signaling), *routes(hub)]
+    async def room_page(request: Request) -> Response:
+        return FileResponse(STATIC / "room.html", headers={"Cache-Control": "no-cache"})
+
+    all_routes: list[BaseRoute] = [
+        WebSocketRoute("/ws", signaling),
+        *routes(hub),
+        Route("/room/{room}", room_page),
+    ]
     if STATIC.is_dir():
         all_routes.append(Mount("/", StaticFiles(directory=STATIC, html=True), name="static"))
     app = Starlette(routes=all_routes, lifespan=lifespan)
