@@ -17,6 +17,8 @@ class Code(StrEnum):
     NO_SUCH_PARTICIPANT = "no_such_participant"
     NOT_WAITING = "not_waiting"
     IN_LOBBY = "in_lobby"
+    STREAM_EXISTS = "stream_exists"
+    NO_SUCH_STREAM = "no_such_stream"
 
 
 class SessionError(Exception):

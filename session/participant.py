@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any, Protocol
 
@@ -40,6 +40,8 @@ class Participant:
     joined_at: float
     state: State = State.JOINED
     muted: bool = False
+    # Ids of the media subscriptions (down streams) this participant holds.
+    subscriptions: set[str] = field(default_factory=set)
 
     def describe(self) -> Event:
         """Return the public description sent to other participants."""

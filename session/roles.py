@@ -26,6 +26,7 @@ class Action(StrEnum):
     SET_ROLE = "set_role"
     RECORD = "record"
     END_ROOM = "end_room"
+    VIEW_STATS = "view_stats"
 
 
 class Source(StrEnum):
@@ -42,7 +43,15 @@ class Source(StrEnum):
 PATIENT_SOURCES = frozenset({Source.PROBE, Source.LAPAROSCOPE})
 
 _MODERATION = frozenset(
-    {Action.ADMIT, Action.MUTE, Action.REMOVE, Action.SET_ROLE, Action.RECORD, Action.END_ROOM}
+    {
+        Action.ADMIT,
+        Action.MUTE,
+        Action.REMOVE,
+        Action.SET_ROLE,
+        Action.RECORD,
+        Action.END_ROOM,
+        Action.VIEW_STATS,
+    }
 )
 
 ACTIONS: dict[Role, frozenset[Action]] = {

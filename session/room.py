@@ -7,7 +7,8 @@ from dataclasses import dataclass
 
 from .errors import Close, Code, SessionError
 from .participant import Client, Event, Participant, State
-from .roles import Action, Role, may
+from .roles import Action, Role, Source, may, may_publish
+from .streams import Stream
 
 
 @dataclass(frozen=True)
@@ -32,6 +33,7 @@ class Room:
         self.participants: dict[str, Participant] = {}
         self.banned: set[str] = set()
         self.empty_since: float | None = now
+        self.streams: dict[str, Stream] = {}
 
     # -- queries ---------------------------------------------------------------------------
 
@@ -65,7 +67,7 @@ class Room:
         snap: Event = {
             "room": self.describe(),
             "participants": [p.describe() for p in self.joined()],
-            "feeds": [],
+            "streams": [s.describe() for s in self.streams.values()],
         }
         if viewer.role is Role.MODERATOR:
             snap["waiting"] = [p.describe() for p in self.waiting()]
@@ -125,6 +127,7 @@ class Room:
         p = self.participants.get(participant_id)
         if p is None or (client is not None and p.client is not client):
             return None
+        self.remove_streams_of(p.id, reason)
         del self.participants[participant_id]
         event = {"type": "left", "participant_id": p.id, "reason": reason}
         if p.state is State.JOINED:
@@ -201,7 +204,55 @@ class Room:
             p.client.push({"type": "room_ended", "reason": reason})
             p.client.kick(Close.ROOM_ENDED, "session ended")
         self.participants.clear()
+        self.streams.clear()
         return gone
+
+    # -- media ---------------------------------------------------------------------------
+
+    def check_publish(self, participant_id: str, sources: list[Source]) -> Participant:
+        """Refuse unless the participant's role may publish every one of these sources."""
+        p = self._self(participant_id)
+        for source in sources:
+            if not may_publish(p.role, source):
+                raise SessionError(
+                    Code.FORBIDDEN, f"the {p.role.value} role may not publish {source.value}"
+                )
+        return p
+
+    def add_stream(self, stream: Stream) -> None:
+        """Announce a published stream to everyone in the room."""
+        if stream.id in self.streams:
+            raise SessionError(Code.STREAM_EXISTS, "a stream with this id is published")
+        self._self(stream.participant_id)
+        self.streams[stream.id] = stream
+        self._broadcast({"type": "stream_added", "stream": stream.describe()})
+
+    def remove_stream(self, stream_id: str, reason: str) -> Stream | None:
+        """Withdraw a stream; everyone is told."""
+        stream = self.streams.pop(stream_id, None)
+        if stream is not None:
+            self._broadcast({"type": "stream_removed", "stream_id": stream_id, "reason": reason})
+        return stream
+
+    def remove_streams_of(self, participant_id: str, reason: str) -> list[Stream]:
+        """Withdraw every stream a participant publishes."""
+        mine = [s.id for s in self.streams.values() if s.participant_id == participant_id]
+        return [s for s in (self.remove_stream(i, reason) for i in mine) if s is not None]
+
+    def check_subscribe(self, participant_id: str, stream_id: str) -> Stream:
+        """Return the stream if the participant may receive it."""
+        self._require(participant_id, Action.SUBSCRIBE)
+        stream = self.streams.get(stream_id)
+        if stream is None:
+            raise SessionError(Code.NO_SUCH_STREAM, "no such stream in this room")
+        return stream
+
+    def stream_of(self, participant_id: str, stream_id: str) -> Stream:
+        """Return a stream the participant itself publishes."""
+        stream = self.streams.get(stream_id)
+        if stream is None or stream.participant_id != participant_id:
+            raise SessionError(Code.NO_SUCH_STREAM, "you publish no stream with this id")
+        return stream
 
     def idle(self, now: float) -> bool:
         """Tell whether the room has been empty for longer than its idle timeout."""

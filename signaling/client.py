@@ -24,6 +24,15 @@ class JoinRefused(Exception):
         self.close_code = close_code
 
 
+class RequestFailed(Exception):
+    """The server answered a request with an error."""
+
+    def __init__(self, event: Event) -> None:
+        super().__init__(f"{event.get('code')}: {event.get('message')}")
+        self.code = str(event.get("code"))
+        self.event = event
+
+
 class SignalingClient:
     """Connects, performs the handshake, answers pings and hands out server events in order."""
 
@@ -39,6 +48,8 @@ class SignalingClient:
         self.answer_pings = True
         self._inbox: asyncio.Queue[Event | None] = asyncio.Queue()
         self._reader: asyncio.Task[None] | None = None
+        self._pending: dict[str, asyncio.Future[Event]] = {}
+        self._next_ref = 0
 
     @property
     def participant_id(self) -> str:
@@ -73,6 +84,21 @@ class SignalingClient:
         """Send a frame exactly as given."""
         assert self.ws is not None
         await self.ws.send(data)
+
+    async def request(self, message: Event, timeout: float = 10.0) -> Event:
+        """Send a message with a fresh id and return the reply that refers to it."""
+        self._next_ref += 1
+        ref = f"q{self._next_ref}"
+        future: asyncio.Future[Event] = asyncio.get_running_loop().create_future()
+        self._pending[ref] = future
+        try:
+            await self.send({**message, "id": ref})
+            reply = await asyncio.wait_for(future, timeout)
+        finally:
+            self._pending.pop(ref, None)
+        if reply.get("type") == "error":
+            raise RequestFailed(reply)
+        return reply
 
     async def recv(self, timeout: float = 5.0) -> Event:
         """Return the next server event; raise ConnectionError once the connection is closed."""
@@ -126,6 +152,10 @@ class SignalingClient:
                 if event.get("type") == "ping" and self.answer_pings:
                     await self.ws.send(json.dumps({"type": "pong", "ts": event.get("ts")}))
                     continue
+                future = self._pending.get(event.get("ref") or "")
+                if future is not None and not future.done():
+                    future.set_result(event)
+                    continue
                 self._inbox.put_nowait(event)
         except ConnectionClosed:
             pass
@@ -135,3 +165,6 @@ class SignalingClient:
                 self.close_code = rcvd.code
                 self.close_reason = rcvd.reason
             self._inbox.put_nowait(None)
+            for future in self._pending.values():
+                if not future.done():
+                    future.set_exception(ConnectionError("connection closed"))

@@ -11,6 +11,7 @@ from typing import Any
 
 from starlette.websockets import WebSocket
 
+from media.sfu import MediaError
 from session.errors import Code as SessionCode
 from session.errors import SessionError
 from session.participant import Event, Participant
@@ -177,7 +178,7 @@ class Connection:
             return
         try:
             await HANDLERS[message.type](self, message)
-        except SessionError as e:
+        except (SessionError, MediaError) as e:
             self.error(e.code, e.message, ref=message.id)
             if e.code in (SessionCode.FORBIDDEN, SessionCode.IN_LOBBY):
                 self.audit(message.type, "denied", code=e.code)
@@ -203,5 +204,6 @@ class Connection:
             return
         left = self.room.leave(self.participant.id, self.leave_reason, self.hub.now(), client=self)
         if left is not None:
+            self.hub.spawn(self.hub.sfu.close_participant(left.id, self.leave_reason))
             self.audit("leave", code=self.leave_reason)
             self.hub.refresh_gauges()

@@ -5,10 +5,13 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
+from media.sfu import MediaError, offered_media
 from session.errors import Close as SessionClose
 from session.errors import Code as SessionCode
 from session.errors import SessionError
 from session.participant import State
+from session.roles import Action
+from session.streams import Feed, Stream, source_fits_kind
 
 from . import messages as m
 from .errors import Close, Code
@@ -75,6 +78,7 @@ async def on_hello(conn: Connection, msg: m.Hello) -> None:
         if hub.rooms.was_ended(grant.room):
             raise SessionError(SessionCode.ROOM_ENDED, "this session has ended")
         room = hub.rooms.open(grant.room, hub.now())
+        existing = room.by_identity(grant.identity)
         p = room.join(
             grant.identity, grant.name, grant.role, conn, hub.now(), hub.new_participant_id
         )
@@ -87,6 +91,11 @@ async def on_hello(conn: Connection, msg: m.Hello) -> None:
         }.get(e.code, Close.UNAUTHORIZED)
         _refuse(conn, e.code, e.message, close, msg.id)
         return
+    if existing is not None:
+        # The old connection's media dies with it; the client publishes and subscribes anew.
+        room.remove_streams_of(p.id, "replaced")
+        p.subscriptions.clear()
+        await hub.sfu.close_participant(p.id, "replaced")
     conn.room, conn.participant = room, p
     s = hub.settings
     welcome: dict[str, Any] = {
@@ -138,6 +147,7 @@ async def on_mute(conn: Connection, msg: m.Mute) -> None:
     room, me = conn.room, conn.participant
     assert room is not None and me is not None
     target = room.mute(me.id, msg.participant)
+    conn.hub.sfu.mute(target.id, "audio", True)
     conn.audit("mute", target=target.identity)
 
 
@@ -146,6 +156,7 @@ async def on_set_muted(conn: Connection, msg: m.SetMuted) -> None:
     room, me = conn.room, conn.participant
     assert room is not None and me is not None
     room.set_muted(me.id, msg.muted)
+    conn.hub.sfu.mute(me.id, "audio", msg.muted)
 
 
 async def on_remove(conn: Connection, msg: m.Remove) -> None:
@@ -153,6 +164,7 @@ async def on_remove(conn: Connection, msg: m.Remove) -> None:
     room, me = conn.room, conn.participant
     assert room is not None and me is not None
     target = room.remove(me.id, msg.participant, conn.hub.now())
+    conn.hub.spawn(conn.hub.sfu.close_participant(target.id, "removed"))
     conn.audit("remove", target=target.identity)
     conn.hub.refresh_gauges()
 
@@ -182,6 +194,107 @@ async def on_end_room(conn: Connection, msg: m.EndRoom) -> None:
     conn.audit("room_end", code="ended_by_moderator")
 
 
+async def on_publish(conn: Connection, msg: m.Publish) -> None:
+    """Accept a stream of feeds from the participant and announce it to the room."""
+    room, me = conn.room, conn.participant
+    assert room is not None and me is not None
+    media = offered_media(msg.sdp)
+    specs = {f.mid: f for f in msg.feeds}
+    if set(specs) != {x.mid for x in media} or len(specs) != len(msg.feeds):
+        raise MediaError("feeds_mismatch", "feeds must name each media section (mid) once")
+    for x in media:
+        if not source_fits_kind(specs[x.mid].source, x.kind):
+            raise MediaError(
+                "feeds_mismatch", f"a {x.kind} track cannot carry {specs[x.mid].source.value}"
+            )
+    room.check_publish(me.id, [f.source for f in msg.feeds])
+    sfu = conn.hub.sfu
+    stream_id = sfu.new_id("s")
+    feed_ids = {mid: f"{stream_id}.{mid}" for mid in specs}
+    answer, codecs = await sfu.publish(stream_id, me.id, msg.sdp, feed_ids)
+    if conn.participant is not me or me.id not in room.participants or room.ended:
+        await sfu.unpublish(stream_id, "refused")  # left while we negotiated
+        return
+    if me.muted:
+        sfu.mute(me.id, "audio", True)
+    conn.push({"type": "answer", "ref": msg.id, "stream": stream_id, "sdp": answer})
+    kinds = {x.mid: x.kind for x in media}
+    feeds = [
+        Feed(feed_ids[mid], mid, kinds[mid], spec.source, spec.label, codecs[mid])
+        for mid, spec in specs.items()
+    ]
+    room.add_stream(Stream(stream_id, me.id, feeds))
+    conn.audit("publish", code=",".join(f.source.value for f in feeds), target=stream_id)
+
+
+async def on_unpublish(conn: Connection, msg: m.Unpublish) -> None:
+    """Stop publishing a stream."""
+    room, me = conn.room, conn.participant
+    assert room is not None and me is not None
+    room.stream_of(me.id, msg.stream)
+    room.remove_stream(msg.stream, "unpublished")
+    await conn.hub.sfu.unpublish(msg.stream, "unpublished")
+    conn.audit("unpublish", target=msg.stream)
+
+
+async def on_subscribe(conn: Connection, msg: m.Subscribe) -> None:
+    """Offer the participant a published stream."""
+    room, me = conn.room, conn.participant
+    assert room is not None and me is not None
+    stream = room.check_subscribe(me.id, msg.stream)
+    sfu = conn.hub.sfu
+    down_id = sfu.new_id("d")
+    offer, mids = await sfu.subscribe(down_id, me.id, stream.id, msg.feeds)
+    if conn.participant is not me or me.id not in room.participants:
+        await sfu.unsubscribe(down_id, "unsubscribed")
+        return
+    me.subscriptions.add(down_id)
+    conn.push(
+        {
+            "type": "offer",
+            "ref": msg.id,
+            "stream": down_id,
+            "of": stream.id,
+            "sdp": offer,
+            "feeds": [{"mid": mid, "feed": feed} for mid, feed in mids.items()],
+        }
+    )
+    # Who saw which patient feed is part of the audit trail.
+    sources = sorted({f.source.value for f in stream.feeds if f.id in mids.values()})
+    conn.audit("subscribe", target=stream.id, code=",".join(sources))
+
+
+async def on_answer(conn: Connection, msg: m.Answer) -> None:
+    """Take the participant's answer to a subscription offer."""
+    me = conn.participant
+    assert me is not None
+    if msg.stream not in me.subscriptions:
+        raise MediaError("no_such_stream", "no such subscription")
+    await conn.hub.sfu.answer(msg.stream, me.id, msg.sdp)
+
+
+async def on_unsubscribe(conn: Connection, msg: m.Unsubscribe) -> None:
+    """Stop receiving a subscription."""
+    me = conn.participant
+    assert me is not None
+    if msg.stream not in me.subscriptions:
+        raise MediaError("no_such_stream", "no such subscription")
+    me.subscriptions.discard(msg.stream)
+    await conn.hub.sfu.unsubscribe(msg.stream, "unsubscribed")
+    conn.audit("unsubscribe", target=msg.stream)
+
+
+async def on_get_stats(conn: Connection, msg: m.GetStats) -> None:
+    """Send a moderator the room's media statistics."""
+    room, me = conn.room, conn.participant
+    assert room is not None and me is not None
+    room.check(me.id, Action.VIEW_STATS)
+    stats = conn.hub.sfu.stats()
+    ups = [s for s in stats["up"] if s["stream"] in room.streams]
+    downs = [s for s in stats["down"] if s["of"] in room.streams]
+    conn.push({"type": "stats", "ref": msg.id, "up": ups, "down": downs})
+
+
 HANDLERS: dict[str, Handler] = {
     "hello": on_hello,
     "ping": on_ping,
@@ -194,4 +307,10 @@ HANDLERS: dict[str, Handler] = {
     "admit": on_admit,
     "deny": on_deny,
     "end_room": on_end_room,
+    "publish": on_publish,
+    "unpublish": on_unpublish,
+    "subscribe": on_subscribe,
+    "answer": on_answer,
+    "unsubscribe": on_unsubscribe,
+    "get_stats": on_get_stats,
 }

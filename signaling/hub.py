@@ -6,9 +6,11 @@ import asyncio
 import contextlib
 import secrets
 import time
-from collections.abc import Callable
-from typing import TYPE_CHECKING
+from collections.abc import Callable, Coroutine
+from typing import TYPE_CHECKING, Any
 
+from media.aiortc_adapter import use_host_addresses
+from media.sfu import Sfu, local_address
 from session.room import Room, RoomConfig
 from session.rooms import Rooms
 
@@ -39,6 +41,15 @@ class Hub:
         self.metrics = Metrics()
         self.connections: set[Connection] = set()
         self._sweeper: asyncio.Task[None] | None = None
+        self._tasks: set[asyncio.Task[Any]] = set()
+        rewrite_to = None
+        if settings.announce:
+            if local_address(settings.announce):
+                # Gather on exactly this address (aioice never offers loopback on its own).
+                use_host_addresses([settings.announce])
+            else:
+                rewrite_to = settings.announce
+        self.sfu = Sfu(clock, rewrite_to, self._up_closed, self._down_closed)
 
     def now(self) -> float:
         """Return the current time in seconds since the epoch."""
@@ -49,6 +60,35 @@ class Hub:
         """Return a fresh opaque participant id."""
         return "p-" + secrets.token_hex(6)
 
+    def spawn(self, coro: Coroutine[Any, Any, Any]) -> None:
+        """Run a coroutine in the background, keeping a reference until it ends."""
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def room_of_stream(self, stream_id: str) -> Room | None:
+        """Return the live room in which a stream is published."""
+        for room in self.rooms.live():
+            if stream_id in room.streams:
+                return room
+        return None
+
+    def _up_closed(self, stream_id: str, reason: str) -> None:
+        room = self.room_of_stream(stream_id)
+        if room is not None:
+            room.remove_stream(stream_id, reason)
+
+    def _down_closed(self, down_id: str, reason: str) -> None:
+        # Tell the subscriber, unless it asked for this itself.
+        if reason in ("unsubscribed",):
+            return
+        for room in self.rooms.live():
+            for p in room.participants.values():
+                if down_id in p.subscriptions:
+                    p.subscriptions.discard(down_id)
+                    p.client.push({"type": "unsubscribed", "stream": down_id, "reason": reason})
+                    return
+
     def refresh_gauges(self) -> None:
         """Bring the room and participant gauges up to date."""
         live = self.rooms.live()
@@ -57,7 +97,11 @@ class Hub:
 
     def end_room(self, room_id: str, reason: str, actor_id: str | None = None) -> Room:
         """End a room on purpose; the caller audits who did it."""
+        live = self.rooms.get(room_id)
+        gone = list(live.participants) if live is not None else []
         room = self.rooms.end(room_id, reason, self.now(), actor_id)
+        for pid in gone:
+            self.spawn(self.sfu.close_participant(pid, reason))
         self.refresh_gauges()
         return room
 
@@ -79,6 +123,9 @@ class Hub:
                 await self._sweeper
         for conn in list(self.connections):
             conn.shutdown()
+        await self.sfu.close()
+        for task in list(self._tasks):
+            task.cancel()
         self.audit.close()
 
     async def _sweep_forever(self) -> None:

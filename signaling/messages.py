@@ -7,13 +7,16 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from session.roles import Role
+from session.roles import Role, Source
 
 from .errors import Code, ProtocolError
 
 PROTOCOL_VERSIONS = (1,)
 
 ParticipantId = Annotated[str, Field(min_length=1, max_length=64)]
+StreamId = Annotated[str, Field(min_length=1, max_length=64)]
+# SDP rides inside a 64 KiB message; real offers with a few tracks are 3-10 KiB.
+Sdp = Annotated[str, Field(min_length=1, max_length=60000)]
 
 
 class Message(BaseModel):
@@ -104,6 +107,62 @@ class EndRoom(Message):
     type: Literal["end_room"]
 
 
+class FeedSpec(BaseModel):
+    """What one media section of a publish offer carries."""
+
+    model_config = ConfigDict(strict=True, extra="ignore", frozen=True)
+
+    mid: Annotated[str, Field(min_length=1, max_length=32)]
+    source: Source = Field(strict=False)
+    label: Annotated[str, Field(max_length=80)] = ""
+
+
+class Publish(Message):
+    """Offer a new stream of feeds; the server answers."""
+
+    type: Literal["publish"]
+    sdp: Sdp
+    feeds: Annotated[list[FeedSpec], Field(min_length=1, max_length=16)]
+
+
+class Unpublish(Message):
+    """Stop publishing a stream."""
+
+    type: Literal["unpublish"]
+    stream: StreamId
+
+
+class Subscribe(Message):
+    """Ask to receive a published stream (or some of its feeds); the server makes an offer."""
+
+    type: Literal["subscribe"]
+    stream: StreamId
+    feeds: Annotated[list[Annotated[str, Field(max_length=100)]], Field(max_length=16)] | None = (
+        None
+    )
+
+
+class Answer(Message):
+    """Answer the server's offer for a subscription."""
+
+    type: Literal["answer"]
+    stream: StreamId
+    sdp: Sdp
+
+
+class Unsubscribe(Message):
+    """Stop receiving a subscription."""
+
+    type: Literal["unsubscribe"]
+    stream: StreamId
+
+
+class GetStats(Message):
+    """Moderator: ask for the room's media statistics."""
+
+    type: Literal["get_stats"]
+
+
 MODELS: dict[str, type[Message]] = {
     "hello": Hello,
     "ping": Ping,
@@ -116,6 +175,12 @@ MODELS: dict[str, type[Message]] = {
     "admit": Admit,
     "deny": Deny,
     "end_room": EndRoom,
+    "publish": Publish,
+    "unpublish": Unpublish,
+    "subscribe": Subscribe,
+    "answer": Answer,
+    "unsubscribe": Unsubscribe,
+    "get_stats": GetStats,
 }
 
 

@@ -1,0 +1,386 @@
+"""Every use of aiortc and aioice internals, in one place, so an upgrade breaks here alone.
+
+Built against aiortc 1.16.0 and aioice 0.13.0. aiortc decodes everything it receives and
+encodes everything it sends; a forwarding unit needs neither, so this module supplies a
+receiver that hands on RTP packets undecoded and a sender that sends packets it is given,
+and a peer connection that uses them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import aioice.ice
+import aiortc
+from aiortc import RTCPeerConnection, RTCRtpCodecCapability, RTCRtpTransceiver
+from aiortc.codecs import CODECS
+from aiortc.rate import RemoteBitrateEstimator
+from aiortc.rtcrtpparameters import (
+    RTCRtcpFeedback,
+    RTCRtpCodecParameters,
+    RTCRtpReceiveParameters,
+)
+from aiortc.rtcrtpreceiver import NackGenerator, RTCRtpReceiver, StreamStatistics
+from aiortc.rtcrtpsender import RTCRtpSender
+from aiortc.rtp import (
+    RTCP_PSFB_APP,
+    AnyRtcpPacket,
+    RtcpPsfbPacket,
+    RtpPacket,
+    pack_remb_fci,
+    unpack_remb_fci,
+    unwrap_rtx,
+    wrap_rtx,
+)
+from aiortc.utils import uint16_add
+
+from .packetcache import PacketCache
+
+AIORTC_VERSION = "1.16.0"
+if aiortc.__version__ != AIORTC_VERSION:  # pragma: no cover - guards an unpinned install
+    raise ImportError(
+        f"media.aiortc_adapter is written for aiortc {AIORTC_VERSION}, found {aiortc.__version__}"
+    )
+
+
+def _get(obj: object, owner: str, name: str) -> Any:
+    """Read a name-mangled private attribute of an aiortc object."""
+    return getattr(obj, f"_{owner}__{name}")
+
+
+def _set(obj: object, owner: str, name: str, value: Any) -> None:
+    """Write a name-mangled private attribute of an aiortc object."""
+    setattr(obj, f"_{owner}__{name}", value)
+
+
+PacketHandler = Callable[[RtpPacket, RTCRtpCodecParameters], Awaitable[None]]
+
+
+def is_rtx(codec: RTCRtpCodecParameters) -> bool:
+    """Tell whether a codec entry is RTX (retransmission) rather than media."""
+    return codec.name.lower() == "rtx"
+
+
+class ForwardingReceiver(RTCRtpReceiver):
+    """Receives a publisher's RTP and hands each packet on undecoded.
+
+    Statistics (receiver reports), NACK generation and RTX unwrapping work as in aiortc;
+    the jitter buffer, depacketizer and decoder thread are never used.
+    """
+
+    def __init__(self, kind: str, transport: Any) -> None:
+        super().__init__(kind, transport)
+        self.on_packet: PacketHandler | None = None
+        self.upstream_bitrate: int | None = None
+        self.media_ssrc: int | None = None
+        self.codecs: dict[int, RTCRtpCodecParameters] = {}
+        self.nacks_sent = 0
+        self.packets = 0
+        self.bytes = 0
+        self._estimator = RemoteBitrateEstimator() if kind == "video" else None
+        self._nack = NackGenerator() if kind == "video" else None
+
+    async def receive(self, parameters: RTCRtpReceiveParameters) -> None:
+        """Start receiving: as aiortc does, but without starting a decoder thread."""
+        if _get(self, "RTCRtpReceiver", "started"):
+            return
+        for codec in parameters.codecs:
+            assert codec.payloadType is not None
+            self.codecs[codec.payloadType] = codec
+        _get(self, "RTCRtpReceiver", "codecs").update(self.codecs)
+        for encoding in parameters.encodings:
+            if encoding.rtx:
+                _get(self, "RTCRtpReceiver", "rtx_ssrc")[encoding.rtx.ssrc] = encoding.ssrc
+        self.transport._register_rtp_receiver(self, parameters)
+        _set(self, "RTCRtpReceiver", "rtcp_task", asyncio.ensure_future(self._run_rtcp()))
+        _set(self, "RTCRtpReceiver", "started", True)
+
+    async def _handle_rtp_packet(self, packet: RtpPacket, arrival_time_ms: int) -> None:
+        if not self._enabled:
+            return
+        if self._estimator is not None and packet.extensions.abs_send_time is not None:
+            remb = self._estimator.add(
+                abs_send_time=packet.extensions.abs_send_time,
+                arrival_time_ms=arrival_time_ms,
+                payload_size=len(packet.payload) + packet.padding_size,
+                ssrc=packet.ssrc,
+            )
+            if remb is not None:
+                self.upstream_bitrate = remb[0]
+        codec = self.codecs.get(packet.payload_type)
+        if codec is None:
+            return
+        streams: dict[int, StreamStatistics] = _get(self, "RTCRtpReceiver", "remote_streams")
+        if packet.ssrc not in streams:
+            streams[packet.ssrc] = StreamStatistics(codec.clockRate)
+        streams[packet.ssrc].add(packet)
+        if is_rtx(codec):
+            original = _get(self, "RTCRtpReceiver", "rtx_ssrc").get(packet.ssrc)
+            apt = codec.parameters.get("apt")
+            if original is None or not isinstance(apt, int) or apt not in self.codecs:
+                return
+            if len(packet.payload) < 2:
+                return  # RTX padding used for bandwidth probing
+            packet = unwrap_rtx(packet, payload_type=apt, ssrc=original)
+            codec = self.codecs[apt]
+        self.media_ssrc = packet.ssrc
+        if self._nack is not None and self._nack.add(packet):
+            self.nacks_sent += 1
+            await self._send_rtcp_nack(packet.ssrc, sorted(self._nack.missing))
+        self.packets += 1
+        self.bytes += len(packet.payload)
+        if self.on_packet is not None:
+            await self.on_packet(packet, codec)
+
+    async def request_keyframe(self) -> None:
+        """Send a PLI to the publisher."""
+        if self.media_ssrc is not None:
+            await self._send_rtcp_pli(self.media_ssrc)
+
+    async def send_remb(self, bitrate: int) -> None:
+        """Tell the publisher the bitrate it should send at most."""
+        rtcp_ssrc = _get(self, "RTCRtpReceiver", "rtcp_ssrc")
+        if self.media_ssrc is None or rtcp_ssrc is None:
+            return
+        packet = RtcpPsfbPacket(
+            fmt=RTCP_PSFB_APP,
+            ssrc=rtcp_ssrc,
+            media_ssrc=0,
+            fci=pack_remb_fci(bitrate, [self.media_ssrc]),
+        )
+        await self._send_rtcp(packet)
+
+    def loss(self) -> tuple[int, int]:
+        """Return (packets lost, packets expected) over the stream's life."""
+        streams: dict[int, StreamStatistics] = _get(self, "RTCRtpReceiver", "remote_streams")
+        lost = expected = 0
+        for s in streams.values():
+            lost += max(0, s.packets_lost)
+            expected += s.packets_expected
+        return lost, expected
+
+
+class ForwardingSender(RTCRtpSender):
+    """Sends RTP packets it is handed, keeping history for NACKs and counters for reports."""
+
+    def __init__(self, kind: str, transport: Any) -> None:
+        super().__init__(kind, transport)
+        self.codec: RTCRtpCodecParameters | None = None
+        self.rtx_payload_type: int | None = None
+        self.ready = asyncio.Event()
+        self.on_keyframe_request: Callable[[], None] | None = None
+        self.on_remb: Callable[[int], None] | None = None
+        self.cache: PacketCache[RtpPacket] = PacketCache(1024)
+        self.nacks = 0
+        self.retransmits = 0
+        self.plis = 0
+        self._rtx_seq = 0
+
+    async def _run_rtp(self, codec: RTCRtpCodecParameters) -> None:
+        # Replaces aiortc's read-encode-send loop: packets arrive through forward().
+        self.codec = codec
+        self.rtx_payload_type = _get(self, "RTCRtpSender", "rtx_payload_type")
+        _get(self, "RTCRtpSender", "rtp_started").set()
+        self.ready.set()
+        with contextlib.suppress(asyncio.CancelledError):
+            await asyncio.Event().wait()
+        _get(self, "RTCRtpSender", "rtp_exited").set()
+
+    async def forward(self, source: RtpPacket, seq: int, timestamp: int) -> None:
+        """Send a copy of a packet renumbered for this subscriber."""
+        assert self.codec is not None and self.codec.payloadType is not None
+        packet = RtpPacket(
+            payload_type=self.codec.payloadType,
+            marker=source.marker,
+            sequence_number=seq,
+            timestamp=timestamp,
+            ssrc=self._ssrc,
+            payload=source.payload,
+        )
+        packet.padding_size = 0
+        ext = packet.extensions
+        ext.mid = _get(self, "RTCRtpSender", "mid")
+        ext.abs_send_time = (aiortc.clock.current_ntp_time() >> 14) & 0x00FFFFFF
+        ext.audio_level = source.extensions.audio_level
+        self.cache.put(seq, packet)
+        data = packet.serialize(_get(self, "RTCRtpSender", "rtp_header_extensions_map"))
+        try:
+            await self.transport._send_rtp(data)
+        except ConnectionError:
+            return
+        # The counters aiortc's RTCP loop puts in sender reports.
+        _set(self, "RTCRtpSender", "ntp_timestamp", aiortc.clock.current_ntp_time())
+        _set(self, "RTCRtpSender", "rtp_timestamp", timestamp)
+        _set(
+            self,
+            "RTCRtpSender",
+            "octet_count",
+            _get(self, "RTCRtpSender", "octet_count") + len(packet.payload),
+        )
+        _set(self, "RTCRtpSender", "packet_count", _get(self, "RTCRtpSender", "packet_count") + 1)
+
+    @property
+    def packets_sent(self) -> int:
+        """Return the number of packets sent, retransmissions excluded."""
+        return int(_get(self, "RTCRtpSender", "packet_count"))
+
+    @property
+    def bytes_sent(self) -> int:
+        """Return the payload bytes sent, retransmissions excluded."""
+        return int(_get(self, "RTCRtpSender", "octet_count"))
+
+    @property
+    def rtt(self) -> float | None:
+        """Return the round-trip time estimated from receiver reports."""
+        value = _get(self, "RTCRtpSender", "rtt")
+        return None if value is None else float(value)
+
+    async def _retransmit(self, sequence_number: int) -> None:
+        self.nacks += 1
+        packet = self.cache.get(sequence_number)
+        if packet is None:
+            return
+        if self.rtx_payload_type is not None:
+            packet = wrap_rtx(
+                packet,
+                payload_type=self.rtx_payload_type,
+                sequence_number=self._rtx_seq,
+                ssrc=self._rtx_ssrc,
+            )
+            self._rtx_seq = uint16_add(self._rtx_seq, 1)
+        data = packet.serialize(_get(self, "RTCRtpSender", "rtp_header_extensions_map"))
+        with contextlib.suppress(ConnectionError):
+            await self.transport._send_rtp(data)
+            self.retransmits += 1
+
+    def _send_keyframe(self) -> None:
+        self.plis += 1
+        if self.on_keyframe_request is not None:
+            self.on_keyframe_request()
+
+    async def _handle_rtcp_packet(self, packet: AnyRtcpPacket) -> None:
+        if isinstance(packet, RtcpPsfbPacket) and packet.fmt == RTCP_PSFB_APP:
+            with contextlib.suppress(ValueError):
+                bitrate, ssrcs = unpack_remb_fci(packet.fci)
+                if self._ssrc in ssrcs and self.on_remb is not None:
+                    self.on_remb(bitrate)
+            return
+        await super()._handle_rtcp_packet(packet)
+
+
+class RelayPeerConnection(RTCPeerConnection):
+    """A peer connection whose transceivers forward instead of decoding and encoding."""
+
+    def _RTCPeerConnection__createTransceiver(
+        self, direction: str, kind: str, sender_track: Any = None
+    ) -> RTCRtpTransceiver:
+        # Called by aiortc for every new transceiver; swap in the forwarding halves.
+        t: RTCRtpTransceiver = super()._RTCPeerConnection__createTransceiver(  # type: ignore[misc]
+            direction, kind, sender_track
+        )
+        transport = t.receiver.transport
+        receiver = ForwardingReceiver(kind, transport)
+        sender = ForwardingSender(kind, transport)
+        sender._stream_id = t.sender._stream_id
+        receiver._set_rtcp_ssrc(sender._ssrc)
+        _set(t, "RTCRtpTransceiver", "receiver", receiver)
+        _set(t, "RTCRtpTransceiver", "sender", sender)
+        return t
+
+
+def negotiated_codec(transceiver: RTCRtpTransceiver) -> RTCRtpCodecParameters | None:
+    """Return the media codec a transceiver negotiated (the first non-RTX one)."""
+    for codec in transceiver._codecs:
+        if not is_rtx(codec):
+            return codec
+    return None
+
+
+def same_codec(a: RTCRtpCodecParameters, b: RTCRtpCodecParameters) -> bool:
+    """Tell whether two codec entries name the same codec and, for H.264, the same profile."""
+    if a.mimeType.lower() != b.mimeType.lower() or a.clockRate != b.clockRate:
+        return False
+    if a.name.upper() != "H264":
+        return True
+
+    def profile(c: RTCRtpCodecParameters) -> tuple[str, str]:
+        pli = str(c.parameters.get("profile-level-id", "42e01f")).lower()
+        mode = str(c.parameters.get("packetization-mode", "0"))
+        # Constrained baseline is 42e0 or 4240, plain baseline 4200: profile_idc and the
+        # constraint flags, without the level.
+        return pli[:4], mode
+
+    return profile(a) == profile(b)
+
+
+def codec_preferences(kind: str, codec: RTCRtpCodecParameters) -> list[RTCRtpCodecCapability]:
+    """Return the preferences that make a subscriber's offer carry exactly this codec (and RTX)."""
+    for local in CODECS[kind]:
+        if not is_rtx(local) and same_codec(local, codec):
+            prefs = [
+                RTCRtpCodecCapability(
+                    mimeType=local.mimeType,
+                    clockRate=local.clockRate,
+                    channels=local.channels,
+                    parameters=local.parameters,
+                )
+            ]
+            if kind == "video":
+                prefs.append(RTCRtpCodecCapability(mimeType="video/rtx", clockRate=local.clockRate))
+            return prefs
+    raise ValueError(f"no local codec matches {codec.mimeType}")
+
+
+_EXTRA_CODECS_ADDED = False
+
+
+def add_relay_codecs() -> None:
+    """Let the relay accept H.264 High profile: it forwards, so it need not decode it."""
+    global _EXTRA_CODECS_ADDED
+    if _EXTRA_CODECS_ADDED:
+        return
+    _EXTRA_CODECS_ADDED = True
+    used = {c.payloadType for c in CODECS["video"] if c.payloadType is not None}
+    pt = max(used) + 1
+    CODECS["video"] += [
+        RTCRtpCodecParameters(
+            mimeType="video/H264",
+            clockRate=90000,
+            payloadType=pt,
+            rtcpFeedback=[
+                RTCRtcpFeedback(type="nack"),
+                RTCRtcpFeedback(type="nack", parameter="pli"),
+                RTCRtcpFeedback(type="goog-remb"),
+            ],
+            parameters={
+                "level-asymmetry-allowed": "1",
+                "packetization-mode": "1",
+                "profile-level-id": "640c1f",
+            },
+        ),
+        RTCRtpCodecParameters(
+            mimeType="video/rtx", clockRate=90000, payloadType=pt + 1, parameters={"apt": pt}
+        ),
+    ]
+
+
+_original_host_addresses = aioice.ice.get_host_addresses
+
+
+def use_host_addresses(addresses: list[str] | None) -> None:
+    """Gather ICE host candidates on these addresses only (None: aioice's own choice).
+
+    aioice never offers 127.0.0.1; on loopback, or to pin one interface, we say which.
+    """
+    if addresses is None:
+        aioice.ice.get_host_addresses = _original_host_addresses
+        return
+    chosen = list(addresses)
+
+    def host_addresses(use_ipv4: bool, use_ipv6: bool) -> list[str]:
+        return [a for a in chosen if (":" in a and use_ipv6) or (":" not in a and use_ipv4)]
+
+    aioice.ice.get_host_addresses = host_addresses

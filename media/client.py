@@ -1,0 +1,145 @@
+"""Publish and subscribe with aiortc over the signaling client: for tests, tools and load."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from aiortc import (
+    RTCConfiguration,
+    RTCPeerConnection,
+    RTCRtpSender,
+    RTCSessionDescription,
+)
+from aiortc.mediastreams import MediaStreamTrack
+
+from signaling.client import SignalingClient
+
+
+def prefer_codec(transceiver: Any, kind: str, name: str) -> None:
+    """Make a transceiver offer only codecs of this name (and RTX), e.g. "H264"."""
+    caps = RTCRtpSender.getCapabilities(kind).codecs
+    chosen = [c for c in caps if c.name.upper() == name.upper()]
+    if not chosen:
+        raise ValueError(f"no {kind} codec named {name}")
+    rtx = [c for c in caps if c.name.lower() == "rtx"]
+    transceiver.setCodecPreferences(chosen + rtx)
+
+
+@dataclass
+class Published:
+    """A stream this client publishes."""
+
+    id: str
+    pc: RTCPeerConnection
+    feeds: dict[str, str]
+
+
+@dataclass
+class Subscription:
+    """A stream this client receives: its peer connection and a track per feed id."""
+
+    id: str
+    of: str
+    pc: RTCPeerConnection
+    tracks: dict[str, MediaStreamTrack] = field(default_factory=dict)
+
+
+class MediaClient:
+    """A participant's media: one peer connection per published stream and per subscription."""
+
+    def __init__(
+        self,
+        signaling: SignalingClient,
+        pc_factory: Callable[[], RTCPeerConnection] | None = None,
+    ) -> None:
+        self.signaling = signaling
+        self.pc_factory = pc_factory or (lambda: RTCPeerConnection(RTCConfiguration(iceServers=[])))
+        self.published: dict[str, Published] = {}
+        self.subscriptions: dict[str, Subscription] = {}
+
+    async def publish(
+        self, feeds: list[tuple[MediaStreamTrack, str, str]], video_codec: str | None = None
+    ) -> Published:
+        """Publish tracks as one stream; each feed is (track, source, label)."""
+        pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+        transceivers = []
+        for track, source, label in feeds:
+            t = pc.addTransceiver(track, direction="sendonly")
+            if video_codec and track.kind == "video":
+                prefer_codec(t, "video", video_codec)
+            transceivers.append((t, source, label))
+        await pc.setLocalDescription(await pc.createOffer())
+        assert pc.localDescription is not None
+        specs = [
+            {"mid": t.mid, "source": source, "label": label} for t, source, label in transceivers
+        ]
+        try:
+            reply = await self.signaling.request(
+                {"type": "publish", "sdp": pc.localDescription.sdp, "feeds": specs}
+            )
+        except Exception:
+            await pc.close()
+            raise
+        await pc.setRemoteDescription(RTCSessionDescription(reply["sdp"], "answer"))
+        stream = Published(
+            reply["stream"],
+            pc,
+            {str(t.mid): f"{reply['stream']}.{t.mid}" for t, _, _ in transceivers},
+        )
+        self.published[stream.id] = stream
+        return stream
+
+    async def unpublish(self, stream_id: str) -> None:
+        """Stop publishing a stream."""
+        stream = self.published.pop(stream_id)
+        await self.signaling.send({"type": "unpublish", "stream": stream_id})
+        await stream.pc.close()
+
+    async def subscribe(
+        self, stream_id: str, feeds: list[str] | None = None, pc: RTCPeerConnection | None = None
+    ) -> Subscription:
+        """Receive a published stream; returns once the answer is sent."""
+        message: dict[str, Any] = {"type": "subscribe", "stream": stream_id}
+        if feeds is not None:
+            message["feeds"] = feeds
+        offer = await self.signaling.request(message)
+        pc = pc or self.pc_factory()
+        sub = Subscription(offer["stream"], stream_id, pc)
+        by_mid = {f["mid"]: f["feed"] for f in offer["feeds"]}
+        arrived = asyncio.Event()
+
+        @pc.on("track")
+        def _on_track(track: MediaStreamTrack) -> None:
+            for t in pc.getTransceivers():
+                if t.receiver.track is track and t.mid in by_mid:
+                    sub.tracks[by_mid[t.mid]] = track
+            if len(sub.tracks) == len(by_mid):
+                arrived.set()
+
+        await pc.setRemoteDescription(RTCSessionDescription(offer["sdp"], "offer"))
+        await pc.setLocalDescription(await pc.createAnswer())
+        assert pc.localDescription is not None
+        await self.signaling.send(
+            {"type": "answer", "stream": sub.id, "sdp": pc.localDescription.sdp}
+        )
+        await asyncio.wait_for(arrived.wait(), 5)
+        self.subscriptions[sub.id] = sub
+        return sub
+
+    async def unsubscribe(self, sub_id: str) -> None:
+        """Stop receiving a subscription."""
+        sub = self.subscriptions.pop(sub_id)
+        await self.signaling.send({"type": "unsubscribe", "stream": sub_id})
+        await sub.pc.close()
+
+    async def close(self) -> None:
+        """Close every peer connection."""
+        for s in list(self.subscriptions.values()):
+            await s.pc.close()
+        for p in list(self.published.values()):
+            await p.pc.close()
+        self.subscriptions.clear()
+        self.published.clear()

@@ -1,0 +1,346 @@
+"""The forwarding unit: publishers' peer connections in, subscribers' peer connections out."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import re
+import secrets
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from aiortc import RTCConfiguration, RTCSessionDescription
+from aiortc import sdp as aiortc_sdp
+
+from .aiortc_adapter import (
+    ForwardingReceiver,
+    ForwardingSender,
+    RelayPeerConnection,
+    add_relay_codecs,
+    codec_preferences,
+    negotiated_codec,
+)
+from .tracks import DownTrack, UpTrack
+
+log = logging.getLogger("teleconsult.media")
+
+ANSWER_TIMEOUT = 30.0
+
+
+class MediaError(Exception):
+    """A media request was refused; `code` is stable."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+@dataclass(frozen=True)
+class OfferedMedia:
+    """One m-line of a publisher's offer."""
+
+    mid: str
+    kind: str
+
+
+def offered_media(sdp: str) -> list[OfferedMedia]:
+    """List the audio and video sections of an SDP offer; raise MediaError if it is unusable."""
+    try:
+        description = aiortc_sdp.SessionDescription.parse(sdp)
+    except Exception:
+        raise MediaError("bad_sdp", "the SDP offer could not be parsed") from None
+    media = []
+    for m in description.media:
+        if m.kind not in ("audio", "video"):
+            continue
+        if m.rtp.muxId is None or m.rtp.muxId == "":
+            raise MediaError("bad_sdp", "every media section needs an a=mid")
+        media.append(OfferedMedia(m.rtp.muxId, m.kind))
+    if not media:
+        raise MediaError("bad_sdp", "the offer has no audio or video")
+    return media
+
+
+@dataclass
+class UpStream:
+    """A publisher's peer connection and the tracks it carries, by mid."""
+
+    id: str
+    participant_id: str
+    pc: RelayPeerConnection
+    tracks: dict[str, UpTrack] = field(default_factory=dict)
+    downs: set[str] = field(default_factory=set)
+
+
+@dataclass
+class DownStream:
+    """A subscriber's peer connection carrying the tracks of one up stream."""
+
+    id: str
+    subscriber_id: str
+    up: UpStream
+    pc: RelayPeerConnection
+    tracks: list[DownTrack] = field(default_factory=list)
+    answered: bool = False
+
+
+class Sfu:
+    """Owns every media peer connection of a node and forwards RTP between them."""
+
+    def __init__(
+        self,
+        clock: Callable[[], float] = time.time,
+        announce: str | None = None,
+        on_up_closed: Callable[[str, str], None] | None = None,
+        on_down_closed: Callable[[str, str], None] | None = None,
+    ) -> None:
+        add_relay_codecs()
+        self.clock = clock
+        # A public address to write into candidates in place of the gathered host address
+        # (a 1:1 NAT); None when candidates already carry the right address.
+        self.rewrite_to = announce
+        self.on_up_closed = on_up_closed
+        self.on_down_closed = on_down_closed
+        self.ups: dict[str, UpStream] = {}
+        self.downs: dict[str, DownStream] = {}
+        self._tasks: set[asyncio.Task[Any]] = set()
+
+    # -- publishing --------------------------------------------------------------------------
+
+    async def publish(
+        self, stream_id: str, participant_id: str, offer: str, feed_ids: dict[str, str]
+    ) -> tuple[str, dict[str, str]]:
+        """Accept a publisher's offer; return the answer and each mid's codec name."""
+        if stream_id in self.ups:
+            raise MediaError("stream_exists", "a stream with this id is published")
+        pc = RelayPeerConnection(RTCConfiguration(iceServers=[]))
+        up = UpStream(stream_id, participant_id, pc)
+        self.ups[stream_id] = up
+        try:
+            await pc.setRemoteDescription(RTCSessionDescription(offer, "offer"))
+            codecs: dict[str, str] = {}
+            for t in pc.getTransceivers():
+                codec = negotiated_codec(t)
+                if t.mid is None or codec is None:
+                    raise MediaError("bad_sdp", "no codec in common for a media section")
+                receiver = t.receiver
+                assert isinstance(receiver, ForwardingReceiver)
+                up.tracks[t.mid] = UpTrack(feed_ids[t.mid], t.kind, codec, receiver, self.clock)
+                codecs[t.mid] = codec.name
+            answer = await pc.createAnswer()
+            await pc.setLocalDescription(answer)
+        except MediaError:
+            await self.unpublish(stream_id, "refused")
+            raise
+        except Exception as e:
+            await self.unpublish(stream_id, "refused")
+            raise MediaError("bad_sdp", f"the offer was not accepted: {e}") from None
+        self._watch(pc, lambda: self.unpublish(stream_id, "failed"))
+        return self._local_sdp(pc), codecs
+
+    async def unpublish(self, stream_id: str, reason: str) -> None:
+        """Close a publisher's stream and every subscription to it."""
+        up = self.ups.pop(stream_id, None)
+        if up is None:
+            return
+        for down_id in list(up.downs):
+            await self.unsubscribe(down_id, "unpublished")
+        await up.pc.close()
+        if self.on_up_closed is not None and reason != "refused":
+            self.on_up_closed(stream_id, reason)
+
+    def mute(self, participant_id: str, kind: str, muted: bool) -> None:
+        """Stop (or resume) forwarding a participant's tracks of a kind."""
+        for up in self.ups.values():
+            if up.participant_id == participant_id:
+                for track in up.tracks.values():
+                    if track.kind == kind:
+                        track.muted = muted
+
+    # -- subscribing -------------------------------------------------------------------------
+
+    async def subscribe(
+        self, down_id: str, subscriber_id: str, stream_id: str, feeds: list[str] | None = None
+    ) -> tuple[str, dict[str, str]]:
+        """Make an offer carrying an up stream's tracks to a subscriber; return it and mid→feed."""
+        up = self.ups.get(stream_id)
+        if up is None:
+            raise MediaError("no_such_stream", "no such stream")
+        chosen = [t for t in up.tracks.values() if feeds is None or t.feed_id in feeds]
+        if not chosen:
+            raise MediaError("no_such_feed", "none of the requested feeds is in this stream")
+        pc = RelayPeerConnection(RTCConfiguration(iceServers=[]))
+        down = DownStream(down_id, subscriber_id, up, pc)
+        self.downs[down_id] = down
+        up.downs.add(down_id)
+        pairs = []
+        for track in chosen:
+            t = pc.addTransceiver(track.kind, direction="sendonly")
+            t.setCodecPreferences(codec_preferences(track.kind, track.codec))
+            sender = t.sender
+            assert isinstance(sender, ForwardingSender)
+            dt = DownTrack(track, sender, subscriber_id, self.clock)
+            down.tracks.append(dt)
+            pairs.append((t, dt))
+        offer = await pc.createOffer()
+        await pc.setLocalDescription(offer)
+        mids = {}
+        for t, dt in pairs:
+            assert t.mid is not None
+            mids[t.mid] = dt.up.feed_id
+            dt.up.attach(dt)
+            self._spawn(self._start_when_ready(dt))
+        self._watch(pc, lambda: self.unsubscribe(down_id, "failed"))
+        self._spawn(self._expire_unanswered(down_id))
+        return self._local_sdp(pc), mids
+
+    async def answer(self, down_id: str, subscriber_id: str, sdp: str) -> None:
+        """Take a subscriber's answer to our offer."""
+        down = self.downs.get(down_id)
+        if down is None or down.subscriber_id != subscriber_id:
+            raise MediaError("no_such_stream", "no such subscription")
+        if down.answered:
+            raise MediaError("already_answered", "this offer was already answered")
+        try:
+            await down.pc.setRemoteDescription(RTCSessionDescription(sdp, "answer"))
+        except Exception as e:
+            await self.unsubscribe(down_id, "refused")
+            raise MediaError("bad_sdp", f"the answer was not accepted: {e}") from None
+        down.answered = True
+
+    async def unsubscribe(self, down_id: str, reason: str) -> None:
+        """Close one subscription."""
+        down = self.downs.pop(down_id, None)
+        if down is None:
+            return
+        for dt in down.tracks:
+            dt.up.detach(dt)
+        down.up.downs.discard(down_id)
+        await down.pc.close()
+        if self.on_down_closed is not None:
+            self.on_down_closed(down_id, reason)
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    async def close_participant(self, participant_id: str, reason: str) -> None:
+        """Close everything a participant publishes or receives."""
+        for down_id in [d.id for d in self.downs.values() if d.subscriber_id == participant_id]:
+            await self.unsubscribe(down_id, reason)
+        for stream_id in [u.id for u in self.ups.values() if u.participant_id == participant_id]:
+            await self.unpublish(stream_id, reason)
+
+    async def close(self) -> None:
+        """Close every peer connection."""
+        for down_id in list(self.downs):
+            await self.unsubscribe(down_id, "server_shutdown")
+        for stream_id in list(self.ups):
+            await self.unpublish(stream_id, "server_shutdown")
+        for task in list(self._tasks):
+            task.cancel()
+
+    @staticmethod
+    def new_id(prefix: str) -> str:
+        """Return a fresh stream id."""
+        return f"{prefix}-{secrets.token_hex(6)}"
+
+    def stats(self) -> dict[str, Any]:
+        """Return per-track and per-subscriber counters."""
+        ups = []
+        for up in self.ups.values():
+            for mid, t in up.tracks.items():
+                lost, expected = t.receiver.loss()
+                ups.append(
+                    {
+                        "stream": up.id,
+                        "feed": t.feed_id,
+                        "mid": mid,
+                        "kind": t.kind,
+                        "codec": t.codec.name,
+                        "participant_id": up.participant_id,
+                        "packets": t.receiver.packets,
+                        "bytes": t.receiver.bytes,
+                        "lost": lost,
+                        "expected": expected,
+                        "nacks_sent": t.receiver.nacks_sent,
+                        "plis_sent": t.plis_sent,
+                        "keyframes": t.keyframes,
+                        "subscribers": len(t.downs),
+                        "upstream_bitrate": t.receiver.upstream_bitrate,
+                    }
+                )
+        downs = []
+        for down in self.downs.values():
+            for dt in down.tracks:
+                s = dt.sender
+                downs.append(
+                    {
+                        "stream": down.id,
+                        "of": down.up.id,
+                        "feed": dt.up.feed_id,
+                        "subscriber_id": down.subscriber_id,
+                        "packets": s.packets_sent,
+                        "bytes": s.bytes_sent,
+                        "nacks": s.nacks,
+                        "retransmits": s.retransmits,
+                        "plis": s.plis,
+                        "rtt": s.rtt,
+                        "waiting_keyframe": dt.waiting,
+                    }
+                )
+        return {"up": ups, "down": downs}
+
+    # -- helpers -----------------------------------------------------------------------------
+
+    async def _start_when_ready(self, dt: DownTrack) -> None:
+        await dt.sender.ready.wait()
+        # A new subscriber needs a keyframe now, not at the encoder's next scheduled one.
+        dt.up.request_keyframe()
+
+    async def _expire_unanswered(self, down_id: str) -> None:
+        await asyncio.sleep(ANSWER_TIMEOUT)
+        down = self.downs.get(down_id)
+        if down is not None and not down.answered:
+            await self.unsubscribe(down_id, "no_answer")
+
+    def _watch(self, pc: RelayPeerConnection, on_failure: Callable[[], Any]) -> None:
+        @pc.on("connectionstatechange")
+        def _changed() -> None:
+            if pc.connectionState == "failed":
+                self._spawn(on_failure())
+
+    def _local_sdp(self, pc: RelayPeerConnection) -> str:
+        assert pc.localDescription is not None
+        sdp: str = pc.localDescription.sdp
+        if self.rewrite_to:
+            sdp = rewrite_host_candidates(sdp, self.rewrite_to)
+        return sdp
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+
+_CANDIDATE = re.compile(r"^(a=candidate:\S+ \d+ \S+ \d+ )(\S+)( \d+ typ host.*)$", re.M)
+
+
+def rewrite_host_candidates(sdp: str, address: str) -> str:
+    """Put a public address into host candidates, for a server behind a 1:1 NAT."""
+    sdp = _CANDIDATE.sub(lambda m: m.group(1) + address + m.group(3), sdp)
+    family = "IP6" if ":" in address else "IP4"
+    return re.sub(r"^c=IN IP[46] \S+$", f"c=IN {family} {address}", sdp, flags=re.M)
+
+
+def local_address(address: str) -> bool:
+    """Tell whether an address belongs to this machine (so ICE can gather on it directly)."""
+    import socket
+
+    family = socket.AF_INET6 if ":" in address else socket.AF_INET
+    with contextlib.suppress(OSError), socket.socket(family, socket.SOCK_DGRAM) as s:
+        s.bind((address, 0))
+        return True
+    return False

@@ -1,0 +1,129 @@
+"""Up tracks (from a publisher) and down tracks (to one subscriber), joined without decoding."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from collections.abc import Callable, Coroutine
+from typing import Any
+
+from aiortc.rtcrtpparameters import RTCRtpCodecParameters
+from aiortc.rtp import RtpPacket
+
+from .aiortc_adapter import ForwardingReceiver, ForwardingSender
+from .estimator import RateAggregator, Throttle
+from .keyframe import keyframe_start
+from .rewrite import Rewriter
+
+# A PLI upstream at most this often: keyframes are expensive, and one serves every subscriber.
+KEYFRAME_INTERVAL = 0.3
+REMB_INTERVAL = 1.0
+
+
+class UpTrack:
+    """One published track: takes the publisher's packets and writes them to every subscriber."""
+
+    def __init__(
+        self,
+        feed_id: str,
+        kind: str,
+        codec: RTCRtpCodecParameters,
+        receiver: ForwardingReceiver,
+        clock: Callable[[], float],
+    ) -> None:
+        self.feed_id = feed_id
+        self.kind = kind
+        self.codec = codec
+        self.receiver = receiver
+        self.clock = clock
+        self.downs: list[DownTrack] = []
+        self.muted = False
+        self.rates = RateAggregator()
+        self.keyframes = 0
+        self.plis_sent = 0
+        self._key_throttle = Throttle(KEYFRAME_INTERVAL)
+        self._remb_throttle = Throttle(REMB_INTERVAL)
+        self._tasks: set[asyncio.Task[None]] = set()
+        receiver.on_packet = self.on_packet
+
+    async def on_packet(self, packet: RtpPacket, codec: RTCRtpCodecParameters) -> None:
+        """Forward one packet from the publisher to every subscriber."""
+        now = self.clock()
+        key = keyframe_start(codec.name, packet.payload) if self.kind == "video" else True
+        if key and self.kind == "video":
+            self.keyframes += 1
+        if not self.muted:
+            for down in self.downs:
+                await down.write(packet, key, now)
+        if self.kind == "video" and self._remb_throttle.ready(now):
+            target = self.rates.target(now, self.receiver.upstream_bitrate)
+            if target is not None:
+                await self.receiver.send_remb(target)
+
+    def request_keyframe(self) -> None:
+        """Ask the publisher for a keyframe, at most once per KEYFRAME_INTERVAL."""
+        if self.kind != "video" or not self._key_throttle.ready(self.clock()):
+            return
+        self.plis_sent += 1
+        self._spawn(self.receiver.request_keyframe())
+
+    def attach(self, down: DownTrack) -> None:
+        """Start writing to a subscriber."""
+        self.downs.append(down)
+
+    def detach(self, down: DownTrack) -> None:
+        """Stop writing to a subscriber."""
+        if down in self.downs:
+            self.downs.remove(down)
+        self.rates.forget(down.subscriber_id)
+
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+
+class DownTrack:
+    """One subscriber's copy of an up track: its own SSRC, sequence and timestamp space."""
+
+    def __init__(
+        self, up: UpTrack, sender: ForwardingSender, subscriber_id: str, clock: Callable[[], float]
+    ) -> None:
+        self.up = up
+        self.sender = sender
+        self.subscriber_id = subscriber_id
+        self.clock = clock
+        self.rewriter = Rewriter(
+            random.randrange(1 << 15), random.randrange(1 << 32), up.codec.clockRate
+        )
+        self.waiting = True
+        self.up_ssrc: int | None = None
+        self.attached_at = clock()
+        self.started_at: float | None = None
+        self.dropped_waiting = 0
+        sender.on_keyframe_request = up.request_keyframe
+        sender.on_remb = self._on_remb
+
+    async def write(self, packet: RtpPacket, key: bool, now: float) -> None:
+        """Send a publisher's packet on, starting only at a keyframe."""
+        if self.sender.codec is None:
+            return
+        if packet.ssrc != self.up_ssrc:
+            # A new source (the publisher restarted its encoder) needs a fresh start point.
+            self.up_ssrc = packet.ssrc
+            self.waiting = True
+        if self.waiting:
+            if not key:
+                self.dropped_waiting += 1
+                self.up.request_keyframe()
+                return
+            self.rewriter.rebase(packet.sequence_number, packet.timestamp, now)
+            self.waiting = False
+            if self.started_at is None:
+                self.started_at = now
+        mapped = self.rewriter.map(packet.sequence_number, packet.timestamp, now)
+        if mapped is not None:
+            await self.sender.forward(packet, *mapped)
+
+    def _on_remb(self, bitrate: int) -> None:
+        self.up.rates.report(self.subscriber_id, bitrate, self.clock())

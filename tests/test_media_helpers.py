@@ -1,0 +1,116 @@
+"""Pure media helpers: keyframe detection on real encoder output, rewriting, caches, rates."""
+
+from __future__ import annotations
+
+import fractions
+
+import av
+import numpy as np
+import pytest
+from aiortc.codecs import get_encoder
+from aiortc.codecs.h264 import H264Encoder
+from aiortc.codecs.vpx import Vp8Encoder
+
+from media.estimator import RateAggregator, Throttle
+from media.keyframe import h264_keyframe_start, keyframe_start, vp8_keyframe_start
+from media.packetcache import PacketCache
+from media.rewrite import Rewriter, seq_newer
+
+
+def frames(n: int, width: int = 320, height: int = 240) -> list[av.VideoFrame]:
+    rng = np.random.default_rng(1)
+    out = []
+    for i in range(n):
+        img = rng.integers(0, 255, (height, width, 3), dtype=np.uint8)
+        f = av.VideoFrame.from_ndarray(img, format="bgr24")
+        f.pts = i * 3000
+        f.time_base = fractions.Fraction(1, 90000)
+        out.append(f)
+    return out
+
+
+@pytest.mark.parametrize(
+    ("encoder_cls", "detect"),
+    [(Vp8Encoder, vp8_keyframe_start), (H264Encoder, h264_keyframe_start)],
+)
+def test_keyframes_found_in_real_encoder_output(encoder_cls: type, detect: object) -> None:
+    enc = encoder_cls()
+    seen = []
+    for i, frame in enumerate(frames(6)):
+        payloads, _ = enc.encode(frame, force_keyframe=(i in (0, 4)))
+        flags = [detect(p) for p in payloads]  # type: ignore[operator]
+        # Only the first packet of a keyframe starts one; never a packet of a delta frame.
+        seen.append((flags[0], any(flags[1:])))
+    assert seen[0] == (True, False)
+    assert seen[4][0] is True
+    assert [s[0] for s in seen[1:4]] == [False, False, False]
+    assert not any(s[1] for s in seen)
+
+
+def test_keyframe_edge_cases() -> None:
+    assert not vp8_keyframe_start(b"")
+    assert not vp8_keyframe_start(b"\x90")  # truncated extension
+    assert not vp8_keyframe_start(b"\x10")  # no frame header
+    assert vp8_keyframe_start(b"\x10\x00")
+    assert not vp8_keyframe_start(b"\x00\x00")  # not the start of a partition
+    assert vp8_keyframe_start(b"\x90\x80\x81\x23\x00")  # two-byte picture id
+    assert h264_keyframe_start(bytes([0x67]))  # SPS
+    assert not h264_keyframe_start(bytes([0x41]))  # non-IDR slice
+    assert not h264_keyframe_start(bytes([0x7C, 0x85]))  # FU-A start of IDR, SPS missed
+    assert h264_keyframe_start(bytes([0x78, 0, 1, 0x68, 0, 1, 0x67]))  # STAP-A PPS + SPS
+    assert not h264_keyframe_start(bytes([0x78, 0, 1, 0x68, 0, 1, 0x65]))  # PPS + IDR
+    assert not h264_keyframe_start(bytes([0x78, 0, 1, 0x68, 0xFF]))  # truncated STAP-A
+    assert keyframe_start("opus", b"\x00")
+    assert get_encoder  # the helper used above is the codec registry of the pinned aiortc
+
+
+def test_rewriter_continuous_across_source_change_and_wrap() -> None:
+    rw = Rewriter(seq_start=65534, ts_start=1000, clock_rate=90000)
+    rw.rebase(in_seq=100, in_ts=5000, now=0.0)
+    assert rw.map(100, 5000, 0.0) == (65534, 1000)
+    assert rw.map(101, 8000, 0.033) == (65535, 4000)
+    assert rw.map(102, 8000, 0.034) == (0, 4000)  # sequence wraps
+    assert rw.map(99, 2000, 0.035) is None  # before the start: never sent
+    assert rw.map(101, 8000, 0.036) == (65535, 4000)  # a late duplicate maps the same
+    # The publisher restarts with a new SSRC and unrelated numbers; output stays continuous.
+    rw.rebase(in_seq=7, in_ts=123456, now=1.034)
+    seq, ts = rw.map(7, 123456, 1.034)  # type: ignore[misc]
+    assert seq == 1
+    assert ts == 4000 + 90000  # one second of clock passed
+
+
+def test_seq_newer() -> None:
+    assert seq_newer(1, 0) and seq_newer(0, 65535) and not seq_newer(0, 1)
+    assert not seq_newer(5, 5)
+
+
+def test_packet_cache() -> None:
+    c: PacketCache[str] = PacketCache(4)
+    for s in range(10):
+        c.put(s, f"p{s}")
+    assert c.get(9) == "p9" and c.get(6) == "p6"
+    assert c.get(5) is None  # overwritten
+    assert c.get(13) is None  # never sent
+
+
+def test_throttle() -> None:
+    t = Throttle(0.5)
+    assert t.ready(0.0) and not t.ready(0.2) and t.ready(0.5) and not t.ready(0.9)
+
+
+def test_rate_aggregator() -> None:
+    agg = RateAggregator(floor=300_000, max_age=5.0)
+    assert agg.target(0.0) is None
+    agg.report("a", 2_000_000, 0.0)
+    agg.report("b", 1_500_000, 0.0)
+    agg.report("c", 1_800_000, 0.0)
+    assert agg.target(1.0) == 1_500_000
+    agg.report("weak", 200_000, 1.0)  # one weak subscriber does not starve the rest
+    assert agg.target(1.0) == 1_500_000
+    assert agg.target(1.0, upstream=1_000_000) == 1_000_000
+    agg.forget("b")
+    assert agg.target(1.0) == 1_800_000
+    assert agg.target(10.0) is None  # stale reports are ignored
+    only_weak = RateAggregator(floor=300_000)
+    only_weak.report("x", 100_000, 0.0)
+    assert only_weak.target(0.0) == 300_000
