@@ -384,3 +384,30 @@ def use_host_addresses(addresses: list[str] | None) -> None:
         return [a for a in chosen if (":" in a and use_ipv6) or (":" not in a and use_ipv4)]
 
     aioice.ice.get_host_addresses = host_addresses
+
+
+CODECS_CREATED = {"decoder": 0, "encoder": 0}
+
+
+def count_codecs() -> None:
+    """Count every decoder and encoder aiortc creates in this process (a relay creates none)."""
+    import aiortc.rtcrtpreceiver as receiver_module
+    import aiortc.rtcrtpsender as sender_module
+
+    make_decoder = getattr(receiver_module, "get_decoder")  # noqa: B009 - not exported
+    make_encoder = getattr(sender_module, "get_encoder")  # noqa: B009
+    if getattr(make_decoder, "counted", False):
+        return
+
+    def get_decoder(codec: RTCRtpCodecParameters) -> Any:
+        CODECS_CREATED["decoder"] += 1
+        return make_decoder(codec)
+
+    def get_encoder(codec: RTCRtpCodecParameters) -> Any:
+        CODECS_CREATED["encoder"] += 1
+        return make_encoder(codec)
+
+    get_decoder.counted = True  # type: ignore[attr-defined]
+    # The receiver and sender modules look these names up at call time.
+    setattr(receiver_module, "get_decoder", get_decoder)  # noqa: B010
+    setattr(sender_module, "get_encoder", get_encoder)  # noqa: B010

@@ -132,6 +132,9 @@ def _serve(args: argparse.Namespace) -> int:
         idle_timeout=args.idle_timeout,
     )
     keys = resolve_secrets(settings)
+    from media.aiortc_adapter import count_codecs
+
+    count_codecs()
     app = create_app(settings, keys)
     if args.demo:
         from session.room import RoomConfig

@@ -2,7 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
+from typing import Any
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from media.aiortc_adapter import CODECS_CREATED
 
 
 class Metrics:
@@ -27,6 +34,73 @@ class Metrics:
             registry=self.registry,
         )
 
+    def watch_media(self, stats: Callable[[], dict[str, Any]]) -> None:
+        """Export media statistics, read from `stats` at every scrape."""
+        self.registry.register(MediaCollector(stats))
+
     def render(self) -> bytes:
         """Return the exposition text."""
         return generate_latest(self.registry)
+
+
+_UP = [
+    ("packets", "Packets received from the publisher"),
+    ("bytes", "Payload bytes received from the publisher"),
+    ("lost", "Packets lost on the way from the publisher"),
+    ("nacks_sent", "NACKs sent to the publisher"),
+    ("plis_sent", "Keyframe requests sent to the publisher"),
+    ("keyframes", "Keyframes received from the publisher"),
+]
+_DOWN = [
+    ("packets", "Packets sent to the subscriber"),
+    ("bytes", "Payload bytes sent to the subscriber"),
+    ("nacks", "NACKed packets reported by the subscriber"),
+    ("retransmits", "Packets retransmitted to the subscriber"),
+    ("plis", "Keyframe requests from the subscriber"),
+]
+
+
+class MediaCollector(Collector):
+    """Per-track and per-subscriber media series; labels are opaque ids, never names."""
+
+    def __init__(self, stats: Callable[[], dict[str, Any]]) -> None:
+        self.stats = stats
+
+    def collect(self) -> Iterator[Metric]:
+        """Yield the series for the tracks live now."""
+        stats = self.stats()
+        yield GaugeMetricFamily(
+            "teleconsult_media_up_tracks", "Published tracks", value=len(stats["up"])
+        )
+        yield GaugeMetricFamily(
+            "teleconsult_media_down_tracks", "Forwarded subscriber tracks", value=len(stats["down"])
+        )
+        codecs = CounterMetricFamily(
+            "teleconsult_media_codecs_created",
+            "Decoders and encoders created (a relay creates none)",
+            labels=["kind"],
+        )
+        for kind, n in CODECS_CREATED.items():
+            codecs.add_metric([kind], n)
+        yield codecs
+        up_labels = ["stream", "feed", "kind", "codec"]
+        for key, doc in _UP:
+            family = CounterMetricFamily(f"teleconsult_media_up_{key}", doc, labels=up_labels)
+            for s in stats["up"]:
+                family.add_metric([s["stream"], s["feed"], s["kind"], s["codec"]], s[key])
+            yield family
+        down_labels = ["stream", "feed", "subscriber"]
+        for key, doc in _DOWN:
+            family = CounterMetricFamily(f"teleconsult_media_down_{key}", doc, labels=down_labels)
+            for s in stats["down"]:
+                family.add_metric([s["stream"], s["feed"], s["subscriber_id"]], s[key])
+            yield family
+        rtt = GaugeMetricFamily(
+            "teleconsult_media_down_rtt_seconds",
+            "Round-trip time to the subscriber",
+            labels=down_labels,
+        )
+        for s in stats["down"]:
+            if s["rtt"] is not None:
+                rtt.add_metric([s["stream"], s["feed"], s["subscriber_id"]], s["rtt"])
+        yield rtt

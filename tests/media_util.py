@@ -37,16 +37,20 @@ class ToneTrack(AudioStreamTrack):
     def __init__(self) -> None:
         super().__init__()
         self.sample = 0
+        self.start: float | None = None
 
     async def recv(self) -> av.AudioFrame:
-        frame = await super().recv()  # paces and stamps a silent frame
-        n = frame.samples
+        n = 960
+        if self.start is None:
+            self.start = time.monotonic()
+        else:
+            await asyncio.sleep(max(0.0, self.start + self.sample / 48000 - time.monotonic()))
         t = (np.arange(n) + self.sample) / 48000
-        self.sample += n
         tone = (0.3 * 32767 * np.sin(2 * math.pi * 440 * t)).astype(np.int16)
         out = av.AudioFrame.from_ndarray(tone.reshape(1, -1), format="s16", layout="mono")
         out.sample_rate = 48000
-        out.pts, out.time_base = frame.pts, fractions.Fraction(1, 48000)
+        out.pts, out.time_base = self.sample, fractions.Fraction(1, 48000)
+        self.sample += n
         return out
 
 

@@ -58,7 +58,11 @@ async def test_video_reaches_every_subscriber_undecoded(
     assert added["stream"]["id"] == stream.id
     feed = added["stream"]["feeds"][0]
     assert (feed["source"], feed["label"], feed["kind"], feed["codec"]) == (
-        "probe", "Ultrasound", "video", codec)
+        "probe",
+        "Ultrasound",
+        "video",
+        codec,
+    )
     subs = [await p.media.subscribe(stream.id) for p in (ex, aud)]
     for sub in subs:
         frames = await receive(sub.tracks[feed["id"]], 30)
@@ -116,3 +120,123 @@ async def test_publish_permissions(server: Server, peers: list[Peer]) -> None:
         await aud.media.subscribe("s-nonexistent")
     assert e.value.code == "no_such_stream"
     assert not server.hub.sfu.ups.keys() - {s for r in server.hub.rooms.live() for s in r.streams}
+
+
+async def test_loss_on_a_subscriber_leg_is_repaired_by_nack(
+    server: Server, peers: list[Peer]
+) -> None:
+    op = await join(server, peers, Role.OPERATOR, "op")
+    ex = await join(server, peers, Role.EXPERT, "ex")
+    stream = await op.media.publish([(PatternTrack(640, 480), "probe", "")])
+    sub = await ex.media.subscribe(stream.id)
+    track = sub.tracks[f"{stream.id}.0"]
+    await receive(track, 5)
+    sender = next(iter(server.hub.sfu.downs.values())).tracks[0].sender
+    transport = sender.transport
+    send = transport._send_rtp
+    seen: set[int] = set()
+    dropped: list[int] = []
+
+    async def lossy(data: bytes) -> None:
+        # Drop every fifth first transmission of a media packet on this leg; RTCP and RTX
+        # retransmissions (another SSRC) pass.
+        ssrc = int.from_bytes(data[8:12], "big")
+        if 200 <= data[1] <= 206 or ssrc != sender._ssrc:
+            await send(data)
+            return
+        seq = int.from_bytes(data[2:4], "big")
+        if seq not in seen:
+            seen.add(seq)
+            if len(seen) % 5 == 0:
+                dropped.append(seq)
+                return
+        await send(data)
+
+    transport._send_rtp = lossy  # type: ignore[method-assign]
+    t0 = time.monotonic()
+    frames = await receive(track, 90, timeout=10)
+    elapsed = time.monotonic() - t0
+    assert len(dropped) >= 10
+    assert sender.retransmits >= 0.8 * len(dropped)
+    # 90 frames in about 3 s: the picture kept flowing instead of freezing until a keyframe.
+    assert elapsed < 4.5
+    xs = [bar_position(f) for f in frames[-30:]]
+    assert len(set(xs)) >= 25
+
+
+async def test_streams_come_and_go_mid_session(server: Server, peers: list[Peer]) -> None:
+    op = await join(server, peers, Role.OPERATOR, "op")
+    ex = await join(server, peers, Role.EXPERT, "ex")
+    aud = await join(server, peers, Role.AUDIENCE, "aud")
+    probe = await op.media.publish([(PatternTrack(), "probe", "")])
+    probe_ex = await ex.media.subscribe(probe.id)
+    probe_aud = await aud.media.subscribe(probe.id)
+    await receive(probe_ex.tracks[f"{probe.id}.0"], 5)
+    await receive(probe_aud.tracks[f"{probe.id}.0"], 5)
+
+    # A room camera joins mid-session, without anyone reconnecting.
+    camera = await op.media.publish([(PatternTrack(160, 120), "camera", "Room")])
+    added = await ex.sig.wait_for("stream_added", where=lambda e: e["stream"]["id"] == camera.id)
+    assert added["stream"]["feeds"][0]["source"] == "camera"
+    cam_ex = await ex.media.subscribe(camera.id)
+    frames = await receive(cam_ex.tracks[f"{camera.id}.0"], 5)
+    assert frames[-1].width == 160
+
+    # It goes away again; the subscriber is told and its subscription ends.
+    await op.media.unpublish(camera.id)
+    gone = await ex.sig.wait_for("stream_removed")
+    assert gone == {"type": "stream_removed", "stream_id": camera.id, "reason": "unpublished"}
+    ended = await ex.sig.wait_for("unsubscribed")
+    assert ended["stream"] == cam_ex.id
+    await receive(probe_ex.tracks[f"{probe.id}.0"], 10)  # the probe goes on
+
+    # A subscriber dropping off is noticed by nobody else.
+    await aud.sig.close()
+    await receive(probe_ex.tracks[f"{probe.id}.0"], 10)
+    assert [e for e in ex.sig.drain() if e["type"] in ("stream_removed", "unsubscribed")] == []
+
+    # The publisher leaves: subscribers are told, tracks end cleanly, nothing is left behind.
+    await op.sig.send({"type": "leave"})
+    gone = await ex.sig.wait_for("stream_removed")
+    assert gone["stream_id"] == probe.id and gone["reason"] == "left"
+    await ex.sig.wait_for("unsubscribed", where=lambda e: e["stream"] == probe_ex.id)
+    for _ in range(50):
+        if not server.hub.sfu.ups and not server.hub.sfu.downs:
+            break
+        await asyncio.sleep(0.1)
+    assert not server.hub.sfu.ups and not server.hub.sfu.downs
+
+
+async def test_moderator_mute_stops_forwarding_the_microphone(
+    server: Server, peers: list[Peer]
+) -> None:
+    mod = await join(server, peers, Role.MODERATOR, "mod")
+    ex = await join(server, peers, Role.EXPERT, "ex")
+    stream = await ex.media.publish([(ToneTrack(), "microphone", "")])
+    sub = await mod.media.subscribe(stream.id)
+    await receive(sub.tracks[f"{stream.id}.0"], 10)
+    await mod.sig.send({"type": "mute", "participant": ex.sig.participant_id})
+    await ex.sig.wait_for("muted")
+    before = server.hub.sfu.stats()["down"][0]["packets"]
+    await asyncio.sleep(0.5)
+    assert server.hub.sfu.stats()["down"][0]["packets"] == before
+    await ex.sig.send({"type": "set_muted", "muted": False})
+    await mod.sig.wait_for("muted", where=lambda e: e["muted"] is False)
+    await asyncio.sleep(0.5)
+    assert server.hub.sfu.stats()["down"][0]["packets"] > before + 10
+
+
+async def test_moderator_sees_stats_others_do_not(server: Server, peers: list[Peer]) -> None:
+    mod = await join(server, peers, Role.MODERATOR, "mod")
+    op = await join(server, peers, Role.OPERATOR, "op")
+    stream = await op.media.publish([(PatternTrack(), "probe", "")])
+    sub = await mod.media.subscribe(stream.id)
+    await receive(sub.tracks[f"{stream.id}.0"], 30)
+    stats = await mod.sig.request({"type": "get_stats"})
+    (up,) = stats["up"]
+    assert up["feed"] == f"{stream.id}.0" and up["packets"] > 0 and up["subscribers"] == 1
+    (down,) = stats["down"]
+    assert down["subscriber_id"] == mod.sig.participant_id and down["packets"] > 0
+    with pytest.raises(RequestFailed) as e:
+        await op.sig.request({"type": "get_stats"})
+    assert e.value.code == "forbidden"

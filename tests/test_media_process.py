@@ -1,0 +1,122 @@
+"""The relay as its own process: frames flow, and it creates no decoder and no encoder."""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from media.aiortc_adapter import use_host_addresses
+from media.client import MediaClient
+from session.roles import Role
+from signaling.client import SignalingClient
+from signaling.tokens import mint
+
+from .conftest import SECRET, free_socket
+from .media_util import PatternTrack, ToneTrack, receive, tone_level
+
+TELECONSULT = str(Path(sys.executable).parent / "teleconsult")
+
+
+@pytest.fixture
+def relay(tmp_path: Path) -> Iterator[int]:
+    sock = free_socket()
+    port = sock.getsockname()[1]
+    sock.close()
+    proc = subprocess.Popen(
+        [TELECONSULT, "serve", "--port", str(port), "--announce", "127.0.0.1", "--secret",
+         SECRET, "--data-dir", str(tmp_path), "--log-level", "warning"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=1).close()
+                break
+            except OSError:
+                time.sleep(0.1)
+        yield port
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5)
+
+
+async def metrics(port: int) -> dict[str, float]:
+    def fetch() -> str:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
+            return str(r.read().decode())
+
+    values = {}
+    for line in (await asyncio.to_thread(fetch)).splitlines():
+        if line and not line.startswith("#"):
+            name, _, value = line.rpartition(" ")
+            values[name] = float(value)
+    return values
+
+
+async def test_relay_process_forwards_without_any_codec(relay: int) -> None:
+    use_host_addresses(["127.0.0.1"])
+    url = f"ws://127.0.0.1:{relay}/ws"
+    op_sig = SignalingClient(url, mint(SECRET, "r1", Role.OPERATOR, "op", 600, "op"), "r1")
+    ex_sig = SignalingClient(url, mint(SECRET, "r1", Role.EXPERT, "ex", 600, "ex"), "r1")
+    await op_sig.connect()
+    await ex_sig.connect()
+    op, ex = MediaClient(op_sig), MediaClient(ex_sig)
+    try:
+        stream = await op.publish([(PatternTrack(), "probe", ""), (ToneTrack(), "microphone", "")])
+        sub = await ex.subscribe(stream.id)
+        video = await receive(sub.tracks[f"{stream.id}.0"], 30)
+        audio = await receive(sub.tracks[f"{stream.id}.1"], 50)
+        assert video[-1].width == 320 and tone_level(audio[-25:]) > 1000
+        m = await metrics(relay)
+        assert m["teleconsult_media_up_tracks"] == 2
+        assert m["teleconsult_media_down_tracks"] == 2
+        assert m['teleconsult_media_codecs_created_total{kind="decoder"}'] == 0
+        assert m['teleconsult_media_codecs_created_total{kind="encoder"}'] == 0
+        sent = [v for k, v in m.items() if k.startswith("teleconsult_media_down_packets_total")]
+        assert len(sent) == 2 and min(sent) > 20
+    finally:
+        await op.close()
+        await ex.close()
+        await op_sig.close()
+        await ex_sig.close()
+        use_host_addresses(None)
+
+
+async def test_codec_counter_sees_a_peer_that_does_transcode() -> None:
+    # The proof above is only as good as the counter: a plain aiortc pair must register.
+    from aiortc import RTCConfiguration, RTCPeerConnection
+
+    from media.aiortc_adapter import CODECS_CREATED, count_codecs
+
+    count_codecs()
+    before = dict(CODECS_CREATED)
+    use_host_addresses(["127.0.0.1"])
+    a = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+    b = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+    got: asyncio.Future[object] = asyncio.get_running_loop().create_future()
+    b.on("track", lambda track: got.done() or got.set_result(track))
+    try:
+        a.addTrack(PatternTrack())
+        await a.setLocalDescription(await a.createOffer())
+        await b.setRemoteDescription(a.localDescription)
+        await b.setLocalDescription(await b.createAnswer())
+        await a.setRemoteDescription(b.localDescription)
+        track = await asyncio.wait_for(got, 5)
+        await receive(track, 3)  # type: ignore[arg-type]
+        assert CODECS_CREATED["encoder"] > before["encoder"]
+        assert CODECS_CREATED["decoder"] > before["decoder"]
+    finally:
+        await a.close()
+        await b.close()
+        use_host_addresses(None)
