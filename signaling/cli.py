@@ -99,13 +99,53 @@ def build_parser() -> argparse.ArgumentParser:
         help="where to read the generated admin key from",
     )
     rooms.add_argument("--json", action="store_true", help="print JSON")
+
+    for name, doc in (
+        ("publish", "publish a video source to a room"),
+        ("subscribe", "receive a room's streams and report frame rate and latency"),
+    ):
+        p = sub.add_parser(name, help=doc)
+        p.add_argument("--server", default=env("SERVER", "http://127.0.0.1:8080"))
+        p.add_argument("--room", required=True)
+        p.add_argument(
+            "--token",
+            default=env("TOKEN"),
+            help="access token (default: minted from the data dir's secret)",
+        )
+        p.add_argument("--name", default="Publisher" if name == "publish" else "Viewer")
+        p.add_argument(
+            "--role",
+            choices=[r.value for r in Role],
+            default="operator" if name == "publish" else "audience",
+        )
+        p.add_argument("--duration", type=float, help="seconds to run (default: until stopped)")
+        _settings_args(p)
+    pub = sub.choices["publish"]
+    src = pub.add_mutually_exclusive_group(required=True)
+    src.add_argument("--synthetic", action="store_true", help="built-in ultrasound-like source")
+    src.add_argument("--file", help="a video file, looped")
+    src.add_argument("--device", help="a capture device, e.g. /dev/video0")
+    pub.add_argument("--source", default="probe", help="probe, laparoscope, camera or screen")
+    pub.add_argument("--label", default="")
+    pub.add_argument("--codec", choices=["VP8", "H264"], help="video codec (default: VP8)")
+    pub.add_argument("--size", default="1280x720")
+    pub.add_argument("--fps", type=float, default=30.0)
+    sub.choices["subscribe"].add_argument(
+        "--stats", action="store_true", help="print statistics every second"
+    )
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     """Run the command line."""
     args = build_parser().parse_args(argv)
-    command = {"serve": _serve, "token": _token, "rooms": _rooms}[args.command]
+    command = {
+        "serve": _serve,
+        "token": _token,
+        "rooms": _rooms,
+        "publish": _publish,
+        "subscribe": _subscribe,
+    }[args.command]
     try:
         return command(args)
     except ValueError as e:
@@ -214,6 +254,55 @@ def _rooms(args: argparse.Namespace) -> int:
     print(f"{'ROOM':<24} {'PARTICIPANTS':>12} {'WAITING':>8}  TITLE")
     for room in data["rooms"]:
         print(f"{room['id']:<24} {room['participants']:>12} {room['waiting']:>8}  {room['title']}")
+    return 0
+
+
+def _signaling(args: argparse.Namespace) -> Any:
+    from .client import SignalingClient
+
+    token = args.token
+    if not token:
+        secret = args.secret or resolve_secrets(Settings(data_dir=Path(args.data_dir))).token_secret
+        token = mint(secret, args.room, Role(args.role), args.name, 12 * 3600)
+    base = args.server.rstrip("/")
+    url = base.replace("https://", "wss://").replace("http://", "ws://") + "/ws"
+    return SignalingClient(url, token, args.room)
+
+
+def _publish(args: argparse.Namespace) -> int:
+    from media.tools import open_source, publish
+
+    width, _, height = args.size.partition("x")
+    tracks = open_source(
+        "synthetic" if args.synthetic else (args.file or args.device),
+        (int(width), int(height)),
+        args.fps,
+    )
+
+    async def run() -> None:
+        client = _signaling(args)
+        await client.connect()
+        try:
+            await publish(client, tracks, args.source, args.label, args.codec, args.duration)
+        finally:
+            await client.close()
+
+    asyncio.run(run())
+    return 0
+
+
+def _subscribe(args: argparse.Namespace) -> int:
+    from media.tools import subscribe
+
+    async def run() -> dict[str, Any]:
+        client = _signaling(args)
+        await client.connect()
+        try:
+            return await subscribe(client, args.duration, args.stats)
+        finally:
+            await client.close()
+
+    print(json.dumps({"summary": asyncio.run(run())}), flush=True)
     return 0
 
 

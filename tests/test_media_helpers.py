@@ -114,3 +114,29 @@ def test_rate_aggregator() -> None:
     only_weak = RateAggregator(floor=300_000)
     only_weak.report("x", 100_000, 0.0)
     assert only_weak.target(0.0) == 300_000
+
+
+def test_stamp_survives_vp8_at_low_bitrate() -> None:
+    import asyncio
+
+    from aiortc.codecs.vpx import Vp8Decoder, vp8_depayload
+    from aiortc.jitterbuffer import JitterFrame
+
+    from media import stamp
+    from media.synthetic import UltrasoundTrack
+
+    async def run() -> int:
+        track = UltrasoundTrack(320, 240)
+        enc, dec = Vp8Encoder(), Vp8Decoder()
+        enc.target_bitrate = 300_000
+        ok = 0
+        for i in range(20):
+            frame = await track.recv()
+            payloads, ts = enc.encode(frame, force_keyframe=(i == 0))
+            data = b"".join(vp8_depayload(p) for p in payloads)
+            for out in dec.decode(JitterFrame(data=data, timestamp=ts)):
+                read = stamp.read(out.to_ndarray(format="gray"))
+                ok += read is not None and read[1] == i
+        return ok
+
+    assert asyncio.run(run()) == 20

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import subprocess
 import sys
 import time
@@ -30,9 +31,23 @@ def relay(tmp_path: Path) -> Iterator[int]:
     port = sock.getsockname()[1]
     sock.close()
     proc = subprocess.Popen(
-        [TELECONSULT, "serve", "--port", str(port), "--announce", "127.0.0.1", "--secret",
-         SECRET, "--data-dir", str(tmp_path), "--log-level", "warning"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        [
+            TELECONSULT,
+            "serve",
+            "--port",
+            str(port),
+            "--announce",
+            "127.0.0.1",
+            "--secret",
+            SECRET,
+            "--data-dir",
+            str(tmp_path),
+            "--log-level",
+            "warning",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
@@ -120,3 +135,28 @@ async def test_codec_counter_sees_a_peer_that_does_transcode() -> None:
         await a.close()
         await b.close()
         use_host_addresses(None)
+
+
+def test_publish_and_subscribe_commands_report_latency(relay: int, tmp_path: Path) -> None:
+    common = ["--server", f"http://127.0.0.1:{relay}", "--room", "cli", "--secret", SECRET,
+              "--data-dir", str(tmp_path)]
+    publisher = subprocess.Popen(
+        [TELECONSULT, "publish", *common, "--synthetic", "--size", "320x240", "--duration", "12"],
+        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    try:
+        assert publisher.stdout is not None
+        first = publisher.stdout.readline()  # printed once the stream is published
+        assert '"published"' in first
+        out = subprocess.run([TELECONSULT, "subscribe", *common, "--duration", "4"],
+                             capture_output=True, text=True, timeout=60)
+        assert out.returncode == 0, out.stderr
+        summary = json.loads(out.stdout.splitlines()[-1])["summary"]
+        (feed,) = summary.values()
+        assert feed["frames"] >= 60
+        assert 0 < feed["latency_ms_p50"] < 500
+        assert feed["first_frame_ms"] < 3000
+    finally:
+        publisher.terminate()
+        publisher.wait(10)
+        if publisher.stdout:
+            publisher.stdout.close()
