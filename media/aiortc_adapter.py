@@ -338,33 +338,35 @@ _EXTRA_CODECS_ADDED = False
 
 
 def add_relay_codecs() -> None:
-    """Let the relay accept H.264 High profile: it forwards, so it need not decode it."""
+    """Let the relay accept H.264 Main and High profiles: it forwards, so it need not decode."""
     global _EXTRA_CODECS_ADDED
     if _EXTRA_CODECS_ADDED:
         return
     _EXTRA_CODECS_ADDED = True
     used = {c.payloadType for c in CODECS["video"] if c.payloadType is not None}
     pt = max(used) + 1
-    CODECS["video"] += [
-        RTCRtpCodecParameters(
-            mimeType="video/H264",
-            clockRate=90000,
-            payloadType=pt,
-            rtcpFeedback=[
-                RTCRtcpFeedback(type="nack"),
-                RTCRtcpFeedback(type="nack", parameter="pli"),
-                RTCRtcpFeedback(type="goog-remb"),
-            ],
-            parameters={
-                "level-asymmetry-allowed": "1",
-                "packetization-mode": "1",
-                "profile-level-id": "640c1f",
-            },
-        ),
-        RTCRtpCodecParameters(
-            mimeType="video/rtx", clockRate=90000, payloadType=pt + 1, parameters={"apt": pt}
-        ),
-    ]
+    for profile in ("4d001f", "640c1f"):
+        CODECS["video"] += [
+            RTCRtpCodecParameters(
+                mimeType="video/H264",
+                clockRate=90000,
+                payloadType=pt,
+                rtcpFeedback=[
+                    RTCRtcpFeedback(type="nack"),
+                    RTCRtcpFeedback(type="nack", parameter="pli"),
+                    RTCRtcpFeedback(type="goog-remb"),
+                ],
+                parameters={
+                    "level-asymmetry-allowed": "1",
+                    "packetization-mode": "1",
+                    "profile-level-id": profile,
+                },
+            ),
+            RTCRtpCodecParameters(
+                mimeType="video/rtx", clockRate=90000, payloadType=pt + 1, parameters={"apt": pt}
+            ),
+        ]
+        pt += 2
 
 
 _original_host_addresses = aioice.ice.get_host_addresses

@@ -19,9 +19,15 @@ from signaling.client import SignalingClient
 
 
 def prefer_codec(transceiver: Any, kind: str, name: str) -> None:
-    """Make a transceiver offer only codecs of this name (and RTX), e.g. "H264"."""
+    """Make a transceiver offer only codecs of this name (and RTX), e.g. "H264" or "H264/640c1f"."""
+    name, _, profile = name.partition("/")
     caps = RTCRtpSender.getCapabilities(kind).codecs
-    chosen = [c for c in caps if c.name.upper() == name.upper()]
+    chosen = [
+        c
+        for c in caps
+        if c.name.upper() == name.upper()
+        and (not profile or str(c.parameters.get("profile-level-id", "")).lower() == profile)
+    ]
     if not chosen:
         raise ValueError(f"no {kind} codec named {name}")
     rtx = [c for c in caps if c.name.lower() == "rtx"]

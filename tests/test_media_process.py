@@ -138,17 +138,32 @@ async def test_codec_counter_sees_a_peer_that_does_transcode() -> None:
 
 
 def test_publish_and_subscribe_commands_report_latency(relay: int, tmp_path: Path) -> None:
-    common = ["--server", f"http://127.0.0.1:{relay}", "--room", "cli", "--secret", SECRET,
-              "--data-dir", str(tmp_path)]
+    common = [
+        "--server",
+        f"http://127.0.0.1:{relay}",
+        "--room",
+        "cli",
+        "--secret",
+        SECRET,
+        "--data-dir",
+        str(tmp_path),
+    ]
     publisher = subprocess.Popen(
         [TELECONSULT, "publish", *common, "--synthetic", "--size", "320x240", "--duration", "12"],
-        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
     try:
         assert publisher.stdout is not None
         first = publisher.stdout.readline()  # printed once the stream is published
         assert '"published"' in first
-        out = subprocess.run([TELECONSULT, "subscribe", *common, "--duration", "4"],
-                             capture_output=True, text=True, timeout=60)
+        out = subprocess.run(
+            [TELECONSULT, "subscribe", *common, "--duration", "4"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
         assert out.returncode == 0, out.stderr
         summary = json.loads(out.stdout.splitlines()[-1])["summary"]
         (feed,) = summary.values()

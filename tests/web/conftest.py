@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 
 import pytest
-from playwright.async_api import Browser, async_playwright
+from playwright.async_api import BrowserContext, async_playwright
 
 from ..need import executable
 
@@ -19,15 +19,39 @@ CHROMIUM_ARGS = [
     "--disable-component-update",
     "--disable-sync",
     "--disable-dev-shm-usage",
+    # WebRTC on loopback, with a fake camera and microphone and no permission prompt.
+    "--allow-loopback-in-peer-connection",
+    "--disable-features=WebRtcHideLocalIpsWithMdns",
+    "--use-fake-device-for-media-stream",
+    "--use-fake-ui-for-media-stream",
+    "--autoplay-policy=no-user-gesture-required",
 ]
+
+# Tests talk to 127.0.0.1 only: keep the browser's other host candidates out of its SDP.
+LOOPBACK_ONLY = """
+(() => {
+  const desc = Object.getOwnPropertyDescriptor(RTCPeerConnection.prototype, "localDescription");
+  Object.defineProperty(RTCPeerConnection.prototype, "localDescription", {
+    get() {
+      const d = desc.get.call(this);
+      if (!d) return d;
+      const sdp = d.sdp.split("\\r\\n").filter(
+        (l) => !l.startsWith("a=candidate:") || l.includes(" 127.0.0.1 ")).join("\\r\\n");
+      return { type: d.type, sdp, toJSON() { return { type: d.type, sdp }; } };
+    },
+  });
+})();
+"""
 
 
 @pytest.fixture
-async def browser() -> AsyncIterator[Browser]:
+async def browser() -> AsyncIterator[BrowserContext]:
     path = executable("chromium", "chromium-browser")
     async with async_playwright() as pw:
         b = await pw.chromium.launch(executable_path=path, headless=True, args=CHROMIUM_ARGS)
+        context = await b.new_context()
+        await context.add_init_script(LOOPBACK_ONLY)
         try:
-            yield b
+            yield context  # type: ignore[misc]
         finally:
             await b.close()

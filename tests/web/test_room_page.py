@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import time
 
-from playwright.async_api import Browser, expect
+from playwright.async_api import BrowserContext as Browser
+from playwright.async_api import expect
 
 from session.roles import Role
 from signaling.http_api import join_url

@@ -32,6 +32,11 @@ export class Session extends EventTarget {
     this.state = "idle";
     this.attempt = 0;
     this.leaving = false;
+    /** @type {Map<string, {resolve: (m: Message) => void, reject: (e: Message) => void}>} */
+    this.pending = new Map();
+    this.nextRef = 0;
+    /** @type {Map<string, RTCPeerConnection>} stream or subscription id → its connection */
+    this.connections = new Map();
   }
 
   /** Connect and say hello; resolves with the welcome, rejects with the server's error. */
@@ -57,6 +62,16 @@ export class Session extends EventTarget {
           refusal = msg;
           return;
         }
+        const waiter = msg.ref ? this.pending.get(msg.ref) : undefined;
+        if (waiter && msg.type !== "welcome") {
+          this.pending.delete(msg.ref);
+          if (msg.type === "error") waiter.reject(msg);
+          else waiter.resolve(msg);
+          return;
+        }
+        if (msg.type === "unsubscribed" || msg.type === "stream_removed") {
+          this._closeConnection(msg.stream || msg.stream_id);
+        }
         if (!settled && msg.type === "welcome") {
           settled = true;
           this.attempt = 0;
@@ -71,6 +86,10 @@ export class Session extends EventTarget {
       };
       ws.onclose = (ev) => {
         const final = FINAL_CLOSES.has(ev.code) || this.leaving;
+        // The server drops a connection's media with it; a reconnect publishes and subscribes anew.
+        for (const id of [...this.connections.keys()]) this._closeConnection(id);
+        for (const waiter of this.pending.values()) waiter.reject({ type: "error", code: "connection_lost", message: "connection lost" });
+        this.pending.clear();
         if (!settled) {
           settled = true;
           if (final || this.attempt >= this.retries) {
@@ -95,6 +114,97 @@ export class Session extends EventTarget {
   /** Send a client message (docs/protocol.md, "Client messages"). */
   send(/** @type {Message} */ msg) {
     this._send(msg);
+  }
+
+  /**
+   * Send a message and wait for the reply that refers to it (rejects with the error message).
+   * @param {Message} msg
+   * @returns {Promise<Message>}
+   */
+  request(msg) {
+    const ref = `r${++this.nextRef}`;
+    return new Promise((resolve, reject) => {
+      this.pending.set(ref, { resolve, reject });
+      this._send({ ...msg, id: ref });
+    });
+  }
+
+  /**
+   * Publish tracks as one stream (docs/protocol.md, "publish").
+   * @param {{track: MediaStreamTrack, source: string, label?: string}[]} feeds
+   * @param {{videoCodec?: string, h264Profile?: string}} [options]
+   * @returns {Promise<{id: string, pc: RTCPeerConnection, feeds: Map<MediaStreamTrack, string>}>}
+   */
+  async publish(feeds, options = {}) {
+    const pc = new RTCPeerConnection({ iceServers: this.welcome ? this.welcome.ice_servers : [] });
+    const added = feeds.map((f) => ({ ...f, transceiver: pc.addTransceiver(f.track, { direction: "sendonly" }) }));
+    if (options.videoCodec) {
+      const codecs = RTCRtpSender.getCapabilities("video")?.codecs || [];
+      const wanted = codecs.filter((c) => c.mimeType.toLowerCase() === `video/${options.videoCodec.toLowerCase()}` &&
+        (!options.h264Profile || (c.sdpFmtpLine || "").includes(`profile-level-id=${options.h264Profile}`)));
+      const rtx = codecs.filter((c) => c.mimeType.toLowerCase() === "video/rtx");
+      for (const a of added) if (a.track.kind === "video") a.transceiver.setCodecPreferences([...wanted, ...rtx]);
+    }
+    await pc.setLocalDescription();
+    await gathered(pc);
+    try {
+      const reply = await this.request({
+        type: "publish",
+        sdp: /** @type {RTCSessionDescription} */ (pc.localDescription).sdp,
+        feeds: added.map((a) => ({ mid: a.transceiver.mid, source: a.source, label: a.label || "" })),
+      });
+      await pc.setRemoteDescription({ type: "answer", sdp: reply.sdp });
+      this.connections.set(reply.stream, pc);
+      return { id: reply.stream, pc, feeds: new Map(added.map((a) => [a.track, `${reply.stream}.${a.transceiver.mid}`])) };
+    } catch (err) {
+      pc.close();
+      throw err;
+    }
+  }
+
+  /** Stop publishing a stream. @param {string} streamId */
+  unpublish(streamId) {
+    this._send({ type: "unpublish", stream: streamId });
+    this._closeConnection(streamId);
+  }
+
+  /**
+   * Receive a published stream (docs/protocol.md, "subscribe").
+   * @param {string} streamId
+   * @returns {Promise<{id: string, of: string, pc: RTCPeerConnection, tracks: Map<string, MediaStreamTrack>}>}
+   */
+  async subscribe(streamId) {
+    const offer = await this.request({ type: "subscribe", stream: streamId });
+    const pc = new RTCPeerConnection({ iceServers: this.welcome ? this.welcome.ice_servers : [] });
+    /** @type {Record<string, string>} */
+    const feedOfMid = Object.fromEntries(offer.feeds.map((/** @type {{mid: string, feed: string}} */ f) => [f.mid, f.feed]));
+    /** @type {Map<string, MediaStreamTrack>} */
+    const tracks = new Map();
+    pc.ontrack = (ev) => {
+      const feed = ev.transceiver.mid ? feedOfMid[ev.transceiver.mid] : undefined;
+      if (feed) tracks.set(feed, ev.track);
+    };
+    await pc.setRemoteDescription({ type: "offer", sdp: offer.sdp });
+    await pc.setLocalDescription();
+    await gathered(pc);
+    this.connections.set(offer.stream, pc);
+    this._send({ type: "answer", stream: offer.stream, sdp: /** @type {RTCSessionDescription} */ (pc.localDescription).sdp });
+    return { id: offer.stream, of: streamId, pc, tracks };
+  }
+
+  /** Stop receiving a subscription. @param {string} subscriptionId */
+  unsubscribe(subscriptionId) {
+    this._send({ type: "unsubscribe", stream: subscriptionId });
+    this._closeConnection(subscriptionId);
+  }
+
+  /** @param {string} id */
+  _closeConnection(id) {
+    const pc = this.connections.get(id);
+    if (pc) {
+      pc.close();
+      this.connections.delete(id);
+    }
   }
 
   /** Leave the room for good. */
@@ -141,4 +251,25 @@ export class Session extends EventTarget {
       }
     }
   }
+}
+
+/**
+ * Wait until a connection has gathered its ICE candidates (version 1 sends whole SDP).
+ * @param {RTCPeerConnection} pc
+ * @param {number} [timeoutMs]
+ * @returns {Promise<void>}
+ */
+export function gathered(pc, timeoutMs = 5000) {
+  if (pc.iceGatheringState === "complete") return Promise.resolve();
+  return new Promise((resolve) => {
+    const done = () => {
+      if (pc.iceGatheringState === "complete") {
+        pc.removeEventListener("icegatheringstatechange", done);
+        resolve();
+      }
+    };
+    pc.addEventListener("icegatheringstatechange", done);
+    // Some networks never finish gathering; what was gathered by then must do.
+    setTimeout(resolve, timeoutMs);
+  });
 }

@@ -29,6 +29,52 @@ function showProblem(/** @type {string} */ text) {
   $("problem").hidden = false;
 }
 
+/** @type {Map<string, {subscription: string, elements: HTMLElement[]}>} published stream id → what shows it */
+const shown = new Map();
+
+/** Receive a published stream and show its feeds. @param {any} stream */
+async function show(stream) {
+  if (shown.has(stream.id) || (session.welcome && stream.participant_id === session.welcome.participant_id)) return;
+  shown.set(stream.id, { subscription: "", elements: [] });
+  try {
+    const sub = await session.subscribe(stream.id);
+    const entry = { subscription: sub.id, elements: /** @type {HTMLElement[]} */ ([]) };
+    shown.set(stream.id, entry);
+    for (const feed of stream.feeds) {
+      const track = sub.tracks.get(feed.id);
+      if (!track) continue;
+      const media = document.createElement(feed.kind === "video" ? "video" : "audio");
+      media.autoplay = true;
+      media.setAttribute("playsinline", "");
+      if (feed.kind === "video") media.muted = true; // autoplay policies allow muted video
+      media.srcObject = new MediaStream([track]);
+      media.dataset.feed = feed.id;
+      media.dataset.source = feed.source;
+      if (feed.kind === "video") {
+        const figure = document.createElement("figure");
+        const caption = document.createElement("figcaption");
+        caption.textContent = feed.label || feed.source;
+        figure.append(media, caption);
+        $("feeds").append(figure);
+        entry.elements.push(figure);
+      } else {
+        $("feeds").append(media);
+        entry.elements.push(media);
+      }
+    }
+  } catch (err) {
+    shown.delete(stream.id);
+  }
+}
+
+/** Stop showing a stream. @param {string} streamId */
+function hide(streamId) {
+  const entry = shown.get(streamId);
+  if (!entry) return;
+  for (const el of entry.elements) el.remove();
+  shown.delete(streamId);
+}
+
 function render() {
   const me = session.welcome ? session.welcome.participant_id : "";
   const list = $("participants");
@@ -47,6 +93,7 @@ function render() {
 
 session.addEventListener("state", (ev) => {
   const state = /** @type {CustomEvent} */ (ev).detail;
+  if (state === "reconnecting" || state === "closed") for (const id of [...shown.keys()]) hide(id);
   $("state").dataset.state = state;
   $("state").textContent = STATES[state] || state;
   render();
@@ -57,6 +104,9 @@ session.addEventListener("message", (ev) => {
   if (msg.type === "room_ended") showProblem(PROBLEMS.room_ended);
   if (msg.type === "removed") showProblem(PROBLEMS.removed);
   if (msg.type === "denied") showProblem("The moderator did not let you in.");
+  if ((msg.type === "welcome" || msg.type === "admitted") && msg.streams) for (const s of msg.streams) show(s);
+  if (msg.type === "stream_added") show(msg.stream);
+  if (msg.type === "stream_removed") hide(msg.stream_id);
   render();
 });
 $("leave").addEventListener("click", () => {

@@ -1,0 +1,98 @@
+"""Media between real Chromium and the SFU: browsers receive, browsers publish."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+from playwright.async_api import BrowserContext, expect
+
+from media.client import MediaClient
+from session.roles import Role
+from signaling.http_api import join_url
+
+from ..conftest import Server, running_server
+from ..media_util import PatternTrack, ToneTrack, receive
+
+
+@pytest.fixture
+async def server(tmp_path: Path) -> AsyncIterator[Server]:
+    async with running_server(tmp_path, announce="127.0.0.1") as srv:
+        yield srv
+
+
+@pytest.mark.parametrize("codec", ["VP8", "H264"])
+async def test_browser_shows_a_published_probe_feed(
+    server: Server, browser: BrowserContext, codec: str
+) -> None:
+    op_sig = await server.join(role=Role.OPERATOR, identity="op", name="Sonographer")
+    op = MediaClient(op_sig)
+    try:
+        await op.publish(
+            [(PatternTrack(), "probe", "Ultrasound"), (ToneTrack(), "microphone", "")],
+            video_codec=codec,
+        )
+        page = await browser.new_page()
+        await page.goto(join_url(server.http, "r1", server.token(identity="ex", name="Dr. Li")))
+        video = page.locator('video[data-source="probe"]')
+        await expect(video).to_have_count(1, timeout=10000)
+        await expect(page.locator("figcaption")).to_have_text("Ultrasound")
+        await expect(page.locator("audio")).to_have_count(1)
+        # Frames are decoded and painted by the browser, at the publisher's size.
+        await page.wait_for_function(
+            """() => { const v = document.querySelector('video[data-source="probe"]');
+                       return v && v.videoWidth === 320 &&
+                              v.getVideoPlaybackQuality().totalVideoFrames > 30; }""",
+            timeout=15000,
+        )
+        (down,) = [d for d in server.hub.sfu.stats()["down"] if d["feed"].endswith(".0")]
+        assert down["packets"] > 30
+    finally:
+        await op.close()
+
+
+@pytest.mark.parametrize(
+    ("codec", "profile"), [("VP8", None), ("H264", "42e01f"), ("H264", "4d001f")]
+)
+async def test_browser_publishes_to_python_subscriber(
+    server: Server, browser: BrowserContext, codec: str, profile: str | None
+) -> None:
+    page = await browser.new_page()
+    await page.goto(server.http + "/room.css")  # any page of the server, for its origin
+    token = server.token(role=Role.OPERATOR, identity="op", name="Sonographer")
+    stream_id = await page.evaluate(
+        """async ([token, codec, profile]) => {
+             const { Session } = await import('/protocol.js');
+             const session = new Session({ url: `ws://${location.host}/ws`, room: 'r1', token });
+             await session.connect();
+             const media = await navigator.mediaDevices.getUserMedia(
+               { video: { width: 640, height: 480 }, audio: true });
+             const feeds = media.getTracks().map((track) => ({ track,
+               source: track.kind === 'video' ? 'probe' : 'microphone', label: track.kind }));
+             const published = await session.publish(feeds,
+               { videoCodec: codec, h264Profile: profile || undefined });
+             window.session = session;
+             return published.id;
+           }""",
+        [token, codec, profile],
+    )
+    ex_sig = await server.join(role=Role.EXPERT, identity="ex")
+    ex = MediaClient(ex_sig)
+    try:
+        room = server.hub.rooms.get("r1")
+        stream = room.streams[stream_id]
+        video_feed = next(f for f in stream.feeds if f.kind == "video")
+        assert video_feed.codec == codec
+        sub = await ex.subscribe(stream_id)
+        frames = await receive(sub.tracks[video_feed.id], 30, timeout=15)
+        assert (frames[-1].width, frames[-1].height) == (640, 480)
+        audio_feed = next(f for f in stream.feeds if f.kind == "audio")
+        await receive(sub.tracks[audio_feed.id], 20)
+        if profile:
+            up = server.hub.sfu.ups[stream_id].tracks[video_feed.mid]
+            got = str(up.codec.parameters.get("profile-level-id", "")).lower()
+            assert got[:2] == profile[:2], json.dumps(up.codec.parameters)
+    finally:
+        await ex.close()
