@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -78,6 +79,8 @@ class ForwardingReceiver(RTCRtpReceiver):
         self.media_ssrc: int | None = None
         self.codecs: dict[int, RTCRtpCodecParameters] = {}
         self.nacks_sent = 0
+        # When the packet being handled was taken from the transport (perf_counter).
+        self.arrived = 0.0
         self.packets = 0
         self.bytes = 0
         self._estimator = RemoteBitrateEstimator() if kind == "video" else None
@@ -127,6 +130,7 @@ class ForwardingReceiver(RTCRtpReceiver):
             packet = unwrap_rtx(packet, payload_type=apt, ssrc=original)
             codec = self.codecs[apt]
         self.media_ssrc = packet.ssrc
+        self.arrived = time.perf_counter()
         if self._nack is not None and self._nack.add(packet):
             self.nacks_sent += 1
             await self._send_rtcp_nack(packet.ssrc, sorted(self._nack.missing))

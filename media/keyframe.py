@@ -7,33 +7,37 @@ _H264_SPS = 7
 _H264_STAP_A = 24
 
 
-def vp8_keyframe_start(payload: bytes) -> bool:
-    """Tell whether a VP8 RTP payload (RFC 7741) is the first packet of a keyframe."""
+def vp8_frame_offset(payload: bytes) -> int | None:
+    """Return where the VP8 frame data starts in the first packet of a frame, else None."""
     if len(payload) < 1:
-        return False
+        return None
     first = payload[0]
     start = first & 0x10
     partition = first & 0x07
     if not start or partition != 0:
-        return False
+        return None
     i = 1
     if first & 0x80:  # X: extension byte follows
         if len(payload) < 2:
-            return False
+            return None
         ext = payload[1]
         i = 2
         if ext & 0x80:  # I: picture id, one or two bytes
             if len(payload) <= i:
-                return False
+                return None
             i += 2 if payload[i] & 0x80 else 1
         if ext & 0x40:  # L: TL0PICIDX
             i += 1
         if ext & 0x30:  # T or K: TID/KEYIDX byte
             i += 1
-    if len(payload) <= i:
-        return False
+    return i if len(payload) > i else None
+
+
+def vp8_keyframe_start(payload: bytes) -> bool:
+    """Tell whether a VP8 RTP payload (RFC 7741) is the first packet of a keyframe."""
+    i = vp8_frame_offset(payload)
     # The inverse keyframe flag P is bit 0 of the VP8 frame header.
-    return payload[i] & 0x01 == 0
+    return i is not None and payload[i] & 0x01 == 0
 
 
 def h264_keyframe_start(payload: bytes) -> bool:

@@ -23,6 +23,7 @@ from .aiortc_adapter import (
     codec_preferences,
     negotiated_codec,
 )
+from .histogram import Histogram
 from .tracks import DownTrack, UpTrack
 
 log = logging.getLogger("teleconsult.media")
@@ -106,6 +107,7 @@ class Sfu:
         self.on_up_closed = on_up_closed
         self.on_down_closed = on_down_closed
         self.ups: dict[str, UpStream] = {}
+        self.forward_delay = Histogram()
         self.downs: dict[str, DownStream] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
 
@@ -129,7 +131,9 @@ class Sfu:
                     raise MediaError("bad_sdp", "no codec in common for a media section")
                 receiver = t.receiver
                 assert isinstance(receiver, ForwardingReceiver)
-                up.tracks[t.mid] = UpTrack(feed_ids[t.mid], t.kind, codec, receiver, self.clock)
+                up.tracks[t.mid] = UpTrack(
+                    feed_ids[t.mid], t.kind, codec, receiver, self.clock, self.forward_delay
+                )
                 codecs[t.mid] = codec.name
             answer = await pc.createAnswer()
             await pc.setLocalDescription(answer)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+import time
 from collections.abc import Callable, Coroutine
 from typing import Any
 
@@ -12,6 +13,7 @@ from aiortc.rtp import RtpPacket
 
 from .aiortc_adapter import ForwardingReceiver, ForwardingSender
 from .estimator import RateAggregator, Throttle
+from .histogram import Histogram
 from .keyframe import keyframe_start
 from .rewrite import Rewriter
 
@@ -30,8 +32,10 @@ class UpTrack:
         codec: RTCRtpCodecParameters,
         receiver: ForwardingReceiver,
         clock: Callable[[], float],
+        delays: Histogram | None = None,
     ) -> None:
         self.feed_id = feed_id
+        self.delays = delays
         self.kind = kind
         self.codec = codec
         self.receiver = receiver
@@ -53,8 +57,11 @@ class UpTrack:
         if key and self.kind == "video":
             self.keyframes += 1
         if not self.muted:
+            arrived = self.receiver.arrived
             for down in self.downs:
-                await down.write(packet, key, now)
+                if await down.write(packet, key, now) and self.delays is not None:
+                    # Packet in to packet out, for each subscriber's copy.
+                    self.delays.record(time.perf_counter() - arrived)
         if self.kind == "video" and self._remb_throttle.ready(now):
             target = self.rates.target(now, self.receiver.upstream_bitrate)
             if target is not None:
@@ -104,10 +111,10 @@ class DownTrack:
         sender.on_keyframe_request = up.request_keyframe
         sender.on_remb = self._on_remb
 
-    async def write(self, packet: RtpPacket, key: bool, now: float) -> None:
-        """Send a publisher's packet on, starting only at a keyframe."""
+    async def write(self, packet: RtpPacket, key: bool, now: float) -> bool:
+        """Send a publisher's packet on, starting only at a keyframe; tell whether it was sent."""
         if self.sender.codec is None:
-            return
+            return False
         if packet.ssrc != self.up_ssrc:
             # A new source (the publisher restarted its encoder) needs a fresh start point.
             self.up_ssrc = packet.ssrc
@@ -116,14 +123,16 @@ class DownTrack:
             if not key:
                 self.dropped_waiting += 1
                 self.up.request_keyframe()
-                return
+                return False
             self.rewriter.rebase(packet.sequence_number, packet.timestamp, now)
             self.waiting = False
             if self.started_at is None:
                 self.started_at = now
         mapped = self.rewriter.map(packet.sequence_number, packet.timestamp, now)
-        if mapped is not None:
-            await self.sender.forward(packet, *mapped)
+        if mapped is None:
+            return False
+        await self.sender.forward(packet, *mapped)
+        return True
 
     def _on_remb(self, bitrate: int) -> None:
         self.up.rates.report(self.subscriber_id, bitrate, self.clock())

@@ -50,7 +50,7 @@ class Hub:
             else:
                 rewrite_to = settings.announce
         self.sfu = Sfu(clock, rewrite_to, self._up_closed, self._down_closed)
-        self.metrics.watch_media(self.sfu.stats)
+        self.metrics.watch_media(self.sfu.stats, self.sfu.forward_delay)
 
     def now(self) -> float:
         """Return the current time in seconds since the epoch."""

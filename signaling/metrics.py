@@ -6,10 +6,16 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
 from prometheus_client.registry import Collector
 
 from media.aiortc_adapter import CODECS_CREATED
+from media.histogram import Histogram
 
 
 class Metrics:
@@ -34,9 +40,9 @@ class Metrics:
             registry=self.registry,
         )
 
-    def watch_media(self, stats: Callable[[], dict[str, Any]]) -> None:
+    def watch_media(self, stats: Callable[[], dict[str, Any]], delays: Histogram) -> None:
         """Export media statistics, read from `stats` at every scrape."""
-        self.registry.register(MediaCollector(stats))
+        self.registry.register(MediaCollector(stats, delays))
 
     def render(self) -> bytes:
         """Return the exposition text."""
@@ -63,8 +69,9 @@ _DOWN = [
 class MediaCollector(Collector):
     """Per-track and per-subscriber media series; labels are opaque ids, never names."""
 
-    def __init__(self, stats: Callable[[], dict[str, Any]]) -> None:
+    def __init__(self, stats: Callable[[], dict[str, Any]], delays: Histogram) -> None:
         self.stats = stats
+        self.delays = delays
 
     def collect(self) -> Iterator[Metric]:
         """Yield the series for the tracks live now."""
@@ -104,3 +111,12 @@ class MediaCollector(Collector):
             if s["rtt"] is not None:
                 rtt.add_metric([s["stream"], s["feed"], s["subscriber_id"]], s["rtt"])
         yield rtt
+        buckets = [
+            (str(b) if b != float("inf") else "+Inf", n) for b, n in self.delays.cumulative()
+        ]
+        yield HistogramMetricFamily(
+            "teleconsult_media_forward_delay_seconds",
+            "From taking a publisher's packet off the transport to sending a subscriber's copy",
+            buckets=buckets,
+            sum_value=self.delays.total,
+        )

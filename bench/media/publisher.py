@@ -1,0 +1,99 @@
+"""A benchmark publisher: replays a pre-encoded clip (or encodes live) and logs frame send times.
+
+Usage: python -m bench.media.publisher URL ROOM TOKEN LOG --size WxH --bitrate B [--live] [--audio]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import fractions
+import json
+import time
+from pathlib import Path
+
+import av
+from aiortc.mediastreams import MediaStreamTrack
+
+from media.aiortc_adapter import use_host_addresses
+from media.client import MediaClient
+from media.synthetic import UltrasoundTrack
+from signaling.client import SignalingClient
+
+from .clip import opus_clip, vp8_clip
+
+KEY = 32  # bytes of frame data that identify a frame in both logs
+
+
+class ReplayTrack(MediaStreamTrack):
+    """Sends pre-encoded frames at their rate; aiortc packetizes them without encoding."""
+
+    def __init__(
+        self,
+        kind: str,
+        packets: list[bytes],
+        rate: float,
+        clock: int,
+        log: list[tuple[str, float]] | None,
+    ) -> None:
+        super().__init__()
+        self.kind = kind
+        self.packets = packets
+        self.rate = rate
+        self.clock = clock
+        self.log = log
+        self.n = 0
+        self.start: float | None = None
+
+    async def recv(self) -> av.Packet:
+        if self.start is None:
+            self.start = time.monotonic()
+        await asyncio.sleep(max(0.0, self.start + self.n / self.rate - time.monotonic()))
+        data = self.packets[self.n % len(self.packets)]
+        packet = av.Packet(data)
+        packet.pts = int(self.n * self.clock / self.rate)
+        packet.time_base = fractions.Fraction(1, self.clock)
+        self.n += 1
+        if self.log is not None:
+            # A frame's first bytes open its first RTP packet, whatever the packetization.
+            self.log.append((data[:KEY].hex(), time.time()))
+        return packet
+
+
+async def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("url")
+    ap.add_argument("room")
+    ap.add_argument("token")
+    ap.add_argument("log")
+    ap.add_argument("--size", default="1280x720")
+    ap.add_argument("--fps", type=int, default=30)
+    ap.add_argument("--bitrate", type=int, default=1_500_000)
+    ap.add_argument("--live", action="store_true", help="encode the synthetic source live")
+    ap.add_argument("--audio", action="store_true")
+    ap.add_argument("--duration", type=float, default=60)
+    args = ap.parse_args()
+    use_host_addresses(["127.0.0.1"])
+    w, h = (int(x) for x in args.size.split("x"))
+    sends: list[tuple[str, float]] = []
+    tracks: list[tuple[MediaStreamTrack, str, str]] = []
+    if args.live:
+        tracks.append((UltrasoundTrack(w, h, args.fps), "probe", "live"))
+    else:
+        clip = vp8_clip(w, h, args.fps, args.bitrate, 10, 2 * args.fps)
+        tracks.append((ReplayTrack("video", clip, args.fps, 90000, sends), "probe", "replay"))
+    if args.audio:
+        tracks.append((ReplayTrack("audio", opus_clip(5), 50, 48000, None), "microphone", ""))
+    client = SignalingClient(args.url, args.token, args.room)
+    await client.connect()
+    media = MediaClient(client)
+    stream = await media.publish(tracks, video_codec="VP8")
+    print(json.dumps({"stream": stream.id}), flush=True)
+    await asyncio.sleep(args.duration)
+    await asyncio.to_thread(Path(args.log).write_text, json.dumps(sends))
+    await media.close()
+    await client.close()
+
+
+if __name__ == "__main__":
+    asyncio.run(main())

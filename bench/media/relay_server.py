@@ -1,0 +1,31 @@
+"""Run the server for a benchmark, with teleconsult's SFU or the MediaRelay alternative.
+
+Usage: python -m bench.media.relay_server {teleconsult|mediarelay} PORT SECRET DATA_DIR
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import uvicorn
+
+from media.aiortc_adapter import count_codecs
+from signaling.app import create_app
+from signaling.config import Secrets, Settings
+
+from .mediarelay_sfu import MediaRelaySfu
+
+
+def main() -> None:
+    mode, port, secret, data_dir = sys.argv[1], int(sys.argv[2]), sys.argv[3], Path(sys.argv[4])
+    count_codecs()
+    settings = Settings(port=port, data_dir=data_dir, announce="127.0.0.1", rate=1000, burst=1000)
+    app = create_app(settings, Secrets(secret, "bench-admin-key"))
+    if mode == "mediarelay":
+        app.state.hub.sfu = MediaRelaySfu()
+    uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning", ws_ping_interval=None)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,354 @@
+"""Measure the SFU against aiortc's MediaRelay on this machine; print JSON and a summary.
+
+Usage: python -m bench.media.run [--quick]
+Publisher, relay and subscribers run as separate processes on 127.0.0.1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+from session.roles import Role
+from signaling.tokens import mint
+
+from .clip import vp8_clip
+
+SECRET = "bench-secret-bench-secret-bench-secret-01"
+PY = sys.executable
+TICK = os.sysconf("SC_CLK_TCK")
+RESULTS = Path(__file__).resolve().parent.parent / "results"
+
+
+def cpu_seconds(pid: int) -> float:
+    """Return a process's user+system CPU time so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / TICK
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_http(url: str, seconds: float = 20) -> None:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        try:
+            urllib.request.urlopen(url, timeout=1).close()
+            return
+        except OSError:
+            time.sleep(0.1)
+    raise TimeoutError(url)
+
+
+def delay_histogram(port: int) -> dict[str, float]:
+    """Read the relay's forward-delay histogram as {upper bound: cumulative count}."""
+    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+    out = {}
+    for line in text.splitlines():
+        if line.startswith("teleconsult_media_forward_delay_seconds_bucket"):
+            le = line.split('le="')[1].split('"')[0]
+            out[le] = float(line.split()[-1])
+    return out
+
+
+def quantile_bound(hist: dict[str, float], q: float) -> str:
+    total = hist.get("+Inf", 0)
+    for le, n in hist.items():
+        if total and n >= q * total:
+            return le
+    return "+Inf"
+
+
+def run(
+    mode: str,
+    subscribers: int,
+    size: str,
+    bitrate: int,
+    window: float,
+    audio: bool = False,
+    live: bool = False,
+    stagger: float = 0.0,
+    procs: int = 1,
+) -> dict[str, Any]:
+    """One scenario: relay, publisher and subscriber processes; returns what was measured."""
+    tmp = Path(tempfile.mkdtemp(prefix="tc-bench-"))
+    port = free_port()
+    url = f"ws://127.0.0.1:{port}/ws"
+    started: list[subprocess.Popen[str]] = []
+
+    def spawn(*args: str, out: bool = False) -> subprocess.Popen[str]:
+        p = subprocess.Popen(
+            [PY, "-m", *args],
+            stdout=subprocess.PIPE if out else subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            text=True,
+        )
+        started.append(p)
+        return p
+
+    try:
+        relay = spawn("bench.media.relay_server", mode, str(port), SECRET, str(tmp / "data"))
+        wait_http(f"http://127.0.0.1:{port}/healthz")
+        total = 20 + window + subscribers * 0.4 + subscribers * stagger
+        pub_args = [
+            "bench.media.publisher",
+            url,
+            "b",
+            mint(SECRET, "b", Role.OPERATOR, "pub", 3600, "pub"),
+            str(tmp / "pub.json"),
+            "--size",
+            size,
+            "--bitrate",
+            str(bitrate),
+            "--duration",
+            str(total),
+        ]
+        pub = spawn(
+            *pub_args, *(["--audio"] if audio else []), *(["--live"] if live else []), out=True
+        )
+        assert pub.stdout is not None
+        stream = json.loads(pub.stdout.readline())["stream"]
+        time.sleep(1.0)
+        idle0, idle_t0 = cpu_seconds(relay.pid), time.monotonic()
+        time.sleep(3.0)
+        idle_cpu = (cpu_seconds(relay.pid) - idle0) / (time.monotonic() - idle_t0)
+        subs = []
+        per = [subscribers // procs + (1 if i < subscribers % procs else 0) for i in range(procs)]
+        k = 0
+        for i, n in enumerate(per):
+            if n == 0:
+                continue
+            tokens = ",".join(
+                mint(SECRET, "b", Role.AUDIENCE, f"s{k + j}", 3600, f"s{k + j}") for j in range(n)
+            )
+            k += n
+            subs.append(
+                spawn(
+                    "bench.media.subscribers",
+                    url,
+                    "b",
+                    stream,
+                    str(tmp / f"subs{i}.json"),
+                    "--tokens",
+                    tokens,
+                    "--stagger",
+                    str(stagger),
+                    "--duration",
+                    str(window + 8),
+                    out=True,
+                )
+            )
+        for p in subs:
+            assert p.stdout is not None
+            p.stdout.readline()  # all of this process's subscribers have answered
+        time.sleep(3.0)  # the first keyframe (at most 2 s away in a replayed clip)
+        t0, c0 = time.time(), cpu_seconds(relay.pid)
+        time.sleep(window)
+        t1, c1 = time.time(), cpu_seconds(relay.pid)
+        hist = delay_histogram(port) if mode == "teleconsult" else {}
+        for p in subs:
+            p.wait(window + 60)
+        pub.wait(total + 30)
+        sends = json.loads((tmp / "pub.json").read_text())
+        results = []
+        for i in range(len(subs)):
+            results += json.loads((tmp / f"subs{i}.json").read_text())
+        # A replayed clip repeats every 10 s: a frame is (content, the send it followed).
+        window_sends = [(k, t) for k, t in sends if t0 <= t <= t1 - 0.5]
+        fps, delivered, delays, first = [], [], [], []
+        for r in results:
+            arrivals = r["arrivals"]
+            fps.append(sum(1 for _, t in arrivals if t0 <= t <= t1) / (t1 - t0))
+            if r["connected_to_first_frame"] is not None:
+                first.append(r["connected_to_first_frame"] * 1000)
+            if window_sends and mode == "teleconsult":
+                seen: dict[str, list[float]] = {}
+                for k, t in arrivals:
+                    seen.setdefault(k, []).append(t)
+                got = 0
+                for k, ts in window_sends:
+                    after = [ta for ta in seen.get(k, []) if 0 <= ta - ts < 2.0]
+                    if after:
+                        got += 1
+                        delays.append((after[0] - ts) * 1000)
+                delivered.append(got / len(window_sends))
+        delays.sort()
+        cpu = (c1 - c0) / (t1 - t0)
+        out: dict[str, Any] = {
+            "mode": mode,
+            "subscribers": subscribers,
+            "size": size,
+            "bitrate": bitrate,
+            "audio": audio,
+            "live": live,
+            "relay_cpu": round(cpu * 100, 1),
+            "relay_cpu_idle_publisher_only": round(idle_cpu * 100, 1),
+            "fps_min": round(min(fps), 1) if fps else None,
+            "fps_mean": round(statistics.mean(fps), 1) if fps else None,
+        }
+        if delivered:
+            out["frames_delivered_min"] = round(min(delivered), 4)
+        if delays:
+            out["frame_delay_ms_p50"] = round(delays[len(delays) // 2], 2)
+            out["frame_delay_ms_p99"] = round(delays[int(len(delays) * 0.99)], 2)
+        if hist:
+            out["forward_delay_p50_le_s"] = quantile_bound(hist, 0.5)
+            out["forward_delay_p99_le_s"] = quantile_bound(hist, 0.99)
+        if first:
+            first.sort()
+            out["connected_to_first_frame_ms_p50"] = round(first[len(first) // 2], 1)
+            out["connected_to_first_frame_ms_max"] = round(first[-1], 1)
+        return out
+    finally:
+        for p in started:
+            if p.poll() is None:
+                p.terminate()
+        for p in started:
+            try:
+                p.wait(10)
+            except subprocess.TimeoutExpired:
+                p.kill()
+            if p.stdout:
+                p.stdout.close()
+
+
+def e2e_latency(seconds: float) -> dict[str, Any]:
+    """Latency from capture to decoded picture, read from the synthetic source's stamps."""
+    tmp = Path(tempfile.mkdtemp(prefix="tc-bench-"))
+    port = free_port()
+    exe = str(Path(PY).parent / "teleconsult")
+    common = [
+        "--server",
+        f"http://127.0.0.1:{port}",
+        "--room",
+        "lat",
+        "--secret",
+        SECRET,
+        "--data-dir",
+        str(tmp),
+    ]
+    server = subprocess.Popen(
+        [
+            exe,
+            "serve",
+            "--port",
+            str(port),
+            "--announce",
+            "127.0.0.1",
+            "--secret",
+            SECRET,
+            "--data-dir",
+            str(tmp),
+            "--log-level",
+            "warning",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    pub = None
+    try:
+        wait_http(f"http://127.0.0.1:{port}/healthz")
+        pub = subprocess.Popen(
+            [
+                exe,
+                "publish",
+                *common,
+                "--synthetic",
+                "--size",
+                "1280x720",
+                "--duration",
+                str(seconds + 15),
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            text=True,
+        )
+        assert pub.stdout is not None
+        pub.stdout.readline()
+        out = subprocess.run(
+            [exe, "subscribe", *common, "--duration", str(seconds)],
+            capture_output=True,
+            text=True,
+            timeout=seconds + 60,
+        )
+        (feed,) = json.loads(out.stdout.splitlines()[-1])["summary"].values()
+        return dict(feed)
+    finally:
+        for p in (pub, server):
+            if p is not None:
+                p.terminate()
+                p.wait(10)
+                if p.stdout:
+                    p.stdout.close()
+
+
+def machine() -> dict[str, Any]:
+    cpu = next(
+        (
+            line.split(":", 1)[1].strip()
+            for line in Path("/proc/cpuinfo").read_text().splitlines()
+            if line.startswith("model name")
+        ),
+        platform.processor(),
+    )
+    mem = int(Path("/proc/meminfo").read_text().split()[1]) // 1024 // 1024
+    import aiortc
+
+    return {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "memory_gib": mem,
+        "python": platform.python_version(),
+        "aiortc": aiortc.__version__,
+        "kernel": platform.release(),
+    }
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--quick", action="store_true", help="shorter windows, fewer points")
+    ap.add_argument("--only", help="comma-separated: cpu,capacity,late,latency")
+    args = ap.parse_args()
+    window = 8.0 if args.quick else 15.0
+    only = set((args.only or "cpu,capacity,late,latency").split(","))
+    vp8_clip(1280, 720, 30, 1_500_000, 10, 60)
+    vp8_clip(1920, 1080, 30, 4_000_000, 10, 60)
+    report: dict[str, Any] = {"machine": machine(), "runs": []}
+
+    def record(r: dict[str, Any]) -> None:
+        report["runs"].append(r)
+        print(json.dumps(r), flush=True)
+
+    if "cpu" in only:
+        for n in (1, 4) if args.quick else (1, 4, 8, 16):
+            record(run("teleconsult", n, "1280x720", 1_500_000, window))
+        for n in (1, 4):
+            record(run("mediarelay", n, "1280x720", 1_500_000, window))
+    if "capacity" in only:
+        record(run("teleconsult", 30, "1920x1080", 4_000_000, window, audio=True, procs=2))
+    if "late" in only:
+        record(run("teleconsult", 10, "1280x720", 1_500_000, window, live=True, stagger=1.0))
+    if "latency" in only:
+        report["e2e_latency"] = e2e_latency(10.0)
+        print(json.dumps({"e2e_latency": report["e2e_latency"]}), flush=True)
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / "media.json").write_text(json.dumps(report, indent=2))
+
+
+if __name__ == "__main__":
+    main()
