@@ -245,3 +245,63 @@ async def test_moderator_sees_stats_others_do_not(server: Server, peers: list[Pe
     with pytest.raises(RequestFailed) as e:
         await op.sig.request({"type": "get_stats"})
     assert e.value.code == "forbidden"
+
+
+async def test_bad_media_messages_get_codes_and_nothing_breaks(
+    server: Server, peers: list[Peer]
+) -> None:
+    op = await join(server, peers, Role.OPERATOR, "op")
+    ex = await join(server, peers, Role.EXPERT, "ex")
+    stream = await op.media.publish([(PatternTrack(), "probe", "")])
+    sub = await ex.media.subscribe(stream.id)
+    track = sub.tracks[f"{stream.id}.0"]
+    await receive(track, 5)
+    cases = [
+        ({"type": "publish", "sdp": "not sdp", "feeds": [{"mid": "0", "source": "probe"}]},
+         "bad_sdp"),
+        ({"type": "publish", "sdp": "x", "feeds": []}, "invalid_field"),
+        ({"type": "publish", "sdp": "x", "feeds": [{"mid": "0", "source": "x-ray"}]},
+         "invalid_field"),
+        ({"type": "answer", "stream": "d-unknown", "sdp": "v=0"}, "no_such_stream"),
+        ({"type": "answer", "stream": sub.id, "sdp": "v=0"}, "no_such_stream"),  # not op's
+        ({"type": "unsubscribe", "stream": "d-unknown"}, "no_such_stream"),
+        ({"type": "unpublish", "stream": "s-unknown"}, "no_such_stream"),
+        ({"type": "subscribe", "stream": stream.id, "feeds": ["nope"]}, "no_such_feed"),
+    ]
+    for message, code in cases:
+        with pytest.raises(RequestFailed) as e:
+            await op.sig.request(message)
+        assert e.value.code == code, message
+    # A second answer to an answered offer.
+    with pytest.raises(RequestFailed) as e:
+        await ex.sig.request({"type": "answer", "stream": sub.id, "sdp": "v=0"})
+    assert e.value.code == "already_answered"
+    # Media and signaling go on for everyone.
+    await receive(track, 10)
+    assert set(server.hub.sfu.ups) == {stream.id} and len(server.hub.sfu.downs) == 1
+
+
+async def test_subscriber_bandwidth_estimates_reach_the_publisher(
+    server: Server, peers: list[Peer]
+) -> None:
+    op = await join(server, peers, Role.OPERATOR, "op")
+    ex = await join(server, peers, Role.EXPERT, "ex")
+    stream = await op.media.publish([(PatternTrack(640, 480), "probe", "")])
+    sender = stream.pc.getTransceivers()[0].sender
+    told: list[int] = []
+    handle = sender._handle_rtcp_packet
+
+    async def watch(packet: object) -> None:
+        from aiortc.rtp import RTCP_PSFB_APP, RtcpPsfbPacket, unpack_remb_fci
+
+        if isinstance(packet, RtcpPsfbPacket) and packet.fmt == RTCP_PSFB_APP:
+            told.append(unpack_remb_fci(packet.fci)[0])
+        await handle(packet)  # type: ignore[arg-type]
+
+    sender._handle_rtcp_packet = watch  # type: ignore[method-assign]
+    sub = await ex.media.subscribe(stream.id)
+    await receive(sub.tracks[f"{stream.id}.0"], 60, timeout=15)
+    up = server.hub.sfu.ups[stream.id].tracks["0"]
+    # The subscriber's aiortc receiver estimates its bandwidth; the relay passes the aggregate on.
+    assert up.rates.target(server.hub.now()) is not None
+    assert told and min(told) >= up.rates.floor

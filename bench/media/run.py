@@ -170,10 +170,12 @@ def run(
             results += json.loads((tmp / f"subs{i}.json").read_text())
         # A replayed clip repeats every 10 s: a frame is (content, the send it followed).
         window_sends = [(k, t) for k, t in sends if t0 <= t <= t1 - 0.5]
-        fps, delivered, delays, first = [], [], [], []
+        fps, delivered, delays, first, aps = [], [], [], [], []
         for r in results:
             arrivals = r["arrivals"]
             fps.append(sum(1 for _, t in arrivals if t0 <= t <= t1) / (t1 - t0))
+            if audio:
+                aps.append(sum(1 for t in r["audio_arrivals"] if t0 <= t <= t1) / (t1 - t0))
             if r["connected_to_first_frame"] is not None:
                 first.append(r["connected_to_first_frame"] * 1000)
             if window_sends and mode == "teleconsult":
@@ -203,6 +205,8 @@ def run(
         }
         if delivered:
             out["frames_delivered_min"] = round(min(delivered), 4)
+        if aps:
+            out["audio_packets_per_s_min"] = round(min(aps), 1)
         if delays:
             out["frame_delay_ms_p50"] = round(delays[len(delays) // 2], 2)
             out["frame_delay_ms_p99"] = round(delays[int(len(delays) * 0.99)], 2)

@@ -34,11 +34,13 @@ class Counter:
     first_frame_at: float | None = None
     arrivals: list[tuple[str, float]] = field(default_factory=list)
     heads: dict[int, str] = field(default_factory=dict)
+    audio_arrivals: list[float] = field(default_factory=list)
 
     async def on_packet(self, packet: RtpPacket, codec: RTCRtpCodecParameters) -> None:
         now = time.time()
         if codec.name == "opus":
             self.audio_packets += 1
+            self.audio_arrivals.append(now)
             return
         start = vp8_frame_offset(packet.payload)
         if start is not None:
@@ -101,6 +103,7 @@ async def main() -> None:
             {
                 "video_frames": counter.video_frames,
                 "audio_packets": counter.audio_packets,
+                "audio_arrivals": counter.audio_arrivals,
                 "connected_to_first_frame": first,
                 "arrivals": counter.arrivals,
             }

@@ -1,0 +1,129 @@
+"""The aiortc adapter on its own: where an aiortc upgrade would break, these fail first."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+
+import pytest
+from aiortc import RTCConfiguration, RTCSessionDescription
+from aiortc.rtcrtpparameters import RTCRtpCodecParameters
+from aiortc.rtp import RtpPacket
+
+from media.aiortc_adapter import (
+    ForwardingReceiver,
+    ForwardingSender,
+    RelayPeerConnection,
+    codec_preferences,
+    same_codec,
+    use_host_addresses,
+)
+from media.sfu import offered_media, rewrite_host_candidates
+
+
+def h264(profile: str, mode: str = "1") -> RTCRtpCodecParameters:
+    return RTCRtpCodecParameters(mimeType="video/H264", clockRate=90000, payloadType=102,
+                                 parameters={"profile-level-id": profile,
+                                             "packetization-mode": mode})
+
+
+def test_same_codec_compares_h264_profiles_not_levels() -> None:
+    assert same_codec(h264("42e01f"), h264("42e034"))
+    assert not same_codec(h264("42e01f"), h264("640c1f"))
+    assert not same_codec(h264("42e01f", "1"), h264("42e01f", "0"))
+    vp8 = RTCRtpCodecParameters(mimeType="video/VP8", clockRate=90000, payloadType=96)
+    assert same_codec(vp8, vp8) and not same_codec(vp8, h264("42e01f"))
+
+
+def test_codec_preferences_pick_the_publishers_profile() -> None:
+    from media.aiortc_adapter import add_relay_codecs
+
+    add_relay_codecs()
+    prefs = codec_preferences("video", h264("640c1f"))
+    assert prefs[0].parameters["profile-level-id"] == "640c1f"
+    assert prefs[1].mimeType == "video/rtx"
+    with pytest.raises(ValueError):
+        codec_preferences("video", RTCRtpCodecParameters(mimeType="video/AV2", clockRate=90000))
+
+
+def test_candidate_rewrite_for_a_1to1_nat() -> None:
+    sdp = ("v=0\r\nc=IN IP4 10.0.0.5\r\n"
+           "a=candidate:1 1 udp 2130706431 10.0.0.5 40001 typ host\r\n"
+           "a=candidate:2 1 udp 1694498815 198.51.100.9 40001 typ srflx raddr 10.0.0.5 rport 1\r\n")
+    out = rewrite_host_candidates(sdp, "203.0.113.7")
+    assert "a=candidate:1 1 udp 2130706431 203.0.113.7 40001 typ host" in out
+    assert "198.51.100.9 40001 typ srflx" in out  # only host candidates are rewritten
+    assert "c=IN IP4 203.0.113.7" in out
+
+
+def test_offered_media_refuses_unusable_sdp() -> None:
+    from media.sfu import MediaError
+
+    for bad in ("", "garbage", "v=0\r\n"):
+        with pytest.raises(MediaError) as e:
+            offered_media(bad)
+        assert e.value.code == "bad_sdp"
+
+
+async def test_relay_pair_forwards_packets_and_repairs_a_loss() -> None:
+    use_host_addresses(["127.0.0.1"])
+    a = RelayPeerConnection(RTCConfiguration(iceServers=[]))
+    b = RelayPeerConnection(RTCConfiguration(iceServers=[]))
+    try:
+        t = a.addTransceiver("video", direction="sendonly")
+        assert isinstance(t.sender, ForwardingSender)
+        assert isinstance(t.receiver, ForwardingReceiver)
+        await a.setLocalDescription(await a.createOffer())
+        assert a.localDescription is not None
+        await b.setRemoteDescription(RTCSessionDescription(a.localDescription.sdp, "offer"))
+        await b.setLocalDescription(await b.createAnswer())
+        assert b.localDescription is not None
+        await a.setRemoteDescription(RTCSessionDescription(b.localDescription.sdp, "answer"))
+        (rt,) = b.getTransceivers()
+        receiver = rt.receiver
+        assert isinstance(receiver, ForwardingReceiver)
+        got: list[tuple[int, bytes]] = []
+
+        async def on_packet(packet: RtpPacket, codec: RTCRtpCodecParameters) -> None:
+            got.append((packet.sequence_number, packet.payload))
+
+        receiver.on_packet = on_packet
+        sender = t.sender
+        await asyncio.wait_for(sender.ready.wait(), 10)
+        assert sender.codec is not None and sender.codec.name == "VP8"
+        # No decoder thread was started for the forwarding receiver.
+        assert not [th for th in threading.enumerate() if th.name.endswith("-decoder")]
+
+        send = sender.transport._send_rtp
+        lose = {1003}
+
+        async def lossy(data: bytes) -> None:
+            seq = int.from_bytes(data[2:4], "big")
+            if 200 <= data[1] <= 206 or int.from_bytes(data[8:12], "big") != sender._ssrc:
+                await send(data)
+            elif seq in lose:
+                lose.discard(seq)
+            else:
+                await send(data)
+
+        sender.transport._send_rtp = lossy  # type: ignore[method-assign]
+        source = RtpPacket(payload_type=96, payload=b"")
+        for i in range(10):
+            source.payload = bytes([0x10, 0x00]) + bytes([i]) * 100  # VP8 descriptor + data
+            source.marker = 1
+            await sender.forward(source, 1000 + i, 90000 + 3000 * i)
+            await asyncio.sleep(0.02)
+        for _ in range(100):
+            if len(got) == 10:
+                break
+            await asyncio.sleep(0.05)
+        # Every payload arrived byte for byte; 1003 came late, through NACK and RTX.
+        assert sorted(got) == [(1000 + i, bytes([0x10, 0x00]) + bytes([i]) * 100)
+                               for i in range(10)]
+        assert [s for s, _ in got].index(1003) > [s for s, _ in got].index(1004)
+        assert sender.retransmits == 1 and receiver.nacks_sent >= 1
+        assert sender.packets_sent == 10
+    finally:
+        await a.close()
+        await b.close()
+        use_host_addresses(None)
