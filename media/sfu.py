@@ -336,7 +336,7 @@ def rewrite_host_candidates(sdp: str, address: str) -> str:
     """Put a public address into host candidates, for a server behind a 1:1 NAT."""
     sdp = _CANDIDATE.sub(lambda m: m.group(1) + address + m.group(3), sdp)
     family = "IP6" if ":" in address else "IP4"
-    return re.sub(r"^c=IN IP[46] \S+$", f"c=IN {family} {address}", sdp, flags=re.M)
+    return re.sub(r"^c=IN IP[46] [^\s]+", f"c=IN {family} {address}", sdp, flags=re.M)
 
 
 def local_address(address: str) -> bool:
