@@ -19,6 +19,13 @@ class Code(StrEnum):
     IN_LOBBY = "in_lobby"
     STREAM_EXISTS = "stream_exists"
     NO_SUCH_STREAM = "no_such_stream"
+    UNKNOWN_OP = "unknown_op"
+    INVALID_OP = "invalid_op"
+    OUT_OF_RANGE = "out_of_range"
+    TOO_LARGE = "too_large"
+    NO_SUCH_FEED = "no_such_feed"
+    NO_SUCH_ANNOTATION = "no_such_annotation"
+    DUPLICATE_ID = "duplicate_id"
 
 
 class SessionError(Exception):

@@ -40,6 +40,9 @@ class Participant:
     joined_at: float
     state: State = State.JOINED
     muted: bool = False
+    # Granted by a moderator: annotating beyond the role, and the floor (speaking) for audience.
+    may_annotate: bool = False
+    floor: bool = False
     # Ids of the media subscriptions (down streams) this participant holds.
     subscriptions: set[str] = field(default_factory=set)
 
@@ -52,4 +55,6 @@ class Participant:
             "role": self.role.value,
             "muted": self.muted,
             "joined_at": self.joined_at,
+            "may_annotate": self.may_annotate,
+            "floor": self.floor,
         }

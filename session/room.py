@@ -4,11 +4,13 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
+from .channel import SHAPES, Channel, FeedGeometry, Limits
 from .errors import Close, Code, SessionError
 from .participant import Client, Event, Participant, State
 from .roles import Action, Role, Source, may, may_publish
-from .streams import Stream
+from .streams import Feed, Stream
 
 
 @dataclass(frozen=True)
@@ -19,6 +21,7 @@ class RoomConfig:
     max_participants: int = 50
     lobby: bool = False
     idle_timeout: float = 600.0
+    chat_history: int = 200
 
 
 class Room:
@@ -34,6 +37,7 @@ class Room:
         self.banned: set[str] = set()
         self.empty_since: float | None = now
         self.streams: dict[str, Stream] = {}
+        self.channel = Channel(Limits(chat=config.chat_history))
 
     # -- queries ---------------------------------------------------------------------------
 
@@ -129,6 +133,10 @@ class Room:
             return None
         self.remove_streams_of(p.id, reason)
         del self.participants[participant_id]
+        for gone in self.channel.forget(p.id):
+            self._broadcast(gone)
+        if p.id in self.channel.hands:
+            self._broadcast(self.channel.hand(p.id, f"left-{p.id}-{self.channel.seq}", False, now))
         event = {"type": "left", "participant_id": p.id, "reason": reason}
         if p.state is State.JOINED:
             self._broadcast(event)
@@ -143,7 +151,7 @@ class Room:
         self._require(actor_id, Action.ADMIT)
         p = self._waiting(target_id)
         p.state = State.JOINED
-        p.client.push({"type": "admitted", **self.snapshot(p)})
+        p.client.push({"type": "admitted", **self.snapshot(p), "channel": self.channel.snapshot()})
         self._broadcast({"type": "joined", "participant": p.describe()}, skip=p.id)
         return p
 
@@ -213,6 +221,9 @@ class Room:
         """Refuse unless the participant's role may publish every one of these sources."""
         p = self._self(participant_id)
         for source in sources:
+            # The floor lets a conference audience member speak.
+            if source is Source.MICROPHONE and p.floor:
+                continue
             if not may_publish(p.role, source):
                 raise SessionError(
                     Code.FORBIDDEN, f"the {p.role.value} role may not publish {source.value}"
@@ -253,6 +264,101 @@ class Room:
         if stream is None or stream.participant_id != participant_id:
             raise SessionError(Code.NO_SUCH_STREAM, "you publish no stream with this id")
         return stream
+
+    # -- the ordered channel -------------------------------------------------------------------
+
+    def annotate(self, participant_id: str, op: dict[str, Any], now: float) -> None:
+        """Apply an annotation operation and send it to those who should see it."""
+        p = self._self(participant_id)
+        if not (may(p.role, Action.ANNOTATE) or p.may_annotate):
+            raise SessionError(Code.FORBIDDEN, f"the {p.role.value} role may not annotate")
+        kind = op.get("op")
+        if kind == "pointer":
+            if op.get("points"):
+                self._feed(op.get("feed"))
+            self._broadcast(self.channel.point(p.id, op, now), skip=p.id)
+            return
+        op_id = op.get("id")
+        if not isinstance(op_id, str) or not op_id:
+            raise SessionError(Code.INVALID_OP, "an annotation needs an id")
+        again = self.channel.retry(p.id, op_id)
+        if again is not None:
+            p.client.push(again)  # a retry: acknowledge it again, tell nobody else
+            return
+        moderator = p.role is Role.MODERATOR
+        if kind == "delete":
+            event = self.channel.delete(p.id, str(op.get("target")), op_id, now, moderator)
+        elif kind == "undo":
+            event = self.channel.undo(p.id, op_id, now)
+        elif kind == "clear":
+            feed = op.get("feed")
+            if feed is not None:
+                self._feed(feed)
+            event = self.channel.clear(
+                p.id, op_id, str(op.get("scope") or "own"), feed, now, moderator
+            )
+        else:
+            if kind not in SHAPES:
+                raise SessionError(Code.UNKNOWN_OP, f"unknown annotation operation {kind!r}")
+            f = self._feed(op.get("feed"))
+            geometry = FeedGeometry(f.width, f.height, f.pixel_spacing_mm)
+            event = self.channel.draw(p.id, op, now, geometry)
+        self._broadcast(event)
+
+    def chat(self, participant_id: str, op_id: str, text: str, now: float) -> None:
+        """Post a chat message to everyone."""
+        p = self._require(participant_id, Action.CHAT)
+        again = self.channel.retry(p.id, op_id)
+        if again is not None:
+            p.client.push(again)
+            return
+        self._broadcast(self.channel.say(p.id, op_id, text, now))
+
+    def raise_hand(self, participant_id: str, op_id: str, raised: bool, now: float) -> None:
+        """Raise or lower one's hand."""
+        p = self._self(participant_id)
+        again = self.channel.retry(p.id, op_id)
+        if again is not None:
+            p.client.push(again)
+            return
+        self._broadcast(self.channel.hand(p.id, op_id, raised, now))
+
+    def grant(
+        self,
+        actor_id: str,
+        target_id: str,
+        now: float,
+        *,
+        annotate: bool | None = None,
+        floor: bool | None = None,
+    ) -> Participant:
+        """Grant or withdraw annotating, or the floor (speaking), beyond a participant's role."""
+        actor = self._require(actor_id, Action.SET_ROLE)
+        p = self._target(target_id)
+        if annotate is not None:
+            p.may_annotate = annotate
+        if floor is not None:
+            p.floor = floor
+            if floor and p.id in self.channel.hands:
+                lower = self.channel.hand(p.id, f"floor-{p.id}-{self.channel.seq}", False, now)
+                self._broadcast(lower)
+        self._broadcast(
+            {
+                "type": "granted",
+                "participant_id": p.id,
+                "by": actor.id,
+                "may_annotate": p.may_annotate,
+                "floor": p.floor,
+            }
+        )
+        return p
+
+    def _feed(self, feed_id: object) -> Feed:
+        for stream in self.streams.values():
+            for feed in stream.feeds:
+                if feed.id == feed_id:
+                    return feed
+        raise SessionError(Code.NO_SUCH_FEED, "annotations are drawn on a published feed")
 
     def idle(self, now: float) -> bool:
         """Tell whether the room has been empty for longer than its idle timeout."""

@@ -20,10 +20,13 @@ class Feed:
     source: Source
     label: str
     codec: str
+    width: int | None = None
+    height: int | None = None
+    pixel_spacing_mm: float | None = None
 
     def describe(self) -> Event:
         """Return the public description."""
-        return {
+        out: Event = {
             "id": self.id,
             "mid": self.mid,
             "kind": self.kind,
@@ -31,6 +34,10 @@ class Feed:
             "label": self.label,
             "codec": self.codec,
         }
+        for key in ("width", "height", "pixel_spacing_mm"):
+            if getattr(self, key) is not None:
+                out[key] = getattr(self, key)
+        return out
 
 
 @dataclass

@@ -86,9 +86,9 @@ class SignalingClient:
         await self.ws.send(data)
 
     async def request(self, message: Event, timeout: float = 10.0) -> Event:
-        """Send a message with a fresh id and return the reply that refers to it."""
+        """Send a message and return the reply that refers to it (by its id, given or fresh)."""
         self._next_ref += 1
-        ref = f"q{self._next_ref}"
+        ref = str(message.get("id") or f"q{self._next_ref}")
         future: asyncio.Future[Event] = asyncio.get_running_loop().create_future()
         self._pending[ref] = future
         try:
@@ -152,7 +152,13 @@ class SignalingClient:
                 if event.get("type") == "ping" and self.answer_pings:
                     await self.ws.send(json.dumps({"type": "pong", "ts": event.get("ts")}))
                     continue
-                future = self._pending.get(event.get("ref") or "")
+                key = event.get("ref") or ""
+                if event.get("type") == "op" and event.get("author") == self.welcome.get(
+                    "participant_id"
+                ):
+                    # An ordered operation acknowledges its author under the author's own id.
+                    key = event.get("id") or ""
+                future = self._pending.get(key)
                 if future is not None and not future.done():
                     future.set_result(event)
                     continue

@@ -32,6 +32,9 @@ class Settings:
     rate: float = 100.0
     burst: float = 200.0
     queue_size: int = 2048
+    pointer_rate: float = 60.0
+    op_rate: float = 20.0
+    op_burst: float = 40.0
     max_participants: int = 50
     idle_timeout: float = 600.0
     sweep_interval: float = 5.0

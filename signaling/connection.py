@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 from dataclasses import dataclass
 from typing import Any
@@ -33,6 +32,13 @@ class _CloseRequest:
     reason: str
 
 
+@dataclass(frozen=True)
+class _PointerSlot:
+    """Stands in the queue for an author's latest pointer, sent when its turn comes."""
+
+    author: str
+
+
 class Connection:
     """Serves one WebSocket; implements session.participant.Client for its room."""
 
@@ -41,8 +47,13 @@ class Connection:
         self.hub = hub
         s = hub.settings
         now = hub.now()
-        self.out: asyncio.Queue[Event | _CloseRequest] = asyncio.Queue()
+        self.out: asyncio.Queue[Event | _CloseRequest | _PointerSlot] = asyncio.Queue()
         self.bucket = TokenBucket(s.rate, s.burst, now)
+        # Pointers are accepted at up to 60 Hz; drawings, chat and hands at a human pace.
+        self.pointer_bucket = TokenBucket(s.pointer_rate, s.pointer_rate, now)
+        self.op_bucket = TokenBucket(s.op_rate, s.op_burst, now)
+        # The latest pointer of each author not yet sent: a slow reader gets the newest only.
+        self.pointers: dict[str, Event] = {}
         self.opened_at = now
         self.last_heard = now
         self.last_ping = now
@@ -58,6 +69,12 @@ class Connection:
     def push(self, event: Event) -> None:
         """Queue an event for the writer; a client that cannot keep up is disconnected."""
         if self.closing is not None:
+            return
+        if event.get("type") == "pointer":
+            author = event["author"]
+            if author not in self.pointers:
+                self.out.put_nowait(_PointerSlot(author))
+            self.pointers[author] = event
             return
         if self.out.qsize() >= self.hub.settings.queue_size:
             self.leave_reason = "too_slow"
@@ -81,6 +98,22 @@ class Connection:
             event["ref"] = ref
         event.update({k: v for k, v in details.items() if v is not None})
         self.push(event)
+
+    def allow_op(self, pointer: bool) -> bool:
+        """Apply the per-connection limit on annotation operations; False drops this one."""
+        now = self.hub.now()
+        if (self.pointer_bucket if pointer else self.op_bucket).take(now):
+            return True
+        self.hub.metrics.messages.labels(type="dropped").inc()
+        if now - self.last_rate_error >= 1.0:
+            self.last_rate_error = now
+            what = (
+                "pointer updates are limited to 60 a second"
+                if pointer
+                else ("too many annotations, messages or hands a second")
+            )
+            self.error(Code.RATE_LIMITED, what)
+        return False
 
     def shutdown(self) -> None:
         """Close because the server is stopping."""
@@ -128,7 +161,12 @@ class Connection:
                 with contextlib.suppress(Exception):
                     await self.ws.close(item.code, item.reason)
                 return
-            await self.ws.send_text(json.dumps(item, separators=(",", ":")))
+            if isinstance(item, _PointerSlot):
+                pointer = self.pointers.pop(item.author, None)
+                if pointer is None:
+                    continue
+                item = pointer
+            await self.ws.send_text(self.hub.encode(item))
 
     async def _keepalive(self) -> None:
         s = self.hub.settings

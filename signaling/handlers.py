@@ -95,7 +95,6 @@ async def on_hello(conn: Connection, msg: m.Hello) -> None:
         # The old connection's media dies with it; the client publishes and subscribes anew.
         room.remove_streams_of(p.id, "replaced")
         p.subscriptions.clear()
-        await hub.sfu.close_participant(p.id, "replaced")
     conn.room, conn.participant = room, p
     s = hub.settings
     welcome: dict[str, Any] = {
@@ -112,9 +111,15 @@ async def on_hello(conn: Connection, msg: m.Hello) -> None:
     }
     if p.state is State.JOINED:
         welcome.update(room.snapshot(p))
+        # Built in the same step as the join: no operation can fall between the two.
+        welcome["channel"] = (
+            room.channel.snapshot() if msg.resume is None else room.channel.since(msg.resume)
+        )
     else:
         welcome["room"] = {"id": room.id, "title": room.config.title}
     conn.push(welcome)
+    if existing is not None:
+        await hub.sfu.close_participant(p.id, "replaced")
     conn.audit("join", "ok" if p.state is State.JOINED else "waiting")
     hub.refresh_gauges()
 
@@ -220,7 +225,17 @@ async def on_publish(conn: Connection, msg: m.Publish) -> None:
     conn.push({"type": "answer", "ref": msg.id, "stream": stream_id, "sdp": answer})
     kinds = {x.mid: x.kind for x in media}
     feeds = [
-        Feed(feed_ids[mid], mid, kinds[mid], spec.source, spec.label, codecs[mid])
+        Feed(
+            feed_ids[mid],
+            mid,
+            kinds[mid],
+            spec.source,
+            spec.label,
+            codecs[mid],
+            spec.width,
+            spec.height,
+            spec.pixel_spacing_mm,
+        )
         for mid, spec in specs.items()
     ]
     room.add_stream(Stream(stream_id, me.id, feeds))
@@ -295,6 +310,52 @@ async def on_get_stats(conn: Connection, msg: m.GetStats) -> None:
     conn.push({"type": "stats", "ref": msg.id, "up": ups, "down": downs})
 
 
+async def on_annotate(conn: Connection, msg: m.Annotate) -> None:
+    """Apply an annotation operation; the room orders it and sends it on."""
+    room, me = conn.room, conn.participant
+    assert room is not None and me is not None
+    if not conn.allow_op(msg.op == "pointer"):
+        return
+    op = msg.model_dump(exclude={"type"}, exclude_none=True)
+    room.annotate(me.id, op, conn.hub.now())
+
+
+async def on_chat(conn: Connection, msg: m.Chat) -> None:
+    """Post a chat message."""
+    room, me = conn.room, conn.participant
+    assert room is not None and me is not None
+    if not conn.allow_op(False):
+        return
+    room.chat(me.id, _op_id(msg), msg.text, conn.hub.now())
+
+
+async def on_raise_hand(conn: Connection, msg: m.RaiseHand) -> None:
+    """Raise or lower one's hand."""
+    room, me = conn.room, conn.participant
+    assert room is not None and me is not None
+    if not conn.allow_op(False):
+        return
+    room.raise_hand(me.id, _op_id(msg), msg.raised, conn.hub.now())
+
+
+async def on_grant(conn: Connection, msg: m.Grant) -> None:
+    """Let a participant annotate or speak beyond its role (moderator)."""
+    room, me = conn.room, conn.participant
+    assert room is not None and me is not None
+    target = room.grant(
+        me.id, msg.participant, conn.hub.now(), annotate=msg.annotate, floor=msg.floor
+    )
+    conn.audit(
+        "grant", target=target.identity, code=f"annotate={target.may_annotate},floor={target.floor}"
+    )
+
+
+def _op_id(msg: m.Message) -> str:
+    if not msg.id:
+        raise SessionError(SessionCode.INVALID_OP, "an operation needs an id")
+    return msg.id
+
+
 HANDLERS: dict[str, Handler] = {
     "hello": on_hello,
     "ping": on_ping,
@@ -313,4 +374,8 @@ HANDLERS: dict[str, Handler] = {
     "answer": on_answer,
     "unsubscribe": on_unsubscribe,
     "get_stats": on_get_stats,
+    "annotate": on_annotate,
+    "chat": on_chat,
+    "raise_hand": on_raise_hand,
+    "grant": on_grant,
 }

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import secrets
 import time
 from collections.abc import Callable, Coroutine
@@ -11,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 from media.aiortc_adapter import use_host_addresses
 from media.sfu import Sfu, local_address
+from session.participant import Event
 from session.room import Room, RoomConfig
 from session.rooms import Rooms
 
@@ -42,6 +44,7 @@ class Hub:
         self.connections: set[Connection] = set()
         self._sweeper: asyncio.Task[None] | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
+        self._encoded: dict[int, tuple[Event, str]] = {}
         rewrite_to = None
         if settings.announce:
             if local_address(settings.announce):
@@ -60,6 +63,19 @@ class Hub:
     def new_participant_id() -> str:
         """Return a fresh opaque participant id."""
         return "p-" + secrets.token_hex(6)
+
+    def encode(self, event: Event) -> str:
+        """Serialize an event once, however many connections send it."""
+        key = id(event)
+        hit = self._encoded.get(key)
+        if hit is not None and hit[0] is event:
+            return hit[1]
+        text = json.dumps(event, separators=(",", ":"))
+        # Keeping the event alive keeps its id from being reused while it is cached.
+        self._encoded[key] = (event, text)
+        if len(self._encoded) > 512:
+            self._encoded.pop(next(iter(self._encoded)))
+        return text
 
     def spawn(self, coro: Coroutine[Any, Any, Any]) -> None:
         """Run a coroutine in the background, keeping a reference until it ends."""

@@ -36,6 +36,8 @@ class Hello(Message):
     version: int
     token: Annotated[str, Field(max_length=4096)]
     room: Annotated[str, Field(min_length=1, max_length=64)]
+    # The last channel sequence number this client saw, when it reconnects.
+    resume: Annotated[int, Field(ge=0)] | None = None
 
 
 class Ping(Message):
@@ -107,6 +109,53 @@ class EndRoom(Message):
     type: Literal["end_room"]
 
 
+class Style(BaseModel):
+    """How a shape is drawn."""
+
+    model_config = ConfigDict(strict=True, extra="ignore", frozen=True)
+
+    color: Annotated[str, Field(max_length=32)] | None = None
+    width: Annotated[float, Field(strict=False, ge=0, le=50)] | None = None
+
+
+class Annotate(Message):
+    """One annotation: pointer, arrow, stroke, ruler, ellipse, text, delete, undo or clear."""
+
+    type: Literal["annotate"]
+    op: Annotated[str, Field(max_length=20)]
+    feed: Annotated[str, Field(max_length=100)] | None = None
+    # Checked by the session (count, range) so that each problem gets its own code.
+    points: Annotated[list[Any], Field(max_length=5000)] = []
+    media_ts: Annotated[int, Field(ge=0, lt=2**32)] | None = None
+    target: Annotated[str, Field(max_length=64)] | None = None
+    scope: Literal["own", "all"] | None = None
+    text: Annotated[str, Field(max_length=5000)] | None = None
+    style: Style | None = None
+
+
+class Chat(Message):
+    """A chat message to the room."""
+
+    type: Literal["chat"]
+    text: Annotated[str, Field(max_length=5000)]
+
+
+class RaiseHand(Message):
+    """Raise or lower one's hand."""
+
+    type: Literal["raise_hand"]
+    raised: bool = True
+
+
+class Grant(Message):
+    """Moderator: let a participant annotate, or give it the floor, beyond its role."""
+
+    type: Literal["grant"]
+    participant: ParticipantId
+    annotate: bool | None = None
+    floor: bool | None = None
+
+
 class FeedSpec(BaseModel):
     """What one media section of a publish offer carries."""
 
@@ -115,6 +164,10 @@ class FeedSpec(BaseModel):
     mid: Annotated[str, Field(min_length=1, max_length=32)]
     source: Source = Field(strict=False)
     label: Annotated[str, Field(max_length=80)] = ""
+    # The picture's size and scale, so that rulers drawn on it can say millimetres.
+    width: Annotated[int, Field(gt=0, le=16384)] | None = None
+    height: Annotated[int, Field(gt=0, le=16384)] | None = None
+    pixel_spacing_mm: Annotated[float, Field(strict=False, gt=0, le=100)] | None = None
 
 
 class Publish(Message):
@@ -181,6 +234,10 @@ MODELS: dict[str, type[Message]] = {
     "answer": Answer,
     "unsubscribe": Unsubscribe,
     "get_stats": GetStats,
+    "annotate": Annotate,
+    "chat": Chat,
+    "raise_hand": RaiseHand,
+    "grant": Grant,
 }
 
 

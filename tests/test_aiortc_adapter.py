@@ -22,9 +22,12 @@ from media.sfu import offered_media, rewrite_host_candidates
 
 
 def h264(profile: str, mode: str = "1") -> RTCRtpCodecParameters:
-    return RTCRtpCodecParameters(mimeType="video/H264", clockRate=90000, payloadType=102,
-                                 parameters={"profile-level-id": profile,
-                                             "packetization-mode": mode})
+    return RTCRtpCodecParameters(
+        mimeType="video/H264",
+        clockRate=90000,
+        payloadType=102,
+        parameters={"profile-level-id": profile, "packetization-mode": mode},
+    )
 
 
 def test_same_codec_compares_h264_profiles_not_levels() -> None:
@@ -47,9 +50,11 @@ def test_codec_preferences_pick_the_publishers_profile() -> None:
 
 
 def test_candidate_rewrite_for_a_1to1_nat() -> None:
-    sdp = ("v=0\r\nc=IN IP4 10.0.0.5\r\n"
-           "a=candidate:1 1 udp 2130706431 10.0.0.5 40001 typ host\r\n"
-           "a=candidate:2 1 udp 1694498815 198.51.100.9 40001 typ srflx raddr 10.0.0.5 rport 1\r\n")
+    sdp = (
+        "v=0\r\nc=IN IP4 10.0.0.5\r\n"
+        "a=candidate:1 1 udp 2130706431 10.0.0.5 40001 typ host\r\n"
+        "a=candidate:2 1 udp 1694498815 198.51.100.9 40001 typ srflx raddr 10.0.0.5 rport 1\r\n"
+    )
     out = rewrite_host_candidates(sdp, "203.0.113.7")
     assert "a=candidate:1 1 udp 2130706431 203.0.113.7 40001 typ host" in out
     assert "198.51.100.9 40001 typ srflx" in out  # only host candidates are rewritten
@@ -118,8 +123,9 @@ async def test_relay_pair_forwards_packets_and_repairs_a_loss() -> None:
                 break
             await asyncio.sleep(0.05)
         # Every payload arrived byte for byte; 1003 came late, through NACK and RTX.
-        assert sorted(got) == [(1000 + i, bytes([0x10, 0x00]) + bytes([i]) * 100)
-                               for i in range(10)]
+        assert sorted(got) == [
+            (1000 + i, bytes([0x10, 0x00]) + bytes([i]) * 100) for i in range(10)
+        ]
         assert [s for s, _ in got].index(1003) > [s for s, _ in got].index(1004)
         assert sender.retransmits == 1 and receiver.nacks_sent >= 1
         assert sender.packets_sent == 10

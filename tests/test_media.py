@@ -257,11 +257,15 @@ async def test_bad_media_messages_get_codes_and_nothing_breaks(
     track = sub.tracks[f"{stream.id}.0"]
     await receive(track, 5)
     cases = [
-        ({"type": "publish", "sdp": "not sdp", "feeds": [{"mid": "0", "source": "probe"}]},
-         "bad_sdp"),
+        (
+            {"type": "publish", "sdp": "not sdp", "feeds": [{"mid": "0", "source": "probe"}]},
+            "bad_sdp",
+        ),
         ({"type": "publish", "sdp": "x", "feeds": []}, "invalid_field"),
-        ({"type": "publish", "sdp": "x", "feeds": [{"mid": "0", "source": "x-ray"}]},
-         "invalid_field"),
+        (
+            {"type": "publish", "sdp": "x", "feeds": [{"mid": "0", "source": "x-ray"}]},
+            "invalid_field",
+        ),
         ({"type": "answer", "stream": "d-unknown", "sdp": "v=0"}, "no_such_stream"),
         ({"type": "answer", "stream": sub.id, "sdp": "v=0"}, "no_such_stream"),  # not op's
         ({"type": "unsubscribe", "stream": "d-unknown"}, "no_such_stream"),

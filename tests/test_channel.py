@@ -1,0 +1,106 @@
+"""The ordered channel with no I/O: shapes, retries, resume, limits, rulers."""
+
+from __future__ import annotations
+
+import pytest
+
+from session.channel import Channel, FeedGeometry, Limits, ruler_length
+from session.errors import Code, SessionError
+
+G = FeedGeometry()
+
+
+def stroke(op_id: str, n: int = 3, feed: str = "f") -> dict[str, object]:
+    return {"op": "stroke", "id": op_id, "feed": feed,
+            "points": [[i / 10, i / 10] for i in range(n)], "media_ts": 12345}
+
+
+def test_operations_are_ordered_and_form_the_state() -> None:
+    ch = Channel()
+    a = ch.draw("p1", stroke("a"), 1.0, G)
+    b = ch.draw("p2", {"op": "arrow", "id": "b", "feed": "f", "points": [[0, 0], [1, 1]]}, 1.1, G)
+    assert (a["seq"], b["seq"]) == (1, 2)
+    assert a["author"] == "p1" and a["media_ts"] == 12345 and a["server_ts"] == 1.0
+    assert set(ch.shapes) == {"a", "b"}
+    assert ch.undo("p1", "u1", 2.0)["target"] == "a"
+    assert set(ch.shapes) == {"b"}
+    with pytest.raises(SessionError) as e:
+        ch.undo("p1", "u2", 2.1)
+    assert e.value.code is Code.NO_SUCH_ANNOTATION
+    with pytest.raises(SessionError) as e:
+        ch.delete("p1", "b", "d1", 2.2, moderator=False)
+    assert e.value.code is Code.FORBIDDEN
+    assert ch.delete("p3", "b", "d2", 2.3, moderator=True)["target"] == "b"
+    assert ch.seq == 4 and not ch.shapes
+
+
+def test_clear_own_and_all() -> None:
+    ch = Channel()
+    ch.draw("p1", stroke("a", feed="f1"), 1, G)
+    ch.draw("p1", stroke("b", feed="f2"), 1, G)
+    ch.draw("p2", stroke("c", feed="f1"), 1, G)
+    assert ch.clear("p1", "x1", "own", "f1", 2, moderator=False)["removed"] == ["a"]
+    with pytest.raises(SessionError) as e:
+        ch.clear("p1", "x2", "all", None, 2, moderator=False)
+    assert e.value.code is Code.FORBIDDEN
+    assert sorted(ch.clear("m", "x3", "all", None, 2, moderator=True)["removed"]) == ["b", "c"]
+
+
+def test_retry_is_idempotent_and_ids_are_per_author() -> None:
+    ch = Channel()
+    first = ch.draw("p1", stroke("a"), 1, G)
+    assert ch.retry("p1", "a") is first
+    assert ch.retry("p1", "new") is None
+    with pytest.raises(SessionError) as e:
+        ch.retry("p2", "a")
+    assert e.value.code is Code.DUPLICATE_ID
+
+
+def test_resume_gives_exactly_what_was_missed_or_a_snapshot() -> None:
+    ch = Channel(Limits(log=5))
+    for i in range(8):
+        ch.draw("p1", stroke(f"s{i}"), i, G)
+    r = ch.since(6)
+    assert r["mode"] == "resume" and [e["seq"] for e in r["ops"]] == [7, 8]
+    assert ch.since(8) == {"mode": "resume", "seq": 8, "ops": [], "pointers": []}
+    assert ch.since(3)["mode"] == "resume"  # seq 4 is the oldest kept
+    snap = ch.since(2)  # seq 3 fell out of the log: too old to resume
+    assert snap["mode"] == "snapshot" and len(snap["annotations"]) == 8
+    assert ch.since(99)["mode"] == "snapshot"  # from another life of the room
+
+
+def test_points_are_checked() -> None:
+    ch = Channel()
+    cases = [
+        ({"op": "stroke", "id": "x", "feed": "f", "points": [[0, 0], [1.5, 0]]}, Code.OUT_OF_RANGE),
+        ({"op": "stroke", "id": "x", "feed": "f", "points": [[0, 0]] * 501}, Code.TOO_LARGE),
+        ({"op": "arrow", "id": "x", "feed": "f", "points": [[0, 0]]}, Code.INVALID_OP),
+        ({"op": "arrow", "id": "x", "feed": "f", "points": [[0, 0], ["a", 1]]}, Code.INVALID_OP),
+        ({"op": "arrow", "id": "x", "feed": "f", "points": [[0, 0], [0, float("nan")]]},
+         Code.INVALID_OP),
+        ({"op": "text", "id": "x", "feed": "f", "points": [[0, 0]], "text": "x" * 201},
+         Code.TOO_LARGE),
+        ({"op": "text", "id": "x", "feed": "f", "points": [[0, 0]]}, Code.INVALID_OP),
+        ({"op": "laser", "id": "x", "feed": "f", "points": []}, Code.UNKNOWN_OP),
+    ]
+    for op, code in cases:
+        with pytest.raises(SessionError) as e:
+            ch.draw("p1", op, 1, G)
+        assert e.value.code is code, op
+    assert ch.seq == 0  # nothing refused was ordered
+
+
+def test_ruler_lengths() -> None:
+    pts = [[0.0, 0.0], [0.5, 0.0]]
+    assert ruler_length(pts, FeedGeometry()) == {"value": 0.5, "unit": "frame"}
+    assert ruler_length(pts, FeedGeometry(800, 600)) == {"value": 400.0, "unit": "px"}
+    assert ruler_length(pts, FeedGeometry(800, 600, 0.1)) == {"value": 40.0, "unit": "mm"}
+
+
+def test_chat_history_is_bounded() -> None:
+    ch = Channel(Limits(chat=3))
+    for i in range(5):
+        ch.say("p1", f"c{i}", f"question {i}", i)
+    assert [c["text"] for c in ch.snapshot()["chat"]] == ["question 2", "question 3", "question 4"]
+    with pytest.raises(SessionError):
+        ch.say("p1", "c9", "   ", 9)
