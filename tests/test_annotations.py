@@ -95,7 +95,7 @@ async def test_joiner_gets_a_snapshot(room: tuple[Server, SignalingClient, str])
 async def test_resume_after_a_drop_loses_and_repeats_nothing(
     room: tuple[Server, SignalingClient, str], notice: str
 ) -> None:
-    server, op, feed = room
+    server, _, feed = room
     ex = await server.join(role=Role.EXPERT, identity="ex")
     viewer = server.client(role=Role.AUDIENCE, identity="viewer")
     await viewer.connect()
@@ -230,7 +230,7 @@ async def test_pointer_flood_is_limited_and_the_connection_survives(
 
 
 async def test_hand_floor_and_chat(room: tuple[Server, SignalingClient, str]) -> None:
-    server, op, feed = room
+    server, _, _ = room
     mod = await server.join(role=Role.MODERATOR, identity="mod")
     aud = await server.join(role=Role.AUDIENCE, identity="aud")
     raised = await aud.request({"type": "raise_hand", "raised": True})
