@@ -35,6 +35,8 @@ export class Session extends EventTarget {
     /** @type {Map<string, {resolve: (m: Message) => void, reject: (e: Message) => void}>} */
     this.pending = new Map();
     this.nextRef = 0;
+    /** The last channel sequence number seen, sent as `resume` when reconnecting. */
+    this.seq = 0;
     /** @type {Map<string, RTCPeerConnection>} stream or subscription id → its connection */
     this.connections = new Map();
   }
@@ -49,7 +51,10 @@ export class Session extends EventTarget {
       let refusal = null;
       let settled = false;
       ws.onopen = () => {
-        this._send({ type: "hello", version: PROTOCOL_VERSION, room: this.room, token: this.token });
+        /** @type {Message} */
+        const hello = { type: "hello", version: PROTOCOL_VERSION, room: this.room, token: this.token };
+        if (this.welcome) hello.resume = this.seq; // a reconnect: ask for exactly what was missed
+        this._send(hello);
       };
       ws.onmessage = (frame) => {
         /** @type {Message} */
@@ -226,6 +231,8 @@ export class Session extends EventTarget {
 
   /** Keep the participant list current from the events that change it. @param {Message} msg */
   _track(msg) {
+    if (msg.type === "op" && msg.seq > this.seq) this.seq = msg.seq;
+    if ((msg.type === "welcome" || msg.type === "admitted") && msg.channel) this.seq = msg.channel.seq;
     switch (msg.type) {
       case "welcome":
       case "admitted":
