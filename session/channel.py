@@ -164,6 +164,35 @@ class Channel:
             out.append({"type": "pointer", "author": author, "points": []})
         return out
 
+    @classmethod
+    def restore(cls, events: list[Event], limits: Limits | None = None) -> Channel:
+        """Rebuild a channel from its ordered events, as a store that keeps the log would."""
+        ch = cls(limits or Limits())
+        for e in sorted(events, key=lambda e: e["seq"]):
+            ch.seq = e["seq"]
+            ch.log.append(e)
+            ch.ids[e["id"]] = (e["author"], e["seq"])
+            kind = e["op"]
+            if kind in SHAPES:
+                ch.shapes[e["id"]] = e
+            elif kind in ("delete", "undo"):
+                ch.shapes.pop(e["target"], None)
+            elif kind == "clear":
+                for i in e["removed"]:
+                    ch.shapes.pop(i, None)
+            elif kind == "chat":
+                ch.chat.append(e)
+            elif kind == "hand":
+                if e["raised"]:
+                    ch.hands[e["author"]] = e["server_ts"]
+                else:
+                    ch.hands.pop(e["author"], None)
+        while len(ch.log) > ch.limits.log:
+            ch.log.popleft()
+        while len(ch.chat) > ch.limits.chat:
+            ch.chat.popleft()
+        return ch
+
     # -- late join and resume ----------------------------------------------------------------
 
     def snapshot(self) -> Event:

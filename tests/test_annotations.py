@@ -32,8 +32,15 @@ async def room(tmp_path: Path) -> AsyncIterator[tuple[Server, SignalingClient, s
 
 
 def stroke(op_id: str, feed: str, n: int = 4, **extra: Any) -> dict[str, Any]:
-    return {"type": "annotate", "op": "stroke", "id": op_id, "feed": feed,
-            "points": [[0.1 + i / 100, 0.2] for i in range(n)], "media_ts": 900000, **extra}
+    return {
+        "type": "annotate",
+        "op": "stroke",
+        "id": op_id,
+        "feed": feed,
+        "points": [[0.1 + i / 100, 0.2] for i in range(n)],
+        "media_ts": 900000,
+        **extra,
+    }
 
 
 async def ops_until(c: SignalingClient, count: int, timeout: float = 10) -> list[dict[str, Any]]:
@@ -46,7 +53,7 @@ async def ops_until(c: SignalingClient, count: int, timeout: float = 10) -> list
 
 
 async def test_concurrent_authors_are_seen_in_one_order_by_everyone(
-    room: tuple[Server, SignalingClient, str]
+    room: tuple[Server, SignalingClient, str],
 ) -> None:
     server, op, feed = room
     experts = [await server.join(role=Role.EXPERT, identity=f"ex{i}") for i in range(3)]
@@ -73,8 +80,15 @@ async def test_joiner_gets_a_snapshot(room: tuple[Server, SignalingClient, str])
     ex = await server.join(role=Role.EXPERT, identity="ex")
     aud = await server.join(role=Role.AUDIENCE, identity="aud")
     await ex.send(stroke("s1", feed))
-    await ex.send({"type": "annotate", "op": "ruler", "id": "r1", "feed": feed,
-                   "points": [[0.1, 0.1], [0.4, 0.5]]})
+    await ex.send(
+        {
+            "type": "annotate",
+            "op": "ruler",
+            "id": "r1",
+            "feed": feed,
+            "points": [[0.1, 0.1], [0.4, 0.5]],
+        }
+    )
     await ex.send(stroke("s2", feed))
     await ex.send({"type": "annotate", "op": "delete", "id": "d1", "target": "s2"})
     await ex.send({"type": "annotate", "op": "pointer", "feed": feed, "points": [[0.5, 0.5]]})
@@ -114,8 +128,9 @@ async def test_resume_after_a_drop_loses_and_repeats_nothing(
     again = SignalingClient(server.ws_url, viewer.token, "r1")
     server.clients.append(again)
     await again.open()
-    await again.send({"type": "hello", "version": 1, "token": viewer.token, "room": "r1",
-                      "resume": last})
+    await again.send(
+        {"type": "hello", "version": 1, "token": viewer.token, "room": "r1", "resume": last}
+    )
     welcome = await again.wait_for("welcome")
     ch = welcome["channel"]
     assert ch["mode"] == "resume"
@@ -126,7 +141,8 @@ async def test_resume_after_a_drop_loses_and_repeats_nothing(
     nxt = await again.wait_for("op")
     assert nxt["id"] == "c0" and nxt["seq"] == ch["seq"] + 1
     assert [e["seq"] for e in seen] + [e["seq"] for e in ch["ops"]] + [nxt["seq"]] == list(
-        range(1, 14))
+        range(1, 14)
+    )
 
 
 async def test_retry_is_idempotent(room: tuple[Server, SignalingClient, str]) -> None:
@@ -153,8 +169,10 @@ async def test_permissions(room: tuple[Server, SignalingClient, str]) -> None:
         await aud.request(stroke("x", feed))
     assert e.value.code == "forbidden"
     await ex.request(stroke("mine", feed))
-    for message in ({"type": "annotate", "op": "clear", "id": "c", "scope": "all"},
-                    {"type": "annotate", "op": "delete", "id": "d", "target": "mine"}):
+    for message in (
+        {"type": "annotate", "op": "clear", "id": "c", "scope": "all"},
+        {"type": "annotate", "op": "delete", "id": "d", "target": "mine"},
+    ):
         with pytest.raises(RequestFailed) as e:
             await op.request(message)
         assert e.value.code == "forbidden"
@@ -162,13 +180,15 @@ async def test_permissions(room: tuple[Server, SignalingClient, str]) -> None:
     granted = await aud.wait_for("granted")
     assert granted["may_annotate"] is True
     assert (await aud.request(stroke("now-ok", feed)))["seq"] == 2
-    cleared = await mod.request({"type": "annotate", "op": "clear", "id": "all",
-                                 "scope": "all"})
+    cleared = await mod.request({"type": "annotate", "op": "clear", "id": "all", "scope": "all"})
     assert sorted(cleared["removed"]) == ["mine", "now-ok"]
-    audit = [json.loads(x) for x in
-             (server.hub.settings.data_dir / "audit.jsonl").read_text().splitlines()]
-    assert ("annotate", "denied", "aud") in {(a["action"], a["outcome"], a["identity"])
-                                            for a in audit}
+    audit = [
+        json.loads(x)
+        for x in (server.hub.settings.data_dir / "audit.jsonl").read_text().splitlines()
+    ]
+    assert ("annotate", "denied", "aud") in {
+        (a["action"], a["outcome"], a["identity"]) for a in audit
+    }
     assert any(a["action"] == "grant" and a["target"] == "aud" for a in audit)
 
 
@@ -180,8 +200,10 @@ BAD_OPS = [
     ({"op": "text", "id": "x", "points": [[0.5, 0.5]], "text": "x" * 500}, "too_large"),
     ({"op": "arrow", "id": "x", "points": [[0.1, 0.1]]}, "invalid_op"),
     ({"op": "stroke", "points": [[0.1, 0.1], [0.2, 0.2]]}, "invalid_op"),  # no id
-    ({"op": "arrow", "id": "x", "points": [[0.1, 0.1], [0.2, 0.2]], "feed": "s-x.0"},
-     "no_such_feed"),
+    (
+        {"op": "arrow", "id": "x", "points": [[0.1, 0.1], [0.2, 0.2]], "feed": "s-x.0"},
+        "no_such_feed",
+    ),
     ({"op": "delete", "id": "x", "target": "nothing"}, "no_such_annotation"),
     ({"op": "arrow", "id": "x", "points": "not a list"}, "invalid_field"),
 ]
@@ -205,13 +227,14 @@ async def test_bad_operations(
 
 
 async def test_pointer_flood_is_limited_and_the_connection_survives(
-    room: tuple[Server, SignalingClient, str]
+    room: tuple[Server, SignalingClient, str],
 ) -> None:
     server, op, feed = room
     ex = await server.join(role=Role.EXPERT, identity="ex")
     for i in range(300):
-        await ex.send({"type": "annotate", "op": "pointer", "feed": feed,
-                       "points": [[i / 300, 0.5]]})
+        await ex.send(
+            {"type": "annotate", "op": "pointer", "feed": feed, "points": [[i / 300, 0.5]]}
+        )
     err = await ex.wait_for("error")
     assert err["code"] == "rate_limited"
     got = 0
@@ -265,7 +288,12 @@ def test_slow_reader_gets_the_latest_pointer_and_every_operation(tmp_path: Path)
             conn.push({"type": "op", "seq": i, "op": "stroke"})
     queued = list(conn.out._queue)  # type: ignore[attr-defined]
     assert [type(x).__name__ for x in queued] == [
-        "_PointerSlot", "_PointerSlot", "dict", "dict", "dict"]
+        "_PointerSlot",
+        "_PointerSlot",
+        "dict",
+        "dict",
+        "dict",
+    ]
     assert isinstance(queued[0], _PointerSlot)
     assert conn.pointers["a"]["points"] == [[0.99, 0]]  # only the newest is sent
     assert [x["seq"] for x in queued if isinstance(x, dict)] == [0, 40, 80]

@@ -11,8 +11,13 @@ G = FeedGeometry()
 
 
 def stroke(op_id: str, n: int = 3, feed: str = "f") -> dict[str, object]:
-    return {"op": "stroke", "id": op_id, "feed": feed,
-            "points": [[i / 10, i / 10] for i in range(n)], "media_ts": 12345}
+    return {
+        "op": "stroke",
+        "id": op_id,
+        "feed": feed,
+        "points": [[i / 10, i / 10] for i in range(n)],
+        "media_ts": 12345,
+    }
 
 
 def test_operations_are_ordered_and_form_the_state() -> None:
@@ -76,10 +81,14 @@ def test_points_are_checked() -> None:
         ({"op": "stroke", "id": "x", "feed": "f", "points": [[0, 0]] * 501}, Code.TOO_LARGE),
         ({"op": "arrow", "id": "x", "feed": "f", "points": [[0, 0]]}, Code.INVALID_OP),
         ({"op": "arrow", "id": "x", "feed": "f", "points": [[0, 0], ["a", 1]]}, Code.INVALID_OP),
-        ({"op": "arrow", "id": "x", "feed": "f", "points": [[0, 0], [0, float("nan")]]},
-         Code.INVALID_OP),
-        ({"op": "text", "id": "x", "feed": "f", "points": [[0, 0]], "text": "x" * 201},
-         Code.TOO_LARGE),
+        (
+            {"op": "arrow", "id": "x", "feed": "f", "points": [[0, 0], [0, float("nan")]]},
+            Code.INVALID_OP,
+        ),
+        (
+            {"op": "text", "id": "x", "feed": "f", "points": [[0, 0]], "text": "x" * 201},
+            Code.TOO_LARGE,
+        ),
         ({"op": "text", "id": "x", "feed": "f", "points": [[0, 0]]}, Code.INVALID_OP),
         ({"op": "laser", "id": "x", "feed": "f", "points": []}, Code.UNKNOWN_OP),
     ]
@@ -104,3 +113,20 @@ def test_chat_history_is_bounded() -> None:
     assert [c["text"] for c in ch.snapshot()["chat"]] == ["question 2", "question 3", "question 4"]
     with pytest.raises(SessionError):
         ch.say("p1", "c9", "   ", 9)
+
+
+def test_a_channel_rebuilt_from_its_log_is_the_same() -> None:
+    ch = Channel()
+    ch.draw("p1", stroke("a"), 1, G)
+    ch.draw("p2", stroke("b"), 2, G)
+    ch.say("p3", "c1", "hello", 3)
+    ch.hand("p3", "h1", True, 4)
+    ch.undo("p1", "u1", 5)
+    ch.draw("p1", stroke("d"), 6, G)
+    ch.clear("p2", "x", "own", None, 7, moderator=False)
+    ch.hand("p4", "h2", True, 8)
+    ch.hand("p3", "h3", False, 9)
+    again = Channel.restore(list(ch.log))
+    assert again.snapshot() == {**ch.snapshot(), "pointers": []}
+    assert again.retry("p1", "d") == ch.retry("p1", "d")
+    assert again.draw("p1", stroke("e"), 10, G)["seq"] == ch.seq + 1
