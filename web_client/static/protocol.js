@@ -1,6 +1,8 @@
 // teleconsult signaling protocol for browsers: no DOM here, so any page or tool can build on it.
 // The contract is docs/protocol.md.
 
+import { ChannelState } from "./channel.js";
+
 export const PROTOCOL_VERSION = 1;
 
 // Close codes after which reconnecting cannot help (docs/protocol.md, "Close codes").
@@ -9,7 +11,7 @@ const FINAL_CLOSES = new Set([4000, 4001, 4005, 4009, 4010, 4011, 4012, 4013]);
 /**
  * @typedef {{type: string, [key: string]: any}} Message
  * @typedef {{id: string, identity: string, name: string, role: string, muted: boolean,
- *            joined_at: number}} ParticipantInfo
+ *            joined_at: number, may_annotate?: boolean, floor?: boolean}} ParticipantInfo
  */
 
 /** A participant's signaling session; emits "message", "state" and "closed" events. */
@@ -39,6 +41,21 @@ export class Session extends EventTarget {
     this.seq = 0;
     /** @type {Map<string, RTCPeerConnection>} stream or subscription id → its connection */
     this.connections = new Map();
+    /** The room's annotations, pointers, chat and hands. */
+    this.channel = new ChannelState();
+    /** @type {Map<string, {resolve: (m: Message) => void, reject: (e: Message) => void}>} by op id */
+    this.pendingOps = new Map();
+  }
+
+  /** This participant's id, once joined. */
+  get me() {
+    return this.welcome ? String(this.welcome.participant_id) : "";
+  }
+
+  /** This participant's current role. */
+  get role() {
+    const p = this.participants.get(this.me);
+    return p ? p.role : this.welcome ? this.welcome.you.role : "";
   }
 
   /** Connect and say hello; resolves with the welcome, rejects with the server's error. */
@@ -74,6 +91,18 @@ export class Session extends EventTarget {
           else waiter.resolve(msg);
           return;
         }
+        if (msg.type === "op" && msg.author === this.me) {
+          const op = this.pendingOps.get(msg.id);
+          if (op) {
+            this.pendingOps.delete(msg.id);
+            op.resolve(msg);
+          }
+        }
+        if (msg.type === "error" && msg.ref && this.pendingOps.has(msg.ref)) {
+          const op = this.pendingOps.get(msg.ref);
+          this.pendingOps.delete(msg.ref);
+          if (op) op.reject(msg);
+        }
         if (msg.type === "unsubscribed" || msg.type === "stream_removed") {
           this._closeConnection(msg.stream || msg.stream_id);
         }
@@ -93,8 +122,10 @@ export class Session extends EventTarget {
         const final = FINAL_CLOSES.has(ev.code) || this.leaving;
         // The server drops a connection's media with it; a reconnect publishes and subscribes anew.
         for (const id of [...this.connections.keys()]) this._closeConnection(id);
-        for (const waiter of this.pending.values()) waiter.reject({ type: "error", code: "connection_lost", message: "connection lost" });
+        const lost = { type: "error", code: "connection_lost", message: "connection lost" };
+        for (const waiter of [...this.pending.values(), ...this.pendingOps.values()]) waiter.reject(lost);
         this.pending.clear();
+        this.pendingOps.clear();
         if (!settled) {
           settled = true;
           if (final || this.attempt >= this.retries) {
@@ -143,9 +174,10 @@ export class Session extends EventTarget {
   async publish(feeds, options = {}) {
     const pc = new RTCPeerConnection({ iceServers: this.welcome ? this.welcome.ice_servers : [] });
     const added = feeds.map((f) => ({ ...f, transceiver: pc.addTransceiver(f.track, { direction: "sendonly" }) }));
-    if (options.videoCodec) {
+    const videoCodec = options.videoCodec;
+    if (videoCodec) {
       const codecs = RTCRtpSender.getCapabilities("video")?.codecs || [];
-      const wanted = codecs.filter((c) => c.mimeType.toLowerCase() === `video/${options.videoCodec.toLowerCase()}` &&
+      const wanted = codecs.filter((c) => c.mimeType.toLowerCase() === `video/${videoCodec.toLowerCase()}` &&
         (!options.h264Profile || (c.sdpFmtpLine || "").includes(`profile-level-id=${options.h264Profile}`)));
       const rtx = codecs.filter((c) => c.mimeType.toLowerCase() === "video/rtx");
       for (const a of added) if (a.track.kind === "video") a.transceiver.setCodecPreferences([...wanted, ...rtx]);
@@ -212,6 +244,45 @@ export class Session extends EventTarget {
     }
   }
 
+  /**
+   * Send an ordered operation (annotation, chat, hand) and wait for its place in the order.
+   * @param {Message} msg without `id`: one is made
+   * @returns {Promise<Message>} the ordered `op` event
+   */
+  order(msg) {
+    const id = msg.id || (crypto.randomUUID ? crypto.randomUUID() : `${Date.now()}-${Math.random()}`);
+    return new Promise((resolve, reject) => {
+      this.pendingOps.set(id, { resolve, reject });
+      this._send({ ...msg, id });
+    });
+  }
+
+  /**
+   * Draw (or delete, undo, clear) on a feed. @param {Message} op without type
+   * @returns {Promise<Message>}
+   */
+  annotate(op) {
+    return this.order({ ...op, type: "annotate" });
+  }
+
+  /** Move this participant's pointer (no points hides it). @param {string} feed @param {number[][]} points @param {number} [mediaTs] */
+  point(feed, points, mediaTs) {
+    /** @type {Message} */
+    const msg = { type: "annotate", op: "pointer", feed, points };
+    if (mediaTs !== undefined) msg.media_ts = mediaTs;
+    this._send(msg);
+  }
+
+  /** Post a chat message. @param {string} text */
+  chat(text) {
+    return this.order({ type: "chat", text });
+  }
+
+  /** Raise or lower this participant's hand. @param {boolean} raised */
+  raiseHand(raised) {
+    return this.order({ type: "raise_hand", raised });
+  }
+
   /** Leave the room for good. */
   leave() {
     this.leaving = true;
@@ -229,10 +300,13 @@ export class Session extends EventTarget {
     this.dispatchEvent(new CustomEvent("state", { detail: state }));
   }
 
-  /** Keep the participant list current from the events that change it. @param {Message} msg */
+  /** Keep participants and the channel current from the events that change them. @param {Message} msg */
   _track(msg) {
-    if (msg.type === "op" && msg.seq > this.seq) this.seq = msg.seq;
-    if ((msg.type === "welcome" || msg.type === "admitted") && msg.channel) this.seq = msg.channel.seq;
+    if ((msg.type === "welcome" || msg.type === "admitted") && msg.channel) this.channel.load(msg.channel);
+    if (msg.type === "op") this.channel.apply(/** @type {any} */ (msg));
+    if (msg.type === "pointer") this.channel.point(/** @type {any} */ (msg));
+    if (msg.type === "left") this.channel.forget(msg.participant_id);
+    this.seq = this.channel.seq;
     switch (msg.type) {
       case "welcome":
       case "admitted":
@@ -248,11 +322,13 @@ export class Session extends EventTarget {
         this.participants.delete(msg.participant_id);
         break;
       case "role_changed":
-      case "muted": {
+      case "muted":
+      case "granted": {
         const p = this.participants.get(msg.participant_id);
         if (p) {
           if (msg.type === "role_changed") p.role = msg.role;
-          else p.muted = msg.muted;
+          else if (msg.type === "muted") p.muted = msg.muted;
+          else Object.assign(p, { may_annotate: msg.may_annotate, floor: msg.floor });
         }
         break;
       }
