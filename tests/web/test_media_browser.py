@@ -38,7 +38,7 @@ async def test_browser_shows_a_published_probe_feed(
         await page.goto(join_url(server.http, "r1", server.token(identity="ex", name="Dr. Li")))
         video = page.locator('video[data-source="probe"]')
         await expect(video).to_have_count(1, timeout=10000)
-        await expect(page.locator("figcaption")).to_have_text("Ultrasound")
+        await expect(page.locator("figcaption span")).to_have_text("Ultrasound")
         await expect(page.locator("audio")).to_have_count(1)
         # Frames are decoded and painted by the browser, at the publisher's size.
         await page.wait_for_function(

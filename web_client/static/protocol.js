@@ -258,7 +258,7 @@ export class Session extends EventTarget {
   }
 
   /**
-   * Draw (or delete, undo, clear) on a feed. @param {Message} op without type
+   * Draw (or delete, undo, clear) on a feed. @param {{op: string, [key: string]: any}} op
    * @returns {Promise<Message>}
    */
   annotate(op) {

@@ -1,119 +1,118 @@
-// The room page: joins with the token from the link and shows who is in the session.
-import { Session } from "./protocol.js";
+// The room page a join link opens. One page for every role: what it shows follows the role
+// the token grants (operator feeds, expert tools and talk-back, audience chat, moderation).
 
-/** Plain words for the refusals a person can act on. @type {Record<string, string>} */
-const PROBLEMS = {
-  token_missing: "This link has no access token. Ask the organiser for your personal link.",
-  token_invalid: "This link is not valid. Ask the organiser for a new link.",
-  token_expired: "This link has expired. Ask the organiser for a new link.",
-  token_wrong_room: "This link is for another session.",
-  room_ended: "This session has ended.",
-  room_full: "This session is full. Try again later or ask the moderator.",
-  removed: "A moderator removed you from this session.",
-  connection_failed: "Cannot reach the server. Check the network and reload the page.",
-};
-/** @type {Record<string, string>} */
-const STATES = {
-  connecting: "Connecting…", reconnecting: "Reconnecting…", joined: "Connected",
-  waiting: "Waiting for a moderator to let you in", closed: "Disconnected",
-};
+import { mountChat } from "./chat.js";
+import { Stage } from "./feeds.js";
+import { LANGUAGES, pickLanguage, setLanguage, t, translate } from "./i18n.js";
+import { Devices } from "./operator.js";
+import { mountPeople } from "./people.js";
+import { Session } from "./protocol.js";
+import { TalkBack, Toolbar, watchHealth } from "./tools.js";
 
 const $ = (/** @type {string} */ id) => /** @type {HTMLElement} */ (document.getElementById(id));
-const room = decodeURIComponent(location.pathname.split("/").filter(Boolean).pop() || "");
-const token = new URLSearchParams(location.hash.slice(1)).get("token") || "";
-const wsUrl = `${location.protocol === "https:" ? "wss" : "ws"}://${location.host}/ws`;
-const session = new Session({ url: wsUrl, room, token });
 
-function showProblem(/** @type {string} */ text) {
-  $("problem").textContent = text;
+const room = decodeURIComponent(location.pathname.split("/").filter(Boolean).pop() || "");
+const params = new URLSearchParams(location.hash.slice(1) || location.search.slice(1));
+const token = params.get("token") || "";
+history.replaceState(null, "", location.pathname); // keep the token out of the address bar and history
+
+await setLanguage(pickLanguage());
+const lang = /** @type {HTMLSelectElement} */ ($("lang"));
+for (const [code, name] of Object.entries(LANGUAGES)) lang.append(new Option(name, code));
+lang.value = pickLanguage();
+lang.addEventListener("change", () => setLanguage(lang.value).then(refresh));
+
+const session = new Session({ url: `${location.protocol === "https:" ? "wss" : "ws"}://${location.host}/ws`, room, token });
+const stage = new Stage(session, $("feeds"));
+/** @type {Devices | null} */
+let devices = null;
+/** @type {TalkBack | null} */
+let talk = null;
+let problemKey = "";
+
+/** @param {string} key a locale key */
+function showProblem(key) {
+  problemKey = key;
+  $("problem").textContent = t(key);
   $("problem").hidden = false;
 }
 
-/** @type {Map<string, {subscription: string, elements: HTMLElement[]}>} published stream id → what shows it */
-const shown = new Map();
-
-/** Receive a published stream and show its feeds. @param {any} stream */
-async function show(stream) {
-  if (shown.has(stream.id) || (session.welcome && stream.participant_id === session.welcome.participant_id)) return;
-  shown.set(stream.id, { subscription: "", elements: [] });
-  try {
-    const sub = await session.subscribe(stream.id);
-    const entry = { subscription: sub.id, elements: /** @type {HTMLElement[]} */ ([]) };
-    shown.set(stream.id, entry);
-    for (const feed of stream.feeds) {
-      const track = sub.tracks.get(feed.id);
-      if (!track) continue;
-      const media = document.createElement(feed.kind === "video" ? "video" : "audio");
-      media.autoplay = true;
-      media.setAttribute("playsinline", "");
-      if (feed.kind === "video") media.muted = true; // autoplay policies allow muted video
-      media.srcObject = new MediaStream([track]);
-      media.dataset.feed = feed.id;
-      media.dataset.source = feed.source;
-      if (feed.kind === "video") {
-        const figure = document.createElement("figure");
-        const caption = document.createElement("figcaption");
-        caption.textContent = feed.label || feed.source;
-        figure.append(media, caption);
-        $("feeds").append(figure);
-        entry.elements.push(figure);
-      } else {
-        $("feeds").append(media);
-        entry.elements.push(media);
-      }
-    }
-  } catch (err) {
-    shown.delete(stream.id);
-  }
-}
-
-/** Stop showing a stream. @param {string} streamId */
-function hide(streamId) {
-  const entry = shown.get(streamId);
-  if (!entry) return;
-  for (const el of entry.elements) el.remove();
-  shown.delete(streamId);
-}
-
-function render() {
-  const me = session.welcome ? session.welcome.participant_id : "";
-  const list = $("participants");
-  list.replaceChildren(...[...session.participants.values()].map((p) => {
-    const li = document.createElement("li");
-    li.dataset.role = p.role;
-    li.textContent = p.name + (p.id === me ? " (you)" : "") + (p.muted ? " — muted" : "");
-    const role = document.createElement("span");
-    role.className = "role";
-    role.textContent = p.role;
-    li.append(role);
-    return li;
-  }));
-  $("people").hidden = session.state !== "joined";
+function refresh() {
+  translate(document);
+  $("state").textContent = t(`state.${session.state}`);
+  if (problemKey) $("problem").textContent = t(problemKey);
+  $("watching").textContent = t("watching", { count: Math.max(0, session.participants.size - 1) });
 }
 
 session.addEventListener("state", (ev) => {
   const state = /** @type {CustomEvent} */ (ev).detail;
-  if (state === "reconnecting" || state === "closed") for (const id of [...shown.keys()]) hide(id);
   $("state").dataset.state = state;
-  $("state").textContent = STATES[state] || state;
-  render();
+  $("state").textContent = t(`state.${state}`);
+  $("banner").hidden = state !== "reconnecting";
+  $("main").hidden = state !== "joined" && state !== "reconnecting";
+  if (state === "reconnecting") {
+    // The server dropped this connection's media with it; the welcome brings it back.
+    stage.dropAll();
+    devices?.reset();
+    talk?.reset();
+  }
 });
+
 session.addEventListener("message", (ev) => {
   const msg = /** @type {CustomEvent} */ (ev).detail;
   if (msg.room && msg.room.title) $("title").textContent = msg.room.title;
-  if (msg.type === "room_ended") showProblem(PROBLEMS.room_ended);
-  if (msg.type === "removed") showProblem(PROBLEMS.removed);
-  if (msg.type === "denied") showProblem("The moderator did not let you in.");
-  if ((msg.type === "welcome" || msg.type === "admitted") && msg.streams) for (const s of msg.streams) show(s);
-  if (msg.type === "stream_added") show(msg.stream);
-  if (msg.type === "stream_removed") hide(msg.stream_id);
-  render();
+  if (msg.type === "welcome" || msg.type === "admitted") {
+    if (msg.streams) for (const s of msg.streams) stage.receive(s);
+    setUpRole();
+  }
+  if (msg.type === "stream_added") stage.receive(msg.stream);
+  if (msg.type === "stream_removed") stage.drop(msg.stream_id);
+  if (msg.type === "room_ended") showProblem("problem.room_ended");
+  if (msg.type === "removed") showProblem("problem.removed");
+  if (msg.type === "denied") showProblem("problem.denied");
+  if (msg.type === "role_changed" && msg.participant_id === session.me) setUpRole();
+  refresh();
 });
+
+let roleReady = "";
+/** Show what this participant's role uses; once per role. */
+function setUpRole() {
+  const role = session.role;
+  if (role === roleReady) return;
+  roleReady = role;
+  document.body.dataset.role = role;
+  const publishes = role === "operator";
+  $("operator").hidden = !publishes;
+  if (publishes && !devices) {
+    devices = new Devices(session, stage, $("devices"), (text) => {
+      $("problem").textContent = text;
+      $("problem").hidden = false;
+    });
+    devices.build();
+    $("refresh").addEventListener("click", () => devices?.build());
+  }
+  const talks = role === "expert" || role === "moderator";
+  $("talk").hidden = !talks;
+  if (talks && !talk) talk = new TalkBack(session);
+}
+
+new Toolbar(session, stage);
+mountPeople(session);
+mountChat(session);
+watchHealth(stage, $("health"));
+for (const b of document.querySelectorAll("#layout button[data-layout]")) {
+  b.addEventListener("click", () => stage.setLayout(/** @type {HTMLElement} */ (b).dataset.layout || "spotlight"));
+}
 $("leave").addEventListener("click", () => {
   session.leave();
-  showProblem("You left the session.");
+  showProblem("problem.left");
 });
-history.replaceState(null, "", location.pathname); // keep the token out of the address bar
+
 session.connect().catch((/** @type {{code: string, message: string}} */ err) => {
-  showProblem(PROBLEMS[err.code] || err.message);
+  const key = `problem.${err.code}`;
+  if (t(key) !== key) showProblem(key);
+  else {
+    $("problem").textContent = err.message;
+    $("problem").hidden = false;
+  }
 });

@@ -1,0 +1,151 @@
+// The stage: every received feed (and the operator's own previews), spotlight or grid, each
+// with its annotation overlay.
+
+import { Overlay } from "./annotations.js";
+import { t } from "./i18n.js";
+
+/** @typedef {import("./protocol.js").Session} Session */
+
+/** Shows feeds on the stage and keeps one Overlay per video feed. */
+export class Stage extends EventTarget {
+  /** @param {Session} session @param {HTMLElement} root */
+  constructor(session, root) {
+    super();
+    this.session = session;
+    this.root = root;
+    /** @type {Map<string, {figure: HTMLElement, overlay: Overlay | null, media: HTMLMediaElement, source: string}>} feed id → view */
+    this.views = new Map();
+    /** @type {Map<string, {subscription: string, feeds: string[], pc: RTCPeerConnection | null}>} stream id → subscription */
+    this.streams = new Map();
+    this.main = "";
+  }
+
+  /** Receive a published stream and show its feeds. @param {any} stream */
+  async receive(stream) {
+    if (this.streams.has(stream.id) || stream.participant_id === this.session.me) return;
+    this.streams.set(stream.id, { subscription: "", feeds: [], pc: null });
+    try {
+      const sub = await this.session.subscribe(stream.id);
+      this.streams.set(stream.id, { subscription: sub.id, feeds: stream.feeds.map((/** @type {any} */ f) => f.id), pc: sub.pc });
+      for (const feed of stream.feeds) {
+        const track = sub.tracks.get(feed.id);
+        if (track) this.show(feed, new MediaStream([track]), false);
+      }
+    } catch {
+      this.streams.delete(stream.id);
+    }
+  }
+
+  /** Stop showing a stream's feeds. @param {string} streamId */
+  drop(streamId) {
+    const entry = this.streams.get(streamId);
+    if (!entry) return;
+    for (const feed of entry.feeds) this.hide(feed);
+    this.streams.delete(streamId);
+  }
+
+  /** Drop everything received (the connection was lost; it will be received again). */
+  dropAll() {
+    for (const id of [...this.streams.keys()]) this.drop(id);
+  }
+
+  /**
+   * Show one feed. @param {{id: string, kind: string, source: string, label: string}} feed
+   * @param {MediaStream} media @param {boolean} local the operator's own preview
+   */
+  show(feed, media, local) {
+    this.hide(feed.id);
+    const el = /** @type {HTMLMediaElement} */ (document.createElement(feed.kind === "video" ? "video" : "audio"));
+    el.autoplay = true;
+    el.setAttribute("playsinline", "");
+    el.srcObject = media;
+    el.dataset.feed = feed.id;
+    el.dataset.source = feed.source;
+    if (feed.kind === "audio") {
+      this.root.append(el);
+      this.views.set(feed.id, { figure: el, overlay: null, media: el, source: feed.source });
+      return;
+    }
+    el.muted = true; // the picture never carries sound; autoplay policies allow muted video
+    const figure = document.createElement("figure");
+    figure.dataset.feed = feed.id;
+    figure.classList.toggle("local", local);
+    const caption = document.createElement("figcaption");
+    const label = document.createElement("span");
+    label.textContent = feed.label || t(`source.${feed.source}`);
+    const swap = document.createElement("button");
+    swap.type = "button";
+    swap.dataset.i18n = "swap";
+    swap.textContent = t("swap");
+    swap.addEventListener("click", () => this.spotlight(feed.id));
+    caption.append(label, swap);
+    figure.append(el, caption);
+    this.root.append(figure);
+    const overlay = new Overlay(/** @type {HTMLVideoElement} */ (el), feed.id, this.session);
+    this.views.set(feed.id, { figure, overlay, media: el, source: feed.source });
+    if (!this.main || (isPatientSource(feed.source) && !isPatientSource(this.views.get(this.main)?.source || ""))) {
+      this.spotlight(feed.id);
+    } else {
+      this._arrange();
+    }
+    this.dispatchEvent(new CustomEvent("change"));
+  }
+
+  /** Stop showing one feed. @param {string} feedId */
+  hide(feedId) {
+    const view = this.views.get(feedId);
+    if (!view) return;
+    if (view.overlay) view.overlay.dispose();
+    view.figure.remove();
+    this.views.delete(feedId);
+    if (this.main === feedId) {
+      this.main = "";
+      const next = [...this.views.entries()].find(([, v]) => v.overlay);
+      if (next) this.spotlight(next[0]);
+    }
+    this._arrange();
+    this.dispatchEvent(new CustomEvent("change"));
+  }
+
+  /** Make a feed the large one (the others become picture-in-picture thumbnails). @param {string} feedId */
+  spotlight(feedId) {
+    this.main = feedId;
+    this._arrange();
+  }
+
+  /** @param {string} layout "spotlight" or "grid" */
+  setLayout(layout) {
+    this.root.dataset.layout = layout;
+    this._arrange();
+  }
+
+  /** The overlays of every shown video feed. */
+  overlays() {
+    return [...this.views.values()].flatMap((v) => (v.overlay ? [v.overlay] : []));
+  }
+
+  /** The subscription showing the main feed, for its health. */
+  mainConnection() {
+    for (const s of this.streams.values()) if (s.feeds.includes(this.main)) return s.pc;
+    return null;
+  }
+
+  _arrange() {
+    const spotlight = this.root.dataset.layout === "spotlight";
+    for (const [id, view] of this.views) {
+      if (!view.overlay) continue;
+      view.figure.classList.toggle("main", spotlight && id === this.main);
+      view.figure.classList.toggle("thumb", spotlight && id !== this.main);
+      if (spotlight && id === this.main) this.root.prepend(view.figure);
+    }
+    for (const o of this.overlays()) o.render();
+    const empty = !this.overlays().length;
+    const none = document.getElementById("nofeeds");
+    if (none) none.hidden = !empty;
+  }
+}
+
+/** @param {string} source */
+function isPatientSource(source) {
+  return source === "probe" || source === "laparoscope";
+}

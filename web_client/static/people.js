@@ -1,0 +1,88 @@
+// Who is in the session, with the moderator's controls beside each participant.
+
+import { t } from "./i18n.js";
+
+/** @typedef {import("./protocol.js").Session} Session */
+
+const ROLES = ["operator", "expert", "audience", "moderator"];
+
+/** @param {Session} session */
+export function mountPeople(session) {
+  const list = /** @type {HTMLElement} */ (document.getElementById("participants"));
+  const waitingBox = /** @type {HTMLElement} */ (document.getElementById("waiting"));
+  const waitingList = /** @type {HTMLElement} */ (document.getElementById("waiting-list"));
+  const end = /** @type {HTMLButtonElement} */ (document.getElementById("end"));
+  /** @type {Map<string, any>} */
+  const waiting = new Map();
+
+  const button = (/** @type {string} */ key, /** @type {() => void} */ action) => {
+    const b = document.createElement("button");
+    b.type = "button";
+    b.dataset.action = key;
+    b.textContent = t(key);
+    b.addEventListener("click", action);
+    return b;
+  };
+
+  const render = () => {
+    const moderator = session.role === "moderator";
+    list.replaceChildren(...[...session.participants.values()].map((p) => {
+      const li = document.createElement("li");
+      li.dataset.participant = p.id;
+      li.dataset.role = p.role;
+      const name = document.createElement("span");
+      name.textContent = p.name + (p.id === session.me ? ` (${t("you")})` : "") + (p.muted ? ` · ${t("muted")}` : "");
+      const role = document.createElement("span");
+      role.className = "role";
+      role.textContent = t(`role.${p.role}`);
+      li.append(name, role);
+      if (session.channel.hands.has(p.id)) {
+        const hand = document.createElement("span");
+        hand.className = "hand";
+        hand.textContent = `✋ ${t("hand.raised")}`;
+        li.append(hand);
+      }
+      if (moderator && p.id !== session.me) {
+        const controls = document.createElement("div");
+        controls.className = "controls";
+        const select = document.createElement("select");
+        select.setAttribute("aria-label", t("mod.role"));
+        for (const r of ROLES) select.append(new Option(t(`role.${r}`), r, false, r === p.role));
+        select.addEventListener("change", () => session.send({ type: "set_role", participant: p.id, role: select.value }));
+        controls.append(select,
+          button("mod.mute", () => session.send({ type: "mute", participant: p.id })),
+          button(p.may_annotate ? "mod.revoke" : "mod.grant", () => session.send({ type: "grant", participant: p.id, annotate: !p.may_annotate })),
+          button("mod.floor", () => session.send({ type: "grant", participant: p.id, floor: !p.floor })),
+          button("mod.remove", () => session.send({ type: "remove", participant: p.id })));
+        li.append(controls);
+      }
+      return li;
+    }));
+    waitingBox.hidden = !moderator || !waiting.size;
+    waitingList.replaceChildren(...[...waiting.values()].map((p) => {
+      const li = document.createElement("li");
+      li.dataset.participant = p.id;
+      const name = document.createElement("span");
+      name.textContent = `${p.name} · ${t(`role.${p.role}`)}`;
+      li.append(name,
+        button("mod.admit", () => session.send({ type: "admit", participant: p.id })),
+        button("mod.deny", () => session.send({ type: "deny", participant: p.id })));
+      return li;
+    }));
+    end.hidden = !moderator;
+  };
+
+  session.addEventListener("message", (ev) => {
+    const msg = /** @type {CustomEvent} */ (ev).detail;
+    if (msg.type === "welcome" && msg.waiting) for (const p of msg.waiting) waiting.set(p.id, p);
+    if (msg.type === "knock") waiting.set(msg.participant.id, msg.participant);
+    if (msg.type === "joined" || msg.type === "left") waiting.delete(msg.participant ? msg.participant.id : msg.participant_id);
+    render();
+  });
+  session.addEventListener("state", render);
+  session.channel.addEventListener("change", render);
+  end.addEventListener("click", () => {
+    if (confirm(t("mod.end_confirm"))) session.send({ type: "end_room" });
+  });
+  render();
+}

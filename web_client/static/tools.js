@@ -1,0 +1,168 @@
+// The annotation toolbar (with keyboard shortcuts), talk-back with push-to-talk, and the
+// health line of the main feed.
+
+import { TOOLS } from "./annotations.js";
+import { t } from "./i18n.js";
+import { HealthMeter } from "./stats.js";
+
+/** @typedef {import("./protocol.js").Session} Session @typedef {import("./feeds.js").Stage} Stage */
+
+const KEYS = { p: "pointer", a: "arrow", f: "stroke", r: "ruler", e: "ellipse", t: "text" };
+
+/** The drawing tools; they apply to every overlay on the stage. */
+export class Toolbar {
+  /** @param {Session} session @param {Stage} stage */
+  constructor(session, stage) {
+    this.session = session;
+    this.stage = stage;
+    this.tool = "pointer";
+    this.root = /** @type {HTMLElement} */ (document.getElementById("toolbar"));
+    const tools = /** @type {HTMLElement} */ (document.getElementById("tools"));
+    for (const name of TOOLS) {
+      const b = document.createElement("button");
+      b.type = "button";
+      b.dataset.tool = name;
+      b.dataset.i18n = `tools.${name}`;
+      b.textContent = t(`tools.${name}`);
+      b.title = `${t(`tools.${name}`)} (${Object.entries(KEYS).find(([, v]) => v === name)?.[0].toUpperCase()})`;
+      b.addEventListener("click", () => this.select(name));
+      tools.append(b);
+    }
+    this.color = /** @type {HTMLInputElement} */ (document.getElementById("color"));
+    this.color.addEventListener("input", () => this.apply());
+    document.getElementById("undo")?.addEventListener("click", () => this.undo());
+    document.getElementById("clear")?.addEventListener("click", () => session.annotate({ op: "clear", scope: "own" }).catch(() => {}));
+    document.getElementById("clear-all")?.addEventListener("click", () => session.annotate({ op: "clear", scope: "all" }).catch(() => {}));
+    document.addEventListener("keydown", (ev) => {
+      if (!this.allowed() || isTyping(ev)) return;
+      const key = ev.key.toLowerCase();
+      if ((ev.ctrlKey || ev.metaKey) && key === "z") {
+        ev.preventDefault();
+        this.undo();
+      } else if (!ev.ctrlKey && !ev.metaKey && !ev.altKey && key in KEYS) {
+        this.select(KEYS[/** @type {keyof typeof KEYS} */ (key)]);
+      }
+    });
+    stage.addEventListener("change", () => this.apply());
+    session.addEventListener("message", () => this.apply());
+    this.select("pointer");
+  }
+
+  /** Whether this participant may draw now (its role, or a moderator's grant). */
+  allowed() {
+    const me = this.session.participants.get(this.session.me);
+    const role = this.session.role;
+    return role === "operator" || role === "expert" || role === "moderator" || Boolean(me && me.may_annotate);
+  }
+
+  /** @param {string} name */
+  select(name) {
+    this.tool = name;
+    for (const b of this.root.querySelectorAll("button[data-tool]")) {
+      b.setAttribute("aria-pressed", String(/** @type {HTMLElement} */ (b).dataset.tool === name));
+    }
+    this.apply();
+  }
+
+  undo() {
+    this.session.annotate({ op: "undo" }).catch(() => {});
+  }
+
+  /** Push the tool, colour and permission to every overlay. */
+  apply() {
+    const allowed = this.allowed();
+    this.root.hidden = false;
+    for (const b of this.root.querySelectorAll("button, input")) /** @type {HTMLButtonElement} */ (b).disabled = !allowed;
+    const off = document.getElementById("tools-off");
+    if (off) off.hidden = allowed;
+    const clearAll = document.getElementById("clear-all");
+    if (clearAll) clearAll.hidden = this.session.role !== "moderator";
+    for (const o of this.stage.overlays()) {
+      o.tool = this.tool;
+      o.color = this.color.value;
+      o.setEnabled(allowed);
+    }
+  }
+}
+
+/** @param {KeyboardEvent} ev */
+function isTyping(ev) {
+  const target = /** @type {HTMLElement | null} */ (ev.target);
+  return Boolean(target && (target.tagName === "INPUT" || target.tagName === "TEXTAREA" || target.tagName === "SELECT"));
+}
+
+/** Talk-back: the microphone as its own stream, muted by default, with push-to-talk on Space. */
+export class TalkBack {
+  /** @param {Session} session */
+  constructor(session) {
+    this.session = session;
+    /** @type {MediaStreamTrack | null} */
+    this.track = null;
+    this.stream = "";
+    this.button = /** @type {HTMLButtonElement} */ (document.getElementById("talk-button"));
+    this.button.addEventListener("click", () => this.set(!this.on()));
+    document.addEventListener("keydown", (ev) => {
+      if (ev.code === "Space" && !ev.repeat && !isTyping(ev) && !this.on()) {
+        ev.preventDefault();
+        this.ptt = true;
+        this.set(true);
+      }
+    });
+    document.addEventListener("keyup", (ev) => {
+      if (ev.code === "Space" && this.ptt) {
+        this.ptt = false;
+        this.set(false);
+      }
+    });
+    this.ptt = false;
+  }
+
+  on() {
+    return Boolean(this.track && this.track.enabled);
+  }
+
+  /** Turn the microphone on or off, publishing it the first time. @param {boolean} on */
+  async set(on) {
+    if (on && !this.track) {
+      try {
+        const media = await navigator.mediaDevices.getUserMedia({ audio: { echoCancellation: true } });
+        this.track = media.getAudioTracks()[0];
+        const published = await this.session.publish([{ track: this.track, source: "microphone", label: "" }]);
+        this.stream = published.id;
+      } catch {
+        this.track = null;
+        return;
+      }
+    }
+    if (this.track) this.track.enabled = on;
+    this.session.send({ type: "set_muted", muted: !on });
+    this.button.textContent = t(on ? "talk.on" : "talk.off");
+    this.button.setAttribute("aria-pressed", String(on));
+  }
+
+  /** The connection was lost: the server dropped the stream; publish again when needed. */
+  reset() {
+    if (this.track) this.track.stop();
+    this.track = null;
+    this.button.textContent = t("talk.off");
+    this.button.setAttribute("aria-pressed", "false");
+  }
+}
+
+/** Shows delay, bitrate, frame rate and loss of the main received feed once a second. */
+export function watchHealth(/** @type {Stage} */ stage, /** @type {HTMLElement} */ line) {
+  /** @type {HealthMeter | null} */
+  let meter = null;
+  setInterval(async () => {
+    const pc = stage.mainConnection();
+    if (!pc) {
+      line.textContent = "";
+      meter = null;
+      return;
+    }
+    if (!meter || meter.pc !== pc) meter = new HealthMeter(pc);
+    const h = await meter.read();
+    line.textContent = t("stats.line", { delay: h.delayMs, kbps: h.kbps, fps: h.fps, loss: h.lossPct });
+    line.dataset.framesDecoded = String(h.framesDecoded);
+  }, 1000);
+}
