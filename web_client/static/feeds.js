@@ -124,6 +124,11 @@ export class Stage extends EventTarget {
     return [...this.views.values()].flatMap((v) => (v.overlay ? [v.overlay] : []));
   }
 
+  /** Every subscription's connection. */
+  connections() {
+    return [...this.streams.values()].flatMap((s) => (s.pc ? [s.pc] : []));
+  }
+
   /** The subscription showing the main feed, for its health. */
   mainConnection() {
     for (const s of this.streams.values()) if (s.feeds.includes(this.main)) return s.pc;

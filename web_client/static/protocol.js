@@ -302,11 +302,17 @@ export class Session extends EventTarget {
 
   /** Keep participants and the channel current from the events that change them. @param {Message} msg */
   _track(msg) {
+    this._trackParticipants(msg);
+    // After the participants, so that whoever draws the channel can name its authors.
     if ((msg.type === "welcome" || msg.type === "admitted") && msg.channel) this.channel.load(msg.channel);
     if (msg.type === "op") this.channel.apply(/** @type {any} */ (msg));
     if (msg.type === "pointer") this.channel.point(/** @type {any} */ (msg));
     if (msg.type === "left") this.channel.forget(msg.participant_id);
     this.seq = this.channel.seq;
+  }
+
+  /** @param {Message} msg */
+  _trackParticipants(msg) {
     switch (msg.type) {
       case "welcome":
       case "admitted":

@@ -164,5 +164,13 @@ export function watchHealth(/** @type {Stage} */ stage, /** @type {HTMLElement} 
     const h = await meter.read();
     line.textContent = t("stats.line", { delay: h.delayMs, kbps: h.kbps, fps: h.fps, loss: h.lossPct });
     line.dataset.framesDecoded = String(h.framesDecoded);
+    // Voices come on their own streams: count what every subscription has played.
+    let samples = 0;
+    for (const other of stage.connections()) {
+      (await other.getStats()).forEach((/** @type {any} */ s) => {
+        if (s.type === "inbound-rtp" && s.kind === "audio") samples += s.totalSamplesReceived || 0;
+      });
+    }
+    line.dataset.samplesReceived = String(samples);
   }, 1000);
 }

@@ -1,0 +1,188 @@
+"""The pages each role uses, end to end in separate Chromium contexts against the real server."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+from playwright.async_api import Browser, Page, async_playwright, expect
+
+from media.synthetic import UltrasoundTrack
+from session.roles import Role
+from signaling.http_api import join_url
+
+from ..conftest import Server, running_server
+from ..need import executable
+from .conftest import CHROMIUM_ARGS, LOOPBACK_ONLY
+
+ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts" / "web"
+
+
+def write_y4m(path: Path, frames: int = 60, width: int = 320, height: int = 240) -> None:
+    """A short clip of the synthetic ultrasound source, for Chromium's fake camera."""
+    source = UltrasoundTrack(width, height, 30)
+    with path.open("wb") as f:
+        f.write(f"YUV4MPEG2 W{width} H{height} F30:1 Ip A1:1 C420jpeg\n".encode())
+        chroma = np.full((height // 2, width // 2), 128, np.uint8).tobytes()
+        for n in range(frames):
+            f.write(b"FRAME\n" + source.picture(n, 0).tobytes() + chroma + chroma)
+
+
+@pytest.fixture
+async def server(tmp_path: Path) -> AsyncIterator[Server]:
+    async with running_server(tmp_path, announce="127.0.0.1") as srv:
+        yield srv
+
+
+@pytest.fixture
+async def chromium(tmp_path: Path) -> AsyncIterator[Browser]:
+    clip = tmp_path / "probe.y4m"
+    write_y4m(clip)
+    path = executable("chromium", "chromium-browser")
+    async with async_playwright() as pw:
+        browser = await pw.chromium.launch(
+            executable_path=path, headless=True,
+            args=[*CHROMIUM_ARGS, f"--use-file-for-fake-video-capture={clip}"])
+        try:
+            yield browser
+        finally:
+            await browser.close()
+
+
+async def open_page(browser: Browser, server: Server, role: Role, identity: str,
+                    name: str) -> Page:
+    context = await browser.new_context(viewport={"width": 1024, "height": 768},
+                                        locale="en-US")
+    await context.add_init_script(LOOPBACK_ONLY)
+    page = await context.new_page()
+    await page.goto(join_url(server.http, "r1", server.token(role=role, identity=identity,
+                                                             name=name)))
+    await expect(page.locator("#state")).to_have_attribute("data-state", "joined")
+    return page
+
+
+async def shot(page: Page, name: str) -> None:
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    await page.screenshot(path=str(ARTIFACTS / f"{name}.png"))
+
+
+async def rising(page: Page, attribute: str, above: int) -> None:
+    await page.wait_for_function(
+        f"() => Number(document.getElementById('health').dataset.{attribute} || 0) > {above}",
+        timeout=15000)
+
+
+async def test_a_consultation_across_the_four_pages(server: Server, chromium: Browser) -> None:
+    observer = await server.join(role=Role.AUDIENCE, identity="observer")
+    op = await open_page(chromium, server, Role.OPERATOR, "op", "Sonographer")
+    await expect(op.locator("#operator")).to_be_visible()
+    await op.click('#devices [data-row="source"] button.toggle')
+    await op.click('#devices [data-row="microphone"] button.toggle')
+    added = await observer.wait_for("stream_added", timeout=10)
+    feed = added["stream"]["feeds"][0]
+    assert feed["source"] == "probe"
+    await expect(op.locator(f'figure.local[data-feed="{feed["id"]}"] video')).to_be_visible()
+
+    ex = await open_page(chromium, server, Role.EXPERT, "ex", "Dr. Li")
+    video = ex.locator(f'video[data-feed="{feed["id"]}"]')
+    await expect(video).to_be_visible(timeout=10000)
+    # The expert's browser decodes the probe feed and receives the operator's voice.
+    await rising(ex, "framesDecoded", 20)
+    await rising(ex, "samplesReceived", 10000)
+    first = int(await ex.locator("#health").get_attribute("data-frames-decoded") or 0)
+    await rising(ex, "framesDecoded", first + 10)
+    await expect(ex.locator("#health")).to_contain_text("fps")
+
+    # The expert draws an arrow; the operator sees it on its own preview of that feed.
+    await ex.keyboard.press("a")
+    await expect(ex.locator('button[data-tool="arrow"]')).to_have_attribute("aria-pressed", "true")
+    box = await ex.locator(f'svg.overlay[data-feed="{feed["id"]}"]').bounding_box()
+    assert box is not None
+    start, end = (0.25, 0.4), (0.6, 0.7)
+    await ex.mouse.move(box["x"] + start[0] * box["width"], box["y"] + start[1] * box["height"])
+    await ex.mouse.down()
+    await ex.mouse.move(box["x"] + end[0] * box["width"], box["y"] + end[1] * box["height"],
+                        steps=5)
+    await ex.mouse.up()
+    arrow = await observer.wait_for("op", timeout=10, where=lambda e: e["op"] == "arrow")
+    assert arrow["feed"] == feed["id"]
+    assert arrow["points"][0] == pytest.approx(list(start), abs=0.02)
+    assert arrow["points"][1] == pytest.approx(list(end), abs=0.02)
+    assert isinstance(arrow.get("media_ts"), int)  # anchored to the frame on the expert's screen
+    drawn = op.locator(f'svg.overlay[data-feed="{feed["id"]}"] g[data-op="arrow"] line')
+    await expect(drawn).to_have_count(1)
+    placed = await drawn.evaluate(
+        """(line) => { const svg = line.ownerSVGElement.getBoundingClientRect();
+                       return [line.x1.baseVal.value / svg.width, line.y1.baseVal.value / svg.height,
+                               line.x2.baseVal.value / svg.width, line.y2.baseVal.value / svg.height]; }""")
+    assert placed == pytest.approx([*start, *end], abs=0.02)
+
+    # The audience watches but cannot draw: the tools are off, and the server would refuse.
+    aud = await open_page(chromium, server, Role.AUDIENCE, "aud", "Trainee")
+    await expect(aud.locator(f'video[data-feed="{feed["id"]}"]')).to_be_visible(timeout=10000)
+    await expect(aud.locator('button[data-tool="arrow"]')).to_be_disabled()
+    await expect(aud.locator("#tools-off")).to_be_visible()
+    await expect(aud.locator(f'svg.overlay[data-feed="{feed["id"]}"] g[data-op="arrow"]')).to_have_count(1)
+    await aud.fill("#chat-text", "Which tendon is it?")
+    await aud.press("#chat-text", "Enter")
+    await expect(ex.locator("#messages li")).to_contain_text("Which tendon is it?")
+
+    # The moderator removes the trainee.
+    mod = await open_page(chromium, server, Role.MODERATOR, "mod", "Moderator")
+    for page, name in ((op, "operator"), (ex, "expert"), (aud, "audience"), (mod, "moderator")):
+        await shot(page, name)
+    trainee = mod.locator('#participants li[data-role="audience"]', has_text="Trainee")
+    await trainee.locator('button[data-action="mod.remove"]').click()
+    await expect(aud.locator("#problem")).to_contain_text("removed")
+    await expect(mod.locator('#participants li[data-role="audience"]', has_text="Trainee")).to_have_count(0)
+
+
+async def test_the_page_reconnects_and_catches_up(server: Server, chromium: Browser) -> None:
+    from media.client import MediaClient
+
+    from ..media_util import PatternTrack
+
+    op = await server.join(role=Role.OPERATOR, identity="op")
+    media = MediaClient(op)
+    try:
+        stream = await media.publish([(PatternTrack(), "probe", "Ultrasound")])
+        feed = f"{stream.id}.0"
+        ex = await open_page(chromium, server, Role.EXPERT, "ex", "Dr. Li")
+        await expect(ex.locator(f'video[data-feed="{feed}"]')).to_be_visible(timeout=10000)
+        await op.request({"type": "annotate", "op": "arrow", "id": "before", "feed": feed,
+                          "points": [[0.1, 0.1], [0.3, 0.3]]})
+        overlay = ex.locator(f'svg.overlay[data-feed="{feed}"]')
+        await expect(overlay.locator('g[data-id="before"]')).to_have_count(1)
+        # The network drops the expert; the room goes on meanwhile.
+        for conn in list(server.hub.connections):
+            if conn.grant and conn.grant.identity == "ex":
+                await conn.ws.close(1011)
+        await expect(ex.locator("#banner")).to_be_visible()
+        await shot(ex, "expert-reconnecting")
+        await op.request({"type": "annotate", "op": "ellipse", "id": "during", "feed": feed,
+                          "points": [[0.4, 0.4], [0.6, 0.6]]})
+        await expect(ex.locator("#state")).to_have_attribute("data-state", "joined",
+                                                             timeout=15000)
+        await expect(ex.locator("#banner")).to_be_hidden()
+        await expect(ex.locator(f'video[data-feed="{feed}"]')).to_be_visible(timeout=10000)
+        # What was drawn while it was away is there, and nothing twice.
+        await expect(overlay.locator('g[data-id="during"]')).to_have_count(1)
+        await expect(overlay.locator('g[data-id="before"]')).to_have_count(1)
+    finally:
+        await media.close()
+
+
+async def test_chinese_interface(server: Server, chromium: Browser) -> None:
+    context = await chromium.new_context(viewport={"width": 1024, "height": 768},
+                                         locale="zh-CN")
+    await context.add_init_script(LOOPBACK_ONLY)
+    page = await context.new_page()
+    await page.goto(join_url(server.http, "r1", server.token(role=Role.EXPERT, identity="zh",
+                                                             name="李医生")))
+    await expect(page.locator("#state")).to_have_text("已连接")
+    await expect(page.locator('button[data-tool="arrow"]')).to_have_text("箭头")
+    await page.select_option("#lang", "en")
+    await expect(page.locator("#state")).to_have_text("Connected")
+    await expect(page.locator('button[data-tool="arrow"]')).to_have_text("Arrow")
