@@ -43,22 +43,23 @@ async def chromium(tmp_path: Path) -> AsyncIterator[Browser]:
     path = executable("chromium", "chromium-browser")
     async with async_playwright() as pw:
         browser = await pw.chromium.launch(
-            executable_path=path, headless=True,
-            args=[*CHROMIUM_ARGS, f"--use-file-for-fake-video-capture={clip}"])
+            executable_path=path,
+            headless=True,
+            args=[*CHROMIUM_ARGS, f"--use-file-for-fake-video-capture={clip}"],
+        )
         try:
             yield browser
         finally:
             await browser.close()
 
 
-async def open_page(browser: Browser, server: Server, role: Role, identity: str,
-                    name: str) -> Page:
-    context = await browser.new_context(viewport={"width": 1024, "height": 768},
-                                        locale="en-US")
+async def open_page(browser: Browser, server: Server, role: Role, identity: str, name: str) -> Page:
+    context = await browser.new_context(viewport={"width": 1024, "height": 768}, locale="en-US")
     await context.add_init_script(LOOPBACK_ONLY)
     page = await context.new_page()
-    await page.goto(join_url(server.http, "r1", server.token(role=role, identity=identity,
-                                                             name=name)))
+    await page.goto(
+        join_url(server.http, "r1", server.token(role=role, identity=identity, name=name))
+    )
     await expect(page.locator("#state")).to_have_attribute("data-state", "joined")
     return page
 
@@ -71,7 +72,8 @@ async def shot(page: Page, name: str) -> None:
 async def rising(page: Page, attribute: str, above: int) -> None:
     await page.wait_for_function(
         f"() => Number(document.getElementById('health').dataset.{attribute} || 0) > {above}",
-        timeout=15000)
+        timeout=15000,
+    )
 
 
 async def test_a_consultation_across_the_four_pages(server: Server, chromium: Browser) -> None:
@@ -103,8 +105,9 @@ async def test_a_consultation_across_the_four_pages(server: Server, chromium: Br
     start, end = (0.25, 0.4), (0.6, 0.7)
     await ex.mouse.move(box["x"] + start[0] * box["width"], box["y"] + start[1] * box["height"])
     await ex.mouse.down()
-    await ex.mouse.move(box["x"] + end[0] * box["width"], box["y"] + end[1] * box["height"],
-                        steps=5)
+    await ex.mouse.move(
+        box["x"] + end[0] * box["width"], box["y"] + end[1] * box["height"], steps=5
+    )
     await ex.mouse.up()
     arrow = await observer.wait_for("op", timeout=10, where=lambda e: e["op"] == "arrow")
     assert arrow["feed"] == feed["id"]
@@ -114,9 +117,13 @@ async def test_a_consultation_across_the_four_pages(server: Server, chromium: Br
     drawn = op.locator(f'svg.overlay[data-feed="{feed["id"]}"] g[data-op="arrow"] line')
     await expect(drawn).to_have_count(1)
     placed = await drawn.evaluate(
-        """(line) => { const svg = line.ownerSVGElement.getBoundingClientRect();
-                       return [line.x1.baseVal.value / svg.width, line.y1.baseVal.value / svg.height,
-                               line.x2.baseVal.value / svg.width, line.y2.baseVal.value / svg.height]; }""")
+        """(line) => {
+             const box = line.ownerSVGElement.getBoundingClientRect();
+             const v = (a) => line[a].baseVal.value;
+             return [v("x1") / box.width, v("y1") / box.height,
+                     v("x2") / box.width, v("y2") / box.height];
+           }"""
+    )
     assert placed == pytest.approx([*start, *end], abs=0.02)
 
     # The audience watches but cannot draw: the tools are off, and the server would refuse.
@@ -124,7 +131,9 @@ async def test_a_consultation_across_the_four_pages(server: Server, chromium: Br
     await expect(aud.locator(f'video[data-feed="{feed["id"]}"]')).to_be_visible(timeout=10000)
     await expect(aud.locator('button[data-tool="arrow"]')).to_be_disabled()
     await expect(aud.locator("#tools-off")).to_be_visible()
-    await expect(aud.locator(f'svg.overlay[data-feed="{feed["id"]}"] g[data-op="arrow"]')).to_have_count(1)
+    await expect(
+        aud.locator(f'svg.overlay[data-feed="{feed["id"]}"] g[data-op="arrow"]')
+    ).to_have_count(1)
     await aud.fill("#chat-text", "Which tendon is it?")
     await aud.press("#chat-text", "Enter")
     await expect(ex.locator("#messages li")).to_contain_text("Which tendon is it?")
@@ -136,7 +145,9 @@ async def test_a_consultation_across_the_four_pages(server: Server, chromium: Br
     trainee = mod.locator('#participants li[data-role="audience"]', has_text="Trainee")
     await trainee.locator('button[data-action="mod.remove"]').click()
     await expect(aud.locator("#problem")).to_contain_text("removed")
-    await expect(mod.locator('#participants li[data-role="audience"]', has_text="Trainee")).to_have_count(0)
+    await expect(
+        mod.locator('#participants li[data-role="audience"]', has_text="Trainee")
+    ).to_have_count(0)
 
 
 async def test_the_page_reconnects_and_catches_up(server: Server, chromium: Browser) -> None:
@@ -151,8 +162,15 @@ async def test_the_page_reconnects_and_catches_up(server: Server, chromium: Brow
         feed = f"{stream.id}.0"
         ex = await open_page(chromium, server, Role.EXPERT, "ex", "Dr. Li")
         await expect(ex.locator(f'video[data-feed="{feed}"]')).to_be_visible(timeout=10000)
-        await op.request({"type": "annotate", "op": "arrow", "id": "before", "feed": feed,
-                          "points": [[0.1, 0.1], [0.3, 0.3]]})
+        await op.request(
+            {
+                "type": "annotate",
+                "op": "arrow",
+                "id": "before",
+                "feed": feed,
+                "points": [[0.1, 0.1], [0.3, 0.3]],
+            }
+        )
         overlay = ex.locator(f'svg.overlay[data-feed="{feed}"]')
         await expect(overlay.locator('g[data-id="before"]')).to_have_count(1)
         # The network drops the expert; the room goes on meanwhile.
@@ -161,10 +179,16 @@ async def test_the_page_reconnects_and_catches_up(server: Server, chromium: Brow
                 await conn.ws.close(1011)
         await expect(ex.locator("#banner")).to_be_visible()
         await shot(ex, "expert-reconnecting")
-        await op.request({"type": "annotate", "op": "ellipse", "id": "during", "feed": feed,
-                          "points": [[0.4, 0.4], [0.6, 0.6]]})
-        await expect(ex.locator("#state")).to_have_attribute("data-state", "joined",
-                                                             timeout=15000)
+        await op.request(
+            {
+                "type": "annotate",
+                "op": "ellipse",
+                "id": "during",
+                "feed": feed,
+                "points": [[0.4, 0.4], [0.6, 0.6]],
+            }
+        )
+        await expect(ex.locator("#state")).to_have_attribute("data-state", "joined", timeout=15000)
         await expect(ex.locator("#banner")).to_be_hidden()
         await expect(ex.locator(f'video[data-feed="{feed}"]')).to_be_visible(timeout=10000)
         # What was drawn while it was away is there, and nothing twice.
@@ -175,12 +199,12 @@ async def test_the_page_reconnects_and_catches_up(server: Server, chromium: Brow
 
 
 async def test_chinese_interface(server: Server, chromium: Browser) -> None:
-    context = await chromium.new_context(viewport={"width": 1024, "height": 768},
-                                         locale="zh-CN")
+    context = await chromium.new_context(viewport={"width": 1024, "height": 768}, locale="zh-CN")
     await context.add_init_script(LOOPBACK_ONLY)
     page = await context.new_page()
-    await page.goto(join_url(server.http, "r1", server.token(role=Role.EXPERT, identity="zh",
-                                                             name="李医生")))
+    await page.goto(
+        join_url(server.http, "r1", server.token(role=Role.EXPERT, identity="zh", name="李医生"))
+    )
     await expect(page.locator("#state")).to_have_text("已连接")
     await expect(page.locator('button[data-tool="arrow"]')).to_have_text("箭头")
     await page.select_option("#lang", "en")
