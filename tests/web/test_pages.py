@@ -210,3 +210,34 @@ async def test_chinese_interface(server: Server, chromium: Browser) -> None:
     await page.select_option("#lang", "en")
     await expect(page.locator("#state")).to_have_text("Connected")
     await expect(page.locator('button[data-tool="arrow"]')).to_have_text("Arrow")
+
+
+async def test_minimal_example_client(server: Server, chromium: Browser) -> None:
+    from media.client import MediaClient
+
+    from ..media_util import PatternTrack
+
+    op = await server.join(role=Role.OPERATOR, identity="op")
+    media = MediaClient(op)
+    try:
+        stream = await media.publish([(PatternTrack(), "probe", "Ultrasound")])
+        context = await chromium.new_context()
+        await context.add_init_script(LOOPBACK_ONLY)
+        page = await context.new_page()
+        token = server.token(role=Role.EXPERT, identity="ex", name="Example")
+        await page.goto(f"{server.http}/example.html#room=r1&token={token}")
+        await expect(page.locator("#log")).to_contain_text("joined r1 as expert")
+        video = page.locator(f'video[data-feed="{stream.id}.0"]')
+        await page.wait_for_function(
+            f"""() => {{ const v = document.querySelector('video[data-feed="{stream.id}.0"]');
+                        return v && v.videoWidth === 320; }}""", timeout=15000)
+        await video.click(position={"x": 160, "y": 60})
+        pointer = await op.wait_for("pointer")
+        assert pointer["feed"] == f"{stream.id}.0"
+        assert pointer["points"][0] == pytest.approx([0.5, 0.25], abs=0.03)
+        await page.fill("#text", "hello from the example")
+        await page.press("#text", "Enter")
+        said = await op.wait_for("op", where=lambda e: e["op"] == "chat")
+        assert said["text"] == "hello from the example"
+    finally:
+        await media.close()
