@@ -15,7 +15,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench.media.run import cpu_seconds, free_port, machine, wait_http
+from bench.common import TELECONSULT, cpu_seconds, free_port, serve
+from bench.media.run import machine
 from session.roles import Role
 from signaling.tokens import mint
 
@@ -36,33 +37,14 @@ def main() -> None:
     args = ap.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="tc-ann-"))
     port = free_port()
-    exe = str(Path(sys.executable).parent / "teleconsult")
     base = f"http://127.0.0.1:{port}"
-    server = subprocess.Popen(
-        [
-            exe,
-            "serve",
-            "--port",
-            str(port),
-            "--announce",
-            "127.0.0.1",
-            "--secret",
-            SECRET,
-            "--data-dir",
-            str(tmp),
-            "--log-level",
-            "warning",
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    server = serve(port, SECRET, tmp)
     procs: list[subprocess.Popen[str]] = []
     try:
-        wait_http(base + "/healthz")
         # The feed annotations are drawn on: a small synthetic probe stream.
         pub = subprocess.Popen(
             [
-                exe,
+                TELECONSULT,
                 "publish",
                 "--server",
                 base,

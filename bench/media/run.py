@@ -22,37 +22,12 @@ from typing import Any
 from session.roles import Role
 from signaling.tokens import mint
 
+from ..common import TELECONSULT, cpu_seconds, free_port, serve, wait_http
 from .clip import vp8_clip
 
 SECRET = "bench-secret-bench-secret-bench-secret-01"
 PY = sys.executable
-TICK = os.sysconf("SC_CLK_TCK")
 RESULTS = Path(__file__).resolve().parent.parent / "results"
-
-
-def cpu_seconds(pid: int) -> float:
-    """Return a process's user+system CPU time so far."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / TICK
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def wait_http(url: str, seconds: float = 20) -> None:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        try:
-            urllib.request.urlopen(url, timeout=1).close()
-            return
-        except OSError:
-            time.sleep(0.1)
-    raise TimeoutError(url)
 
 
 def delay_histogram(port: int) -> dict[str, float]:
@@ -235,7 +210,6 @@ def e2e_latency(seconds: float) -> dict[str, Any]:
     """Latency from capture to decoded picture, read from the synthetic source's stamps."""
     tmp = Path(tempfile.mkdtemp(prefix="tc-bench-"))
     port = free_port()
-    exe = str(Path(PY).parent / "teleconsult")
     common = [
         "--server",
         f"http://127.0.0.1:{port}",
@@ -246,30 +220,12 @@ def e2e_latency(seconds: float) -> dict[str, Any]:
         "--data-dir",
         str(tmp),
     ]
-    server = subprocess.Popen(
-        [
-            exe,
-            "serve",
-            "--port",
-            str(port),
-            "--announce",
-            "127.0.0.1",
-            "--secret",
-            SECRET,
-            "--data-dir",
-            str(tmp),
-            "--log-level",
-            "warning",
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    server = serve(port, SECRET, tmp)
     pub = None
     try:
-        wait_http(f"http://127.0.0.1:{port}/healthz")
         pub = subprocess.Popen(
             [
-                exe,
+                TELECONSULT,
                 "publish",
                 *common,
                 "--synthetic",
@@ -285,7 +241,7 @@ def e2e_latency(seconds: float) -> dict[str, Any]:
         assert pub.stdout is not None
         pub.stdout.readline()
         out = subprocess.run(
-            [exe, "subscribe", *common, "--duration", str(seconds)],
+            [TELECONSULT, "subscribe", *common, "--duration", str(seconds)],
             capture_output=True,
             text=True,
             timeout=seconds + 60,
