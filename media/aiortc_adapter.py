@@ -30,6 +30,7 @@ from aiortc.rtp import (
     RTCP_PSFB_APP,
     AnyRtcpPacket,
     RtcpPsfbPacket,
+    RtcpSrPacket,
     RtpPacket,
     pack_remb_fci,
     unpack_remb_fci,
@@ -57,6 +58,9 @@ def _set(obj: object, owner: str, name: str, value: Any) -> None:
     setattr(obj, f"_{owner}__{name}", value)
 
 
+# Seconds from the NTP epoch (1900) to the Unix epoch (1970).
+NTP_UNIX_OFFSET = 2208988800
+
 PacketHandler = Callable[[RtpPacket, RTCRtpCodecParameters], Awaitable[None]]
 
 
@@ -83,6 +87,8 @@ class ForwardingReceiver(RTCRtpReceiver):
         self.arrived = 0.0
         self.packets = 0
         self.bytes = 0
+        # The publisher's latest sender report: (wall time, RTP timestamp), for aligning tracks.
+        self.last_sr: tuple[float, int] | None = None
         self._estimator = RemoteBitrateEstimator() if kind == "video" else None
         self._nack = NackGenerator() if kind == "video" else None
 
@@ -138,6 +144,15 @@ class ForwardingReceiver(RTCRtpReceiver):
         self.bytes += len(packet.payload)
         if self.on_packet is not None:
             await self.on_packet(packet, codec)
+
+    async def _handle_rtcp_packet(self, packet: AnyRtcpPacket) -> None:
+        if isinstance(packet, RtcpSrPacket):
+            ntp = packet.sender_info.ntp_timestamp
+            self.last_sr = (
+                (ntp >> 32) - NTP_UNIX_OFFSET + (ntp & 0xFFFFFFFF) / 2**32,
+                packet.sender_info.rtp_timestamp,
+            )
+        await super()._handle_rtcp_packet(packet)
 
     async def request_keyframe(self) -> None:
         """Send a PLI to the publisher."""

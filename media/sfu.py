@@ -157,6 +157,11 @@ class Sfu:
         if self.on_up_closed is not None and reason != "refused":
             self.on_up_closed(stream_id, reason)
 
+    def track(self, stream_id: str, mid: str) -> UpTrack | None:
+        """Return a published track, for local consumers such as the recorder."""
+        up = self.ups.get(stream_id)
+        return None if up is None else up.tracks.get(mid)
+
     def mute(self, participant_id: str, kind: str, muted: bool) -> None:
         """Stop (or resume) forwarding a participant's tracks of a kind."""
         for up in self.ups.values():

@@ -41,6 +41,8 @@ class UpTrack:
         self.receiver = receiver
         self.clock = clock
         self.downs: list[DownTrack] = []
+        # Local consumers of the publisher's packets (the recorder), called after forwarding.
+        self.taps: list[Callable[[RtpPacket, RTCRtpCodecParameters, bool], None]] = []
         self.muted = False
         self.rates = RateAggregator()
         self.keyframes = 0
@@ -62,6 +64,9 @@ class UpTrack:
                 if await down.write(packet, key, now) and self.delays is not None:
                     # Packet in to packet out, for each subscriber's copy.
                     self.delays.record(time.perf_counter() - arrived)
+            # A muted microphone is not recorded either.
+            for tap in self.taps:
+                tap(packet, codec, key)
         if self.kind == "video" and self._remb_throttle.ready(now):
             target = self.rates.target(now, self.receiver.upstream_bitrate)
             if target is not None:

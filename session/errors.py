@@ -26,6 +26,9 @@ class Code(StrEnum):
     NO_SUCH_FEED = "no_such_feed"
     NO_SUCH_ANNOTATION = "no_such_annotation"
     DUPLICATE_ID = "duplicate_id"
+    CONSENT_REQUIRED = "consent_required"
+    NOT_RECORDING = "not_recording"
+    ALREADY_RECORDING = "already_recording"
 
 
 class SessionError(Exception):

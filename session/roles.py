@@ -12,6 +12,8 @@ class Role(StrEnum):
     EXPERT = "expert"
     AUDIENCE = "audience"
     MODERATOR = "moderator"
+    # The recorder: a system participant that receives everything and says nothing.
+    RECORDER = "recorder"
 
 
 class Action(StrEnum):
@@ -59,6 +61,7 @@ ACTIONS: dict[Role, frozenset[Action]] = {
     Role.EXPERT: frozenset({Action.SUBSCRIBE, Action.ANNOTATE, Action.CHAT}),
     Role.AUDIENCE: frozenset({Action.SUBSCRIBE, Action.CHAT}),
     Role.MODERATOR: frozenset({Action.SUBSCRIBE, Action.ANNOTATE, Action.CHAT}) | _MODERATION,
+    Role.RECORDER: frozenset({Action.SUBSCRIBE}),
 }
 
 SOURCES: dict[Role, frozenset[Source]] = {
@@ -66,6 +69,7 @@ SOURCES: dict[Role, frozenset[Source]] = {
     Role.EXPERT: frozenset({Source.CAMERA, Source.SCREEN, Source.MICROPHONE}),
     Role.AUDIENCE: frozenset(),
     Role.MODERATOR: frozenset({Source.CAMERA, Source.SCREEN, Source.MICROPHONE}),
+    Role.RECORDER: frozenset(),
 }
 
 

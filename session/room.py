@@ -12,6 +12,29 @@ from .participant import Client, Event, Participant, State
 from .roles import Action, Role, Source, may, may_publish
 from .streams import Feed, Stream
 
+PATIENT = frozenset({Source.PROBE, Source.LAPAROSCOPE})
+
+
+@dataclass
+class Recording:
+    """Whether the room is recorded, since when, by whom, and the patient's consent."""
+
+    active: bool = False
+    session_id: str = ""
+    started_by: str = ""
+    since: float = 0.0
+    pending_by: str = ""  # a moderator's start waiting for the operator's consent
+    consent: dict[str, Any] | None = None
+
+    def describe(self) -> Event:
+        """Return what participants are told."""
+        return {
+            "active": self.active,
+            "session_id": self.session_id or None,
+            "since": self.since if self.active else None,
+            "consent": self.consent,
+        }
+
 
 @dataclass(frozen=True)
 class RoomConfig:
@@ -38,6 +61,7 @@ class Room:
         self.empty_since: float | None = now
         self.streams: dict[str, Stream] = {}
         self.channel = Channel(Limits(chat=config.chat_history))
+        self.recording = Recording()
 
     # -- queries ---------------------------------------------------------------------------
 
@@ -72,6 +96,7 @@ class Room:
             "room": self.describe(),
             "participants": [p.describe() for p in self.joined()],
             "streams": [s.describe() for s in self.streams.values()],
+            "recording": self.recording.describe(),
         }
         if viewer.role is Role.MODERATOR:
             snap["waiting"] = [p.describe() for p in self.waiting()]
@@ -112,7 +137,10 @@ class Room:
                     skip=old.id,
                 )
             return old
-        if role is not Role.MODERATOR and len(self.participants) >= self.config.max_participants:
+        if (
+            role not in (Role.MODERATOR, Role.RECORDER)
+            and len(self.participants) >= self.config.max_participants
+        ):
             raise SessionError(Code.ROOM_FULL, "this session is full")
         state = State.WAITING if self._must_wait(role) else State.JOINED
         p = Participant(new_id(), identity, name, role, client, now, state)
@@ -142,7 +170,8 @@ class Room:
             self._broadcast(event)
         else:
             self._to_moderators(event)
-        if not self.participants:
+        # The recorder alone does not keep a room alive.
+        if all(q.role is Role.RECORDER for q in self.participants.values()):
             self.empty_since = now
         return p
 
@@ -353,6 +382,62 @@ class Room:
         )
         return p
 
+    # -- recording -------------------------------------------------------------------------------
+
+    def has_patient_feed(self) -> bool:
+        """Tell whether a probe or laparoscope image is published."""
+        return any(f.source in PATIENT for s in self.streams.values() for f in s.feeds)
+
+    def start_recording(self, actor_id: str, now: float) -> bool:
+        """Ask to record; True when it may start now, False while consent is awaited."""
+        actor = self._require(actor_id, Action.RECORD)
+        if self.recording.active:
+            raise SessionError(Code.ALREADY_RECORDING, "the session is being recorded")
+        if self.has_patient_feed() and self.recording.consent is None:
+            operators = [p for p in self.joined() if p.role is Role.OPERATOR]
+            if not operators:
+                raise SessionError(
+                    Code.CONSENT_REQUIRED,
+                    "recording a patient feed needs the operator's confirmation",
+                )
+            self.recording.pending_by = actor.id
+            for p in operators:
+                p.client.push({"type": "consent_requested", "by": actor.id})
+            actor.client.push({"type": "recording", **self.recording.describe(), "pending": True})
+            return False
+        self.recording.pending_by = actor.id
+        return True
+
+    def give_consent(self, participant_id: str, now: float) -> bool:
+        """Record the operator's confirmation that the patient consented; True if a start waits."""
+        p = self._self(participant_id)
+        if p.role is not Role.OPERATOR:
+            raise SessionError(Code.FORBIDDEN, "only the operator at the patient confirms consent")
+        self.recording.consent = {"participant_id": p.id, "identity": p.identity, "at": now}
+        return bool(self.recording.pending_by) and not self.recording.active
+
+    def recording_started(self, session_id: str, now: float) -> None:
+        """Tell everyone the session is now recorded."""
+        self.recording.active = True
+        self.recording.session_id = session_id
+        self.recording.started_by = self.recording.pending_by
+        self.recording.pending_by = ""
+        self.recording.since = now
+        self._broadcast(
+            {"type": "recording", **self.recording.describe(), "by": self.recording.started_by}
+        )
+
+    def stop_recording(self, actor_id: str | None) -> str:
+        """Stop recording (a moderator, or the server as the room ends); returns the session."""
+        if actor_id is not None:
+            self._require(actor_id, Action.RECORD)
+        if not self.recording.active:
+            raise SessionError(Code.NOT_RECORDING, "the session is not being recorded")
+        session_id = self.recording.session_id
+        self.recording.active = False
+        self._broadcast({"type": "recording", **self.recording.describe(), "by": actor_id})
+        return session_id
+
     def _feed(self, feed_id: object) -> Feed:
         for stream in self.streams.values():
             for feed in stream.feeds:
@@ -371,7 +456,7 @@ class Room:
     # -- helpers ---------------------------------------------------------------------------
 
     def _must_wait(self, role: Role) -> bool:
-        return self.config.lobby and role is not Role.MODERATOR
+        return self.config.lobby and role not in (Role.MODERATOR, Role.RECORDER)
 
     def _participant(self, participant_id: str) -> Participant:
         p = self.participants.get(participant_id)

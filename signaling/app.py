@@ -17,6 +17,7 @@ from .config import Secrets, Settings, resolve_secrets
 from .connection import Connection
 from .http_api import routes
 from .hub import Hub
+from .recordings_api import routes as recording_routes
 
 STATIC = Path(__file__).resolve().parent.parent / "web_client" / "static"
 
@@ -42,6 +43,7 @@ def create_app(settings: Settings, keys: Secrets | None = None) -> Starlette:
     all_routes: list[BaseRoute] = [
         WebSocketRoute("/ws", signaling),
         *routes(hub),
+        *recording_routes(hub),
         Route("/room/{room}", room_page),
     ]
     if STATIC.is_dir():

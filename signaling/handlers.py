@@ -350,6 +350,43 @@ async def on_grant(conn: Connection, msg: m.Grant) -> None:
     )
 
 
+async def on_record(conn: Connection, msg: m.Record) -> None:
+    """Start or stop recording (moderator); a patient feed first needs the operator's consent."""
+    room, me = conn.room, conn.participant
+    assert room is not None and me is not None
+    hub = conn.hub
+    if msg.action == "stop":
+        hub.stop_recording(room, me.id)
+        conn.audit("record_stop", code=room.recording.session_id)
+        return
+    if room.start_recording(me.id, hub.now()):
+        session_id = hub.start_recording(room)
+        conn.audit("record_start", code=session_id)
+    else:
+        conn.audit("record_start", "pending", code="consent_required")
+
+
+async def on_consent(conn: Connection, msg: m.Consent) -> None:
+    """Take the operator's answer on the patient's consent to recording."""
+    room, me = conn.room, conn.participant
+    assert room is not None and me is not None
+    hub = conn.hub
+    if not msg.confirmed:
+        pending = room.recording.pending_by
+        room.recording.pending_by = ""
+        conn.audit("consent", "declined")
+        if pending in room.participants:
+            room.participants[pending].client.push({"type": "consent_declined", "by": me.id})
+        return
+    start = room.give_consent(me.id, hub.now())
+    conn.audit("consent", "confirmed")
+    if start:
+        session_id = hub.start_recording(room)
+        conn.audit("record_start", code=session_id)
+    elif room.recording.active:
+        hub.recorders[room.id].refresh()
+
+
 def _op_id(msg: m.Message) -> str:
     if not msg.id:
         raise SessionError(SessionCode.INVALID_OP, "an operation needs an id")
@@ -378,4 +415,6 @@ HANDLERS: dict[str, Handler] = {
     "chat": on_chat,
     "raise_hand": on_raise_hand,
     "grant": on_grant,
+    "record": on_record,
+    "consent": on_consent,
 }

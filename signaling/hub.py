@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 from media.aiortc_adapter import use_host_addresses
 from media.sfu import Sfu, local_address
+from recording.recorder import Recorder
 from session.participant import Event
 from session.room import Room, RoomConfig
 from session.rooms import Rooms
@@ -45,6 +46,7 @@ class Hub:
         self._sweeper: asyncio.Task[None] | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
         self._encoded: dict[int, tuple[Event, str]] = {}
+        self.recorders: dict[str, Recorder] = {}
         rewrite_to = None
         if settings.announce:
             if local_address(settings.announce):
@@ -116,16 +118,63 @@ class Hub:
         """End a room on purpose; the caller audits who did it."""
         live = self.rooms.get(room_id)
         gone = list(live.participants) if live is not None else []
+        recorder = self.recorders.pop(room_id, None)
         room = self.rooms.end(room_id, reason, self.now(), actor_id)
+        if recorder is not None:
+            recorder.stop()
+            self.audit.record("record_stop", room=room_id, actor="server", code=reason)
         for pid in gone:
             self.spawn(self.sfu.close_participant(pid, reason))
         self.refresh_gauges()
         return room
 
+    def start_recording(self, room: Room) -> str:
+        """Start the recorder of a room; returns the recorded session's id."""
+        recorder = Recorder(
+            room,
+            self.sfu,
+            self.settings.data_dir / "recordings",
+            self.clock,
+            self._recording_failed,
+        )
+        recorder.start()
+        self.recorders[room.id] = recorder
+        room.recording_started(recorder.session_id, self.now())
+        return recorder.session_id
+
+    def stop_recording(self, room: Room, actor_id: str | None) -> None:
+        """Stop a room's recorder and tell everyone."""
+        room.stop_recording(actor_id)
+        recorder = self.recorders.pop(room.id, None)
+        if recorder is not None:
+            recorder.stop()
+
+    def _recording_failed(self, room_id: str, error: str) -> None:
+        room = self.rooms.get(room_id)
+        self.metrics.errors.labels(code="recording_failed").inc()
+        self.audit.record(
+            "record_stop", "failed", room=room_id, actor="server", code="recording_failed"
+        )
+        if room is None:
+            return
+        for p in room.joined():
+            p.client.push(
+                {
+                    "type": "error",
+                    "code": "recording_failed",
+                    "message": "recording stopped: the disk could not be written; "
+                    "the session goes on",
+                }
+            )
+        if room.recording.active:
+            self.stop_recording(room, None)
+
     def sweep(self) -> None:
         """End idle rooms."""
         for room in self.rooms.sweep(self.now()):
             self.audit.record("room_end", room=room.id, code="idle", actor="server")
+            if self.recorders.pop(room.id, None) is not None:  # it stopped when the room ended
+                self.audit.record("record_stop", room=room.id, actor="server", code="idle")
         self.refresh_gauges()
 
     async def start(self) -> None:
@@ -138,6 +187,9 @@ class Hub:
             self._sweeper.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._sweeper
+        for recorder in list(self.recorders.values()):
+            recorder.stop()
+        self.recorders.clear()
         for conn in list(self.connections):
             conn.shutdown()
         await self.sfu.close()

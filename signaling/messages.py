@@ -156,6 +156,20 @@ class Grant(Message):
     floor: bool | None = None
 
 
+class Record(Message):
+    """Moderator: start or stop recording the session."""
+
+    type: Literal["record"]
+    action: Literal["start", "stop"]
+
+
+class Consent(Message):
+    """Operator: confirm (or decline) that the patient consented to recording."""
+
+    type: Literal["consent"]
+    confirmed: bool
+
+
 class FeedSpec(BaseModel):
     """What one media section of a publish offer carries."""
 
@@ -238,6 +252,8 @@ MODELS: dict[str, type[Message]] = {
     "chat": Chat,
     "raise_hand": RaiseHand,
     "grant": Grant,
+    "record": Record,
+    "consent": Consent,
 }
 
 

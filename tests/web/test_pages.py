@@ -230,7 +230,9 @@ async def test_minimal_example_client(server: Server, chromium: Browser) -> None
         video = page.locator(f'video[data-feed="{stream.id}.0"]')
         await page.wait_for_function(
             f"""() => {{ const v = document.querySelector('video[data-feed="{stream.id}.0"]');
-                        return v && v.videoWidth === 320; }}""", timeout=15000)
+                        return v && v.videoWidth === 320; }}""",
+            timeout=15000,
+        )
         await video.click(position={"x": 160, "y": 60})
         pointer = await op.wait_for("pointer")
         assert pointer["feed"] == f"{stream.id}.0"

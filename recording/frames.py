@@ -1,0 +1,131 @@
+"""Reassemble encoded frames from RTP packets, as the publisher's encoder made them."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from media.keyframe import h264_keyframe_start, vp8_frame_offset
+
+SEQ_MOD = 1 << 16
+
+
+@dataclass
+class Frame:
+    """One encoded frame: its bytes, RTP timestamp, and whether decoding may start here."""
+
+    data: bytes
+    timestamp: int
+    keyframe: bool
+
+
+@dataclass
+class _Pending:
+    timestamp: int
+    packets: dict[int, bytes] = field(default_factory=dict)
+    first: int | None = None  # sequence number of the frame's first packet
+    last: int | None = None  # sequence number of the packet with the marker bit
+    keyframe: bool = False
+
+
+class FrameAssembler:
+    """Collects a video track's packets by timestamp; hands on frames whole and in order.
+
+    A frame is complete when its first packet, its marker packet and every packet between have
+    arrived (late ones included, as NACK repairs them). A frame still incomplete when frames
+    `window` RTP ticks newer are complete is given up, and so is everything until the next
+    keyframe: a recording must not carry a picture its decoder would break on.
+    """
+
+    def __init__(
+        self,
+        codec: str,
+        clock_rate: int,
+        depayload: Callable[[bytes], bytes],
+        window: float = 0.5,
+    ) -> None:
+        self.codec = codec.upper()
+        self.depayload = depayload
+        self.window = int(window * clock_rate)
+        self.pending: dict[int, _Pending] = {}
+        self.need_keyframe = True
+        self.dropped = 0
+        self.last_emitted: int | None = None
+
+    def push(self, seq: int, timestamp: int, marker: bool, payload: bytes) -> list[Frame]:
+        """Add one packet; return the frames it completed, oldest first."""
+        if self.last_emitted is not None and not _ts_newer(timestamp, self.last_emitted):
+            return []  # a retransmission of a frame already written (or given up)
+        p = self.pending.setdefault(timestamp, _Pending(timestamp))
+        p.packets[seq] = payload
+        if self._starts_frame(payload):
+            p.first = seq
+            p.keyframe = p.keyframe or self._starts_keyframe(payload)
+        if marker:
+            p.last = seq
+        return self._emit()
+
+    def _starts_frame(self, payload: bytes) -> bool:
+        if self.codec == "VP8":
+            return vp8_frame_offset(payload) is not None
+        # H.264: a single NAL, an aggregation, or the first fragment of a fragmented NAL; the
+        # first packet of an access unit is the one with the lowest sequence number, found
+        # below when the timestamp changes, so any packet here may start it.
+        return True
+
+    def _starts_keyframe(self, payload: bytes) -> bool:
+        if self.codec == "VP8":
+            i = vp8_frame_offset(payload)
+            return i is not None and payload[i] & 0x01 == 0
+        return h264_keyframe_start(payload)
+
+    def _complete(self, p: _Pending) -> bool:
+        if p.last is None:
+            return False
+        if self.codec == "H264":
+            # The first packet is the oldest one held for this timestamp.
+            p.first = min(p.packets, key=lambda s: (s - p.last) % SEQ_MOD)  # type: ignore[operator]
+        if p.first is None:
+            return False
+        n = (p.last - p.first) % SEQ_MOD + 1
+        return n <= len(p.packets) and all((p.first + i) % SEQ_MOD in p.packets for i in range(n))
+
+    def _emit(self) -> list[Frame]:
+        out: list[Frame] = []
+        while self.pending:
+            order = sorted(self.pending, key=self._age_key)
+            oldest = order[0]
+            p = self.pending[oldest]
+            if self._complete(p):
+                del self.pending[oldest]
+                self.last_emitted = oldest
+                if self.need_keyframe and not p.keyframe:
+                    self.dropped += 1
+                    continue
+                assert p.first is not None and p.last is not None
+                n = (p.last - p.first) % SEQ_MOD + 1
+                data = b"".join(
+                    self.depayload(p.packets[(p.first + i) % SEQ_MOD]) for i in range(n)
+                )
+                self.need_keyframe = False
+                out.append(Frame(data, oldest, p.keyframe))
+            elif (order[-1] - oldest) % (1 << 32) > self.window and any(
+                self._complete(self.pending[t]) for t in order[1:]
+            ):
+                # Lost for good: give the frame up and wait for the next keyframe.
+                del self.pending[oldest]
+                self.last_emitted = oldest
+                self.dropped += 1
+                self.need_keyframe = True
+            else:
+                break
+        return out
+
+    def _age_key(self, ts: int) -> int:
+        # Order timestamps from the last frame written, across the 32-bit wrap.
+        base = self.last_emitted if self.last_emitted is not None else min(self.pending)
+        return (ts - base) % (1 << 32)
+
+
+def _ts_newer(a: int, b: int) -> bool:
+    return a != b and (a - b) % (1 << 32) < (1 << 31)

@@ -1,0 +1,317 @@
+"""The recorder: a system participant of a room that writes every feed and the channel to disk."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import secrets
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from aiortc.codecs import depayload
+from aiortc.rtcrtpparameters import RTCRtpCodecParameters
+from aiortc.rtp import RtpPacket
+
+from media.sfu import Sfu
+from media.tracks import UpTrack
+from session.participant import Event
+from session.roles import Role
+from session.room import PATIENT, Room
+from session.streams import Feed, Stream
+
+from .frames import Frame, FrameAssembler
+from .track_file import TrackFile, extension
+
+SAFE = re.compile(r"[^A-Za-z0-9_.-]+")
+
+
+def safe_name(text: str, limit: int = 40) -> str:
+    """Return text fit for a file name: letters, digits, '.', '_' and '-' only."""
+    return SAFE.sub("-", text).strip("-.")[:limit] or "track"
+
+
+@dataclass
+class Recorded:
+    """One published track being (or having been) written to one file."""
+
+    index: int
+    feed: Feed
+    stream_id: str
+    participant_id: str
+    file: TrackFile
+    assembler: FrameAssembler | None
+    track: UpTrack
+    tap: Callable[[RtpPacket, RTCRtpCodecParameters, bool], None]
+    first_arrival: float | None = None
+    first_ts: int | None = None
+    ended_at: float | None = None
+
+
+class Recorder:
+    """Joins a room as the recorder and writes one file per track plus a manifest and a log."""
+
+    def __init__(
+        self,
+        room: Room,
+        sfu: Sfu,
+        root: Path,
+        clock: Callable[[], float],
+        on_error: Callable[[str, str], None],
+    ) -> None:
+        self.room = room
+        self.sfu = sfu
+        self.clock = clock
+        self.on_error = on_error
+        self.session_id = (
+            time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()) + "-" + secrets.token_hex(3)
+        )
+        self.dir = root / safe_name(room.id, 64) / self.session_id
+        self.started_at = 0.0
+        self.stopped_at: float | None = None
+        self.tracks: list[Recorded] = []
+        self.participant_id = ""
+        self.participants: dict[str, Event] = {}
+        self._log: Any = None
+        self.failed = ""
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Create the session folder, join the room and start on every published feed."""
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.started_at = self.clock()
+        self._log = (self.dir / "channel.jsonl").open("a", buffering=1)
+        me = self.room.join(
+            "recorder",
+            "Recorder",
+            Role.RECORDER,
+            self,
+            self.started_at,
+            lambda: "p-rec-" + secrets.token_hex(4),
+        )
+        self.participant_id = me.id
+        for p in self.room.joined():
+            self.participants[p.id] = {
+                "identity": p.identity,
+                "role": p.role.value,
+                "joined": self._t(self.clock()),
+            }
+        for stream in self.room.streams.values():
+            self._add_stream(stream)
+        self.write_manifest()
+
+    def stop(self) -> None:
+        """Stop writing, finish every file and the manifest, and leave the room."""
+        if self.stopped_at is not None:
+            return
+        self.stopped_at = self.clock()
+        for rec in self.tracks:
+            self._end_track(rec)
+        if self._log is not None:
+            self._log.close()
+        self.write_manifest()
+        self.room.leave(self.participant_id, "recording_stopped", self.clock(), client=self)
+
+    # -- session.participant.Client ----------------------------------------------------------
+
+    def push(self, event: Event) -> None:
+        """Take what the room says: new and removed streams, people, and the channel."""
+        if self.stopped_at is not None:
+            return
+        kind = event.get("type")
+        if kind == "stream_added":
+            stream = self.room.streams.get(event["stream"]["id"])
+            if stream is not None:
+                self._add_stream(stream)
+                self.write_manifest()
+        elif kind == "stream_removed":
+            for rec in self.tracks:
+                if rec.stream_id == event["stream_id"] and rec.ended_at is None:
+                    self._end_track(rec)
+            self.write_manifest()
+        elif kind in ("op", "pointer"):
+            self._append({"t": round(self._t(self.clock()), 3), **event})
+        elif kind == "joined":
+            p = event["participant"]
+            self.participants[p["id"]] = {
+                "identity": p["identity"],
+                "role": p["role"],
+                "joined": self._t(self.clock()),
+            }
+        elif kind == "left" and event["participant_id"] in self.participants:
+            self.participants[event["participant_id"]]["left"] = self._t(self.clock())
+        elif kind == "role_changed" and event["participant_id"] in self.participants:
+            self.participants[event["participant_id"]]["role"] = event["role"]
+        elif kind == "consent_given":
+            self.write_manifest()
+
+    def kick(self, code: int, reason: str) -> None:
+        """The room ended: finish."""
+        self.stop()
+
+    # -- tracks ------------------------------------------------------------------------------
+
+    def refresh(self) -> None:
+        """Start on feeds not yet recorded (after the operator's consent, patient feeds too)."""
+        for stream in self.room.streams.values():
+            self._add_stream(stream)
+        self.write_manifest()
+
+    def _add_stream(self, stream: Stream) -> None:
+        taken = {(r.stream_id, r.feed.id) for r in self.tracks}
+        for feed in stream.feeds:
+            if (stream.id, feed.id) in taken:
+                continue
+            if feed.source in PATIENT and self.room.recording.consent is None:
+                continue  # never a patient image without the operator's confirmation
+            track = self.sfu.track(stream.id, feed.mid)
+            if track is None:
+                continue
+            index = len(self.tracks) + 1
+            name = f"{index:02d}-{feed.source.value}-{safe_name(feed.label or feed.kind)}"
+            codec = track.codec
+            tf = TrackFile(self.dir / (name + extension(codec.name)), codec.name, codec.clockRate)
+            assembler = None
+            if feed.kind == "video":
+                assembler = FrameAssembler(codec.name, codec.clockRate, _depayloader(codec))
+            rec = Recorded(
+                index,
+                feed,
+                stream.id,
+                stream.participant_id,
+                tf,
+                assembler,
+                track,
+                tap=lambda *_: None,
+            )
+            rec.tap = self._tap_for(rec)
+            track.taps.append(rec.tap)
+            self.tracks.append(rec)
+            # Start on a keyframe now rather than at the encoder's next one.
+            track.request_keyframe()
+
+    def _tap_for(self, rec: Recorded) -> Callable[[RtpPacket, RTCRtpCodecParameters, bool], None]:
+        def tap(packet: RtpPacket, codec: RTCRtpCodecParameters, key: bool) -> None:
+            if self.failed:
+                return
+            if rec.assembler is None:
+                frames = [Frame(packet.payload, packet.timestamp, True)]
+            else:
+                frames = rec.assembler.push(
+                    packet.sequence_number, packet.timestamp, bool(packet.marker), packet.payload
+                )
+                if rec.assembler.need_keyframe and rec.assembler.dropped:
+                    rec.track.request_keyframe()
+            for frame in frames:
+                try:
+                    rec.file.write(frame)
+                except OSError as e:
+                    self._fail(e)
+                    return
+                if rec.first_arrival is None and rec.file.frames:
+                    rec.first_arrival = self.clock()
+                    rec.first_ts = frame.timestamp
+
+        return tap
+
+    def _end_track(self, rec: Recorded) -> None:
+        if rec.tap in rec.track.taps:
+            rec.track.taps.remove(rec.tap)
+        if rec.ended_at is None:
+            rec.ended_at = self.clock()
+        try:
+            rec.file.close()
+        except OSError as e:
+            self._fail(e)
+
+    def _fail(self, error: OSError) -> None:
+        # A full disk ends the recording, not the session: tell the room and keep going.
+        self.failed = f"{type(error).__name__}: {error.strerror or error}"
+        self.on_error(self.room.id, self.failed)
+
+    # -- manifest and log --------------------------------------------------------------------
+
+    def _t(self, wall: float) -> float:
+        return wall - self.started_at
+
+    def _append(self, entry: Event) -> None:
+        if self._log is None or self.failed:
+            return
+        try:
+            self._log.write(json.dumps(entry, separators=(",", ":")) + "\n")
+        except OSError as e:
+            self._fail(e)
+
+    def _start_of(self, rec: Recorded) -> float | None:
+        """Session time of a track's first frame, from the publisher's sender report if any."""
+        if rec.first_arrival is None or rec.first_ts is None:
+            return None
+        sr = rec.track.receiver.last_sr
+        if sr is not None:
+            wall, rtp = sr
+            delta = ((rec.first_ts - rtp + (1 << 31)) % (1 << 32) - (1 << 31)) / rec.file.clock_rate
+            return round(self._t(wall + delta), 4)
+        return round(self._t(rec.first_arrival), 4)
+
+    def manifest(self) -> Event:
+        """Return the session's description."""
+        r = self.room.recording
+        return {
+            "version": 1,
+            "session_id": self.session_id,
+            "room": self.room.id,
+            "title": self.room.config.title,
+            "started_at": self.started_at,
+            "stopped_at": self.stopped_at,
+            "started_by": r.started_by,
+            "consent": r.consent,
+            "participants": self.participants,
+            "tracks": [
+                {
+                    "file": rec.file.path.name,
+                    "feed": rec.feed.id,
+                    "stream": rec.stream_id,
+                    "participant_id": rec.participant_id,
+                    "kind": rec.feed.kind,
+                    "source": rec.feed.source.value,
+                    "label": rec.feed.label,
+                    "codec": rec.file.codec,
+                    "clock_rate": rec.file.clock_rate,
+                    "width": rec.file.width,
+                    "height": rec.file.height,
+                    "pixel_spacing_mm": rec.feed.pixel_spacing_mm,
+                    "start": self._start_of(rec),
+                    "first_rtp_timestamp": rec.first_ts,
+                    "end": None if rec.ended_at is None else round(self._t(rec.ended_at), 4),
+                    "frames": rec.file.frames,
+                    "duration": round(rec.file.duration, 4),
+                }
+                for rec in self.tracks
+            ],
+            "channel_log": "channel.jsonl",
+            "error": self.failed or None,
+        }
+
+    def write_manifest(self) -> None:
+        """Write manifest.json atomically (a crash leaves the old or the new one, whole)."""
+        path = self.dir / "manifest.json"
+        tmp = path.with_suffix(".tmp")
+        try:
+            with tmp.open("w") as f:
+                json.dump(self.manifest(), f, indent=1)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        except OSError as e:
+            self._fail(e)
+
+
+def _depayloader(codec: RTCRtpCodecParameters) -> Callable[[bytes], bytes]:
+    def strip(payload: bytes) -> bytes:
+        return depayload(codec, payload)
+
+    return strip

@@ -1,0 +1,136 @@
+"""HTTP access to recorded sessions: list, manifest, and files with Range requests."""
+
+from __future__ import annotations
+
+import hmac
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import FileResponse, JSONResponse, Response
+from starlette.routing import Route
+
+from session.roles import Role
+
+from .hub import Hub
+from .tokens import TokenError, verify
+
+NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
+# Who may replay a room's recordings besides the admin: its experts and moderators.
+VIEWERS = frozenset({Role.EXPERT, Role.MODERATOR})
+
+
+def _error(status: int, code: str, message: str) -> JSONResponse:
+    return JSONResponse({"error": {"code": code, "message": message}}, status_code=status)
+
+
+def routes(hub: Hub) -> list[Route]:
+    """Build the recording routes bound to a hub."""
+    root = hub.settings.data_dir / "recordings"
+
+    def who(request: Request, room: str | None) -> tuple[str, str] | None:
+        """Return (actor, identity) if the request may read this room's recordings."""
+        scheme, _, credential = request.headers.get("authorization", "").partition(" ")
+        if scheme.lower() != "bearer" or not credential:
+            return None
+        if hmac.compare_digest(credential.encode(), hub.keys.admin_key.encode()):
+            return "admin", ""
+        try:
+            grant = verify(hub.keys.token_secret, credential, hub.now())
+        except TokenError:
+            return None
+        if room is None or grant.room != room or grant.role not in VIEWERS:
+            return None
+        return "participant", grant.identity
+
+    def sessions_of(room: str) -> list[dict[str, Any]]:
+        out = []
+        for manifest in sorted((root / room).glob("*/manifest.json")):
+            try:
+                data = json.loads(manifest.read_text())
+            except (OSError, ValueError):
+                continue
+            out.append(
+                {
+                    "session_id": data["session_id"],
+                    "room": data["room"],
+                    "title": data.get("title", ""),
+                    "started_at": data["started_at"],
+                    "stopped_at": data.get("stopped_at"),
+                    "tracks": len(data["tracks"]),
+                }
+            )
+        return out
+
+    async def list_all(request: Request) -> Response:
+        if who(request, None) is None:
+            return _error(401, "unauthorized", "the admin API key is required")
+        rooms = [p.name for p in root.iterdir()] if root.is_dir() else []
+        return JSONResponse({"sessions": [s for r in sorted(rooms) for s in sessions_of(r)]})
+
+    async def list_room(request: Request) -> Response:
+        room = request.path_params["room"]
+        if not NAME.match(room):
+            return _error(404, "no_such_recording", "no such recording")
+        if who(request, room) is None:
+            return _error(
+                401,
+                "unauthorized",
+                "an admin key or an expert/moderator token is needed for this room's recordings",
+            )
+        return JSONResponse({"sessions": sessions_of(room)})
+
+    def session_dir(request: Request) -> Path | Response:
+        room, session = request.path_params["room"], request.path_params["session"]
+        if not NAME.match(room) or not NAME.match(session):
+            return _error(404, "no_such_recording", "no such recording")
+        actor = who(request, room)
+        if actor is None:
+            return _error(
+                401,
+                "unauthorized",
+                "an admin key or an expert/moderator token is needed for this room's recordings",
+            )
+        folder: Path = root / str(room) / str(session)
+        if not (folder / "manifest.json").is_file():
+            return _error(404, "no_such_recording", "no such recording")
+        hub.audit.record(
+            "recording_access",
+            room=room,
+            identity=actor[1] or None,
+            actor=actor[0],
+            target=session,
+            code=request.path_params.get("file", "manifest"),
+        )
+        return folder
+
+    async def manifest(request: Request) -> Response:
+        folder = session_dir(request)
+        if isinstance(folder, Response):
+            return folder
+        return JSONResponse(json.loads((folder / "manifest.json").read_text()))
+
+    async def file(request: Request) -> Response:
+        folder = session_dir(request)
+        if isinstance(folder, Response):
+            return folder
+        name = request.path_params["file"]
+        path = folder / name
+        if not NAME.match(name) or not path.is_file():
+            return _error(404, "no_such_file", "no such file in this recording")
+        media = {
+            ".webm": "video/webm",
+            ".mkv": "video/x-matroska",
+            ".jsonl": "application/x-ndjson",
+            ".json": "application/json",
+        }
+        return FileResponse(path, media_type=media.get(path.suffix, "application/octet-stream"))
+
+    return [
+        Route("/api/recordings", list_all),
+        Route("/api/recordings/{room}", list_room),
+        Route("/api/recordings/{room}/{session}", manifest),
+        Route("/api/recordings/{room}/{session}/{file}", file),
+    ]
