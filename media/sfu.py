@@ -318,7 +318,8 @@ class Sfu:
     def _watch(self, pc: RelayPeerConnection, on_failure: Callable[[], Any]) -> None:
         @pc.on("connectionstatechange")
         def _changed() -> None:
-            if pc.connectionState == "failed":
+            # "closed" without our asking means the peer hung up (DTLS close_notify).
+            if pc.connectionState in ("failed", "closed"):
                 self._spawn(on_failure())
 
     def _local_sdp(self, pc: RelayPeerConnection) -> str:

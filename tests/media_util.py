@@ -73,6 +73,51 @@ def bar_position(frame: av.VideoFrame) -> int:
 
 
 def tone_level(frames: list[av.AudioFrame]) -> float:
-    """Return the RMS of decoded audio (0 for silence)."""
-    data = np.concatenate([f.to_ndarray().astype(np.float64).ravel() for f in frames])
+    """Return the RMS of decoded audio on a 16-bit scale (0 for silence)."""
+    scale = 32767.0 if frames and frames[0].format.name.startswith("flt") else 1.0
+    data = np.concatenate([f.to_ndarray().astype(np.float64).ravel() * scale for f in frames])
     return float(np.sqrt(np.mean(data**2)))
+
+
+class PacketTrack(MediaStreamTrack):
+    """Sends pre-encoded frames as they are (aiortc packetizes without encoding), paced."""
+
+    def __init__(self, kind: str, frames: list[bytes], rate: float, clock: int) -> None:
+        super().__init__()
+        self.kind = kind
+        self.frames = frames
+        self.rate = rate
+        self.clock = clock
+        self.n = 0
+        self.start: float | None = None
+        self.sent: list[tuple[int, float]] = []  # (index into frames, wall time)
+
+    async def recv(self) -> av.Packet:
+        if self.start is None:
+            self.start = time.monotonic()
+        await asyncio.sleep(max(0.0, self.start + self.n / self.rate - time.monotonic()))
+        index = self.n % len(self.frames)
+        packet = av.Packet(self.frames[index])
+        packet.pts = int(self.n * self.clock / self.rate)
+        packet.time_base = fractions.Fraction(1, self.clock)
+        self.sent.append((index, time.time()))
+        self.n += 1
+        return packet
+
+
+def vp8_frames(count: int, keyframe_every: int, width: int = 320, height: int = 240) -> list[bytes]:
+    """Encode the synthetic ultrasound source to VP8 frames, keyframes at a fixed interval."""
+    from aiortc.codecs.vpx import Vp8Encoder, vp8_depayload
+
+    from media.synthetic import UltrasoundTrack
+
+    source = UltrasoundTrack(width, height, 30)
+    encoder = Vp8Encoder()
+    out = []
+    for n in range(count):
+        img = source.picture(n, 1_700_000_000_000 + n * 33)
+        frame = av.VideoFrame.from_ndarray(img, format="gray").reformat(format="yuv420p")
+        frame.pts, frame.time_base = n * 3000, fractions.Fraction(1, 90000)
+        payloads, _ = encoder.encode(frame, force_keyframe=(n % keyframe_every == 0))
+        out.append(b"".join(vp8_depayload(p) for p in payloads))
+    return out

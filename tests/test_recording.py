@@ -1,0 +1,222 @@
+"""Recording through the real server: files without transcoding, manifest, consent, access."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+import urllib.error
+import urllib.request
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import av
+import pytest
+
+from media.client import MediaClient
+from session.roles import Role
+from signaling.client import RequestFailed, SignalingClient
+
+from .conftest import ADMIN_KEY, Server, running_server
+from .media_util import PacketTrack, PatternTrack, ToneTrack, tone_level, vp8_frames
+
+FRAMES = vp8_frames(90, keyframe_every=30)
+
+
+@pytest.fixture
+async def server(tmp_path: Path) -> AsyncIterator[Server]:
+    async with running_server(tmp_path, announce="127.0.0.1") as srv:
+        yield srv
+
+
+def recording_dir(server: Server) -> Path:
+    (room,) = (server.hub.settings.data_dir / "recordings").iterdir()
+    (session,) = room.iterdir()
+    return session
+
+
+def packets(path: Path) -> list[av.Packet]:
+    with av.open(str(path)) as c:
+        return [p for p in c.demux() if p.size]
+
+
+async def start_recording(mod: SignalingClient, op: SignalingClient | None) -> dict[str, Any]:
+    await mod.send({"type": "record", "action": "start"})
+    if op is not None:
+        await op.wait_for("consent_requested")
+        await op.send({"type": "consent", "confirmed": True})
+    return await mod.wait_for("recording", where=lambda e: e["active"] is True)
+
+
+async def test_recording_keeps_the_publishers_frames_byte_for_byte(server: Server) -> None:
+    op = await server.join(role=Role.OPERATOR, identity="op", name="Sonographer")
+    mod = await server.join(role=Role.MODERATOR, identity="mod")
+    ex = await server.join(role=Role.EXPERT, identity="ex")
+    video = PacketTrack("video", FRAMES, 30, 90000)
+    media = MediaClient(op)
+    try:
+        stream = await media.publish(
+            [(video, "probe", "Ultrasound"), (ToneTrack(), "microphone", "Sonographer")]
+        )
+        # An expert may not start it; a moderator may, once the operator confirms consent.
+        with pytest.raises(RequestFailed) as e:
+            await ex.request({"type": "record", "action": "start"})
+        assert e.value.code == "forbidden"
+        started = await start_recording(mod, op)
+        for c in (ex, op):
+            seen = await c.wait_for("recording", where=lambda e: e["active"] is True)
+            assert seen["session_id"] == started["session_id"]
+            assert seen["consent"]["identity"] == "op"
+        t0 = time.time()
+        await asyncio.sleep(4.0)
+        await mod.send({"type": "record", "action": "stop"})
+        await ex.wait_for("recording", where=lambda e: e["active"] is False)
+        wall = time.time() - t0
+        sent_during = [i for i, t in video.sent if t0 <= t <= t0 + wall]
+    finally:
+        await media.close()
+
+    folder = recording_dir(server)
+    manifest = json.loads((folder / "manifest.json").read_text())
+    assert manifest["session_id"] == started["session_id"]
+    assert manifest["consent"]["identity"] == "op"
+    assert manifest["stopped_at"] is not None
+    v, a = sorted(manifest["tracks"], key=lambda t: t["kind"], reverse=True)
+    assert (v["source"], v["codec"], v["width"], v["height"]) == ("probe", "VP8", 320, 240)
+    assert (a["source"], a["codec"]) == ("microphone", "OPUS")
+    assert v["stream"] == stream.id
+    with av.open(str(folder / v["file"])) as c:
+        s = c.streams.video[0]
+        assert (s.codec_context.name, s.codec_context.width, s.codec_context.height) == (
+            "vp8",
+            320,
+            240,
+        )
+    got = [bytes(p) for p in packets(folder / v["file"])]
+    # The file starts at a keyframe and holds the publisher's frames exactly, in order.
+    first = FRAMES.index(got[0])
+    assert first % 30 == 0
+    expected = [FRAMES[(first + i) % len(FRAMES)] for i in range(len(got))]
+    assert got == expected
+    assert len(got) >= 0.95 * (len(sent_during) - 30)  # less the wait for the first keyframe
+    assert v["duration"] == pytest.approx(len(got) / 30, abs=0.05)
+    assert v["duration"] == pytest.approx(wall, rel=0.05, abs=1.1)
+    with av.open(str(folder / a["file"])) as c:
+        decoded = list(c.decode(audio=0))
+    assert tone_level(decoded) > 1000  # the operator's voice is there, not silence
+    assert sum(f.samples for f in decoded) / 48000 == pytest.approx(wall, abs=0.5)
+    # The two tracks are placed on one session clock.
+    assert abs(v["start"] - a["start"]) < 1.2
+    audit = (server.hub.settings.data_dir / "audit.jsonl").read_text()
+    assert '"action":"consent","outcome":"confirmed"' in audit
+    assert '"action":"record_start"' in audit and '"action":"record_stop"' in audit
+
+
+async def test_no_patient_image_is_recorded_without_consent(server: Server) -> None:
+    op = await server.join(role=Role.OPERATOR, identity="op")
+    mod = await server.join(role=Role.MODERATOR, identity="mod")
+    media = MediaClient(op)
+    try:
+        await media.publish([(PatternTrack(), "probe", "")])
+        await mod.send({"type": "record", "action": "start"})
+        pending = await mod.wait_for("recording")
+        assert pending["active"] is False and pending["pending"] is True
+        await op.wait_for("consent_requested")
+        await op.send({"type": "consent", "confirmed": False})
+        await mod.wait_for("consent_declined")
+        assert not (server.hub.settings.data_dir / "recordings").exists()
+        assert server.hub.rooms.get("r1").recording.active is False
+    finally:
+        await media.close()
+
+
+async def test_a_publisher_that_drops_and_returns_continues_the_session(server: Server) -> None:
+    mod = await server.join(role=Role.MODERATOR, identity="mod")
+    op = await server.join(role=Role.OPERATOR, identity="op")
+    await start_recording(mod, None)  # nothing patient published yet: no consent needed
+    for round_ in range(2):
+        if round_:  # the operator's network comes back: a new connection, the same person
+            op = await server.join(role=Role.OPERATOR, identity="op")
+        media = MediaClient(op)
+        await media.publish([(PacketTrack("video", FRAMES, 30, 90000), "camera", "Room")])
+        await asyncio.sleep(2.5)
+        await op.close()  # the operator's network drops: signaling and media with it
+        await media.close()
+        gone = await mod.wait_for("stream_removed")
+        assert gone["reason"] == "disconnected"
+        if round_ == 0:
+            await asyncio.sleep(1.0)
+    await mod.send({"type": "record", "action": "stop"})
+    await mod.wait_for("recording", where=lambda e: e["active"] is False)
+    manifest = json.loads((recording_dir(server) / "manifest.json").read_text())
+    first, second = manifest["tracks"]
+    assert first["source"] == second["source"] == "camera"
+    assert first["stream"] != second["stream"]
+    # One timeline: the second part starts after the first ended, the gap in between.
+    assert first["start"] < first["end"] <= second["start"] < second["end"]
+    assert second["start"] - first["end"] >= 0.8
+    for track in (first, second):
+        assert len(packets(recording_dir(server) / track["file"])) >= 30
+
+
+async def test_recordings_are_served_to_those_who_may_see_them(server: Server) -> None:
+    mod = await server.join(role=Role.MODERATOR, identity="mod")
+    op = await server.join(role=Role.OPERATOR, identity="op")
+    media = MediaClient(op)
+    try:
+        await media.publish([(PacketTrack("video", FRAMES, 30, 90000), "camera", "Room")])
+        started = await start_recording(mod, None)
+        await op.send(
+            {
+                "type": "annotate",
+                "op": "arrow",
+                "id": "a1",
+                "feed": next(iter(server.hub.rooms.get("r1").streams.values())).feeds[0].id,
+                "points": [[0.1, 0.1], [0.5, 0.5]],
+                "media_ts": 1234,
+            }
+        )
+        await asyncio.sleep(2.0)
+        await mod.send({"type": "record", "action": "stop"})
+        await mod.wait_for("recording", where=lambda e: e["active"] is False)
+    finally:
+        await media.close()
+    session = started["session_id"]
+
+    def get(path: str, key: str | None, headers: dict[str, str] | None = None) -> Any:
+        req = urllib.request.Request(server.http + path, headers=headers or {})
+        if key:
+            req.add_header("Authorization", f"Bearer {key}")
+        try:
+            with urllib.request.urlopen(req, timeout=5) as r:
+                return r.status, r.headers, r.read()
+        except urllib.error.HTTPError as e:
+            return e.code, e.headers, e.read()
+
+    expert = server.token(role=Role.EXPERT, identity="ex")
+    audience = server.token(role=Role.AUDIENCE, identity="aud")
+    other_room = server.token(room="r2", role=Role.MODERATOR, identity="m2")
+    status, _, body = await asyncio.to_thread(get, "/api/recordings/r1", expert)
+    assert status == 200 and json.loads(body)["sessions"][0]["session_id"] == session
+    for key in (audience, other_room, None, "junk"):
+        status, _, _ = await asyncio.to_thread(get, f"/api/recordings/r1/{session}", key)
+        assert status == 401
+    status, _, body = await asyncio.to_thread(get, f"/api/recordings/r1/{session}", ADMIN_KEY)
+    manifest = json.loads(body)
+    name = manifest["tracks"][0]["file"]
+    status, headers, body = await asyncio.to_thread(
+        get, f"/api/recordings/r1/{session}/{name}", expert, {"Range": "bytes=0-99"}
+    )
+    assert status == 206 and len(body) == 100 and headers["Content-Range"].startswith("bytes 0-99/")
+    status, _, body = await asyncio.to_thread(
+        get, f"/api/recordings/r1/{session}/channel.jsonl", expert
+    )
+    ops = [json.loads(line) for line in body.decode().splitlines()]
+    (arrow,) = [o for o in ops if o.get("op") == "arrow"]
+    assert arrow["media_ts"] == 1234 and 0 <= arrow["t"] < 5  # on the session clock
+    for bad in ("../../audit.jsonl", "..%2F..%2Faudit.jsonl", "missing.webm"):
+        status, _, _ = await asyncio.to_thread(get, f"/api/recordings/r1/{session}/{bad}", expert)
+        assert status == 404
+    audit = (server.hub.settings.data_dir / "audit.jsonl").read_text()
+    assert '"action":"recording_access"' in audit and '"identity":"ex"' in audit
