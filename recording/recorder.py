@@ -215,6 +215,8 @@ class Recorder:
                 if rec.first_arrival is None and rec.file.frames:
                     rec.first_arrival = self.clock()
                     rec.first_ts = frame.timestamp
+                    # Where the track starts must survive a crash along with its file.
+                    self.write_manifest()
 
         return tap
 

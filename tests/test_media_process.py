@@ -26,7 +26,8 @@ TELECONSULT = str(Path(sys.executable).parent / "teleconsult")
 
 
 @pytest.fixture
-def relay(tmp_path: Path) -> Iterator[int]:
+def relay_server(tmp_path: Path) -> Iterator[tuple[int, subprocess.Popen[bytes]]]:
+    """`teleconsult serve` as its own process on a free port; yields (port, process)."""
     sock = free_socket()
     port = sock.getsockname()[1]
     sock.close()
@@ -56,7 +57,7 @@ def relay(tmp_path: Path) -> Iterator[int]:
                 break
             except OSError:
                 time.sleep(0.1)
-        yield port
+        yield port, proc
     finally:
         proc.terminate()
         try:
@@ -64,6 +65,11 @@ def relay(tmp_path: Path) -> Iterator[int]:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait(5)
+
+
+@pytest.fixture
+def relay(relay_server: tuple[int, subprocess.Popen[bytes]]) -> int:
+    return relay_server[0]
 
 
 async def metrics(port: int) -> dict[str, float]:
