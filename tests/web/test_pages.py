@@ -243,3 +243,24 @@ async def test_minimal_example_client(server: Server, chromium: Browser) -> None
         assert said["text"] == "hello from the example"
     finally:
         await media.close()
+
+
+async def test_recording_with_consent_from_the_pages(server: Server, chromium: Browser) -> None:
+    op = await open_page(chromium, server, Role.OPERATOR, "op", "Sonographer")
+    await op.click('#devices [data-row="source"] button.toggle')
+    mod = await open_page(chromium, server, Role.MODERATOR, "mod", "Moderator")
+    await expect(mod.locator("#recording")).to_be_hidden()
+    await expect(op.locator("figure.local video")).to_be_visible()
+    await mod.click("#record")
+    # A probe image is published: the operator is asked whether the patient consented.
+    await expect(op.locator("#consent")).to_be_visible()
+    await shot(op, "operator-consent")
+    await op.click("#consent-yes")
+    for page in (op, mod):
+        await expect(page.locator("#recording")).to_be_visible()
+    await expect(mod.locator("#record")).to_have_text("Stop recording")
+    await mod.click("#record")
+    for page in (op, mod):
+        await expect(page.locator("#recording")).to_be_hidden()
+    (manifest,) = (server.hub.settings.data_dir / "recordings" / "r1").glob("*/manifest.json")
+    assert '"identity": "op"' in manifest.read_text()

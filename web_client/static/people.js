@@ -12,6 +12,8 @@ export function mountPeople(session) {
   const waitingBox = /** @type {HTMLElement} */ (document.getElementById("waiting"));
   const waitingList = /** @type {HTMLElement} */ (document.getElementById("waiting-list"));
   const end = /** @type {HTMLButtonElement} */ (document.getElementById("end"));
+  const record = /** @type {HTMLButtonElement} */ (document.getElementById("record"));
+  let recording = false;
   /** @type {Map<string, any>} */
   const waiting = new Map();
 
@@ -70,6 +72,9 @@ export function mountPeople(session) {
       return li;
     }));
     end.hidden = !moderator;
+    record.hidden = !moderator;
+    record.textContent = t(recording ? "mod.record_stop" : "mod.record");
+    record.setAttribute("aria-pressed", String(recording));
   };
 
   session.addEventListener("message", (ev) => {
@@ -77,10 +82,13 @@ export function mountPeople(session) {
     if (msg.type === "welcome" && msg.waiting) for (const p of msg.waiting) waiting.set(p.id, p);
     if (msg.type === "knock") waiting.set(msg.participant.id, msg.participant);
     if (msg.type === "joined" || msg.type === "left") waiting.delete(msg.participant ? msg.participant.id : msg.participant_id);
+    if (msg.type === "welcome" && msg.recording) recording = msg.recording.active;
+    if (msg.type === "recording") recording = msg.active;
     render();
   });
   session.addEventListener("state", render);
   session.channel.addEventListener("change", render);
+  record.addEventListener("click", () => session.send({ type: "record", action: recording ? "stop" : "start" }));
   end.addEventListener("click", () => {
     if (confirm(t("mod.end_confirm"))) session.send({ type: "end_room" });
   });

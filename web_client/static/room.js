@@ -71,6 +71,9 @@ session.addEventListener("message", (ev) => {
   if (msg.type === "removed") showProblem("problem.removed");
   if (msg.type === "denied") showProblem("problem.denied");
   if (msg.type === "role_changed" && msg.participant_id === session.me) setUpRole();
+  if ((msg.type === "welcome" || msg.type === "admitted") && msg.recording) $("recording").hidden = !msg.recording.active;
+  if (msg.type === "recording") $("recording").hidden = !msg.active;
+  if (msg.type === "consent_requested") $("consent").hidden = false;
   refresh();
 });
 
@@ -102,6 +105,12 @@ mountChat(session);
 watchHealth(stage, $("health"));
 for (const b of document.querySelectorAll("#layout button[data-layout]")) {
   b.addEventListener("click", () => stage.setLayout(/** @type {HTMLElement} */ (b).dataset.layout || "spotlight"));
+}
+for (const [id, confirmed] of /** @type {[string, boolean][]} */ ([["consent-yes", true], ["consent-no", false]])) {
+  $(id).addEventListener("click", () => {
+    session.send({ type: "consent", confirmed });
+    $("consent").hidden = true;
+  });
 }
 $("leave").addEventListener("click", () => {
   session.leave();
