@@ -76,6 +76,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="seconds an empty room lives before it ends",
     )
     serve.add_argument(
+        "--retention-days",
+        type=float,
+        default=float(env("RETENTION_DAYS") or 0) or None,
+        help="delete recordings older than this [TELECONSULT_RETENTION_DAYS]",
+    )
+    serve.add_argument(
         "--demo", action="store_true", help="create a demo room and print join links for each role"
     )
     serve.add_argument("--log-level", default=env("LOG_LEVEL", "info"))
@@ -170,6 +176,7 @@ def _serve(args: argparse.Namespace) -> int:
         secret=args.secret,
         admin_key=args.admin_key,
         idle_timeout=args.idle_timeout,
+        retention_days=args.retention_days,
     )
     keys = resolve_secrets(settings)
     from media.aiortc_adapter import count_codecs

@@ -39,6 +39,8 @@ class Settings:
     idle_timeout: float = 600.0
     sweep_interval: float = 5.0
     max_token_ttl: float = 7 * 86400.0
+    # Recorded sessions older than this many days are deleted (None keeps them for ever).
+    retention_days: float | None = None
 
     def base_url(self) -> str:
         """Return the URL that people open, without a trailing slash."""

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import json
 import secrets
+import shutil
 import time
 from collections.abc import Callable, Coroutine
 from typing import TYPE_CHECKING, Any
@@ -169,6 +170,33 @@ class Hub:
         if room.recording.active:
             self.stop_recording(room, None)
 
+    def apply_retention(self, now: float) -> list[str]:
+        """Delete recorded sessions older than the retention period; returns their ids."""
+        days = self.settings.retention_days
+        root = self.settings.data_dir / "recordings"
+        if days is None or not root.is_dir():
+            return []
+        live = {r.session_id for r in self.recorders.values()}
+        removed = []
+        for manifest in root.glob("*/*/manifest.json"):
+            try:
+                data = json.loads(manifest.read_text())
+            except (OSError, ValueError):
+                continue
+            ended = data.get("stopped_at") or data.get("started_at", now)
+            if data.get("session_id") in live or now - ended < days * 86400:
+                continue
+            shutil.rmtree(manifest.parent, ignore_errors=True)
+            removed.append(data["session_id"])
+            self.audit.record(
+                "recording_delete",
+                room=data.get("room"),
+                actor="server",
+                target=data["session_id"],
+                code="retention",
+            )
+        return removed
+
     def sweep(self) -> None:
         """End idle rooms."""
         for room in self.rooms.sweep(self.now()):
@@ -198,6 +226,10 @@ class Hub:
         self.audit.close()
 
     async def _sweep_forever(self) -> None:
+        last_retention = 0.0
         while True:
             await asyncio.sleep(self.settings.sweep_interval)
             self.sweep()
+            if self.now() - last_retention >= 3600:
+                last_retention = self.now()
+                await asyncio.to_thread(self.apply_retention, last_retention)

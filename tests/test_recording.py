@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import av
+import numpy as np
 import pytest
 
 from media.client import MediaClient
@@ -220,3 +221,91 @@ async def test_recordings_are_served_to_those_who_may_see_them(server: Server) -
         assert status == 404
     audit = (server.hub.settings.data_dir / "audit.jsonl").read_text()
     assert '"action":"recording_access"' in audit and '"identity":"ex"' in audit
+
+
+class FlashTrack(PatternTrack):
+    """Dark frames, then bright ones from `at` (wall clock); notes when the first was made."""
+
+    def __init__(self, at: float) -> None:
+        super().__init__()
+        self.at = at
+        self.flashed: float | None = None
+
+    async def recv(self) -> av.VideoFrame:
+        frame = await super().recv()
+        if time.time() >= self.at:
+            if self.flashed is None:
+                self.flashed = time.time()
+            img = np.full((self.height, self.width, 3), 235, dtype=np.uint8)
+            bright = av.VideoFrame.from_ndarray(img, format="bgr24")
+            bright.pts, bright.time_base = frame.pts, frame.time_base
+            return bright
+        return frame
+
+
+class BeepTrack(ToneTrack):
+    """Silence, then a tone from `at` (wall clock); notes when its first sound was made."""
+
+    def __init__(self, at: float) -> None:
+        super().__init__()
+        self.at = at
+        self.beeped: float | None = None
+
+    async def recv(self) -> av.AudioFrame:
+        frame = await super().recv()
+        if time.time() < self.at:
+            silent = av.AudioFrame.from_ndarray(
+                np.zeros((1, frame.samples), np.int16), format="s16", layout="mono"
+            )
+            silent.sample_rate, silent.pts, silent.time_base = 48000, frame.pts, frame.time_base
+            return silent
+        if self.beeped is None:
+            self.beeped = time.time()
+        return frame
+
+
+async def test_audio_and_video_stay_in_sync_within_40_ms(server: Server) -> None:
+    mod = await server.join(role=Role.MODERATOR, identity="mod")
+    op = await server.join(role=Role.OPERATOR, identity="op")
+    await start_recording(mod, None)
+    at = time.time() + 3.0
+    flash, beep = FlashTrack(at), BeepTrack(at)
+    media = MediaClient(op)
+    try:
+        await media.publish([(flash, "camera", "Room"), (beep, "microphone", "")])
+        await asyncio.sleep(5.0)
+        await mod.send({"type": "record", "action": "stop"})
+        await mod.wait_for("recording", where=lambda e: e["active"] is False)
+    finally:
+        await media.close()
+    assert flash.flashed is not None and beep.beeped is not None
+    folder = recording_dir(server)
+    manifest = json.loads((folder / "manifest.json").read_text())
+    tracks = {t["kind"]: t for t in manifest["tracks"]}
+    with av.open(str(folder / tracks["video"]["file"])) as c:
+        lit = next(f.time for f in c.decode(video=0) if f.to_ndarray(format="gray").mean() > 128)
+    with av.open(str(folder / tracks["audio"]["file"])) as c:
+        heard = None
+        for f in c.decode(audio=0):
+            loud = np.flatnonzero(np.abs(f.to_ndarray()[0]) > 0.05)
+            if loud.size:
+                heard = f.time + loud[0] / 48000
+                break
+    assert heard is not None
+    recorded = (tracks["audio"]["start"] + heard) - (tracks["video"]["start"] + lit)
+    made = beep.beeped - flash.flashed
+    assert abs(recorded - made) < 0.040, (recorded, made)
+
+
+async def test_retention_deletes_old_sessions_only(tmp_path: Path) -> None:
+    async with running_server(tmp_path, announce="127.0.0.1", retention_days=30) as server:
+        mod = await server.join(role=Role.MODERATOR, identity="mod")
+        started = await start_recording(mod, None)
+        await mod.send({"type": "record", "action": "stop"})
+        await mod.wait_for("recording", where=lambda e: e["active"] is False)
+        folder = recording_dir(server)
+        stopped = json.loads((folder / "manifest.json").read_text())["stopped_at"]
+        assert server.hub.apply_retention(stopped + 29 * 86400) == []
+        assert folder.exists()
+        assert server.hub.apply_retention(stopped + 31 * 86400) == [started["session_id"]]
+        assert not folder.exists()
