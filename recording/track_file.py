@@ -10,6 +10,7 @@ import av
 
 from .frames import Frame
 from .geometry import h264_size, vp8_size
+from .templates import template
 
 # Opus identification header (RFC 7845): version 1, 2 channels, 312 samples pre-skip, 48 kHz.
 OPUS_HEAD = (
@@ -23,15 +24,15 @@ OPUS_HEAD = (
 # one-second clusters, flushed as written, bound what a crash loses.
 MUX_OPTIONS = {"live": "1", "cluster_time_limit": "1000", "flush_packets": "1"}
 CONTAINER = {
-    "VP8": ("webm", "vp8", ".webm"),
-    "OPUS": ("webm", "opus", ".webm"),
-    "H264": ("matroska", "h264", ".mkv"),
+    "VP8": ("webm", ".webm"),
+    "OPUS": ("webm", ".webm"),
+    "H264": ("matroska", ".mkv"),
 }
 
 
 def extension(codec: str) -> str:
     """Return the file extension a codec is recorded with."""
-    return CONTAINER[codec.upper()][2]
+    return CONTAINER[codec.upper()][1]
 
 
 class TrackFile:
@@ -75,17 +76,15 @@ class TrackFile:
         self.frames += 1
 
     def _open(self, frame: Frame) -> None:
-        fmt, codec, _ = CONTAINER[self.codec]
-        self.container = av.open(str(self.path), "w", format=fmt, options=MUX_OPTIONS)
-        stream: Any
-        if self.codec == "OPUS":
-            stream = self.container.add_stream("libopus", rate=48000)
-            stream.codec_context.extradata = OPUS_HEAD
-        else:
+        fmt, _ = CONTAINER[self.codec]
+        if self.codec != "OPUS":
             size = vp8_size(frame.data) if self.codec == "VP8" else h264_size(frame.data)
             self.width, self.height = size or (0, 0)
-            stream = self.container.add_stream(codec)
-            stream.width, stream.height = self.width, self.height
+        # From a template, so that PyAV copies parameters instead of opening an encoder.
+        source = template(self.codec, frame.data, self.width or 0, self.height or 0, OPUS_HEAD)
+        self.container = av.open(str(self.path), "w", format=fmt, options=MUX_OPTIONS)
+        stream: Any = self.container.add_stream_from_template(source)
+        source.container.close()
         stream.time_base = fractions.Fraction(1, self.clock_rate)
         self.stream = stream
 

@@ -71,6 +71,7 @@ async def main() -> None:
     ap.add_argument("--bitrate", type=int, default=1_500_000)
     ap.add_argument("--live", action="store_true", help="encode the synthetic source live")
     ap.add_argument("--audio", action="store_true")
+    ap.add_argument("--source", default="probe", help="probe needs consent to be recorded")
     ap.add_argument("--duration", type=float, default=60)
     args = ap.parse_args()
     use_host_addresses(["127.0.0.1"])
@@ -78,10 +79,10 @@ async def main() -> None:
     sends: list[tuple[str, float]] = []
     tracks: list[tuple[MediaStreamTrack, str, str]] = []
     if args.live:
-        tracks.append((UltrasoundTrack(w, h, args.fps), "probe", "live"))
+        tracks.append((UltrasoundTrack(w, h, args.fps), args.source, "live"))
     else:
         clip = vp8_clip(w, h, args.fps, args.bitrate, 10, 2 * args.fps)
-        tracks.append((ReplayTrack("video", clip, args.fps, 90000, sends), "probe", "replay"))
+        tracks.append((ReplayTrack("video", clip, args.fps, 90000, sends), args.source, "replay"))
     if args.audio:
         tracks.append((ReplayTrack("audio", opus_clip(5), 50, 48000, None), "microphone", ""))
     client = SignalingClient(args.url, args.token, args.room)

@@ -59,6 +59,7 @@ def run(
     live: bool = False,
     stagger: float = 0.0,
     procs: int = 1,
+    record: bool = False,
 ) -> dict[str, Any]:
     """One scenario: relay, publisher and subscriber processes; returns what was measured."""
     tmp = Path(tempfile.mkdtemp(prefix="tc-bench-"))
@@ -94,7 +95,12 @@ def run(
             str(total),
         ]
         pub = spawn(
-            *pub_args, *(["--audio"] if audio else []), *(["--live"] if live else []), out=True
+            *pub_args,
+            *(["--audio"] if audio else []),
+            *(["--live"] if live else []),
+            # A camera, not a probe: recording it needs no operator's consent.
+            *(["--source", "camera"] if record else []),
+            out=True,
         )
         assert pub.stdout is not None
         stream = json.loads(pub.stdout.readline())["stream"]
@@ -131,6 +137,17 @@ def run(
         for p in subs:
             assert p.stdout is not None
             p.stdout.readline()  # all of this process's subscribers have answered
+        if record:
+            toggle = spawn(
+                "bench.media.record_toggle",
+                url,
+                "b",
+                mint(SECRET, "b", Role.MODERATOR, "mod", 3600, "mod"),
+                str(window + 5),
+                out=True,
+            )
+            assert toggle.stdout is not None
+            toggle.stdout.readline()
         time.sleep(3.0)  # the first keyframe (at most 2 s away in a replayed clip)
         t0, c0 = time.time(), cpu_seconds(relay.pid)
         time.sleep(window)
@@ -173,6 +190,7 @@ def run(
             "bitrate": bitrate,
             "audio": audio,
             "live": live,
+            "recording": record,
             "relay_cpu": round(cpu * 100, 1),
             "relay_cpu_idle_publisher_only": round(idle_cpu * 100, 1),
             "fps_min": round(min(fps), 1) if fps else None,
@@ -285,7 +303,7 @@ def main() -> None:
     ap.add_argument("--only", help="comma-separated: cpu,capacity,late,latency")
     args = ap.parse_args()
     window = 8.0 if args.quick else 15.0
-    only = set((args.only or "cpu,capacity,late,latency").split(","))
+    only = set((args.only or "cpu,capacity,record,late,latency").split(","))
     vp8_clip(1280, 720, 30, 1_500_000, 10, 60)
     vp8_clip(1920, 1080, 30, 4_000_000, 10, 60)
     report: dict[str, Any] = {"machine": machine(), "runs": []}
@@ -301,6 +319,10 @@ def main() -> None:
             record(run("mediarelay", n, "1280x720", 1_500_000, window))
     if "capacity" in only:
         record(run("teleconsult", 30, "1920x1080", 4_000_000, window, audio=True, procs=2))
+    if "record" in only:
+        # The same stream with and without the recorder, in one run.
+        for on in (False, True):
+            record(run("teleconsult", 4, "1280x720", 1_500_000, window, audio=True, record=on))
     if "late" in only:
         record(run("teleconsult", 10, "1280x720", 1_500_000, window, live=True, stagger=1.0))
     if "latency" in only:
