@@ -40,11 +40,15 @@ def create_app(settings: Settings, keys: Secrets | None = None) -> Starlette:
     async def room_page(request: Request) -> Response:
         return FileResponse(STATIC / "room.html", headers={"Cache-Control": "no-cache"})
 
+    async def playback_page(request: Request) -> Response:
+        return FileResponse(STATIC / "playback.html", headers={"Cache-Control": "no-cache"})
+
     all_routes: list[BaseRoute] = [
         WebSocketRoute("/ws", signaling),
         *routes(hub),
         *recording_routes(hub),
         Route("/room/{room}", room_page),
+        Route("/playback/{room}", playback_page),
     ]
     if STATIC.is_dir():
         all_routes.append(Mount("/", StaticFiles(directory=STATIC, html=True), name="static"))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import hmac
 import json
 import re
@@ -18,6 +19,9 @@ from .hub import Hub
 from .tokens import TokenError, verify
 
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
+# How long a signed file link works: a <video> element cannot send an Authorization header,
+# so the manifest hands out links signed for one file each, that expire.
+LINK_TTL = 6 * 3600
 # Who may replay a room's recordings besides the admin: its experts and moderators.
 VIEWERS = frozenset({Role.EXPERT, Role.MODERATOR})
 
@@ -29,6 +33,16 @@ def _error(status: int, code: str, message: str) -> JSONResponse:
 def routes(hub: Hub) -> list[Route]:
     """Build the recording routes bound to a hub."""
     root = hub.settings.data_dir / "recordings"
+
+    def sign(path: str, expires: int) -> str:
+        message = f"{path}\n{expires}".encode()
+        return hmac.new(hub.keys.token_secret.encode(), message, hashlib.sha256).hexdigest()
+
+    def signed(request: Request) -> bool:
+        sig, exp = request.query_params.get("sig", ""), request.query_params.get("exp", "")
+        if not sig or not exp.isdigit() or int(exp) < hub.now():
+            return False
+        return hmac.compare_digest(sig, sign(request.url.path, int(exp)))
 
     def who(request: Request, room: str | None) -> tuple[str, str] | None:
         """Return (actor, identity) if the request may read this room's recordings."""
@@ -86,7 +100,8 @@ def routes(hub: Hub) -> list[Route]:
         room, session = request.path_params["room"], request.path_params["session"]
         if not NAME.match(room) or not NAME.match(session):
             return _error(404, "no_such_recording", "no such recording")
-        actor = who(request, room)
+        actor = ("link", "") if "file" in request.path_params and signed(request) else None
+        actor = actor or who(request, room)
         if actor is None:
             return _error(
                 401,
@@ -110,7 +125,15 @@ def routes(hub: Hub) -> list[Route]:
         folder = session_dir(request)
         if isinstance(folder, Response):
             return folder
-        return JSONResponse(json.loads((folder / "manifest.json").read_text()))
+        data = json.loads((folder / "manifest.json").read_text())
+        expires = int(hub.now()) + LINK_TTL
+        base = request.url.path
+        names = [t["file"] for t in data["tracks"]] + [data.get("channel_log", "channel.jsonl")]
+        data["links"] = {
+            name: f"{base}/{name}?exp={expires}&sig={sign(f'{base}/{name}', expires)}"
+            for name in names
+        }
+        return JSONResponse(data)
 
     async def file(request: Request) -> Response:
         folder = session_dir(request)

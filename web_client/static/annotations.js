@@ -8,7 +8,10 @@ export const TOOLS = ["pointer", "arrow", "stroke", "ruler", "ellipse", "text"];
 
 /**
  * @typedef {import("./channel.js").Op} Op
- * @typedef {import("./protocol.js").Session} Session
+ * @typedef {{channel: import("./channel.js").ChannelState, participants: Map<string, {name: string}>,
+ *            point: (feed: string, points: number[][], mediaTs?: number) => void,
+ *            annotate: (op: {op: string, [key: string]: any}) => Promise<any>}} Session
+ *   what an overlay draws from and sends to: a live Session, or a recording's replay
  */
 
 /** The annotation layer of one video feed. */

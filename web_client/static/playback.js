@@ -1,0 +1,196 @@
+// Replays a recorded session: every video side by side and every voice, in step on one session
+// clock, with the annotations drawn over the frames they were made on, and the chat beside.
+
+import { Overlay } from "./annotations.js";
+import { ChannelState } from "./channel.js";
+import { LANGUAGES, pickLanguage, setLanguage, t } from "./i18n.js";
+
+const $ = (/** @type {string} */ id) => /** @type {HTMLElement} */ (document.getElementById(id));
+const room = decodeURIComponent(location.pathname.split("/").filter(Boolean).pop() || "");
+const params = new URLSearchParams(location.hash.slice(1));
+const token = params.get("token") || "";
+history.replaceState(null, "", location.pathname + (params.get("session") ? `#session=${params.get("session")}` : ""));
+
+await setLanguage(pickLanguage());
+const lang = /** @type {HTMLSelectElement} */ ($("lang"));
+for (const [code, name] of Object.entries(LANGUAGES)) lang.append(new Option(name, code));
+lang.value = pickLanguage();
+lang.addEventListener("change", () => setLanguage(lang.value));
+
+/** @param {string} path */
+async function api(path) {
+  const r = await fetch(path, { headers: { Authorization: `Bearer ${token}` } });
+  if (!r.ok) throw new Error((await r.json()).error?.code || String(r.status));
+  return r.json();
+}
+
+/** @param {number} s */
+function clock(s) {
+  const m = Math.floor(s / 60);
+  return `${m}:${String(Math.floor(s % 60)).padStart(2, "0")}`;
+}
+
+/** A replay of the channel: the state at the session time the player is at. */
+class Replay {
+  /** @param {any[]} log entries of channel.jsonl, each with `t` */
+  constructor(log) {
+    this.log = log;
+    this.channel = new ChannelState();
+    /** @type {Map<string, {name: string}>} */
+    this.participants = new Map();
+    this.next = 0;
+    this.at = 0;
+  }
+
+  /** Bring the state to session time `time`, replaying from the start after a seek back. @param {number} time */
+  seek(time) {
+    if (time < this.at) {
+      this.channel = new ChannelState();
+      this.next = 0;
+      this.onReset();
+    }
+    this.at = time;
+    let changed = false;
+    while (this.next < this.log.length && this.log[this.next].t <= time) {
+      const e = this.log[this.next++];
+      if (e.type === "op") this.channel.apply(e);
+      else if (e.type === "pointer") this.channel.point(e);
+      changed = true;
+    }
+    return changed;
+  }
+
+  onReset() {}
+
+  point() {}
+
+  annotate() {
+    return Promise.reject(new Error("a recording is read-only"));
+  }
+}
+
+/** @param {string} session */
+async function open(session) {
+  const manifest = await api(`/api/recordings/${room}/${session}`);
+  $("title").textContent = `${manifest.title || manifest.room} · ${new Date(manifest.started_at * 1000).toLocaleString()}`;
+  const logText = await (await fetch(manifest.links[manifest.channel_log])).text();
+  const log = logText.split("\n").filter(Boolean).map((l) => JSON.parse(l));
+  const replay = new Replay(log);
+  for (const [id, p] of Object.entries(manifest.participants)) replay.participants.set(id, { name: /** @type {any} */ (p).identity });
+  /** @type {{track: any, media: HTMLMediaElement, figure: HTMLElement | null, overlay: Overlay | null}[]} */
+  const players = [];
+  $("feeds").replaceChildren();
+  for (const track of manifest.tracks) {
+    if (track.start === null) continue;
+    const media = /** @type {HTMLMediaElement} */ (document.createElement(track.kind === "video" ? "video" : "audio"));
+    media.src = manifest.links[track.file];
+    media.preload = "auto";
+    media.dataset.feed = track.feed;
+    if (track.kind === "audio") {
+      $("feeds").append(media);
+      players.push({ track, media, figure: null, overlay: null });
+      continue;
+    }
+    media.muted = true;
+    const figure = document.createElement("figure");
+    figure.dataset.feed = track.feed;
+    const caption = document.createElement("figcaption");
+    caption.textContent = track.label || t(`source.${track.source}`);
+    figure.append(media, caption);
+    $("feeds").append(figure);
+    players.push({ track, media, figure, overlay: new Overlay(/** @type {HTMLVideoElement} */ (media), track.feed, /** @type {any} */ (replay)) });
+  }
+  const attach = () => {
+    for (const p of players) {
+      if (!p.overlay) continue;
+      p.overlay.dispose();
+      p.overlay = new Overlay(/** @type {HTMLVideoElement} */ (p.media), p.track.feed, /** @type {any} */ (replay));
+    }
+  };
+  replay.onReset = attach; // a fresh channel: the overlays follow the new one
+  const duration = Math.max(...manifest.tracks.map((/** @type {any} */ tr) => (tr.start || 0) + tr.duration), 0);
+  const seek = /** @type {HTMLInputElement} */ ($("seek"));
+  seek.max = String(duration);
+  const state = { time: 0, playing: false, speed: 1, last: performance.now() };
+
+  const chat = () => {
+    $("messages").replaceChildren(...replay.channel.chat.map((m) => {
+      const li = document.createElement("li");
+      li.dataset.seq = String(m.seq);
+      const who = document.createElement("b");
+      who.textContent = replay.participants.get(m.author)?.name || "—";
+      li.append(who, document.createTextNode(m.text || ""));
+      return li;
+    }));
+  };
+
+  /** Put every player where the session clock says. @param {boolean} hard after a seek */
+  const sync = (hard) => {
+    if (replay.seek(state.time) || hard) chat();
+    for (const p of players) {
+      const local = state.time - p.track.start;
+      const inside = local >= 0 && local <= p.track.duration;
+      if (p.figure) p.figure.classList.toggle("idle", !inside);
+      p.media.playbackRate = state.speed;
+      if (!inside) {
+        if (!p.media.paused) p.media.pause();
+        continue;
+      }
+      if (hard || Math.abs(p.media.currentTime - local) > 0.3) p.media.currentTime = local;
+      if (state.playing && p.media.paused) p.media.play().catch(() => {});
+      if (!state.playing && !p.media.paused) p.media.pause();
+    }
+    seek.value = String(state.time);
+    $("clock").textContent = `${clock(state.time)} / ${clock(duration)}`;
+    document.body.dataset.time = state.time.toFixed(2);
+  };
+
+  const frame = () => {
+    const now = performance.now();
+    if (state.playing) {
+      state.time = Math.min(duration, state.time + ((now - state.last) / 1000) * state.speed);
+      if (state.time >= duration) state.playing = false;
+      sync(false);
+    }
+    state.last = now;
+    requestAnimationFrame(frame);
+  };
+  requestAnimationFrame(frame);
+  $("play").onclick = () => {
+    state.playing = !state.playing;
+    $("play").textContent = t(state.playing ? "playback.pause" : "playback.play");
+    sync(true);
+  };
+  seek.oninput = () => {
+    state.time = Number(seek.value);
+    sync(true);
+  };
+  /** @type {HTMLSelectElement} */ ($("speed")).onchange = (ev) => {
+    state.speed = Number(/** @type {HTMLSelectElement} */ (ev.target).value);
+    sync(false);
+  };
+  sync(true);
+  /** @type {any} */ (window).player = { seek: (/** @type {number} */ s) => { state.time = s; sync(true); }, state };
+}
+
+try {
+  const { sessions } = await api(`/api/recordings/${room}`);
+  $("main").hidden = false;
+  $("sessions").replaceChildren(...sessions.map((/** @type {any} */ s) => {
+    const li = document.createElement("li");
+    const a = document.createElement("a");
+    a.href = `#session=${s.session_id}`;
+    a.textContent = new Date(s.started_at * 1000).toLocaleString();
+    a.onclick = (ev) => {
+      ev.preventDefault();
+      open(s.session_id);
+    };
+    li.append(a);
+    return li;
+  }));
+  const chosen = params.get("session") || (sessions.length ? sessions[sessions.length - 1].session_id : "");
+  if (chosen) await open(chosen);
+} catch (err) {
+  $("problem").textContent = t("playback.denied");
+  $("problem").hidden = false;
+}
