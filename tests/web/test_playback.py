@@ -17,6 +17,9 @@ from ..conftest import Server, running_server
 from ..media_util import PacketTrack, ToneTrack, vp8_frames
 
 
+ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts" / "web"
+
+
 @pytest.fixture
 async def server(tmp_path: Path) -> AsyncIterator[Server]:
     async with running_server(tmp_path, announce="127.0.0.1") as srv:
@@ -105,6 +108,5 @@ async def test_playback_shows_what_was_drawn_when(server: Server, browser: Brows
                     return Math.abs(window.player.state.time - v.currentTime); }}"""
     )
     assert drift < 1.5  # the track starts within the keyframe wait of the session clock
-    await page.screenshot(
-        path=str(Path(__file__).resolve().parents[2] / "test-artifacts" / "web" / "playback.png")
+    await page.screenshot(path=str(ARTIFACTS / "playback.png"))
     )
