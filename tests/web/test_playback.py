@@ -109,4 +109,3 @@ async def test_playback_shows_what_was_drawn_when(server: Server, browser: Brows
     )
     assert drift < 1.5  # the track starts within the keyframe wait of the session clock
     await page.screenshot(path=str(ARTIFACTS / "playback.png"))
-    )
