@@ -16,7 +16,6 @@ from session.roles import Role
 from ..conftest import Server, running_server
 from ..media_util import PacketTrack, ToneTrack, vp8_frames
 
-
 ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts" / "web"
 
 
