@@ -126,6 +126,17 @@ def build_parser() -> argparse.ArgumentParser:
         )
         p.add_argument("--duration", type=float, help="seconds to run (default: until stopped)")
         _settings_args(p)
+    exp = sub.add_parser("export", help="export a recorded session as an MP4 for teaching")
+    exp.add_argument("session", help="the recorded session's id")
+    exp.add_argument("--out", required=True, help="the MP4 to write")
+    exp.add_argument(
+        "--mask",
+        action="append",
+        default=[],
+        help="x,y,w,h in pixels to black out (patient details); repeatable",
+    )
+    exp.add_argument("--feed", help="feed id to export (default: the first patient image)")
+    exp.add_argument("--data-dir", default=env("DATA_DIR", "data"))
     pub = sub.choices["publish"]
     src = pub.add_mutually_exclusive_group(required=True)
     src.add_argument("--synthetic", action="store_true", help="built-in ultrasound-like source")
@@ -151,6 +162,7 @@ def main(argv: list[str] | None = None) -> int:
         "rooms": _rooms,
         "publish": _publish,
         "subscribe": _subscribe,
+        "export": _export,
     }[args.command]
     try:
         return command(args)
@@ -261,6 +273,16 @@ def _rooms(args: argparse.Namespace) -> int:
     print(f"{'ROOM':<24} {'PARTICIPANTS':>12} {'WAITING':>8}  TITLE")
     for room in data["rooms"]:
         print(f"{room['id']:<24} {room['participants']:>12} {room['waiting']:>8}  {room['title']}")
+    return 0
+
+
+def _export(args: argparse.Namespace) -> int:
+    from recording.export import Mask, bar, export, find_session
+
+    masks = [Mask.parse(m) for m in args.mask]
+    folder = find_session(Path(args.data_dir), args.session)
+    result = export(folder, Path(args.out), masks, args.feed, bar())
+    print(json.dumps(result))
     return 0
 
 

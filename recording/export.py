@@ -1,0 +1,226 @@
+"""Export a recorded session for teaching: the main feed with its annotations burned in."""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from fractions import Fraction
+from pathlib import Path
+from typing import Any, TextIO
+
+import av
+import cv2
+import numpy as np
+
+PATIENT = ("probe", "laparoscope")
+POINTER_HOLD = 1.0  # seconds a pointer stays on screen after its last move
+
+
+@dataclass(frozen=True)
+class Mask:
+    """A rectangle (pixels of the main feed) blacked out, e.g. the patient details header."""
+
+    x: int
+    y: int
+    w: int
+    h: int
+
+    @classmethod
+    def parse(cls, text: str) -> Mask:
+        """Parse "x,y,w,h"."""
+        try:
+            x, y, w, h = (int(v) for v in text.split(","))
+        except ValueError:
+            raise ValueError(f"a mask is x,y,w,h in pixels, not {text!r}") from None
+        if w <= 0 or h <= 0 or x < 0 or y < 0:
+            raise ValueError(f"a mask needs a positive size inside the picture: {text!r}")
+        return cls(x, y, w, h)
+
+
+def find_session(data_dir: Path, session: str) -> Path:
+    """Return the folder of a recorded session by its id."""
+    for manifest in (data_dir / "recordings").glob(f"*/{session}/manifest.json"):
+        return manifest.parent
+    raise ValueError(f"no recorded session {session!r} under {data_dir / 'recordings'}")
+
+
+def main_track(manifest: dict[str, Any], feed: str | None) -> dict[str, Any]:
+    """Pick the feed to export: the one asked for, else the first patient image, else any video."""
+    videos = [t for t in manifest["tracks"] if t["kind"] == "video" and t["start"] is not None]
+    if feed is not None:
+        videos = [t for t in videos if t["feed"] == feed]
+    if not videos:
+        raise ValueError("the session has no such recorded video feed")
+    return next((t for t in videos if t["source"] in PATIENT), videos[0])
+
+
+class Annotations:
+    """The annotations of one feed as they stood at any session time, from the channel log."""
+
+    def __init__(self, log: list[dict[str, Any]], feed: str) -> None:
+        self.log = log
+        self.feed = feed
+        self.next = 0
+        self.shapes: dict[str, dict[str, Any]] = {}
+        self.pointers: dict[str, tuple[float, dict[str, Any]]] = {}
+
+    def at(self, t: float) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+        """Advance to session time t (never backwards); return live shapes and pointers."""
+        while self.next < len(self.log) and self.log[self.next]["t"] <= t:
+            e = self.log[self.next]
+            self.next += 1
+            if e.get("type") == "pointer":
+                self.pointers[e["author"]] = (e["t"], e)
+                continue
+            op = e.get("op")
+            if op in ("arrow", "stroke", "ruler", "ellipse", "text") and e.get("feed") == self.feed:
+                self.shapes[e["id"]] = e
+            elif op in ("delete", "undo"):
+                self.shapes.pop(e.get("target", ""), None)
+            elif op == "clear":
+                for i in e.get("removed", []):
+                    self.shapes.pop(i, None)
+        pointers = [
+            p
+            for when, p in self.pointers.values()
+            if p.get("feed") == self.feed and p.get("points") and t - when <= POINTER_HOLD
+        ]
+        return sorted(self.shapes.values(), key=lambda s: s["seq"]), pointers
+
+
+def _color(shape: dict[str, Any]) -> tuple[int, int, int]:
+    hex_ = str((shape.get("style") or {}).get("color") or "#ffd400").lstrip("#")
+    try:
+        r, g, b = int(hex_[0:2], 16), int(hex_[2:4], 16), int(hex_[4:6], 16)
+    except ValueError:
+        r, g, b = 255, 212, 0
+    return b, g, r
+
+
+def draw(img: np.ndarray, shapes: list[dict[str, Any]], pointers: list[dict[str, Any]]) -> None:
+    """Burn shapes and pointers into a BGR picture, in place."""
+    h, w = img.shape[:2]
+
+    def px(p: list[float]) -> tuple[int, int]:
+        return round(p[0] * w), round(p[1] * h)
+
+    for s in shapes:
+        pts = [px(p) for p in s.get("points", [])]
+        color = _color(s)
+        thick = max(2, int((s.get("style") or {}).get("width") or 3))
+        op = s["op"]
+        if op == "arrow" and len(pts) == 2:
+            cv2.arrowedLine(img, pts[0], pts[1], color, thick, cv2.LINE_AA, tipLength=0.08)
+        elif op == "stroke" and len(pts) >= 2:
+            cv2.polylines(img, [np.array(pts, np.int32)], False, color, thick, cv2.LINE_AA)
+        elif op == "ruler" and len(pts) == 2:
+            cv2.line(img, pts[0], pts[1], color, thick, cv2.LINE_AA)
+            length = s.get("length") or {}
+            unit = length.get("unit", "")
+            label = f"{length.get('value', '')} {'' if unit == 'frame' else unit}"
+            mid = ((pts[0][0] + pts[1][0]) // 2 + 6, (pts[0][1] + pts[1][1]) // 2 - 6)
+            cv2.putText(
+                img, label.strip(), mid, cv2.FONT_HERSHEY_SIMPLEX, 0.6, color, 2, cv2.LINE_AA
+            )
+        elif op == "ellipse" and len(pts) == 2:
+            center = ((pts[0][0] + pts[1][0]) // 2, (pts[0][1] + pts[1][1]) // 2)
+            axes = (abs(pts[1][0] - pts[0][0]) // 2, abs(pts[1][1] - pts[0][1]) // 2)
+            cv2.ellipse(img, center, axes, 0, 0, 360, color, thick, cv2.LINE_AA)
+        elif op == "text" and pts:
+            cv2.putText(
+                img,
+                str(s.get("text", "")),
+                pts[0],
+                cv2.FONT_HERSHEY_SIMPLEX,
+                0.7,
+                color,
+                2,
+                cv2.LINE_AA,
+            )
+    for p in pointers:
+        cv2.circle(img, px(p["points"][0]), 9, (48, 59, 255), -1, cv2.LINE_AA)
+        cv2.circle(img, px(p["points"][0]), 9, (255, 255, 255), 2, cv2.LINE_AA)
+
+
+def export(
+    folder: Path,
+    out: Path,
+    masks: list[Mask],
+    feed: str | None = None,
+    progress: Callable[[float], None] | None = None,
+) -> dict[str, Any]:
+    """Write an MP4 of the main feed with annotations burned in and masks applied."""
+    manifest = json.loads((folder / "manifest.json").read_text())
+    track = main_track(manifest, feed)
+    log_path = folder / manifest.get("channel_log", "channel.jsonl")
+    log = (
+        [json.loads(line) for line in log_path.read_text().splitlines() if line.strip()]
+        if log_path.exists()
+        else []
+    )
+    notes = Annotations(sorted(log, key=lambda e: e["t"]), track["feed"])
+    total = max(track["duration"], 1e-6)
+    frames = 0
+    with (
+        av.open(str(folder / track["file"])) as source,
+        av.open(str(out), "w", format="mp4", options={"movflags": "+faststart"}) as sink,
+    ):
+        stream: Any = sink.add_stream("libx264", rate=30)
+        stream.pix_fmt = "yuv420p"
+        stream.options = {"crf": "20", "preset": "veryfast"}
+        sized = False
+        for frame in _frames(source):
+            img = frame.to_ndarray(format="bgr24")
+            if not sized:
+                # libx264 wants even sizes.
+                stream.width, stream.height = img.shape[1] // 2 * 2, img.shape[0] // 2 * 2
+                sized = True
+            t = track["start"] + float(frame.time or 0.0)
+            draw(img, *notes.at(t))
+            for m in masks:
+                img[m.y : m.y + m.h, m.x : m.x + m.w] = 0
+            img = img[: stream.height, : stream.width]
+            out_frame = av.VideoFrame.from_ndarray(
+                np.ascontiguousarray(img, dtype=np.uint8), format="bgr24"
+            )
+            out_frame.pts = round(float(frame.time or 0.0) * 30)
+            out_frame.time_base = Fraction(1, 30)
+            for packet in stream.encode(out_frame):
+                sink.mux(packet)
+            frames += 1
+            if progress is not None:
+                progress(min(1.0, float(frame.time or 0.0) / total))
+        for packet in stream.encode(None):
+            sink.mux(packet)
+    if progress is not None:
+        progress(1.0)
+    return {"out": str(out), "feed": track["feed"], "frames": frames, "masks": len(masks)}
+
+
+def _frames(source: av.container.InputContainer) -> Iterator[av.VideoFrame]:
+    last = -1.0
+    for frame in source.decode(video=0):
+        t = float(frame.time or 0.0)
+        if t <= last:  # one frame per output tick; drop duplicates a restart may leave
+            continue
+        last = t
+        yield frame
+
+
+def bar(stream: TextIO = sys.stderr) -> Callable[[float], None]:
+    """Return a progress callback drawing a bar on a terminal."""
+    shown = [-1]
+
+    def show(done: float) -> None:
+        pct = int(done * 100)
+        if pct != shown[0]:
+            shown[0] = pct
+            filled = pct * 30 // 100
+            stream.write(f"\rexporting [{'#' * filled}{'.' * (30 - filled)}] {pct:3d}%")
+            if pct >= 100:
+                stream.write("\n")
+            stream.flush()
+
+    return show

@@ -1,0 +1,151 @@
+"""Export for teaching: a real ultrasound clip, annotations burned in, patient details masked."""
+
+from __future__ import annotations
+
+import asyncio
+import fractions
+import json
+import subprocess
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import av
+import numpy as np
+import pytest
+
+from media.client import MediaClient
+from session.roles import Role
+
+from .conftest import Server, running_server
+from .media_util import PacketTrack
+from .test_media_process import TELECONSULT
+
+HEADER = (0, 0, 640, 100)  # where US1_UNCR.dcm burns in the hospital and patient details
+
+
+def ultrasound_frames(count: int) -> list[bytes]:
+    """VP8 frames of a real ultrasound image (pydicom-data's US1_UNCR.dcm), drifting slowly."""
+    import data_store
+    import pydicom
+    from aiortc.codecs.vpx import Vp8Encoder, vp8_depayload
+
+    path = Path(data_store.__file__).parent / "data" / "US1_UNCR.dcm"
+    rgb = pydicom.dcmread(path).pixel_array
+    encoder = Vp8Encoder()
+    encoder.target_bitrate = 1_500_000
+    out = []
+    for n in range(count):
+        img = np.roll(rgb, n % 8, axis=0)[..., ::-1].copy()
+        frame = av.VideoFrame.from_ndarray(img, format="bgr24")
+        frame.pts, frame.time_base = n * 3000, fractions.Fraction(1, 90000)
+        payloads, _ = encoder.encode(frame, force_keyframe=(n % 15 == 0))
+        out.append(b"".join(vp8_depayload(p) for p in payloads))
+    return out
+
+
+@pytest.fixture
+async def server(tmp_path: Path) -> AsyncIterator[Server]:
+    async with running_server(tmp_path, announce="127.0.0.1") as srv:
+        yield srv
+
+
+async def test_export_burns_in_annotations_and_masks_the_header(
+    server: Server, tmp_path: Path
+) -> None:
+    mod = await server.join(role=Role.MODERATOR, identity="mod")
+    op = await server.join(role=Role.OPERATOR, identity="op")
+    media = MediaClient(op)
+    try:
+        stream = await media.publish(
+            [(PacketTrack("video", ultrasound_frames(45), 30, 90000), "probe", "Lymph node")]
+        )
+        feed = f"{stream.id}.0"
+        await mod.send({"type": "record", "action": "start"})
+        await op.wait_for("consent_requested")
+        await op.send({"type": "consent", "confirmed": True})
+        started = await mod.wait_for("recording", where=lambda e: e["active"] is True)
+        await asyncio.sleep(1.5)
+        await op.request(
+            {
+                "type": "annotate",
+                "op": "arrow",
+                "id": "node",
+                "feed": feed,
+                "points": [[0.30, 0.70], [0.55, 0.45]],
+                "style": {"color": "#00ff00", "width": 5},
+            }
+        )
+        await asyncio.sleep(2.0)
+        await mod.send({"type": "record", "action": "stop"})
+        await mod.wait_for("recording", where=lambda e: e["active"] is False)
+    finally:
+        await media.close()
+    folder = next((server.hub.settings.data_dir / "recordings" / "r1").iterdir())
+    manifest = json.loads((folder / "manifest.json").read_text())
+    (track,) = manifest["tracks"]
+    drawn_at = next(
+        json.loads(x)["t"]
+        for x in (folder / "channel.jsonl").read_text().splitlines()
+        if '"node"' in x
+    )
+
+    out = tmp_path / "teaching.mp4"
+    done = await asyncio.to_thread(
+        subprocess.run,
+        [
+            TELECONSULT,
+            "export",
+            started["session_id"],
+            "--out",
+            str(out),
+            "--mask",
+            ",".join(map(str, HEADER)),
+            "--data-dir",
+            str(server.hub.settings.data_dir),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "100%" in done.stderr  # the progress bar ran to the end
+    with av.open(str(out)) as c:
+        s = c.streams.video[0]
+        assert (s.codec_context.name, s.codec_context.width, s.codec_context.height) == (
+            "h264",
+            640,
+            480,
+        )
+        frames = [(f.time, f.to_ndarray(format="bgr24")) for f in c.decode(video=0)]
+    assert len(frames) >= 0.9 * track["frames"]
+    x0, y0 = int(0.425 * 640), int(0.575 * 480)  # the middle of the arrow
+    arrow = (slice(y0 - 6, y0 + 7), slice(x0 - 6, x0 + 7))
+
+    def green(img: np.ndarray) -> bool:
+        b, g, r = (img[arrow][..., i].astype(int) for i in range(3))
+        return bool(((g > 200) & (r < 80) & (b < 80)).any())
+
+    before = [img for t, img in frames if track["start"] + t < drawn_at - 0.2]
+    after = [img for t, img in frames if track["start"] + t > drawn_at + 0.2]
+    assert before and after
+    assert not any(green(img) for img in before)
+    assert all(green(img) for img in after)
+    for _, img in frames:  # the patient details never show
+        x, y, w, h = HEADER
+        assert img[y : y + h, x : x + w].mean() < 3
+    bad = await asyncio.to_thread(
+        subprocess.run,
+        [
+            TELECONSULT,
+            "export",
+            "no-such-session",
+            "--out",
+            str(out),
+            "--data-dir",
+            str(server.hub.settings.data_dir),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert bad.returncode == 2 and "no recorded session" in bad.stderr
