@@ -32,9 +32,9 @@ class FrameAssembler:
     """Collects a video track's packets by timestamp; hands on frames whole and in order.
 
     A frame is complete when its first packet, its marker packet and every packet between have
-    arrived (late ones included, as NACK repairs them). A frame still incomplete when frames
-    `window` RTP ticks newer are complete is given up, and so is everything until the next
-    keyframe: a recording must not carry a picture its decoder would break on.
+    arrived (late ones included, as NACK repairs them). A frame still incomplete when packets
+    `window` RTP ticks newer arrive is given up, and so is everything until the next keyframe:
+    a recording must not carry a picture its decoder would break on.
     """
 
     def __init__(
@@ -51,6 +51,7 @@ class FrameAssembler:
         self.need_keyframe = True
         self.dropped = 0
         self.last_emitted: int | None = None
+        self.prev_last: int | None = None  # last sequence number of the frame handed on
 
     def push(self, seq: int, timestamp: int, marker: bool, payload: bytes) -> list[Frame]:
         """Add one packet; return the frames it completed, oldest first."""
@@ -83,8 +84,12 @@ class FrameAssembler:
         if p.last is None:
             return False
         if self.codec == "H264":
-            # The first packet is the oldest one held for this timestamp.
-            p.first = min(p.packets, key=lambda s: (s - p.last) % SEQ_MOD)  # type: ignore[operator]
+            # H.264 packets do not mark the start of an access unit: it is the oldest packet
+            # held for this timestamp, and it must follow the previous frame's last packet.
+            last = p.last
+            p.first = max(p.packets, key=lambda s: (last - s) % SEQ_MOD)
+            if self.prev_last is not None and p.first != (self.prev_last + 1) % SEQ_MOD:
+                return False
         if p.first is None:
             return False
         n = (p.last - p.first) % SEQ_MOD + 1
@@ -99,6 +104,7 @@ class FrameAssembler:
             if self._complete(p):
                 del self.pending[oldest]
                 self.last_emitted = oldest
+                self.prev_last = p.last
                 if self.need_keyframe and not p.keyframe:
                     self.dropped += 1
                     continue
@@ -109,12 +115,11 @@ class FrameAssembler:
                 )
                 self.need_keyframe = False
                 out.append(Frame(data, oldest, p.keyframe))
-            elif (order[-1] - oldest) % (1 << 32) > self.window and any(
-                self._complete(self.pending[t]) for t in order[1:]
-            ):
+            elif (order[-1] - oldest) % (1 << 32) > self.window:
                 # Lost for good: give the frame up and wait for the next keyframe.
                 del self.pending[oldest]
                 self.last_emitted = oldest
+                self.prev_last = None
                 self.dropped += 1
                 self.need_keyframe = True
             else:

@@ -104,3 +104,20 @@ def test_track_files_play_and_open_no_encoder(tmp_path: Path, codec: str) -> Non
         assert got == sent
     assert len(decoded) >= len(sent) - 1
     assert tf.duration == pytest.approx(29 / 30 if codec != "OPUS" else 49 * 960 / 48000)
+
+
+def test_h264_reassembly_finds_access_units_and_waits_after_loss() -> None:
+    packets = rtp(H264Encoder(), video(10, 640, 480), keys={0, 6})
+    whole = FrameAssembler("H264", 90000, h264_depayload)
+    frames = [f for p in packets for f in whole.push(*p)]
+    assert [f.timestamp // 3000 for f in frames] == list(range(10))
+    assert [f.keyframe for f in frames] == [i in (0, 6) for i in range(10)]
+    assert (
+        frames[0].data.startswith(b"\x00\x00\x00\x01\x67")
+        or b"\x00\x00\x01\x67" in frames[0].data[:8]
+    )
+    # Lose the first packet of frame 2: frames 2-5 must not be written, 6 starts again.
+    first_of_2 = next(i for i, p in enumerate(packets) if p[1] == 2 * 3000)
+    lossy = FrameAssembler("H264", 90000, h264_depayload, window=0.05)
+    got = [f for p in packets[:first_of_2] + packets[first_of_2 + 1 :] for f in lossy.push(*p)]
+    assert [f.timestamp // 3000 for f in got] == [0, 1, 6, 7, 8, 9]
