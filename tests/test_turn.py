@@ -1,0 +1,162 @@
+"""The built-in TURN server with real TURN clients (aioice) over UDP and TCP, on loopback."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+
+import aioice
+import pytest
+from aioice import stun
+from aioice.turn import create_turn_endpoint
+
+from turn import credentials
+from turn.policy import PeerPolicy
+from turn.server import TurnServer
+
+SECRET = "turn-secret-for-tests-0123456789"
+
+
+@pytest.fixture
+async def turn() -> AsyncIterator[TurnServer]:
+    # Tests run on loopback, which the relay refuses by default: allow it explicitly.
+    server = TurnServer(SECRET, host="127.0.0.1", port=0, policy=PeerPolicy(allow=["127.0.0.0/8"]))
+    await server.start()
+    try:
+        yield server
+    finally:
+        await server.stop()
+
+
+class Echo(asyncio.DatagramProtocol):
+    """A peer on the far side of the relay that sends back what it gets."""
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport
+
+    def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
+        self.transport.sendto(b"echo:" + data, addr)  # type: ignore[attr-defined]
+
+
+class Inbox(asyncio.DatagramProtocol):
+    def __init__(self) -> None:
+        self.queue: asyncio.Queue[bytes] = asyncio.Queue()
+
+    def datagram_received(self, data: bytes, addr: object) -> None:
+        self.queue.put_nowait(data)
+
+
+def test_credentials_match_the_rest_api_scheme() -> None:
+    user, password = credentials.mint(SECRET, "dr-li", 3600, now=1000.0)
+    assert user == "4600:dr-li"
+    assert credentials.check(SECRET, user, now=2000.0) == password
+    assert credentials.check(SECRET, user, now=5000.0) is None  # expired
+    assert credentials.check(SECRET, "nonsense", now=0) is None
+
+
+def test_peer_policy() -> None:
+    p = PeerPolicy(own=["203.0.113.5"])
+    for denied in (
+        "127.0.0.1",
+        "10.1.2.3",
+        "192.168.1.1",
+        "169.254.1.1",
+        "224.0.0.1",
+        "::1",
+        "fe80::1",
+        "203.0.113.5",
+        "0.0.0.0",
+        "not-an-ip",
+    ):
+        assert not p.permits(denied), denied
+    assert p.permits("8.8.4.4")  # a public address (only checked, never contacted)
+    assert PeerPolicy(allow=["127.0.0.0/8"]).permits("127.0.0.1")
+
+
+@pytest.mark.parametrize("transport", ["udp", "tcp"])
+async def test_relay_to_a_peer_and_back(turn: TurnServer, transport: str) -> None:
+    loop = asyncio.get_running_loop()
+    peer, _ = await loop.create_datagram_endpoint(Echo, local_addr=("127.0.0.1", 0))
+    peer_addr = peer.get_extra_info("sockname")
+    user, password = credentials.mint(SECRET, "dr-li", 600, time.time())
+    server_addr = turn.udp_address if transport == "udp" else turn.tcp_address
+    relay, inbox = await create_turn_endpoint(
+        Inbox, server_addr, user, password, transport=transport
+    )
+    try:
+        for i in range(20):
+            relay.sendto(f"ping {i}".encode(), peer_addr)
+        got = {await asyncio.wait_for(inbox.queue.get(), 5) for _ in range(20)}
+        assert got == {f"echo:ping {i}".encode() for i in range(20)}
+        assert turn.stats.allocations == 1 and turn.stats.relayed_bytes > 0
+    finally:
+        relay.close()
+        peer.close()
+
+
+async def test_wrong_and_expired_credentials(turn: TurnServer) -> None:
+    for user, password in (
+        ("9999999999:x", "wrong"),
+        credentials.mint(SECRET, "late", -10, time.time()),
+    ):
+        with pytest.raises(Exception):  # noqa: B017 - aioice raises its own transaction error
+            await asyncio.wait_for(
+                create_turn_endpoint(Inbox, turn.udp_address, user, password), 10
+            )
+    assert turn.stats.auth_failures >= 2
+    assert not turn.allocations
+
+
+async def test_loopback_peers_are_refused_by_default() -> None:
+    server = TurnServer(SECRET, host="127.0.0.1", port=0)
+    await server.start()
+    try:
+        user, password = credentials.mint(SECRET, "x", 600, time.time())
+        relay, _ = await create_turn_endpoint(Inbox, server.udp_address, user, password)
+        relay.sendto(b"hello", ("127.0.0.1", 9))  # the ChannelBind is refused with 403
+        await asyncio.sleep(0.5)
+        assert server.stats.errors[403] >= 1 and server.stats.relayed_bytes == 0
+        relay.close()
+    finally:
+        await server.stop()
+
+
+async def test_malformed_messages_are_dropped_and_the_server_goes_on(turn: TurnServer) -> None:
+    loop = asyncio.get_running_loop()
+    sock, inbox = await loop.create_datagram_endpoint(Inbox, remote_addr=turn.udp_address)
+    junk = [
+        b"",
+        b"\x00",
+        b"\x00\x01\x00\x00",
+        bytes(19),
+        b"\x40\x00\xff\xff",
+        b"\x00\x03\x00\x08\x21\x12\xa4\x42" + bytes(12) + b"\x00\x19\x00\x04",
+        bytes(range(256)) * 4,
+    ]
+    for j in junk:
+        sock.sendto(j)
+    # An unknown comprehension-required attribute gets 420.
+    request = stun.Message(stun.Method.ALLOCATE, stun.Class.REQUEST)
+    raw = bytes(request) + b"\x00\x77\x00\x04abcd"
+    sock.sendto(stun.set_body_length(raw, 8))
+    answer = stun.parse_message(await asyncio.wait_for(inbox.queue.get(), 5))
+    assert answer.error_code == 420
+    # Without credentials: 401 with a realm and a nonce.
+    sock.sendto(
+        bytes(
+            stun.Message(
+                stun.Method.ALLOCATE,
+                stun.Class.REQUEST,
+                attributes={"REQUESTED-TRANSPORT": 17 << 24},
+            )
+        )
+    )
+    challenge = stun.parse_message(await asyncio.wait_for(inbox.queue.get(), 5))
+    assert challenge.error_code == 401 and challenge.attributes["REALM"] == "teleconsult"
+    sock.close()
+    # And a real client is still served.
+    user, password = credentials.mint(SECRET, "after", 600, time.time())
+    relay, _ = await create_turn_endpoint(Inbox, turn.udp_address, user, password)
+    relay.close()
+    assert aioice  # the client library under test
