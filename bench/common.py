@@ -55,6 +55,8 @@ def serve(port: int, secret: str, data_dir: Path) -> subprocess.Popen[bytes]:
             str(data_dir),
             "--log-level",
             "warning",
+            "--turn-port",
+            "0",
         ],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,

@@ -9,11 +9,13 @@ from typing import Any
 
 from aiortc import (
     RTCConfiguration,
+    RTCIceServer,
     RTCPeerConnection,
     RTCRtpSender,
     RTCSessionDescription,
 )
 from aiortc.mediastreams import MediaStreamTrack
+from aiortc.rtcconfiguration import RTCIceTransportPolicy
 
 from signaling.client import SignalingClient
 
@@ -60,17 +62,36 @@ class MediaClient:
         self,
         signaling: SignalingClient,
         pc_factory: Callable[[], RTCPeerConnection] | None = None,
+        use_turn: bool = False,
+        relay_only: bool = False,
     ) -> None:
         self.signaling = signaling
-        self.pc_factory = pc_factory or (lambda: RTCPeerConnection(RTCConfiguration(iceServers=[])))
+        # By default no ICE servers (aiortc would otherwise ask a public STUN server); with
+        # use_turn, the TURN servers the server handed out on join, and relay_only forces them.
+        self.use_turn = use_turn or relay_only
+        self.relay_only = relay_only
+        self.pc_factory = pc_factory or (lambda: RTCPeerConnection(self.configuration()))
         self.published: dict[str, Published] = {}
         self.subscriptions: dict[str, Subscription] = {}
+
+    def configuration(self) -> RTCConfiguration:
+        """Return the peer connection configuration: ICE servers and transport policy."""
+        servers = []
+        if self.use_turn:
+            for s in self.signaling.welcome.get("ice_servers", []):
+                servers.append(
+                    RTCIceServer(
+                        urls=s["urls"], username=s.get("username"), credential=s.get("credential")
+                    )
+                )
+        policy = RTCIceTransportPolicy.RELAY if self.relay_only else RTCIceTransportPolicy.ALL
+        return RTCConfiguration(iceServers=servers, iceTransportPolicy=policy)
 
     async def publish(
         self, feeds: list[tuple[MediaStreamTrack, str, str]], video_codec: str | None = None
     ) -> Published:
         """Publish tracks as one stream; each feed is (track, source, label)."""
-        pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+        pc = RTCPeerConnection(self.configuration())
         transceivers = []
         for track, source, label in feeds:
             t = pc.addTransceiver(track, direction="sendonly")

@@ -76,6 +76,32 @@ def build_parser() -> argparse.ArgumentParser:
         help="seconds an empty room lives before it ends",
     )
     serve.add_argument(
+        "--turn-port",
+        type=int,
+        default=int(env("TURN_PORT") or 3478),
+        help="UDP and TCP port of the built-in TURN server; -1 to run none [TELECONSULT_TURN_PORT]",
+    )
+    serve.add_argument(
+        "--turn-url",
+        action="append",
+        default=[],
+        help="an external TURN server (e.g. turn:turn.example.org:3478?transport=udp); "
+        "repeatable; the built-in one then does not start",
+    )
+    serve.add_argument(
+        "--turn-secret",
+        default=env("TURN_SECRET"),
+        help="shared secret for TURN credentials (coturn's static-auth-secret) "
+        "[TELECONSULT_TURN_SECRET]",
+    )
+    serve.add_argument(
+        "--turn-allow",
+        action="append",
+        default=[],
+        help="a peer network the built-in relay may reach although internal "
+        "(e.g. 10.20.0.0/16 for a hospital's own media servers); repeatable",
+    )
+    serve.add_argument(
         "--retention-days",
         type=float,
         default=float(env("RETENTION_DAYS") or 0) or None,
@@ -189,6 +215,10 @@ def _serve(args: argparse.Namespace) -> int:
         admin_key=args.admin_key,
         idle_timeout=args.idle_timeout,
         retention_days=args.retention_days,
+        turn_port=None if args.turn_port < 0 else args.turn_port,
+        turn_urls=args.turn_url,
+        turn_secret=args.turn_secret,
+        turn_allow=args.turn_allow,
     )
     keys = resolve_secrets(settings)
     from media.aiortc_adapter import count_codecs

@@ -41,6 +41,13 @@ class Settings:
     max_token_ttl: float = 7 * 86400.0
     # Recorded sessions older than this many days are deleted (None keeps them for ever).
     retention_days: float | None = None
+    # The built-in TURN server runs unless external TURN URLs are given (or turn_port is None).
+    turn_port: int | None = 3478
+    turn_urls: list[str] = field(default_factory=list)
+    turn_secret: str | None = None
+    # Peer networks the built-in relay may send to although they are internal (tests: loopback).
+    turn_allow: list[str] = field(default_factory=list)
+    turn_ttl: float = 12 * 3600.0
 
     def base_url(self) -> str:
         """Return the URL that people open, without a trailing slash."""
@@ -85,3 +92,13 @@ def resolve_secrets(settings: Settings) -> Secrets:
         return Secrets(settings.secret, settings.admin_key)
     stored = load_secrets(settings.data_dir)
     return Secrets(settings.secret or stored.token_secret, settings.admin_key or stored.admin_key)
+
+
+def turn_secret(settings: Settings, keys: Secrets) -> str:
+    """Return the TURN shared secret: the one given, else one derived from the token secret."""
+    if settings.turn_secret:
+        return settings.turn_secret
+    import hashlib
+    import hmac
+
+    return hmac.new(keys.token_secret.encode(), b"turn", hashlib.sha256).hexdigest()

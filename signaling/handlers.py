@@ -104,7 +104,7 @@ async def on_hello(conn: Connection, msg: m.Hello) -> None:
         "participant_id": p.id,
         "you": p.describe(),
         "state": p.state.value,
-        "ice_servers": [],
+        "ice_servers": hub.ice_servers(grant.identity),
         "ping_interval": s.ping_interval,
         "ping_timeout": s.ping_timeout,
         "limits": {"max_message": s.max_message, "rate": s.rate, "burst": s.burst},

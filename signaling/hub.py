@@ -17,9 +17,12 @@ from recording.recorder import Recorder
 from session.participant import Event
 from session.room import Room, RoomConfig
 from session.rooms import Rooms
+from turn import credentials
+from turn.policy import PeerPolicy
+from turn.server import TurnServer
 
 from .audit import AuditLog
-from .config import Secrets, Settings
+from .config import Secrets, Settings, turn_secret
 from .metrics import Metrics
 
 if TYPE_CHECKING:
@@ -56,6 +59,19 @@ class Hub:
             else:
                 rewrite_to = settings.announce
         self.sfu = Sfu(clock, rewrite_to, self._up_closed, self._down_closed)
+        self.turn_secret = turn_secret(settings, keys)
+        self.turn: TurnServer | None = None
+        if not settings.turn_urls and settings.turn_port is not None:
+            # The built-in TURN server, for clients whose networks block direct UDP.
+            own = [a for a in (settings.host, settings.announce) if a and a != "0.0.0.0"]
+            self.turn = TurnServer(
+                self.turn_secret,
+                host=settings.host,
+                port=settings.turn_port,
+                relay_host=settings.host if settings.host != "0.0.0.0" else None,
+                policy=PeerPolicy(allow=settings.turn_allow, own=own),
+                clock=clock,
+            )
         self.metrics.watch_media(self.sfu.stats, self.sfu.forward_delay)
 
     def now(self) -> float:
@@ -128,6 +144,22 @@ class Hub:
             self.spawn(self.sfu.close_participant(pid, reason))
         self.refresh_gauges()
         return room
+
+    def ice_servers(self, identity: str) -> list[dict[str, Any]]:
+        """Return the ICE servers a participant gets on join, with fresh TURN credentials."""
+        user, password = credentials.mint(
+            self.turn_secret, identity, self.settings.turn_ttl, self.now()
+        )
+        if self.settings.turn_urls:
+            urls = list(self.settings.turn_urls)
+        elif self.turn is not None:
+            host = self.settings.announce or self.settings.host
+            host = f"[{host}]" if ":" in host else host
+            udp, tcp = self.turn.udp_address[1], self.turn.tcp_address[1]
+            urls = [f"turn:{host}:{udp}?transport=udp", f"turn:{host}:{tcp}?transport=tcp"]
+        else:
+            return []
+        return [{"urls": urls, "username": user, "credential": password}]
 
     def start_recording(self, room: Room) -> str:
         """Start the recorder of a room; returns the recorded session's id."""
@@ -206,7 +238,9 @@ class Hub:
         self.refresh_gauges()
 
     async def start(self) -> None:
-        """Start background work."""
+        """Start background work (and the built-in TURN server)."""
+        if self.turn is not None:
+            await self.turn.start()
         self._sweeper = asyncio.create_task(self._sweep_forever())
 
     async def stop(self) -> None:
@@ -221,6 +255,8 @@ class Hub:
         for conn in list(self.connections):
             conn.shutdown()
         await self.sfu.close()
+        if self.turn is not None:
+            await self.turn.stop()
         for task in list(self._tasks):
             task.cancel()
         self.audit.close()

@@ -88,6 +88,8 @@ async def running_server(data_dir: Path, **overrides: Any) -> AsyncIterator[Serv
     """Run the real application under uvicorn on a free 127.0.0.1 port."""
     sock = free_socket()
     port = sock.getsockname()[1]
+    # The built-in TURN server listens on a free port of its own.
+    overrides.setdefault("turn_port", 0)
     settings = Settings(host="127.0.0.1", port=port, data_dir=data_dir, **overrides)
     app = create_app(settings, Secrets(SECRET, ADMIN_KEY))
     config = uvicorn.Config(

@@ -72,7 +72,17 @@ def demo_server(tmp_path: Path):  # type: ignore[no-untyped-def]
     port = sock.getsockname()[1]
     sock.close()
     proc = subprocess.Popen(
-        [TELECONSULT, "serve", "--demo", "--port", str(port), "--data-dir", str(tmp_path)],
+        [
+            TELECONSULT,
+            "serve",
+            "--demo",
+            "--port",
+            str(port),
+            "--data-dir",
+            str(tmp_path),
+            "--turn-port",
+            "0",
+        ],
         stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL,
         text=True,

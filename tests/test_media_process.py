@@ -45,6 +45,8 @@ def relay_server(tmp_path: Path) -> Iterator[tuple[int, subprocess.Popen[bytes]]
             str(tmp_path),
             "--log-level",
             "warning",
+            "--turn-port",
+            "0",
         ],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,

@@ -51,6 +51,8 @@ def cramped_server(tmp_path: Path) -> Iterator[int]:
             str(tmp_path),
             "--log-level",
             "warning",
+            "--turn-port",
+            "0",
         ],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,

@@ -160,3 +160,37 @@ async def test_malformed_messages_are_dropped_and_the_server_goes_on(turn: TurnS
     relay, _ = await create_turn_endpoint(Inbox, turn.udp_address, user, password)
     relay.close()
     assert aioice  # the client library under test
+
+
+async def test_a_publisher_that_can_only_relay_reaches_the_sfu(tmp_path: object) -> None:
+    from pathlib import Path
+
+    from media.client import MediaClient
+    from session.roles import Role
+
+    from .conftest import running_server
+    from .media_util import PatternTrack, receive
+
+    async with running_server(
+        Path(str(tmp_path)), announce="127.0.0.1", turn_allow=["127.0.0.0/8"]
+    ) as server:
+        op = await server.join(role=Role.OPERATOR, identity="op")
+        ex = await server.join(role=Role.EXPERT, identity="ex")
+        (ice,) = op.welcome["ice_servers"]
+        assert ice["urls"][0].startswith("turn:127.0.0.1:") and ice["username"].endswith(":op")
+        # A clinic whose firewall passes only the TURN server: relay candidates only.
+        pub = MediaClient(op, relay_only=True)
+        sub = MediaClient(ex)
+        try:
+            stream = await pub.publish([(PatternTrack(), "probe", "")])
+            watching = await sub.subscribe(stream.id)
+            frames = await receive(watching.tracks[f"{stream.id}.0"], 30, timeout=15)
+            assert frames[-1].width == 320
+            turn = server.hub.turn
+            assert turn is not None and len(turn.allocations) >= 1
+            assert turn.stats.relayed_bytes > 2_000  # the picture went through the relay
+            gatherer = stream.pc.getTransceivers()[0].sender.transport.transport.iceGatherer
+            assert {c.type for c in gatherer.getLocalCandidates()} == {"relay"}
+        finally:
+            await pub.close()
+            await sub.close()

@@ -20,7 +20,9 @@ from .mediarelay_sfu import MediaRelaySfu
 def main() -> None:
     mode, port, secret, data_dir = sys.argv[1], int(sys.argv[2]), sys.argv[3], Path(sys.argv[4])
     count_codecs()
-    settings = Settings(port=port, data_dir=data_dir, announce="127.0.0.1", rate=1000, burst=1000)
+    settings = Settings(
+        port=port, data_dir=data_dir, announce="127.0.0.1", rate=1000, burst=1000, turn_port=0
+    )
     app = create_app(settings, Secrets(secret, "bench-admin-key"))
     if mode == "mediarelay":
         app.state.hub.sfu = MediaRelaySfu()
