@@ -194,3 +194,95 @@ async def test_a_publisher_that_can_only_relay_reaches_the_sfu(tmp_path: object)
         finally:
             await pub.close()
             await sub.close()
+
+
+@pytest.fixture
+def coturn(tmp_path: object) -> object:
+    """A real coturn on loopback with the TURN REST API's shared secret, stopped by its PID."""
+    import subprocess
+    from pathlib import Path
+
+    from .conftest import free_socket
+    from .need import executable
+
+    path = executable("turnserver")
+    sock = free_socket()
+    port = sock.getsockname()[1]
+    sock.close()
+    log = Path(str(tmp_path)) / "coturn.log"
+    proc = subprocess.Popen(
+        [
+            path,
+            "-n",
+            "--listening-ip=127.0.0.1",
+            f"--listening-port={port}",
+            "--relay-ip=127.0.0.1",
+            "--use-auth-secret",
+            f"--static-auth-secret={SECRET}",
+            "--realm=teleconsult",
+            "--no-tls",
+            "--no-dtls",
+            "--no-cli",
+            "--allow-loopback-peers",
+            "--min-port=49152",
+            "--max-port=49999",
+            f"--log-file={log}",
+            "--simple-log",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    time.sleep(1.0)
+    try:
+        yield ("127.0.0.1", port)
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+async def test_our_credentials_work_on_coturn(coturn: tuple[str, int]) -> None:
+    loop = asyncio.get_running_loop()
+    peer, _ = await loop.create_datagram_endpoint(Echo, local_addr=("127.0.0.1", 0))
+    user, password = credentials.mint(SECRET, "dr-li", 600, time.time())
+    relay, inbox = await create_turn_endpoint(Inbox, coturn, user, password)
+    try:
+        relay.sendto(b"hello coturn", peer.get_extra_info("sockname"))
+        assert await asyncio.wait_for(inbox.queue.get(), 5) == b"echo:hello coturn"
+    finally:
+        relay.close()
+        peer.close()
+    wrong = credentials.mint("another-secret-0123456789", "dr-li", 600, time.time())
+    with pytest.raises(Exception):  # noqa: B017 - coturn refuses what another secret signed
+        await asyncio.wait_for(create_turn_endpoint(Inbox, coturn, *wrong), 10)
+
+
+async def test_ice_through_our_relay_only(turn: TurnServer) -> None:
+    from media.aiortc_adapter import use_host_addresses
+
+    use_host_addresses(["127.0.0.1"])  # the other side's host candidates: loopback only
+    user, password = credentials.mint(SECRET, "ice", 600, time.time())
+    a = aioice.Connection(
+        ice_controlling=True,
+        turn_server=turn.udp_address,
+        turn_username=user,
+        turn_password=password,
+        transport_policy=aioice.TransportPolicy.RELAY,
+    )
+    b = aioice.Connection(ice_controlling=False)
+    try:
+        await asyncio.gather(a.gather_candidates(), b.gather_candidates())
+        assert {c.type for c in a.local_candidates} == {"relay"}
+        for x, y in ((a, b), (b, a)):
+            for c in y.local_candidates:
+                await x.add_remote_candidate(c)
+            await x.add_remote_candidate(None)
+            x.remote_username, x.remote_password = y.local_username, y.local_password
+        await asyncio.wait_for(asyncio.gather(a.connect(), b.connect()), 15)
+        await a.send(b"through the relay")
+        assert await asyncio.wait_for(b.recv(), 5) == b"through the relay"
+        await b.send(b"and back")
+        assert await asyncio.wait_for(a.recv(), 5) == b"and back"
+    finally:
+        await a.close()
+        await b.close()
+        use_host_addresses(None)
