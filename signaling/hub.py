@@ -72,6 +72,7 @@ class Hub:
                 policy=PeerPolicy(allow=settings.turn_allow, own=own),
                 clock=clock,
             )
+            self.metrics.watch_turn(self.turn)
         self.metrics.watch_media(self.sfu.stats, self.sfu.forward_delay)
 
     def now(self) -> float:

@@ -44,6 +44,10 @@ class Metrics:
         """Export media statistics, read from `stats` at every scrape."""
         self.registry.register(MediaCollector(stats, delays))
 
+    def watch_turn(self, turn: Any) -> None:
+        """Export the built-in TURN server's counters."""
+        self.registry.register(TurnCollector(turn))
+
     def render(self) -> bytes:
         """Return the exposition text."""
         return generate_latest(self.registry)
@@ -120,3 +124,33 @@ class MediaCollector(Collector):
             buckets=buckets,
             sum_value=self.delays.total,
         )
+
+
+class TurnCollector(Collector):
+    """Allocations, relayed bytes, refused credentials and error responses of the TURN server."""
+
+    def __init__(self, turn: Any) -> None:
+        self.turn = turn
+
+    def collect(self) -> Iterator[Metric]:
+        """Yield the TURN series."""
+        stats = self.turn.stats
+        yield GaugeMetricFamily(
+            "teleconsult_turn_allocations",
+            "Live TURN allocations",
+            value=len(self.turn.allocations),
+        )
+        yield CounterMetricFamily(
+            "teleconsult_turn_relayed_bytes", "Bytes relayed both ways", value=stats.relayed_bytes
+        )
+        yield CounterMetricFamily(
+            "teleconsult_turn_auth_failures",
+            "Requests refused for their credentials",
+            value=stats.auth_failures,
+        )
+        errors = CounterMetricFamily(
+            "teleconsult_turn_errors", "Error responses, by code", labels=["code"]
+        )
+        for code, n in sorted(stats.errors.items()):
+            errors.add_metric([str(code)], n)
+        yield errors

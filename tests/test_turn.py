@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+import urllib.request
 from collections.abc import AsyncIterator
 
 import aioice
@@ -191,6 +192,11 @@ async def test_a_publisher_that_can_only_relay_reaches_the_sfu(tmp_path: object)
             assert turn.stats.relayed_bytes > 2_000  # the picture went through the relay
             gatherer = stream.pc.getTransceivers()[0].sender.transport.transport.iceGatherer
             assert {c.type for c in gatherer.getLocalCandidates()} == {"relay"}
+            text = await asyncio.to_thread(
+                lambda: urllib.request.urlopen(server.http + "/metrics", timeout=5).read().decode()
+            )
+            assert "teleconsult_turn_allocations 1.0" in text
+            assert 'teleconsult_turn_errors_total{code="401"} 1.0' in text
         finally:
             await pub.close()
             await sub.close()

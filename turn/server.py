@@ -125,9 +125,15 @@ class TurnServer:
         )
         self._servers.append(transport)
         self.udp_address = transport.get_extra_info("sockname")[:2]
-        tcp = await loop.create_server(
-            lambda: _TcpConnection(self), self.host, self.port or self.udp_address[1]
-        )
+        try:
+            tcp = await loop.create_server(
+                lambda: _TcpConnection(self), self.host, self.port or self.udp_address[1]
+            )
+        except OSError:
+            if self.port:
+                raise
+            # An ephemeral UDP port's number may be taken for TCP: take another.
+            tcp = await loop.create_server(lambda: _TcpConnection(self), self.host, 0)
         self._servers.append(tcp)
         self.tcp_address = tcp.sockets[0].getsockname()[:2]
         self._sweeper = asyncio.create_task(self._sweep_forever())
