@@ -96,3 +96,39 @@ async def test_browser_publishes_to_python_subscriber(
             assert got[:2] == profile[:2], json.dumps(up.codec.parameters)
     finally:
         await ex.close()
+
+
+async def test_browser_publishes_through_turn_only(tmp_path: Path, browser: BrowserContext) -> None:
+    # A hospital network that lets nothing through but the TURN server.
+    async with running_server(tmp_path, announce="127.0.0.1", turn_allow=["127.0.0.0/8"]) as server:
+        page = await browser.new_page()
+        await page.goto(server.http + "/room.css")
+        token = server.token(role=Role.OPERATOR, identity="op", name="Sonographer")
+        stream_id = await page.evaluate(
+            """async (token) => {
+                 const { Session } = await import('/protocol.js');
+                 const session = new Session({ url: `ws://${location.host}/ws`, room: 'r1', token,
+                                               relayOnly: true });
+                 await session.connect();
+                 const media = await navigator.mediaDevices.getUserMedia({ video: true });
+                 const published = await session.publish(
+                   [{ track: media.getVideoTracks()[0], source: 'probe', label: '' }]);
+                 window.session = session;
+                 const pc = session.connections.get(published.id);
+                 const types = new Set();
+                 (await pc.getStats()).forEach((s) => {
+                   if (s.type === 'local-candidate') types.add(s.candidateType); });
+                 window.candidateTypes = [...types];
+                 return published.id;
+               }""",
+            token,
+        )
+        assert await page.evaluate("window.candidateTypes") == ["relay"]
+        ex = MediaClient(await server.join(role=Role.EXPERT, identity="ex"))
+        try:
+            sub = await ex.subscribe(stream_id)
+            await receive(sub.tracks[f"{stream_id}.0"], 30, timeout=15)
+            turn = server.hub.turn
+            assert turn is not None and turn.stats.relayed_bytes > 10_000
+        finally:
+            await ex.close()

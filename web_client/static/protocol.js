@@ -17,14 +17,16 @@ const FINAL_CLOSES = new Set([4000, 4001, 4005, 4009, 4010, 4011, 4012, 4013]);
 /** A participant's signaling session; emits "message", "state" and "closed" events. */
 export class Session extends EventTarget {
   /**
-   * @param {{url: string, room: string, token: string, retries?: number}} options
+   * @param {{url: string, room: string, token: string, retries?: number, relayOnly?: boolean}} options
+   *   relayOnly: send media only through the TURN servers the server hands out
    */
-  constructor({ url, room, token, retries = 10 }) {
+  constructor({ url, room, token, retries = 10, relayOnly = false }) {
     super();
     this.url = url;
     this.room = room;
     this.token = token;
     this.retries = retries;
+    this.relayOnly = relayOnly;
     /** @type {WebSocket | null} */
     this.ws = null;
     /** @type {Message | null} */
@@ -172,7 +174,7 @@ export class Session extends EventTarget {
    * @returns {Promise<{id: string, pc: RTCPeerConnection, feeds: Map<MediaStreamTrack, string>}>}
    */
   async publish(feeds, options = {}) {
-    const pc = new RTCPeerConnection({ iceServers: this.welcome ? this.welcome.ice_servers : [] });
+    const pc = new RTCPeerConnection(this.rtcConfiguration());
     const added = feeds.map((f) => ({ ...f, transceiver: pc.addTransceiver(f.track, { direction: "sendonly" }) }));
     const videoCodec = options.videoCodec;
     if (videoCodec) {
@@ -212,7 +214,7 @@ export class Session extends EventTarget {
    */
   async subscribe(streamId) {
     const offer = await this.request({ type: "subscribe", stream: streamId });
-    const pc = new RTCPeerConnection({ iceServers: this.welcome ? this.welcome.ice_servers : [] });
+    const pc = new RTCPeerConnection(this.rtcConfiguration());
     /** @type {Record<string, string>} */
     const feedOfMid = Object.fromEntries(offer.feeds.map((/** @type {{mid: string, feed: string}} */ f) => [f.mid, f.feed]));
     /** @type {Map<string, MediaStreamTrack>} */
@@ -281,6 +283,14 @@ export class Session extends EventTarget {
   /** Raise or lower this participant's hand. @param {boolean} raised */
   raiseHand(raised) {
     return this.order({ type: "raise_hand", raised });
+  }
+
+  /** The peer connection settings: the TURN servers from the welcome, relay-only if asked. */
+  rtcConfiguration() {
+    /** @type {RTCConfiguration} */
+    const config = { iceServers: this.welcome ? this.welcome.ice_servers : [] };
+    if (this.relayOnly) config.iceTransportPolicy = "relay";
+    return config;
   }
 
   /** Leave the room for good. */
