@@ -292,3 +292,58 @@ async def test_ice_through_our_relay_only(turn: TurnServer) -> None:
         await a.close()
         await b.close()
         use_host_addresses(None)
+
+
+async def test_an_allocate_flood_hits_the_quota_not_the_machine(turn: TurnServer) -> None:
+    user, password = credentials.mint(SECRET, "flood", 600, time.time())
+    opened = []
+    refused = 0
+    for _ in range(turn.quota + 15):
+        try:
+            relay, _ = await asyncio.wait_for(
+                create_turn_endpoint(Inbox, turn.udp_address, user, password), 5
+            )
+            opened.append(relay)
+        except Exception:  # aioice reports the 486 as a failed transaction
+            refused += 1
+    try:
+        assert len(opened) == turn.quota and refused == 15
+        assert turn.stats.errors[486] == 15
+        assert len(turn.allocations) == turn.quota
+        # Another identity is not starved by the first.
+        other = credentials.mint(SECRET, "someone-else", 600, time.time())
+        relay, _ = await create_turn_endpoint(Inbox, turn.udp_address, *other)
+        relay.close()
+    finally:
+        for r in opened:
+            r.close()
+
+
+async def test_allocations_permissions_and_channels_expire() -> None:
+    now = [1000.0]
+    server = TurnServer(
+        SECRET,
+        host="127.0.0.1",
+        port=0,
+        clock=lambda: now[0],
+        policy=PeerPolicy(allow=["127.0.0.0/8"]),
+    )
+    await server.start()
+    try:
+        user, password = credentials.mint(SECRET, "x", 10_000, now[0])
+        relay, _ = await create_turn_endpoint(
+            Inbox, server.udp_address, user, password, lifetime=600
+        )
+        relay.sendto(b"bind a channel", ("127.0.0.1", 9))
+        await asyncio.sleep(0.3)
+        (allocation,) = server.allocations.values()
+        assert allocation.permissions and allocation.channels
+        now[0] += 301  # permissions last 300 s (RFC 8656 section 9)
+        server.sweep()
+        assert not allocation.permissions and allocation.channels
+        now[0] += 300  # channels 600 s; the allocation its lifetime
+        server.sweep()
+        assert not server.allocations
+        relay.close()
+    finally:
+        await server.stop()
