@@ -102,6 +102,17 @@ def build_parser() -> argparse.ArgumentParser:
         "(e.g. 10.20.0.0/16 for a hospital's own media servers); repeatable",
     )
     serve.add_argument(
+        "--turn-tls-cert",
+        default=env("TURN_TLS_CERT"),
+        help="certificate (PEM) for TURN over TLS, turns: [TELECONSULT_TURN_TLS_CERT]",
+    )
+    serve.add_argument(
+        "--turn-tls-key",
+        default=env("TURN_TLS_KEY"),
+        help="its private key (PEM) [TELECONSULT_TURN_TLS_KEY]",
+    )
+    serve.add_argument("--turn-tls-port", type=int, default=5349)
+    serve.add_argument(
         "--retention-days",
         type=float,
         default=float(env("RETENTION_DAYS") or 0) or None,
@@ -219,6 +230,9 @@ def _serve(args: argparse.Namespace) -> int:
         turn_urls=args.turn_url,
         turn_secret=args.turn_secret,
         turn_allow=args.turn_allow,
+        turn_tls_cert=Path(args.turn_tls_cert) if args.turn_tls_cert else None,
+        turn_tls_key=Path(args.turn_tls_key) if args.turn_tls_key else None,
+        turn_tls_port=args.turn_tls_port,
     )
     keys = resolve_secrets(settings)
     from media.aiortc_adapter import count_codecs

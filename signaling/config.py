@@ -48,6 +48,10 @@ class Settings:
     # Peer networks the built-in relay may send to although they are internal (tests: loopback).
     turn_allow: list[str] = field(default_factory=list)
     turn_ttl: float = 12 * 3600.0
+    # TURN over TLS ("turns:"), when a certificate is given.
+    turn_tls_cert: Path | None = None
+    turn_tls_key: Path | None = None
+    turn_tls_port: int = 5349
 
     def base_url(self) -> str:
         """Return the URL that people open, without a trailing slash."""

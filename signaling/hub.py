@@ -10,6 +10,7 @@ import shutil
 import time
 from collections.abc import Callable, Coroutine
 from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
 
 from media.aiortc_adapter import use_host_addresses
 from media.sfu import Sfu, local_address
@@ -64,6 +65,12 @@ class Hub:
         if not settings.turn_urls and settings.turn_port is not None:
             # The built-in TURN server, for clients whose networks block direct UDP.
             own = [a for a in (settings.host, settings.announce) if a and a != "0.0.0.0"]
+            tls = None
+            if settings.turn_tls_cert is not None:
+                import ssl
+
+                tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+                tls.load_cert_chain(settings.turn_tls_cert, settings.turn_tls_key)
             self.turn = TurnServer(
                 self.turn_secret,
                 host=settings.host,
@@ -71,6 +78,8 @@ class Hub:
                 relay_host=settings.host if settings.host != "0.0.0.0" else None,
                 policy=PeerPolicy(allow=settings.turn_allow, own=own),
                 clock=clock,
+                tls=tls,
+                tls_port=settings.turn_tls_port,
             )
             self.metrics.watch_turn(self.turn)
         self.metrics.watch_media(self.sfu.stats, self.sfu.forward_delay)
@@ -158,6 +167,10 @@ class Hub:
             host = f"[{host}]" if ":" in host else host
             udp, tcp = self.turn.udp_address[1], self.turn.tcp_address[1]
             urls = [f"turn:{host}:{udp}?transport=udp", f"turn:{host}:{tcp}?transport=tcp"]
+            if self.turn.tls_address is not None:
+                # turns: needs the name on the certificate, which public_url carries.
+                name = urlsplit(self.settings.base_url()).hostname or host
+                urls.append(f"turns:{name}:{self.turn.tls_address[1]}?transport=tcp")
         else:
             return []
         return [{"urls": urls, "username": user, "credential": password}]

@@ -347,3 +347,76 @@ async def test_allocations_permissions_and_channels_expire() -> None:
         relay.close()
     finally:
         await server.stop()
+
+
+async def test_turn_over_tls(tmp_path: object) -> None:
+    import datetime
+    import ssl
+    from pathlib import Path
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    from .conftest import free_socket
+
+    # A self-signed certificate for 127.0.0.1, as a hospital's own CA would issue one.
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "turn.test")])
+    now = datetime.datetime.now(datetime.UTC)
+    import ipaddress
+
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=1))
+        .not_valid_after(now + datetime.timedelta(hours=1))
+        .add_extension(
+            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+            critical=False,
+        )
+        .sign(key, hashes.SHA256())
+    )
+    folder = Path(str(tmp_path))
+    (folder / "cert.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    (folder / "key.pem").write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    server_ctx.load_cert_chain(folder / "cert.pem", folder / "key.pem")
+    sock = free_socket()
+    tls_port = sock.getsockname()[1]
+    sock.close()
+    server = TurnServer(
+        SECRET,
+        host="127.0.0.1",
+        port=0,
+        tls=server_ctx,
+        tls_port=tls_port,
+        policy=PeerPolicy(allow=["127.0.0.0/8"]),
+    )
+    await server.start()
+    loop = asyncio.get_running_loop()
+    peer, _ = await loop.create_datagram_endpoint(Echo, local_addr=("127.0.0.1", 0))
+    try:
+        client_ctx = ssl.create_default_context(cafile=str(folder / "cert.pem"))
+        user, password = credentials.mint(SECRET, "tls", 600, time.time())
+        assert server.tls_address is not None
+        relay, inbox = await create_turn_endpoint(
+            Inbox, server.tls_address, user, password, transport="tcp", ssl=client_ctx
+        )
+        relay.sendto(b"secret", peer.get_extra_info("sockname"))
+        assert await asyncio.wait_for(inbox.queue.get(), 5) == b"echo:secret"
+        assert next(iter(server.allocations))[0] == "tls"
+        relay.close()
+    finally:
+        peer.close()
+        await server.stop()

@@ -12,6 +12,7 @@ import hashlib
 import hmac
 import logging
 import secrets
+import ssl
 import struct
 import time
 from collections import Counter
@@ -96,6 +97,8 @@ class TurnServer:
         quota: int = 10,
         max_allocations: int = 1000,
         clock: Callable[[], float] = time.time,
+        tls: ssl.SSLContext | None = None,
+        tls_port: int = 5349,
     ) -> None:
         self.secret = secret
         self.realm = realm
@@ -114,6 +117,9 @@ class TurnServer:
         self._tasks: set[asyncio.Task[None]] = set()
         self.udp_address: Address = (host, port)
         self.tcp_address: Address = (host, port)
+        self.tls = tls
+        self.tls_port = tls_port
+        self.tls_address: Address | None = None
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -136,6 +142,13 @@ class TurnServer:
             tcp = await loop.create_server(lambda: _TcpConnection(self), self.host, 0)
         self._servers.append(tcp)
         self.tcp_address = tcp.sockets[0].getsockname()[:2]
+        if self.tls is not None:
+            # TURN over TLS ("turns:"): the same framing as TCP, inside TLS.
+            tls = await loop.create_server(
+                lambda: _TcpConnection(self, "tls"), self.host, self.tls_port, ssl=self.tls
+            )
+            self._servers.append(tls)
+            self.tls_address = tls.sockets[0].getsockname()[:2]
         self._sweeper = asyncio.create_task(self._sweep_forever())
 
     async def stop(self) -> None:
@@ -380,7 +393,7 @@ class TurnServer:
         number = allocation.by_peer.get(peer)
         if number is not None and allocation.channels[number][1] >= now:
             frame = struct.pack("!HH", number, len(data)) + data
-            if allocation.key[0] == "tcp":
+            if allocation.key[0] in ("tcp", "tls"):
                 frame += bytes(stun.padding_length(len(data)))
             allocation.send(frame)
             return
@@ -497,8 +510,9 @@ class _UdpListener(asyncio.DatagramProtocol):
 class _TcpConnection(asyncio.Protocol):
     """TURN over TCP: STUN messages and 4-byte-aligned ChannelData, framed by their lengths."""
 
-    def __init__(self, server: TurnServer) -> None:
+    def __init__(self, server: TurnServer, kind: str = "tcp") -> None:
         self.server = server
+        self.kind = kind
         self.buffer = b""
         self.transport: asyncio.Transport | None = None
         self.peer: Address = ("", 0)
@@ -523,10 +537,10 @@ class _TcpConnection(asyncio.Protocol):
                 return
             frame, self.buffer = self.buffer[:full], self.buffer[full:]
             assert self.transport is not None
-            self.server.handle(frame, "tcp", self.peer, self.transport.write)
+            self.server.handle(frame, self.kind, self.peer, self.transport.write)
 
     def connection_lost(self, exc: Exception | None) -> None:
-        allocation = self.server.allocations.get(("tcp", self.peer))
+        allocation = self.server.allocations.get((self.kind, self.peer))
         if allocation is not None:
             self.server._release(allocation)
 
