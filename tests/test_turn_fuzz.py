@@ -11,7 +11,7 @@ from collections.abc import Iterator
 import pytest
 from aioice import stun
 from aioice.turn import create_turn_endpoint
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
 from turn import credentials
@@ -40,6 +40,7 @@ class Running:
         self.run(self.server.stop())
         self.loop.call_soon_threadsafe(self.loop.stop)
         self.thread.join(10)
+        self.loop.close()
 
 
 @pytest.fixture(scope="module")
@@ -105,6 +106,7 @@ def mutated(draw: st.DrawFn) -> bytes:
 FUZZ = settings(
     max_examples=1500,
     deadline=None,
+    phases=[Phase.generate],
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
 )
 
