@@ -420,3 +420,58 @@ async def test_turn_over_tls(tmp_path: object) -> None:
     finally:
         peer.close()
         await server.stop()
+
+
+async def test_stale_nonce_and_allocation_mismatch(turn: TurnServer) -> None:
+    import hashlib
+
+    loop = asyncio.get_running_loop()
+    sock, inbox = await loop.create_datagram_endpoint(Inbox, remote_addr=turn.udp_address)
+    user, password = credentials.mint(SECRET, "n", 600, time.time())
+    key = hashlib.md5(f"{user}:teleconsult:{password}".encode()).digest()
+
+    async def ask(method: stun.Method, nonce: bytes, **attrs: object) -> stun.Message:
+        m = stun.Message(
+            method,
+            stun.Class.REQUEST,
+            attributes={"USERNAME": user, "REALM": "teleconsult", "NONCE": nonce, **attrs},
+        )
+        m.add_message_integrity(key)
+        sock.sendto(bytes(m))
+        return stun.parse_message(await asyncio.wait_for(inbox.queue.get(), 5))
+
+    stale = f"{int(time.time()) - 10:x}-0000000000000000".encode()
+    answer = await ask(stun.Method.ALLOCATE, stale, **{"REQUESTED-TRANSPORT": 17 << 24})
+    assert answer.error_code == 438 and answer.attributes["NONCE"] != stale
+    fresh = answer.attributes["NONCE"]
+    refresh = await ask(stun.Method.REFRESH, fresh, LIFETIME=600)
+    assert refresh.error_code == 437  # no allocation on this 5-tuple
+    ok = await ask(stun.Method.ALLOCATE, fresh, **{"REQUESTED-TRANSPORT": 17 << 24})
+    assert ok.message_class == stun.Class.RESPONSE and ok.check_message_integrity(key)
+    again = await ask(stun.Method.ALLOCATE, fresh, **{"REQUESTED-TRANSPORT": 17 << 24})
+    assert again.error_code == 437  # one allocation per 5-tuple
+    udp_only = await ask(stun.Method.ALLOCATE, fresh, **{"REQUESTED-TRANSPORT": 6 << 24})
+    assert udp_only.error_code in (437, 442)
+    sock.close()
+
+
+async def test_external_turn_servers_replace_the_built_in_one(tmp_path: object) -> None:
+    from pathlib import Path
+
+    from session.roles import Role
+
+    from .conftest import running_server
+
+    urls = ["turn:turn.example.org:3478?transport=udp", "turns:turn.example.org:5349"]
+    async with running_server(
+        Path(str(tmp_path)), turn_urls=urls, turn_secret="coturn-static-auth-secret"
+    ) as server:
+        assert server.hub.turn is None  # not started
+        c = await server.join(role=Role.EXPERT, identity="dr-li")
+        (ice,) = c.welcome["ice_servers"]
+        assert ice["urls"] == urls
+        assert ice["username"].endswith(":dr-li")
+        # The credential is what coturn computes from its static-auth-secret.
+        assert ice["credential"] == credentials.password(
+            "coturn-static-auth-secret", ice["username"]
+        )
