@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import socket
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -115,5 +119,55 @@ async def running_server(data_dir: Path, **overrides: Any) -> AsyncIterator[Serv
 
 @pytest.fixture
 async def server(tmp_path: Path) -> AsyncIterator[Server]:
-    async with running_server(tmp_path) as srv:
+    # Media on loopback: the SFU gathers ICE candidates on 127.0.0.1 only.
+    async with running_server(tmp_path, announce="127.0.0.1") as srv:
         yield srv
+
+
+@contextmanager
+def server_process(
+    data_dir: Path, *extra: str, preexec_fn: Callable[[], None] | None = None
+) -> Iterator[tuple[int, subprocess.Popen[bytes]]]:
+    """Run `teleconsult serve` as its own process on a free port; yields (port, process)."""
+    sock = free_socket()
+    port = sock.getsockname()[1]
+    sock.close()
+    exe = str(Path(sys.executable).parent / "teleconsult")
+    proc = subprocess.Popen(
+        [
+            exe,
+            "serve",
+            "--port",
+            str(port),
+            "--announce",
+            "127.0.0.1",
+            "--secret",
+            SECRET,
+            "--data-dir",
+            str(data_dir),
+            "--log-level",
+            "warning",
+            "--turn-port",
+            "0",
+            *extra,
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        preexec_fn=preexec_fn,
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=1).close()
+                break
+            except OSError:
+                time.sleep(0.1)
+        yield port, proc
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5)

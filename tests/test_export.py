@@ -6,17 +6,15 @@ import asyncio
 import fractions
 import json
 import subprocess
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import av
 import numpy as np
-import pytest
 
 from media.client import MediaClient
 from session.roles import Role
 
-from .conftest import Server, running_server
+from .conftest import Server
 from .media_util import PacketTrack
 from .test_media_process import TELECONSULT
 
@@ -41,12 +39,6 @@ def ultrasound_frames(count: int) -> list[bytes]:
         payloads, _ = encoder.encode(frame, force_keyframe=(n % 15 == 0))
         out.append(b"".join(vp8_depayload(p) for p in payloads))
     return out
-
-
-@pytest.fixture
-async def server(tmp_path: Path) -> AsyncIterator[Server]:
-    async with running_server(tmp_path, announce="127.0.0.1") as srv:
-        yield srv
 
 
 async def test_export_burns_in_annotations_and_masks_the_header(

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator
-from pathlib import Path
 
 import pytest
 
@@ -13,14 +12,8 @@ from media.client import MediaClient
 from session.roles import Role
 from signaling.client import RequestFailed, SignalingClient
 
-from .conftest import Server, running_server
+from .conftest import Server
 from .media_util import PatternTrack, ToneTrack, bar_position, receive, tone_level
-
-
-@pytest.fixture
-async def server(tmp_path: Path) -> AsyncIterator[Server]:
-    async with running_server(tmp_path, announce="127.0.0.1") as srv:
-        yield srv
 
 
 class Peer:

@@ -6,7 +6,6 @@ import asyncio
 import json
 import subprocess
 import sys
-import time
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,7 +18,7 @@ from session.roles import Role
 from signaling.client import SignalingClient
 from signaling.tokens import mint
 
-from .conftest import SECRET, free_socket
+from .conftest import SECRET, server_process
 from .media_util import PatternTrack, ToneTrack, receive, tone_level
 
 TELECONSULT = str(Path(sys.executable).parent / "teleconsult")
@@ -28,45 +27,8 @@ TELECONSULT = str(Path(sys.executable).parent / "teleconsult")
 @pytest.fixture
 def relay_server(tmp_path: Path) -> Iterator[tuple[int, subprocess.Popen[bytes]]]:
     """`teleconsult serve` as its own process on a free port; yields (port, process)."""
-    sock = free_socket()
-    port = sock.getsockname()[1]
-    sock.close()
-    proc = subprocess.Popen(
-        [
-            TELECONSULT,
-            "serve",
-            "--port",
-            str(port),
-            "--announce",
-            "127.0.0.1",
-            "--secret",
-            SECRET,
-            "--data-dir",
-            str(tmp_path),
-            "--log-level",
-            "warning",
-            "--turn-port",
-            "0",
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            try:
-                urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=1).close()
-                break
-            except OSError:
-                time.sleep(0.1)
-        yield port, proc
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(5)
+    with server_process(tmp_path) as running:
+        yield running
 
 
 @pytest.fixture

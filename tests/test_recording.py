@@ -7,7 +7,6 @@ import json
 import time
 import urllib.error
 import urllib.request
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -23,12 +22,6 @@ from .conftest import ADMIN_KEY, Server, running_server
 from .media_util import PacketTrack, PatternTrack, ToneTrack, tone_level, vp8_frames
 
 FRAMES = vp8_frames(90, keyframe_every=30)
-
-
-@pytest.fixture
-async def server(tmp_path: Path) -> AsyncIterator[Server]:
-    async with running_server(tmp_path, announce="127.0.0.1") as srv:
-        yield srv
 
 
 def recording_dir(server: Server) -> Path:

@@ -5,9 +5,6 @@ from __future__ import annotations
 import json
 import resource
 import signal
-import subprocess
-import time
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -20,9 +17,8 @@ from session.roles import Role
 from signaling.client import SignalingClient
 from signaling.tokens import mint
 
-from .conftest import SECRET, free_socket
+from .conftest import SECRET, server_process
 from .media_util import receive
-from .test_media_process import TELECONSULT
 
 LIMIT = 400_000  # bytes any file of the server may grow to: a disk that fills up
 
@@ -34,42 +30,8 @@ def small_disk() -> None:
 
 @pytest.fixture
 def cramped_server(tmp_path: Path) -> Iterator[int]:
-    sock = free_socket()
-    port = sock.getsockname()[1]
-    sock.close()
-    proc = subprocess.Popen(
-        [
-            TELECONSULT,
-            "serve",
-            "--port",
-            str(port),
-            "--announce",
-            "127.0.0.1",
-            "--secret",
-            SECRET,
-            "--data-dir",
-            str(tmp_path),
-            "--log-level",
-            "warning",
-            "--turn-port",
-            "0",
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        preexec_fn=small_disk,
-    )
-    try:
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            try:
-                urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=1).close()
-                break
-            except OSError:
-                time.sleep(0.1)
+    with server_process(tmp_path, preexec_fn=small_disk) as (port, _):
         yield port
-    finally:
-        proc.terminate()
-        proc.wait(10)
 
 
 async def test_disk_full(cramped_server: int, tmp_path: Path) -> None:

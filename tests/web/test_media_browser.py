@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -15,12 +14,6 @@ from signaling.http_api import join_url
 
 from ..conftest import Server, running_server
 from ..media_util import PatternTrack, ToneTrack, receive
-
-
-@pytest.fixture
-async def server(tmp_path: Path) -> AsyncIterator[Server]:
-    async with running_server(tmp_path, announce="127.0.0.1") as srv:
-        yield srv
 
 
 @pytest.mark.parametrize("codec", ["VP8", "H264"])

@@ -13,7 +13,7 @@ from media.synthetic import UltrasoundTrack
 from session.roles import Role
 from signaling.http_api import join_url
 
-from ..conftest import Server, running_server
+from ..conftest import Server
 from ..need import executable
 from .conftest import CHROMIUM_ARGS, LOOPBACK_ONLY
 
@@ -28,12 +28,6 @@ def write_y4m(path: Path, frames: int = 60, width: int = 320, height: int = 240)
         chroma = np.full((height // 2, width // 2), 128, np.uint8).tobytes()
         for n in range(frames):
             f.write(b"FRAME\n" + source.picture(n, 0).tobytes() + chroma + chroma)
-
-
-@pytest.fixture
-async def server(tmp_path: Path) -> AsyncIterator[Server]:
-    async with running_server(tmp_path, announce="127.0.0.1") as srv:
-        yield srv
 
 
 @pytest.fixture

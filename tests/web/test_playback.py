@@ -4,25 +4,17 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator
 from pathlib import Path
 
-import pytest
 from playwright.async_api import BrowserContext, expect
 
 from media.client import MediaClient
 from session.roles import Role
 
-from ..conftest import Server, running_server
+from ..conftest import Server
 from ..media_util import PacketTrack, ToneTrack, vp8_frames
 
 ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts" / "web"
-
-
-@pytest.fixture
-async def server(tmp_path: Path) -> AsyncIterator[Server]:
-    async with running_server(tmp_path, announce="127.0.0.1") as srv:
-        yield srv
 
 
 async def test_playback_shows_what_was_drawn_when(server: Server, browser: BrowserContext) -> None:
