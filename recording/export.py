@@ -170,6 +170,17 @@ def export(
         stream: Any = sink.add_stream("libx264", rate=30)
         stream.pix_fmt = "yuv420p"
         stream.options = {"crf": "20", "preset": "veryfast"}
+        # Every voice (the operator's, the expert's talk-back), mixed in step with the picture.
+        voices = [
+            _Voice(folder / t["file"], t["start"] - track["start"])
+            for t in manifest["tracks"]
+            if t["kind"] == "audio" and t["start"] is not None
+        ]
+        mixer = Mixer(voices) if voices else None
+        sound: Any = None
+        if mixer is not None:
+            sound = sink.add_stream("aac", rate=RATE)
+            sound.layout = "stereo"
         sized = False
         for frame in _frames(source):
             img = frame.to_ndarray(format="bgr24")
@@ -189,14 +200,98 @@ def export(
             out_frame.time_base = Fraction(1, 30)
             for packet in stream.encode(out_frame):
                 sink.mux(packet)
+            if mixer is not None:
+                for chunk in mixer.until(float(frame.time or 0.0)):
+                    sink.mux(sound.encode(chunk))
             frames += 1
             if progress is not None:
                 progress(min(1.0, float(frame.time or 0.0) / total))
         for packet in stream.encode(None):
             sink.mux(packet)
+        if mixer is not None:
+            sink.mux(sound.encode(None))
+            mixer.close()
     if progress is not None:
         progress(1.0)
-    return {"out": str(out), "feed": track["feed"], "frames": frames, "masks": len(masks)}
+    return {
+        "out": str(out),
+        "feed": track["feed"],
+        "frames": frames,
+        "masks": len(masks),
+        "voices": len(voices),
+    }
+
+
+RATE = 48000
+BLOCK = 1024
+
+
+class _Voice:
+    """One recorded audio track, decoded on demand onto the export's timeline."""
+
+    def __init__(self, path: Path, offset: float) -> None:
+        self.container = av.open(str(path))
+        self.frames = self.container.decode(audio=0)
+        self.resampler = av.AudioResampler(format="fltp", layout="stereo", rate=RATE)
+        self.offset = offset  # seconds from the exported video's first frame
+        self.buffer = np.zeros((2, 0), np.float32)
+        self.start = 0  # timeline sample index of buffer[:, 0]
+        self.done = False
+
+    def add_into(self, block: np.ndarray, at: int) -> None:
+        """Add this voice's samples for timeline samples [at, at + len(block))."""
+        end = at + block.shape[1]
+        while not self.done and self.start + self.buffer.shape[1] < end:
+            try:
+                frame = next(self.frames)
+            except (StopIteration, av.FFmpegError):
+                self.done = True
+                break
+            for out in self.resampler.resample(frame):
+                data = out.to_ndarray().astype(np.float32)
+                first = round((self.offset + float(out.time or 0.0)) * RATE)
+                if self.buffer.shape[1] == 0:
+                    self.start = first
+                gap = first - (self.start + self.buffer.shape[1])
+                if gap > 0:  # silence where the track had none (a drop, a mute)
+                    data = np.concatenate([np.zeros((2, gap), np.float32), data], axis=1)
+                self.buffer = np.concatenate([self.buffer, data], axis=1)
+        lo, hi = max(at, self.start), min(end, self.start + self.buffer.shape[1])
+        if hi > lo:
+            block[:, lo - at : hi - at] += self.buffer[:, lo - self.start : hi - self.start]
+        keep = max(0, end - self.start)
+        self.buffer, self.start = self.buffer[:, keep:], self.start + keep
+
+    def close(self) -> None:
+        self.container.close()
+
+
+class Mixer:
+    """Every voice of the session mixed onto the exported video's timeline."""
+
+    def __init__(self, voices: list[_Voice]) -> None:
+        self.voices = voices
+        self.position = 0
+
+    def until(self, seconds: float) -> list[av.AudioFrame]:
+        """Return mixed frames covering the timeline up to `seconds`."""
+        frames = []
+        while self.position + BLOCK <= seconds * RATE:
+            block = np.zeros((2, BLOCK), np.float32)
+            for voice in self.voices:
+                voice.add_into(block, self.position)
+            np.clip(block, -1.0, 1.0, out=block)
+            frame = av.AudioFrame.from_ndarray(block, format="fltp", layout="stereo")
+            frame.sample_rate = RATE
+            frame.pts = self.position
+            frame.time_base = Fraction(1, RATE)
+            frames.append(frame)
+            self.position += BLOCK
+        return frames
+
+    def close(self) -> None:
+        for voice in self.voices:
+            voice.close()
 
 
 def _frames(source: av.container.InputContainer) -> Iterator[av.VideoFrame]:

@@ -10,12 +10,13 @@ from pathlib import Path
 
 import av
 import numpy as np
+import pytest
 
 from media.client import MediaClient
 from session.roles import Role
 
 from .conftest import Server
-from .media_util import PacketTrack
+from .media_util import PacketTrack, ToneTrack, tone_level
 from .test_media_process import TELECONSULT
 
 HEADER = (0, 0, 640, 100)  # where US1_UNCR.dcm burns in the hospital and patient details
@@ -49,7 +50,10 @@ async def test_export_burns_in_annotations_and_masks_the_header(
     media = MediaClient(op)
     try:
         stream = await media.publish(
-            [(PacketTrack("video", ultrasound_frames(45), 30, 90000), "probe", "Lymph node")]
+            [
+                (PacketTrack("video", ultrasound_frames(45), 30, 90000), "probe", "Lymph node"),
+                (ToneTrack(), "microphone", "Sonographer"),
+            ]
         )
         feed = f"{stream.id}.0"
         await mod.send({"type": "record", "action": "start"})
@@ -74,7 +78,7 @@ async def test_export_burns_in_annotations_and_masks_the_header(
         await media.close()
     folder = next((server.hub.settings.data_dir / "recordings" / "r1").iterdir())
     manifest = json.loads((folder / "manifest.json").read_text())
-    (track,) = manifest["tracks"]
+    (track,) = [t for t in manifest["tracks"] if t["kind"] == "video"]
     drawn_at = next(
         json.loads(x)["t"]
         for x in (folder / "channel.jsonl").read_text().splitlines()
@@ -110,6 +114,11 @@ async def test_export_burns_in_annotations_and_masks_the_header(
         )
         frames = [(f.time, f.to_ndarray(format="bgr24")) for f in c.decode(video=0)]
     assert len(frames) >= 0.9 * track["frames"]
+    with av.open(str(out)) as c:  # the voice is mixed in, in step with the picture
+        assert c.streams.audio[0].codec_context.name == "aac"
+        sound = list(c.decode(audio=0))
+    assert tone_level(sound[len(sound) // 4 :]) > 1000
+    assert sum(f.samples for f in sound) / 48000 == pytest.approx(frames[-1][0], abs=0.3)
     x0, y0 = int(0.425 * 640), int(0.575 * 480)  # the middle of the arrow
     arrow = (slice(y0 - 6, y0 + 7), slice(x0 - 6, x0 + 7))
 
