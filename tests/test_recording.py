@@ -326,3 +326,25 @@ async def test_h264_is_recorded_into_matroska(server: Server) -> None:
         decoded = list(c.decode(video=0))
     assert len(decoded) >= 0.9 * track["frames"] and track["frames"] >= 45
     assert track["duration"] == pytest.approx(track["end"] - track["start"], rel=0.05)
+
+
+async def test_a_resolution_change_mid_stream_is_recorded(server: Server) -> None:
+    mod = await server.join(role=Role.MODERATOR, identity="mod")
+    op = await server.join(role=Role.OPERATOR, identity="op")
+    # The operator switches the ultrasound machine's output: 320x240, then 640x480.
+    frames = vp8_frames(45, keyframe_every=15) + vp8_frames(45, 15, width=640, height=480)
+    media = MediaClient(op)
+    try:
+        await start_recording(mod, None)
+        await media.publish([(PacketTrack("video", frames, 30, 90000), "camera", "Room")])
+        await asyncio.sleep(3.5)
+        await mod.send({"type": "record", "action": "stop"})
+        await mod.wait_for("recording", where=lambda e: e["active"] is False)
+    finally:
+        await media.close()
+    folder = recording_dir(server)
+    (track,) = json.loads((folder / "manifest.json").read_text())["tracks"]
+    with av.open(str(folder / track["file"])) as c:
+        sizes = [(f.width, f.height) for f in c.decode(video=0)]
+    assert (320, 240) in sizes and (640, 480) in sizes
+    assert sizes.index((640, 480)) > sizes.index((320, 240))
