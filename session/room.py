@@ -61,6 +61,8 @@ class Room:
         self.empty_since: float | None = now
         self.streams: dict[str, Stream] = {}
         self.channel = Channel(Limits(chat=config.chat_history))
+        # Set by the edge to keep every ordered operation beyond this process (session.store).
+        self.journal: Callable[[Event], None] | None = None
         self.recording = Recording()
 
     # -- queries ---------------------------------------------------------------------------
@@ -164,7 +166,7 @@ class Room:
         for gone in self.channel.forget(p.id):
             self._broadcast(gone)
         if p.id in self.channel.hands:
-            self._broadcast(self.channel.hand(p.id, f"left-{p.id}-{self.channel.seq}", False, now))
+            self._order(self.channel.hand(p.id, f"left-{p.id}-{self.channel.seq}", False, now))
         event = {"type": "left", "participant_id": p.id, "reason": reason}
         if p.state is State.JOINED:
             self._broadcast(event)
@@ -332,7 +334,7 @@ class Room:
             f = self._feed(op.get("feed"))
             geometry = FeedGeometry(f.width, f.height, f.pixel_spacing_mm)
             event = self.channel.draw(p.id, op, now, geometry)
-        self._broadcast(event)
+        self._order(event)
 
     def chat(self, participant_id: str, op_id: str, text: str, now: float) -> None:
         """Post a chat message to everyone."""
@@ -341,7 +343,7 @@ class Room:
         if again is not None:
             p.client.push(again)
             return
-        self._broadcast(self.channel.say(p.id, op_id, text, now))
+        self._order(self.channel.say(p.id, op_id, text, now))
 
     def raise_hand(self, participant_id: str, op_id: str, raised: bool, now: float) -> None:
         """Raise or lower one's hand."""
@@ -350,7 +352,7 @@ class Room:
         if again is not None:
             p.client.push(again)
             return
-        self._broadcast(self.channel.hand(p.id, op_id, raised, now))
+        self._order(self.channel.hand(p.id, op_id, raised, now))
 
     def grant(
         self,
@@ -370,7 +372,7 @@ class Room:
             p.floor = floor
             if floor and p.id in self.channel.hands:
                 lower = self.channel.hand(p.id, f"floor-{p.id}-{self.channel.seq}", False, now)
-                self._broadcast(lower)
+                self._order(lower)
         self._broadcast(
             {
                 "type": "granted",
@@ -494,6 +496,12 @@ class Room:
         for p in self.joined():
             if p.id != skip:
                 p.client.push(event)
+
+    def _order(self, event: Event) -> None:
+        # An ordered channel operation: journaled (if the edge keeps a journal), then sent.
+        if self.journal is not None:
+            self.journal(event)
+        self._broadcast(event)
 
     def _to_moderators(self, event: Event) -> None:
         for p in self.joined():

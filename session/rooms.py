@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from .errors import Code, SessionError
 from .room import Room, RoomConfig
 
@@ -9,8 +11,14 @@ from .room import Room, RoomConfig
 class Rooms:
     """Creates, finds, ends and expires rooms; time is passed in."""
 
-    def __init__(self, default_config: RoomConfig, tombstone_ttl: float = 86400.0) -> None:
+    def __init__(
+        self,
+        default_config: RoomConfig,
+        tombstone_ttl: float = 86400.0,
+        on_create: Callable[[Room], None] | None = None,
+    ) -> None:
         self.default_config = default_config
+        self.on_create = on_create
         self.tombstone_ttl = tombstone_ttl
         self._live: dict[str, Room] = {}
         # Rooms ended by a moderator or the admin stay refused for as long as a token for them
@@ -40,6 +48,8 @@ class Rooms:
             raise SessionError(Code.ROOM_ENDED, "this session has ended")
         room = Room(room_id, config or self.default_config, now)
         self._live[room_id] = room
+        if self.on_create is not None:
+            self.on_create(room)
         return room
 
     def open(self, room_id: str, now: float) -> Room:

@@ -67,7 +67,8 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--redis",
         default=env("REDIS"),
-        help="Redis URL for scale-out (not yet available; state is in memory) [TELECONSULT_REDIS]",
+        help="Redis URL: the annotation channel is kept there and survives restarts "
+        "(in memory when absent) [TELECONSULT_REDIS]",
     )
     serve.add_argument(
         "--idle-timeout",
@@ -214,8 +215,6 @@ def _serve(args: argparse.Namespace) -> int:
     from .app import create_app
     from .http_api import join_url
 
-    if args.redis:
-        raise ValueError("--redis is reserved for scale-out and not available in this version")
     settings = Settings(
         host=args.host,
         port=args.port,
@@ -225,6 +224,7 @@ def _serve(args: argparse.Namespace) -> int:
         secret=args.secret,
         admin_key=args.admin_key,
         idle_timeout=args.idle_timeout,
+        redis=args.redis,
         retention_days=args.retention_days,
         turn_port=None if args.turn_port < 0 else args.turn_port,
         turn_urls=args.turn_url,

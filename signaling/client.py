@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import secrets
 from collections.abc import Callable
 from typing import Any
 
@@ -50,6 +51,7 @@ class SignalingClient:
         self._reader: asyncio.Task[None] | None = None
         self._pending: dict[str, asyncio.Future[Event]] = {}
         self._next_ref = 0
+        self._ref_prefix = secrets.token_hex(4)
 
     @property
     def participant_id(self) -> str:
@@ -88,7 +90,8 @@ class SignalingClient:
     async def request(self, message: Event, timeout: float = 10.0) -> Event:
         """Send a message and return the reply that refers to it (by its id, given or fresh)."""
         self._next_ref += 1
-        ref = str(message.get("id") or f"q{self._next_ref}")
+        # Ids name operations in the room's channel too: unique across clients and restarts.
+        ref = str(message.get("id") or f"q-{self._ref_prefix}-{self._next_ref}")
         future: asyncio.Future[Event] = asyncio.get_running_loop().create_future()
         self._pending[ref] = future
         try:

@@ -74,6 +74,8 @@ async def on_hello(conn: Connection, msg: m.Hello) -> None:
         )
         return
     conn.grant = grant
+    # A room that is not live here may have a channel in the store (another node, a restart).
+    await hub.restore(grant.room)
     try:
         if hub.rooms.was_ended(grant.room):
             raise SessionError(SessionCode.ROOM_ENDED, "this session has ended")

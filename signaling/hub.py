@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 import secrets
 import shutil
 import time
@@ -15,9 +16,11 @@ from urllib.parse import urlsplit
 from media.aiortc_adapter import use_host_addresses
 from media.sfu import Sfu, local_address
 from recording.recorder import Recorder
+from session.channel import Channel
 from session.participant import Event
 from session.room import Room, RoomConfig
 from session.rooms import Rooms
+from session.store import MemoryStore, RedisStore, Store
 from turn import credentials
 from turn.policy import PeerPolicy
 from turn.server import TurnServer
@@ -28,6 +31,8 @@ from .metrics import Metrics
 
 if TYPE_CHECKING:
     from .connection import Connection
+
+log = logging.getLogger("teleconsult.hub")
 
 
 class Hub:
@@ -44,7 +49,13 @@ class Hub:
                 max_participants=settings.max_participants, idle_timeout=settings.idle_timeout
             ),
             tombstone_ttl=settings.max_token_ttl,
+            on_create=self._room_created,
         )
+        # Every ordered channel operation is journaled, in order, by one writer task.
+        self.store: Store = RedisStore(settings.redis) if settings.redis else MemoryStore()
+        # (room, operation), or (room, None) to drop an ended room's log, in order.
+        self._journal: asyncio.Queue[tuple[str, Event | None]] = asyncio.Queue()
+        self._writer: asyncio.Task[None] | None = None
         self.audit = AuditLog(settings.data_dir / "audit.jsonl")
         self.metrics = Metrics()
         self.connections: set[Connection] = set()
@@ -147,6 +158,7 @@ class Hub:
         gone = list(live.participants) if live is not None else []
         recorder = self.recorders.pop(room_id, None)
         room = self.rooms.end(room_id, reason, self.now(), actor_id)
+        self._forget(room_id)
         if recorder is not None:
             recorder.stop()
             self.audit.record("record_stop", room=room_id, actor="server", code=reason)
@@ -154,6 +166,43 @@ class Hub:
             self.spawn(self.sfu.close_participant(pid, reason))
         self.refresh_gauges()
         return room
+
+    def _room_created(self, room: Room) -> None:
+        room.journal = lambda event: self._journal.put_nowait((room.id, event))
+
+    async def restore(self, room_id: str) -> None:
+        """Before a room opens on this node, bring back its channel from the store, if any."""
+        if self.rooms.get(room_id) is not None or self.rooms.was_ended(room_id):
+            return
+        try:
+            events = await self.store.log(room_id)
+        except Exception:
+            log.warning("cannot read the channel of a room from the store; starting it empty")
+            return
+        room = self.rooms.get(room_id)
+        if room is not None or not events:
+            return  # opened meanwhile by another join, or nothing to restore
+        room = self.rooms.open(room_id, self.now())
+        room.channel = Channel.restore(events, room.channel.limits)
+
+    async def _write_journal(self) -> None:
+        while True:
+            room_id, event = await self._journal.get()
+            for attempt in range(30):
+                try:
+                    if event is None:
+                        await self.store.forget(room_id)
+                    else:
+                        await self.store.append(room_id, event)
+                    break
+                except Exception:
+                    # Redis restarting or out of reach: the room goes on; retry, in order.
+                    if attempt == 0:
+                        log.warning("the store is unreachable; holding channel operations")
+                    await asyncio.sleep(1.0)
+
+    def _forget(self, room_id: str) -> None:
+        self._journal.put_nowait((room_id, None))
 
     def ice_servers(self, identity: str) -> list[dict[str, Any]]:
         """Return the ICE servers a participant gets on join, with fresh TURN credentials."""
@@ -247,12 +296,14 @@ class Hub:
         """End idle rooms."""
         for room in self.rooms.sweep(self.now()):
             self.audit.record("room_end", room=room.id, code="idle", actor="server")
+            self._forget(room.id)
             if self.recorders.pop(room.id, None) is not None:  # it stopped when the room ended
                 self.audit.record("record_stop", room=room.id, actor="server", code="idle")
         self.refresh_gauges()
 
     async def start(self) -> None:
         """Start background work (and the built-in TURN server)."""
+        self._writer = asyncio.create_task(self._write_journal())
         if self.turn is not None:
             await self.turn.start()
         self._sweeper = asyncio.create_task(self._sweep_forever())
@@ -271,6 +322,16 @@ class Hub:
         await self.sfu.close()
         if self.turn is not None:
             await self.turn.stop()
+        if self._writer is not None:
+            # Let what is queued reach the store (a few seconds at most), then stop.
+            for _ in range(50):
+                if self._journal.empty():
+                    break
+                await asyncio.sleep(0.1)
+            self._writer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._writer
+        await self.store.close()
         for task in list(self._tasks):
             task.cancel()
         self.audit.close()

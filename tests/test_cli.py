@@ -146,16 +146,6 @@ async def test_serve_demo_prints_working_links_and_rooms_lists_them(
         await ex.close()
 
 
-def test_redis_option_is_refused_clearly(tmp_path: Path) -> None:
-    out = subprocess.run(
-        [TELECONSULT, "serve", "--redis", "redis://127.0.0.1:1", "--data-dir", str(tmp_path)],
-        capture_output=True,
-        text=True,
-        timeout=30,
-    )
-    assert out.returncode == 2 and "--redis" in out.stderr
-
-
 async def test_token_from_another_secret_is_refused(
     demo_server: tuple[int, list[str]], tmp_path: Path
 ) -> None:

@@ -1,0 +1,178 @@
+"""The store twins pass the same tests; the Redis one against a real redis-server."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import subprocess
+import time
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import pytest
+
+from session.channel import Channel, FeedGeometry
+from session.store import MemoryStore, RedisStore, Store
+
+from .conftest import free_socket
+from .need import executable
+
+
+@pytest.fixture(scope="module")
+def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A real redis-server on a free loopback port, persistence off, stopped by its PID."""
+    path = executable("redis-server")
+    sock = free_socket()
+    port = sock.getsockname()[1]
+    sock.close()
+    folder = tmp_path_factory.mktemp("redis")
+    proc = subprocess.Popen(
+        [
+            path,
+            "--port",
+            str(port),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--dir",
+            str(folder),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                break
+        except OSError:
+            time.sleep(0.05)
+    try:
+        yield f"redis://127.0.0.1:{port}/0"
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+@pytest.fixture(params=["memory", "redis"])
+async def store(request: pytest.FixtureRequest, redis_url: str) -> AsyncIterator[Store]:
+    s: Store = MemoryStore() if request.param == "memory" else RedisStore(redis_url)
+    try:
+        yield s
+    finally:
+        await s.forget("ward-3")
+        await s.close()
+
+
+async def test_log_keeps_order_and_rebuilds_the_channel(store: Store) -> None:
+    ch = Channel()
+    g = FeedGeometry()
+    events = [
+        ch.draw("p1", {"op": "arrow", "id": "a", "feed": "f", "points": [[0, 0], [1, 1]]}, 1, g),
+        ch.say("p2", "c", "question", 2),
+        ch.draw(
+            "p1", {"op": "stroke", "id": "s", "feed": "f", "points": [[0, 0], [0.5, 0.5]]}, 3, g
+        ),
+        ch.delete("p1", "a", "d", 4, moderator=False),
+    ]
+    for e in events:
+        await store.append("ward-3", e)
+    got = await store.log("ward-3")
+    assert got == events
+    again = Channel.restore(got)
+    assert again.snapshot() == {**ch.snapshot(), "pointers": []}
+    assert await store.log("another-room") == []
+    await store.forget("ward-3")
+    assert await store.log("ward-3") == []
+
+
+async def test_rooms_do_not_mix(store: Store) -> None:
+    await store.append(
+        "ward-3",
+        {
+            "seq": 1,
+            "op": "chat",
+            "id": "x",
+            "author": "p",
+            "text": "a",
+            "server_ts": 0,
+            "type": "op",
+        },
+    )
+    await store.append(
+        "ward-4",
+        {
+            "seq": 1,
+            "op": "chat",
+            "id": "y",
+            "author": "q",
+            "text": "b",
+            "server_ts": 0,
+            "type": "op",
+        },
+    )
+    assert [e["id"] for e in await store.log("ward-3")] == ["x"]
+    assert [e["id"] for e in await store.log("ward-4")] == ["y"]
+    await store.forget("ward-4")
+
+
+@pytest.mark.parametrize("kind", ["memory", "redis"])
+async def test_the_channel_survives_a_server_restart_only_with_redis(
+    kind: str, redis_url: str, tmp_path: Path
+) -> None:
+    from session.roles import Role
+
+    from .conftest import running_server
+
+    options = {"redis": redis_url} if kind == "redis" else {}
+    async with running_server(tmp_path, **options) as first:
+        c = await first.join(role=Role.EXPERT, identity="ex")
+        await c.request({"type": "chat", "text": "Is the node enlarged?"})
+        await c.request({"type": "raise_hand", "raised": True})
+    async with running_server(tmp_path, **options) as second:  # the node restarted
+        c = await second.join(role=Role.EXPERT, identity="ex")
+        channel = c.welcome["channel"]
+        if kind == "memory":
+            assert channel["seq"] == 0 and channel["chat"] == []
+            return
+        # The chat, the hand, and the hand lowered when the expert left as the node stopped.
+        assert channel["seq"] == 3
+        assert [m["text"] for m in channel["chat"]] == ["Is the node enlarged?"]
+        assert channel["hands"] == []
+        nxt = await c.request({"type": "chat", "text": "Yes, 14 mm."})
+        assert nxt["seq"] == 4  # the order goes on where it stopped
+        await c.send({"type": "leave"})
+    # A room ended on purpose leaves nothing behind in the store.
+    async with running_server(tmp_path, **options) as third:
+        mod = await third.join(role=Role.MODERATOR, identity="mod")
+        assert mod.welcome["channel"]["seq"] == 4
+        await mod.send({"type": "end_room"})
+        await mod.wait_closed()
+    store = RedisStore(redis_url)
+    try:
+        for _ in range(50):
+            if await store.log("r1") == []:
+                break
+            await asyncio.sleep(0.05)
+        assert await store.log("r1") == []
+    finally:
+        await store.close()
+
+
+async def test_a_store_out_of_reach_does_not_stop_the_room(tmp_path: Path) -> None:
+    from session.roles import Role
+
+    from .conftest import free_socket, running_server
+
+    sock = free_socket()  # a port where no Redis listens
+    dead = f"redis://127.0.0.1:{sock.getsockname()[1]}/0"
+    sock.close()
+    async with running_server(tmp_path, redis=dead) as server:
+        c = await server.join(role=Role.EXPERT, identity="ex")
+        other = await server.join(role=Role.EXPERT, identity="other")
+        said = await c.request({"type": "chat", "text": "still here"})
+        assert said["seq"] == 1
+        assert (await other.wait_for("op"))["text"] == "still here"
