@@ -17,8 +17,9 @@ from typing import Any
 import aioice.ice
 import aiortc
 from aiortc import RTCPeerConnection, RTCRtpCodecCapability, RTCRtpTransceiver
-from aiortc.codecs import CODECS
+from aiortc.codecs import CODECS, is_rtx
 from aiortc.rate import RemoteBitrateEstimator
+from aiortc.rtcpeerconnection import is_codec_compatible
 from aiortc.rtcrtpparameters import (
     RTCRtcpFeedback,
     RTCRtpCodecParameters,
@@ -58,15 +59,16 @@ def _set(obj: object, owner: str, name: str, value: Any) -> None:
     setattr(obj, f"_{owner}__{name}", value)
 
 
+# RTCRtpSender's private sender-report counters, named once for the forwarding path.
+_NTP = "_RTCRtpSender__ntp_timestamp"
+_RTP = "_RTCRtpSender__rtp_timestamp"
+_OCTETS = "_RTCRtpSender__octet_count"
+_PACKETS = "_RTCRtpSender__packet_count"
+
 # Seconds from the NTP epoch (1900) to the Unix epoch (1970).
 NTP_UNIX_OFFSET = 2208988800
 
 PacketHandler = Callable[[RtpPacket, RTCRtpCodecParameters], Awaitable[None]]
-
-
-def is_rtx(codec: RTCRtpCodecParameters) -> bool:
-    """Tell whether a codec entry is RTX (retransmission) rather than media."""
-    return codec.name.lower() == "rtx"
 
 
 class ForwardingReceiver(RTCRtpReceiver):
@@ -90,6 +92,10 @@ class ForwardingReceiver(RTCRtpReceiver):
         # The publisher's latest sender report: (wall time, RTP timestamp), for aligning tracks.
         self.last_sr: tuple[float, int] | None = None
         self._estimator = RemoteBitrateEstimator() if kind == "video" else None
+        # aiortc's own per-SSRC statistics and RTX map (its receiver reports read them); the
+        # objects never change, so the packet path holds them directly.
+        self._streams: dict[int, StreamStatistics] = _get(self, "RTCRtpReceiver", "remote_streams")
+        self._rtx_ssrc: dict[int, int] = _get(self, "RTCRtpReceiver", "rtx_ssrc")
         self._nack = NackGenerator() if kind == "video" else None
 
     async def receive(self, parameters: RTCRtpReceiveParameters) -> None:
@@ -102,7 +108,7 @@ class ForwardingReceiver(RTCRtpReceiver):
         _get(self, "RTCRtpReceiver", "codecs").update(self.codecs)
         for encoding in parameters.encodings:
             if encoding.rtx:
-                _get(self, "RTCRtpReceiver", "rtx_ssrc")[encoding.rtx.ssrc] = encoding.ssrc
+                self._rtx_ssrc[encoding.rtx.ssrc] = encoding.ssrc
         self.transport._register_rtp_receiver(self, parameters)
         _set(self, "RTCRtpReceiver", "rtcp_task", asyncio.ensure_future(self._run_rtcp()))
         _set(self, "RTCRtpReceiver", "started", True)
@@ -122,12 +128,12 @@ class ForwardingReceiver(RTCRtpReceiver):
         codec = self.codecs.get(packet.payload_type)
         if codec is None:
             return
-        streams: dict[int, StreamStatistics] = _get(self, "RTCRtpReceiver", "remote_streams")
+        streams = self._streams
         if packet.ssrc not in streams:
             streams[packet.ssrc] = StreamStatistics(codec.clockRate)
         streams[packet.ssrc].add(packet)
         if is_rtx(codec):
-            original = _get(self, "RTCRtpReceiver", "rtx_ssrc").get(packet.ssrc)
+            original = self._rtx_ssrc.get(packet.ssrc)
             apt = codec.parameters.get("apt")
             if original is None or not isinstance(apt, int) or apt not in self.codecs:
                 return
@@ -174,9 +180,8 @@ class ForwardingReceiver(RTCRtpReceiver):
 
     def loss(self) -> tuple[int, int]:
         """Return (packets lost, packets expected) over the stream's life."""
-        streams: dict[int, StreamStatistics] = _get(self, "RTCRtpReceiver", "remote_streams")
         lost = expected = 0
-        for s in streams.values():
+        for s in self._streams.values():
             lost += max(0, s.packets_lost)
             expected += s.packets_expected
         return lost, expected
@@ -197,11 +202,16 @@ class ForwardingSender(RTCRtpSender):
         self.retransmits = 0
         self.plis = 0
         self._rtx_seq = 0
+        self._mid: str | None = None
+        self._extensions: Any = None
 
     async def _run_rtp(self, codec: RTCRtpCodecParameters) -> None:
         # Replaces aiortc's read-encode-send loop: packets arrive through forward().
         self.codec = codec
         self.rtx_payload_type = _get(self, "RTCRtpSender", "rtx_payload_type")
+        # Fixed once the sender has started: read them once, not for every packet.
+        self._mid = _get(self, "RTCRtpSender", "mid")
+        self._extensions = _get(self, "RTCRtpSender", "rtp_header_extensions_map")
         _get(self, "RTCRtpSender", "rtp_started").set()
         self.ready.set()
         with contextlib.suppress(asyncio.CancelledError):
@@ -220,36 +230,31 @@ class ForwardingSender(RTCRtpSender):
             payload=source.payload,
         )
         packet.padding_size = 0
+        ntp = aiortc.clock.current_ntp_time()
         ext = packet.extensions
-        ext.mid = _get(self, "RTCRtpSender", "mid")
-        ext.abs_send_time = (aiortc.clock.current_ntp_time() >> 14) & 0x00FFFFFF
+        ext.mid = self._mid
+        ext.abs_send_time = (ntp >> 14) & 0x00FFFFFF
         ext.audio_level = source.extensions.audio_level
         self.cache.put(seq, packet)
-        data = packet.serialize(_get(self, "RTCRtpSender", "rtp_header_extensions_map"))
         try:
-            await self.transport._send_rtp(data)
+            await self.transport._send_rtp(packet.serialize(self._extensions))
         except ConnectionError:
             return
         # The counters aiortc's RTCP loop puts in sender reports.
-        _set(self, "RTCRtpSender", "ntp_timestamp", aiortc.clock.current_ntp_time())
-        _set(self, "RTCRtpSender", "rtp_timestamp", timestamp)
-        _set(
-            self,
-            "RTCRtpSender",
-            "octet_count",
-            _get(self, "RTCRtpSender", "octet_count") + len(packet.payload),
-        )
-        _set(self, "RTCRtpSender", "packet_count", _get(self, "RTCRtpSender", "packet_count") + 1)
+        setattr(self, _NTP, ntp)
+        setattr(self, _RTP, timestamp)
+        setattr(self, _OCTETS, getattr(self, _OCTETS) + len(packet.payload))
+        setattr(self, _PACKETS, getattr(self, _PACKETS) + 1)
 
     @property
     def packets_sent(self) -> int:
         """Return the number of packets sent, retransmissions excluded."""
-        return int(_get(self, "RTCRtpSender", "packet_count"))
+        return int(getattr(self, _PACKETS))
 
     @property
     def bytes_sent(self) -> int:
         """Return the payload bytes sent, retransmissions excluded."""
-        return int(_get(self, "RTCRtpSender", "octet_count"))
+        return int(getattr(self, _OCTETS))
 
     @property
     def rtt(self) -> float | None:
@@ -270,7 +275,7 @@ class ForwardingSender(RTCRtpSender):
                 ssrc=self._rtx_ssrc,
             )
             self._rtx_seq = uint16_add(self._rtx_seq, 1)
-        data = packet.serialize(_get(self, "RTCRtpSender", "rtp_header_extensions_map"))
+        data = packet.serialize(self._extensions)
         with contextlib.suppress(ConnectionError):
             await self.transport._send_rtp(data)
             self.retransmits += 1
@@ -320,19 +325,8 @@ def negotiated_codec(transceiver: RTCRtpTransceiver) -> RTCRtpCodecParameters | 
 
 def same_codec(a: RTCRtpCodecParameters, b: RTCRtpCodecParameters) -> bool:
     """Tell whether two codec entries name the same codec and, for H.264, the same profile."""
-    if a.mimeType.lower() != b.mimeType.lower() or a.clockRate != b.clockRate:
-        return False
-    if a.name.upper() != "H264":
-        return True
-
-    def profile(c: RTCRtpCodecParameters) -> tuple[str, str]:
-        pli = str(c.parameters.get("profile-level-id", "42e01f")).lower()
-        mode = str(c.parameters.get("packetization-mode", "0"))
-        # Constrained baseline is 42e0 or 4240, plain baseline 4200: profile_idc and the
-        # constraint flags, without the level.
-        return pli[:4], mode
-
-    return profile(a) == profile(b)
+    # aiortc's own negotiation rule: the H.264 profile (not the level) and packetization mode.
+    return bool(is_codec_compatible(a, b))
 
 
 def codec_preferences(kind: str, codec: RTCRtpCodecParameters) -> list[RTCRtpCodecCapability]:

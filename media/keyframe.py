@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 # H.264 NAL unit types (RFC 6184): sequence parameter set, single-time aggregation packet.
 _H264_SPS = 7
 _H264_STAP_A = 24
@@ -59,12 +61,8 @@ def h264_keyframe_start(payload: bytes) -> bool:
     return False
 
 
-def keyframe_start(codec: str, payload: bytes) -> bool:
-    """Tell whether a payload of a codec (by name, e.g. "VP8") starts a decodable picture."""
-    name = codec.upper()
-    if name == "VP8":
-        return vp8_keyframe_start(payload)
-    if name == "H264":
-        return h264_keyframe_start(payload)
-    # Audio needs no keyframe: every packet is a starting point.
-    return True
+# The keyframe test of each video codec; audio needs none (every packet is a starting point).
+KEYFRAME_START: dict[str, Callable[[bytes], bool]] = {
+    "VP8": vp8_keyframe_start,
+    "H264": h264_keyframe_start,
+}

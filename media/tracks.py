@@ -14,7 +14,7 @@ from aiortc.rtp import RtpPacket
 from .aiortc_adapter import ForwardingReceiver, ForwardingSender
 from .estimator import RateAggregator, Throttle
 from .histogram import Histogram
-from .keyframe import keyframe_start
+from .keyframe import KEYFRAME_START
 from .rewrite import Rewriter
 
 # A PLI upstream at most this often: keyframes are expensive, and one serves every subscriber.
@@ -38,6 +38,8 @@ class UpTrack:
         self.delays = delays
         self.kind = kind
         self.codec = codec
+        # Chosen once: the forwarding path looks at every packet.
+        self._starts_key = KEYFRAME_START.get(codec.name.upper()) if kind == "video" else None
         self.receiver = receiver
         self.clock = clock
         self.downs: list[DownTrack] = []
@@ -55,8 +57,8 @@ class UpTrack:
     async def on_packet(self, packet: RtpPacket, codec: RTCRtpCodecParameters) -> None:
         """Forward one packet from the publisher to every subscriber."""
         now = self.clock()
-        key = keyframe_start(codec.name, packet.payload) if self.kind == "video" else True
-        if key and self.kind == "video":
+        key = True if self._starts_key is None else self._starts_key(packet.payload)
+        if key and self._starts_key is not None:
             self.keyframes += 1
         if not self.muted:
             arrived = self.receiver.arrived

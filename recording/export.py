@@ -14,7 +14,9 @@ import av
 import cv2
 import numpy as np
 
-PATIENT = ("probe", "laparoscope")
+from session.roles import PATIENT_SOURCES
+
+PATIENT = {s.value for s in PATIENT_SOURCES}
 POINTER_HOLD = 1.0  # seconds a pointer stays on screen after its last move
 
 

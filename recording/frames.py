@@ -59,26 +59,18 @@ class FrameAssembler:
             return []  # a retransmission of a frame already written (or given up)
         p = self.pending.setdefault(timestamp, _Pending(timestamp))
         p.packets[seq] = payload
-        if self._starts_frame(payload):
-            p.first = seq
-            p.keyframe = p.keyframe or self._starts_keyframe(payload)
+        if self.codec == "VP8":
+            # VP8 marks a frame's first packet; its frame header says whether it is a keyframe.
+            start = vp8_frame_offset(payload)
+            if start is not None:
+                p.first = seq
+                p.keyframe = payload[start] & 0x01 == 0
+        elif h264_keyframe_start(payload):
+            # H.264 marks no first packet (see _complete); any packet may carry the SPS.
+            p.keyframe = True
         if marker:
             p.last = seq
         return self._emit()
-
-    def _starts_frame(self, payload: bytes) -> bool:
-        if self.codec == "VP8":
-            return vp8_frame_offset(payload) is not None
-        # H.264: a single NAL, an aggregation, or the first fragment of a fragmented NAL; the
-        # first packet of an access unit is the one with the lowest sequence number, found
-        # below when the timestamp changes, so any packet here may start it.
-        return True
-
-    def _starts_keyframe(self, payload: bytes) -> bool:
-        if self.codec == "VP8":
-            i = vp8_frame_offset(payload)
-            return i is not None and payload[i] & 0x01 == 0
-        return h264_keyframe_start(payload)
 
     def _complete(self, p: _Pending) -> bool:
         if p.last is None:

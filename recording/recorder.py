@@ -19,8 +19,8 @@ from aiortc.rtp import RtpPacket
 from media.sfu import Sfu
 from media.tracks import UpTrack
 from session.participant import Event
-from session.roles import Role
-from session.room import PATIENT, Room
+from session.roles import PATIENT_SOURCES, Role
+from session.room import Room
 from session.streams import Feed, Stream
 
 from .frames import Frame, FrameAssembler
@@ -166,7 +166,7 @@ class Recorder:
         for feed in stream.feeds:
             if (stream.id, feed.id) in taken:
                 continue
-            if feed.source in PATIENT and self.room.recording.consent is None:
+            if feed.source in PATIENT_SOURCES and self.room.recording.consent is None:
                 continue  # never a patient image without the operator's confirmation
             track = self.sfu.track(stream.id, feed.mid)
             if track is None:

@@ -9,10 +9,8 @@ from typing import Any
 from .channel import SHAPES, Channel, FeedGeometry, Limits
 from .errors import Close, Code, SessionError
 from .participant import Client, Event, Participant, State
-from .roles import Action, Role, Source, may, may_publish
+from .roles import PATIENT_SOURCES, Action, Role, Source, may, may_publish
 from .streams import Feed, Stream
-
-PATIENT = frozenset({Source.PROBE, Source.LAPAROSCOPE})
 
 
 @dataclass
@@ -388,7 +386,7 @@ class Room:
 
     def has_patient_feed(self) -> bool:
         """Tell whether a probe or laparoscope image is published."""
-        return any(f.source in PATIENT for s in self.streams.values() for f in s.feeds)
+        return any(f.source in PATIENT_SOURCES for s in self.streams.values() for f in s.feeds)
 
     def start_recording(self, actor_id: str, now: float) -> bool:
         """Ask to record; True when it may start now, False while consent is awaited."""
