@@ -61,15 +61,21 @@ class Recorder:
         root: Path,
         clock: Callable[[], float],
         on_error: Callable[[str, str], None],
+        session_id: str | None = None,
+        segment: int = 1,
     ) -> None:
         self.room = room
         self.sfu = sfu
         self.clock = clock
         self.on_error = on_error
-        self.session_id = (
+        self.session_id = session_id or (
             time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()) + "-" + secrets.token_hex(3)
         )
-        self.dir = root / safe_name(room.id, 64) / self.session_id
+        self.segment = segment
+        # A later segment (the session went on on another node after a node loss) has a
+        # folder of its own, so that on shared storage nothing of an earlier one is overwritten.
+        folder = self.session_id if segment == 1 else f"{self.session_id}-s{segment}"
+        self.dir = root / safe_name(room.id, 64) / folder
         self.started_at = 0.0
         self.stopped_at: float | None = None
         self.tracks: list[Recorded] = []
@@ -265,6 +271,7 @@ class Recorder:
         return {
             "version": 1,
             "session_id": self.session_id,
+            "segment": self.segment,
             "room": self.room.id,
             "title": self.room.config.title,
             "started_at": self.started_at,

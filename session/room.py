@@ -23,6 +23,7 @@ class Recording:
     since: float = 0.0
     pending_by: str = ""  # a moderator's start waiting for the operator's consent
     consent: dict[str, Any] | None = None
+    segment: int = 1  # above 1 when the recording went on on another node
 
     def describe(self) -> Event:
         """Return what participants are told."""
@@ -61,6 +62,9 @@ class Room:
         self.channel = Channel(Limits(chat=config.chat_history))
         # Set by the edge to keep every ordered operation beyond this process (session.store).
         self.journal: Callable[[Event], None] | None = None
+        # People of this room as another node (or this one before a restart) last knew them,
+        # by identity: a returning identity gets back its participant id, role and grants.
+        self.remembered: dict[str, Event] = {}
         self.recording = Recording()
 
     # -- queries ---------------------------------------------------------------------------
@@ -142,8 +146,15 @@ class Room:
             and len(self.participants) >= self.config.max_participants
         ):
             raise SessionError(Code.ROOM_FULL, "this session is full")
+        known = self.remembered.pop(identity, None)
+        if known is not None:
+            # The room moved here from another node: the moderator's decisions still hold.
+            role = Role(known["role"])
         state = State.WAITING if self._must_wait(role) else State.JOINED
-        p = Participant(new_id(), identity, name, role, client, now, state)
+        pid = known["id"] if known is not None else new_id()
+        p = Participant(pid, identity, name, role, client, now, state)
+        if known is not None:
+            p.may_annotate, p.floor = bool(known["may_annotate"]), bool(known["floor"])
         self.participants[p.id] = p
         self.empty_since = None
         if state is State.JOINED:
@@ -382,6 +393,49 @@ class Room:
         )
         return p
 
+    # -- state kept beyond this process ----------------------------------------------------------
+
+    def export(self) -> Event:
+        """Return the membership state another node needs to carry the room on."""
+        people = {
+            p.identity: {
+                "id": p.id,
+                "role": p.role.value,
+                "may_annotate": p.may_annotate,
+                "floor": p.floor,
+            }
+            for p in self.participants.values()
+            if p.state is State.JOINED and p.role is not Role.RECORDER
+        }
+        # People restored from another node who have not come back yet are kept for later.
+        r = self.recording
+        return {
+            "people": {**self.remembered, **people},
+            "banned": sorted(self.banned),
+            "recording": {
+                "active": r.active,
+                "session_id": r.session_id,
+                "started_by": r.started_by,
+                "since": r.since,
+                "consent": r.consent,
+                "segment": r.segment,
+            },
+        }
+
+    def restore(self, state: Event) -> bool:
+        """Take back the state exported by another node; True if it was being recorded."""
+        self.remembered = {k: dict(v) for k, v in state.get("people", {}).items()}
+        self.banned = set(state.get("banned", []))
+        rec = state.get("recording") or {}
+        self.recording.session_id = str(rec.get("session_id") or "")
+        self.recording.started_by = str(rec.get("started_by") or "")
+        self.recording.since = float(rec.get("since") or 0.0)
+        self.recording.consent = rec.get("consent")
+        self.recording.segment = int(rec.get("segment") or 1)
+        # A recording that was running is resumed by the edge, as a new segment.
+        self.recording.active = False
+        return bool(rec.get("active"))
+
     # -- recording -------------------------------------------------------------------------------
 
     def has_patient_feed(self) -> bool:
@@ -420,7 +474,7 @@ class Room:
         """Tell everyone the session is now recorded."""
         self.recording.active = True
         self.recording.session_id = session_id
-        self.recording.started_by = self.recording.pending_by
+        self.recording.started_by = self.recording.pending_by or self.recording.started_by
         self.recording.pending_by = ""
         self.recording.since = now
         self._broadcast(

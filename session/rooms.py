@@ -40,6 +40,10 @@ class Rooms:
         """Tell whether the room was ended on purpose and may not be reopened."""
         return room_id in self._ended
 
+    def mark_ended(self, room_id: str, now: float) -> None:
+        """Refuse a room here that was ended on another node."""
+        self._ended.setdefault(room_id, now)
+
     def create(self, room_id: str, now: float, config: RoomConfig | None = None) -> Room:
         """Create a room; refuses one that exists or was ended."""
         if room_id in self._live:

@@ -27,7 +27,10 @@ def create_app(settings: Settings, keys: Secrets | None = None) -> Starlette:
     hub = Hub(settings, keys or resolve_secrets(settings))
 
     async def signaling(websocket: WebSocket) -> None:
-        await Connection(websocket, hub).run()
+        if hub.cluster is not None:
+            await hub.cluster.serve(websocket)
+        else:
+            await Connection(websocket, hub).run()
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:

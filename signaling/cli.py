@@ -67,8 +67,20 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--redis",
         default=env("REDIS"),
-        help="Redis URL: the annotation channel is kept there and survives restarts "
-        "(in memory when absent) [TELECONSULT_REDIS]",
+        help="Redis URL: this node joins the cluster sharing it; rooms, roles and the "
+        "annotation channel are kept there and survive a node's loss (in memory when "
+        "absent) [TELECONSULT_REDIS]",
+    )
+    serve.add_argument(
+        "--node",
+        default=env("NODE"),
+        help="this node's name in the cluster (default: hostname:port) [TELECONSULT_NODE]",
+    )
+    serve.add_argument(
+        "--node-ttl",
+        type=float,
+        default=3.0,
+        help="seconds without a heartbeat after which a node is taken for dead",
     )
     serve.add_argument(
         "--idle-timeout",
@@ -144,6 +156,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     rooms.add_argument("--json", action="store_true", help="print JSON")
 
+    nodes = sub.add_parser("nodes", help="list the live nodes of a cluster with their load")
+    drain = sub.add_parser("drain", help="stop placing new rooms on a node (to upgrade it)")
+    drain.add_argument("node", help="the node's name, as `teleconsult nodes` lists it")
+    drain.add_argument("--undo", action="store_true", help="place rooms on it again")
+    for p in (nodes, drain):
+        p.add_argument("--redis", default=env("REDIS"), required=not env("REDIS"))
+        p.add_argument("--json", action="store_true", help="print JSON")
+
     for name, doc in (
         ("publish", "publish a video source to a room"),
         ("subscribe", "receive a room's streams and report frame rate and latency"),
@@ -201,6 +221,8 @@ def main(argv: list[str] | None = None) -> int:
         "publish": _publish,
         "subscribe": _subscribe,
         "export": _export,
+        "nodes": _nodes,
+        "drain": _drain,
     }[args.command]
     try:
         return command(args)
@@ -225,6 +247,8 @@ def _serve(args: argparse.Namespace) -> int:
         admin_key=args.admin_key,
         idle_timeout=args.idle_timeout,
         redis=args.redis,
+        node=args.node,
+        node_ttl=args.node_ttl,
         retention_days=args.retention_days,
         turn_port=None if args.turn_port < 0 else args.turn_port,
         turn_urls=args.turn_url,
@@ -317,6 +341,64 @@ def _rooms(args: argparse.Namespace) -> int:
     print(f"{'ROOM':<24} {'PARTICIPANTS':>12} {'WAITING':>8}  TITLE")
     for room in data["rooms"]:
         print(f"{room['id']:<24} {room['participants']:>12} {room['waiting']:>8}  {room['title']}")
+    return 0
+
+
+def _nodes(args: argparse.Namespace) -> int:
+    from session.store import RedisStore
+
+    async def run() -> dict[str, Any]:
+        store = RedisStore(args.redis)
+        try:
+            return {
+                name: {**load.describe(), **info}
+                for name, (load, info) in (await store.nodes()).items()
+            }
+        finally:
+            await store.close()
+
+    try:
+        nodes = asyncio.run(run())
+    except OSError as e:
+        raise ValueError(f"cannot reach Redis: {e}") from None
+    if args.json:
+        print(json.dumps(nodes, indent=2))
+        return 0
+    print(f"{'NODE':<28} {'ROOMS':>5} {'UP':>4} {'DOWN':>5} {'CPU%':>5}  STATE")
+    for name, n in nodes.items():
+        state = "draining" if n["draining"] else "open"
+        print(
+            f"{name:<28} {n['rooms']:>5} {n['up_tracks']:>4} {n['down_tracks']:>5} "
+            f"{n['cpu']:>5}  {state}"
+        )
+    return 0
+
+
+def _drain(args: argparse.Namespace) -> int:
+    from session.store import RedisStore
+
+    async def run() -> dict[str, Any] | None:
+        store = RedisStore(args.redis)
+        try:
+            await store.drain(args.node, not args.undo)
+            found = (await store.nodes()).get(args.node)
+            return None if found is None else found[0].describe()
+        finally:
+            await store.close()
+
+    try:
+        load = asyncio.run(run())
+    except OSError as e:
+        raise ValueError(f"cannot reach Redis: {e}") from None
+    if args.json:
+        print(json.dumps({"node": args.node, "draining": not args.undo, "load": load}))
+        return 0
+    what = "open to new rooms again" if args.undo else "draining: no new rooms go to it"
+    print(f"{args.node}: {what}")
+    if load is None:
+        print("(no live node of this name at the moment)")
+    elif not args.undo:
+        print(f"rooms still on it: {load['rooms']} (they end on their own; then upgrade it)")
     return 0
 
 

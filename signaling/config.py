@@ -25,6 +25,10 @@ class Settings:
     secret: str | None = None
     admin_key: str | None = None
     redis: str | None = None
+    # This node's name in a cluster (placement, `teleconsult drain`); default host:port.
+    node: str | None = None
+    # A node whose heartbeat is older than this is taken for dead and its rooms move.
+    node_ttl: float = 3.0
     ping_interval: float = 15.0
     ping_timeout: float = 30.0
     handshake_timeout: float = 10.0
@@ -59,6 +63,13 @@ class Settings:
             return self.public_url.rstrip("/")
         host = f"[{self.host}]" if ":" in self.host else self.host
         return f"http://{host}:{self.port}"
+
+
+def default_node_name(settings: Settings) -> str:
+    """Return the name a node goes by when none is given: its host name and port."""
+    import socket
+
+    return f"{socket.gethostname()}:{settings.port}"
 
 
 def env(name: str, default: str | None = None) -> str | None:

@@ -6,9 +6,7 @@ import asyncio
 import contextlib
 import logging
 from dataclasses import dataclass
-from typing import Any
-
-from starlette.websockets import WebSocket
+from typing import Any, Protocol
 
 from media.sfu import MediaError
 from session.errors import Code as SessionCode
@@ -39,12 +37,37 @@ class _PointerSlot:
     author: str
 
 
+class Socket(Protocol):
+    """What a connection reads and writes: a WebSocket, or one relayed from another node."""
+
+    async def accept(self) -> None:
+        """Complete the opening handshake."""
+
+    async def receive(self) -> Any:
+        """Return the next ASGI message."""
+
+    async def send_text(self, data: str) -> None:
+        """Send one text frame."""
+
+    async def close(self, code: int = 1000, reason: str | None = None) -> None:
+        """Close with a code and reason."""
+
+
 class Connection:
     """Serves one WebSocket; implements session.participant.Client for its room."""
 
-    def __init__(self, ws: WebSocket, hub: Hub) -> None:
+    def __init__(
+        self,
+        ws: Socket,
+        hub: Hub,
+        first: dict[str, Any] | None = None,
+        relayed_from: str | None = None,
+    ) -> None:
         self.ws = ws
         self.hub = hub
+        # A frame already read (by the cluster, to find the room) and the node it came through.
+        self.first = first
+        self.relayed_from = relayed_from
         s = hub.settings
         now = hub.now()
         self.out: asyncio.Queue[Event | _CloseRequest | _PointerSlot] = asyncio.Queue()
@@ -124,7 +147,8 @@ class Connection:
 
     async def run(self) -> None:
         """Serve the connection until either side closes it."""
-        await self.ws.accept()
+        if self.first is None:
+            await self.ws.accept()
         self.hub.connections.add(self)
         self.hub.metrics.connections.inc()
         tasks = [
@@ -146,7 +170,7 @@ class Connection:
 
     async def _read(self) -> None:
         while True:
-            msg = await self.ws.receive()
+            msg, self.first = self.first or await self.ws.receive(), None
             if msg["type"] == "websocket.disconnect":
                 return
             self.last_heard = self.hub.now()
@@ -216,6 +240,8 @@ class Connection:
             return
         try:
             await HANDLERS[message.type](self, message)
+            if self.room is not None and message.type not in ("pointer", "ping", "pong"):
+                self.hub.persist(self.room)
         except (SessionError, MediaError) as e:
             self.error(e.code, e.message, ref=message.id)
             if e.code in (SessionCode.FORBIDDEN, SessionCode.IN_LOBBY):
@@ -245,3 +271,4 @@ class Connection:
             self.hub.spawn(self.hub.sfu.close_participant(left.id, self.leave_reason))
             self.audit("leave", code=self.leave_reason)
             self.hub.refresh_gauges()
+            self.hub.persist(self.room)

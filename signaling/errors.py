@@ -29,6 +29,8 @@ class Close(IntEnum):
     """WebSocket close codes set by signaling (session.errors.Close has the room's own)."""
 
     GOING_AWAY = 1001
+    # The node hosting the room is gone; reconnecting reaches the room on another node.
+    MOVED = 1012
     UNSUPPORTED_VERSION = 4000
     UNAUTHORIZED = 4001
     HANDSHAKE_TIMEOUT = 4002

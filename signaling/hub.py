@@ -26,10 +26,11 @@ from turn.policy import PeerPolicy
 from turn.server import TurnServer
 
 from .audit import AuditLog
-from .config import Secrets, Settings, turn_secret
+from .config import Secrets, Settings, default_node_name, turn_secret
 from .metrics import Metrics
 
 if TYPE_CHECKING:
+    from .cluster import Cluster
     from .connection import Connection
 
 log = logging.getLogger("teleconsult.hub")
@@ -51,10 +52,14 @@ class Hub:
             tombstone_ttl=settings.max_token_ttl,
             on_create=self._room_created,
         )
-        # Every ordered channel operation is journaled, in order, by one writer task.
-        self.store: Store = RedisStore(settings.redis) if settings.redis else MemoryStore()
-        # (room, operation), or (room, None) to drop an ended room's log, in order.
-        self._journal: asyncio.Queue[tuple[str, Event | None]] = asyncio.Queue()
+        # Every ordered channel operation and membership change is journaled, in order, by one
+        # writer task.
+        self.store: Store = RedisStore(settings.redis) if settings.redis else MemoryStore(clock)
+        self.node = settings.node or default_node_name(settings)
+        # (room, what, payload): "op" an ordered operation, "state" the membership state,
+        # "forget" the room ended (payload: seconds it stays refused, or None).
+        self._journal: asyncio.Queue[tuple[str, str, Any]] = asyncio.Queue()
+        self._saved: dict[str, Event] = {}
         self._writer: asyncio.Task[None] | None = None
         self.audit = AuditLog(settings.data_dir / "audit.jsonl")
         self.metrics = Metrics()
@@ -94,6 +99,11 @@ class Hub:
             )
             self.metrics.watch_turn(self.turn)
         self.metrics.watch_media(self.sfu.stats, self.sfu.forward_delay)
+        self.cluster: Cluster | None = None
+        if settings.redis:
+            from .cluster import Cluster
+
+            self.cluster = Cluster(self)
 
     def now(self) -> float:
         """Return the current time in seconds since the epoch."""
@@ -158,7 +168,7 @@ class Hub:
         gone = list(live.participants) if live is not None else []
         recorder = self.recorders.pop(room_id, None)
         room = self.rooms.end(room_id, reason, self.now(), actor_id)
-        self._forget(room_id)
+        self._forget(room_id, ended=True)
         if recorder is not None:
             recorder.stop()
             self.audit.record("record_stop", room=room_id, actor="server", code=reason)
@@ -168,32 +178,59 @@ class Hub:
         return room
 
     def _room_created(self, room: Room) -> None:
-        room.journal = lambda event: self._journal.put_nowait((room.id, event))
+        room.journal = lambda event: self._journal.put_nowait((room.id, "op", event))
+
+    def persist(self, room: Room) -> None:
+        """Journal a room's membership state if it changed since it was last journaled."""
+        if room.ended:
+            return
+        state = room.export()
+        if self._saved.get(room.id) != state:
+            self._saved[room.id] = state
+            self._journal.put_nowait((room.id, "state", state))
 
     async def restore(self, room_id: str) -> None:
-        """Before a room opens on this node, bring back its channel from the store, if any."""
+        """Before a room opens on this node, bring it back from the store, if it is there."""
         if self.rooms.get(room_id) is not None or self.rooms.was_ended(room_id):
             return
         try:
+            if await self.store.was_ended(room_id):
+                # Ended on another node: refused here too.
+                self.rooms.mark_ended(room_id, self.now())
+                return
             events = await self.store.log(room_id)
+            state = await self.store.load_state(room_id)
         except Exception:
-            log.warning("cannot read the channel of a room from the store; starting it empty")
+            log.warning("cannot read a room from the store; starting it empty")
             return
         room = self.rooms.get(room_id)
-        if room is not None or not events:
+        if room is not None or (not events and state is None):
             return  # opened meanwhile by another join, or nothing to restore
         room = self.rooms.open(room_id, self.now())
         room.channel = Channel.restore(events, room.channel.limits)
+        if state is not None:
+            self._saved[room_id] = state
+            if room.restore(state):
+                self._resume_recording(room)
+
+    def _resume_recording(self, room: Room) -> None:
+        # The node that recorded this room is gone: go on as a new segment of the same session.
+        segment = room.recording.segment + 1
+        self.start_recording(room, room.recording.session_id, segment)
+        self.audit.record("record_start", room=room.id, actor="server", code="resumed")
 
     async def _write_journal(self) -> None:
         while True:
-            room_id, event = await self._journal.get()
+            room_id, what, payload = await self._journal.get()
             for attempt in range(30):
                 try:
-                    if event is None:
-                        await self.store.forget(room_id)
+                    if what == "forget":
+                        self._saved.pop(room_id, None)
+                        await self.store.forget(room_id, self.node, payload)
+                    elif what == "state":
+                        await self.store.save_state(room_id, payload)
                     else:
-                        await self.store.append(room_id, event)
+                        await self.store.append(room_id, payload)
                     break
                 except Exception:
                     # Redis restarting or out of reach: the room goes on; retry, in order.
@@ -201,8 +238,11 @@ class Hub:
                         log.warning("the store is unreachable; holding channel operations")
                     await asyncio.sleep(1.0)
 
-    def _forget(self, room_id: str) -> None:
-        self._journal.put_nowait((room_id, None))
+    def _forget(self, room_id: str, ended: bool = False) -> None:
+        # Ended on purpose: refused everywhere for as long as a token for it may be valid.
+        self._journal.put_nowait(
+            (room_id, "forget", self.settings.max_token_ttl if ended else None)
+        )
 
     def ice_servers(self, identity: str) -> list[dict[str, Any]]:
         """Return the ICE servers a participant gets on join, with fresh TURN credentials."""
@@ -224,18 +264,22 @@ class Hub:
             return []
         return [{"urls": urls, "username": user, "credential": password}]
 
-    def start_recording(self, room: Room) -> str:
-        """Start the recorder of a room; returns the recorded session's id."""
+    def start_recording(self, room: Room, session_id: str | None = None, segment: int = 1) -> str:
+        """Start the recorder of a room (or its next segment); returns the session's id."""
         recorder = Recorder(
             room,
             self.sfu,
             self.settings.data_dir / "recordings",
             self.clock,
             self._recording_failed,
+            session_id,
+            segment,
         )
         recorder.start()
         self.recorders[room.id] = recorder
+        room.recording.segment = segment
         room.recording_started(recorder.session_id, self.now())
+        self.persist(room)
         return recorder.session_id
 
     def stop_recording(self, room: Room, actor_id: str | None) -> None:
@@ -306,6 +350,8 @@ class Hub:
         self._writer = asyncio.create_task(self._write_journal())
         if self.turn is not None:
             await self.turn.start()
+        if self.cluster is not None:
+            await self.cluster.start()
         self._sweeper = asyncio.create_task(self._sweep_forever())
 
     async def stop(self) -> None:
@@ -319,6 +365,8 @@ class Hub:
         self.recorders.clear()
         for conn in list(self.connections):
             conn.shutdown()
+        if self.cluster is not None:
+            await self.cluster.stop()
         await self.sfu.close()
         if self.turn is not None:
             await self.turn.stop()

@@ -68,7 +68,9 @@ def routes(hub: Hub) -> list[Route]:
                 continue
             out.append(
                 {
-                    "session_id": data["session_id"],
+                    # The folder: a later segment of a session has its own.
+                    "session_id": manifest.parent.name,
+                    "segment_of": data["session_id"] if data.get("segment", 1) > 1 else None,
                     "room": data["room"],
                     "title": data.get("title", ""),
                     "started_at": data["started_at"],

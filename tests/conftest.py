@@ -133,6 +133,9 @@ def server_process(
     port = sock.getsockname()[1]
     sock.close()
     exe = str(Path(sys.executable).parent / "teleconsult")
+    data_dir.mkdir(parents=True, exist_ok=True)
+    # The server's own warnings, for whoever reads a failed test's folder.
+    log = (data_dir / "server.log").open("ab")
     proc = subprocess.Popen(
         [
             exe,
@@ -152,7 +155,7 @@ def server_process(
             *extra,
         ],
         stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
+        stderr=log,
         preexec_fn=preexec_fn,
     )
     try:
@@ -171,3 +174,4 @@ def server_process(
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait(5)
+        log.close()

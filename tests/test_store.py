@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import socket
-import subprocess
-import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
@@ -14,47 +11,18 @@ import pytest
 from session.channel import Channel, FeedGeometry
 from session.store import MemoryStore, RedisStore, Store
 
-from .conftest import free_socket
-from .need import executable
+from .redis_server import RedisServer
 
 
 @pytest.fixture(scope="module")
 def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """A real redis-server on a free loopback port, persistence off, stopped by its PID."""
-    path = executable("redis-server")
-    sock = free_socket()
-    port = sock.getsockname()[1]
-    sock.close()
-    folder = tmp_path_factory.mktemp("redis")
-    proc = subprocess.Popen(
-        [
-            path,
-            "--port",
-            str(port),
-            "--bind",
-            "127.0.0.1",
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-            "--dir",
-            str(folder),
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
-                break
-        except OSError:
-            time.sleep(0.05)
+    server = RedisServer(tmp_path_factory.mktemp("redis"))
+    server.start()
     try:
-        yield f"redis://127.0.0.1:{port}/0"
+        yield server.url
     finally:
-        proc.terminate()
-        proc.wait(10)
+        server.stop()
 
 
 @pytest.fixture(params=["memory", "redis"])
@@ -63,7 +31,7 @@ async def store(request: pytest.FixtureRequest, redis_url: str) -> AsyncIterator
     try:
         yield s
     finally:
-        await s.forget("ward-3")
+        await s.forget("ward-3", "n1")
         await s.close()
 
 
@@ -85,8 +53,58 @@ async def test_log_keeps_order_and_rebuilds_the_channel(store: Store) -> None:
     again = Channel.restore(got)
     assert again.snapshot() == {**ch.snapshot(), "pointers": []}
     assert await store.log("another-room") == []
-    await store.forget("ward-3")
+    await store.forget("ward-3", "n1")
     assert await store.log("ward-3") == []
+
+
+async def test_room_state_and_the_end_of_a_room(store: Store) -> None:
+    state = {"people": {"dr-li": {"id": "p-1", "role": "expert"}}, "banned": ["x"]}
+    assert await store.load_state("ward-3") is None
+    await store.save_state("ward-3", state)
+    assert await store.load_state("ward-3") == state
+    await store.append("ward-3", {"seq": 1, "op": "chat"})
+    assert not await store.was_ended("ward-3")
+    await store.forget("ward-3", "n1", ended_for=60)
+    assert await store.was_ended("ward-3")
+    assert await store.load_state("ward-3") is None and await store.log("ward-3") == []
+    # An idle room is forgotten without being refused.
+    await store.save_state("ward-5", state)
+    await store.forget("ward-5", "n1")
+    assert not await store.was_ended("ward-5") and await store.load_state("ward-5") is None
+
+
+async def test_heartbeats_expire_and_placement_follows_live_nodes(store: Store) -> None:
+    from session.placement import Load, choose
+
+    await store.heartbeat("n1", Load(rooms=3, down_tracks=40), 0.5, {"url": "http://a"})
+    await store.heartbeat("n2", Load(rooms=1, down_tracks=2), 30, {"url": "http://b"})
+    nodes = await store.nodes()
+    assert set(nodes) == {"n1", "n2"} and nodes["n1"][1] == {"url": "http://a"}
+    loads = {n: load for n, (load, _) in nodes.items()}
+    assert choose(loads, "n1") == "n2"  # the least loaded
+    # The first claim wins; a second node's claim gets the host back.
+    assert await store.claim("ward-3", "n1") == "n1"
+    assert await store.claim("ward-3", "n2") == "n1"
+    assert await store.host("ward-3") == "n1"
+    # Draining takes a node out of placement but leaves its rooms alone.
+    await store.drain("n2", True)
+    loads = {n: load for n, (load, _) in (await store.nodes()).items()}
+    assert loads["n2"].draining and choose(loads, "n2") == "n1"
+    await store.drain("n2", False)
+    # n1 stops beating: it drops out, and its room may be claimed by a live node.
+    await asyncio.sleep(0.6)
+    assert set(await store.nodes()) == {"n2"}
+    assert await store.host("ward-3") is None
+    assert await store.claim("ward-3", "n2") == "n2"
+    # Only the host's forget releases the placement.
+    await store.forget("ward-3", "n1")
+    assert await store.host("ward-3") == "n2"
+    await store.forget("ward-3", "n2")
+    assert await store.host("ward-3") is None
+    # A node that stops leaves at once and frees its rooms.
+    assert await store.claim("ward-6", "n2") == "n2"
+    await store.depart("n2", ["ward-6"])
+    assert await store.nodes() == {} and await store.host("ward-6") is None
 
 
 async def test_rooms_do_not_mix(store: Store) -> None:
@@ -116,7 +134,7 @@ async def test_rooms_do_not_mix(store: Store) -> None:
     )
     assert [e["id"] for e in await store.log("ward-3")] == ["x"]
     assert [e["id"] for e in await store.log("ward-4")] == ["y"]
-    await store.forget("ward-4")
+    await store.forget("ward-4", "n1")
 
 
 @pytest.mark.parametrize("kind", ["memory", "redis"])

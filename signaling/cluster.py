@@ -1,0 +1,351 @@
+"""A node's part in a cluster: heartbeats, room placement, and signaling relayed over Redis.
+
+Each room has one host node, which owns its state and runs its handlers. A client may reach any
+node: when its room is hosted elsewhere, this node pipes the client's frames over Redis to the
+host and the host's frames back (the client sees one WebSocket). Heartbeats carry each node's
+load with a TTL; a room whose host stops beating is claimed by the next node a client reaches,
+and rebuilt there from the store.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import secrets
+import time
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from session.placement import Load, choose
+
+from .errors import Close
+from .tokens import TokenError, verify
+
+if TYPE_CHECKING:
+    from .connection import Socket
+    from .hub import Hub
+
+log = logging.getLogger("teleconsult.cluster")
+
+# Frames of one burst published in one round trip.
+BATCH = 256
+
+
+class RelayedSocket:
+    """The host's end of a client connection that reached another node."""
+
+    def __init__(self, cluster: Cluster, cid: str, edge: str) -> None:
+        self.cluster = cluster
+        self.cid = cid
+        self.edge = edge
+        self.inbox: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+
+    async def accept(self) -> None:
+        """The edge has accepted the WebSocket already."""
+
+    async def receive(self) -> dict[str, Any]:
+        """Return the next frame the edge passed on."""
+        return await self.inbox.get()
+
+    async def send_text(self, data: str) -> None:
+        """Pass a frame to the edge, in order."""
+        self.cluster.send(self.edge, {"k": "down", "c": self.cid, "t": data})
+
+    async def close(self, code: int = 1000, reason: str | None = None) -> None:
+        """Ask the edge to close the client's WebSocket."""
+        self.cluster.send(self.edge, {"k": "close", "c": self.cid, "code": code, "r": reason})
+
+    def gone(self) -> None:
+        """The client or its edge node went away."""
+        self.inbox.put_nowait({"type": "websocket.disconnect", "code": 1006})
+
+
+@dataclass
+class Pipe:
+    """The edge's end: a client's WebSocket whose room is hosted on another node."""
+
+    ws: Socket
+    host: str
+    out: asyncio.Queue[tuple[str, Any, Any]] = field(default_factory=asyncio.Queue)
+
+
+class Cluster:
+    """Membership of one node: heartbeat, placement, and the bus between nodes."""
+
+    def __init__(self, hub: Hub) -> None:
+        import redis.asyncio as redis
+
+        self.hub = hub
+        self.node = hub.node
+        self.ttl = hub.settings.node_ttl
+        self.redis = redis.from_url(hub.settings.redis or "")
+        self.prefix = "teleconsult"
+        self.pipes: dict[str, Pipe] = {}
+        self.relayed: dict[str, RelayedSocket] = {}
+        self.live: dict[str, Load] = {}
+        self._out: asyncio.Queue[tuple[str, dict[str, Any]]] = asyncio.Queue()
+        self._tasks: list[asyncio.Task[None]] = []
+        self._spawned: set[asyncio.Task[Any]] = set()
+        self._cpu = (time.monotonic(), time.process_time())
+
+    def channel(self, node: str) -> str:
+        """Return the Redis channel a node listens on."""
+        return f"{self.prefix}:bus:{node}"
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Join the cluster: beat, listen and send."""
+        self._tasks = [
+            asyncio.create_task(self._beat_forever()),
+            asyncio.create_task(self._listen_forever()),
+            asyncio.create_task(self._send_forever()),
+        ]
+
+    async def stop(self) -> None:
+        """Leave the cluster; clients piped through here are told to reconnect."""
+        for pipe in self.pipes.values():
+            pipe.out.put_nowait(("close", Close.GOING_AWAY, "server shutting down"))
+        for _ in range(20):
+            if self._out.empty() and not self.pipes:
+                break
+            await asyncio.sleep(0.05)
+        for task in [*self._tasks, *self._spawned]:
+            task.cancel()
+        for task in [*self._tasks, *self._spawned]:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        try:
+            # Other nodes need not wait for the heartbeat to expire to take these rooms on.
+            await self.hub.store.depart(self.node, [r.id for r in self.hub.rooms.live()])
+        except Exception:
+            log.warning("cannot reach the store to leave the cluster; the heartbeat expires")
+        await self.redis.aclose()
+
+    # -- placement ---------------------------------------------------------------------------
+
+    def load(self) -> Load:
+        """Measure this node's load for the heartbeat."""
+        wall, cpu = time.monotonic(), time.process_time()
+        then_wall, then_cpu = self._cpu
+        self._cpu = (wall, cpu)
+        sfu = self.hub.sfu
+        return Load(
+            rooms=len(self.hub.rooms),
+            up_tracks=sum(len(u.tracks) for u in sfu.ups.values()),
+            down_tracks=sum(len(d.tracks) for d in sfu.downs.values()),
+            cpu=100.0 * (cpu - then_cpu) / max(wall - then_wall, 1e-3),
+        )
+
+    async def host_for(self, room_id: str) -> str:
+        """Return the node that hosts a room, placing it on the least-loaded node if new."""
+        if self.hub.rooms.get(room_id) is not None:
+            return self.node
+        store = self.hub.store
+        try:
+            host = await store.host(room_id)
+            if host is not None:
+                return host
+            nodes = await store.nodes()
+            candidate = choose({n: load for n, (load, _) in nodes.items()}, self.node)
+            return await store.claim(room_id, candidate)
+        except Exception:
+            # Redis out of reach: serve the room here rather than not at all.
+            log.warning("cannot reach the store to place a room; serving it on this node")
+            return self.node
+
+    async def _beat_forever(self) -> None:
+        info = {"url": self.hub.settings.base_url(), "pid": os.getpid()}
+        failing = False
+        while True:
+            try:
+                await self.hub.store.heartbeat(self.node, self.load(), self.ttl, info)
+                # After a Redis restart the placements are gone: take back the rooms served here.
+                for room in self.hub.rooms.live():
+                    host = await self.hub.store.claim(room.id, self.node)
+                    if host != self.node:
+                        log.warning("a room live here is claimed by node %s", host)
+                nodes = await self.hub.store.nodes()
+                self.live = {n: load for n, (load, _) in nodes.items()}
+                if failing:
+                    log.warning("the store is reachable again; node %s registered", self.node)
+                failing = False
+                self._drop_dead_peers()
+            except Exception:
+                if not failing:
+                    log.warning("cannot reach the store; media and local rooms go on")
+                failing = True
+            await asyncio.sleep(self.ttl / 3)
+
+    def _drop_dead_peers(self) -> None:
+        for cid, pipe in list(self.pipes.items()):
+            if pipe.host not in self.live:
+                # The host died: the client reconnects, and its room is rebuilt on a live node.
+                pipe.out.put_nowait(("close", Close.MOVED, "the session moves to another node"))
+                self.pipes.pop(cid, None)
+        for rs in list(self.relayed.values()):
+            if rs.edge not in self.live:
+                rs.gone()
+
+    # -- the bus -----------------------------------------------------------------------------
+
+    def send(self, node: str, message: dict[str, Any]) -> None:
+        """Queue a message for another node; messages leave in the order they were queued."""
+        self._out.put_nowait((node, message))
+
+    async def _send_forever(self) -> None:
+        while True:
+            batch = [await self._out.get()]
+            while len(batch) < BATCH and not self._out.empty():
+                batch.append(self._out.get_nowait())
+            for attempt in range(50):
+                try:
+                    # One connection, one pipeline: Redis delivers them in this order.
+                    async with self.redis.pipeline(transaction=False) as pipe:
+                        for node, message in batch:
+                            pipe.publish(self.channel(node), json.dumps(message))
+                        await pipe.execute()
+                    break
+                except Exception:
+                    if attempt == 0:
+                        log.warning("cannot reach the bus; holding %d messages", len(batch))
+                    await asyncio.sleep(0.2)
+
+    async def _listen_forever(self) -> None:
+        while True:
+            try:
+                async with self.redis.pubsub() as pubsub:
+                    await pubsub.subscribe(self.channel(self.node))
+                    async for raw in pubsub.listen():
+                        if raw.get("type") == "message":
+                            self._dispatch(json.loads(raw["data"]))
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.warning("lost the bus; listening again")
+                await asyncio.sleep(0.5)
+
+    def _dispatch(self, msg: dict[str, Any]) -> None:
+        kind, cid = msg.get("k"), msg.get("c", "")
+        if kind == "open":
+            self._open_relayed(cid, msg["from"], msg["t"])
+        elif kind == "up":
+            rs = self.relayed.get(cid)
+            if rs is not None:
+                frame = {"bytes": b""} if msg.get("b") else {"text": msg["t"]}
+                rs.inbox.put_nowait({"type": "websocket.receive", **frame})
+        elif kind == "gone":
+            rs = self.relayed.get(cid)
+            if rs is not None:
+                rs.gone()
+        elif kind in ("down", "close"):
+            pipe = self.pipes.get(cid)
+            if pipe is not None:
+                if kind == "down":
+                    pipe.out.put_nowait(("text", msg["t"], None))
+                else:
+                    pipe.out.put_nowait(("close", msg["code"], msg.get("r")))
+
+    # -- host side ---------------------------------------------------------------------------
+
+    def _open_relayed(self, cid: str, edge: str, first: str) -> None:
+        from .connection import Connection
+
+        rs = RelayedSocket(self, cid, edge)
+        self.relayed[cid] = rs
+        conn = Connection(rs, self.hub, {"type": "websocket.receive", "text": first}, edge)
+
+        async def serve() -> None:
+            try:
+                await conn.run()
+            finally:
+                self.relayed.pop(cid, None)
+
+        self._spawn(serve())
+
+    # -- edge side ---------------------------------------------------------------------------
+
+    async def serve(self, ws: Socket) -> None:
+        """Serve a client WebSocket here, or pipe it to the node hosting its room."""
+        from .connection import Connection
+
+        await ws.accept()
+        try:
+            first = await asyncio.wait_for(ws.receive(), self.hub.settings.handshake_timeout)
+        except TimeoutError:
+            first = {"type": "websocket.receive", "text": None, "bytes": b""}
+        room = self._room_of(first.get("text"))
+        host = self.node if room is None else await self.host_for(room)
+        if host == self.node or first.get("type") != "websocket.receive":
+            await Connection(ws, self.hub, first).run()
+            return
+        await self._pipe(ws, first["text"], host)
+
+    async def _pipe(self, ws: Socket, first: str, host: str) -> None:
+        cid = secrets.token_hex(8)
+        pipe = Pipe(ws, host)
+        self.pipes[cid] = pipe
+        self.hub.metrics.connections.inc()
+        self.send(host, {"k": "open", "c": cid, "from": self.node, "t": first})
+        tasks = [
+            asyncio.create_task(self._pipe_up(cid, pipe)),
+            asyncio.create_task(self._pipe_down(pipe)),
+        ]
+        try:
+            await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for t in tasks:
+                t.cancel()
+            for t in tasks:
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await t
+            if self.pipes.pop(cid, None) is not None:
+                self.send(host, {"k": "gone", "c": cid})
+            self.hub.metrics.connections.dec()
+
+    async def _pipe_up(self, cid: str, pipe: Pipe) -> None:
+        limit = self.hub.settings.max_message
+        while True:
+            msg = await pipe.ws.receive()
+            if msg["type"] == "websocket.disconnect":
+                return
+            text = msg.get("text")
+            if text is None:
+                self.send(pipe.host, {"k": "up", "c": cid, "b": 1})
+                continue
+            # The host checks every frame; it need not be sent megabytes to refuse them.
+            self.send(pipe.host, {"k": "up", "c": cid, "t": text[: limit + 1]})
+
+    async def _pipe_down(self, pipe: Pipe) -> None:
+        queue_size = self.hub.settings.queue_size
+        while True:
+            kind, a, b = await pipe.out.get()
+            if kind == "close":
+                with contextlib.suppress(Exception):
+                    await pipe.ws.close(a, b)
+                return
+            if pipe.out.qsize() >= queue_size:
+                with contextlib.suppress(Exception):
+                    await pipe.ws.close(Close.TOO_SLOW, "not reading fast enough")
+                return
+            await pipe.ws.send_text(a)
+
+    def _room_of(self, text: str | None) -> str | None:
+        """Return the room of a hello with a valid token for it; None leaves it to this node."""
+        if not text or len(text) > self.hub.settings.max_message:
+            return None
+        try:
+            msg = json.loads(text)
+            grant = verify(self.hub.keys.token_secret, msg["token"], self.hub.now())
+        except (ValueError, TypeError, KeyError, TokenError):
+            return None  # refused here, with the codes of any refusal
+        # Only a client entitled to the room may cause a placement (or a relay).
+        return grant.room if msg.get("type") == "hello" and msg.get("room") == grant.room else None
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.ensure_future(coro)
+        self._spawned.add(task)
+        task.add_done_callback(self._spawned.discard)

@@ -1,0 +1,284 @@
+"""Several server processes sharing a real redis-server: placement, relay, node loss, Redis loss."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import pytest
+
+from media.client import MediaClient
+from session.roles import Role
+from session.store import RedisStore
+from signaling.client import SignalingClient
+from signaling.tokens import mint
+
+from .conftest import SECRET, server_process
+from .media_util import PatternTrack, receive
+from .redis_server import RedisServer
+
+TTL = "1.5"
+
+
+@pytest.fixture
+def redis(tmp_path: Path) -> Iterator[RedisServer]:
+    server = RedisServer(tmp_path / "redis", aof=True)
+    server.folder.mkdir()
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+class Node:
+    """One `teleconsult serve --redis` process."""
+
+    def __init__(self, name: str, port: int, proc: subprocess.Popen[bytes], data: Path) -> None:
+        self.name, self.port, self.proc, self.data = name, port, proc, data
+
+    @property
+    def ws(self) -> str:
+        return f"ws://127.0.0.1:{self.port}/ws"
+
+    def client(self, room: str, role: Role, identity: str, ttl: float = 3600) -> SignalingClient:
+        token = mint(SECRET, room, role, identity, ttl, identity)
+        return SignalingClient(self.ws, token, room)
+
+
+@contextlib.contextmanager
+def node(tmp_path: Path, redis: RedisServer, name: str) -> Iterator[Node]:
+    data = tmp_path / name
+    extra = ("--redis", redis.url, "--node", name, "--node-ttl", TTL)
+    with server_process(data, *extra) as (port, proc):
+        yield Node(name, port, proc, data)
+
+
+def cli(*args: str) -> str:
+    exe = str(Path(sys.executable).parent / "teleconsult")
+    done = subprocess.run([exe, *args], capture_output=True, text=True, timeout=30, check=True)
+    return done.stdout
+
+
+def nodes(redis: RedisServer) -> dict[str, dict[str, object]]:
+    data: dict[str, dict[str, object]] = json.loads(cli("nodes", "--redis", redis.url, "--json"))
+    return data
+
+
+async def until(check: object, timeout: float = 10.0) -> None:
+    """Wait (bounded) until a condition holds."""
+    assert callable(check)
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not check():
+        assert loop.time() < deadline, "timed out waiting"
+        await asyncio.sleep(0.1)
+
+
+@contextlib.asynccontextmanager
+async def clients() -> AsyncIterator[list[SignalingClient | MediaClient]]:
+    made: list[SignalingClient | MediaClient] = []
+    try:
+        yield made
+    finally:
+        for c in reversed(made):
+            await c.close()
+
+
+async def test_clients_on_two_nodes_share_one_room(tmp_path: Path, redis: RedisServer) -> None:
+    with node(tmp_path, redis, "a") as a, node(tmp_path, redis, "b") as b:
+        async with clients() as made:
+            op = a.client("ward-3", Role.OPERATOR, "op")
+            made.append(op)
+            await op.connect()
+            ex = b.client("ward-3", Role.EXPERT, "ex")  # reaches the other node
+            made.append(ex)
+            await ex.connect()
+            assert {p["identity"] for p in ex.welcome["participants"]} == {"op", "ex"}
+            # Media published through one node is decoded by a client of the other.
+            media_op, media_ex = MediaClient(op), MediaClient(ex)
+            made += [media_op, media_ex]
+            stream = await media_op.publish([(PatternTrack(), "probe", "Ultrasound")])
+            added = await ex.wait_for("stream_added")
+            feed = added["stream"]["feeds"][0]["id"]
+            sub = await media_ex.subscribe(stream.id)
+            frames = await receive(sub.tracks[feed], 20)
+            assert frames[-1].width == 320
+            # Annotations and chat cross the nodes both ways, in one order.
+            drawn = await ex.request(
+                {
+                    "type": "annotate",
+                    "op": "arrow",
+                    "id": "a1",
+                    "feed": feed,
+                    "points": [[0.1, 0.1], [0.5, 0.5]],
+                }
+            )
+            seen = await op.wait_for("op", where=lambda e: e.get("id") == "a1")
+            assert seen["seq"] == drawn["seq"] and seen["author"] == ex.participant_id
+            said = await op.request({"type": "chat", "text": "Probe a little lower."})
+            heard = await ex.wait_for("op", where=lambda e: e.get("op") == "chat")
+            assert heard["seq"] == said["seq"] == drawn["seq"] + 1
+            # A bad message through the relay gets its code; the connection goes on.
+            await ex.send_raw("{not json")
+            assert (await ex.wait_for("error"))["code"] == "bad_json"
+            await ex.send_raw(b"\x00")
+            assert (await ex.wait_for("error"))["code"] == "binary_not_supported"
+            assert (await ex.request({"type": "chat", "text": "still here"}))["seq"] > 0
+
+
+async def test_placement_spreads_rooms_and_drain_stops_new_ones(
+    tmp_path: Path, redis: RedisServer
+) -> None:
+    with node(tmp_path, redis, "a") as a, node(tmp_path, redis, "b") as b:
+        await until(lambda: set(nodes(redis)) == {"a", "b"})
+        async with clients() as made:
+            for i in range(4):  # every room joined through node a
+                c = a.client(f"room-{i}", Role.EXPERT, f"u{i}")
+                made.append(c)
+                await c.connect()
+                await asyncio.sleep(0.6)  # a heartbeat reports the new load
+            await until(lambda: sum(int(n["rooms"]) for n in nodes(redis).values()) == 4)  # type: ignore[call-overload]
+            rooms = {name: n["rooms"] for name, n in nodes(redis).items()}
+            assert rooms == {"a": 2, "b": 2}, rooms
+            out = cli("drain", "b", "--redis", redis.url)
+            assert "draining" in out
+            await until(lambda: nodes(redis)["b"]["draining"] is True)
+            for i in range(4, 6):  # through node b, yet placed on a
+                c = b.client(f"room-{i}", Role.EXPERT, f"u{i}")
+                made.append(c)
+                await c.connect()
+            await asyncio.sleep(1.0)
+            rooms = {name: n["rooms"] for name, n in nodes(redis).items()}
+            assert rooms == {"a": 4, "b": 2}, rooms
+            cli("drain", "b", "--undo", "--redis", redis.url)
+            assert nodes(redis)["b"]["draining"] is False
+            listing = cli("nodes", "--redis", redis.url)
+            assert "a" in listing and "open" in listing
+
+
+async def test_a_killed_host_hands_its_room_to_another_node(
+    tmp_path: Path, redis: RedisServer
+) -> None:
+    with node(tmp_path, redis, "a") as a, node(tmp_path, redis, "b") as b:
+        async with clients() as made:
+            mod = a.client("ward-3", Role.MODERATOR, "mod")
+            made.append(mod)
+            await mod.connect()  # the room opens on node a
+            aud = b.client("ward-3", Role.AUDIENCE, "student")
+            made.append(aud)
+            await aud.connect()
+            student = aud.participant_id
+            op = b.client("ward-3", Role.OPERATOR, "op")
+            made.append(op)
+            await op.connect()
+            media_op = MediaClient(op)
+            made.append(media_op)
+            await media_op.publish([(PatternTrack(), "camera", "Room")])
+            feed = (await mod.wait_for("stream_added"))["stream"]["feeds"][0]["id"]
+            await mod.send({"type": "grant", "participant": student, "annotate": True})
+            await aud.wait_for("granted")
+            await mod.request(
+                {
+                    "type": "annotate",
+                    "op": "ellipse",
+                    "id": "e1",
+                    "feed": feed,
+                    "points": [[0.3, 0.3], [0.5, 0.4]],
+                }
+            )
+            await mod.request({"type": "chat", "text": "Note the hypoechoic area."})
+            last = await aud.request(
+                {
+                    "type": "annotate",
+                    "op": "arrow",
+                    "id": "s1",
+                    "feed": feed,
+                    "points": [[0.2, 0.2], [0.3, 0.3]],
+                }
+            )
+            await mod.send({"type": "record", "action": "start"})
+            session_id = (await aud.wait_for("recording", where=lambda e: e["active"]))[
+                "session_id"
+            ]
+            await asyncio.sleep(0.3)  # the journal reaches Redis
+
+            os.kill(a.proc.pid, signal.SIGKILL)
+            a.proc.wait(5)
+            # The client piped through b is told to reconnect once a's heartbeat expires.
+            assert await aud.wait_closed(timeout=10) == 1012
+            again = b.client("ward-3", Role.AUDIENCE, "student")
+            made.append(again)
+            await again.connect()
+            channel = again.welcome["channel"]
+            assert again.participant_id == student  # the same participant
+            assert again.welcome["you"]["may_annotate"] is True  # the grant still holds
+            assert {s["id"] for s in channel["annotations"]} == {"e1", "s1"}
+            assert [m["text"] for m in channel["chat"]] == ["Note the hypoechoic area."]
+            assert channel["seq"] >= last["seq"]
+            # The room goes on where it stopped, on b.
+            more = await again.request({"type": "chat", "text": "Lower gain, please."})
+            assert more["seq"] > channel["seq"] - 1
+            await until(lambda: nodes(redis)["b"]["rooms"] == 1)
+            assert "a" not in nodes(redis)
+            # The recording goes on as the next segment of the same session.
+            rec = again.welcome["recording"]
+            assert rec["active"] is True and rec["session_id"] == session_id
+            manifest = b.data / "recordings" / "ward-3" / f"{session_id}-s2" / "manifest.json"
+            await until(manifest.is_file)
+            data = json.loads(manifest.read_text())
+            assert (data["session_id"], data["segment"]) == (session_id, 2)
+
+
+async def test_redis_restart_mid_session(tmp_path: Path, redis: RedisServer) -> None:
+    with node(tmp_path, redis, "a") as a, node(tmp_path, redis, "b") as b:
+        async with clients() as made:
+            op = a.client("ward-3", Role.OPERATOR, "op")
+            ex = a.client("ward-3", Role.EXPERT, "ex")
+            made += [op, ex]
+            await op.connect()
+            await ex.connect()
+            media_op, media_ex = MediaClient(op), MediaClient(ex)
+            made += [media_op, media_ex]
+            stream = await media_op.publish([(PatternTrack(), "probe", "Ultrasound")])
+            added = await ex.wait_for("stream_added")
+            sub = await media_ex.subscribe(stream.id)
+            track = sub.tracks[added["stream"]["feeds"][0]["id"]]
+            await receive(track, 5)
+            before = await ex.request({"type": "chat", "text": "before the restart"})
+
+            redis.stop()
+            # Media keeps flowing and the room keeps working while Redis is away.
+            frames = await receive(track, 30)
+            assert len(frames) == 30
+            during = await ex.request({"type": "chat", "text": "while Redis is away"})
+            assert during["seq"] == before["seq"] + 1
+            redis.start()
+
+            # Nodes re-register; what was written before, and what waited, is all there.
+            await until(lambda: set(nodes(redis)) == {"a", "b"}, timeout=15)
+            after = await ex.request({"type": "chat", "text": "after the restart"})
+            assert after["seq"] == during["seq"] + 1
+            store = RedisStore(redis.url)
+            try:
+                for _ in range(50):
+                    log = [e["text"] for e in await store.log("ward-3") if e.get("op") == "chat"]
+                    if len(log) == 3:
+                        break
+                    await asyncio.sleep(0.1)
+            finally:
+                await store.close()
+            assert log == ["before the restart", "while Redis is away", "after the restart"]
+            # A client reaching the other node still finds the room where it is.
+            late = b.client("ward-3", Role.AUDIENCE, "late")
+            made.append(late)
+            await late.connect()
+            assert len(late.welcome["channel"]["chat"]) == 3
+            await receive(track, 5)
