@@ -10,7 +10,7 @@ import secrets
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from aiortc import RTCConfiguration, RTCSessionDescription
 from aiortc import sdp as aiortc_sdp
@@ -29,6 +29,35 @@ from .tracks import DownTrack, UpTrack
 log = logging.getLogger("teleconsult.media")
 
 ANSWER_TIMEOUT = 30.0
+
+
+class Media(Protocol):
+    """What signaling asks of the media of one node: this node's Sfu, or another node's."""
+
+    async def publish(
+        self, stream_id: str, participant_id: str, offer: str, feed_ids: dict[str, str]
+    ) -> tuple[str, dict[str, str]]:
+        """Accept a publisher's offer; return the answer and each mid's codec name."""
+
+    async def unpublish(self, stream_id: str, reason: str) -> None:
+        """Close a published stream."""
+
+    async def subscribe(
+        self, down_id: str, subscriber_id: str, stream_id: str, feeds: list[str] | None = None
+    ) -> tuple[str, dict[str, str]]:
+        """Offer a stream to a subscriber; return the offer and mid→feed."""
+
+    async def answer(self, down_id: str, subscriber_id: str, sdp: str) -> None:
+        """Take a subscriber's answer."""
+
+    async def unsubscribe(self, down_id: str, reason: str) -> None:
+        """Close one subscription."""
+
+    async def close_participant(self, participant_id: str, reason: str) -> None:
+        """Close everything a participant publishes or receives."""
+
+    def mute(self, participant_id: str, kind: str, muted: bool) -> None:
+        """Stop (or resume) forwarding a participant's tracks of a kind."""
 
 
 class MediaError(Exception):

@@ -47,6 +47,8 @@ class Stream:
     id: str
     participant_id: str
     feeds: list[Feed] = field(default_factory=list)
+    # The node whose SFU takes the publisher's media (in a cluster; "" on a single node).
+    node: str = ""
 
     def describe(self) -> Event:
         """Return the public description."""

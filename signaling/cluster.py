@@ -2,9 +2,12 @@
 
 Each room has one host node, which owns its state and runs its handlers. A client may reach any
 node: when its room is hosted elsewhere, this node pipes the client's frames over Redis to the
-host and the host's frames back (the client sees one WebSocket). Heartbeats carry each node's
-load with a TTL; a room whose host stops beating is claimed by the next node a client reaches,
-and rebuilt there from the store.
+host and the host's frames back (the client sees one WebSocket). The client's media stays on
+the node it reached: the host asks that node's SFU over the bus (RemoteMedia). A stream wanted
+on a node other than its publisher's is cascaded there once, node to node over WebRTC, and fanned
+out locally; keyframe requests, NACKs and bandwidth estimates travel back up the same leg.
+Heartbeats carry each node's load with a TTL; a room whose host stops beating is claimed by the
+next node a client reaches, and rebuilt there from the store.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from media.sfu import MediaError
 from session.placement import Load, choose
 
 from .errors import Close
@@ -32,6 +36,10 @@ log = logging.getLogger("teleconsult.cluster")
 
 # Frames of one burst published in one round trip.
 BATCH = 256
+# A node that does not answer a media request within this long is taken for unreachable.
+CALL_TIMEOUT = 10.0
+# The participant id a cascaded stream is published under on the node it was pulled to.
+CASCADE = "cascade:"
 
 
 class RelayedSocket:
@@ -90,6 +98,10 @@ class Cluster:
         self._tasks: list[asyncio.Task[None]] = []
         self._spawned: set[asyncio.Task[Any]] = set()
         self._cpu = (time.monotonic(), time.process_time())
+        self._calls: dict[str, asyncio.Future[Any]] = {}
+        self._pulls: dict[str, asyncio.Future[None]] = {}
+        # Streams and subscriptions served here for rooms hosted elsewhere: id -> host.
+        self.routes: dict[str, str] = {}
 
     def channel(self, node: str) -> str:
         """Return the Redis channel a node listens on."""
@@ -181,6 +193,10 @@ class Cluster:
             await asyncio.sleep(self.ttl / 3)
 
     def _drop_dead_peers(self) -> None:
+        for room in self.hub.rooms.live():
+            for stream in list(room.streams.values()):
+                if stream.node and stream.node not in self.live and stream.node != self.node:
+                    room.remove_stream(stream.id, "node_lost")
         for cid, pipe in list(self.pipes.items()):
             if pipe.host not in self.live:
                 # The host died: the client reconnects, and its room is rebuilt on a live node.
@@ -241,6 +257,12 @@ class Cluster:
             rs = self.relayed.get(cid)
             if rs is not None:
                 rs.gone()
+        elif kind == "call":
+            self._spawn(self._answer(msg))
+        elif kind == "reply":
+            fut = self._calls.get(msg["id"])
+            if fut is not None and not fut.done():
+                fut.set_result(msg)
         elif kind in ("down", "close"):
             pipe = self.pipes.get(cid)
             if pipe is not None:
@@ -248,6 +270,119 @@ class Cluster:
                     pipe.out.put_nowait(("text", msg["t"], None))
                 else:
                     pipe.out.put_nowait(("close", msg["code"], msg.get("r")))
+
+    # -- media on other nodes ----------------------------------------------------------------
+
+    async def call(self, node: str, method: str, **args: Any) -> Any:
+        """Ask a node's media to do something and return its result."""
+        if node == self.node:
+            return await self._serve(method, args)
+        call_id = secrets.token_hex(8)
+        fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._calls[call_id] = fut
+        self.send(node, {"k": "call", "id": call_id, "from": self.node, "m": method, "a": args})
+        try:
+            reply = await asyncio.wait_for(fut, CALL_TIMEOUT)
+        except TimeoutError:
+            raise MediaError(
+                "node_unreachable", "the node serving this media did not answer"
+            ) from None
+        finally:
+            self._calls.pop(call_id, None)
+        if "e" in reply:
+            raise MediaError(*reply["e"])
+        return reply.get("r")
+
+    def tell(self, node: str, method: str, **args: Any) -> None:
+        """Ask a node's media to do something, without waiting for it."""
+        if node == self.node:
+            self._spawn(self._serve(method, args))
+        else:
+            self.send(node, {"k": "call", "from": self.node, "m": method, "a": args})
+
+    async def pull(self, node: str, stream_id: str, origin: str) -> None:
+        """Make a stream published on `origin` available on `node`'s SFU (a cascade leg)."""
+        if node != origin:
+            await self.call(node, "pull", stream_id=stream_id, origin=origin)
+
+    def closed(self, what: str, item_id: str, reason: str) -> bool:
+        """Pass the end of a stream or subscription served here to its room's host."""
+        host = self.routes.pop(item_id, None)
+        if host is None:
+            return False
+        self.tell(host, "closed", what=what, id=item_id, reason=reason)
+        return True
+
+    async def _answer(self, msg: dict[str, Any]) -> None:
+        try:
+            reply: dict[str, Any] = {"r": await self._serve(msg["m"], msg["a"])}
+        except MediaError as e:
+            reply = {"e": [e.code, e.message]}
+        except Exception:
+            log.exception("media request %s failed", msg["m"])
+            reply = {"e": ["internal", "the node serving this media failed"]}
+        if "id" in msg:
+            self.send(msg["from"], {"k": "reply", "id": msg["id"], **reply})
+
+    async def _serve(self, method: str, a: dict[str, Any]) -> Any:
+        sfu = self.hub.sfu
+        if method == "publish":
+            self.routes[a["stream_id"]] = a["host"]
+            return list(
+                await sfu.publish(a["stream_id"], a["participant_id"], a["offer"], a["feed_ids"])
+            )
+        if method == "subscribe":
+            self.routes[a["down_id"]] = a["host"]
+            return list(
+                await sfu.subscribe(a["down_id"], a["subscriber_id"], a["stream_id"], a["feeds"])
+            )
+        if method == "answer":
+            return await sfu.answer(a["down_id"], a["subscriber_id"], a["sdp"])
+        if method == "unpublish":
+            self.routes.pop(a["stream_id"], None)
+            return await sfu.unpublish(a["stream_id"], a["reason"])
+        if method == "unsubscribe":
+            self.routes.pop(a["down_id"], None)
+            return await sfu.unsubscribe(a["down_id"], a["reason"])
+        if method == "close_participant":
+            return await sfu.close_participant(a["participant_id"], a["reason"])
+        if method == "mute":
+            return sfu.mute(a["participant_id"], a["kind"], a["muted"])
+        if method == "pull":
+            return await self._pull(a["stream_id"], a["origin"])
+        if method == "offer_leg":
+            down_id = sfu.new_id("d")
+            offer, mids = await sfu.subscribe(down_id, CASCADE + a["to"], a["stream_id"])
+            return [down_id, offer, mids]
+        if method == "answer_leg":
+            return await sfu.answer(a["down_id"], CASCADE + a["to"], a["sdp"])
+        if method == "closed":
+            return self.hub.media_closed(a["what"], a["id"], a["reason"])
+        raise MediaError("unknown_request", f"no media request {method!r}")
+
+    async def _pull(self, stream_id: str, origin: str) -> None:
+        if stream_id in self.hub.sfu.ups:
+            return
+        pending = self._pulls.get(stream_id)
+        if pending is None:
+            # Subscribers arriving together share one leg.
+            pending = asyncio.ensure_future(self._cascade(stream_id, origin))
+            self._pulls[stream_id] = pending
+            pending.add_done_callback(lambda _: self._pulls.pop(stream_id, None))
+        await asyncio.shield(pending)
+
+    async def _cascade(self, stream_id: str, origin: str) -> None:
+        # The origin subscribes this node like any subscriber; this node takes the leg in like
+        # a publisher's stream, under the same id, and fans it out to its own subscribers.
+        down_id, offer, mids = await self.call(
+            origin, "offer_leg", stream_id=stream_id, to=self.node
+        )
+        try:
+            answer, _ = await self.hub.sfu.publish(stream_id, CASCADE + origin, offer, mids)
+        except MediaError:
+            self.tell(origin, "unsubscribe", down_id=down_id, reason="refused")
+            raise
+        await self.call(origin, "answer_leg", down_id=down_id, to=self.node, sdp=answer)
 
     # -- host side ---------------------------------------------------------------------------
 
@@ -349,3 +484,65 @@ class Cluster:
         task = asyncio.ensure_future(coro)
         self._spawned.add(task)
         task.add_done_callback(self._spawned.discard)
+
+
+class RemoteMedia:
+    """The media of a client that reached another node, driven from its room's host."""
+
+    def __init__(self, cluster: Cluster, node: str) -> None:
+        self.cluster = cluster
+        self.node = node
+
+    async def publish(
+        self, stream_id: str, participant_id: str, offer: str, feed_ids: dict[str, str]
+    ) -> tuple[str, dict[str, str]]:
+        """Accept a publisher's offer on its node."""
+        answer, codecs = await self.cluster.call(
+            self.node,
+            "publish",
+            stream_id=stream_id,
+            participant_id=participant_id,
+            offer=offer,
+            feed_ids=feed_ids,
+            host=self.cluster.node,
+        )
+        return str(answer), dict(codecs)
+
+    async def unpublish(self, stream_id: str, reason: str) -> None:
+        """Close a stream on its node."""
+        self.cluster.tell(self.node, "unpublish", stream_id=stream_id, reason=reason)
+
+    async def subscribe(
+        self, down_id: str, subscriber_id: str, stream_id: str, feeds: list[str] | None = None
+    ) -> tuple[str, dict[str, str]]:
+        """Offer a stream to a subscriber from the subscriber's node."""
+        offer, mids = await self.cluster.call(
+            self.node,
+            "subscribe",
+            down_id=down_id,
+            subscriber_id=subscriber_id,
+            stream_id=stream_id,
+            feeds=feeds,
+            host=self.cluster.node,
+        )
+        return str(offer), dict(mids)
+
+    async def answer(self, down_id: str, subscriber_id: str, sdp: str) -> None:
+        """Pass a subscriber's answer to its node."""
+        await self.cluster.call(
+            self.node, "answer", down_id=down_id, subscriber_id=subscriber_id, sdp=sdp
+        )
+
+    async def unsubscribe(self, down_id: str, reason: str) -> None:
+        """Close a subscription on its node."""
+        self.cluster.tell(self.node, "unsubscribe", down_id=down_id, reason=reason)
+
+    async def close_participant(self, participant_id: str, reason: str) -> None:
+        """Close a participant's media on its node."""
+        self.cluster.tell(
+            self.node, "close_participant", participant_id=participant_id, reason=reason
+        )
+
+    def mute(self, participant_id: str, kind: str, muted: bool) -> None:
+        """Mute a participant's tracks on its node."""
+        self.cluster.tell(self.node, "mute", participant_id=participant_id, kind=kind, muted=muted)

@@ -68,6 +68,9 @@ class Connection:
         # A frame already read (by the cluster, to find the room) and the node it came through.
         self.first = first
         self.relayed_from = relayed_from
+        # The client's media stays on the node it reached.
+        self.media = hub.media_at(relayed_from)
+        self.media_node = relayed_from or hub.node
         s = hub.settings
         now = hub.now()
         self.out: asyncio.Queue[Event | _CloseRequest | _PointerSlot] = asyncio.Queue()
@@ -268,7 +271,7 @@ class Connection:
             return
         left = self.room.leave(self.participant.id, self.leave_reason, self.hub.now(), client=self)
         if left is not None:
-            self.hub.spawn(self.hub.sfu.close_participant(left.id, self.leave_reason))
+            self.hub.spawn(self.media.close_participant(left.id, self.leave_reason))
             self.audit("leave", code=self.leave_reason)
             self.hub.refresh_gauges()
             self.hub.persist(self.room)

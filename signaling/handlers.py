@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
-from media.sfu import MediaError, offered_media
+from media.sfu import MediaError, Sfu, offered_media
 from session.errors import Close as SessionClose
 from session.errors import Code as SessionCode
 from session.errors import SessionError
@@ -81,6 +81,8 @@ async def on_hello(conn: Connection, msg: m.Hello) -> None:
             raise SessionError(SessionCode.ROOM_ENDED, "this session has ended")
         room = hub.rooms.open(grant.room, hub.now())
         existing = room.by_identity(grant.identity)
+        # The old connection's media may be on another node than the new one's.
+        old_media = hub.media_of(existing) if existing is not None else None
         p = room.join(
             grant.identity, grant.name, grant.role, conn, hub.now(), hub.new_participant_id
         )
@@ -120,8 +122,8 @@ async def on_hello(conn: Connection, msg: m.Hello) -> None:
     else:
         welcome["room"] = {"id": room.id, "title": room.config.title}
     conn.push(welcome)
-    if existing is not None:
-        await hub.sfu.close_participant(p.id, "replaced")
+    if old_media is not None:
+        await old_media.close_participant(p.id, "replaced")
     conn.audit("join", "ok" if p.state is State.JOINED else "waiting")
     hub.refresh_gauges()
 
@@ -154,7 +156,7 @@ async def on_mute(conn: Connection, msg: m.Mute) -> None:
     room, me = conn.room, conn.participant
     assert room is not None and me is not None
     target = room.mute(me.id, msg.participant)
-    conn.hub.sfu.mute(target.id, "audio", True)
+    conn.hub.media_of(target).mute(target.id, "audio", True)
     conn.audit("mute", target=target.identity)
 
 
@@ -163,7 +165,7 @@ async def on_set_muted(conn: Connection, msg: m.SetMuted) -> None:
     room, me = conn.room, conn.participant
     assert room is not None and me is not None
     room.set_muted(me.id, msg.muted)
-    conn.hub.sfu.mute(me.id, "audio", msg.muted)
+    conn.media.mute(me.id, "audio", msg.muted)
 
 
 async def on_remove(conn: Connection, msg: m.Remove) -> None:
@@ -171,7 +173,7 @@ async def on_remove(conn: Connection, msg: m.Remove) -> None:
     room, me = conn.room, conn.participant
     assert room is not None and me is not None
     target = room.remove(me.id, msg.participant, conn.hub.now())
-    conn.hub.spawn(conn.hub.sfu.close_participant(target.id, "removed"))
+    conn.hub.spawn(conn.hub.media_of(target).close_participant(target.id, "removed"))
     conn.audit("remove", target=target.identity)
     conn.hub.refresh_gauges()
 
@@ -215,8 +217,8 @@ async def on_publish(conn: Connection, msg: m.Publish) -> None:
                 "feeds_mismatch", f"a {x.kind} track cannot carry {specs[x.mid].source.value}"
             )
     room.check_publish(me.id, [f.source for f in msg.feeds])
-    sfu = conn.hub.sfu
-    stream_id = sfu.new_id("s")
+    sfu = conn.media
+    stream_id = Sfu.new_id("s")
     feed_ids = {mid: f"{stream_id}.{mid}" for mid in specs}
     answer, codecs = await sfu.publish(stream_id, me.id, msg.sdp, feed_ids)
     if conn.participant is not me or me.id not in room.participants or room.ended:
@@ -240,7 +242,11 @@ async def on_publish(conn: Connection, msg: m.Publish) -> None:
         )
         for mid, spec in specs.items()
     ]
-    room.add_stream(Stream(stream_id, me.id, feeds))
+    hub = conn.hub
+    node = conn.media_node if hub.cluster is not None else ""
+    room.add_stream(Stream(stream_id, me.id, feeds, node))
+    if room.recording.active and node not in ("", hub.node):
+        hub.spawn(hub.record_remote(room))  # the recorder runs on the room's host
     conn.audit("publish", code=",".join(f.source.value for f in feeds), target=stream_id)
 
 
@@ -250,7 +256,7 @@ async def on_unpublish(conn: Connection, msg: m.Unpublish) -> None:
     assert room is not None and me is not None
     room.stream_of(me.id, msg.stream)
     room.remove_stream(msg.stream, "unpublished")
-    await conn.hub.sfu.unpublish(msg.stream, "unpublished")
+    await conn.media.unpublish(msg.stream, "unpublished")
     conn.audit("unpublish", target=msg.stream)
 
 
@@ -259,8 +265,10 @@ async def on_subscribe(conn: Connection, msg: m.Subscribe) -> None:
     room, me = conn.room, conn.participant
     assert room is not None and me is not None
     stream = room.check_subscribe(me.id, msg.stream)
-    sfu = conn.hub.sfu
-    down_id = sfu.new_id("d")
+    # Published on another node: cascade it to this client's node first (once per node).
+    await conn.hub.pull(conn.media_node, room, stream.id)
+    sfu = conn.media
+    down_id = Sfu.new_id("d")
     offer, mids = await sfu.subscribe(down_id, me.id, stream.id, msg.feeds)
     if conn.participant is not me or me.id not in room.participants:
         await sfu.unsubscribe(down_id, "unsubscribed")
@@ -287,7 +295,7 @@ async def on_answer(conn: Connection, msg: m.Answer) -> None:
     assert me is not None
     if msg.stream not in me.subscriptions:
         raise MediaError("no_such_stream", "no such subscription")
-    await conn.hub.sfu.answer(msg.stream, me.id, msg.sdp)
+    await conn.media.answer(msg.stream, me.id, msg.sdp)
 
 
 async def on_unsubscribe(conn: Connection, msg: m.Unsubscribe) -> None:
@@ -297,7 +305,7 @@ async def on_unsubscribe(conn: Connection, msg: m.Unsubscribe) -> None:
     if msg.stream not in me.subscriptions:
         raise MediaError("no_such_stream", "no such subscription")
     me.subscriptions.discard(msg.stream)
-    await conn.hub.sfu.unsubscribe(msg.stream, "unsubscribed")
+    await conn.media.unsubscribe(msg.stream, "unsubscribed")
     conn.audit("unsubscribe", target=msg.stream)
 
 

@@ -14,10 +14,10 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 from media.aiortc_adapter import use_host_addresses
-from media.sfu import Sfu, local_address
+from media.sfu import Media, Sfu, local_address
 from recording.recorder import Recorder
 from session.channel import Channel
-from session.participant import Event
+from session.participant import Event, Participant
 from session.room import Room, RoomConfig
 from session.rooms import Rooms
 from session.store import MemoryStore, RedisStore, Store
@@ -140,10 +140,35 @@ class Hub:
                 return room
         return None
 
+    def media_at(self, node: str | None) -> Media:
+        """Return the media of a node: this one's SFU, or another's over the cluster bus."""
+        if node is None or node == self.node or self.cluster is None:
+            return self.sfu
+        from .cluster import RemoteMedia
+
+        return RemoteMedia(self.cluster, node)
+
+    def media_of(self, participant: Participant) -> Media:
+        """Return the media serving a participant's connection."""
+        media: Media = getattr(participant.client, "media", self.sfu)
+        return media
+
+    async def pull(self, node: str, room: Room, stream_id: str) -> None:
+        """Make a published stream available on a node's SFU, cascading it if it is elsewhere."""
+        stream = room.streams.get(stream_id)
+        if self.cluster is not None and stream is not None and stream.node:
+            await self.cluster.pull(node, stream_id, stream.node)
+
+    def media_closed(self, what: str, item_id: str, reason: str) -> None:
+        """Take the end of a stream or subscription, here or on the node that served it."""
+        (self._up_closed if what == "up" else self._down_closed)(item_id, reason)
+
     def _up_closed(self, stream_id: str, reason: str) -> None:
         room = self.room_of_stream(stream_id)
         if room is not None:
             room.remove_stream(stream_id, reason)
+        elif self.cluster is not None:
+            self.cluster.closed("up", stream_id, reason)
 
     def _down_closed(self, down_id: str, reason: str) -> None:
         # Tell the subscriber, unless it asked for this itself.
@@ -155,6 +180,8 @@ class Hub:
                     p.subscriptions.discard(down_id)
                     p.client.push({"type": "unsubscribed", "stream": down_id, "reason": reason})
                     return
+        if self.cluster is not None:
+            self.cluster.closed("down", down_id, reason)
 
     def refresh_gauges(self) -> None:
         """Bring the room and participant gauges up to date."""
@@ -165,15 +192,15 @@ class Hub:
     def end_room(self, room_id: str, reason: str, actor_id: str | None = None) -> Room:
         """End a room on purpose; the caller audits who did it."""
         live = self.rooms.get(room_id)
-        gone = list(live.participants) if live is not None else []
+        gone = [(p.id, self.media_of(p)) for p in live.participants.values()] if live else []
         recorder = self.recorders.pop(room_id, None)
         room = self.rooms.end(room_id, reason, self.now(), actor_id)
         self._forget(room_id, ended=True)
         if recorder is not None:
             recorder.stop()
             self.audit.record("record_stop", room=room_id, actor="server", code=reason)
-        for pid in gone:
-            self.spawn(self.sfu.close_participant(pid, reason))
+        for pid, media in gone:
+            self.spawn(media.close_participant(pid, reason))
         self.refresh_gauges()
         return room
 
@@ -280,7 +307,21 @@ class Hub:
         room.recording.segment = segment
         room.recording_started(recorder.session_id, self.now())
         self.persist(room)
+        if any(s.node not in ("", self.node) for s in room.streams.values()):
+            self.spawn(self.record_remote(room))
         return recorder.session_id
+
+    async def record_remote(self, room: Room) -> None:
+        """Bring the streams published on other nodes here for the recorder, then record them."""
+        for stream in list(room.streams.values()):
+            if stream.node not in ("", self.node):
+                try:
+                    await self.pull(self.node, room, stream.id)
+                except Exception:
+                    log.warning("a stream on another node could not be brought here to record")
+        recorder = self.recorders.get(room.id)
+        if recorder is not None:
+            recorder.refresh()
 
     def stop_recording(self, room: Room, actor_id: str | None) -> None:
         """Stop a room's recorder and tell everyone."""

@@ -282,3 +282,62 @@ async def test_redis_restart_mid_session(tmp_path: Path, redis: RedisServer) -> 
             await late.connect()
             assert len(late.welcome["channel"]["chat"]) == 3
             await receive(track, 5)
+
+
+async def test_a_room_spans_nodes_with_one_leg_per_edge_node(
+    tmp_path: Path, redis: RedisServer
+) -> None:
+    with (
+        node(tmp_path, redis, "a") as a,
+        node(tmp_path, redis, "b") as b,
+        node(tmp_path, redis, "c") as c,
+    ):
+        await until(lambda: set(nodes(redis)) == {"a", "b", "c"})
+        async with clients() as made:
+            op = a.client("conf", Role.OPERATOR, "op")
+            made.append(op)
+            await op.connect()
+            media_op = MediaClient(op)
+            made.append(media_op)
+            source = PatternTrack()
+            stream = await media_op.publish([(source, "laparoscope", "Scope")])
+            viewers = []
+            for i, edge in enumerate([b, b, b, c, c]):
+                v = edge.client("conf", Role.AUDIENCE, f"student-{i}")
+                made.append(v)
+                await v.connect()
+                m = MediaClient(v)
+                made.append(m)
+                viewers.append(m)
+            subs = await asyncio.gather(*(m.subscribe(stream.id) for m in viewers))
+            feed = f"{stream.id}.0"
+            # Every viewer decodes the moving picture.
+            for sub in subs:
+                frames = await receive(sub.tracks[feed], 15)
+                assert frames[-1].width == 320
+            # The origin sends one copy to each edge node, which fans out to its viewers.
+            await asyncio.sleep(1.0)
+            load = nodes(redis)
+            assert (load["a"]["up_tracks"], load["a"]["down_tracks"]) == (1, 2), load
+            assert (load["b"]["up_tracks"], load["b"]["down_tracks"]) == (1, 3), load
+            assert (load["c"]["up_tracks"], load["c"]["down_tracks"]) == (1, 2), load
+            # A late viewer on an edge gets a picture quickly: its keyframe request went
+            # upstream through the edge to the publisher.
+            late = c.client("conf", Role.AUDIENCE, "late")
+            made.append(late)
+            await late.connect()
+            media_late = MediaClient(late)
+            made.append(media_late)
+            loop = asyncio.get_running_loop()
+            started = loop.time()
+            sub = await media_late.subscribe(stream.id)
+            await receive(sub.tracks[feed], 1)
+            assert loop.time() - started < 1.5
+            # The publisher stops: viewers on every node are told, the legs close.
+            await media_op.unpublish(stream.id)
+            for m in viewers:
+                gone = await m.signaling.wait_for("stream_removed")
+                assert gone["stream_id"] == stream.id
+            await asyncio.sleep(1.0)
+            load = nodes(redis)
+            assert all(n["up_tracks"] == 0 and n["down_tracks"] == 0 for n in load.values()), load
