@@ -39,7 +39,32 @@ def wait_http(url: str, seconds: float = 20) -> None:
     raise TimeoutError(url)
 
 
-def serve(port: int, secret: str, data_dir: Path) -> subprocess.Popen[bytes]:
+def start_redis(folder: Path) -> tuple[str, subprocess.Popen[bytes]]:
+    """Start a redis-server (persistence off) on a free loopback port; returns its URL."""
+    import shutil
+
+    path = shutil.which("redis-server")
+    if path is None:
+        raise SystemExit("redis-server is needed (./scripts/test installs it)")
+    port = free_port()
+    folder.mkdir(parents=True, exist_ok=True)
+    proc = subprocess.Popen(
+        [path, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--dir", str(folder)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                return f"redis://127.0.0.1:{port}/0", proc
+        except OSError:
+            time.sleep(0.05)
+    proc.kill()
+    raise TimeoutError("redis-server")
+
+
+def serve(port: int, secret: str, data_dir: Path, *extra: str) -> subprocess.Popen[bytes]:
     """Start `teleconsult serve` on 127.0.0.1:port and wait until it answers."""
     server = subprocess.Popen(
         [
@@ -57,6 +82,7 @@ def serve(port: int, secret: str, data_dir: Path) -> subprocess.Popen[bytes]:
             "warning",
             "--turn-port",
             "0",
+            *extra,
         ],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,

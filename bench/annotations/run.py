@@ -1,7 +1,10 @@
 """Fan-out of the annotation channel: 1 operator + 15 experts, each a 60 Hz pointer and a stroke
 a second, through the real server over loopback WebSockets.
 
-Usage: python -m bench.annotations.run [--duration 20] [--clients 16] [--procs 2]
+Run on one node, then on two nodes of a cluster (a redis-server; client process i on node
+i % nodes, so half the messages cross between nodes), in the same run.
+
+Usage: python -m bench.annotations.run [--duration 20] [--clients 16] [--procs 2] [--nodes 1,2]
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench.common import TELECONSULT, cpu_seconds, free_port, serve
+from bench.common import TELECONSULT, cpu_seconds, free_port, serve, start_redis
 from bench.media.run import machine
 from session.roles import Role
 from signaling.tokens import mint
@@ -34,13 +37,32 @@ def main() -> None:
     ap.add_argument("--duration", type=float, default=20.0)
     ap.add_argument("--clients", type=int, default=16)
     ap.add_argument("--procs", type=int, default=2)
+    ap.add_argument("--nodes", default="1,2", help="node counts to run, e.g. 1,2")
     args = ap.parse_args()
+    runs = [run(args, int(n)) for n in args.nodes.split(",")]
+    report = {"machine": machine(), "runs": runs}
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / "annotations.json").write_text(json.dumps(report, indent=2))
+    print(json.dumps(report, indent=2))
+
+
+def run(args: argparse.Namespace, nodes: int) -> dict[str, Any]:
+    """One scenario: the server (or a cluster of `nodes`), a publisher and the clients."""
     tmp = Path(tempfile.mkdtemp(prefix="tc-ann-"))
-    port = free_port()
+    ports = [free_port() for _ in range(nodes)]
+    port = ports[0]
     base = f"http://127.0.0.1:{port}"
-    server = serve(port, SECRET, tmp)
+    servers: list[subprocess.Popen[bytes]] = []
     procs: list[subprocess.Popen[str]] = []
     try:
+        if nodes > 1:
+            url, redis = start_redis(tmp / "redis")
+            servers.append(redis)
+            for i, p in enumerate(ports):
+                servers.append(serve(p, SECRET, tmp / f"n{i}", "--redis", url, "--node", f"n{i}"))
+            time.sleep(2.0)  # every node has beaten once
+        else:
+            servers.append(serve(port, SECRET, tmp))
         # The feed annotations are drawn on: a small synthetic probe stream.
         pub = subprocess.Popen(
             [
@@ -80,7 +102,7 @@ def main() -> None:
                         sys.executable,
                         "-m",
                         "bench.annotations.clients",
-                        f"ws://127.0.0.1:{port}/ws",
+                        f"ws://127.0.0.1:{ports[i % nodes]}/ws",
                         "conf",
                         feed,
                         str(tmp / f"c{i}.json"),
@@ -95,9 +117,13 @@ def main() -> None:
                 )
             )
         time.sleep(max(0.0, start - time.time()) + 1.0)
-        c0, t0 = cpu_seconds(server.pid), time.monotonic()
+        # Every server process: the nodes and, in a cluster, Redis carrying the relay.
+        c0, t0 = [cpu_seconds(s.pid) for s in servers], time.monotonic()
         time.sleep(args.duration - 2.0)
-        cpu = (cpu_seconds(server.pid) - c0) / (time.monotonic() - t0)
+        dt = time.monotonic() - t0
+        cpu = [
+            round((cpu_seconds(s.pid) - c) / dt * 100, 1) for s, c in zip(servers, c0, strict=True)
+        ]
         for p in procs[1:]:
             p.wait(args.duration + 120)
         results: list[dict[str, Any]] = []
@@ -114,10 +140,11 @@ def main() -> None:
         sent_msgs = sum(r["sent_pointers"] + r["sent_strokes"] for r in results)
         received = len(pointer_lat) + len(op_lat)
         report = {
-            "machine": machine(),
+            "nodes": nodes,
             "clients": args.clients,
             "duration_s": args.duration,
-            "server_cpu_percent": round(cpu * 100, 1),
+            "server_cpu_percent": round(sum(cpu), 1),
+            "cpu_percent_per_process": cpu,
             "messages_in_per_s": round(sent_msgs / args.duration),
             "messages_out_per_s": round(received / args.duration),
             "strokes_sent": sent,
@@ -139,11 +166,10 @@ def main() -> None:
                 3,
             ),
         }
-        RESULTS.mkdir(exist_ok=True)
-        (RESULTS / "annotations.json").write_text(json.dumps(report, indent=2))
-        print(json.dumps(report, indent=2))
+        print(json.dumps(report), flush=True)
+        return report
     finally:
-        for p in [*procs, server]:
+        for p in [*procs, *servers]:
             if p.poll() is None:
                 p.terminate()
             try:

@@ -1,6 +1,7 @@
 """Run the server for a benchmark, with teleconsult's SFU or the MediaRelay alternative.
 
 Usage: python -m bench.media.relay_server {teleconsult|mediarelay} PORT SECRET DATA_DIR
+       [REDIS_URL NODE]   (a member of a cluster)
 """
 
 from __future__ import annotations
@@ -20,8 +21,16 @@ from .mediarelay_sfu import MediaRelaySfu
 def main() -> None:
     mode, port, secret, data_dir = sys.argv[1], int(sys.argv[2]), sys.argv[3], Path(sys.argv[4])
     count_codecs()
+    redis, node = (sys.argv[5], sys.argv[6]) if len(sys.argv) > 6 else (None, None)
     settings = Settings(
-        port=port, data_dir=data_dir, announce="127.0.0.1", rate=1000, burst=1000, turn_port=0
+        port=port,
+        data_dir=data_dir,
+        announce="127.0.0.1",
+        rate=1000,
+        burst=1000,
+        turn_port=0,
+        redis=redis,
+        node=node,
     )
     app = create_app(settings, Secrets(secret, "bench-admin-key"))
     if mode == "mediarelay":

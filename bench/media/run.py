@@ -22,7 +22,7 @@ from typing import Any
 from session.roles import Role
 from signaling.tokens import mint
 
-from ..common import TELECONSULT, cpu_seconds, free_port, serve, wait_http
+from ..common import TELECONSULT, cpu_seconds, free_port, serve, start_redis, wait_http
 from .clip import vp8_clip
 
 SECRET = "bench-secret-bench-secret-bench-secret-01"
@@ -60,12 +60,19 @@ def run(
     stagger: float = 0.0,
     procs: int = 1,
     record: bool = False,
+    nodes: int = 1,
 ) -> dict[str, Any]:
-    """One scenario: relay, publisher and subscriber processes; returns what was measured."""
+    """One scenario: relay, publisher and subscriber processes; returns what was measured.
+
+    With nodes > 1 the relays form a cluster on a redis-server; the publisher reaches the
+    first node and subscriber process i the node i % nodes (a cascaded room).
+    """
     tmp = Path(tempfile.mkdtemp(prefix="tc-bench-"))
-    port = free_port()
+    ports = [free_port() for _ in range(nodes)]
+    port = ports[0]
     url = f"ws://127.0.0.1:{port}/ws"
     started: list[subprocess.Popen[str]] = []
+    redis_proc = None
 
     def spawn(*args: str, out: bool = False) -> subprocess.Popen[str]:
         p = subprocess.Popen(
@@ -78,8 +85,26 @@ def run(
         return p
 
     try:
-        relay = spawn("bench.media.relay_server", mode, str(port), SECRET, str(tmp / "data"))
-        wait_http(f"http://127.0.0.1:{port}/healthz")
+        cluster: list[str] = []
+        if nodes > 1:
+            redis_url, redis_proc = start_redis(tmp / "redis")
+            cluster = [redis_url]
+        relays = [
+            spawn(
+                "bench.media.relay_server",
+                mode,
+                str(p),
+                SECRET,
+                str(tmp / f"data{i}"),
+                *([*cluster, f"n{i}"] if cluster else []),
+            )
+            for i, p in enumerate(ports)
+        ]
+        relay = relays[0]
+        for p in ports:
+            wait_http(f"http://127.0.0.1:{p}/healthz")
+        if nodes > 1:
+            time.sleep(2.0)  # every node has beaten once: placement sees them all
         total = 20 + window + subscribers * 0.4 + subscribers * stagger
         pub_args = [
             "bench.media.publisher",
@@ -121,7 +146,7 @@ def run(
             subs.append(
                 spawn(
                     "bench.media.subscribers",
-                    url,
+                    f"ws://127.0.0.1:{ports[i % nodes]}/ws",
                     "b",
                     stream,
                     str(tmp / f"subs{i}.json"),
@@ -150,8 +175,13 @@ def run(
             toggle.stdout.readline()
         time.sleep(3.0)  # the first keyframe (at most 2 s away in a replayed clip)
         t0, c0 = time.time(), cpu_seconds(relay.pid)
+        per0 = [cpu_seconds(r.pid) for r in relays]
         time.sleep(window)
         t1, c1 = time.time(), cpu_seconds(relay.pid)
+        per_node = [
+            round((cpu_seconds(r.pid) - c) / (t1 - t0) * 100, 1)
+            for r, c in zip(relays, per0, strict=True)
+        ]
         hist = delay_histogram(port) if mode == "teleconsult" else {}
         for p in subs:
             p.wait(window + 60)
@@ -192,6 +222,8 @@ def run(
             "live": live,
             "recording": record,
             "relay_cpu": round(cpu * 100, 1),
+            "nodes": nodes,
+            "relay_cpu_per_node": per_node,
             "relay_cpu_idle_publisher_only": round(idle_cpu * 100, 1),
             "fps_min": round(min(fps), 1) if fps else None,
             "fps_mean": round(statistics.mean(fps), 1) if fps else None,
@@ -212,6 +244,8 @@ def run(
             out["connected_to_first_frame_ms_max"] = round(first[-1], 1)
         return out
     finally:
+        if redis_proc is not None:
+            started.append(redis_proc)  # type: ignore[arg-type]
         for p in started:
             if p.poll() is None:
                 p.terminate()
@@ -300,10 +334,10 @@ def machine() -> dict[str, Any]:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true", help="shorter windows, fewer points")
-    ap.add_argument("--only", help="comma-separated: cpu,capacity,late,latency")
+    ap.add_argument("--only", help="comma-separated: cpu,capacity,record,cascade,late,latency")
     args = ap.parse_args()
     window = 8.0 if args.quick else 15.0
-    only = set((args.only or "cpu,capacity,record,late,latency").split(","))
+    only = set((args.only or "cpu,capacity,record,cascade,late,latency").split(","))
     vp8_clip(1280, 720, 30, 1_500_000, 10, 60)
     vp8_clip(1920, 1080, 30, 4_000_000, 10, 60)
     report: dict[str, Any] = {"machine": machine(), "runs": []}
@@ -323,13 +357,21 @@ def main() -> None:
         # The same stream with and without the recorder, in one run.
         for on in (False, True):
             record(run("teleconsult", 4, "1280x720", 1_500_000, window, audio=True, record=on))
+    if "cascade" in only:
+        # The same feed to the same subscribers from one node, then from two cascaded nodes
+        # (the publisher on the first; half the subscribers on each).
+        for n in (16, 32):
+            for nodes in (1, 2):
+                record(run("teleconsult", n, "1280x720", 1_500_000, window, procs=2, nodes=nodes))
     if "late" in only:
         record(run("teleconsult", 10, "1280x720", 1_500_000, window, live=True, stagger=1.0))
     if "latency" in only:
         report["e2e_latency"] = e2e_latency(10.0)
         print(json.dumps({"e2e_latency": report["e2e_latency"]}), flush=True)
     RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "media.json").write_text(json.dumps(report, indent=2))
+    # A partial run does not overwrite the full one.
+    name = "media.json" if args.only is None else f"media-{'-'.join(sorted(only))}.json"
+    (RESULTS / name).write_text(json.dumps(report, indent=2))
 
 
 if __name__ == "__main__":
