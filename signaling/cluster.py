@@ -60,7 +60,7 @@ class RelayedSocket:
 
     async def send_text(self, data: str) -> None:
         """Pass a frame to the edge, in order."""
-        self.cluster.send(self.edge, {"k": "down", "c": self.cid, "t": data})
+        self.cluster.send(self.edge, {"k": "down", "c": [self.cid], "t": data})
 
     async def close(self, code: int = 1000, reason: str | None = None) -> None:
         """Ask the edge to close the client's WebSocket."""
@@ -217,6 +217,7 @@ class Cluster:
             batch = [await self._out.get()]
             while len(batch) < BATCH and not self._out.empty():
                 batch.append(self._out.get_nowait())
+            batch = fan_in(batch)
             for attempt in range(50):
                 try:
                     # One connection, one pipeline: Redis delivers them in this order.
@@ -264,12 +265,15 @@ class Cluster:
             if fut is not None and not fut.done():
                 fut.set_result(msg)
         elif kind in ("down", "close"):
-            pipe = self.pipes.get(cid)
-            if pipe is not None:
-                if kind == "down":
-                    pipe.out.put_nowait(("text", msg["t"], None))
-                else:
+            if kind == "close":
+                pipe = self.pipes.get(cid)
+                if pipe is not None:
                     pipe.out.put_nowait(("close", msg["code"], msg.get("r")))
+                return
+            for one in cid:  # one event for every client of this node that gets it
+                pipe = self.pipes.get(one)
+                if pipe is not None:
+                    pipe.out.put_nowait(("text", msg["t"], None))
 
     # -- media on other nodes ----------------------------------------------------------------
 
@@ -484,6 +488,34 @@ class Cluster:
         task = asyncio.ensure_future(coro)
         self._spawned.add(task)
         task.add_done_callback(self._spawned.discard)
+
+
+def fan_in(batch: list[tuple[str, dict[str, Any]]]) -> list[tuple[str, dict[str, Any]]]:
+    """Merge the copies of one frame for several clients of one edge into one message.
+
+    An annotation goes to every participant; their connections send the same text at nearly
+    the same time, so a batch holds it once per client. Merging keeps each client's order: a
+    copy joins an earlier message only if that message comes after the client's previous one.
+    """
+    out: list[tuple[str, dict[str, Any]]] = []
+    latest: dict[tuple[str, str], int] = {}  # (edge, text) -> index of its latest message
+    last: dict[str, int] = {}  # client -> index of its latest message
+    for node, msg in batch:
+        cid = msg.get("c")
+        if msg.get("k") == "down":
+            one = msg["c"][0]
+            i = latest.get((node, msg["t"]))
+            if i is not None and i > last.get(one, -1):
+                out[i][1]["c"].append(one)
+                last[one] = i
+                continue
+            out.append((node, {"k": "down", "c": [one], "t": msg["t"]}))
+            latest[(node, msg["t"])] = last[one] = len(out) - 1
+            continue
+        if isinstance(cid, str):
+            last[cid] = len(out)
+        out.append((node, msg))
+    return out
 
 
 class RemoteMedia:
