@@ -161,6 +161,8 @@ class Cluster:
             host = await store.host(room_id)
             if host is not None:
                 return host
+            if await store.was_ended(room_id):
+                return self.node  # refused right here; nothing to place
             nodes = await store.nodes()
             candidate = choose({n: load for n, (load, _) in nodes.items()}, self.node)
             return await store.claim(room_id, candidate)
@@ -362,6 +364,10 @@ class Cluster:
             return await sfu.answer(a["down_id"], CASCADE + a["to"], a["sdp"])
         if method == "closed":
             return self.hub.media_closed(a["what"], a["id"], a["reason"])
+        if method == "admin":
+            from .http_api import admin_op
+
+            return list(admin_op(self.hub, a["op"], a["room"], a["data"]))
         raise MediaError("unknown_request", f"no media request {method!r}")
 
     async def _pull(self, stream_id: str, origin: str) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 from typing import Annotated, Any
 
@@ -10,6 +11,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from media.sfu import MediaError
 from session.errors import Code as SessionCode
 from session.errors import SessionError
 from session.roles import Role
@@ -63,8 +65,62 @@ def _room_view(room: Room, detail: bool = False) -> dict[str, Any]:
     return view
 
 
+def admin_op(hub: Hub, op: str, room_id: str, data: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+    """Do one admin operation on this node's rooms; returns an HTTP status and body."""
+    try:
+        if op == "list":
+            return 200, {"rooms": [{**_room_view(r), "node": hub.node} for r in hub.rooms.live()]}
+        if op == "create":
+            default = hub.rooms.default_config
+            config = RoomConfig(
+                title=data["title"],
+                max_participants=data["max_participants"] or default.max_participants,
+                lobby=data["lobby"],
+                idle_timeout=data["idle_timeout"] or default.idle_timeout,
+            )
+            room = hub.rooms.create(room_id, hub.now(), config)
+            hub.audit.record("room_create", room=room.id, actor="admin")
+            hub.refresh_gauges()
+            return 201, _room_view(room)
+        if op == "end":
+            room = hub.end_room(room_id, "ended_by_admin")
+            hub.audit.record("room_end", room=room.id, actor="admin", code="ended_by_admin")
+            return 200, {"id": room.id, "ended": True}
+        live = hub.rooms.get(room_id)
+        if live is None:
+            raise SessionError(SessionCode.NO_SUCH_ROOM, "no such room")
+        if op == "get":
+            return 200, _room_view(live, detail=True)
+        return 200, {
+            "participants": [p.describe() for p in live.joined()],
+            "waiting": [p.describe() for p in live.waiting()],
+        }
+    except SessionError as e:
+        return _STATUS.get(e.code, 400), {"error": {"code": e.code, "message": e.message}}
+
+
 def routes(hub: Hub) -> list[Route]:
     """Build the HTTP routes bound to a hub."""
+
+    async def on_host(op: str, room_id: str, data: dict[str, Any] | None = None) -> Response:
+        # In a cluster the room's host does it; a new room is placed first.
+        node = hub.node
+        if hub.cluster is not None and hub.rooms.get(room_id) is None:
+            if op == "create":
+                node = await hub.cluster.host_for(room_id)
+            else:
+                node = await hub.store.host(room_id) or hub.node
+        if node == hub.node:
+            status, payload = admin_op(hub, op, room_id, data or {})
+        else:
+            assert hub.cluster is not None
+            try:
+                status, payload = await hub.cluster.call(
+                    node, "admin", op=op, room=room_id, data=data or {}
+                )
+            except MediaError as e:
+                return _error(503, e.code, "the node hosting this room did not answer")
+        return JSONResponse(payload, status_code=status)
 
     def authorized(request: Request) -> bool:
         header = request.headers.get("authorization", "")
@@ -105,48 +161,35 @@ def routes(hub: Hub) -> list[Route]:
         return Response(hub.metrics.render(), media_type="text/plain; version=0.0.4")
 
     async def list_rooms(request: Request) -> Response:
-        return JSONResponse({"rooms": [_room_view(r) for r in hub.rooms.live()]})
+        if hub.cluster is None:
+            return JSONResponse(admin_op(hub, "list", "", {})[1])
+        # Every live node's rooms (a node that does not answer in time is left out).
+        live = list(hub.cluster.live) or [hub.node]
+        answers = await asyncio.gather(
+            *(hub.cluster.call(n, "admin", op="list", room="", data={}) for n in live),
+            return_exceptions=True,
+        )
+        rooms = [r for a in answers if not isinstance(a, BaseException) for r in a[1]["rooms"]]
+        return JSONResponse({"rooms": sorted(rooms, key=lambda r: r["created_at"])})
 
     async def create_room(request: Request) -> Response:
         parsed = await body(request, NewRoom)
         if isinstance(parsed, JSONResponse):
             return parsed
         assert isinstance(parsed, NewRoom)
-        default = hub.rooms.default_config
-        config = RoomConfig(
-            title=parsed.title,
-            max_participants=parsed.max_participants or default.max_participants,
-            lobby=parsed.lobby,
-            idle_timeout=parsed.idle_timeout or default.idle_timeout,
-        )
         room_id = parsed.id or "r-" + hub.new_participant_id()[2:]
-        room = hub.rooms.create(room_id, hub.now(), config)
-        hub.audit.record("room_create", room=room.id, actor="admin")
-        hub.refresh_gauges()
-        return JSONResponse(_room_view(room), status_code=201)
-
-    def live_room(request: Request) -> Room:
-        room = hub.rooms.get(request.path_params["room"])
-        if room is None:
-            raise SessionError(SessionCode.NO_SUCH_ROOM, "no such room")
-        return room
+        if await hub.room_was_ended(room_id):
+            raise SessionError(SessionCode.ROOM_ENDED, "this session has ended")
+        return await on_host("create", room_id, parsed.model_dump(exclude={"id"}))
 
     async def get_room(request: Request) -> Response:
-        return JSONResponse(_room_view(live_room(request), detail=True))
+        return await on_host("get", request.path_params["room"])
 
     async def end_room(request: Request) -> Response:
-        room = hub.end_room(request.path_params["room"], "ended_by_admin")
-        hub.audit.record("room_end", room=room.id, actor="admin", code="ended_by_admin")
-        return JSONResponse({"id": room.id, "ended": True})
+        return await on_host("end", request.path_params["room"])
 
     async def list_participants(request: Request) -> Response:
-        room = live_room(request)
-        return JSONResponse(
-            {
-                "participants": [p.describe() for p in room.joined()],
-                "waiting": [p.describe() for p in room.waiting()],
-            }
-        )
+        return await on_host("participants", request.path_params["room"])
 
     async def create_token(request: Request) -> Response:
         room_id = request.path_params["room"]
@@ -154,7 +197,7 @@ def routes(hub: Hub) -> list[Route]:
             return _error(
                 422, "invalid_field", "room ids are 1-64 letters, digits, '.', '_' or '-'"
             )
-        if hub.rooms.was_ended(room_id):
+        if await hub.room_was_ended(room_id):
             raise SessionError(SessionCode.ROOM_ENDED, "this session has ended")
         parsed = await body(request, NewToken)
         if isinstance(parsed, JSONResponse):

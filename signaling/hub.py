@@ -216,6 +216,15 @@ class Hub:
             self._saved[room.id] = state
             self._journal.put_nowait((room.id, "state", state))
 
+    async def room_was_ended(self, room_id: str) -> bool:
+        """Tell whether a room was ended on purpose, here or on any node of the cluster."""
+        if self.rooms.was_ended(room_id):
+            return True
+        try:
+            return self.cluster is not None and await self.store.was_ended(room_id)
+        except Exception:
+            return False
+
     async def restore(self, room_id: str) -> None:
         """Before a room opens on this node, bring it back from the store, if it is there."""
         if self.rooms.get(room_id) is not None or self.rooms.was_ended(room_id):

@@ -9,6 +9,8 @@ import os
 import signal
 import subprocess
 import sys
+import urllib.error
+import urllib.request
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
@@ -18,10 +20,10 @@ import pytest
 from media.client import MediaClient
 from session.roles import Role
 from session.store import RedisStore
-from signaling.client import SignalingClient
+from signaling.client import JoinRefused, SignalingClient
 from signaling.tokens import mint
 
-from .conftest import SECRET, server_process
+from .conftest import ADMIN_KEY, SECRET, server_process
 from .media_util import PatternTrack, receive
 from .redis_server import RedisServer
 
@@ -57,9 +59,24 @@ class Node:
 @contextlib.contextmanager
 def node(tmp_path: Path, redis: RedisServer, name: str) -> Iterator[Node]:
     data = tmp_path / name
-    extra = ("--redis", redis.url, "--node", name, "--node-ttl", TTL)
+    extra = ("--redis", redis.url, "--node", name, "--node-ttl", TTL, "--admin-key", ADMIN_KEY)
     with server_process(data, *extra) as (port, proc):
         yield Node(name, port, proc, data)
+
+
+def api(n: Node, method: str, path: str, body: dict[str, Any] | None = None) -> tuple[int, Any]:
+    """Call a node's admin API."""
+    request = urllib.request.Request(
+        f"http://127.0.0.1:{n.port}{path}",
+        method=method,
+        data=None if body is None else json.dumps(body).encode(),
+        headers={"Authorization": f"Bearer {ADMIN_KEY}", "Content-Type": "application/json"},
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=15) as response:
+            return response.status, json.load(response)
+    except urllib.error.HTTPError as e:
+        return e.code, json.load(e)
 
 
 def cli(*args: str) -> str:
@@ -343,3 +360,57 @@ async def test_a_room_spans_nodes_with_one_leg_per_edge_node(
             await asyncio.sleep(1.0)
             load = nodes(redis)
             assert all(n["up_tracks"] == 0 and n["down_tracks"] == 0 for n in load.values()), load
+
+
+async def test_the_admin_api_of_any_node_reaches_every_room(
+    tmp_path: Path, redis: RedisServer
+) -> None:
+    with node(tmp_path, redis, "a") as a, node(tmp_path, redis, "b") as b:
+        await until(lambda: set(nodes(redis)) == {"a", "b"})
+        async with clients() as made:
+            busy = a.client("busy", Role.EXPERT, "x")  # a carries a room: b is less loaded
+            made.append(busy)
+            await busy.connect()
+            await asyncio.sleep(1.0)
+            status, room = await asyncio.to_thread(
+                api,
+                a,
+                "POST",
+                "/api/rooms",
+                {"id": "tumour-board", "title": "Board", "lobby": True},
+            )
+            assert status == 201 and room["id"] == "tumour-board"
+            # Every node lists every room, with the node that hosts it.
+            status, listed = await asyncio.to_thread(api, b, "GET", "/api/rooms")
+            where = {r["id"]: r["node"] for r in listed["rooms"]}
+            assert where == {"busy": "a", "tumour-board": "b"}, where
+            status, _ = await asyncio.to_thread(
+                api, a, "POST", "/api/rooms", {"id": "tumour-board"}
+            )
+            assert status == 409  # exists, on the other node
+            mod = a.client("tumour-board", Role.MODERATOR, "chair")
+            made.append(mod)
+            await mod.connect()
+            status, people = await asyncio.to_thread(
+                api, a, "GET", "/api/rooms/tumour-board/participants"
+            )
+            assert status == 200 and [p["identity"] for p in people["participants"]] == ["chair"]
+            # Ended through the node that does not host it: refused on every node afterwards.
+            status, ended = await asyncio.to_thread(api, a, "DELETE", "/api/rooms/tumour-board")
+            assert status == 200 and ended["ended"] is True
+            assert await mod.wait_closed(timeout=10) == 4011
+            await asyncio.sleep(0.3)
+            for n in (a, b):
+                late = n.client("tumour-board", Role.EXPERT, "late")
+                made.append(late)
+                with pytest.raises(JoinRefused) as refused:
+                    await late.connect()
+                assert refused.value.code == "room_ended"
+                status, err = await asyncio.to_thread(
+                    api,
+                    n,
+                    "POST",
+                    "/api/rooms/tumour-board/tokens",
+                    {"role": "expert", "name": "x"},
+                )
+                assert status == 410 and err["error"]["code"] == "room_ended"
