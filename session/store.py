@@ -39,6 +39,12 @@ class Store(Protocol):
     async def was_ended(self, room: str) -> bool:
         """Tell whether a room was ended on purpose (on any node) and may not reopen."""
 
+    async def revoke(self, token_id: str, until: float) -> None:
+        """Refuse a token from now until it would have expired."""
+
+    async def is_revoked(self, token_id: str) -> bool:
+        """Tell whether a token was revoked."""
+
     async def heartbeat(self, node: str, load: Load, ttl: float, info: Event) -> None:
         """Say that a node is alive, with its load, for the next `ttl` seconds."""
 
@@ -72,6 +78,7 @@ class MemoryStore:
         self._nodes: dict[str, tuple[float, Load, Event]] = {}  # node -> (alive until, ...)
         self._draining: set[str] = set()
         self._hosts: dict[str, str] = {}
+        self._revoked: dict[str, float] = {}  # token id -> its expiry
 
     async def append(self, room: str, event: Event) -> None:
         """Add one ordered operation to a room's log."""
@@ -103,6 +110,18 @@ class MemoryStore:
         until = self._ended.get(room)
         if until is not None and until <= self.clock():
             del self._ended[room]
+            return False
+        return until is not None
+
+    async def revoke(self, token_id: str, until: float) -> None:
+        """Refuse a token until it would have expired."""
+        self._revoked[token_id] = until
+
+    async def is_revoked(self, token_id: str) -> bool:
+        """Tell whether a token was revoked."""
+        until = self._revoked.get(token_id)
+        if until is not None and until <= self.clock():
+            del self._revoked[token_id]  # expired anyway
             return False
         return until is not None
 
@@ -219,6 +238,14 @@ class RedisStore:
     async def was_ended(self, room: str) -> bool:
         """Tell whether a room was ended on purpose on any node."""
         return bool(await self.redis.exists(self._key(room, "ended")))
+
+    async def revoke(self, token_id: str, until: float) -> None:
+        """Keep the token's id until the token would have expired."""
+        await self.redis.set(f"{self.prefix}:revoked:{token_id}", "1", exat=max(1, int(until) + 1))
+
+    async def is_revoked(self, token_id: str) -> bool:
+        """Tell whether a token was revoked, on any node."""
+        return bool(await self.redis.exists(f"{self.prefix}:revoked:{token_id}"))
 
     async def heartbeat(self, node: str, load: Load, ttl: float, info: Event) -> None:
         """Refresh the node's key (expiring after `ttl`) with its load and details."""

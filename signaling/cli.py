@@ -146,15 +146,18 @@ def build_parser() -> argparse.ArgumentParser:
     token.add_argument("--url", help="also print a join link with this base URL")
     _settings_args(token)
 
-    rooms = sub.add_parser("rooms", help="list the rooms of a running server")
-    rooms.add_argument("--server", default=env("SERVER", "http://127.0.0.1:8080"))
-    rooms.add_argument("--admin-key", default=env("ADMIN_KEY"), help="[TELECONSULT_ADMIN_KEY]")
-    rooms.add_argument(
-        "--data-dir",
-        default=env("DATA_DIR", "data"),
-        help="where to read the generated admin key from",
-    )
-    rooms.add_argument("--json", action="store_true", help="print JSON")
+    rooms = sub.add_parser("rooms", help="list the rooms of a running server (or cluster)")
+    revoke = sub.add_parser("revoke", help="revoke a join link's token: cut and refused")
+    revoke.add_argument("token", help="the token (the part after #token= in the link)")
+    for p in (rooms, revoke):
+        p.add_argument("--server", default=env("SERVER", "http://127.0.0.1:8080"))
+        p.add_argument("--admin-key", default=env("ADMIN_KEY"), help="[TELECONSULT_ADMIN_KEY]")
+        p.add_argument(
+            "--data-dir",
+            default=env("DATA_DIR", "data"),
+            help="where to read the generated admin key from",
+        )
+        p.add_argument("--json", action="store_true", help="print JSON")
 
     nodes = sub.add_parser("nodes", help="list the live nodes of a cluster with their load")
     drain = sub.add_parser("drain", help="stop placing new rooms on a node (to upgrade it)")
@@ -222,6 +225,7 @@ def main(argv: list[str] | None = None) -> int:
         "subscribe": _subscribe,
         "export": _export,
         "nodes": _nodes,
+        "revoke": _revoke,
         "drain": _drain,
     }[args.command]
     try:
@@ -323,18 +327,36 @@ def _token(args: argparse.Namespace) -> int:
     return 0
 
 
-def _rooms(args: argparse.Namespace) -> int:
+def _admin(args: argparse.Namespace, path: str, body: Any = None) -> dict[str, Any]:
     key = args.admin_key or resolve_secrets(Settings(data_dir=Path(args.data_dir))).admin_key
     request = urllib.request.Request(
-        args.server.rstrip("/") + "/api/rooms", headers={"Authorization": f"Bearer {key}"}
+        args.server.rstrip("/") + path,
+        data=None if body is None else json.dumps(body).encode(),
+        headers={"Authorization": f"Bearer {key}", "Content-Type": "application/json"},
     )
     try:
         with urllib.request.urlopen(request, timeout=10) as response:
             data: dict[str, Any] = json.load(response)
+            return data
     except urllib.error.HTTPError as e:
         raise ValueError(f"server answered {e.code}: {e.read().decode(errors='replace')}") from None
     except urllib.error.URLError as e:
         raise ValueError(f"cannot reach {args.server}: {e.reason}") from None
+
+
+def _revoke(args: argparse.Namespace) -> int:
+    data = _admin(args, "/api/tokens/revoke", {"token": args.token})
+    if args.json:
+        print(json.dumps(data, indent=2))
+    elif data.get("revoked"):
+        print(f"revoked: {data['identity']} in {data['room']} (refused on every node from now)")
+    else:
+        print("not revoked: the token has expired already")
+    return 0
+
+
+def _rooms(args: argparse.Namespace) -> int:
+    data = _admin(args, "/api/rooms")
     if args.json:
         print(json.dumps(data, indent=2))
         return 0

@@ -364,6 +364,8 @@ class Cluster:
             return await sfu.answer(a["down_id"], CASCADE + a["to"], a["sdp"])
         if method == "closed":
             return self.hub.media_closed(a["what"], a["id"], a["reason"])
+        if method == "revoked":
+            return self.hub.cut_revoked(a["token_id"])
         if method == "admin":
             from .http_api import admin_op
 

@@ -22,6 +22,7 @@ class Code(StrEnum):
     TOKEN_INVALID = "token_invalid"
     TOKEN_EXPIRED = "token_expired"
     TOKEN_WRONG_ROOM = "token_wrong_room"
+    TOKEN_REVOKED = "token_revoked"
     INTERNAL = "internal"
 
 

@@ -73,6 +73,12 @@ async def on_hello(conn: Connection, msg: m.Hello) -> None:
             msg.id,
         )
         return
+    if await hub.token_revoked(grant.token_id):
+        hub.audit.record(
+            "join", "denied", room=grant.room, identity=grant.identity, code=Code.TOKEN_REVOKED
+        )
+        _refuse(conn, Code.TOKEN_REVOKED, "this link was revoked", Close.UNAUTHORIZED, msg.id)
+        return
     conn.grant = grant
     # A room that is not live here may have a channel in the store (another node, a restart).
     await hub.restore(grant.room)

@@ -18,7 +18,7 @@ from session.roles import Role
 from session.room import Room, RoomConfig
 
 from .hub import Hub
-from .tokens import ROOM_ID, mint, new_identity
+from .tokens import ROOM_ID, TokenError, mint, new_identity, verify
 
 
 class NewRoom(BaseModel):
@@ -31,6 +31,14 @@ class NewRoom(BaseModel):
     max_participants: Annotated[int, Field(ge=1, le=1000)] | None = None
     lobby: bool = False
     idle_timeout: Annotated[float, Field(gt=0, le=7 * 86400)] | None = None
+
+
+class Revocation(BaseModel):
+    """Body of POST /api/tokens/revoke."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    token: Annotated[str, Field(min_length=1, max_length=4096)]
 
 
 class NewToken(BaseModel):
@@ -222,8 +230,27 @@ def routes(hub: Hub) -> list[Route]:
             status_code=201,
         )
 
+    async def revoke_token(request: Request) -> Response:
+        parsed = await body(request, Revocation)
+        if isinstance(parsed, JSONResponse):
+            return parsed
+        assert isinstance(parsed, Revocation)
+        try:
+            grant = verify(hub.keys.token_secret, parsed.token, hub.now())
+        except TokenError as e:
+            if e.code == "token_expired":
+                return JSONResponse({"revoked": False, "expired": True})
+            return _error(422, e.code, e.message)
+        if not grant.token_id:
+            return _error(422, "token_invalid", "this token has no id and cannot be revoked")
+        cut = await hub.revoke(grant.room, grant.token_id, grant.expires_at)
+        return JSONResponse(
+            {"revoked": True, "room": grant.room, "identity": grant.identity, "disconnected": cut}
+        )
+
     return [
         Route("/healthz", healthz),
+        Route("/api/tokens/revoke", guard(revoke_token), methods=["POST"]),
         Route("/metrics", metrics),
         Route("/api/rooms", guard(list_rooms), methods=["GET"]),
         Route("/api/rooms", guard(create_room), methods=["POST"]),

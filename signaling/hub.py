@@ -27,6 +27,7 @@ from turn.server import TurnServer
 
 from .audit import AuditLog
 from .config import Secrets, Settings, default_node_name, turn_secret
+from .errors import Close, Code
 from .metrics import Metrics
 
 if TYPE_CHECKING:
@@ -215,6 +216,34 @@ class Hub:
         if self._saved.get(room.id) != state:
             self._saved[room.id] = state
             self._journal.put_nowait((room.id, "state", state))
+
+    async def revoke(self, grant_room: str, token_id: str, until: float) -> int:
+        """Refuse a token from now on, on every node, and cut this node's connections using it."""
+        await self.store.revoke(token_id, until)
+        self.audit.record("token_revoke", room=grant_room, actor="admin")
+        if self.cluster is not None:
+            for node in self.cluster.live:
+                if node != self.node:
+                    self.cluster.tell(node, "revoked", token_id=token_id)
+        return self.cut_revoked(token_id)
+
+    def cut_revoked(self, token_id: str) -> int:
+        """Close the connections of this node that joined with a revoked token."""
+        cut = 0
+        for conn in list(self.connections):
+            if conn.grant is not None and conn.grant.token_id == token_id:
+                conn.error(Code.TOKEN_REVOKED, "this link was revoked")
+                conn.kick(Close.UNAUTHORIZED, "token revoked")
+                cut += 1
+        return cut
+
+    async def token_revoked(self, token_id: str) -> bool:
+        """Tell whether a token was revoked (a store out of reach counts as not)."""
+        try:
+            return bool(token_id) and await self.store.is_revoked(token_id)
+        except Exception:
+            log.warning("cannot reach the store to check revocations")
+            return False
 
     async def room_was_ended(self, room_id: str) -> bool:
         """Tell whether a room was ended on purpose, here or on any node of the cluster."""

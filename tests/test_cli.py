@@ -141,6 +141,17 @@ async def test_serve_demo_prints_working_links_and_rooms_lists_them(
             timeout=30,
         )
         assert wrong.returncode == 2 and "401" in wrong.stderr
+        # The expert's link leaked: revoked, the expert is cut off.
+        out = await asyncio.to_thread(
+            run,
+            "revoke",
+            tokens["expert"],
+            "--server",
+            f"http://127.0.0.1:{port}",
+            data_dir=tmp_path,
+        )
+        assert out.returncode == 0 and "revoked" in out.stdout, out.stderr
+        assert await ex.wait_closed() == 4001
     finally:
         await op.close()
         await ex.close()

@@ -414,3 +414,30 @@ async def test_the_admin_api_of_any_node_reaches_every_room(
                     {"role": "expert", "name": "x"},
                 )
                 assert status == 410 and err["error"]["code"] == "room_ended"
+
+
+async def test_a_link_revoked_on_one_node_is_cut_and_refused_on_all(
+    tmp_path: Path, redis: RedisServer
+) -> None:
+    with node(tmp_path, redis, "a") as a, node(tmp_path, redis, "b") as b:
+        await until(lambda: set(nodes(redis)) == {"a", "b"})
+        async with clients() as made:
+            host = a.client("ward-3", Role.EXPERT, "host-side")
+            made.append(host)
+            await host.connect()
+            leaked = mint(SECRET, "ward-3", Role.EXPERT, "dr-wu", 3600, "dr-wu")
+            c = SignalingClient(a.ws, leaked, "ward-3")
+            made.append(c)
+            await c.connect()
+            status, body = await asyncio.to_thread(
+                api, b, "POST", "/api/tokens/revoke", {"token": leaked}
+            )
+            assert status == 200 and body["revoked"] is True
+            assert await c.wait_closed(timeout=10) == 4001
+            for n in (a, b):
+                again = SignalingClient(n.ws, leaked, "ward-3")
+                made.append(again)
+                with pytest.raises(JoinRefused) as refused:
+                    await again.connect()
+                assert refused.value.code == "token_revoked"
+            assert (await host.request({"type": "chat", "text": "go on"}))["seq"] >= 1

@@ -11,7 +11,7 @@ from typing import Any
 from session.roles import Role
 from signaling.client import SignalingClient
 
-from .conftest import ADMIN_KEY, Server
+from .conftest import ADMIN_KEY, SECRET, Server
 
 
 async def api(
@@ -121,3 +121,37 @@ async def test_healthz_and_metrics(server: Server) -> None:
     assert 'teleconsult_errors_total{code="bad_json"} 1.0' in lines
     # Metrics never carry room ids or names.
     assert "r1" not in text
+
+
+async def test_a_revoked_link_is_cut_and_refused(server: Server) -> None:
+    leaked = server.token(role=Role.EXPERT, identity="dr-wu")
+    other = await server.join(role=Role.EXPERT, identity="dr-li")
+    c = server.client(token=leaked)
+    await c.connect()
+    status, body = await api(server, "POST", "/api/tokens/revoke", {"token": leaked})
+    assert status == 200 and body["revoked"] is True and body["disconnected"] == 1
+    assert (await c.wait_for("error"))["code"] == "token_revoked"
+    assert await c.wait_closed() == 4001
+    again = server.client(token=leaked)
+    try:
+        await again.connect()
+        raise AssertionError("a revoked token joined")
+    except Exception as e:
+        assert getattr(e, "code", None) == "token_revoked", e
+    # A new link for the same person works; the others were not touched.
+    fresh = await server.join(role=Role.EXPERT, identity="dr-wu")
+    assert fresh.participant_id
+    assert (await other.request({"type": "chat", "text": "still here"}))["seq"] >= 1
+    status, body = await api(server, "POST", "/api/tokens/revoke", {"token": "not-a-token"})
+    assert status == 422 and body["error"]["code"] == "token_invalid"
+    import time
+
+    from signaling.tokens import mint
+
+    expired = mint(SECRET, "r1", Role.EXPERT, "x", 60, "x", time.time() - 3600)
+    status, body = await api(server, "POST", "/api/tokens/revoke", {"token": expired})
+    assert status == 200 and body == {"revoked": False, "expired": True}
+    text = (server.hub.settings.data_dir / "audit.jsonl").read_text()
+    audit = [json.loads(line) for line in text.splitlines()]
+    assert any(a["action"] == "token_revoke" for a in audit)
+    assert leaked not in (server.hub.settings.data_dir / "audit.jsonl").read_text()

@@ -107,6 +107,17 @@ async def test_heartbeats_expire_and_placement_follows_live_nodes(store: Store) 
     assert await store.nodes() == {} and await store.host("ward-6") is None
 
 
+async def test_revoked_tokens_are_kept_until_they_would_expire(store: Store) -> None:
+    import time
+
+    assert not await store.is_revoked("jti-1")
+    await store.revoke("jti-1", time.time() + 60)
+    await store.revoke("jti-2", time.time() - 1)  # expired already: nothing to keep
+    assert await store.is_revoked("jti-1")
+    assert not await store.is_revoked("jti-2")
+    assert not await store.is_revoked("jti-3")
+
+
 async def test_rooms_do_not_mix(store: Store) -> None:
     await store.append(
         "ward-3",
