@@ -1,0 +1,126 @@
+"""The room page on a cluster: reached through a node that does not host the room, and carried
+through the loss of the node that did."""
+
+from __future__ import annotations
+
+import os
+import signal
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from playwright.async_api import Browser, expect
+
+from media.client import MediaClient
+from session.roles import Role
+from signaling.http_api import join_url
+from signaling.tokens import mint
+
+from ..conftest import SECRET
+from ..media_util import PatternTrack
+from ..redis_server import RedisServer
+from ..test_cluster import node
+from .conftest import LOOPBACK_ONLY
+from .test_pages import chromium, shot
+
+__all__ = ["chromium"]
+
+
+@pytest.fixture
+def redis(tmp_path: Path) -> Iterator[RedisServer]:
+    server = RedisServer(tmp_path / "redis", aof=True)
+    server.folder.mkdir()
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+async def frames(page: object) -> int:
+    value = await page.evaluate(  # type: ignore[attr-defined]
+        "() => Number(document.getElementById('health').dataset.framesDecoded || 0)"
+    )
+    return int(value)
+
+
+async def test_the_page_rides_out_the_loss_of_the_rooms_node(
+    tmp_path: Path, redis: RedisServer, chromium: Browser
+) -> None:
+    with node(tmp_path, redis, "a") as a, node(tmp_path, redis, "b") as b:
+        op = a.client("ward-3", Role.OPERATOR, "op")  # the room opens on node a
+        await op.connect()
+        media = MediaClient(op)
+        try:
+            stream = await media.publish([(PatternTrack(), "probe", "Ultrasound")])
+            feed = f"{stream.id}.0"
+            # The expert's page reaches node b: signaling relayed to a, media cascaded to b.
+            context = await chromium.new_context(viewport={"width": 1024, "height": 768})
+            await context.add_init_script(LOOPBACK_ONLY)
+            page = await context.new_page()
+            token = mint(SECRET, "ward-3", Role.EXPERT, "Dr. Li", 3600, "ex")
+            await page.goto(join_url(f"http://127.0.0.1:{b.port}", "ward-3", token))
+            await expect(page.locator("#state")).to_have_attribute("data-state", "joined")
+            await expect(page.locator(f'video[data-feed="{feed}"]')).to_be_visible(timeout=10000)
+            await page.wait_for_function(
+                "() => Number(document.getElementById('health').dataset.framesDecoded || 0) > 20",
+                timeout=15000,
+            )
+            await op.request(
+                {
+                    "type": "annotate",
+                    "op": "arrow",
+                    "id": "before",
+                    "feed": feed,
+                    "points": [[0.1, 0.1], [0.3, 0.3]],
+                }
+            )
+            overlay = page.locator(f'svg.overlay[data-feed="{feed}"]')
+            await expect(overlay.locator('g[data-id="before"]')).to_have_count(1)
+
+            await media.close()
+            os.kill(a.proc.pid, signal.SIGKILL)  # the room's node dies
+            a.proc.wait(5)
+            # The page reconnects by itself and the room comes back on node b, drawing intact.
+            await expect(page.locator("#banner")).to_be_visible(timeout=10000)
+            await expect(page.locator("#state")).to_have_attribute(
+                "data-state", "joined", timeout=20000
+            )
+            await expect(page.locator("#banner")).to_be_hidden()
+            await shot(page, "expert-after-node-loss")
+            # The operator's station reconnects too (through b) and publishes again.
+            op2 = b.client("ward-3", Role.OPERATOR, "op")
+            await op2.connect()
+            media2 = MediaClient(op2)
+            try:
+                again = await media2.publish([(PatternTrack(), "probe", "Ultrasound")])
+                feed2 = f"{again.id}.0"
+                await expect(page.locator(f'video[data-feed="{feed2}"]')).to_be_visible(
+                    timeout=10000
+                )
+                before = await frames(page)
+                await page.wait_for_function(
+                    "() => Number(document.getElementById('health').dataset.framesDecoded || 0)"
+                    f" > {before + 20}",
+                    timeout=15000,
+                )
+                await op2.request(
+                    {
+                        "type": "annotate",
+                        "op": "arrow",
+                        "id": "after",
+                        "feed": feed2,
+                        "points": [[0.5, 0.5], [0.7, 0.7]],
+                    }
+                )
+                overlay2 = page.locator(f'svg.overlay[data-feed="{feed2}"]')
+                await expect(overlay2.locator('g[data-id="after"]')).to_have_count(1)
+                # The drawing made before the loss is kept in the channel, not shown twice.
+                shapes = {s["id"] for s in op2.welcome["channel"]["annotations"]}
+                assert "before" in shapes
+            finally:
+                await media2.close()
+                await op2.close()
+        finally:
+            await media.close()
+            await op.close()
