@@ -26,6 +26,7 @@ from media.sfu import MediaError
 from session.placement import Load, choose
 
 from .errors import Close
+from .ratelimit import TokenBucket
 from .tokens import TokenError, verify
 
 if TYPE_CHECKING:
@@ -40,6 +41,8 @@ BATCH = 256
 CALL_TIMEOUT = 10.0
 # The participant id a cascaded stream is published under on the node it was pulled to.
 CASCADE = "cascade:"
+# A cascade leg with no subscriber (and no recorder) here for this long is closed.
+IDLE_LEG = 10.0
 
 
 class RelayedSocket:
@@ -102,6 +105,7 @@ class Cluster:
         self._pulls: dict[str, asyncio.Future[None]] = {}
         # Streams and subscriptions served here for rooms hosted elsewhere: id -> host.
         self.routes: dict[str, str] = {}
+        self._idle_since: dict[str, float] = {}
 
     def channel(self, node: str) -> str:
         """Return the Redis channel a node listens on."""
@@ -188,11 +192,29 @@ class Cluster:
                     log.warning("the store is reachable again; node %s registered", self.node)
                 failing = False
                 self._drop_dead_peers()
+                await self._close_idle_legs()
             except Exception:
                 if not failing:
                     log.warning("cannot reach the store; media and local rooms go on")
                 failing = True
             await asyncio.sleep(self.ttl / 3)
+
+    async def _close_idle_legs(self) -> None:
+        # The origin sends to this node as long as the leg is open: close it once nobody here
+        # watches, so that a conference's edge does not draw bandwidth for nobody.
+        now = time.monotonic()
+        for gone in set(self._idle_since) - set(self.hub.sfu.ups):
+            del self._idle_since[gone]
+        for up in list(self.hub.sfu.ups.values()):
+            if not up.participant_id.startswith(CASCADE):
+                continue
+            if up.downs or any(t.taps for t in up.tracks.values()):
+                self._idle_since.pop(up.id, None)
+                continue
+            since = self._idle_since.setdefault(up.id, now)
+            if now - since >= IDLE_LEG:
+                self._idle_since.pop(up.id, None)
+                await self.hub.sfu.unpublish(up.id, "idle_leg")
 
     def _drop_dead_peers(self) -> None:
         for room in self.hub.rooms.live():
@@ -454,11 +476,17 @@ class Cluster:
             self.hub.metrics.connections.dec()
 
     async def _pipe_up(self, cid: str, pipe: Pipe) -> None:
-        limit = self.hub.settings.max_message
+        s = self.hub.settings
+        limit = s.max_message
+        # The host limits the client's rate and says so; a flood beyond twice that limit is
+        # dropped here rather than carried through Redis to be dropped there.
+        bucket = TokenBucket(2 * s.rate, 2 * s.burst, self.hub.now())
         while True:
             msg = await pipe.ws.receive()
             if msg["type"] == "websocket.disconnect":
                 return
+            if not bucket.take(self.hub.now()):
+                continue
             text = msg.get("text")
             if text is None:
                 self.send(pipe.host, {"k": "up", "c": cid, "b": 1})

@@ -167,6 +167,8 @@ class Hub:
     def _up_closed(self, stream_id: str, reason: str) -> None:
         room = self.room_of_stream(stream_id)
         if room is not None:
+            if room.streams[stream_id].node not in ("", self.node):
+                return  # a cascaded copy closed here; the stream itself goes on at its node
             room.remove_stream(stream_id, reason)
         elif self.cluster is not None:
             self.cluster.closed("up", stream_id, reason)

@@ -150,6 +150,12 @@ async def test_clients_on_two_nodes_share_one_room(tmp_path: Path, redis: RedisS
             await ex.send_raw(b"\x00")
             assert (await ex.wait_for("error"))["code"] == "binary_not_supported"
             assert (await ex.request({"type": "chat", "text": "still here"}))["seq"] > 0
+            # A flood through the relay is limited like any other; the connection goes on.
+            for _ in range(600):
+                await ex.send({"type": "ping", "ts": 1})
+            assert (await ex.wait_for("error", timeout=10))["code"] == "rate_limited"
+            await asyncio.sleep(2.5)  # the bucket refills
+            assert (await ex.request({"type": "chat", "text": "after the flood"}))["seq"] > 0
 
 
 async def test_placement_spreads_rooms_and_drain_stops_new_ones(
@@ -352,6 +358,14 @@ async def test_a_room_spans_nodes_with_one_leg_per_edge_node(
             sub = await media_late.subscribe(stream.id)
             await receive(sub.tracks[feed], 1)
             assert loop.time() - started < 1.5
+            # Nobody on c watches any more: c closes its leg, a stops sending there.
+            for m, s in [(viewers[3], subs[3]), (viewers[4], subs[4]), (media_late, sub)]:
+                await m.unsubscribe(s.id)
+            await until(lambda: nodes(redis)["c"]["up_tracks"] == 0, timeout=25)
+            load = nodes(redis)
+            assert (load["a"]["down_tracks"], load["b"]["down_tracks"]) == (1, 3), load
+            frames = await receive(subs[0].tracks[feed], 10)  # b's viewers go on
+            assert frames[-1].width == 320
             # The publisher stops: viewers on every node are told, the legs close.
             await media_op.unpublish(stream.id)
             for m in viewers:
