@@ -1,0 +1,90 @@
+"""A cascade leg between two in-process nodes: loss on the leg is repaired by NACK upstream."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from media.client import MediaClient
+from session.roles import Role
+
+from .conftest import running_server
+from .media_util import PatternTrack, bar_position, receive
+from .redis_server import RedisServer
+
+
+@pytest.fixture
+def redis(tmp_path: Path) -> Iterator[RedisServer]:
+    server = RedisServer(tmp_path / "redis")
+    server.folder.mkdir()
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+async def test_loss_on_a_cascade_leg_is_repaired_from_the_origin(
+    tmp_path: Path, redis: RedisServer
+) -> None:
+    async with (
+        running_server(tmp_path / "a", redis=redis.url, node="a", node_ttl=1.5) as a,
+        running_server(tmp_path / "b", redis=redis.url, node="b", node_ttl=1.5) as b,
+    ):
+        op = await a.join(role=Role.OPERATOR, identity="op")
+        ex = await b.join(role=Role.EXPERT, identity="ex")  # relayed to a; media on b
+        pub, sub_client = MediaClient(op), MediaClient(ex)
+        try:
+            stream = await pub.publish([(PatternTrack(640, 480), "laparoscope", "")])
+            sub = await sub_client.subscribe(stream.id)
+            track = sub.tracks[f"{stream.id}.0"]
+            await receive(track, 5)
+            # The leg: a's subscription for node b, b's copy of the stream.
+            (leg,) = [d for d in a.hub.sfu.downs.values() if d.subscriber_id == "cascade:b"]
+            copy = b.hub.sfu.ups[stream.id].tracks["0"]
+            assert copy.downs and not b.hub.sfu.ups[stream.id].participant_id.startswith("p-")
+            sender = leg.tracks[0].sender
+            send = sender.transport._send_rtp
+            seen: set[int] = set()
+            dropped: list[int] = []
+
+            async def lossy(data: bytes) -> None:
+                # Every fifth first transmission on the leg is lost; RTCP and RTX pass.
+                ssrc = int.from_bytes(data[8:12], "big")
+                if 200 <= data[1] <= 206 or ssrc != sender._ssrc:
+                    await send(data)
+                    return
+                seq = int.from_bytes(data[2:4], "big")
+                if seq not in seen:
+                    seen.add(seq)
+                    if len(seen) % 5 == 0:
+                        dropped.append(seq)
+                        return
+                await send(data)
+
+            sender.transport._send_rtp = lossy  # type: ignore[method-assign]
+            t0 = time.monotonic()
+            frames = await receive(track, 90, timeout=10)
+            elapsed = time.monotonic() - t0
+            assert len(dropped) >= 10
+            # The edge asked the origin again (NACK up the leg), and the origin resent.
+            assert copy.receiver.nacks_sent > 0
+            assert sender.retransmits >= 0.8 * len(dropped)
+            assert elapsed < 4.5  # no freeze waiting for a keyframe
+            assert len({bar_position(f) for f in frames[-30:]}) >= 25
+            # A keyframe request from b's subscriber reached the publisher through a.
+            before = a.hub.sfu.ups[stream.id].tracks["0"].plis_sent
+            copy._key_throttle.last = None
+            copy.request_keyframe()
+            for _ in range(50):
+                if a.hub.sfu.ups[stream.id].tracks["0"].plis_sent > before:
+                    break
+                await asyncio.sleep(0.1)
+            assert a.hub.sfu.ups[stream.id].tracks["0"].plis_sent > before
+        finally:
+            await sub_client.close()
+            await pub.close()
