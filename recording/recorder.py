@@ -63,8 +63,10 @@ class Recorder:
         on_error: Callable[[str, str], None],
         session_id: str | None = None,
         segment: int = 1,
+        on_manifest: Callable[[Recorder], None] | None = None,
     ) -> None:
         self.room = room
+        self.on_manifest = on_manifest
         self.sfu = sfu
         self.clock = clock
         self.on_error = on_error
@@ -317,6 +319,9 @@ class Recorder:
             os.replace(tmp, path)
         except OSError as e:
             self._fail(e)
+            return
+        if self.on_manifest is not None:
+            self.on_manifest(self)
 
 
 def _depayloader(codec: RTCRtpCodecParameters) -> Callable[[bytes], bytes]:

@@ -45,6 +45,12 @@ class Store(Protocol):
     async def is_revoked(self, token_id: str) -> bool:
         """Tell whether a token was revoked."""
 
+    async def add_recording(self, room: str, folder: str, entry: Event | None) -> None:
+        """Register a recorded session (a folder on some node); None unregisters it."""
+
+    async def recordings(self, room: str | None = None) -> list[Event]:
+        """Return the registered sessions of a room, or of every room."""
+
     async def heartbeat(self, node: str, load: Load, ttl: float, info: Event) -> None:
         """Say that a node is alive, with its load, for the next `ttl` seconds."""
 
@@ -79,6 +85,7 @@ class MemoryStore:
         self._draining: set[str] = set()
         self._hosts: dict[str, str] = {}
         self._revoked: dict[str, float] = {}  # token id -> its expiry
+        self._recordings: dict[str, dict[str, Event]] = {}  # room -> folder -> entry
 
     async def append(self, room: str, event: Event) -> None:
         """Add one ordered operation to a room's log."""
@@ -124,6 +131,19 @@ class MemoryStore:
             del self._revoked[token_id]  # expired anyway
             return False
         return until is not None
+
+    async def add_recording(self, room: str, folder: str, entry: Event | None) -> None:
+        """Register (or, with None, unregister) a recorded session."""
+        sessions = self._recordings.setdefault(room, {})
+        if entry is None:
+            sessions.pop(folder, None)
+        else:
+            sessions[folder] = dict(entry)
+
+    async def recordings(self, room: str | None = None) -> list[Event]:
+        """Return the registered sessions."""
+        rooms = [room] if room is not None else sorted(self._recordings)
+        return [e for r in rooms for _, e in sorted(self._recordings.get(r, {}).items())]
 
     async def heartbeat(self, node: str, load: Load, ttl: float, info: Event) -> None:
         """Say that a node is alive."""
@@ -246,6 +266,29 @@ class RedisStore:
     async def is_revoked(self, token_id: str) -> bool:
         """Tell whether a token was revoked, on any node."""
         return bool(await self.redis.exists(f"{self.prefix}:revoked:{token_id}"))
+
+    async def add_recording(self, room: str, folder: str, entry: Event | None) -> None:
+        """Register a recorded session in the room's hash (None removes it)."""
+        key = f"{self.prefix}:recordings:{room}"
+        if entry is None:
+            await self.redis.hdel(key, folder)
+            return
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.hset(key, folder, json.dumps(entry, separators=(",", ":")))
+            pipe.sadd(f"{self.prefix}:recorded", room)
+            await pipe.execute()
+
+    async def recordings(self, room: str | None = None) -> list[Event]:
+        """Return the registered sessions of a room, or of every room."""
+        if room is not None:
+            rooms = [room]
+        else:
+            rooms = sorted(_text(r) for r in await self.redis.smembers(f"{self.prefix}:recorded"))
+        out: list[Event] = []
+        for r in rooms:
+            found = await self.redis.hgetall(f"{self.prefix}:recordings:{r}")
+            out += [json.loads(found[k]) for k in sorted(found)]
+        return out
 
     async def heartbeat(self, node: str, load: Load, ttl: float, info: Event) -> None:
         """Refresh the node's key (expiring after `ttl`) with its load and details."""

@@ -386,6 +386,16 @@ class Cluster:
             return await sfu.answer(a["down_id"], CASCADE + a["to"], a["sdp"])
         if method == "closed":
             return self.hub.media_closed(a["what"], a["id"], a["reason"])
+        if method == "recording":
+            from .recordings_api import NAME, with_links
+
+            room, session = a["room"], a["session"]
+            folder = self.hub.settings.data_dir / "recordings" / room / session
+            if not (NAME.match(room) and NAME.match(session)):
+                return None
+            if not (folder / "manifest.json").is_file():
+                return None
+            return with_links(self.hub, folder, f"/api/recordings/{room}/{session}")
         if method == "revoked":
             return self.hub.cut_revoked(a["token_id"])
         if method == "admin":

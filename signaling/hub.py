@@ -296,6 +296,10 @@ class Hub:
                         await self.store.forget(room_id, self.node, payload)
                     elif what == "state":
                         await self.store.save_state(room_id, payload)
+                    elif what == "recording":
+                        await self.store.add_recording(room_id, payload["session_id"], payload)
+                    elif what == "unrecord":
+                        await self.store.add_recording(room_id, payload, None)
                     else:
                         await self.store.append(room_id, payload)
                     break
@@ -341,6 +345,7 @@ class Hub:
             self._recording_failed,
             session_id,
             segment,
+            self._recording_written,
         )
         recorder.start()
         self.recorders[room.id] = recorder
@@ -362,6 +367,21 @@ class Hub:
         recorder = self.recorders.get(room.id)
         if recorder is not None:
             recorder.refresh()
+
+    def _recording_written(self, recorder: Recorder) -> None:
+        # The cluster's registry of recorded sessions: any node can list and find them.
+        m = recorder.manifest()
+        entry = {
+            "session_id": recorder.dir.name,
+            "segment_of": m["session_id"] if recorder.segment > 1 else None,
+            "room": m["room"],
+            "title": m["title"],
+            "started_at": m["started_at"],
+            "stopped_at": m["stopped_at"],
+            "tracks": len(m["tracks"]),
+            "node": self.node,
+        }
+        self._journal.put_nowait((m["room"], "recording", entry))
 
     def stop_recording(self, room: Room, actor_id: str | None) -> None:
         """Stop a room's recorder and tell everyone."""
@@ -407,6 +427,13 @@ class Hub:
             if data.get("session_id") in live or now - ended < days * 86400:
                 continue
             shutil.rmtree(manifest.parent, ignore_errors=True)
+            # This runs in a worker thread: the registry entry goes through the loop's queue.
+            entry = (
+                data.get("room") or manifest.parent.parent.name,
+                "unrecord",
+                manifest.parent.name,
+            )
+            self.loop.call_soon_threadsafe(self._journal.put_nowait, entry)
             removed.append(data["session_id"])
             self.audit.record(
                 "recording_delete",
@@ -428,6 +455,7 @@ class Hub:
 
     async def start(self) -> None:
         """Start background work (and the built-in TURN server)."""
+        self.loop = asyncio.get_running_loop()
         self._writer = asyncio.create_task(self._write_journal())
         if self.turn is not None:
             await self.turn.start()

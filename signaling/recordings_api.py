@@ -13,6 +13,7 @@ from starlette.requests import Request
 from starlette.responses import FileResponse, JSONResponse, Response
 from starlette.routing import Route
 
+from media.sfu import MediaError
 from session.roles import Role
 
 from .hub import Hub
@@ -30,19 +31,33 @@ def _error(status: int, code: str, message: str) -> JSONResponse:
     return JSONResponse({"error": {"code": code, "message": message}}, status_code=status)
 
 
+def sign(hub: Hub, path: str, expires: int) -> str:
+    """Sign a file link (any node of a cluster shares the secret)."""
+    message = f"{path}\n{expires}".encode()
+    return hmac.new(hub.keys.token_secret.encode(), message, hashlib.sha256).hexdigest()
+
+
+def with_links(hub: Hub, folder: Path, base: str) -> dict[str, Any]:
+    """Return a session's manifest with a signed link for each of its files."""
+    data: dict[str, Any] = json.loads((folder / "manifest.json").read_text())
+    expires = int(hub.now()) + LINK_TTL
+    names = [t["file"] for t in data["tracks"]] + [data.get("channel_log", "channel.jsonl")]
+    data["links"] = {
+        name: f"{base}/{name}?exp={expires}&sig={sign(hub, f'{base}/{name}', expires)}"
+        for name in names
+    }
+    return data
+
+
 def routes(hub: Hub) -> list[Route]:
     """Build the recording routes bound to a hub."""
     root = hub.settings.data_dir / "recordings"
-
-    def sign(path: str, expires: int) -> str:
-        message = f"{path}\n{expires}".encode()
-        return hmac.new(hub.keys.token_secret.encode(), message, hashlib.sha256).hexdigest()
 
     def signed(request: Request) -> bool:
         sig, exp = request.query_params.get("sig", ""), request.query_params.get("exp", "")
         if not sig or not exp.isdigit() or int(exp) < hub.now():
             return False
-        return hmac.compare_digest(sig, sign(request.url.path, int(exp)))
+        return hmac.compare_digest(sig, sign(hub, request.url.path, int(exp)))
 
     def who(request: Request, room: str | None) -> tuple[str, str] | None:
         """Return (actor, identity) if the request may read this room's recordings."""
@@ -59,7 +74,23 @@ def routes(hub: Hub) -> list[Route]:
             return None
         return "participant", grant.identity
 
-    def sessions_of(room: str) -> list[dict[str, Any]]:
+    async def registered(room: str | None) -> list[dict[str, Any]]:
+        # Sessions recorded on other nodes of the cluster (their files stay there).
+        if hub.cluster is None:
+            return []
+        try:
+            found = await hub.store.recordings(room)
+        except Exception:
+            return []
+        return [e for e in found if e.get("node") != hub.node]
+
+    async def sessions_of(room: str) -> list[dict[str, Any]]:
+        out = local_sessions(room)
+        here = {s["session_id"] for s in out}
+        out += [e for e in await registered(room) if e["session_id"] not in here]
+        return out
+
+    def local_sessions(room: str) -> list[dict[str, Any]]:
         out = []
         for manifest in sorted((root / room).glob("*/manifest.json")):
             try:
@@ -83,8 +114,9 @@ def routes(hub: Hub) -> list[Route]:
     async def list_all(request: Request) -> Response:
         if who(request, None) is None:
             return _error(401, "unauthorized", "the admin API key is required")
-        rooms = [p.name for p in root.iterdir()] if root.is_dir() else []
-        return JSONResponse({"sessions": [s for r in sorted(rooms) for s in sessions_of(r)]})
+        rooms = {p.name for p in root.iterdir()} if root.is_dir() else set()
+        rooms |= {e["room"] for e in await registered(None)}
+        return JSONResponse({"sessions": [s for r in sorted(rooms) for s in await sessions_of(r)]})
 
     async def list_room(request: Request) -> Response:
         room = request.path_params["room"]
@@ -96,7 +128,7 @@ def routes(hub: Hub) -> list[Route]:
                 "unauthorized",
                 "an admin key or an expert/moderator token is needed for this room's recordings",
             )
-        return JSONResponse({"sessions": sessions_of(room)})
+        return JSONResponse({"sessions": await sessions_of(room)})
 
     def session_dir(request: Request) -> Path | Response:
         room, session = request.path_params["room"], request.path_params["session"]
@@ -113,6 +145,11 @@ def routes(hub: Hub) -> list[Route]:
         folder: Path = root / str(room) / str(session)
         if not (folder / "manifest.json").is_file():
             return _error(404, "no_such_recording", "no such recording")
+        audit(request, actor)
+        return folder
+
+    def audit(request: Request, actor: tuple[str, str]) -> None:
+        room, session = request.path_params["room"], request.path_params["session"]
         hub.audit.record(
             "recording_access",
             room=room,
@@ -121,20 +158,34 @@ def routes(hub: Hub) -> list[Route]:
             target=session,
             code=request.path_params.get("file", "manifest"),
         )
-        return folder
 
     async def manifest(request: Request) -> Response:
         folder = session_dir(request)
         if isinstance(folder, Response):
-            return folder
-        data = json.loads((folder / "manifest.json").read_text())
-        expires = int(hub.now()) + LINK_TTL
-        base = request.url.path
-        names = [t["file"] for t in data["tracks"]] + [data.get("channel_log", "channel.jsonl")]
-        data["links"] = {
-            name: f"{base}/{name}?exp={expires}&sig={sign(f'{base}/{name}', expires)}"
-            for name in names
-        }
+            remote = await elsewhere(request) if folder.status_code == 404 else None
+            return remote or folder
+        return JSONResponse(with_links(hub, folder, request.url.path))
+
+    async def elsewhere(request: Request) -> Response | None:
+        # Recorded on another node: that node signs the links, which point at it directly.
+        room, session = request.path_params["room"], request.path_params["session"]
+        entry = next((e for e in await registered(room) if e["session_id"] == session), None)
+        if entry is None or hub.cluster is None:
+            return None
+        actor = who(request, room)
+        if actor is None:
+            return None
+        url = (await hub.store.nodes()).get(entry["node"], (None, {}))[1].get("url")
+        if url is None:
+            return _error(503, "node_unreachable", "the node holding this recording is down")
+        try:
+            data = await hub.cluster.call(entry["node"], "recording", room=room, session=session)
+        except MediaError:
+            return _error(503, "node_unreachable", "the node holding this recording is down")
+        if data is None:
+            return None
+        audit(request, actor)
+        data["links"] = {name: url + link for name, link in data["links"].items()}
         return JSONResponse(data)
 
     async def file(request: Request) -> Response:
@@ -151,7 +202,11 @@ def routes(hub: Hub) -> list[Route]:
             ".jsonl": "application/x-ndjson",
             ".json": "application/json",
         }
-        return FileResponse(path, media_type=media.get(path.suffix, "application/octet-stream"))
+        response = FileResponse(path, media_type=media.get(path.suffix, "application/octet-stream"))
+        if signed(request):
+            # The link is the credential; the playback page may be served by another node.
+            response.headers["Access-Control-Allow-Origin"] = "*"
+        return response
 
     return [
         Route("/api/recordings", list_all),

@@ -260,6 +260,16 @@ async def test_a_killed_host_hands_its_room_to_another_node(
             await until(manifest.is_file)
             data = json.loads(manifest.read_text())
             assert (data["session_id"], data["segment"]) == (session_id, 2)
+            # Both segments are listed; the first one's node is gone with its disk.
+            await asyncio.sleep(0.5)
+            status, listed = await asyncio.to_thread(api, b, "GET", "/api/recordings/ward-3")
+            assert status == 200
+            found = {s["session_id"]: s.get("segment_of") for s in listed["sessions"]}
+            assert found == {session_id: None, f"{session_id}-s2": session_id}, found
+            status, err = await asyncio.to_thread(
+                api, b, "GET", f"/api/recordings/ward-3/{session_id}"
+            )
+            assert status == 503 and err["error"]["code"] == "node_unreachable"
 
 
 async def test_redis_restart_mid_session(tmp_path: Path, redis: RedisServer) -> None:
@@ -455,3 +465,43 @@ async def test_a_link_revoked_on_one_node_is_cut_and_refused_on_all(
                     await again.connect()
                 assert refused.value.code == "token_revoked"
             assert (await host.request({"type": "chat", "text": "go on"}))["seq"] >= 1
+
+
+async def test_a_recording_made_on_one_node_is_replayed_through_another(
+    tmp_path: Path, redis: RedisServer
+) -> None:
+    with node(tmp_path, redis, "a") as a, node(tmp_path, redis, "b") as b:
+        async with clients() as made:
+            mod = a.client("teaching", Role.MODERATOR, "mod")
+            made.append(mod)
+            await mod.connect()
+            media = MediaClient(mod)
+            made.append(media)
+            await media.publish([(PatternTrack(), "camera", "Room")])
+            await mod.send({"type": "record", "action": "start"})
+            started = await mod.wait_for("recording", where=lambda e: e["active"])
+            await asyncio.sleep(2.0)
+            await mod.send({"type": "record", "action": "stop"})
+            await mod.wait_for("recording", where=lambda e: not e["active"])
+            await asyncio.sleep(0.5)
+            session = started["session_id"]
+            status, listed = await asyncio.to_thread(api, b, "GET", "/api/recordings")
+            assert status == 200
+            (entry,) = [s for s in listed["sessions"] if s["session_id"] == session]
+            assert entry["node"] == "a" and entry["tracks"] == 1
+            status, manifest = await asyncio.to_thread(
+                api, b, "GET", f"/api/recordings/teaching/{session}"
+            )
+            assert status == 200 and manifest["tracks"][0]["frames"] > 30
+            link = manifest["links"][manifest["tracks"][0]["file"]]
+            assert link.startswith(f"http://127.0.0.1:{a.port}/")  # straight to the files
+
+            def fetch() -> tuple[bytes, str | None]:
+                with urllib.request.urlopen(link, timeout=10) as r:
+                    return r.read(), r.headers.get("Access-Control-Allow-Origin")
+
+            data, cors = await asyncio.to_thread(fetch)
+            assert data[:4] == b"\x1a\x45\xdf\xa3" and cors == "*"  # a WebM (EBML) file
+            # The access was audited on the node that was asked.
+            audit = (b.data / "audit.jsonl").read_text()
+            assert '"recording_access"' in audit

@@ -118,6 +118,22 @@ async def test_revoked_tokens_are_kept_until_they_would_expire(store: Store) -> 
     assert not await store.is_revoked("jti-3")
 
 
+async def test_the_registry_of_recorded_sessions(store: Store) -> None:
+    one = {"session_id": "S1", "room": "ward-3", "node": "a", "stopped_at": None}
+    two = {"session_id": "S1-s2", "room": "ward-3", "node": "b", "segment_of": "S1"}
+    other = {"session_id": "S9", "room": "ward-4", "node": "a"}
+    await store.add_recording("ward-3", "S1", one)
+    await store.add_recording("ward-3", "S1-s2", two)
+    await store.add_recording("ward-4", "S9", other)
+    await store.add_recording("ward-3", "S1", {**one, "stopped_at": 5.0})  # rewritten
+    assert await store.recordings("ward-3") == [{**one, "stopped_at": 5.0}, two]
+    assert [e["session_id"] for e in await store.recordings()] == ["S1", "S1-s2", "S9"]
+    await store.add_recording("ward-3", "S1", None)  # deleted by retention
+    await store.add_recording("ward-4", "S9", None)
+    assert await store.recordings("ward-3") == [two]
+    await store.add_recording("ward-3", "S1-s2", None)
+
+
 async def test_rooms_do_not_mix(store: Store) -> None:
     await store.append(
         "ward-3",
