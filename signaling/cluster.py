@@ -272,7 +272,7 @@ class Cluster:
     def _dispatch(self, msg: dict[str, Any]) -> None:
         kind, cid = msg.get("k"), msg.get("c", "")
         if kind == "open":
-            self._open_relayed(cid, msg["from"], msg["t"])
+            self._open_relayed(cid, msg["from"], msg["t"], msg.get("turn"))
         elif kind == "up":
             rs = self.relayed.get(cid)
             if rs is not None:
@@ -430,12 +430,13 @@ class Cluster:
 
     # -- host side ---------------------------------------------------------------------------
 
-    def _open_relayed(self, cid: str, edge: str, first: str) -> None:
+    def _open_relayed(self, cid: str, edge: str, first: str, turn: list[str] | None) -> None:
         from .connection import Connection
 
         rs = RelayedSocket(self, cid, edge)
         self.relayed[cid] = rs
-        conn = Connection(rs, self.hub, {"type": "websocket.receive", "text": first}, edge)
+        frame = {"type": "websocket.receive", "text": first}
+        conn = Connection(rs, self.hub, frame, edge, turn)
 
         async def serve() -> None:
             try:
@@ -468,7 +469,15 @@ class Cluster:
         pipe = Pipe(ws, host)
         self.pipes[cid] = pipe
         self.hub.metrics.connections.inc()
-        self.send(host, {"k": "open", "c": cid, "from": self.node, "t": first})
+        # The client's media will be on this node: so will the TURN servers it is given.
+        opening = {
+            "k": "open",
+            "c": cid,
+            "from": self.node,
+            "t": first,
+            "turn": self.hub.turn_urls(),
+        }
+        self.send(host, opening)
         tasks = [
             asyncio.create_task(self._pipe_up(cid, pipe)),
             asyncio.create_task(self._pipe_down(pipe)),

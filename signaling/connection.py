@@ -62,12 +62,15 @@ class Connection:
         hub: Hub,
         first: dict[str, Any] | None = None,
         relayed_from: str | None = None,
+        ice_urls: list[str] | None = None,
     ) -> None:
         self.ws = ws
         self.hub = hub
         # A frame already read (by the cluster, to find the room) and the node it came through.
         self.first = first
         self.relayed_from = relayed_from
+        # TURN servers of the node the client reached, where its media is.
+        self.ice_urls = ice_urls
         # The client's media stays on the node it reached.
         self.media = hub.media_at(relayed_from)
         self.media_node = relayed_from or hub.node

@@ -114,7 +114,7 @@ async def on_hello(conn: Connection, msg: m.Hello) -> None:
         "participant_id": p.id,
         "you": p.describe(),
         "state": p.state.value,
-        "ice_servers": hub.ice_servers(grant.identity),
+        "ice_servers": hub.ice_servers(grant.identity, conn.ice_urls),
         "ping_interval": s.ping_interval,
         "ping_timeout": s.ping_timeout,
         "limits": {"max_message": s.max_message, "rate": s.rate, "burst": s.burst},

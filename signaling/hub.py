@@ -61,6 +61,7 @@ class Hub:
         # "forget" the room ended (payload: seconds it stays refused, or None).
         self._journal: asyncio.Queue[tuple[str, str, Any]] = asyncio.Queue()
         self._saved: dict[str, Event] = {}
+        self.stopping = False
         self._writer: asyncio.Task[None] | None = None
         self.audit = AuditLog(settings.data_dir / "audit.jsonl")
         self.metrics = Metrics()
@@ -212,7 +213,7 @@ class Hub:
 
     def persist(self, room: Room) -> None:
         """Journal a room's membership state if it changed since it was last journaled."""
-        if room.ended:
+        if room.ended or self.stopping:
             return
         state = room.export()
         if self._saved.get(room.id) != state:
@@ -289,7 +290,8 @@ class Hub:
     async def _write_journal(self) -> None:
         while True:
             room_id, what, payload = await self._journal.get()
-            for attempt in range(30):
+            attempt = 0
+            while True:
                 try:
                     if what == "forget":
                         self._saved.pop(room_id, None)
@@ -304,10 +306,15 @@ class Hub:
                         await self.store.append(room_id, payload)
                     break
                 except Exception:
-                    # Redis restarting or out of reach: the room goes on; retry, in order.
+                    # Redis restarting or out of reach: the room goes on; retry, in order,
+                    # for as long as it takes (operations are small and come at a human pace).
                     if attempt == 0:
                         log.warning("the store is unreachable; holding channel operations")
-                    await asyncio.sleep(1.0)
+                    attempt += 1
+                    await asyncio.sleep(min(5.0, 0.2 * attempt))
+            if attempt:
+                log.warning("the store is reachable again; held operations written")
+            self._journal.task_done()
 
     def _forget(self, room_id: str, ended: bool = False) -> None:
         # Ended on purpose: refused everywhere for as long as a token for it may be valid.
@@ -315,14 +322,24 @@ class Hub:
             (room_id, "forget", self.settings.max_token_ttl if ended else None)
         )
 
-    def ice_servers(self, identity: str) -> list[dict[str, Any]]:
-        """Return the ICE servers a participant gets on join, with fresh TURN credentials."""
+    def ice_servers(self, identity: str, urls: list[str] | None = None) -> list[dict[str, Any]]:
+        """Return the ICE servers a participant gets on join, with fresh TURN credentials.
+
+        `urls` are another node's TURN servers, for a client whose media is on that node.
+        """
+        urls = self.turn_urls() if urls is None else urls
+        if not urls:
+            return []
         user, password = credentials.mint(
             self.turn_secret, identity, self.settings.turn_ttl, self.now()
         )
+        return [{"urls": urls, "username": user, "credential": password}]
+
+    def turn_urls(self) -> list[str]:
+        """Return the TURN servers of this node: external ones, or the built-in one."""
         if self.settings.turn_urls:
-            urls = list(self.settings.turn_urls)
-        elif self.turn is not None:
+            return list(self.settings.turn_urls)
+        if self.turn is not None:
             host = self.settings.announce or self.settings.host
             host = f"[{host}]" if ":" in host else host
             udp, tcp = self.turn.udp_address[1], self.turn.tcp_address[1]
@@ -331,9 +348,8 @@ class Hub:
                 # turns: needs the name on the certificate, which public_url carries.
                 name = urlsplit(self.settings.base_url()).hostname or host
                 urls.append(f"turns:{name}:{self.turn.tls_address[1]}?transport=tcp")
-        else:
-            return []
-        return [{"urls": urls, "username": user, "credential": password}]
+            return urls
+        return []
 
     def start_recording(self, room: Room, session_id: str | None = None, segment: int = 1) -> str:
         """Start the recorder of a room (or its next segment); returns the session's id."""
@@ -469,25 +485,34 @@ class Hub:
             self._sweeper.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._sweeper
+        # The rooms as they are now are what the node taking them over (or this one, restarted)
+        # must find; everyone leaving because the node stops is not part of their history.
+        for room in self.rooms.live():
+            self.persist(room)
+            room.journal = None
+        self.stopping = True
         for recorder in list(self.recorders.values()):
             recorder.stop()
         self.recorders.clear()
         for conn in list(self.connections):
             conn.shutdown()
+        for _ in range(20):  # their leaves are journaled as they close (2 s at most)
+            if not self.connections:
+                break
+            await asyncio.sleep(0.1)
+        if self._writer is not None:
+            # Everything queued reaches the store (5 s at most) before this node leaves the
+            # cluster: the node that takes a room over must find it whole.
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._journal.join(), 5.0)
+            self._writer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._writer
         if self.cluster is not None:
             await self.cluster.stop()
         await self.sfu.close()
         if self.turn is not None:
             await self.turn.stop()
-        if self._writer is not None:
-            # Let what is queued reach the store (a few seconds at most), then stop.
-            for _ in range(50):
-                if self._journal.empty():
-                    break
-                await asyncio.sleep(0.1)
-            self._writer.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._writer
         await self.store.close()
         for task in list(self._tasks):
             task.cancel()

@@ -120,6 +120,9 @@ async def test_clients_on_two_nodes_share_one_room(tmp_path: Path, redis: RedisS
             made.append(ex)
             await ex.connect()
             assert {p["identity"] for p in ex.welcome["participants"]} == {"op", "ex"}
+            # Each is given the TURN server of the node its media is on.
+            turn_op, turn_ex = (c.welcome["ice_servers"][0]["urls"] for c in (op, ex))
+            assert turn_op != turn_ex and all("127.0.0.1" in u for u in turn_op + turn_ex)
             # Media published through one node is decoded by a client of the other.
             media_op, media_ex = MediaClient(op), MediaClient(ex)
             made += [media_op, media_ex]
@@ -505,3 +508,32 @@ async def test_a_recording_made_on_one_node_is_replayed_through_another(
             # The access was audited on the node that was asked.
             audit = (b.data / "audit.jsonl").read_text()
             assert '"recording_access"' in audit
+
+
+async def test_a_node_stopped_for_an_upgrade_hands_its_rooms_over(
+    tmp_path: Path, redis: RedisServer
+) -> None:
+    with node(tmp_path, redis, "a") as a, node(tmp_path, redis, "b") as b:
+        async with clients() as made:
+            ex = a.client("ward-3", Role.EXPERT, "ex")
+            made.append(ex)
+            await ex.connect()  # the room is on a
+            aud = b.client("ward-3", Role.AUDIENCE, "aud")
+            made.append(aud)
+            await aud.connect()
+            cli("drain", "a", "--redis", redis.url)
+            await aud.request({"type": "raise_hand", "raised": True})
+            last = await ex.request({"type": "chat", "text": "the last word before the upgrade"})
+            a.proc.terminate()  # SIGTERM at once: nothing may be lost
+            assert await aud.wait_closed(timeout=15) in (1001, 1012)
+            a.proc.wait(15)
+            again = b.client("ward-3", Role.AUDIENCE, "aud")
+            made.append(again)
+            await again.connect()
+            chat = again.welcome["channel"]["chat"]
+            assert [m["text"] for m in chat] == ["the last word before the upgrade"]
+            assert again.welcome["channel"]["seq"] >= last["seq"]
+            assert again.participant_id == aud.participant_id
+            # The node stopping is not the student lowering the hand.
+            assert [h["author"] for h in again.welcome["channel"]["hands"]] == [aud.participant_id]
+            await until(lambda: nodes(redis).get("b", {}).get("rooms") == 1)

@@ -183,7 +183,7 @@ async def test_the_channel_survives_a_server_restart_only_with_redis(
         if kind == "memory":
             assert channel["seq"] == 0 and channel["chat"] == []
             return
-        # The chat, the hand, and the hand lowered when the expert left as the node stopped.
+        # The chat, the hand, and the hand lowered when the expert left before the stop.
         assert channel["seq"] == 3
         assert [m["text"] for m in channel["chat"]] == ["Is the node enlarged?"]
         assert channel["hands"] == []
