@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import json
 import sys
+import time
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -163,6 +164,12 @@ def build_parser() -> argparse.ArgumentParser:
     drain = sub.add_parser("drain", help="stop placing new rooms on a node (to upgrade it)")
     drain.add_argument("node", help="the node's name, as `teleconsult nodes` lists it")
     drain.add_argument("--undo", action="store_true", help="place rooms on it again")
+    drain.add_argument(
+        "--wait",
+        type=float,
+        metavar="SECONDS",
+        help="then wait up to this long for its last room to end (exit 1 if one is left)",
+    )
     for p in (nodes, drain):
         p.add_argument("--redis", default=env("REDIS"), required=not env("REDIS"))
         p.add_argument("--json", action="store_true", help="print JSON")
@@ -403,8 +410,13 @@ def _drain(args: argparse.Namespace) -> int:
         store = RedisStore(args.redis)
         try:
             await store.drain(args.node, not args.undo)
-            found = (await store.nodes()).get(args.node)
-            return None if found is None else found[0].describe()
+            deadline = time.monotonic() + (args.wait or 0.0)
+            while True:
+                found = (await store.nodes()).get(args.node)
+                load = None if found is None else found[0].describe()
+                if load is None or load["rooms"] == 0 or time.monotonic() >= deadline:
+                    return load
+                await asyncio.sleep(1.0)
         finally:
             await store.close()
 
@@ -421,6 +433,8 @@ def _drain(args: argparse.Namespace) -> int:
         print("(no live node of this name at the moment)")
     elif not args.undo:
         print(f"rooms still on it: {load['rooms']} (they end on their own; then upgrade it)")
+        if args.wait is not None and load["rooms"]:
+            return 1
     return 0
 
 

@@ -186,6 +186,21 @@ async def test_placement_spreads_rooms_and_drain_stops_new_ones(
             await asyncio.sleep(1.0)
             after = {name: n["rooms"] for name, n in nodes(redis).items()}
             assert after == {"a": rooms["a"] + 2, "b": rooms["b"]}, (rooms, after)
+            # An upgrade script waits for b's last room to end.
+            exe = str(Path(sys.executable).parent / "teleconsult")
+            waiting = [exe, "drain", "b", "--redis", redis.url, "--wait", "1"]
+            done = await asyncio.to_thread(subprocess.run, waiting, capture_output=True, timeout=30)
+            assert done.returncode == 1  # b still has rooms
+            status, listed = await asyncio.to_thread(api, a, "GET", "/api/rooms")
+            for room in listed["rooms"]:
+                if room["node"] == "b":
+                    status, _ = await asyncio.to_thread(
+                        api, a, "DELETE", f"/api/rooms/{room['id']}"
+                    )
+                    assert status == 200
+            waiting[-1] = "10"
+            done = await asyncio.to_thread(subprocess.run, waiting, capture_output=True, timeout=30)
+            assert done.returncode == 0, done.stdout
             cli("drain", "b", "--undo", "--redis", redis.url)
             assert nodes(redis)["b"]["draining"] is False
             listing = cli("nodes", "--redis", redis.url)
