@@ -5,6 +5,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+# What a room weighs before its media arrives, in forwarded tracks.
+ROOM_WEIGHT = 3.0
+# A node keeps a new room that reached it unless another is lighter by more than this: a
+# relay costs more than a small imbalance, and CPU readings jitter.
+SLACK = 2.0
+
 
 @dataclass(frozen=True)
 class Load:
@@ -17,10 +23,11 @@ class Load:
     draining: bool = False
 
     def score(self) -> float:
-        """Return a comparable load: forwarded tracks and CPU, with rooms to break ties."""
+        """Return a comparable load: forwarded tracks, CPU, and rooms for what they will carry."""
         # A down track costs about what an up track does (one packet in, one out); CPU covers
-        # what the counts miss (recording, TURN, a busy signaling channel).
-        return self.down_tracks + self.up_tracks + self.cpu + 0.5 * self.rooms
+        # what the counts miss (recording, TURN, a busy signaling channel); a room just opened
+        # carries nothing yet but soon will (a probe feed, voices, an expert or two).
+        return self.down_tracks + self.up_tracks + self.cpu + ROOM_WEIGHT * self.rooms
 
     def describe(self) -> dict[str, Any]:
         """Return the load as stored and listed."""
@@ -49,5 +56,8 @@ def choose(nodes: dict[str, Load], fallback: str) -> str:
     open_nodes = {n: load for n, load in nodes.items() if not load.draining}
     if not open_nodes:
         return fallback
-    # Ties go to this node (its clients need no relay); the claim in the store settles races.
-    return min(open_nodes, key=lambda n: (open_nodes[n].score(), n != fallback, n))
+    best = min(open_nodes, key=lambda n: (open_nodes[n].score(), n))
+    here = open_nodes.get(fallback)
+    if here is not None and here.score() <= open_nodes[best].score() + SLACK:
+        return fallback  # the claim in the store settles two nodes choosing at once
+    return best

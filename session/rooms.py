@@ -73,6 +73,10 @@ class Rooms:
         self._ended[room_id] = now
         return room
 
+    def drop(self, room_id: str) -> Room | None:
+        """Let go of a live room that another node now hosts (no tombstone: it goes on there)."""
+        return self._live.pop(room_id, None)
+
     def sweep(self, now: float) -> list[Room]:
         """End rooms idle past their timeout and forget old tombstones; returns the rooms ended."""
         idle = [r for r in self._live.values() if r.idle(now)]

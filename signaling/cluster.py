@@ -185,7 +185,10 @@ class Cluster:
                 for room in self.hub.rooms.live():
                     host = await self.hub.store.claim(room.id, self.node)
                     if host != self.node:
-                        log.warning("a room live here is claimed by node %s", host)
+                        # This node was taken for dead (it froze, or lost Redis for longer than
+                        # the TTL) and the room went on elsewhere: send its people there.
+                        log.warning("a room live here moved to node %s; handing it over", host)
+                        self.hub.relinquish(room.id)
                 nodes = await self.hub.store.nodes()
                 self.live = {n: load for n, (load, _) in nodes.items()}
                 if failing:

@@ -208,13 +208,29 @@ class Hub:
         self.refresh_gauges()
         return room
 
+    def relinquish(self, room_id: str) -> None:
+        """Let another node have a room: its people reconnect and find it there."""
+        room = self.rooms.drop(room_id)
+        if room is None:
+            return
+        room.journal = None  # the other node's log is the room's history now
+        self._saved.pop(room_id, None)
+        recorder = self.recorders.pop(room_id, None)
+        if recorder is not None:
+            recorder.stop()
+        for p in list(room.participants.values()):
+            p.client.kick(Close.MOVED, "the session moved to another node")
+            self.spawn(self.media_of(p).close_participant(p.id, "moved"))
+        self.audit.record("room_moved", room=room_id, actor="server")
+        self.refresh_gauges()
+
     def _room_created(self, room: Room) -> None:
         room.journal = lambda event: self._journal.put_nowait((room.id, "op", event))
 
     def persist(self, room: Room) -> None:
         """Journal a room's membership state if it changed since it was last journaled."""
-        if room.ended or self.stopping:
-            return
+        if room.ended or self.stopping or self.rooms.get(room.id) is not room:
+            return  # ended, or handed over to another node: not this node's to write
         state = room.export()
         if self._saved.get(room.id) != state:
             self._saved[room.id] = state

@@ -552,3 +552,33 @@ async def test_a_node_stopped_for_an_upgrade_hands_its_rooms_over(
             # The node stopping is not the student lowering the hand.
             assert [h["author"] for h in again.welcome["channel"]["hands"]] == [aud.participant_id]
             await until(lambda: nodes(redis).get("b", {}).get("rooms") == 1)
+
+
+async def test_a_node_that_froze_hands_over_the_room_that_moved_on(
+    tmp_path: Path, redis: RedisServer
+) -> None:
+    with node(tmp_path, redis, "a") as a, node(tmp_path, redis, "b") as b:
+        async with clients() as made:
+            stuck = a.client("ward-3", Role.EXPERT, "ex")
+            made.append(stuck)
+            await stuck.connect()
+            await stuck.request({"type": "chat", "text": "before the freeze"})
+            await asyncio.sleep(0.3)
+            os.kill(a.proc.pid, signal.SIGSTOP)  # a long pause: a is taken for dead
+            try:
+                await until(lambda: "a" not in nodes(redis), timeout=10)
+                op = b.client("ward-3", Role.OPERATOR, "op")
+                made.append(op)
+                await op.connect()  # the room goes on on b
+                await op.request({"type": "chat", "text": "on b meanwhile"})
+            finally:
+                os.kill(a.proc.pid, signal.SIGCONT)
+            # a comes back, finds the room on b and sends its people there.
+            assert await stuck.wait_closed(timeout=10) == 1012
+            back = b.client("ward-3", Role.EXPERT, "ex")
+            made.append(back)
+            await back.connect()
+            texts = [m["text"] for m in back.welcome["channel"]["chat"]]
+            assert texts == ["before the freeze", "on b meanwhile"]
+            assert back.participant_id == stuck.participant_id
+            await until(lambda: nodes(redis).get("a", {}).get("rooms") == 0)

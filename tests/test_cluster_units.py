@@ -60,5 +60,8 @@ def test_placement_prefers_the_least_loaded_open_node() -> None:
     assert choose(nodes, "a") == "b"
     assert choose({"c": Load(draining=True)}, "a") == "a"  # nobody open: serve it here
     assert choose({}, "a") == "a"
-    # A tie goes to the node choosing (its client needs no relay).
+    # A tie, or a small difference, goes to the node choosing (its client needs no relay).
     assert choose({"a": Load(), "b": Load()}, "b") == "b"
+    assert choose({"a": Load(cpu=0.3), "b": Load(cpu=1.5)}, "b") == "b"
+    # A room weighs more than CPU jitter: the next room goes to the other node.
+    assert choose({"a": Load(rooms=1), "b": Load()}, "a") == "b"
