@@ -399,6 +399,8 @@ class Cluster:
             if not (folder / "manifest.json").is_file():
                 return None
             return with_links(self.hub, folder, f"/api/recordings/{room}/{session}")
+        if method == "stats":
+            return self.hub.sfu.stats()
         if method == "revoked":
             return self.hub.cut_revoked(a["token_id"])
         if method == "admin":

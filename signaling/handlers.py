@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
@@ -320,9 +321,20 @@ async def on_get_stats(conn: Connection, msg: m.GetStats) -> None:
     room, me = conn.room, conn.participant
     assert room is not None and me is not None
     room.check(me.id, Action.VIEW_STATS)
-    stats = conn.hub.sfu.stats()
-    ups = [s for s in stats["up"] if s["stream"] in room.streams]
-    downs = [s for s in stats["down"] if s["of"] in room.streams]
+    hub = conn.hub
+    by_node = {hub.node: hub.sfu.stats()}
+    if hub.cluster is not None:
+        # The room's media may be on every node: ask them all (one that does not answer in
+        # time is left out rather than holding the answer).
+        others = [n for n in hub.cluster.live if n != hub.node]
+        answers = await asyncio.gather(
+            *(hub.cluster.call(n, "stats") for n in others), return_exceptions=True
+        )
+        by_node.update({n: a for n, a in zip(others, answers, strict=True) if isinstance(a, dict)})
+    ups, downs = [], []
+    for node, stats in by_node.items():
+        ups += [{**s, "node": node} for s in stats["up"] if s["stream"] in room.streams]
+        downs += [{**s, "node": node} for s in stats["down"] if s["of"] in room.streams]
     conn.push({"type": "stats", "ref": msg.id, "up": ups, "down": downs})
 
 

@@ -85,6 +85,14 @@ async def test_loss_on_a_cascade_leg_is_repaired_from_the_origin(
                     break
                 await asyncio.sleep(0.1)
             assert a.hub.sfu.ups[stream.id].tracks["0"].plis_sent > before
+            # A moderator's statistics cover both nodes: the stream, its copy and the leg.
+            mod = await b.join(role=Role.MODERATOR, identity="mod")
+            await asyncio.sleep(1.0)  # b has heard a's heartbeat
+            stats = await mod.request({"type": "get_stats"})
+            ups = {(s["node"], s["participant_id"]) for s in stats["up"]}
+            assert ups == {("a", op.participant_id), ("b", "cascade:a")}
+            downs = {(s["node"], s["subscriber_id"]) for s in stats["down"]}
+            assert downs == {("a", "cascade:b"), ("b", ex.participant_id)}
         finally:
             await sub_client.close()
             await pub.close()
