@@ -106,6 +106,11 @@ class Cluster:
         # Streams and subscriptions served here for rooms hosted elsewhere: id -> host.
         self.routes: dict[str, str] = {}
         self._idle_since: dict[str, float] = {}
+        self.published = 0  # bus messages, for the metrics
+
+    def legs_in(self) -> int:
+        """Count the streams cascaded to this node from others."""
+        return sum(1 for u in self.hub.sfu.ups.values() if u.participant_id.startswith(CASCADE))
 
     def channel(self, node: str) -> str:
         """Return the Redis channel a node listens on."""
@@ -252,6 +257,7 @@ class Cluster:
                         for node, message in batch:
                             pipe.publish(self.channel(node), json.dumps(message))
                         await pipe.execute()
+                    self.published += len(batch)
                     break
                 except Exception:
                     if attempt == 0:

@@ -162,7 +162,10 @@ def routes(hub: Hub) -> list[Route]:
         return guarded
 
     async def healthz(request: Request) -> Response:
-        return JSONResponse({"status": "ok", "rooms": len(hub.rooms)})
+        health: dict[str, Any] = {"status": "ok", "rooms": len(hub.rooms)}
+        if hub.cluster is not None:
+            health.update(node=hub.node, cluster_nodes=len(hub.cluster.live))
+        return JSONResponse(health)
 
     async def metrics(request: Request) -> Response:
         hub.refresh_gauges()

@@ -106,6 +106,7 @@ class Hub:
             from .cluster import Cluster
 
             self.cluster = Cluster(self)
+            self.metrics.watch_cluster(self.cluster)
 
     def now(self) -> float:
         """Return the current time in seconds since the epoch."""

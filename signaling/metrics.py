@@ -44,6 +44,10 @@ class Metrics:
         """Export media statistics, read from `stats` at every scrape."""
         self.registry.register(MediaCollector(stats, delays))
 
+    def watch_cluster(self, cluster: Any) -> None:
+        """Export the node's view of its cluster."""
+        self.registry.register(ClusterCollector(cluster))
+
     def watch_turn(self, turn: Any) -> None:
         """Export the built-in TURN server's counters."""
         self.registry.register(TurnCollector(turn))
@@ -51,6 +55,39 @@ class Metrics:
     def render(self) -> bytes:
         """Return the exposition text."""
         return generate_latest(self.registry)
+
+
+class ClusterCollector(Collector):
+    """Live nodes, relayed and piped connections, cascade legs, bus traffic."""
+
+    def __init__(self, cluster: Any) -> None:
+        self.cluster = cluster
+
+    def collect(self) -> Iterator[Metric]:
+        """Read the cluster's state at scrape time."""
+        c = self.cluster
+        for name, doc, value in (
+            ("teleconsult_cluster_nodes", "Live nodes this node sees", len(c.live)),
+            (
+                "teleconsult_cluster_relayed",
+                "Connections hosted here for clients of other nodes",
+                len(c.relayed),
+            ),
+            (
+                "teleconsult_cluster_piped",
+                "Connections of this node piped to another host",
+                len(c.pipes),
+            ),
+            ("teleconsult_cluster_legs_in", "Streams cascaded to this node", c.legs_in()),
+        ):
+            g = GaugeMetricFamily(name, doc)
+            g.add_metric([], value)
+            yield g
+        sent = CounterMetricFamily(
+            "teleconsult_cluster_bus_messages", "Messages published to other nodes"
+        )
+        sent.add_metric([], c.published)
+        yield sent
 
 
 _UP = [

@@ -132,6 +132,21 @@ async def test_clients_on_two_nodes_share_one_room(tmp_path: Path, redis: RedisS
             sub = await media_ex.subscribe(stream.id)
             frames = await receive(sub.tracks[feed], 20)
             assert frames[-1].width == 320
+
+            def scrape(n: Node) -> str:
+                url = f"http://127.0.0.1:{n.port}/metrics"
+                with urllib.request.urlopen(url, timeout=10) as r:
+                    return r.read().decode()
+
+            metrics_a, metrics_b = await asyncio.gather(
+                asyncio.to_thread(scrape, a), asyncio.to_thread(scrape, b)
+            )
+            assert "teleconsult_cluster_relayed 1.0" in metrics_a
+            assert "teleconsult_cluster_piped 1.0" in metrics_b
+            assert "teleconsult_cluster_legs_in 1.0" in metrics_b
+            with urllib.request.urlopen(f"http://127.0.0.1:{b.port}/healthz", timeout=10) as r:
+                health = json.load(r)
+            assert health["node"] == "b" and health["cluster_nodes"] == 2
             # Annotations and chat cross the nodes both ways, in one order.
             drawn = await ex.request(
                 {
