@@ -7,13 +7,14 @@ import contextlib
 import json
 import statistics
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import av
 from aiortc.mediastreams import MediaStreamTrack
 
-from signaling.client import SignalingClient
+from signaling.client import FINAL_CLOSES, JoinRefused, RequestFailed, SignalingClient
 
 from . import stamp
 from .client import MediaClient, Subscription
@@ -38,25 +39,53 @@ def open_source(source: str, size: tuple[int, int], fps: float) -> list[MediaStr
 
 
 async def publish(
-    client: SignalingClient,
-    tracks: list[MediaStreamTrack],
+    new_client: Callable[[], SignalingClient],
+    open_tracks: Callable[[], list[MediaStreamTrack]],
     video_source: str,
     label: str,
     codec: str | None,
     duration: float | None,
 ) -> None:
-    """Publish tracks until the duration passes or the connection ends."""
-    media = MediaClient(client)
-    feeds = [(t, video_source if t.kind == "video" else "microphone", label) for t in tracks]
-    stream = await media.publish(feeds, video_codec=codec)
-    print(json.dumps({"published": stream.id, "feeds": stream.feeds}), flush=True)
-    try:
-        with contextlib.suppress(ConnectionError):
-            await asyncio.wait_for(client.wait_closed(timeout=duration or 1e9), duration)
-    except TimeoutError:
-        pass
-    finally:
-        await media.close()
+    """Publish until the duration passes; after a drop, reconnect and publish again.
+
+    A station at a clinic must not need a person to restart it when the network blinks or the
+    server's node is lost: any close that is not final (FINAL_CLOSES) is followed by a new
+    connection, with backoff, and the sources are opened again. A refusal raises JoinRefused.
+    """
+    deadline = None if duration is None else time.monotonic() + duration
+    backoff = 0.5
+    while deadline is None or time.monotonic() < deadline:
+        client = new_client()
+        try:
+            await client.connect()
+        except JoinRefused:
+            raise
+        except (OSError, ConnectionError, TimeoutError):
+            await asyncio.sleep(backoff)
+            backoff = min(5.0, backoff * 2)
+            continue
+        backoff = 0.5
+        media = MediaClient(client)
+        tracks: list[MediaStreamTrack] = []
+        try:
+            tracks = open_tracks()
+            feeds = [
+                (t, video_source if t.kind == "video" else "microphone", label) for t in tracks
+            ]
+            stream = await media.publish(feeds, video_codec=codec)
+            print(json.dumps({"published": stream.id, "feeds": stream.feeds}), flush=True)
+            left = None if deadline is None else max(0.0, deadline - time.monotonic())
+            with contextlib.suppress(TimeoutError, ConnectionError):
+                await client.wait_closed(timeout=1e9 if left is None else left)
+        except (ConnectionError, RequestFailed):
+            pass  # lost while publishing: start again
+        finally:
+            await media.close()
+            await client.close()
+            for t in tracks:
+                t.stop()  # a capture device is let go, and opened again on the next connection
+        if client.close_code in FINAL_CLOSES:
+            return
 
 
 @dataclass

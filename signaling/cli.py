@@ -463,22 +463,31 @@ def _signaling(args: argparse.Namespace) -> Any:
 def _publish(args: argparse.Namespace) -> int:
     from media.tools import open_source, publish
 
+    from .client import JoinRefused
+
     width, _, height = args.size.partition("x")
-    tracks = open_source(
-        "synthetic" if args.synthetic else (args.file or args.device),
-        (int(width), int(height)),
-        args.fps,
-    )
+    source = "synthetic" if args.synthetic else (args.file or args.device)
+    first = _signaling(args)  # one token: a reconnect is the same participant
 
-    async def run() -> None:
-        client = _signaling(args)
-        await client.connect()
-        try:
-            await publish(client, tracks, args.source, args.label, args.codec, args.duration)
-        finally:
-            await client.close()
+    # A bad source fails here, before anything is sent; later connections open it again.
+    opened = [open_source(source, (int(width), int(height)), args.fps)]
 
-    asyncio.run(run())
+    def open_tracks() -> list[Any]:
+        return opened.pop() if opened else open_source(source, (int(width), int(height)), args.fps)
+
+    try:
+        asyncio.run(
+            publish(
+                lambda: type(first)(first.url, first.token, first.room),
+                open_tracks,
+                args.source,
+                args.label,
+                args.codec,
+                args.duration,
+            )
+        )
+    except JoinRefused as e:
+        raise ValueError(f"refused: {e}") from None
     return 0
 
 

@@ -15,6 +15,11 @@ from websockets.exceptions import ConnectionClosed
 Event = dict[str, Any]
 
 
+# Close codes after which reconnecting cannot help (docs/protocol.md, "Close codes"); after any
+# other close (a network drop, 1001 a node stopping, 1012 a node lost) a client reconnects.
+FINAL_CLOSES = frozenset({4000, 4001, 4005, 4009, 4010, 4011, 4012, 4013})
+
+
 class JoinRefused(Exception):
     """The server refused the handshake."""
 

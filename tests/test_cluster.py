@@ -79,6 +79,12 @@ def api(n: Node, method: str, path: str, body: dict[str, Any] | None = None) -> 
         return e.code, json.load(e)
 
 
+def get(url: str) -> str:
+    with urllib.request.urlopen(url, timeout=10) as r:
+        text: str = r.read().decode()
+        return text
+
+
 def cli(*args: str) -> str:
     exe = str(Path(sys.executable).parent / "teleconsult")
     done = subprocess.run([exe, *args], capture_output=True, text=True, timeout=30, check=True)
@@ -133,19 +139,14 @@ async def test_clients_on_two_nodes_share_one_room(tmp_path: Path, redis: RedisS
             frames = await receive(sub.tracks[feed], 20)
             assert frames[-1].width == 320
 
-            def scrape(n: Node) -> str:
-                url = f"http://127.0.0.1:{n.port}/metrics"
-                with urllib.request.urlopen(url, timeout=10) as r:
-                    return r.read().decode()
-
             metrics_a, metrics_b = await asyncio.gather(
-                asyncio.to_thread(scrape, a), asyncio.to_thread(scrape, b)
+                asyncio.to_thread(get, f"http://127.0.0.1:{a.port}/metrics"),
+                asyncio.to_thread(get, f"http://127.0.0.1:{b.port}/metrics"),
             )
             assert "teleconsult_cluster_relayed 1.0" in metrics_a
             assert "teleconsult_cluster_piped 1.0" in metrics_b
             assert "teleconsult_cluster_legs_in 1.0" in metrics_b
-            with urllib.request.urlopen(f"http://127.0.0.1:{b.port}/healthz", timeout=10) as r:
-                health = json.load(r)
+            health = json.loads(await asyncio.to_thread(get, f"http://127.0.0.1:{b.port}/healthz"))
             assert health["node"] == "b" and health["cluster_nodes"] == 2
             # Annotations and chat cross the nodes both ways, in one order.
             drawn = await ex.request(
@@ -597,3 +598,57 @@ async def test_a_node_that_froze_hands_over_the_room_that_moved_on(
             assert texts == ["before the freeze", "on b meanwhile"]
             assert back.participant_id == stuck.participant_id
             await until(lambda: nodes(redis).get("a", {}).get("rooms") == 0)
+
+
+async def test_the_publish_tool_rides_out_the_loss_of_the_rooms_node(
+    tmp_path: Path, redis: RedisServer
+) -> None:
+    with node(tmp_path, redis, "a") as a, node(tmp_path, redis, "b") as b:
+        async with clients() as made:
+            ex = a.client("ward-3", Role.EXPERT, "ex")  # the room opens on a
+            made.append(ex)
+            await ex.connect()
+            exe = str(Path(sys.executable).parent / "teleconsult")
+            token = mint(SECRET, "ward-3", Role.OPERATOR, "Station 4", 3600, "station-4")
+            station = subprocess.Popen(
+                [
+                    exe,
+                    "publish",
+                    "--server",
+                    f"http://127.0.0.1:{b.port}",
+                    "--room",
+                    "ward-3",
+                    "--token",
+                    token,
+                    "--synthetic",
+                    "--size",
+                    "320x240",
+                    "--duration",
+                    "60",
+                ],
+                stdout=subprocess.PIPE,
+                stderr=subprocess.DEVNULL,
+                text=True,
+            )
+            try:
+                assert station.stdout is not None
+                first = json.loads(await asyncio.to_thread(station.stdout.readline))
+                os.kill(a.proc.pid, signal.SIGKILL)
+                a.proc.wait(5)
+                # Nobody touches the station: it reconnects through b and publishes again.
+                second = json.loads(await asyncio.to_thread(station.stdout.readline))
+                assert second["published"] != first["published"]
+                viewer = b.client("ward-3", Role.EXPERT, "ex")
+                made.append(viewer)
+                await viewer.connect()
+                assert [s["id"] for s in viewer.welcome["streams"]] == [second["published"]]
+                media = MediaClient(viewer)
+                made.append(media)
+                sub = await media.subscribe(second["published"])
+                frames = await receive(sub.tracks[f"{second['published']}.0"], 10)
+                assert frames[-1].width == 320
+            finally:
+                station.terminate()
+                station.wait(10)
+                if station.stdout:
+                    station.stdout.close()
