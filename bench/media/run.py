@@ -61,11 +61,13 @@ def run(
     procs: int = 1,
     record: bool = False,
     nodes: int = 1,
+    edge_only: bool = False,
 ) -> dict[str, Any]:
     """One scenario: relay, publisher and subscriber processes; returns what was measured.
 
     With nodes > 1 the relays form a cluster on a redis-server; the publisher reaches the
-    first node and subscriber process i the node i % nodes (a cascaded room).
+    first node and subscriber process i the node i % nodes (a cascaded room), or with edge_only
+    every subscriber the second node.
     """
     tmp = Path(tempfile.mkdtemp(prefix="tc-bench-"))
     ports = [free_port() for _ in range(nodes)]
@@ -146,7 +148,7 @@ def run(
             subs.append(
                 spawn(
                     "bench.media.subscribers",
-                    f"ws://127.0.0.1:{ports[i % nodes]}/ws",
+                    f"ws://127.0.0.1:{ports[1 if edge_only else i % nodes]}/ws",
                     "b",
                     stream,
                     str(tmp / f"subs{i}.json"),
@@ -223,6 +225,7 @@ def run(
             "recording": record,
             "relay_cpu": round(cpu * 100, 1),
             "nodes": nodes,
+            "subscribers_on": "second node" if edge_only else "spread",
             "relay_cpu_per_node": per_node,
             "relay_cpu_idle_publisher_only": round(idle_cpu * 100, 1),
             "fps_min": round(min(fps), 1) if fps else None,
@@ -363,6 +366,19 @@ def main() -> None:
         for n in (16, 32):
             for nodes in (1, 2):
                 record(run("teleconsult", n, "1280x720", 1_500_000, window, procs=2, nodes=nodes))
+            # Every subscriber on the second node: the origin sends one copy whatever their number.
+            record(
+                run(
+                    "teleconsult",
+                    n,
+                    "1280x720",
+                    1_500_000,
+                    window,
+                    procs=2,
+                    nodes=2,
+                    edge_only=True,
+                )
+            )
     if "late" in only:
         record(run("teleconsult", 10, "1280x720", 1_500_000, window, live=True, stagger=1.0))
     if "latency" in only:
