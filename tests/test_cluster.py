@@ -610,33 +610,30 @@ async def test_the_publish_tool_rides_out_the_loss_of_the_rooms_node(
             await ex.connect()
             exe = str(Path(sys.executable).parent / "teleconsult")
             token = mint(SECRET, "ward-3", Role.OPERATOR, "Station 4", 3600, "station-4")
-            station = subprocess.Popen(
-                [
-                    exe,
-                    "publish",
-                    "--server",
-                    f"http://127.0.0.1:{b.port}",
-                    "--room",
-                    "ward-3",
-                    "--token",
-                    token,
-                    "--synthetic",
-                    "--size",
-                    "320x240",
-                    "--duration",
-                    "60",
-                ],
+            station = await asyncio.create_subprocess_exec(
+                exe,
+                "publish",
+                "--server",
+                f"http://127.0.0.1:{b.port}",
+                "--room",
+                "ward-3",
+                "--token",
+                token,
+                "--synthetic",
+                "--size",
+                "320x240",
+                "--duration",
+                "60",
                 stdout=subprocess.PIPE,
                 stderr=subprocess.DEVNULL,
-                text=True,
             )
             try:
                 assert station.stdout is not None
-                first = json.loads(await asyncio.to_thread(station.stdout.readline))
+                first = json.loads(await asyncio.wait_for(station.stdout.readline(), 30))
                 os.kill(a.proc.pid, signal.SIGKILL)
                 a.proc.wait(5)
                 # Nobody touches the station: it reconnects through b and publishes again.
-                second = json.loads(await asyncio.to_thread(station.stdout.readline))
+                second = json.loads(await asyncio.wait_for(station.stdout.readline(), 30))
                 assert second["published"] != first["published"]
                 viewer = b.client("ward-3", Role.EXPERT, "ex")
                 made.append(viewer)
@@ -649,6 +646,4 @@ async def test_the_publish_tool_rides_out_the_loss_of_the_rooms_node(
                 assert frames[-1].width == 320
             finally:
                 station.terminate()
-                station.wait(10)
-                if station.stdout:
-                    station.stdout.close()
+                await asyncio.wait_for(station.wait(), 10)

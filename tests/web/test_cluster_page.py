@@ -124,3 +124,56 @@ async def test_the_page_rides_out_the_loss_of_the_rooms_node(
         finally:
             await media.close()
             await op.close()
+
+
+async def test_a_session_recorded_on_one_node_plays_from_another(
+    tmp_path: Path, redis: RedisServer, chromium: Browser
+) -> None:
+    import asyncio
+
+    from ..media_util import PacketTrack, vp8_frames
+
+    with node(tmp_path, redis, "a") as a, node(tmp_path, redis, "b") as b:
+        mod = a.client("teaching", Role.MODERATOR, "mod")
+        await mod.connect()
+        media = MediaClient(mod)
+        try:
+            stream = await media.publish(
+                [(PacketTrack("video", vp8_frames(60, 15), 30, 90000), "camera", "Room")]
+            )
+            feed = f"{stream.id}.0"
+            await mod.send({"type": "record", "action": "start"})
+            await mod.wait_for("recording", where=lambda e: e["active"] is True)
+            await asyncio.sleep(1.0)
+            await mod.request(
+                {
+                    "type": "annotate",
+                    "op": "arrow",
+                    "id": "shown",
+                    "feed": feed,
+                    "points": [[0.2, 0.2], [0.4, 0.4]],
+                }
+            )
+            await asyncio.sleep(1.5)
+            await mod.send({"type": "record", "action": "stop"})
+            await mod.wait_for("recording", where=lambda e: e["active"] is False)
+        finally:
+            await media.close()
+            await mod.close()
+        await asyncio.sleep(0.5)
+        # The files are on a; the page is opened on b: links go to a (cross-origin).
+        context = await chromium.new_context()
+        page = await context.new_page()
+        token = mint(SECRET, "teaching", Role.EXPERT, "Dr. Li", 3600, "ex")
+        await page.goto(f"http://127.0.0.1:{b.port}/playback/teaching#token={token}")
+        video = page.locator(f'video[data-feed="{feed}"]')
+        await expect(video).to_have_count(1, timeout=10000)
+        await page.wait_for_function(
+            f"""() => document.querySelector('video[data-feed="{feed}"]').readyState >= 2""",
+            timeout=10000,
+        )
+        src = await video.evaluate("v => v.src")
+        assert src.startswith(f"http://127.0.0.1:{a.port}/")
+        await page.evaluate("window.player.seek(2.2)")
+        overlay = page.locator(f'svg.overlay[data-feed="{feed}"]')
+        await expect(overlay.locator('g[data-id="shown"]')).to_have_count(1)
