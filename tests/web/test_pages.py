@@ -258,3 +258,47 @@ async def test_recording_with_consent_from_the_pages(server: Server, chromium: B
         await expect(page.locator("#recording")).to_be_hidden()
     (manifest,) = (server.hub.settings.data_dir / "recordings" / "r1").glob("*/manifest.json")
     assert '"identity": "op"' in manifest.read_text()
+
+
+async def test_a_drawing_made_while_the_connection_is_down_arrives(
+    server: Server, chromium: Browser
+) -> None:
+    from media.client import MediaClient
+
+    from ..media_util import PatternTrack
+
+    op = await server.join(role=Role.OPERATOR, identity="op")
+    media = MediaClient(op)
+    context = await chromium.new_context()
+    try:
+        stream = await media.publish([(PatternTrack(), "probe", "Ultrasound")])
+        feed = f"{stream.id}.0"
+        page = await context.new_page()
+        await page.goto(f"{server.http}/example.html")
+        token = server.token(role=Role.EXPERT, identity="ex", name="Dr. Li")
+        # The page's own protocol library, driven as a page script would.
+        await page.evaluate(
+            """async (token) => {
+                 const { Session } = await import("/protocol.js");
+                 window.s = new Session({ url: `ws://${location.host}/ws`, room: "r1", token });
+                 await window.s.connect();
+               }""",
+            token,
+        )
+        for conn in list(server.hub.connections):
+            if conn.grant and conn.grant.identity == "ex":
+                await conn.ws.close(1011)  # the network drops the expert
+        await page.wait_for_function("() => window.s.state === 'reconnecting'", timeout=10000)
+        # Drawn while the connection is down: sent again once it is back.
+        await page.evaluate(
+            """(feed) => { window.drawn = window.s.annotate(
+                 { op: "arrow", feed, points: [[0.1, 0.1], [0.3, 0.3]] }); }""",
+            feed,
+        )
+        arrow = await op.wait_for("op", timeout=15, where=lambda e: e["op"] == "arrow")
+        assert arrow["author"] == await page.evaluate("() => window.s.me")
+        seq = await page.evaluate("() => window.drawn.then((m) => m.seq)")
+        assert seq == arrow["seq"]
+    finally:
+        await context.close()
+        await media.close()

@@ -45,7 +45,12 @@ export class Session extends EventTarget {
     this.connections = new Map();
     /** The room's annotations, pointers, chat and hands. */
     this.channel = new ChannelState();
-    /** @type {Map<string, {resolve: (m: Message) => void, reject: (e: Message) => void}>} by op id */
+    /**
+     * Ordered operations not yet acknowledged, by op id: kept across a reconnect and sent again
+     * after the welcome (ids make that safe), so a drawing made as the network or the server's
+     * node drops is not lost.
+     * @type {Map<string, {resolve: (m: Message) => void, reject: (e: Message) => void, msg: Message}>}
+     */
     this.pendingOps = new Map();
   }
 
@@ -115,6 +120,7 @@ export class Session extends EventTarget {
           this._track(msg);
           this._setState(msg.state);
           resolve(msg);
+          for (const op of this.pendingOps.values()) this._send(op.msg);
         } else {
           this._track(msg);
         }
@@ -125,9 +131,12 @@ export class Session extends EventTarget {
         // The server drops a connection's media with it; a reconnect publishes and subscribes anew.
         for (const id of [...this.connections.keys()]) this._closeConnection(id);
         const lost = { type: "error", code: "connection_lost", message: "connection lost" };
-        for (const waiter of [...this.pending.values(), ...this.pendingOps.values()]) waiter.reject(lost);
+        for (const waiter of this.pending.values()) waiter.reject(lost);
         this.pending.clear();
-        this.pendingOps.clear();
+        if (final || this.attempt >= this.retries) {
+          for (const op of this.pendingOps.values()) op.reject(lost);
+          this.pendingOps.clear();
+        }
         if (!settled) {
           settled = true;
           if (final || this.attempt >= this.retries) {
@@ -253,9 +262,10 @@ export class Session extends EventTarget {
    */
   order(msg) {
     const id = msg.id || (crypto.randomUUID ? crypto.randomUUID() : `${Date.now()}-${Math.random()}`);
+    const full = { ...msg, id };
     return new Promise((resolve, reject) => {
-      this.pendingOps.set(id, { resolve, reject });
-      this._send({ ...msg, id });
+      this.pendingOps.set(id, { resolve, reject, msg: full });
+      this._send(full);
     });
   }
 
