@@ -302,3 +302,49 @@ async def test_a_drawing_made_while_the_connection_is_down_arrives(
     finally:
         await context.close()
         await media.close()
+
+
+async def test_a_drawing_the_room_lost_with_its_node_is_sent_again(
+    server: Server, chromium: Browser
+) -> None:
+    from media.client import MediaClient
+    from session.channel import Channel
+
+    from ..media_util import PatternTrack
+
+    op = await server.join(role=Role.OPERATOR, identity="op")
+    media = MediaClient(op)
+    context = await chromium.new_context()
+    try:
+        stream = await media.publish([(PatternTrack(), "probe", "Ultrasound")])
+        feed = f"{stream.id}.0"
+        page = await context.new_page()
+        await page.goto(f"{server.http}/example.html")
+        token = server.token(role=Role.EXPERT, identity="ex", name="Dr. Li")
+        first = await page.evaluate(
+            """async ([token, feed]) => {
+                 const { Session } = await import("/protocol.js");
+                 window.s = new Session({ url: `ws://${location.host}/ws`, room: "r1", token });
+                 await window.s.connect();
+                 const m = await window.s.annotate(
+                   { op: "arrow", feed, points: [[0.1, 0.1], [0.3, 0.3]] });
+                 return m.seq;
+               }""",
+            [token, feed],
+        )
+        acked = await op.wait_for("op", where=lambda e: e["op"] == "arrow")
+        assert acked["seq"] == first
+        # What a host killed before its journal reached Redis leaves: the room without the
+        # acknowledged arrow. The expert's connection drops and comes back.
+        room = server.hub.rooms.get("r1")
+        assert room is not None
+        room.channel = Channel.restore([e for e in room.channel.log if e["id"] != acked["id"]])
+        for conn in list(server.hub.connections):
+            if conn.grant and conn.grant.identity == "ex":
+                await conn.ws.close(1011)
+        again = await op.wait_for("op", timeout=15, where=lambda e: e["op"] == "arrow")
+        assert again["id"] == acked["id"] and again["points"] == acked["points"]
+        assert {s["id"] for s in room.channel.snapshot()["annotations"]} == {acked["id"]}
+    finally:
+        await context.close()
+        await media.close()

@@ -6,6 +6,8 @@ import { ChannelState } from "./channel.js";
 export const PROTOCOL_VERSION = 1;
 
 // Close codes after which reconnecting cannot help (docs/protocol.md, "Close codes").
+// How many of its own acknowledged operations a client keeps, to send again if a node lost them.
+const RECENT_OPS = 200;
 const FINAL_CLOSES = new Set([4000, 4001, 4005, 4009, 4010, 4011, 4012, 4013]);
 
 /**
@@ -52,6 +54,13 @@ export class Session extends EventTarget {
      * @type {Map<string, {resolve: (m: Message) => void, reject: (e: Message) => void, msg: Message}>}
      */
     this.pendingOps = new Map();
+    /**
+     * This participant's recent acknowledged operations, by op id, with their place in the
+     * order: if the room comes back without them (its node died before they reached the
+     * store), they are sent again.
+     * @type {Map<string, {msg: Message, seq: number}>}
+     */
+    this.recentOps = new Map();
   }
 
   /** This participant's id, once joined. */
@@ -102,6 +111,8 @@ export class Session extends EventTarget {
           const op = this.pendingOps.get(msg.id);
           if (op) {
             this.pendingOps.delete(msg.id);
+            this.recentOps.set(msg.id, { msg: op.msg, seq: Number(msg.seq) });
+            if (this.recentOps.size > RECENT_OPS) this.recentOps.delete(this.recentOps.keys().next().value || "");
             op.resolve(msg);
           }
         }
@@ -120,7 +131,7 @@ export class Session extends EventTarget {
           this._track(msg);
           this._setState(msg.state);
           resolve(msg);
-          for (const op of this.pendingOps.values()) this._send(op.msg);
+          this._redo(msg);
         } else {
           this._track(msg);
         }
@@ -244,6 +255,22 @@ export class Session extends EventTarget {
   unsubscribe(subscriptionId) {
     this._send({ type: "unsubscribe", stream: subscriptionId });
     this._closeConnection(subscriptionId);
+  }
+
+  /**
+   * After a reconnect: send again what the room does not have of this participant's operations.
+   * @param {Message} welcome
+   */
+  _redo(welcome) {
+    const waiting = [...this.pendingOps.values()];
+    const roomSeq = welcome.channel ? Number(welcome.channel.seq) : Infinity;
+    // Acknowledged, yet past the room's last operation: lost with a node; in their old order.
+    const lost = [...this.recentOps.values()].filter((r) => r.seq > roomSeq).sort((a, b) => a.seq - b.seq);
+    for (const r of lost) {
+      this.recentOps.delete(String(r.msg.id));
+      this.order(r.msg).catch(() => {});
+    }
+    for (const op of waiting) this._send(op.msg);
   }
 
   /** @param {string} id */
