@@ -367,9 +367,14 @@ def _rooms(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(data, indent=2))
         return 0
-    print(f"{'ROOM':<24} {'PARTICIPANTS':>12} {'WAITING':>8}  TITLE")
+    # On a cluster each room says which node hosts it.
+    cluster = any("node" in room for room in data["rooms"])
+    node = f" {'NODE':<20}" if cluster else ""
+    print(f"{'ROOM':<24} {'PARTICIPANTS':>12} {'WAITING':>8}{node}  TITLE")
     for room in data["rooms"]:
-        print(f"{room['id']:<24} {room['participants']:>12} {room['waiting']:>8}  {room['title']}")
+        node = f" {room.get('node', ''):<20}" if cluster else ""
+        line = f"{room['id']:<24} {room['participants']:>12} {room['waiting']:>8}{node}"
+        print(f"{line}  {room['title']}")
     return 0
 
 

@@ -77,7 +77,8 @@ def admin_op(hub: Hub, op: str, room_id: str, data: dict[str, Any]) -> tuple[int
     """Do one admin operation on this node's rooms; returns an HTTP status and body."""
     try:
         if op == "list":
-            return 200, {"rooms": [{**_room_view(r), "node": hub.node} for r in hub.rooms.live()]}
+            where = {"node": hub.node} if hub.cluster is not None else {}
+            return 200, {"rooms": [{**_room_view(r), **where} for r in hub.rooms.live()]}
         if op == "create":
             default = hub.rooms.default_config
             config = RoomConfig(

@@ -442,6 +442,11 @@ async def test_the_admin_api_of_any_node_reaches_every_room(
             status, listed = await asyncio.to_thread(api, b, "GET", "/api/rooms")
             where = {r["id"]: r["node"] for r in listed["rooms"]}
             assert where == {"busy": "a", "tumour-board": "b"}, where
+            table = await asyncio.to_thread(
+                cli, "rooms", "--server", f"http://127.0.0.1:{a.port}", "--admin-key", ADMIN_KEY
+            )
+            rows = {line.split()[0]: line.split() for line in table.splitlines()[1:]}
+            assert rows["tumour-board"][3] == "b" and rows["busy"][3] == "a", table
             status, _ = await asyncio.to_thread(
                 api, a, "POST", "/api/rooms", {"id": "tumour-board"}
             )
