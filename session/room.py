@@ -150,7 +150,8 @@ class Room:
         if known is not None:
             # The room moved here from another node: the moderator's decisions still hold.
             role = Role(known["role"])
-        state = State.WAITING if self._must_wait(role) else State.JOINED
+        # Someone remembered was in the room (admitted, if there is a lobby) before the move.
+        state = State.WAITING if known is None and self._must_wait(role) else State.JOINED
         pid = known["id"] if known is not None else new_id()
         p = Participant(pid, identity, name, role, client, now, state)
         if known is not None:
@@ -409,7 +410,16 @@ class Room:
         }
         # People restored from another node who have not come back yet are kept for later.
         r = self.recording
+        c = self.config
         return {
+            "config": {
+                "title": c.title,
+                "max_participants": c.max_participants,
+                "lobby": c.lobby,
+                "idle_timeout": c.idle_timeout,
+                "chat_history": c.chat_history,
+            },
+            "created_at": self.created_at,
             "people": {**self.remembered, **people},
             "banned": sorted(self.banned),
             "recording": {
@@ -424,6 +434,10 @@ class Room:
 
     def restore(self, state: Event) -> bool:
         """Take back the state exported by another node; True if it was being recorded."""
+        if "config" in state:
+            # Created with a lobby or a title by the admin: the same room on this node.
+            self.config = RoomConfig(**state["config"])
+            self.created_at = float(state.get("created_at", self.created_at))
         self.remembered = {k: dict(v) for k, v in state.get("people", {}).items()}
         self.banned = set(state.get("banned", []))
         rec = state.get("recording") or {}

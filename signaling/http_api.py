@@ -88,6 +88,7 @@ def admin_op(hub: Hub, op: str, room_id: str, data: dict[str, Any]) -> tuple[int
                 idle_timeout=data["idle_timeout"] or default.idle_timeout,
             )
             room = hub.rooms.create(room_id, hub.now(), config)
+            hub.persist(room)  # its rules outlive this node
             hub.audit.record("room_create", room=room.id, actor="admin")
             hub.refresh_gauges()
             return 201, _room_view(room)

@@ -228,6 +228,10 @@ async def test_a_killed_host_hands_its_room_to_another_node(
 ) -> None:
     with node(tmp_path, redis, "a") as a, node(tmp_path, redis, "b") as b:
         async with clients() as made:
+            status, _ = await asyncio.to_thread(
+                api, a, "POST", "/api/rooms", {"id": "ward-3", "title": "Thyroid, clinic 4"}
+            )
+            assert status == 201
             mod = a.client("ward-3", Role.MODERATOR, "mod")
             made.append(mod)
             await mod.connect()  # the room opens on node a
@@ -278,6 +282,7 @@ async def test_a_killed_host_hands_its_room_to_another_node(
             await again.connect()
             channel = again.welcome["channel"]
             assert again.participant_id == student  # the same participant
+            assert again.welcome["room"]["title"] == "Thyroid, clinic 4"
             assert again.welcome["you"]["may_annotate"] is True  # the grant still holds
             assert {s["id"] for s in channel["annotations"]} == {"e1", "s1"}
             assert [m["text"] for m in channel["chat"]] == ["Note the hypoechoic area."]

@@ -185,3 +185,30 @@ def test_rooms_registry_idle_and_tombstones() -> None:
     with pytest.raises(SessionError) as err:
         rooms.create("c", now=171.0)
     assert err.value.code is Code.ROOM_EXISTS
+
+
+def test_a_room_carried_to_another_node_keeps_its_rules_and_people() -> None:
+    config = RoomConfig(title="Tumour board", max_participants=8, lobby=True, idle_timeout=900)
+    room = Room("board", config, 10.0)
+    mod, _ = join(room, "chair", Role.MODERATOR)
+    aud, _ = join(room, "student", Role.AUDIENCE)
+    room.admit(mod, aud)
+    room.grant(mod, aud, 11.0, annotate=True)
+    room.set_role(mod, aud, Role.EXPERT)
+    bad, _ = join(room, "intruder", Role.AUDIENCE)
+    room.admit(mod, bad)
+    room.remove(mod, bad, 12.0)
+    state = room.export()
+
+    moved = Room("board", RoomConfig(), 50.0)  # opened with defaults on the other node
+    assert moved.restore(state) is False
+    assert moved.config == config and moved.created_at == 10.0
+    back, _ = join(moved, "student", Role.AUDIENCE, 51.0)  # the token still says audience
+    p = moved.participants[back]
+    assert (p.id, p.role, p.may_annotate) == (aud, Role.EXPERT, True)
+    assert p.state is State.JOINED  # admitted before the move: not sent to the lobby again
+    with pytest.raises(SessionError) as e:
+        join(moved, "intruder", Role.AUDIENCE, 52.0)
+    assert e.value.code == Code.REMOVED
+    newcomer, _ = join(moved, "late", Role.AUDIENCE, 53.0)
+    assert moved.participants[newcomer].state is State.WAITING  # the lobby still holds
