@@ -156,6 +156,7 @@ class Room:
         p = Participant(pid, identity, name, role, client, now, state)
         if known is not None:
             p.may_annotate, p.floor = bool(known["may_annotate"]), bool(known["floor"])
+            p.muted = bool(known.get("muted", False))  # a moderator's mute holds too
         self.participants[p.id] = p
         self.empty_since = None
         if state is State.JOINED:
@@ -404,6 +405,7 @@ class Room:
                 "role": p.role.value,
                 "may_annotate": p.may_annotate,
                 "floor": p.floor,
+                "muted": p.muted,
             }
             for p in self.participants.values()
             if p.state is State.JOINED and p.role is not Role.RECORDER

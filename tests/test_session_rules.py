@@ -195,6 +195,7 @@ def test_a_room_carried_to_another_node_keeps_its_rules_and_people() -> None:
     room.admit(mod, aud)
     room.grant(mod, aud, 11.0, annotate=True)
     room.set_role(mod, aud, Role.EXPERT)
+    room.mute(mod, aud)
     bad, _ = join(room, "intruder", Role.AUDIENCE)
     room.admit(mod, bad)
     room.remove(mod, bad, 12.0)
@@ -205,7 +206,7 @@ def test_a_room_carried_to_another_node_keeps_its_rules_and_people() -> None:
     assert moved.config == config and moved.created_at == 10.0
     back, _ = join(moved, "student", Role.AUDIENCE, 51.0)  # the token still says audience
     p = moved.participants[back]
-    assert (p.id, p.role, p.may_annotate) == (aud, Role.EXPERT, True)
+    assert (p.id, p.role, p.may_annotate, p.muted) == (aud, Role.EXPERT, True, True)
     assert p.state is State.JOINED  # admitted before the move: not sent to the lobby again
     with pytest.raises(SessionError) as e:
         join(moved, "intruder", Role.AUDIENCE, 52.0)
