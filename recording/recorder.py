@@ -63,7 +63,7 @@ class Recorder:
         on_error: Callable[[str, str], None],
         session_id: str | None = None,
         segment: int = 1,
-        on_manifest: Callable[[Recorder], None] | None = None,
+        on_manifest: Callable[[Recorder, Event], None] | None = None,
     ) -> None:
         self.room = room
         self.on_manifest = on_manifest
@@ -311,9 +311,10 @@ class Recorder:
         """Write manifest.json atomically (a crash leaves the old or the new one, whole)."""
         path = self.dir / "manifest.json"
         tmp = path.with_suffix(".tmp")
+        data = self.manifest()
         try:
             with tmp.open("w") as f:
-                json.dump(self.manifest(), f, indent=1)
+                json.dump(data, f, indent=1)
                 f.flush()
                 os.fsync(f.fileno())
             os.replace(tmp, path)
@@ -321,7 +322,7 @@ class Recorder:
             self._fail(e)
             return
         if self.on_manifest is not None:
-            self.on_manifest(self)
+            self.on_manifest(self, data)
 
 
 def _depayloader(codec: RTCRtpCodecParameters) -> Callable[[bytes], bytes]:

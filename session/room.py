@@ -65,6 +65,8 @@ class Room:
         # People of this room as another node (or this one before a restart) last knew them,
         # by identity: a returning identity gets back its participant id, role and grants.
         self.remembered: dict[str, Event] = {}
+        # Counts changes to what `export` returns, so the edge writes it only when it changed.
+        self.revision = 0
         self.recording = Recording()
 
     # -- queries ---------------------------------------------------------------------------
@@ -131,6 +133,7 @@ class Room:
             old.name = name
             if old.role is not role:
                 old.role = role
+                self.revision += 1
                 self._broadcast(
                     {
                         "type": "role_changed",
@@ -158,6 +161,7 @@ class Room:
             p.may_annotate, p.floor = bool(known["may_annotate"]), bool(known["floor"])
             p.muted = bool(known.get("muted", False))  # a moderator's mute holds too
         self.participants[p.id] = p
+        self.revision += 1
         self.empty_since = None
         if state is State.JOINED:
             self._broadcast({"type": "joined", "participant": p.describe()}, skip=p.id)
@@ -174,6 +178,7 @@ class Room:
             return None
         self.remove_streams_of(p.id, reason)
         del self.participants[participant_id]
+        self.revision += 1
         for gone in self.channel.forget(p.id):
             self._broadcast(gone)
         if p.id in self.channel.hands:
@@ -193,6 +198,7 @@ class Room:
         self._require(actor_id, Action.ADMIT)
         p = self._waiting(target_id)
         p.state = State.JOINED
+        self.revision += 1
         p.client.push({"type": "admitted", **self.snapshot(p), "channel": self.channel.snapshot()})
         self._broadcast({"type": "joined", "participant": p.describe()}, skip=p.id)
         return p
@@ -213,6 +219,7 @@ class Room:
         actor = self._require(actor_id, Action.SET_ROLE)
         p = self._target(target_id)
         p.role = role
+        self.revision += 1
         self._broadcast(
             {"type": "role_changed", "participant_id": p.id, "role": role.value, "by": actor.id}
         )
@@ -223,6 +230,7 @@ class Room:
         actor = self._require(actor_id, Action.MUTE)
         p = self._target(target_id)
         p.muted = True
+        self.revision += 1
         self._broadcast({"type": "muted", "participant_id": p.id, "muted": True, "by": actor.id})
         return p
 
@@ -230,6 +238,7 @@ class Room:
         """Record a participant muting or unmuting itself."""
         p = self._self(participant_id)
         p.muted = muted
+        self.revision += 1
         self._broadcast({"type": "muted", "participant_id": p.id, "muted": muted, "by": p.id})
         return p
 
@@ -238,6 +247,7 @@ class Room:
         actor = self._require(actor_id, Action.REMOVE)
         p = self._participant(target_id)
         self.banned.add(p.identity)
+        self.revision += 1
         p.client.push({"type": "removed", "by": actor.id})
         p.client.kick(Close.REMOVED, "removed by a moderator")
         self.leave(p.id, "removed", now)
@@ -381,9 +391,10 @@ class Room:
             p.may_annotate = annotate
         if floor is not None:
             p.floor = floor
-            if floor and p.id in self.channel.hands:
-                lower = self.channel.hand(p.id, f"floor-{p.id}-{self.channel.seq}", False, now)
-                self._order(lower)
+        self.revision += 1
+        if floor and p.id in self.channel.hands:
+            lower = self.channel.hand(p.id, f"floor-{p.id}-{self.channel.seq}", False, now)
+            self._order(lower)
         self._broadcast(
             {
                 "type": "granted",
@@ -484,6 +495,7 @@ class Room:
         if p.role is not Role.OPERATOR:
             raise SessionError(Code.FORBIDDEN, "only the operator at the patient confirms consent")
         self.recording.consent = {"participant_id": p.id, "identity": p.identity, "at": now}
+        self.revision += 1
         return bool(self.recording.pending_by) and not self.recording.active
 
     def recording_started(self, session_id: str, now: float) -> None:
@@ -493,6 +505,7 @@ class Room:
         self.recording.started_by = self.recording.pending_by or self.recording.started_by
         self.recording.pending_by = ""
         self.recording.since = now
+        self.revision += 1
         self._broadcast(
             {"type": "recording", **self.recording.describe(), "by": self.recording.started_by}
         )
@@ -505,6 +518,7 @@ class Room:
             raise SessionError(Code.NOT_RECORDING, "the session is not being recorded")
         session_id = self.recording.session_id
         self.recording.active = False
+        self.revision += 1
         self._broadcast({"type": "recording", **self.recording.describe(), "by": actor_id})
         return session_id
 

@@ -25,12 +25,14 @@ from typing import TYPE_CHECKING, Any
 from media.sfu import MediaError
 from session.placement import Load, choose
 
+from .connection import Connection, Socket, until_one_ends
 from .errors import Close
+from .http_api import admin_op
 from .ratelimit import TokenBucket
+from .recordings_api import NAME, with_links
 from .tokens import TokenError, verify
 
 if TYPE_CHECKING:
-    from .connection import Socket
     from .hub import Hub
 
 log = logging.getLogger("teleconsult.cluster")
@@ -396,8 +398,6 @@ class Cluster:
         if method == "closed":
             return self.hub.media_closed(a["what"], a["id"], a["reason"])
         if method == "recording":
-            from .recordings_api import NAME, with_links
-
             room, session = a["room"], a["session"]
             folder = self.hub.settings.data_dir / "recordings" / room / session
             if not (NAME.match(room) and NAME.match(session)):
@@ -410,8 +410,6 @@ class Cluster:
         if method == "revoked":
             return self.hub.cut_revoked(a["token_id"])
         if method == "admin":
-            from .http_api import admin_op
-
             return list(admin_op(self.hub, a["op"], a["room"], a["data"]))
         raise MediaError("unknown_request", f"no media request {method!r}")
 
@@ -442,8 +440,6 @@ class Cluster:
     # -- host side ---------------------------------------------------------------------------
 
     def _open_relayed(self, cid: str, edge: str, first: str, turn: list[str] | None) -> None:
-        from .connection import Connection
-
         rs = RelayedSocket(self, cid, edge)
         self.relayed[cid] = rs
         frame = {"type": "websocket.receive", "text": first}
@@ -461,8 +457,6 @@ class Cluster:
 
     async def serve(self, ws: Socket) -> None:
         """Serve a client WebSocket here, or pipe it to the node hosting its room."""
-        from .connection import Connection
-
         await ws.accept()
         try:
             first = await asyncio.wait_for(ws.receive(), self.hub.settings.handshake_timeout)
@@ -489,18 +483,9 @@ class Cluster:
             "turn": self.hub.turn_urls(),
         }
         self.send(host, opening)
-        tasks = [
-            asyncio.create_task(self._pipe_up(cid, pipe)),
-            asyncio.create_task(self._pipe_down(pipe)),
-        ]
         try:
-            await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+            await until_one_ends(self._pipe_up(cid, pipe), self._pipe_down(pipe))
         finally:
-            for t in tasks:
-                t.cancel()
-            for t in tasks:
-                with contextlib.suppress(asyncio.CancelledError, Exception):
-                    await t
             if self.pipes.pop(cid, None) is not None:
                 self.send(host, {"k": "gone", "c": cid})
             self.hub.metrics.connections.dec()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Coroutine
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -35,6 +36,19 @@ class _PointerSlot:
     """Stands in the queue for an author's latest pointer, sent when its turn comes."""
 
     author: str
+
+
+async def until_one_ends(*loops: Coroutine[Any, Any, None]) -> None:
+    """Run loops together until one ends (or this is cancelled), then stop the others."""
+    tasks = [asyncio.create_task(loop) for loop in loops]
+    try:
+        await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for t in tasks:
+            t.cancel()
+        for t in tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await t
 
 
 class Socket(Protocol):
@@ -157,19 +171,9 @@ class Connection:
             await self.ws.accept()
         self.hub.connections.add(self)
         self.hub.metrics.connections.inc()
-        tasks = [
-            asyncio.create_task(self._read()),
-            asyncio.create_task(self._write()),
-            asyncio.create_task(self._keepalive()),
-        ]
         try:
-            await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+            await until_one_ends(self._read(), self._write(), self._keepalive())
         finally:
-            for t in tasks:
-                t.cancel()
-            for t in tasks:
-                with contextlib.suppress(asyncio.CancelledError, Exception):
-                    await t
             self._depart()
             self.hub.connections.discard(self)
             self.hub.metrics.connections.dec()

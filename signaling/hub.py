@@ -60,7 +60,8 @@ class Hub:
         # (room, what, payload): "op" an ordered operation, "state" the membership state,
         # "forget" the room ended (payload: seconds it stays refused, or None).
         self._journal: asyncio.Queue[tuple[str, str, Any]] = asyncio.Queue()
-        self._saved: dict[str, Event] = {}
+        # The revision of each room's membership state last journaled (Room.revision).
+        self._saved: dict[str, int] = {}
         self.stopping = False
         self._writer: asyncio.Task[None] | None = None
         self.audit = AuditLog(settings.data_dir / "audit.jsonl")
@@ -232,10 +233,9 @@ class Hub:
         """Journal a room's membership state if it changed since it was last journaled."""
         if room.ended or self.stopping or self.rooms.get(room.id) is not room:
             return  # ended, or handed over to another node: not this node's to write
-        state = room.export()
-        if self._saved.get(room.id) != state:
-            self._saved[room.id] = state
-            self._journal.put_nowait((room.id, "state", state))
+        if self._saved.get(room.id) != room.revision:
+            self._saved[room.id] = room.revision
+            self._journal.put_nowait((room.id, "state", room.export()))
 
     async def revoke(self, grant_room: str, token_id: str, until: float) -> int:
         """Refuse a token from now on, on every node, and cut this node's connections using it."""
@@ -294,9 +294,9 @@ class Hub:
         room = self.rooms.open(room_id, self.now())
         room.channel = Channel.restore(events, room.channel.limits)
         if state is not None:
-            self._saved[room_id] = state
             if room.restore(state):
                 self._resume_recording(room)
+            self._saved[room_id] = room.revision  # what the store holds already
 
     def _resume_recording(self, room: Room) -> None:
         # The node that recorded this room is gone: go on as a new segment of the same session.
@@ -401,9 +401,8 @@ class Hub:
         if recorder is not None:
             recorder.refresh()
 
-    def _recording_written(self, recorder: Recorder) -> None:
+    def _recording_written(self, recorder: Recorder, m: Event) -> None:
         # The cluster's registry of recorded sessions: any node can list and find them.
-        m = recorder.manifest()
         entry = {
             "session_id": recorder.dir.name,
             "segment_of": m["session_id"] if recorder.segment > 1 else None,

@@ -200,6 +200,13 @@ def test_a_room_carried_to_another_node_keeps_its_rules_and_people() -> None:
     room.admit(mod, bad)
     room.remove(mod, bad, 12.0)
     state = room.export()
+    # A chat line is the channel's, not the membership's: nothing new to write.
+    revision = room.revision
+    room.chat(mod, "c1", "Next case", 12.5)
+    assert room.revision == revision and room.export() == state
+    room.grant(mod, aud, 12.6, floor=True)
+    assert room.revision > revision and room.export() != state
+    room.grant(mod, aud, 12.7, floor=False)
 
     moved = Room("board", RoomConfig(), 50.0)  # opened with defaults on the other node
     assert moved.restore(state) is False
