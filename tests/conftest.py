@@ -12,7 +12,7 @@ from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 import uvicorn
@@ -23,6 +23,9 @@ from signaling.client import SignalingClient
 from signaling.config import Secrets, Settings
 from signaling.hub import Hub
 from signaling.tokens import mint
+
+if TYPE_CHECKING:
+    from .redis_server import RedisServer
 
 SECRET = "test-secret-that-is-long-enough-for-hs256-0123456789"
 ADMIN_KEY = "test-admin-key-0123456789"
@@ -78,6 +81,11 @@ class Server:
         c = self.client(room, role, name, identity)
         await c.connect()
         return c
+
+
+def annotation(op: str, op_id: str, feed: str, points: list[list[float]]) -> dict[str, Any]:
+    """An `annotate` message drawing one shape."""
+    return {"type": "annotate", "op": op, "id": op_id, "feed": feed, "points": points}
 
 
 def free_socket() -> socket.socket:
@@ -175,3 +183,17 @@ def server_process(
             proc.kill()
             proc.wait(5)
         log.close()
+
+
+@pytest.fixture
+def redis(tmp_path: Path) -> Iterator[RedisServer]:
+    """A real redis-server of the test's own, append-only file on, stopped by its PID."""
+    from .redis_server import RedisServer  # it needs free_socket from here
+
+    server = RedisServer(tmp_path / "redis", aof=True)
+    server.folder.mkdir()
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()

@@ -6,6 +6,7 @@ import asyncio
 import fractions
 import math
 import time
+from typing import Any
 
 import av
 import numpy as np
@@ -121,3 +122,31 @@ def vp8_frames(count: int, keyframe_every: int, width: int = 320, height: int = 
         payloads, _ = encoder.encode(frame, force_keyframe=(n % keyframe_every == 0))
         out.append(b"".join(vp8_depayload(p) for p in payloads))
     return out
+
+
+def drop_every_fifth(sender: Any) -> list[int]:
+    """Lose every fifth first transmission of a media packet a ForwardingSender sends.
+
+    RTCP and RTX retransmissions (another SSRC) pass. Returns the list of the sequence
+    numbers dropped, filled as it happens.
+    """
+    transport = sender.transport
+    send = transport._send_rtp
+    seen: set[int] = set()
+    dropped: list[int] = []
+
+    async def lossy(data: bytes) -> None:
+        ssrc = int.from_bytes(data[8:12], "big")
+        if 200 <= data[1] <= 206 or ssrc != sender._ssrc:
+            await send(data)
+            return
+        seq = int.from_bytes(data[2:4], "big")
+        if seq not in seen:
+            seen.add(seq)
+            if len(seen) % 5 == 0:
+                dropped.append(seq)
+                return
+        await send(data)
+
+    transport._send_rtp = lossy
+    return dropped

@@ -14,7 +14,7 @@ from media.client import MediaClient
 from session.roles import Role
 from signaling.client import RequestFailed, SignalingClient
 
-from .conftest import Server, running_server
+from .conftest import Server, annotation, running_server
 from .media_util import PatternTrack, ToneTrack
 
 
@@ -80,15 +80,7 @@ async def test_joiner_gets_a_snapshot(room: tuple[Server, SignalingClient, str])
     ex = await server.join(role=Role.EXPERT, identity="ex")
     aud = await server.join(role=Role.AUDIENCE, identity="aud")
     await ex.send(stroke("s1", feed))
-    await ex.send(
-        {
-            "type": "annotate",
-            "op": "ruler",
-            "id": "r1",
-            "feed": feed,
-            "points": [[0.1, 0.1], [0.4, 0.5]],
-        }
-    )
+    await ex.send(annotation("ruler", "r1", feed, [[0.1, 0.1], [0.4, 0.5]]))
     await ex.send(stroke("s2", feed))
     await ex.send({"type": "annotate", "op": "delete", "id": "d1", "target": "s2"})
     await ex.send({"type": "annotate", "op": "pointer", "feed": feed, "points": [[0.5, 0.5]]})

@@ -23,22 +23,11 @@ from session.store import RedisStore
 from signaling.client import JoinRefused, SignalingClient
 from signaling.tokens import mint
 
-from .conftest import ADMIN_KEY, SECRET, server_process
+from .conftest import ADMIN_KEY, SECRET, annotation, server_process
 from .media_util import PatternTrack, receive
 from .redis_server import RedisServer
 
 TTL = "1.5"
-
-
-@pytest.fixture
-def redis(tmp_path: Path) -> Iterator[RedisServer]:
-    server = RedisServer(tmp_path / "redis", aof=True)
-    server.folder.mkdir()
-    server.start()
-    try:
-        yield server
-    finally:
-        server.stop()
 
 
 class Node:
@@ -149,15 +138,7 @@ async def test_clients_on_two_nodes_share_one_room(tmp_path: Path, redis: RedisS
             health = json.loads(await asyncio.to_thread(get, f"http://127.0.0.1:{b.port}/healthz"))
             assert health["node"] == "b" and health["cluster_nodes"] == 2
             # Annotations and chat cross the nodes both ways, in one order.
-            drawn = await ex.request(
-                {
-                    "type": "annotate",
-                    "op": "arrow",
-                    "id": "a1",
-                    "feed": feed,
-                    "points": [[0.1, 0.1], [0.5, 0.5]],
-                }
-            )
+            drawn = await ex.request(annotation("arrow", "a1", feed, [[0.1, 0.1], [0.5, 0.5]]))
             seen = await op.wait_for("op", where=lambda e: e.get("id") == "a1")
             assert seen["seq"] == drawn["seq"] and seen["author"] == ex.participant_id
             said = await op.request({"type": "chat", "text": "Probe a little lower."})
@@ -248,25 +229,9 @@ async def test_a_killed_host_hands_its_room_to_another_node(
             feed = (await mod.wait_for("stream_added"))["stream"]["feeds"][0]["id"]
             await mod.send({"type": "grant", "participant": student, "annotate": True})
             await aud.wait_for("granted")
-            await mod.request(
-                {
-                    "type": "annotate",
-                    "op": "ellipse",
-                    "id": "e1",
-                    "feed": feed,
-                    "points": [[0.3, 0.3], [0.5, 0.4]],
-                }
-            )
+            await mod.request(annotation("ellipse", "e1", feed, [[0.3, 0.3], [0.5, 0.4]]))
             await mod.request({"type": "chat", "text": "Note the hypoechoic area."})
-            last = await aud.request(
-                {
-                    "type": "annotate",
-                    "op": "arrow",
-                    "id": "s1",
-                    "feed": feed,
-                    "points": [[0.2, 0.2], [0.3, 0.3]],
-                }
-            )
+            last = await aud.request(annotation("arrow", "s1", feed, [[0.2, 0.2], [0.3, 0.3]]))
             await mod.send({"type": "record", "action": "start"})
             session_id = (await aud.wait_for("recording", where=lambda e: e["active"]))[
                 "session_id"

@@ -4,28 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Iterator
 from pathlib import Path
-
-import pytest
 
 from media.client import MediaClient
 from session.roles import Role
 
 from .conftest import running_server
-from .media_util import PatternTrack, bar_position, receive
+from .media_util import PatternTrack, bar_position, drop_every_fifth, receive
 from .redis_server import RedisServer
-
-
-@pytest.fixture
-def redis(tmp_path: Path) -> Iterator[RedisServer]:
-    server = RedisServer(tmp_path / "redis")
-    server.folder.mkdir()
-    server.start()
-    try:
-        yield server
-    finally:
-        server.stop()
 
 
 async def test_loss_on_a_cascade_leg_is_repaired_from_the_origin(
@@ -48,25 +34,7 @@ async def test_loss_on_a_cascade_leg_is_repaired_from_the_origin(
             copy = b.hub.sfu.ups[stream.id].tracks["0"]
             assert copy.downs and not b.hub.sfu.ups[stream.id].participant_id.startswith("p-")
             sender = leg.tracks[0].sender
-            send = sender.transport._send_rtp
-            seen: set[int] = set()
-            dropped: list[int] = []
-
-            async def lossy(data: bytes) -> None:
-                # Every fifth first transmission on the leg is lost; RTCP and RTX pass.
-                ssrc = int.from_bytes(data[8:12], "big")
-                if 200 <= data[1] <= 206 or ssrc != sender._ssrc:
-                    await send(data)
-                    return
-                seq = int.from_bytes(data[2:4], "big")
-                if seq not in seen:
-                    seen.add(seq)
-                    if len(seen) % 5 == 0:
-                        dropped.append(seq)
-                        return
-                await send(data)
-
-            sender.transport._send_rtp = lossy  # type: ignore[method-assign]
+            dropped = drop_every_fifth(sender)  # on the leg between the nodes
             t0 = time.monotonic()
             frames = await receive(track, 90, timeout=10)
             elapsed = time.monotonic() - t0

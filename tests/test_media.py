@@ -13,7 +13,14 @@ from session.roles import Role
 from signaling.client import RequestFailed, SignalingClient
 
 from .conftest import Server
-from .media_util import PatternTrack, ToneTrack, bar_position, receive, tone_level
+from .media_util import (
+    PatternTrack,
+    ToneTrack,
+    bar_position,
+    drop_every_fifth,
+    receive,
+    tone_level,
+)
 
 
 class Peer:
@@ -130,27 +137,7 @@ async def test_loss_on_a_subscriber_leg_is_repaired_by_nack(
     track = sub.tracks[f"{stream.id}.0"]
     await receive(track, 5)
     sender = next(iter(server.hub.sfu.downs.values())).tracks[0].sender
-    transport = sender.transport
-    send = transport._send_rtp
-    seen: set[int] = set()
-    dropped: list[int] = []
-
-    async def lossy(data: bytes) -> None:
-        # Drop every fifth first transmission of a media packet on this leg; RTCP and RTX
-        # retransmissions (another SSRC) pass.
-        ssrc = int.from_bytes(data[8:12], "big")
-        if 200 <= data[1] <= 206 or ssrc != sender._ssrc:
-            await send(data)
-            return
-        seq = int.from_bytes(data[2:4], "big")
-        if seq not in seen:
-            seen.add(seq)
-            if len(seen) % 5 == 0:
-                dropped.append(seq)
-                return
-        await send(data)
-
-    transport._send_rtp = lossy  # type: ignore[method-assign]
+    dropped = drop_every_fifth(sender)
     t0 = time.monotonic()
     frames = await receive(track, 90, timeout=10)
     elapsed = time.monotonic() - t0

@@ -5,10 +5,8 @@ from __future__ import annotations
 
 import os
 import signal
-from collections.abc import Iterator
 from pathlib import Path
 
-import pytest
 from playwright.async_api import Browser, expect
 
 from media.client import MediaClient
@@ -16,7 +14,7 @@ from session.roles import Role
 from signaling.http_api import join_url
 from signaling.tokens import mint
 
-from ..conftest import SECRET
+from ..conftest import SECRET, annotation
 from ..media_util import PatternTrack
 from ..redis_server import RedisServer
 from ..test_cluster import node
@@ -24,17 +22,6 @@ from .conftest import LOOPBACK_ONLY
 from .test_pages import chromium, shot
 
 __all__ = ["chromium"]
-
-
-@pytest.fixture
-def redis(tmp_path: Path) -> Iterator[RedisServer]:
-    server = RedisServer(tmp_path / "redis", aof=True)
-    server.folder.mkdir()
-    server.start()
-    try:
-        yield server
-    finally:
-        server.stop()
 
 
 async def frames(page: object) -> int:
@@ -66,15 +53,7 @@ async def test_the_page_rides_out_the_loss_of_the_rooms_node(
                 "() => Number(document.getElementById('health').dataset.framesDecoded || 0) > 20",
                 timeout=15000,
             )
-            await op.request(
-                {
-                    "type": "annotate",
-                    "op": "arrow",
-                    "id": "before",
-                    "feed": feed,
-                    "points": [[0.1, 0.1], [0.3, 0.3]],
-                }
-            )
+            await op.request(annotation("arrow", "before", feed, [[0.1, 0.1], [0.3, 0.3]]))
             overlay = page.locator(f'svg.overlay[data-feed="{feed}"]')
             await expect(overlay.locator('g[data-id="before"]')).to_have_count(1)
 
@@ -104,15 +83,7 @@ async def test_the_page_rides_out_the_loss_of_the_rooms_node(
                     f" > {before + 20}",
                     timeout=15000,
                 )
-                await op2.request(
-                    {
-                        "type": "annotate",
-                        "op": "arrow",
-                        "id": "after",
-                        "feed": feed2,
-                        "points": [[0.5, 0.5], [0.7, 0.7]],
-                    }
-                )
+                await op2.request(annotation("arrow", "after", feed2, [[0.5, 0.5], [0.7, 0.7]]))
                 overlay2 = page.locator(f'svg.overlay[data-feed="{feed2}"]')
                 await expect(overlay2.locator('g[data-id="after"]')).to_have_count(1)
                 # The drawing made before the loss is kept in the channel, not shown twice.
@@ -145,15 +116,7 @@ async def test_a_session_recorded_on_one_node_plays_from_another(
             await mod.send({"type": "record", "action": "start"})
             await mod.wait_for("recording", where=lambda e: e["active"] is True)
             await asyncio.sleep(1.0)
-            await mod.request(
-                {
-                    "type": "annotate",
-                    "op": "arrow",
-                    "id": "shown",
-                    "feed": feed,
-                    "points": [[0.2, 0.2], [0.4, 0.4]],
-                }
-            )
+            await mod.request(annotation("arrow", "shown", feed, [[0.2, 0.2], [0.4, 0.4]]))
             await asyncio.sleep(1.5)
             await mod.send({"type": "record", "action": "stop"})
             await mod.wait_for("recording", where=lambda e: e["active"] is False)

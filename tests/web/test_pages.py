@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 
 import numpy as np
@@ -11,9 +12,10 @@ from playwright.async_api import Browser, Page, async_playwright, expect
 
 from media.synthetic import UltrasoundTrack
 from session.roles import Role
+from signaling.client import SignalingClient
 from signaling.http_api import join_url
 
-from ..conftest import Server
+from ..conftest import Server, annotation
 from ..need import executable
 from .conftest import CHROMIUM_ARGS, LOOPBACK_ONLY
 
@@ -156,32 +158,14 @@ async def test_the_page_reconnects_and_catches_up(server: Server, chromium: Brow
         feed = f"{stream.id}.0"
         ex = await open_page(chromium, server, Role.EXPERT, "ex", "Dr. Li")
         await expect(ex.locator(f'video[data-feed="{feed}"]')).to_be_visible(timeout=10000)
-        await op.request(
-            {
-                "type": "annotate",
-                "op": "arrow",
-                "id": "before",
-                "feed": feed,
-                "points": [[0.1, 0.1], [0.3, 0.3]],
-            }
-        )
+        await op.request(annotation("arrow", "before", feed, [[0.1, 0.1], [0.3, 0.3]]))
         overlay = ex.locator(f'svg.overlay[data-feed="{feed}"]')
         await expect(overlay.locator('g[data-id="before"]')).to_have_count(1)
         # The network drops the expert; the room goes on meanwhile.
-        for conn in list(server.hub.connections):
-            if conn.grant and conn.grant.identity == "ex":
-                await conn.ws.close(1011)
+        await drop(server, "ex")
         await expect(ex.locator("#banner")).to_be_visible()
         await shot(ex, "expert-reconnecting")
-        await op.request(
-            {
-                "type": "annotate",
-                "op": "ellipse",
-                "id": "during",
-                "feed": feed,
-                "points": [[0.4, 0.4], [0.6, 0.6]],
-            }
-        )
+        await op.request(annotation("ellipse", "during", feed, [[0.4, 0.4], [0.6, 0.6]]))
         await expect(ex.locator("#state")).to_have_attribute("data-state", "joined", timeout=15000)
         await expect(ex.locator("#banner")).to_be_hidden()
         await expect(ex.locator(f'video[data-feed="{feed}"]')).to_be_visible(timeout=10000)
@@ -260,9 +244,21 @@ async def test_recording_with_consent_from_the_pages(server: Server, chromium: B
     assert '"identity": "op"' in manifest.read_text()
 
 
-async def test_a_drawing_made_while_the_connection_is_down_arrives(
+async def drop(server: Server, identity: str) -> None:
+    """The network drops a participant: the server closes its socket."""
+    for conn in list(server.hub.connections):
+        if conn.grant and conn.grant.identity == identity:
+            await conn.ws.close(1011)
+
+
+@asynccontextmanager
+async def library_page(
     server: Server, chromium: Browser
-) -> None:
+) -> AsyncIterator[tuple[Page, str, SignalingClient]]:
+    """A page running the web client's protocol library as an expert, beside a probe feed.
+
+    Yields the page (its Session is `window.s`, connected), the feed id and the operator.
+    """
     from media.client import MediaClient
 
     from ..media_util import PatternTrack
@@ -272,22 +268,27 @@ async def test_a_drawing_made_while_the_connection_is_down_arrives(
     context = await chromium.new_context()
     try:
         stream = await media.publish([(PatternTrack(), "probe", "Ultrasound")])
-        feed = f"{stream.id}.0"
         page = await context.new_page()
         await page.goto(f"{server.http}/example.html")
-        token = server.token(role=Role.EXPERT, identity="ex", name="Dr. Li")
-        # The page's own protocol library, driven as a page script would.
         await page.evaluate(
             """async (token) => {
                  const { Session } = await import("/protocol.js");
                  window.s = new Session({ url: `ws://${location.host}/ws`, room: "r1", token });
                  await window.s.connect();
                }""",
-            token,
+            server.token(role=Role.EXPERT, identity="ex", name="Dr. Li"),
         )
-        for conn in list(server.hub.connections):
-            if conn.grant and conn.grant.identity == "ex":
-                await conn.ws.close(1011)  # the network drops the expert
+        yield page, f"{stream.id}.0", op
+    finally:
+        await context.close()
+        await media.close()
+
+
+async def test_a_drawing_made_while_the_connection_is_down_arrives(
+    server: Server, chromium: Browser
+) -> None:
+    async with library_page(server, chromium) as (page, feed, op):
+        await drop(server, "ex")
         await page.wait_for_function("() => window.s.state === 'reconnecting'", timeout=10000)
         # Drawn while the connection is down: sent again once it is back.
         await page.evaluate(
@@ -299,38 +300,21 @@ async def test_a_drawing_made_while_the_connection_is_down_arrives(
         assert arrow["author"] == await page.evaluate("() => window.s.me")
         seq = await page.evaluate("() => window.drawn.then((m) => m.seq)")
         assert seq == arrow["seq"]
-    finally:
-        await context.close()
-        await media.close()
 
 
 async def test_a_drawing_the_room_lost_with_its_node_is_sent_again(
     server: Server, chromium: Browser
 ) -> None:
-    from media.client import MediaClient
     from session.channel import Channel
 
-    from ..media_util import PatternTrack
-
-    op = await server.join(role=Role.OPERATOR, identity="op")
-    media = MediaClient(op)
-    context = await chromium.new_context()
-    try:
-        stream = await media.publish([(PatternTrack(), "probe", "Ultrasound")])
-        feed = f"{stream.id}.0"
-        page = await context.new_page()
-        await page.goto(f"{server.http}/example.html")
-        token = server.token(role=Role.EXPERT, identity="ex", name="Dr. Li")
+    async with library_page(server, chromium) as (page, feed, op):
         first = await page.evaluate(
-            """async ([token, feed]) => {
-                 const { Session } = await import("/protocol.js");
-                 window.s = new Session({ url: `ws://${location.host}/ws`, room: "r1", token });
-                 await window.s.connect();
+            """async (feed) => {
                  const m = await window.s.annotate(
                    { op: "arrow", feed, points: [[0.1, 0.1], [0.3, 0.3]] });
                  return m.seq;
                }""",
-            [token, feed],
+            feed,
         )
         acked = await op.wait_for("op", where=lambda e: e["op"] == "arrow")
         assert acked["seq"] == first
@@ -339,12 +323,7 @@ async def test_a_drawing_the_room_lost_with_its_node_is_sent_again(
         room = server.hub.rooms.get("r1")
         assert room is not None
         room.channel = Channel.restore([e for e in room.channel.log if e["id"] != acked["id"]])
-        for conn in list(server.hub.connections):
-            if conn.grant and conn.grant.identity == "ex":
-                await conn.ws.close(1011)
+        await drop(server, "ex")
         again = await op.wait_for("op", timeout=15, where=lambda e: e["op"] == "arrow")
         assert again["id"] == acked["id"] and again["points"] == acked["points"]
         assert {s["id"] for s in room.channel.snapshot()["annotations"]} == {acked["id"]}
-    finally:
-        await context.close()
-        await media.close()

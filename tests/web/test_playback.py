@@ -11,7 +11,7 @@ from playwright.async_api import BrowserContext, expect
 from media.client import MediaClient
 from session.roles import Role
 
-from ..conftest import Server
+from ..conftest import Server, annotation
 from ..media_util import PacketTrack, ToneTrack, vp8_frames
 
 ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts" / "web"
@@ -32,26 +32,10 @@ async def test_playback_shows_what_was_drawn_when(server: Server, browser: Brows
         await mod.send({"type": "record", "action": "start"})
         await mod.wait_for("recording", where=lambda e: e["active"] is True)
         await asyncio.sleep(1.5)
-        await op.request(
-            {
-                "type": "annotate",
-                "op": "arrow",
-                "id": "early",
-                "feed": feed,
-                "points": [[0.2, 0.2], [0.4, 0.4]],
-            }
-        )
+        await op.request(annotation("arrow", "early", feed, [[0.2, 0.2], [0.4, 0.4]]))
         await asyncio.sleep(1.5)
         await op.request({"type": "annotate", "op": "delete", "id": "d1", "target": "early"})
-        await op.request(
-            {
-                "type": "annotate",
-                "op": "ellipse",
-                "id": "late",
-                "feed": feed,
-                "points": [[0.5, 0.5], [0.7, 0.7]],
-            }
-        )
+        await op.request(annotation("ellipse", "late", feed, [[0.5, 0.5], [0.7, 0.7]]))
         await op.request({"type": "chat", "id": "c1", "text": "Note the fluid"})
         await asyncio.sleep(1.5)
         await mod.send({"type": "record", "action": "stop"})
