@@ -29,7 +29,7 @@ from .connection import Connection, Socket, until_one_ends
 from .errors import Close
 from .http_api import admin_op
 from .ratelimit import TokenBucket
-from .recordings_api import NAME, with_links
+from .recordings_api import find_session, with_links
 from .tokens import TokenError, verify
 
 if TYPE_CHECKING:
@@ -344,13 +344,11 @@ class Cluster:
         if node != origin:
             await self.call(node, "pull", stream_id=stream_id, origin=origin)
 
-    def closed(self, what: str, item_id: str, reason: str) -> bool:
+    def closed(self, what: str, item_id: str, reason: str) -> None:
         """Pass the end of a stream or subscription served here to its room's host."""
         host = self.routes.pop(item_id, None)
-        if host is None:
-            return False
-        self.tell(host, "closed", what=what, id=item_id, reason=reason)
-        return True
+        if host is not None:
+            self.tell(host, "closed", what=what, id=item_id, reason=reason)
 
     async def _answer(self, msg: dict[str, Any]) -> None:
         try:
@@ -399,12 +397,9 @@ class Cluster:
             return self.hub.media_closed(a["what"], a["id"], a["reason"])
         if method == "recording":
             room, session = a["room"], a["session"]
-            folder = self.hub.settings.data_dir / "recordings" / room / session
-            if not (NAME.match(room) and NAME.match(session)):
-                return None
-            if not (folder / "manifest.json").is_file():
-                return None
-            return with_links(self.hub, folder, f"/api/recordings/{room}/{session}")
+            folder = find_session(self.hub, room, session)
+            base = f"/api/recordings/{room}/{session}"
+            return None if folder is None else with_links(self.hub, folder, base)
         if method == "stats":
             return self.hub.sfu.stats()
         if method == "revoked":

@@ -37,6 +37,14 @@ def sign(hub: Hub, path: str, expires: int) -> str:
     return hmac.new(hub.keys.token_secret.encode(), message, hashlib.sha256).hexdigest()
 
 
+def find_session(hub: Hub, room: str, session: str) -> Path | None:
+    """Return the folder of a session recorded on this node, if the names are valid and it is."""
+    if not NAME.match(room) or not NAME.match(session):
+        return None
+    folder = hub.settings.data_dir / "recordings" / room / session
+    return folder if (folder / "manifest.json").is_file() else None
+
+
 def with_links(hub: Hub, folder: Path, base: str) -> dict[str, Any]:
     """Return a session's manifest with a signed link for each of its files."""
     data: dict[str, Any] = json.loads((folder / "manifest.json").read_text())
@@ -142,8 +150,8 @@ def routes(hub: Hub) -> list[Route]:
                 "unauthorized",
                 "an admin key or an expert/moderator token is needed for this room's recordings",
             )
-        folder: Path = root / str(room) / str(session)
-        if not (folder / "manifest.json").is_file():
+        folder = find_session(hub, room, session)
+        if folder is None:
             return _error(404, "no_such_recording", "no such recording")
         audit(request, actor)
         return folder
