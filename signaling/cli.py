@@ -9,13 +9,19 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from session.roles import Role
 
 from .config import Settings, env, resolve_secrets
 from .tokens import mint, parse_ttl
+
+T = TypeVar("T")
+
+if TYPE_CHECKING:
+    from session.store import Store
 
 DEMO_ROOM = "demo"
 DEMO_PEOPLE = [
@@ -378,23 +384,33 @@ def _rooms(args: argparse.Namespace) -> int:
     return 0
 
 
-def _nodes(args: argparse.Namespace) -> int:
+def _on_store(url: str, work: Callable[[Store], Awaitable[T]]) -> T:
+    """Run `work` with the cluster's store; a Redis out of reach is a clear error."""
+    from redis.exceptions import RedisError
+
     from session.store import RedisStore
 
-    async def run() -> dict[str, Any]:
-        store = RedisStore(args.redis)
+    async def run() -> T:
+        store = RedisStore(url)
         try:
-            return {
-                name: {**load.describe(), **info}
-                for name, (load, info) in (await store.nodes()).items()
-            }
+            return await work(store)
         finally:
             await store.close()
 
     try:
-        nodes = asyncio.run(run())
-    except OSError as e:
+        return asyncio.run(run())
+    except (OSError, RedisError) as e:
         raise ValueError(f"cannot reach Redis: {e}") from None
+
+
+def _nodes(args: argparse.Namespace) -> int:
+    async def live(store: Any) -> dict[str, Any]:
+        return {
+            name: {**load.describe(), **info}
+            for name, (load, info) in (await store.nodes()).items()
+        }
+
+    nodes = _on_store(args.redis, live)
     if args.json:
         print(json.dumps(nodes, indent=2))
         return 0
@@ -409,26 +425,17 @@ def _nodes(args: argparse.Namespace) -> int:
 
 
 def _drain(args: argparse.Namespace) -> int:
-    from session.store import RedisStore
+    async def drain(store: Store) -> dict[str, Any] | None:
+        await store.drain(args.node, not args.undo)
+        deadline = time.monotonic() + (args.wait or 0.0)
+        while True:
+            found = (await store.nodes()).get(args.node)
+            load: dict[str, Any] | None = None if found is None else found[0].describe()
+            if load is None or load["rooms"] == 0 or time.monotonic() >= deadline:
+                return load
+            await asyncio.sleep(1.0)
 
-    async def run() -> dict[str, Any] | None:
-        store = RedisStore(args.redis)
-        try:
-            await store.drain(args.node, not args.undo)
-            deadline = time.monotonic() + (args.wait or 0.0)
-            while True:
-                found = (await store.nodes()).get(args.node)
-                load = None if found is None else found[0].describe()
-                if load is None or load["rooms"] == 0 or time.monotonic() >= deadline:
-                    return load
-                await asyncio.sleep(1.0)
-        finally:
-            await store.close()
-
-    try:
-        load = asyncio.run(run())
-    except OSError as e:
-        raise ValueError(f"cannot reach Redis: {e}") from None
+    load = _on_store(args.redis, drain)
     if args.json:
         print(json.dumps({"node": args.node, "draining": not args.undo, "load": load}))
         return 0

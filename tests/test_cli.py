@@ -169,3 +169,15 @@ async def test_token_from_another_secret_is_refused(
     with pytest.raises(JoinRefused) as refused:
         await c.connect()
     assert refused.value.code == "token_invalid"
+
+
+def test_cluster_commands_say_when_redis_is_out_of_reach() -> None:
+    sock = free_socket()  # a port where no Redis listens
+    url = f"redis://127.0.0.1:{sock.getsockname()[1]}/0"
+    sock.close()
+    for args in (["nodes"], ["drain", "node-2"]):
+        out = subprocess.run(
+            [TELECONSULT, *args, "--redis", url], capture_output=True, text=True, timeout=30
+        )
+        assert out.returncode == 2 and "cannot reach Redis" in out.stderr, out.stderr
+        assert "Traceback" not in out.stderr

@@ -95,6 +95,16 @@ async def until(check: object, timeout: float = 10.0) -> None:
         await asyncio.sleep(0.1)
 
 
+async def join(
+    made: list[SignalingClient | MediaClient], n: Node, room: str, role: Role, identity: str
+) -> SignalingClient:
+    """Join a room through a node; the client is closed with the others at the end."""
+    c = n.client(room, role, identity)
+    made.append(c)
+    await c.connect()
+    return c
+
+
 @contextlib.asynccontextmanager
 async def clients() -> AsyncIterator[list[SignalingClient | MediaClient]]:
     made: list[SignalingClient | MediaClient] = []
@@ -108,9 +118,7 @@ async def clients() -> AsyncIterator[list[SignalingClient | MediaClient]]:
 async def test_clients_on_two_nodes_share_one_room(tmp_path: Path, redis: RedisServer) -> None:
     with node(tmp_path, redis, "a") as a, node(tmp_path, redis, "b") as b:
         async with clients() as made:
-            op = a.client("ward-3", Role.OPERATOR, "op")
-            made.append(op)
-            await op.connect()
+            op = await join(made, a, "ward-3", Role.OPERATOR, "op")
             ex = b.client("ward-3", Role.EXPERT, "ex")  # reaches the other node
             made.append(ex)
             await ex.connect()
@@ -165,9 +173,7 @@ async def test_placement_spreads_rooms_and_drain_stops_new_ones(
         await until(lambda: set(nodes(redis)) == {"a", "b"})
         async with clients() as made:
             for i in range(4):  # every room joined through node a
-                c = a.client(f"room-{i}", Role.EXPERT, f"u{i}")
-                made.append(c)
-                await c.connect()
+                await join(made, a, f"room-{i}", Role.EXPERT, f"u{i}")
                 await asyncio.sleep(0.6)  # a heartbeat reports the new load
             await until(lambda: sum(int(n["rooms"]) for n in nodes(redis).values()) == 4)
             rooms = {name: n["rooms"] for name, n in nodes(redis).items()}
@@ -177,9 +183,7 @@ async def test_placement_spreads_rooms_and_drain_stops_new_ones(
             assert "draining" in out
             await until(lambda: nodes(redis)["b"]["draining"] is True)
             for i in range(4, 6):  # through node b, yet placed on a
-                c = b.client(f"room-{i}", Role.EXPERT, f"u{i}")
-                made.append(c)
-                await c.connect()
+                await join(made, b, f"room-{i}", Role.EXPERT, f"u{i}")
             await asyncio.sleep(1.0)
             after = {name: n["rooms"] for name, n in nodes(redis).items()}
             assert after == {"a": rooms["a"] + 2, "b": rooms["b"]}, (rooms, after)
@@ -213,16 +217,10 @@ async def test_a_killed_host_hands_its_room_to_another_node(
                 api, a, "POST", "/api/rooms", {"id": "ward-3", "title": "Thyroid, clinic 4"}
             )
             assert status == 201
-            mod = a.client("ward-3", Role.MODERATOR, "mod")
-            made.append(mod)
-            await mod.connect()  # the room opens on node a
-            aud = b.client("ward-3", Role.AUDIENCE, "student")
-            made.append(aud)
-            await aud.connect()
+            mod = await join(made, a, "ward-3", Role.MODERATOR, "mod")  # the room opens on node a
+            aud = await join(made, b, "ward-3", Role.AUDIENCE, "student")
             student = aud.participant_id
-            op = b.client("ward-3", Role.OPERATOR, "op")
-            made.append(op)
-            await op.connect()
+            op = await join(made, b, "ward-3", Role.OPERATOR, "op")
             media_op = MediaClient(op)
             made.append(media_op)
             await media_op.publish([(PatternTrack(), "camera", "Room")])
@@ -242,9 +240,7 @@ async def test_a_killed_host_hands_its_room_to_another_node(
             a.proc.wait(5)
             # The client piped through b is told to reconnect once a's heartbeat expires.
             assert await aud.wait_closed(timeout=10) == 1012
-            again = b.client("ward-3", Role.AUDIENCE, "student")
-            made.append(again)
-            await again.connect()
+            again = await join(made, b, "ward-3", Role.AUDIENCE, "student")
             channel = again.welcome["channel"]
             assert again.participant_id == student  # the same participant
             assert again.welcome["room"]["title"] == "Thyroid, clinic 4"
@@ -316,9 +312,7 @@ async def test_redis_restart_mid_session(tmp_path: Path, redis: RedisServer) -> 
                 await store.close()
             assert log == ["before the restart", "while Redis is away", "after the restart"]
             # A client reaching the other node still finds the room where it is.
-            late = b.client("ward-3", Role.AUDIENCE, "late")
-            made.append(late)
-            await late.connect()
+            late = await join(made, b, "ward-3", Role.AUDIENCE, "late")
             assert len(late.welcome["channel"]["chat"]) == 3
             await receive(track, 5)
 
@@ -333,18 +327,14 @@ async def test_a_room_spans_nodes_with_one_leg_per_edge_node(
     ):
         await until(lambda: set(nodes(redis)) == {"a", "b", "c"})
         async with clients() as made:
-            op = a.client("conf", Role.OPERATOR, "op")
-            made.append(op)
-            await op.connect()
+            op = await join(made, a, "conf", Role.OPERATOR, "op")
             media_op = MediaClient(op)
             made.append(media_op)
             source = PatternTrack()
             stream = await media_op.publish([(source, "laparoscope", "Scope")])
             viewers = []
             for i, edge in enumerate([b, b, b, c, c]):
-                v = edge.client("conf", Role.AUDIENCE, f"student-{i}")
-                made.append(v)
-                await v.connect()
+                v = await join(made, edge, "conf", Role.AUDIENCE, f"student-{i}")
                 m = MediaClient(v)
                 made.append(m)
                 viewers.append(m)
@@ -362,9 +352,7 @@ async def test_a_room_spans_nodes_with_one_leg_per_edge_node(
             assert (load["c"]["up_tracks"], load["c"]["down_tracks"]) == (1, 2), load
             # A late viewer on an edge gets a picture quickly: its keyframe request went
             # upstream through the edge to the publisher.
-            late = c.client("conf", Role.AUDIENCE, "late")
-            made.append(late)
-            await late.connect()
+            late = await join(made, c, "conf", Role.AUDIENCE, "late")
             media_late = MediaClient(late)
             made.append(media_late)
             loop = asyncio.get_running_loop()
@@ -421,9 +409,7 @@ async def test_the_admin_api_of_any_node_reaches_every_room(
                 api, a, "POST", "/api/rooms", {"id": "tumour-board"}
             )
             assert status == 409  # exists, on the other node
-            mod = a.client("tumour-board", Role.MODERATOR, "chair")
-            made.append(mod)
-            await mod.connect()
+            mod = await join(made, a, "tumour-board", Role.MODERATOR, "chair")
             status, people = await asyncio.to_thread(
                 api, a, "GET", "/api/rooms/tumour-board/participants"
             )
@@ -455,9 +441,7 @@ async def test_a_link_revoked_on_one_node_is_cut_and_refused_on_all(
     with node(tmp_path, redis, "a") as a, node(tmp_path, redis, "b") as b:
         await until(lambda: set(nodes(redis)) == {"a", "b"})
         async with clients() as made:
-            host = a.client("ward-3", Role.EXPERT, "host-side")
-            made.append(host)
-            await host.connect()
+            host = await join(made, a, "ward-3", Role.EXPERT, "host-side")
             leaked = mint(SECRET, "ward-3", Role.EXPERT, "dr-wu", 3600, "dr-wu")
             c = SignalingClient(a.ws, leaked, "ward-3")
             made.append(c)
@@ -481,9 +465,7 @@ async def test_a_recording_made_on_one_node_is_replayed_through_another(
 ) -> None:
     with node(tmp_path, redis, "a") as a, node(tmp_path, redis, "b") as b:
         async with clients() as made:
-            mod = a.client("teaching", Role.MODERATOR, "mod")
-            made.append(mod)
-            await mod.connect()
+            mod = await join(made, a, "teaching", Role.MODERATOR, "mod")
             media = MediaClient(mod)
             made.append(media)
             await media.publish([(PatternTrack(), "camera", "Room")])
@@ -521,21 +503,15 @@ async def test_a_node_stopped_for_an_upgrade_hands_its_rooms_over(
 ) -> None:
     with node(tmp_path, redis, "a") as a, node(tmp_path, redis, "b") as b:
         async with clients() as made:
-            ex = a.client("ward-3", Role.EXPERT, "ex")
-            made.append(ex)
-            await ex.connect()  # the room is on a
-            aud = b.client("ward-3", Role.AUDIENCE, "aud")
-            made.append(aud)
-            await aud.connect()
+            ex = await join(made, a, "ward-3", Role.EXPERT, "ex")  # the room is on a
+            aud = await join(made, b, "ward-3", Role.AUDIENCE, "aud")
             cli("drain", "a", "--redis", redis.url)
             await aud.request({"type": "raise_hand", "raised": True})
             last = await ex.request({"type": "chat", "text": "the last word before the upgrade"})
             a.proc.terminate()  # SIGTERM at once: nothing may be lost
             assert await aud.wait_closed(timeout=15) in (1001, 1012)
             a.proc.wait(15)
-            again = b.client("ward-3", Role.AUDIENCE, "aud")
-            made.append(again)
-            await again.connect()
+            again = await join(made, b, "ward-3", Role.AUDIENCE, "aud")
             chat = again.welcome["channel"]["chat"]
             assert [m["text"] for m in chat] == ["the last word before the upgrade"]
             assert again.welcome["channel"]["seq"] >= last["seq"]
@@ -550,25 +526,19 @@ async def test_a_node_that_froze_hands_over_the_room_that_moved_on(
 ) -> None:
     with node(tmp_path, redis, "a") as a, node(tmp_path, redis, "b") as b:
         async with clients() as made:
-            stuck = a.client("ward-3", Role.EXPERT, "ex")
-            made.append(stuck)
-            await stuck.connect()
+            stuck = await join(made, a, "ward-3", Role.EXPERT, "ex")
             await stuck.request({"type": "chat", "text": "before the freeze"})
             await asyncio.sleep(0.3)
             os.kill(a.proc.pid, signal.SIGSTOP)  # a long pause: a is taken for dead
             try:
                 await until(lambda: "a" not in nodes(redis), timeout=10)
-                op = b.client("ward-3", Role.OPERATOR, "op")
-                made.append(op)
-                await op.connect()  # the room goes on on b
+                op = await join(made, b, "ward-3", Role.OPERATOR, "op")  # the room goes on on b
                 await op.request({"type": "chat", "text": "on b meanwhile"})
             finally:
                 os.kill(a.proc.pid, signal.SIGCONT)
             # a comes back, finds the room on b and sends its people there.
             assert await stuck.wait_closed(timeout=10) == 1012
-            back = b.client("ward-3", Role.EXPERT, "ex")
-            made.append(back)
-            await back.connect()
+            back = await join(made, b, "ward-3", Role.EXPERT, "ex")
             texts = [m["text"] for m in back.welcome["channel"]["chat"]]
             assert texts == ["before the freeze", "on b meanwhile"]
             assert back.participant_id == stuck.participant_id
@@ -610,9 +580,7 @@ async def test_the_publish_tool_rides_out_the_loss_of_the_rooms_node(
                 # Nobody touches the station: it reconnects through b and publishes again.
                 second = json.loads(await asyncio.wait_for(station.stdout.readline(), 30))
                 assert second["published"] != first["published"]
-                viewer = b.client("ward-3", Role.EXPERT, "ex")
-                made.append(viewer)
-                await viewer.connect()
+                viewer = await join(made, b, "ward-3", Role.EXPERT, "ex")
                 assert [s["id"] for s in viewer.welcome["streams"]] == [second["published"]]
                 media = MediaClient(viewer)
                 made.append(media)
