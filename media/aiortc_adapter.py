@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 import aioice.ice
+import aioice.stun
 import aiortc
 from aiortc import RTCPeerConnection, RTCRtpCodecCapability, RTCRtpTransceiver
 from aiortc.codecs import CODECS, is_rtx
@@ -40,6 +42,8 @@ from aiortc.rtp import (
 )
 from aiortc.utils import uint16_add
 
+from .datagrams import STUN, DropCounter, broken, kind_of
+from .estimator import Throttle
 from .packetcache import PacketCache
 
 AIORTC_VERSION = "1.16.0"
@@ -69,6 +73,19 @@ _PACKETS = "_RTCRtpSender__packet_count"
 NTP_UNIX_OFFSET = 2208988800
 
 PacketHandler = Callable[[RtpPacket, RTCRtpCodecParameters], Awaitable[None]]
+
+log = logging.getLogger("teleconsult.media")
+
+# Datagrams dropped on this process's ICE ports before aioice or aiortc saw them, by kind.
+INGRESS = DropCounter()
+# A failure in our own packet handling is logged with its traceback, but not for every packet.
+_failure_log = Throttle(60.0)
+
+
+def _handled_failure(what: str) -> None:
+    """Log an unexpected error in packet handling, at most once a minute."""
+    if _failure_log.ready(time.monotonic()):
+        log.exception("%s failed (logged at most once a minute)", what)
 
 
 class ForwardingReceiver(RTCRtpReceiver):
@@ -114,6 +131,14 @@ class ForwardingReceiver(RTCRtpReceiver):
         _set(self, "RTCRtpReceiver", "started", True)
 
     async def _handle_rtp_packet(self, packet: RtpPacket, arrival_time_ms: int) -> None:
+        # aiortc's DTLS transport ends (and the peer connection fails) on any exception raised
+        # here: one bad packet must cost that packet, not the publisher's stream.
+        try:
+            await self._take_rtp_packet(packet, arrival_time_ms)
+        except Exception:
+            _handled_failure("handling a publisher's RTP packet")
+
+    async def _take_rtp_packet(self, packet: RtpPacket, arrival_time_ms: int) -> None:
         if not self._enabled:
             return
         if self._estimator is not None and packet.extensions.abs_send_time is not None:
@@ -152,13 +177,16 @@ class ForwardingReceiver(RTCRtpReceiver):
             await self.on_packet(packet, codec)
 
     async def _handle_rtcp_packet(self, packet: AnyRtcpPacket) -> None:
-        if isinstance(packet, RtcpSrPacket):
-            ntp = packet.sender_info.ntp_timestamp
-            self.last_sr = (
-                (ntp >> 32) - NTP_UNIX_OFFSET + (ntp & 0xFFFFFFFF) / 2**32,
-                packet.sender_info.rtp_timestamp,
-            )
-        await super()._handle_rtcp_packet(packet)
+        try:
+            if isinstance(packet, RtcpSrPacket):
+                ntp = packet.sender_info.ntp_timestamp
+                self.last_sr = (
+                    (ntp >> 32) - NTP_UNIX_OFFSET + (ntp & 0xFFFFFFFF) / 2**32,
+                    packet.sender_info.rtp_timestamp,
+                )
+            await super()._handle_rtcp_packet(packet)
+        except Exception:
+            _handled_failure("handling a publisher's RTCP packet")
 
     async def request_keyframe(self) -> None:
         """Send a PLI to the publisher."""
@@ -286,13 +314,16 @@ class ForwardingSender(RTCRtpSender):
             self.on_keyframe_request()
 
     async def _handle_rtcp_packet(self, packet: AnyRtcpPacket) -> None:
-        if isinstance(packet, RtcpPsfbPacket) and packet.fmt == RTCP_PSFB_APP:
-            with contextlib.suppress(ValueError):
-                bitrate, ssrcs = unpack_remb_fci(packet.fci)
-                if self._ssrc in ssrcs and self.on_remb is not None:
-                    self.on_remb(bitrate)
-            return
-        await super()._handle_rtcp_packet(packet)
+        try:
+            if isinstance(packet, RtcpPsfbPacket) and packet.fmt == RTCP_PSFB_APP:
+                with contextlib.suppress(ValueError):
+                    bitrate, ssrcs = unpack_remb_fci(packet.fci)
+                    if self._ssrc in ssrcs and self.on_remb is not None:
+                        self.on_remb(bitrate)
+                return
+            await super()._handle_rtcp_packet(packet)
+        except Exception:
+            _handled_failure("handling a subscriber's RTCP packet")
 
 
 class RelayPeerConnection(RTCPeerConnection):
@@ -380,6 +411,48 @@ def add_relay_codecs() -> None:
             ),
         ]
         pt += 2
+
+
+def _guarded_datagram_received(
+    protocol: aioice.ice.StunProtocol, data: bytes | str, addr: tuple[Any, ...]
+) -> None:
+    """Take one datagram on an ICE port: drop what is broken, hand on the rest by kind.
+
+    Replaces aioice's own, which lets parse errors other than ValueError escape and passes
+    whatever is not STUN (an empty datagram included) to the DTLS transport, which then ends.
+    """
+    data = bytes(data) if isinstance(data, bytes | bytearray) else data.encode()
+    why = broken(data)
+    if why is not None:
+        INGRESS.drop(why, "too short, wrong version or not for this port")
+        return
+    if kind_of(data) != STUN:
+        # DTLS and SRTP authenticate what they accept; aioice would only try STUN on it.
+        protocol.receiver.data_received(data, protocol.local_candidate.component)
+        return
+    try:
+        message = aioice.stun.parse_message(data)
+    except Exception as e:
+        INGRESS.drop(STUN, f"unparsable: {type(e).__name__}")
+        return
+    try:
+        if message.message_class in (aioice.stun.Class.RESPONSE, aioice.stun.Class.ERROR):
+            # aioice checks a response's integrity against its request's key.
+            transaction = protocol.transactions.get(message.transaction_id)
+            if transaction is not None:
+                transaction.response_received(message, (addr[0], addr[1]))
+        elif message.message_class == aioice.stun.Class.REQUEST:
+            # aioice answers a request without valid integrity with 400 or 401 and goes no
+            # further (RFC 8489 9.1.3); only an authenticated check reaches ICE.
+            protocol.receiver.request_received(message, (addr[0], addr[1]), protocol)
+        # Indications (keepalives) need nothing, as in aioice.
+    except Exception as e:
+        INGRESS.drop(STUN, f"refused: {type(e).__name__}")
+
+
+def guard_ice_ports() -> None:
+    """Make every ICE port of this process drop broken datagrams before aioice sees them."""
+    aioice.ice.StunProtocol.datagram_received = _guarded_datagram_received  # type: ignore[method-assign,assignment]
 
 
 _original_host_addresses = aioice.ice.get_host_addresses

@@ -19,6 +19,8 @@ from aiortc.rtcconfiguration import RTCIceTransportPolicy
 
 from signaling.client import SignalingClient
 
+from .aiortc_adapter import guard_ice_ports
+
 
 def prefer_codec(transceiver: Any, kind: str, name: str) -> None:
     """Make a transceiver offer only codecs of this name (and RTX), e.g. "H264" or "H264/640c1f"."""
@@ -66,6 +68,7 @@ class MediaClient:
         relay_only: bool = False,
     ) -> None:
         self.signaling = signaling
+        guard_ice_ports()
         # By default no ICE servers (aiortc would otherwise ask a public STUN server); with
         # use_turn, the TURN servers the server handed out on join, and relay_only forces them.
         self.use_turn = use_turn or relay_only

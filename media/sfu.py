@@ -21,6 +21,7 @@ from .aiortc_adapter import (
     RelayPeerConnection,
     add_relay_codecs,
     codec_preferences,
+    guard_ice_ports,
     negotiated_codec,
 )
 from .histogram import Histogram
@@ -129,6 +130,7 @@ class Sfu:
         on_down_closed: Callable[[str, str], None] | None = None,
     ) -> None:
         add_relay_codecs()
+        guard_ice_ports()
         self.clock = clock
         # A public address to write into candidates in place of the gathered host address
         # (a 1:1 NAT); None when candidates already carry the right address.

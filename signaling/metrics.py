@@ -14,7 +14,7 @@ from prometheus_client.core import (
 )
 from prometheus_client.registry import Collector
 
-from media.aiortc_adapter import CODECS_CREATED
+from media.aiortc_adapter import CODECS_CREATED, INGRESS
 from media.histogram import Histogram
 
 
@@ -131,6 +131,14 @@ class MediaCollector(Collector):
         for kind, n in CODECS_CREATED.items():
             codecs.add_metric([kind], n)
         yield codecs
+        dropped = CounterMetricFamily(
+            "teleconsult_media_dropped_datagrams",
+            "Malformed or misdirected datagrams dropped on ICE ports, by kind",
+            labels=["kind"],
+        )
+        for kind, n in sorted(INGRESS.dropped.items()):
+            dropped.add_metric([kind], n)
+        yield dropped
         up_labels = ["stream", "feed", "kind", "codec"]
         for key, doc in _UP:
             family = CounterMetricFamily(f"teleconsult_media_up_{key}", doc, labels=up_labels)

@@ -140,3 +140,41 @@ def test_stamp_survives_vp8_at_low_bitrate() -> None:
         return ok
 
     assert asyncio.run(run()) == 20
+
+
+def test_broken_datagrams_are_named_by_kind() -> None:
+    from aioice import stun
+
+    from media.datagrams import broken
+
+    request = bytes(stun.Message(stun.Method.BINDING, stun.Class.REQUEST))
+    rtp = bytes([0x80, 96]) + bytes(10) + b"payload"
+    dtls = bytes([22, 0xFE, 0xFD]) + bytes(10) + b"hello"
+    assert [broken(d) for d in (request, rtp, dtls)] == [None, None, None]
+    assert broken(b"") == "empty"
+    assert broken(request[:19]) == "stun"
+    assert broken(request + b"\0\0\0\0") == "stun"  # the length field does not cover it
+    assert broken(rtp[:11]) == "rtp"
+    assert broken(bytes([0x40]) + rtp[1:]) == "channeldata"
+    assert broken(bytes([0xC0]) + rtp[1:]) == "unknown"
+    assert broken(dtls[:12]) == "dtls"
+
+
+def test_dropped_datagrams_are_logged_once_a_minute_per_kind(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    from media.datagrams import DropCounter
+
+    now = [0.0]
+    counter = DropCounter(clock=lambda: now[0])
+    with caplog.at_level("WARNING", logger="teleconsult.media.ingress"):
+        for _ in range(1000):
+            counter.drop("stun", "unparsable")
+            counter.drop("empty", "empty")
+            now[0] += 0.05  # 50 s in all
+        now[0] = 61.0
+        counter.drop("stun", "unparsable")
+    assert counter.dropped == {"stun": 1001, "empty": 1000}
+    lines = [r.getMessage() for r in caplog.records]
+    assert len(lines) == 3 and not any(r.exc_info for r in caplog.records)
+    assert "dropped 1000 malformed stun" in lines[2]  # what the minute held, counted once
