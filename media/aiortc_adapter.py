@@ -88,6 +88,21 @@ def _handled_failure(what: str) -> None:
         log.exception("%s failed (logged at most once a minute)", what)
 
 
+class WrapSafeStatistics(StreamStatistics):
+    """aiortc's per-SSRC receiver statistics, with jitter right across the RTP clock's wrap."""
+
+    def add(self, packet: RtpPacket) -> None:
+        """Count one packet (aiortc subtracts raw 32-bit timestamps for the jitter)."""
+        last = self._last_timestamp
+        if last is not None:
+            step = (packet.timestamp - last) % (1 << 32)
+            if step >= 1 << 31:
+                step -= 1 << 32
+            # The same value modulo 2**32, placed so that aiortc's difference is the true step.
+            self._last_timestamp = packet.timestamp - step
+        super().add(packet)
+
+
 class ForwardingReceiver(RTCRtpReceiver):
     """Receives a publisher's RTP and hands each packet on undecoded.
 
@@ -155,7 +170,7 @@ class ForwardingReceiver(RTCRtpReceiver):
             return
         streams = self._streams
         if packet.ssrc not in streams:
-            streams[packet.ssrc] = StreamStatistics(codec.clockRate)
+            streams[packet.ssrc] = WrapSafeStatistics(codec.clockRate)
         streams[packet.ssrc].add(packet)
         if is_rtx(codec):
             original = self._rtx_ssrc.get(packet.ssrc)

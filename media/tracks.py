@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import random
 import time
+from collections import deque
 from collections.abc import Callable, Coroutine
 from typing import Any
 
@@ -16,10 +17,14 @@ from .estimator import RateAggregator, Throttle
 from .histogram import Histogram
 from .keyframe import KEYFRAME_START
 from .rewrite import Rewriter
+from .seqnum import SequenceTracker, Verdict
 
 # A PLI upstream at most this often: keyframes are expensive, and one serves every subscriber.
 KEYFRAME_INTERVAL = 0.3
 REMB_INTERVAL = 1.0
+# Packets kept after forwarding, for a subscriber that starts at a keyframe whose later packets
+# overtook its first one (reordering, or a retransmission that arrived before the original).
+RECENT = 256
 
 
 class UpTrack:
@@ -49,6 +54,15 @@ class UpTrack:
         self.rates = RateAggregator()
         self.keyframes = 0
         self.plis_sent = 0
+        # The publisher's numbering, extended; each restart of it (a new SSRC, or a jump the
+        # tracker cannot bridge) starts a new epoch, and every subscriber a new start point.
+        self.sequence = SequenceTracker()
+        self.source_ssrc: int | None = None
+        self._retired: list[int] = []  # earlier sources, whose late packets are dropped
+        self.epoch = 0
+        self.duplicates = 0
+        self.stale = 0
+        self._recent: deque[tuple[int, RtpPacket]] = deque(maxlen=RECENT)
         self._key_throttle = Throttle(KEYFRAME_INTERVAL)
         self._remb_throttle = Throttle(REMB_INTERVAL)
         self._tasks: set[asyncio.Task[None]] = set()
@@ -57,13 +71,28 @@ class UpTrack:
     async def on_packet(self, packet: RtpPacket, codec: RTCRtpCodecParameters) -> None:
         """Forward one packet from the publisher to every subscriber."""
         now = self.clock()
+        if packet.ssrc != self.source_ssrc and not self._new_source(packet.ssrc):
+            self.stale += 1
+            return
+        verdict, ext = self.sequence.push(packet.sequence_number)
+        if verdict is Verdict.DUPLICATE:
+            self.duplicates += 1
+            return
+        if verdict is Verdict.STALE:
+            self.stale += 1
+            return
+        if verdict is Verdict.RESTART:
+            self.epoch += 1
+            self._recent.clear()
+        self._recent.append((ext, packet))
         key = True if self._starts_key is None else self._starts_key(packet.payload)
         if key and self._starts_key is not None:
             self.keyframes += 1
         if not self.muted:
             arrived = self.receiver.arrived
+            epoch = self.epoch
             for down in self.downs:
-                if await down.write(packet, key, now) and self.delays is not None:
+                if await down.write(packet, ext, epoch, key, now) and self.delays is not None:
                     # Packet in to packet out, for each subscriber's copy.
                     self.delays.record(time.perf_counter() - arrived)
             # A muted microphone is not recorded either.
@@ -73,6 +102,20 @@ class UpTrack:
             target = self.rates.target(now, self.receiver.upstream_bitrate)
             if target is not None:
                 await self.receiver.send_remb(target)
+
+    def after(self, ext: int) -> list[tuple[int, RtpPacket]]:
+        """Return the packets of this epoch already taken that come after `ext`, in order."""
+        return sorted((e, p) for e, p in self._recent if e > ext)
+
+    def _new_source(self, ssrc: int) -> bool:
+        """Take a packet of another SSRC as a new source, unless it is a retired one."""
+        if ssrc in self._retired:
+            return False  # reordered across the change: the new source has taken over
+        if self.source_ssrc is not None:
+            self._retired = [*self._retired[-3:], self.source_ssrc]
+        self.source_ssrc = ssrc
+        self.sequence = SequenceTracker()
+        return True
 
     def request_keyframe(self) -> None:
         """Ask the publisher for a keyframe, at most once per KEYFRAME_INTERVAL."""
@@ -111,31 +154,42 @@ class DownTrack:
             random.randrange(1 << 15), random.randrange(1 << 32), up.codec.clockRate
         )
         self.waiting = True
-        self.up_ssrc: int | None = None
+        self.epoch: int | None = None
         self.attached_at = clock()
         self.started_at: float | None = None
         self.dropped_waiting = 0
         sender.on_keyframe_request = up.request_keyframe
         sender.on_remb = self._on_remb
 
-    async def write(self, packet: RtpPacket, key: bool, now: float) -> bool:
-        """Send a publisher's packet on, starting only at a keyframe; tell whether it was sent."""
+    async def write(self, packet: RtpPacket, ext: int, epoch: int, key: bool, now: float) -> bool:
+        """Send a publisher's packet on, starting only at a keyframe; tell whether it was sent.
+
+        `ext` is the packet's extended sequence number, `epoch` the source's restart count.
+        """
         if self.sender.codec is None:
             return False
-        if packet.ssrc != self.up_ssrc:
+        if epoch != self.epoch:
             # A new source (the publisher restarted its encoder) needs a fresh start point.
-            self.up_ssrc = packet.ssrc
+            self.epoch = epoch
             self.waiting = True
         if self.waiting:
             if not key:
                 self.dropped_waiting += 1
                 self.up.request_keyframe()
                 return False
-            self.rewriter.rebase(packet.sequence_number, packet.timestamp, now)
+            self.rewriter.rebase(ext, packet.timestamp, now)
             self.waiting = False
             if self.started_at is None:
                 self.started_at = now
-        mapped = self.rewriter.map(packet.sequence_number, packet.timestamp, now)
+            await self._send(packet, ext, now)
+            # What overtook the keyframe's first packet was dropped while waiting: send it now.
+            for later, earlier_packet in self.up.after(ext):
+                await self._send(earlier_packet, later, now)
+            return True
+        return await self._send(packet, ext, now)
+
+    async def _send(self, packet: RtpPacket, ext: int, now: float) -> bool:
+        mapped = self.rewriter.map(ext, packet.timestamp, now)
         if mapped is None:
             return False
         await self.sender.forward(packet, *mapped)

@@ -52,9 +52,16 @@ class FrameAssembler:
         self.dropped = 0
         self.last_emitted: int | None = None
         self.prev_last: int | None = None  # last sequence number of the frame handed on
+        # Padding-only packets (bandwidth probes) take sequence numbers but carry no frame.
+        self.padding: set[int] = set()
 
     def push(self, seq: int, timestamp: int, marker: bool, payload: bytes) -> list[Frame]:
         """Add one packet; return the frames it completed, oldest first."""
+        if not payload:
+            if len(self.padding) >= 256:
+                self.padding.clear()
+            self.padding.add(seq)
+            return self._emit()
         if self.last_emitted is not None and not _ts_newer(timestamp, self.last_emitted):
             return []  # a retransmission of a frame already written (or given up)
         p = self.pending.setdefault(timestamp, _Pending(timestamp))
@@ -80,12 +87,25 @@ class FrameAssembler:
             # held for this timestamp, and it must follow the previous frame's last packet.
             last = p.last
             p.first = max(p.packets, key=lambda s: (last - s) % SEQ_MOD)
-            if self.prev_last is not None and p.first != (self.prev_last + 1) % SEQ_MOD:
-                return False
-        if p.first is None:
+        if p.first is None or not self._follows(p.first):
+            # A frame after a gap waits: the gap may be a whole frame still on its way (a NACK
+            # repair), and a frame written before the one it refers to breaks the decoder.
             return False
         n = (p.last - p.first) % SEQ_MOD + 1
         return n <= len(p.packets) and all((p.first + i) % SEQ_MOD in p.packets for i in range(n))
+
+    def _follows(self, first: int) -> bool:
+        """Tell whether a frame starting at `first` comes right after the frame handed on."""
+        if self.prev_last is None:
+            return True
+        seq = (self.prev_last + 1) % SEQ_MOD
+        for _ in range(len(self.padding) + 1):
+            if seq == first:
+                return True
+            if seq not in self.padding:
+                return False
+            seq = (seq + 1) % SEQ_MOD
+        return False
 
     def _emit(self) -> list[Frame]:
         out: list[Frame] = []

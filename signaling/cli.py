@@ -253,6 +253,7 @@ def _serve(args: argparse.Namespace) -> int:
 
     from .app import create_app
     from .http_api import join_url
+    from .server import NodeServer
 
     settings = Settings(
         host=args.host,
@@ -303,7 +304,7 @@ def _serve(args: argparse.Namespace) -> int:
         ws_ping_interval=None,
         lifespan="on",
     )
-    server = uvicorn.Server(config)
+    server = NodeServer(config, app.state.hub)
 
     async def run() -> None:
         task = asyncio.create_task(server.serve())

@@ -39,6 +39,9 @@ log = logging.getLogger("teleconsult.cluster")
 
 # Frames of one burst published in one round trip.
 BATCH = 256
+# How long a message for a live node that is not listening (re-making its bus connection) is
+# sent again; the sender waits meanwhile, which keeps every node's messages in order.
+RESEND_FOR = 2.0
 # A node that does not answer a media request within this long is taken for unreachable.
 CALL_TIMEOUT = 10.0
 # The participant id a cascaded stream is published under on the node it was pulled to.
@@ -101,6 +104,8 @@ class Cluster:
         self.live: dict[str, Load] = {}
         self._out: asyncio.Queue[tuple[str, dict[str, Any]]] = asyncio.Queue()
         self._tasks: list[asyncio.Task[None]] = []
+        self._beat: asyncio.Task[None] | None = None
+        self._stopped = False
         self._spawned: set[asyncio.Task[Any]] = set()
         self._cpu = (time.monotonic(), time.process_time())
         self._calls: dict[str, asyncio.Future[Any]] = {}
@@ -122,14 +127,30 @@ class Cluster:
 
     async def start(self) -> None:
         """Join the cluster: beat, listen and send."""
+        self._beat = asyncio.create_task(self._beat_forever())
         self._tasks = [
-            asyncio.create_task(self._beat_forever()),
+            self._beat,
             asyncio.create_task(self._listen_forever()),
             asyncio.create_task(self._send_forever()),
         ]
 
+    async def hand_over(self) -> None:
+        """Stop beating and free this node's rooms; the bus stays up to close its clients."""
+        if self._beat is not None:
+            self._beat.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._beat
+        try:
+            # Other nodes need not wait for the heartbeat to expire to take these rooms on.
+            await self.hub.store.depart(self.node, [r.id for r in self.hub.rooms.live()])
+        except Exception:
+            log.warning("cannot reach the store to leave the cluster; the heartbeat expires")
+
     async def stop(self) -> None:
         """Leave the cluster; clients piped through here are told to reconnect."""
+        if self._stopped:
+            return
+        self._stopped = True
         for pipe in self.pipes.values():
             pipe.out.put_nowait(("close", Close.GOING_AWAY, "server shutting down"))
         for _ in range(20):
@@ -141,11 +162,7 @@ class Cluster:
         for task in [*self._tasks, *self._spawned]:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
-        try:
-            # Other nodes need not wait for the heartbeat to expire to take these rooms on.
-            await self.hub.store.depart(self.node, [r.id for r in self.hub.rooms.live()])
-        except Exception:
-            log.warning("cannot reach the store to leave the cluster; the heartbeat expires")
+        await self.hand_over()
         await self.redis.aclose()
 
     # -- placement ---------------------------------------------------------------------------
@@ -252,19 +269,39 @@ class Cluster:
             while len(batch) < BATCH and not self._out.empty():
                 batch.append(self._out.get_nowait())
             batch = fan_in(batch)
-            for attempt in range(50):
-                try:
-                    # One connection, one pipeline: Redis delivers them in this order.
-                    async with self.redis.pipeline(transaction=False) as pipe:
-                        for node, message in batch:
-                            pipe.publish(self.channel(node), json.dumps(message))
-                        await pipe.execute()
-                    self.published += len(batch)
-                    break
-                except Exception:
-                    if attempt == 0:
-                        log.warning("cannot reach the bus; holding %d messages", len(batch))
-                    await asyncio.sleep(0.2)
+            await self._publish(batch)
+
+    async def _publish(self, batch: list[tuple[str, dict[str, Any]]]) -> None:
+        """Publish a batch in order; what a live node was not listening for is sent again."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + RESEND_FOR
+        failures = 0
+        while batch:
+            try:
+                # One connection, one pipeline: Redis delivers them in this order.
+                async with self.redis.pipeline(transaction=False) as pipe:
+                    for node, message in batch:
+                        pipe.publish(self.channel(node), json.dumps(message))
+                    received = await pipe.execute()
+                self.published += len(batch)
+                # No receiver: the node is re-making its bus connection (after a Redis
+                # restart) and would never see these. Pub/sub keeps nothing: send them again.
+                batch = [
+                    (node, m)
+                    for (node, m), n in zip(batch, received, strict=True)
+                    if n == 0 and node in self.live
+                ]
+            except Exception:
+                if failures == 0:
+                    log.warning("cannot reach the bus; holding %d messages", len(batch))
+                failures += 1
+            if batch and loop.time() >= deadline:
+                log.warning(
+                    "dropped %d bus messages no node took in %.0f s", len(batch), RESEND_FOR
+                )
+                return
+            if batch:
+                await asyncio.sleep(0.2)
 
     async def _listen_forever(self) -> None:
         while True:
@@ -458,7 +495,8 @@ class Cluster:
         except TimeoutError:
             first = {"type": "websocket.receive", "text": None, "bytes": b""}
         room = self._room_of(first.get("text"))
-        host = self.node if room is None else await self.host_for(room)
+        # A stopping node serves the hello itself, to refuse it: the room is being handed over.
+        host = self.node if room is None or self.hub.draining else await self.host_for(room)
         if host == self.node or first.get("type") != "websocket.receive":
             await Connection(ws, self.hub, first).run()
             return

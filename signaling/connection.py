@@ -103,6 +103,7 @@ class Connection:
         self.last_rate_error = -1e9
         self.closing: _CloseRequest | None = None
         self.leave_reason = "disconnected"
+        self.frozen = False  # the server is stopping: messages are no longer taken
         self.grant: Grant | None = None
         self.room: Room | None = None
         self.participant: Participant | None = None
@@ -158,6 +159,10 @@ class Connection:
             self.error(Code.RATE_LIMITED, what)
         return False
 
+    def freeze(self) -> None:
+        """Take no more messages: the server is stopping and writes what it acknowledged."""
+        self.frozen = True
+
     def shutdown(self) -> None:
         """Close because the server is stopping."""
         self.leave_reason = "server_shutdown"
@@ -184,7 +189,7 @@ class Connection:
             if msg["type"] == "websocket.disconnect":
                 return
             self.last_heard = self.hub.now()
-            if self.closing is not None:
+            if self.closing is not None or self.frozen:
                 continue
             await self._on_frame(msg.get("text"), msg.get("bytes"))
 

@@ -23,6 +23,7 @@ class Code(StrEnum):
     TOKEN_EXPIRED = "token_expired"
     TOKEN_WRONG_ROOM = "token_wrong_room"
     TOKEN_REVOKED = "token_revoked"
+    SERVER_SHUTDOWN = "server_shutdown"
     INTERNAL = "internal"
 
 

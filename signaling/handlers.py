@@ -38,6 +38,15 @@ async def on_hello(conn: Connection, msg: m.Hello) -> None:
     if conn.participant is not None:
         conn.error(Code.ALREADY_JOINED, "this connection has already joined", ref=msg.id)
         return
+    if hub.draining:
+        _refuse(
+            conn,
+            Code.SERVER_SHUTDOWN,
+            "this server is stopping; connect again",
+            Close.GOING_AWAY,
+            msg.id,
+        )
+        return
     if msg.version not in m.PROTOCOL_VERSIONS:
         conn.hub.metrics.errors.labels(code=Code.UNSUPPORTED_VERSION).inc()
         conn.push(

@@ -164,10 +164,14 @@ def routes(hub: Hub) -> list[Route]:
         return guarded
 
     async def healthz(request: Request) -> Response:
-        health: dict[str, Any] = {"status": "ok", "rooms": len(hub.rooms)}
+        health: dict[str, Any] = {
+            "status": "stopping" if hub.draining else "ok",
+            "rooms": len(hub.rooms),
+        }
         if hub.cluster is not None:
             health.update(node=hub.node, cluster_nodes=len(hub.cluster.live))
-        return JSONResponse(health)
+        # A load balancer's health check stops sending newcomers to a stopping node.
+        return JSONResponse(health, status_code=503 if hub.draining else 200)
 
     async def metrics(request: Request) -> Response:
         hub.refresh_gauges()

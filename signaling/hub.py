@@ -62,7 +62,8 @@ class Hub:
         self._journal: asyncio.Queue[tuple[str, str, Any]] = asyncio.Queue()
         # The revision of each room's membership state last journaled (Room.revision).
         self._saved: dict[str, int] = {}
-        self.stopping = False
+        self.stopping = False  # rooms are no longer this node's to write
+        self.draining = False  # newcomers are refused
         self._writer: asyncio.Task[None] | None = None
         self.audit = AuditLog(settings.data_dir / "audit.jsonl")
         self.metrics = Metrics()
@@ -495,37 +496,62 @@ class Hub:
             await self.cluster.start()
         self._sweeper = asyncio.create_task(self._sweep_forever())
 
-    async def stop(self) -> None:
-        """Stop background work and close every connection."""
-        if self._sweeper is not None:
-            self._sweeper.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._sweeper
-        # The rooms as they are now are what the node taking them over (or this one, restarted)
-        # must find; everyone leaving because the node stops is not part of their history.
+    async def drain(self) -> None:
+        """Stop without losing anything: refuse newcomers, freeze, write, hand over, then close.
+
+        Every operation a client saw acknowledged is in the store before its connection closes;
+        on a single node running recordings are stopped and everyone is told; in a cluster they
+        go on as the next segment on the node that takes the room.
+        """
+        if self.draining:
+            return
+        self.draining = True
+        log.info("stopping: refusing new participants and handing rooms over")
+        for conn in list(self.connections):
+            conn.freeze()  # what it acknowledged is queued for the store; it takes no more
         for room in self.rooms.live():
+            if self.cluster is None and room.recording.active:
+                self.stop_recording(room, None)  # `recording` stopped, to everyone
+                self.audit.record(
+                    "record_stop", room=room.id, actor="server", code="server_shutdown"
+                )
+            # The rooms as they are now are what the node taking them over (or this one,
+            # restarted) must find; everyone leaving because the node stops is not history.
             self.persist(room)
             room.journal = None
         self.stopping = True
         for recorder in list(self.recorders.values()):
             recorder.stop()
         self.recorders.clear()
-        for conn in list(self.connections):
-            conn.shutdown()
-        for _ in range(20):  # their leaves are journaled as they close (2 s at most)
-            if not self.connections:
-                break
-            await asyncio.sleep(0.1)
         if self._writer is not None:
             # Everything queued reaches the store (5 s at most) before this node leaves the
             # cluster: the node that takes a room over must find it whole.
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._journal.join(), 5.0)
+        if self.cluster is not None:
+            # The rooms are free for the other nodes before anyone is told to reconnect, so
+            # that each client reconnects once, to the room on its new host.
+            await self.cluster.hand_over()
+        for conn in list(self.connections):
+            conn.shutdown()  # a relayed client's close goes through the bus to its edge
+        for _ in range(20):  # 2 s at most
+            if not self.connections:
+                break
+            await asyncio.sleep(0.1)
+        if self.cluster is not None:
+            await self.cluster.stop()
+
+    async def stop(self) -> None:
+        """Drain if not yet done, then stop background work, media, TURN and the store."""
+        await self.drain()
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._sweeper
+        if self._writer is not None:
             self._writer.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._writer
-        if self.cluster is not None:
-            await self.cluster.stop()
         await self.sfu.close()
         if self.turn is not None:
             await self.turn.stop()

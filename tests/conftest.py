@@ -22,6 +22,7 @@ from signaling.app import create_app
 from signaling.client import SignalingClient
 from signaling.config import Secrets, Settings
 from signaling.hub import Hub
+from signaling.server import NodeServer
 from signaling.tokens import mint
 
 if TYPE_CHECKING:
@@ -107,7 +108,7 @@ async def running_server(data_dir: Path, **overrides: Any) -> AsyncIterator[Serv
     config = uvicorn.Config(
         app, log_level="warning", ws_max_size=1024 * 1024, ws_ping_interval=None, lifespan="on"
     )
-    server = uvicorn.Server(config)
+    server = NodeServer(config, app.state.hub)
     task = asyncio.create_task(server.serve(sockets=[sock]))
     for _ in range(200):
         if server.started:

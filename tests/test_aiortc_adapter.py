@@ -133,3 +133,22 @@ async def test_relay_pair_forwards_packets_and_repairs_a_loss() -> None:
         await a.close()
         await b.close()
         use_host_addresses(None)
+
+
+def test_receiver_statistics_across_the_rtp_clock_wrap(monkeypatch: pytest.MonkeyPatch) -> None:
+    import aiortc.rtcrtpreceiver
+
+    from media.aiortc_adapter import WrapSafeStatistics
+
+    now = [1000.0]
+    monkeypatch.setattr(aiortc.rtcrtpreceiver.time, "time", lambda: now[0])
+    stats = WrapSafeStatistics(90000)
+    seq, ts = 65000, (1 << 32) - 3000 * 50
+    worst = 0
+    for _ in range(2000):  # 66 s at 30 packets/s, on time: both counters wrap
+        stats.add(RtpPacket(payload_type=96, sequence_number=seq, timestamp=ts))
+        worst = max(worst, stats.jitter)
+        seq, ts = (seq + 1) % 65536, (ts + 3000) % (1 << 32)
+        now[0] += 1 / 30
+    assert worst < 90  # under a millisecond; the raw difference reported 2**28 (49 minutes)
+    assert stats.packets_expected == 2000 and stats.packets_lost == 0

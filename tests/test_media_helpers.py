@@ -14,7 +14,7 @@ from aiortc.codecs.vpx import Vp8Encoder
 from media.estimator import RateAggregator, Throttle
 from media.keyframe import KEYFRAME_START, h264_keyframe_start, vp8_keyframe_start
 from media.packetcache import PacketCache
-from media.rewrite import Rewriter, seq_newer
+from media.rewrite import Rewriter
 
 
 def frames(n: int, width: int = 320, height: int = 240) -> list[av.VideoFrame]:
@@ -66,22 +66,25 @@ def test_keyframe_edge_cases() -> None:
 
 def test_rewriter_continuous_across_source_change_and_wrap() -> None:
     rw = Rewriter(seq_start=65534, ts_start=1000, clock_rate=90000)
-    rw.rebase(in_seq=100, in_ts=5000, now=0.0)
+    rw.rebase(ext_seq=100, in_ts=5000, now=0.0)
     assert rw.map(100, 5000, 0.0) == (65534, 1000)
     assert rw.map(101, 8000, 0.033) == (65535, 4000)
     assert rw.map(102, 8000, 0.034) == (0, 4000)  # sequence wraps
     assert rw.map(99, 2000, 0.035) is None  # before the start: never sent
     assert rw.map(101, 8000, 0.036) == (65535, 4000)  # a late duplicate maps the same
     # The publisher restarts with a new SSRC and unrelated numbers; output stays continuous.
-    rw.rebase(in_seq=7, in_ts=123456, now=1.034)
-    seq, ts = rw.map(7, 123456, 1.034)  # type: ignore[misc]
+    rw.rebase(ext_seq=7 + 3 * 65536, in_ts=123456, now=1.034)
+    seq, ts = rw.map(7 + 3 * 65536, 123456, 1.034)  # type: ignore[misc]
     assert seq == 1
     assert ts == 4000 + 90000  # one second of clock passed
 
 
-def test_seq_newer() -> None:
-    assert seq_newer(1, 0) and seq_newer(0, 65535) and not seq_newer(0, 1)
-    assert not seq_newer(5, 5)
+def test_rewriter_maps_far_past_half_the_sequence_space() -> None:
+    # Issue 12: every subscriber froze for good 32,768 packets after its start.
+    rw = Rewriter(0, 0, 90000)
+    rw.rebase(100, 0, 0)
+    assert rw.map(100 + 32769, 0, 0) == (32769, 0)
+    assert rw.map(100 + 10 * 65536 + 5, 0, 0) == (5, 0)
 
 
 def test_packet_cache() -> None:
