@@ -470,6 +470,18 @@ def guard_ice_ports() -> None:
     aioice.ice.StunProtocol.datagram_received = _guarded_datagram_received  # type: ignore[method-assign,assignment]
 
 
+# Consent freshness (RFC 7675) checked every second, lost after four unanswered checks: a dead
+# media path is noticed in about 4 s instead of aioice's 30 s.
+CONSENT_INTERVAL = 1.0
+CONSENT_FAILURES = 4
+
+
+def quick_consent() -> None:
+    """Make ICE in this process notice a dead media path within about four seconds."""
+    aioice.ice.CONSENT_INTERVAL = CONSENT_INTERVAL  # type: ignore[assignment]
+    aioice.ice.CONSENT_FAILURES = CONSENT_FAILURES
+
+
 _original_host_addresses = aioice.ice.get_host_addresses
 
 

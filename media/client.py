@@ -19,7 +19,7 @@ from aiortc.rtcconfiguration import RTCIceTransportPolicy
 
 from signaling.client import SignalingClient
 
-from .aiortc_adapter import guard_ice_ports
+from .aiortc_adapter import guard_ice_ports, quick_consent
 
 
 def prefer_codec(transceiver: Any, kind: str, name: str) -> None:
@@ -69,6 +69,7 @@ class MediaClient:
     ) -> None:
         self.signaling = signaling
         guard_ice_ports()
+        quick_consent()
         # By default no ICE servers (aiortc would otherwise ask a public STUN server); with
         # use_turn, the TURN servers the server handed out on join, and relay_only forces them.
         self.use_turn = use_turn or relay_only
@@ -91,9 +92,16 @@ class MediaClient:
         return RTCConfiguration(iceServers=servers, iceTransportPolicy=policy)
 
     async def publish(
-        self, feeds: list[tuple[MediaStreamTrack, str, str]], video_codec: str | None = None
+        self,
+        feeds: list[tuple[MediaStreamTrack, str, str]],
+        video_codec: str | None = None,
+        replace: str | None = None,
     ) -> Published:
-        """Publish tracks as one stream; each feed is (track, source, label)."""
+        """Publish tracks as one stream; each feed is (track, source, label).
+
+        With `replace`, the tracks are new media for that stream of ours (its path was lost):
+        the stream keeps its id and its viewers.
+        """
         pc = RTCPeerConnection(self.configuration())
         transceivers = []
         for track, source, label in feeds:
@@ -106,10 +114,15 @@ class MediaClient:
         specs = [
             {"mid": t.mid, "source": source, "label": label} for t, source, label in transceivers
         ]
+        message: dict[str, Any] = {
+            "type": "publish",
+            "sdp": pc.localDescription.sdp,
+            "feeds": specs,
+        }
+        if replace is not None:
+            message["stream"] = replace
         try:
-            reply = await self.signaling.request(
-                {"type": "publish", "sdp": pc.localDescription.sdp, "feeds": specs}
-            )
+            reply = await self.signaling.request(message)
         except Exception:
             await pc.close()
             raise
@@ -119,7 +132,10 @@ class MediaClient:
             pc,
             {str(t.mid): f"{reply['stream']}.{t.mid}" for t, _, _ in transceivers},
         )
+        old = self.published.get(stream.id)
         self.published[stream.id] = stream
+        if old is not None and old.pc is not pc:
+            await old.pc.close()  # the connection whose path was lost
         return stream
 
     async def unpublish(self, stream_id: str) -> None:

@@ -23,6 +23,8 @@ from .aiortc_adapter import (
     codec_preferences,
     guard_ice_ports,
     negotiated_codec,
+    quick_consent,
+    same_codec,
 )
 from .histogram import Histogram
 from .tracks import DownTrack, UpTrack
@@ -30,15 +32,24 @@ from .tracks import DownTrack, UpTrack
 log = logging.getLogger("teleconsult.media")
 
 ANSWER_TIMEOUT = 30.0
+# Reasons given to on_up_closed for a stream that did not end: its media path was lost, or
+# its publisher brought new media for it.
+INTERRUPTED = "interrupted"
+RESUMED = "resumed"
 
 
 class Media(Protocol):
     """What signaling asks of the media of one node: this node's Sfu, or another node's."""
 
     async def publish(
-        self, stream_id: str, participant_id: str, offer: str, feed_ids: dict[str, str]
+        self,
+        stream_id: str,
+        participant_id: str,
+        offer: str,
+        feed_ids: dict[str, str],
+        replace: bool = False,
     ) -> tuple[str, dict[str, str]]:
-        """Accept a publisher's offer; return the answer and each mid's codec name."""
+        """Accept a publisher's offer (with replace, new media for a stream it publishes)."""
 
     async def unpublish(self, stream_id: str, reason: str) -> None:
         """Close a published stream."""
@@ -105,6 +116,7 @@ class UpStream:
     pc: RelayPeerConnection
     tracks: dict[str, UpTrack] = field(default_factory=dict)
     downs: set[str] = field(default_factory=set)
+    interrupted: bool = False  # its media path is lost; waiting to be published again
 
 
 @dataclass
@@ -131,6 +143,7 @@ class Sfu:
     ) -> None:
         add_relay_codecs()
         guard_ice_ports()
+        quick_consent()
         self.clock = clock
         # A public address to write into candidates in place of the gathered host address
         # (a 1:1 NAT); None when candidates already carry the right address.
@@ -145,9 +158,21 @@ class Sfu:
     # -- publishing --------------------------------------------------------------------------
 
     async def publish(
-        self, stream_id: str, participant_id: str, offer: str, feed_ids: dict[str, str]
+        self,
+        stream_id: str,
+        participant_id: str,
+        offer: str,
+        feed_ids: dict[str, str],
+        replace: bool = False,
     ) -> tuple[str, dict[str, str]]:
-        """Accept a publisher's offer; return the answer and each mid's codec name."""
+        """Accept a publisher's offer; return the answer and each mid's codec name.
+
+        With `replace`, the offer brings new media for a stream the participant publishes (its
+        path was lost: a new address, a long cut): a new peer connection feeds the same tracks,
+        and every subscriber goes on in its own numbering from the next keyframe.
+        """
+        if replace:
+            return await self._replace(stream_id, participant_id, offer)
         if stream_id in self.ups:
             raise MediaError("stream_exists", "a stream with this id is published")
         pc = RelayPeerConnection(RTCConfiguration(iceServers=[]))
@@ -174,8 +199,48 @@ class Sfu:
         except Exception as e:
             await self.unpublish(stream_id, "refused")
             raise MediaError("bad_sdp", f"the offer was not accepted: {e}") from None
-        self._watch(pc, lambda: self.unpublish(stream_id, "failed"))
+        self._watch_up(up, pc)
         return self._local_sdp(pc), codecs
+
+    async def _replace(
+        self, stream_id: str, participant_id: str, offer: str
+    ) -> tuple[str, dict[str, str]]:
+        up = self.ups.get(stream_id)
+        if up is None or up.participant_id != participant_id:
+            raise MediaError("no_such_stream", "you publish no stream with this id")
+        pc = RelayPeerConnection(RTCConfiguration(iceServers=[]))
+        try:
+            await pc.setRemoteDescription(RTCSessionDescription(offer, "offer"))
+            pairs = []
+            for t in pc.getTransceivers():
+                codec = negotiated_codec(t)
+                track = up.tracks.get(t.mid or "")
+                if codec is None or track is None or track.kind != t.kind:
+                    raise MediaError("feeds_mismatch", "the offer does not carry this stream")
+                if not same_codec(codec, track.codec):
+                    # Subscribers negotiated the first codec; they could not decode another.
+                    raise MediaError("feeds_mismatch", "a stream keeps its codec when resumed")
+                receiver = t.receiver
+                assert isinstance(receiver, ForwardingReceiver)
+                pairs.append((track, receiver, codec))
+            if len(pairs) != len(up.tracks):
+                raise MediaError("feeds_mismatch", "the offer does not carry this stream")
+            answer = await pc.createAnswer()
+            await pc.setLocalDescription(answer)
+        except MediaError:
+            await pc.close()
+            raise
+        except Exception as e:
+            await pc.close()
+            raise MediaError("bad_sdp", f"the offer was not accepted: {e}") from None
+        old, up.pc, up.interrupted = up.pc, pc, False
+        for track, receiver, codec in pairs:
+            track.take(receiver, codec)
+        self._watch_up(up, pc)
+        await old.close()
+        if self.on_up_closed is not None:
+            self.on_up_closed(stream_id, RESUMED)
+        return self._local_sdp(pc), {mid: t.codec.name for mid, t in up.tracks.items()}
 
     async def unpublish(self, stream_id: str, reason: str) -> None:
         """Close a publisher's stream and every subscription to it."""
@@ -292,7 +357,7 @@ class Sfu:
         ups = []
         for up in self.ups.values():
             for mid, t in up.tracks.items():
-                lost, expected = t.receiver.loss()
+                counts = t.counts()
                 ups.append(
                     {
                         "stream": up.id,
@@ -301,15 +366,12 @@ class Sfu:
                         "kind": t.kind,
                         "codec": t.codec.name,
                         "participant_id": up.participant_id,
-                        "packets": t.receiver.packets,
-                        "bytes": t.receiver.bytes,
-                        "lost": lost,
-                        "expected": expected,
-                        "nacks_sent": t.receiver.nacks_sent,
+                        **counts,
                         "plis_sent": t.plis_sent,
                         "keyframes": t.keyframes,
                         "subscribers": len(t.downs),
                         "upstream_bitrate": t.receiver.upstream_bitrate,
+                        "state": "reconnecting" if up.interrupted else "live",
                     }
                 )
         downs = []
@@ -345,6 +407,18 @@ class Sfu:
         down = self.downs.get(down_id)
         if down is not None and not down.answered:
             await self.unsubscribe(down_id, "no_answer")
+
+    def _watch_up(self, up: UpStream, pc: RelayPeerConnection) -> None:
+        @pc.on("connectionstatechange")
+        def _changed() -> None:
+            # The publisher's path is lost (consent expired, or its DTLS ended): the stream
+            # waits for the publisher to publish it again; the room decides for how long.
+            # A connection replaced or closed by us is not the stream's any more.
+            lost = pc.connectionState in ("failed", "closed")
+            if lost and self.ups.get(up.id) is up and up.pc is pc and not up.interrupted:
+                up.interrupted = True
+                if self.on_up_closed is not None:
+                    self.on_up_closed(up.id, INTERRUPTED)
 
     def _watch(self, pc: RelayPeerConnection, on_failure: Callable[[], Any]) -> None:
         @pc.on("connectionstatechange")

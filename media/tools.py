@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import statistics
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import av
+from aiortc import RTCPeerConnection
 from aiortc.mediastreams import MediaStreamTrack
 
 from signaling.client import FINAL_CLOSES, JoinRefused, RequestFailed, SignalingClient
@@ -38,6 +39,47 @@ def open_source(source: str, size: tuple[int, int], fps: float) -> list[MediaStr
     return [t for t in (player.video, player.audio) if t is not None]
 
 
+# Reconnect attempts: at once, then every quarter second up to one, so that a station is back
+# within a second or two of its network; each attempt bounded, as a silent path never answers.
+BACKOFF_FIRST = 0.25
+BACKOFF_MAX = 0.5
+# Under a silent path a TCP handshake waits for its SYN to be sent again (after 1 s): an
+# attempt bounded at 1.5 s, half a second apart, puts a SYN on the wire at least every second.
+CONNECT_TIMEOUT = 1.5
+
+
+async def connect_again(
+    new_client: Callable[[], SignalingClient], deadline: float | None
+) -> SignalingClient | None:
+    """Connect until it works (None once the deadline passes); a refusal raises JoinRefused."""
+    backoff = BACKOFF_FIRST
+    while deadline is None or time.monotonic() < deadline:
+        client = new_client()
+        try:
+            await client.connect(timeout=CONNECT_TIMEOUT)
+            return client
+        except JoinRefused:
+            await client.close()
+            raise
+        except (OSError, ConnectionError, TimeoutError):
+            await client.close()
+            await asyncio.sleep(backoff)
+            backoff = min(BACKOFF_MAX, backoff * 2)
+    return None
+
+
+def watch_connection(pc: RTCPeerConnection) -> asyncio.Event:
+    """Return an event set when a peer connection's path is lost (failed or closed)."""
+    lost = asyncio.Event()
+
+    @pc.on("connectionstatechange")
+    def _changed() -> None:
+        if pc.connectionState in ("failed", "closed"):
+            lost.set()
+
+    return lost
+
+
 async def publish(
     new_client: Callable[[], SignalingClient],
     open_tracks: Callable[[], list[MediaStreamTrack]],
@@ -46,46 +88,99 @@ async def publish(
     codec: str | None,
     duration: float | None,
 ) -> None:
-    """Publish until the duration passes; after a drop, reconnect and publish again.
+    """Publish until the duration passes, healing every loss of the way by itself.
 
-    A station at a clinic must not need a person to restart it when the network blinks or the
-    server's node is lost: any close that is not final (FINAL_CLOSES) is followed by a new
-    connection, with backoff, and the sources are opened again. A refusal raises JoinRefused.
+    A station at a clinic must not need a person when the network blinks, changes address or
+    goes silent for a while, or when the server's node is lost: a dead signaling connection
+    (noticed within the server's ping timeout, or at once when this machine's address goes)
+    is made again; media whose path was lost is published again under the same stream id,
+    so viewers keep their subscription and see a pause. Only a final close (FINAL_CLOSES)
+    ends it; a refusal raises JoinRefused.
     """
     deadline = None if duration is None else time.monotonic() + duration
-    backoff = 0.5
-    while deadline is None or time.monotonic() < deadline:
-        client = new_client()
-        try:
-            await client.connect()
-        except JoinRefused:
-            raise
-        except (OSError, ConnectionError, TimeoutError):
-            await asyncio.sleep(backoff)
-            backoff = min(5.0, backoff * 2)
-            continue
-        backoff = 0.5
-        media = MediaClient(client)
-        tracks: list[MediaStreamTrack] = []
-        try:
-            tracks = open_tracks()
-            feeds = [
-                (t, video_source if t.kind == "video" else "microphone", label) for t in tracks
-            ]
-            stream = await media.publish(feeds, video_codec=codec)
-            print(json.dumps({"published": stream.id, "feeds": stream.feeds}), flush=True)
-            left = None if deadline is None else max(0.0, deadline - time.monotonic())
-            with contextlib.suppress(TimeoutError, ConnectionError):
-                await client.wait_closed(timeout=1e9 if left is None else left)
-        except (ConnectionError, RequestFailed):
-            pass  # lost while publishing: start again
-        finally:
+    stream_id: str | None = None
+    media: MediaClient | None = None
+    try:
+        while deadline is None or time.monotonic() < deadline:
+            client = await connect_again(new_client, deadline)
+            if client is None:
+                return
+            if media is None:
+                media = MediaClient(client)
+            moved = media.signaling.gave_up == "address"
+            media.signaling = client  # media that still flows is kept across a reconnect
+            described = {s["id"]: s for s in client.welcome.get("streams", [])}
+            kept = stream_id in described
+            lost = kept and described[stream_id].get("state") == "reconnecting"
+            if stream_id in media.published and (moved or lost):
+                # The media must go again: this machine's address changed (a handover, and the
+                # media path left from it too), or the server lost it while we were away.
+                await media.published[stream_id].pc.close()
+            try:
+                while deadline is None or time.monotonic() < deadline:
+                    published = media.published.get(stream_id or "")
+                    if (
+                        published is None
+                        or not kept
+                        or published.pc.connectionState in ("failed", "closed")
+                    ):
+                        feeds = [
+                            (t, video_source if t.kind == "video" else "microphone", label)
+                            for t in open_tracks()
+                        ]
+                        replace = stream_id if kept else None
+                        if published is not None and not kept:
+                            media.published.pop(published.id, None)
+                            await published.pc.close()
+                        published = await media.publish(feeds, video_codec=codec, replace=replace)
+                        stream_id, kept = published.id, True
+                        print(
+                            json.dumps({"published": published.id, "feeds": published.feeds}),
+                            flush=True,
+                        )
+                    if not await _until_lost(client, published.pc, published.id, deadline):
+                        break  # the signaling connection is gone: make it again
+                    if client.stale:
+                        # The media path died and the server is late too: the network went.
+                        # A new connection beats waiting out TCP's backoff on the old one.
+                        client.give_up("silent")
+                        break
+            except (ConnectionError, RequestFailed, TimeoutError):
+                pass  # lost while publishing: start again
+            finally:
+                await client.close()
+            if client.close_code in FINAL_CLOSES:
+                return
+    finally:
+        if media is not None:
             await media.close()
-            await client.close()
-            for t in tracks:
-                t.stop()  # a capture device is let go, and opened again on the next connection
-        if client.close_code in FINAL_CLOSES:
-            return
+
+
+async def _until_lost(
+    client: SignalingClient, pc: RTCPeerConnection, stream_id: str, deadline: float | None
+) -> bool:
+    """Wait until the media path is lost (True), or the signaling one or the time (False).
+
+    The server saying it lost the stream's media counts as lost: this side may not have
+    noticed yet. Events are read as they come, so none pile up over hours.
+    """
+    lost = watch_connection(pc)
+    while not lost.is_set():
+        if deadline is not None and time.monotonic() >= deadline:
+            return False
+        try:
+            event = await client.recv(timeout=0.25)
+        except TimeoutError:
+            continue
+        except ConnectionError:
+            return False
+        if (
+            event.get("type") == "stream_state"
+            and event.get("stream_id") == stream_id
+            and event.get("state") == "reconnecting"
+        ):
+            return True
+    return not client.closed
 
 
 @dataclass
@@ -93,13 +188,16 @@ class FeedStats:
     """What a subscriber measured on one video feed."""
 
     frames: int = 0
-    latencies: list[float] = field(default_factory=list)
+    # The latest 10,000 (a tool may run for hours).
+    latencies: deque[float] = field(default_factory=lambda: deque(maxlen=10_000))
     first_frame_after: float | None = None
+    last_at: float | None = None  # wall time of the latest frame
+    pauses: int = 0
 
     def summary(self) -> dict[str, Any]:
         """Return counts and latency percentiles in milliseconds."""
         lat = sorted(self.latencies)
-        out: dict[str, Any] = {"frames": self.frames}
+        out: dict[str, Any] = {"frames": self.frames, "pauses": self.pauses}
         if lat:
             out["latency_ms_p50"] = round(statistics.median(lat), 1)
             out["latency_ms_p95"] = round(lat[int(0.95 * (len(lat) - 1))], 1)
@@ -108,54 +206,127 @@ class FeedStats:
         return out
 
 
-async def _consume(track: MediaStreamTrack, stats: FeedStats, started: float) -> None:
+# A picture that stops for longer than this and comes back is reported as a pause.
+PAUSE = 0.5
+
+
+async def _consume(feed_id: str, track: MediaStreamTrack, stats: FeedStats, started: float) -> None:
     while True:
         try:
             frame = await track.recv()
         except Exception:
             return
-        now_ms = time.time() * 1000
+        now = time.time()
+        now_ms = now * 1000
         stats.frames += 1
         if stats.first_frame_after is None:
             stats.first_frame_after = time.monotonic() - started
+        read = None
         if isinstance(frame, av.VideoFrame):
             read = stamp.read(frame.to_ndarray(format="gray"))
             if read is not None and abs(now_ms - read[0]) < 60_000:
                 stats.latencies.append(now_ms - read[0])
+        if stats.last_at is not None and now - stats.last_at > PAUSE:
+            # The picture came back: say when, after how long, and when this frame was taken.
+            stats.pauses += 1
+            event = {"feed": feed_id, "paused_s": round(now - stats.last_at, 3), "at": now}
+            if read is not None:
+                event["captured_ms"] = read[0]
+            print(json.dumps({"resumed": event}), flush=True)
+        stats.last_at = now
 
 
-async def subscribe(client: SignalingClient, duration: float | None, show: bool) -> dict[str, Any]:
-    """Receive every stream of the room (and those added later); return per-feed statistics."""
-    media = MediaClient(client)
+async def subscribe(
+    new_client: Callable[[], SignalingClient], duration: float | None, show: bool
+) -> dict[str, Any]:
+    """Receive every stream of the room (and those added later); return per-feed statistics.
+
+    Like `publish`, it heals by itself: the signaling connection is made again after any close
+    that is not final, a subscription whose media path was lost is made again, and a stream
+    that is gone (`no_such_stream`) is simply not received.
+    """
     feeds: dict[str, FeedStats] = {}
-    tasks: list[asyncio.Task[None]] = []
+    deadline = None if duration is None else time.monotonic() + duration
+    media: MediaClient | None = None
+    receiving: dict[str, tuple[Subscription, list[asyncio.Task[None]]]] = {}  # by stream id
+    last_print = time.monotonic()
 
     async def take(stream_id: str) -> None:
+        assert media is not None
         started = time.monotonic()
-        sub: Subscription = await media.subscribe(stream_id)
+        try:
+            sub = await media.subscribe(stream_id)
+        except RequestFailed:
+            return  # gone before we asked (published and withdrawn at once)
+        tasks = []
         for feed_id, track in sub.tracks.items():
-            feeds[feed_id] = FeedStats()
-            tasks.append(asyncio.create_task(_consume(track, feeds[feed_id], started)))
+            stats = feeds.setdefault(feed_id, FeedStats())
+            tasks.append(asyncio.create_task(_consume(feed_id, track, stats, started)))
+        receiving[stream_id] = (sub, tasks)
 
-    for s in client.welcome.get("streams", []):
-        await take(s["id"])
-    deadline = None if duration is None else time.monotonic() + duration
-    last_print = time.monotonic()
+    async def drop(stream_id: str) -> None:
+        assert media is not None
+        held = receiving.pop(stream_id, None)
+        if held is not None:
+            sub, tasks = held
+            for t in tasks:
+                t.cancel()
+            media.subscriptions.pop(sub.id, None)
+            await sub.pc.close()
+
     try:
         while deadline is None or time.monotonic() < deadline:
-            try:
-                event = await client.recv(timeout=0.5)
-            except TimeoutError:
-                event = None
-            except ConnectionError:
+            client = await connect_again(new_client, deadline)
+            if client is None:
                 break
-            if event is not None and event["type"] == "stream_added":
-                await take(event["stream"]["id"])
-            if show and time.monotonic() - last_print >= 1.0:
-                last_print = time.monotonic()
-                print(json.dumps({k: v.summary() for k, v in feeds.items()}), flush=True)
+            if media is None:
+                media = MediaClient(client)
+            if media.signaling.gave_up == "address":
+                # This machine's address changed: the media paths left from it too.
+                for sub, _ in receiving.values():
+                    await sub.pc.close()
+            media.signaling = client
+            try:
+                live = {s["id"] for s in client.welcome.get("streams", [])}
+                for stream_id in list(receiving):
+                    if stream_id not in live:
+                        await drop(stream_id)
+                for stream_id in live:
+                    held = receiving.get(stream_id)
+                    if held is None or held[0].pc.connectionState in ("failed", "closed"):
+                        await drop(stream_id)
+                        await take(stream_id)
+                while deadline is None or time.monotonic() < deadline:
+                    try:
+                        event = await client.recv(timeout=0.5)
+                    except TimeoutError:
+                        event = None
+                    if event is not None and event["type"] == "stream_added":
+                        await take(event["stream"]["id"])
+                    elif event is not None and event["type"] == "stream_removed":
+                        await drop(event["stream_id"])
+                    for stream_id, (sub, _) in list(receiving.items()):
+                        # Our own path to the server was lost: receive it again, over a new
+                        # signaling connection if the server is late too (the network went).
+                        if sub.pc.connectionState in ("failed", "closed"):
+                            if client.stale:
+                                client.give_up("silent")
+                                raise ConnectionError("the network went")
+                            await drop(stream_id)
+                            await take(stream_id)
+                    if show and time.monotonic() - last_print >= 1.0:
+                        last_print = time.monotonic()
+                        print(json.dumps({k: v.summary() for k, v in feeds.items()}), flush=True)
+            except (ConnectionError, RequestFailed):
+                pass  # the signaling connection is gone: make it again
+            finally:
+                await client.close()
+            if client.close_code in FINAL_CLOSES:
+                break
     finally:
-        for t in tasks:
-            t.cancel()
-        await media.close()
+        for stream_id in list(receiving):
+            if media is not None:
+                await drop(stream_id)
+        if media is not None:
+            await media.close()
     return {k: v.summary() for k, v in feeds.items()}

@@ -25,6 +25,10 @@ REMB_INTERVAL = 1.0
 # Packets kept after forwarding, for a subscriber that starts at a keyframe whose later packets
 # overtook its first one (reordering, or a retransmission that arrived before the original).
 RECENT = 256
+# Video that stops for this long and comes back has lost frames no NACK will bring back (a
+# network outage): every subscriber waits for the keyframe asked for at once, instead of
+# decoding garbage until the encoder's next one.
+GAP = 0.5
 
 
 class UpTrack:
@@ -63,6 +67,9 @@ class UpTrack:
         self.duplicates = 0
         self.stale = 0
         self._recent: deque[tuple[int, RtpPacket]] = deque(maxlen=RECENT)
+        self._last_at: float | None = None
+        # Counts of the receivers this track had before the current one (publisher reconnects).
+        self._earlier = {"packets": 0, "bytes": 0, "nacks_sent": 0, "lost": 0, "expected": 0}
         self._key_throttle = Throttle(KEYFRAME_INTERVAL)
         self._remb_throttle = Throttle(REMB_INTERVAL)
         self._tasks: set[asyncio.Task[None]] = set()
@@ -72,6 +79,7 @@ class UpTrack:
         """Forward one packet from the publisher to every subscriber."""
         now = self.clock()
         if packet.ssrc != self.source_ssrc and not self._new_source(packet.ssrc):
+            # A late packet of a source that was replaced (or of a connection replaced).
             self.stale += 1
             return
         verdict, ext = self.sequence.push(packet.sequence_number)
@@ -81,9 +89,13 @@ class UpTrack:
         if verdict is Verdict.STALE:
             self.stale += 1
             return
-        if verdict is Verdict.RESTART:
+        gap = self._last_at is not None and now - self._last_at > GAP
+        self._last_at = now
+        if verdict is Verdict.RESTART or (gap and self._starts_key is not None):
             self.epoch += 1
             self._recent.clear()
+            if verdict is not Verdict.RESTART:
+                self.request_keyframe()
         self._recent.append((ext, packet))
         key = True if self._starts_key is None else self._starts_key(packet.payload)
         if key and self._starts_key is not None:
@@ -102,6 +114,42 @@ class UpTrack:
             target = self.rates.target(now, self.receiver.upstream_bitrate)
             if target is not None:
                 await self.receiver.send_remb(target)
+
+    def take(self, receiver: ForwardingReceiver, codec: RTCRtpCodecParameters) -> None:
+        """Go on from a new receiver (the publisher's new connection), with the same subscribers.
+
+        Its packets are a new source: each subscriber restarts at the next keyframe, its own
+        numbering going on without a gap.
+        """
+        old = self.receiver
+        lost, expected = old.loss()
+        for key, value in (
+            ("packets", old.packets),
+            ("bytes", old.bytes),
+            ("nacks_sent", old.nacks_sent),
+            ("lost", lost),
+            ("expected", expected),
+        ):
+            self._earlier[key] += value
+        old.on_packet = None
+        if self.source_ssrc is not None:
+            self._retired = [*self._retired[-3:], self.source_ssrc]
+        self.source_ssrc = None
+        self.receiver = receiver
+        self.codec = codec
+        receiver.on_packet = self.on_packet
+
+    def counts(self) -> dict[str, int]:
+        """Return packets, bytes, NACKs sent, lost and expected over every receiver it had."""
+        lost, expected = self.receiver.loss()
+        now = {
+            "packets": self.receiver.packets,
+            "bytes": self.receiver.bytes,
+            "nacks_sent": self.receiver.nacks_sent,
+            "lost": lost,
+            "expected": expected,
+        }
+        return {k: v + self._earlier[k] for k, v in now.items()}
 
     def after(self, ext: int) -> list[tuple[int, RtpPacket]]:
         """Return the packets of this epoch already taken that come after `ext`, in order."""

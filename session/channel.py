@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 from collections import deque
 from dataclasses import dataclass, field
@@ -47,7 +48,9 @@ class Channel:
 
     limits: Limits = field(default_factory=Limits)
     seq: int = 0
-    log: deque[Event] = field(default_factory=deque)
+    # (seq, JSON) of the latest operations, for resume and retries; kept encoded, as a room
+    # holds thousands of them.
+    log: deque[tuple[int, str]] = field(default_factory=deque)
     shapes: dict[str, Event] = field(default_factory=dict)  # live annotations by id
     pointers: dict[str, Event] = field(default_factory=dict)  # last pointer by author
     chat: deque[Event] = field(default_factory=deque)
@@ -151,9 +154,9 @@ class Channel:
         who, seq = used
         if who != author:
             raise SessionError(Code.DUPLICATE_ID, "this operation id is taken")
-        for event in reversed(self.log):
-            if event["seq"] == seq:
-                return event
+        for logged_seq, encoded in reversed(self.log):
+            if logged_seq == seq:
+                return dict(json.loads(encoded))
         # Too old to find: the client already has it, a fresh acknowledgement will do.
         return {"type": "op", "seq": seq, "id": op_id, "author": author, "op": "ack"}
 
@@ -170,7 +173,7 @@ class Channel:
         ch = cls(limits or Limits())
         for e in sorted(events, key=lambda e: e["seq"]):
             ch.seq = e["seq"]
-            ch.log.append(e)
+            ch.log.append(_logged(e))
             ch.ids[e["id"]] = (e["author"], e["seq"])
             kind = e["op"]
             if kind in SHAPES:
@@ -217,9 +220,9 @@ class Channel:
                 "ops": [],
                 "pointers": list(self.pointers.values()),
             }
-        if not self.log or self.log[0]["seq"] > seq + 1:
+        if not self.log or self.log[0][0] > seq + 1:
             return self.snapshot()
-        missed = [e for e in self.log if e["seq"] > seq]
+        missed = [json.loads(encoded) for q, encoded in self.log if q > seq]
         return {
             "mode": "resume",
             "seq": self.seq,
@@ -232,15 +235,20 @@ class Channel:
     def _order(self, author: str, body: dict[str, Any], now: float) -> Event:
         self.seq += 1
         event: Event = {"type": "op", "seq": self.seq, "author": author, "server_ts": now, **body}
-        self.log.append(event)
+        self.log.append(_logged(event))
         while len(self.log) > self.limits.log:
             self.log.popleft()
         self.ids[event["id"]] = (author, self.seq)
         if len(self.ids) > 4 * self.limits.log:
             # Ids older than the log cannot be resent anyway; keep the map bounded.
-            oldest = self.log[0]["seq"]
+            oldest = self.log[0][0]
             self.ids = {k: v for k, v in self.ids.items() if v[1] >= oldest}
         return event
+
+
+def _logged(event: Event) -> tuple[int, str]:
+    """Return an event as the log keeps it: its number and its JSON, five times smaller."""
+    return event["seq"], json.dumps(event, separators=(",", ":"))
 
 
 def check_points(kind: str, points: list[list[float]]) -> None:

@@ -45,6 +45,10 @@ class Participant:
     floor: bool = False
     # Ids of the media subscriptions (down streams) this participant holds.
     subscriptions: set[str] = field(default_factory=set)
+    # When its connection dropped (None while connected), and why: it stays for the room's
+    # reconnect grace, in case it comes back.
+    away_since: float | None = None
+    away_reason: str = ""
 
     def describe(self) -> Event:
         """Return the public description sent to other participants."""
@@ -57,4 +61,5 @@ class Participant:
             "joined_at": self.joined_at,
             "may_annotate": self.may_annotate,
             "floor": self.floor,
+            "connected": self.away_since is None,
         }

@@ -131,6 +131,11 @@ class Room:
             old.client.kick(Close.REPLACED, "replaced by a newer connection")
             old.client = client
             old.name = name
+            if old.away_since is not None:
+                old.away_since = None
+                self._broadcast(
+                    {"type": "presence", "participant_id": old.id, "connected": True}, skip=old.id
+                )
             if old.role is not role:
                 old.role = role
                 self.revision += 1
@@ -192,6 +197,44 @@ class Room:
         if all(q.role is Role.RECORDER for q in self.participants.values()):
             self.empty_since = now
         return p
+
+    def away(
+        self, participant_id: str, reason: str, now: float, client: Client
+    ) -> Participant | None:
+        """Keep a participant whose connection dropped, for a while: it may come back.
+
+        Only a joined participant still served by `client` is kept (one waiting in the lobby
+        leaves); its streams, subscriptions, grants and raised hand stay. `expire` lets it go.
+        """
+        p = self.participants.get(participant_id)
+        if p is None or p.client is not client:
+            return None
+        if p.state is not State.JOINED:
+            self.leave(participant_id, reason, now, client)
+            return None
+        p.away_since, p.away_reason = now, reason
+        self._broadcast({"type": "presence", "participant_id": p.id, "connected": False})
+        return p
+
+    def expire(self, now: float, grace: float) -> tuple[list[Participant], list[Stream]]:
+        """Let go of those away, and of streams interrupted, for `grace` seconds or more."""
+        gone = [
+            p.id
+            for p in self.participants.values()
+            if p.away_since is not None and now - p.away_since >= grace
+        ]
+        left = [
+            q
+            for q in (self.leave(pid, self.participants[pid].away_reason, now) for pid in gone)
+            if q is not None
+        ]
+        stale = [
+            s.id
+            for s in self.streams.values()
+            if s.interrupted_since is not None and now - s.interrupted_since >= grace
+        ]
+        removed = [x for x in (self.remove_stream(sid, "interrupted") for sid in stale) if x]
+        return left, removed
 
     def admit(self, actor_id: str, target_id: str) -> Participant:
         """Let a waiting participant in."""
@@ -296,6 +339,26 @@ class Room:
         if stream is not None:
             self._broadcast({"type": "stream_removed", "stream_id": stream_id, "reason": reason})
         return stream
+
+    def stream_state(self, stream_id: str, live: bool, now: float) -> None:
+        """Mark a stream's media lost (it waits to be published again) or back; all are told."""
+        stream = self.streams.get(stream_id)
+        if stream is None or (stream.interrupted_since is None) == live:
+            return
+        stream.interrupted_since = None if live else now
+        state = "live" if live else "reconnecting"
+        self._broadcast({"type": "stream_state", "stream_id": stream_id, "state": state})
+
+    def interrupted_stream(self, participant_id: str, sources: list[Source]) -> Stream | None:
+        """Return the participant's interrupted stream with exactly these feed sources, if any."""
+        for stream in self.streams.values():
+            if (
+                stream.participant_id == participant_id
+                and stream.interrupted_since is not None
+                and sorted(f.source for f in stream.feeds) == sorted(sources)
+            ):
+                return stream
+        return None
 
     def remove_streams_of(self, participant_id: str, reason: str) -> list[Stream]:
         """Withdraw every stream a participant publishes."""

@@ -49,6 +49,9 @@ class Stream:
     feeds: list[Feed] = field(default_factory=list)
     # The node whose SFU takes the publisher's media (in a cluster; "" on a single node).
     node: str = ""
+    # When the publisher's media path was lost (None while it is live): the stream waits for
+    # the publisher to publish it again, for the room's reconnect grace.
+    interrupted_since: float | None = None
 
     def describe(self) -> Event:
         """Return the public description."""
@@ -56,6 +59,7 @@ class Stream:
             "id": self.id,
             "participant_id": self.participant_id,
             "feeds": [f.describe() for f in self.feeds],
+            "state": "live" if self.interrupted_since is None else "reconnecting",
         }
 
 

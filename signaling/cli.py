@@ -507,13 +507,12 @@ def _publish(args: argparse.Namespace) -> int:
 def _subscribe(args: argparse.Namespace) -> int:
     from media.tools import subscribe
 
+    first = _signaling(args)  # one token: a reconnect is the same participant
+
     async def run() -> dict[str, Any]:
-        client = _signaling(args)
-        await client.connect()
-        try:
-            return await subscribe(client, args.duration, args.stats)
-        finally:
-            await client.close()
+        return await subscribe(
+            lambda: type(first)(first.url, first.token, first.room), args.duration, args.stats
+        )
 
     print(json.dumps({"summary": asyncio.run(run())}), flush=True)
     return 0

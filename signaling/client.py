@@ -20,6 +20,17 @@ Event = dict[str, Any]
 FINAL_CLOSES = frozenset({4000, 4001, 4005, 4009, 4010, 4011, 4012, 4013})
 
 
+def local_addresses() -> set[str]:
+    """Return the IP addresses this machine has now."""
+    import ifaddr
+
+    found = {"127.0.0.1", "::1"}
+    for adapter in ifaddr.get_adapters():
+        for ip in adapter.ips:
+            found.add(ip.ip if isinstance(ip.ip, str) else ip.ip[0])
+    return found
+
+
 class JoinRefused(Exception):
     """The server refused the handshake."""
 
@@ -52,6 +63,10 @@ class SignalingClient:
         self.close_code: int | None = None
         self.close_reason: str = ""
         self.answer_pings = True
+        # Why this client gave the connection up ("silent", "address"), None if it did not.
+        self.gave_up: str | None = None
+        self.last_heard = 0.0
+        self._watchdog: asyncio.Task[None] | None = None
         self._inbox: asyncio.Queue[Event | None] = asyncio.Queue()
         self._reader: asyncio.Task[None] | None = None
         self._pending: dict[str, asyncio.Future[Event]] = {}
@@ -59,18 +74,29 @@ class SignalingClient:
         self._ref_prefix = secrets.token_hex(4)
 
     @property
+    def closed(self) -> bool:
+        """Tell whether the connection has ended (or was never opened)."""
+        return self._reader is None or self._reader.done()
+
+    @property
     def participant_id(self) -> str:
         """Return the id the server gave this participant."""
         return str(self.welcome["participant_id"])
 
-    async def open(self) -> None:
+    async def open(self, timeout: float = 10.0) -> None:
         """Open the WebSocket without sending anything."""
-        self.ws = await connect(self.url, max_size=2**22, ping_interval=None, open_timeout=10)
+        self.ws = await connect(self.url, max_size=2**22, ping_interval=None, open_timeout=timeout)
+        self.last_heard = asyncio.get_running_loop().time()
         self._reader = asyncio.create_task(self._read())
 
     async def connect(self, timeout: float = 10.0) -> Event:
-        """Open the WebSocket, say hello and return the welcome; raise JoinRefused if refused."""
-        await self.open()
+        """Open the WebSocket, say hello and return the welcome; raise JoinRefused if refused.
+
+        Once joined, the connection is given up (closed under the reader) when the server has
+        been silent for its `ping_timeout`, or this machine no longer has the address the
+        connection leaves from (a handover): a caller that reconnects then does so at once.
+        """
+        await self.open(timeout)
         await self.send(
             {"type": "hello", "version": self.version, "token": self.token, "room": self.room}
         )
@@ -81,7 +107,24 @@ class SignalingClient:
         if first.get("type") != "welcome":
             raise JoinRefused("unexpected", f"expected welcome, got {first.get('type')}", None)
         self.welcome = first
+        # The server pings every ping_interval: one and a half of them missed is a dead path
+        # (its own deadline, ping_timeout, is longer; this side reconnects first).
+        interval = float(first.get("ping_interval", 15.0))
+        silent_for = min(float(first.get("ping_timeout", 30.0)), 1.5 * interval + 0.5)
+        self._watchdog = asyncio.create_task(self._watch(silent_for))
         return first
+
+    @property
+    def stale(self) -> bool:
+        """Tell whether the server has been silent for longer than between two of its pings."""
+        interval = float(self.welcome.get("ping_interval", 15.0))
+        return asyncio.get_running_loop().time() - self.last_heard > interval + 0.5
+
+    def give_up(self, reason: str) -> None:
+        """Drop the connection at once, without a close handshake over a path that is dead."""
+        if self.ws is not None and not self.closed:
+            self.gave_up = reason
+            self.ws.transport.abort()
 
     async def send(self, message: Event) -> None:
         """Send one message as JSON."""
@@ -146,16 +189,33 @@ class SignalingClient:
 
     async def close(self) -> None:
         """Close the connection and stop reading."""
+        if self._watchdog is not None:
+            self._watchdog.cancel()
         if self.ws is not None:
             await self.ws.close()
         if self._reader is not None:
             with contextlib.suppress(asyncio.CancelledError, asyncio.TimeoutError):
                 await asyncio.wait_for(self._reader, 5)
 
+    async def _watch(self, silent_for: float) -> None:
+        assert self.ws is not None
+        loop = asyncio.get_running_loop()
+        local = self.ws.local_address[0] if self.ws.local_address else None
+        while self._reader is not None and not self._reader.done():
+            await asyncio.sleep(min(0.5, silent_for / 4))
+            if loop.time() - self.last_heard > silent_for:
+                self.give_up("silent")
+            elif local is not None and local not in local_addresses():
+                self.give_up("address")
+            else:
+                continue
+            return
+
     async def _read(self) -> None:
         assert self.ws is not None
         try:
             async for frame in self.ws:
+                self.last_heard = asyncio.get_running_loop().time()
                 event = json.loads(frame)
                 if event.get("type") == "ping" and self.answer_pings:
                     await self.ws.send(json.dumps({"type": "pong", "ts": event.get("ts")}))

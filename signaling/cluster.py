@@ -403,7 +403,13 @@ class Cluster:
         if method == "publish":
             self.routes[a["stream_id"]] = a["host"]
             return list(
-                await sfu.publish(a["stream_id"], a["participant_id"], a["offer"], a["feed_ids"])
+                await sfu.publish(
+                    a["stream_id"],
+                    a["participant_id"],
+                    a["offer"],
+                    a["feed_ids"],
+                    bool(a.get("replace", False)),
+                )
             )
         if method == "subscribe":
             self.routes[a["down_id"]] = a["host"]
@@ -610,7 +616,12 @@ class RemoteMedia:
         self.node = node
 
     async def publish(
-        self, stream_id: str, participant_id: str, offer: str, feed_ids: dict[str, str]
+        self,
+        stream_id: str,
+        participant_id: str,
+        offer: str,
+        feed_ids: dict[str, str],
+        replace: bool = False,
     ) -> tuple[str, dict[str, str]]:
         """Accept a publisher's offer on its node."""
         answer, codecs = await self.cluster.call(
@@ -620,6 +631,7 @@ class RemoteMedia:
             participant_id=participant_id,
             offer=offer,
             feed_ids=feed_ids,
+            replace=replace,
             host=self.cluster.node,
         )
         return str(answer), dict(codecs)

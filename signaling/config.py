@@ -29,8 +29,12 @@ class Settings:
     node: str | None = None
     # A node whose heartbeat is older than this is taken for dead and its rooms move.
     node_ttl: float = 3.0
-    ping_interval: float = 15.0
-    ping_timeout: float = 30.0
+    # Both ends notice a dead connection within ping_timeout: a ping every 2 s costs nothing.
+    ping_interval: float = 2.0
+    ping_timeout: float = 5.0
+    # How long a participant whose connection dropped, and a stream whose media path was lost,
+    # are kept for them to come back (a handover, a tunnel, a mountain road).
+    reconnect_grace: float = 60.0
     handshake_timeout: float = 10.0
     max_message: int = 64 * 1024
     rate: float = 100.0

@@ -24,6 +24,11 @@ from .tokens import Grant
 
 log = logging.getLogger("teleconsult.signaling")
 
+# Why a connection can end without its participant meaning to leave: it may come back.
+AWAY_REASONS = frozenset({"lost", "timeout", "too_slow"})
+# Close codes a client sends when it closes on purpose (a page closed, a tool stopped).
+CLEAN_CLOSES = frozenset({1000, 1001})
+
 
 @dataclass(frozen=True)
 class _CloseRequest:
@@ -187,6 +192,9 @@ class Connection:
         while True:
             msg, self.first = self.first or await self.ws.receive(), None
             if msg["type"] == "websocket.disconnect":
+                if self.leave_reason == "disconnected" and msg.get("code") not in CLEAN_CLOSES:
+                    # No close frame: the network dropped, the participant did not go.
+                    self.leave_reason = "lost"
                 return
             self.last_heard = self.hub.now()
             if self.closing is not None or self.frozen:
@@ -280,6 +288,13 @@ class Connection:
 
     def _depart(self) -> None:
         if self.room is None or self.participant is None:
+            return
+        if self.leave_reason in AWAY_REASONS and self.hub.settings.reconnect_grace > 0:
+            # A dropped connection (a handover, a tunnel, a dead Wi-Fi) is not a goodbye: the
+            # participant, its streams and its subscriptions wait for it to come back.
+            if self.room.away(self.participant.id, self.leave_reason, self.hub.now(), self):
+                self.audit("away", code=self.leave_reason)
+                self.hub.refresh_gauges()
             return
         left = self.room.leave(self.participant.id, self.leave_reason, self.hub.now(), client=self)
         if left is not None:

@@ -99,6 +99,7 @@ async def on_hello(conn: Connection, msg: m.Hello) -> None:
         existing = room.by_identity(grant.identity)
         # The old connection's media may be on another node than the new one's.
         old_media = hub.media_of(existing) if existing is not None else None
+        old_node = getattr(existing.client, "media_node", hub.node) if existing else None
         p = room.join(
             grant.identity, grant.name, grant.role, conn, hub.now(), hub.new_participant_id
         )
@@ -111,8 +112,12 @@ async def on_hello(conn: Connection, msg: m.Hello) -> None:
         }.get(e.code, Close.UNAUTHORIZED)
         _refuse(conn, e.code, e.message, close, msg.id)
         return
-    if existing is not None:
-        # The old connection's media dies with it; the client publishes and subscribes anew.
+    # A participant back on the same node keeps its streams and subscriptions: what still
+    # flows goes on, and what was lost it publishes again under the same stream id. Media on
+    # another node than the new connection's cannot be continued from here.
+    if existing is not None and old_node == conn.media_node:
+        old_media = None
+    elif existing is not None:
         room.remove_streams_of(p.id, "replaced")
         p.subscriptions.clear()
     conn.room, conn.participant = room, p
@@ -234,6 +239,16 @@ async def on_publish(conn: Connection, msg: m.Publish) -> None:
             )
     room.check_publish(me.id, [f.source for f in msg.feeds])
     sfu = conn.media
+    # New media for a stream kept while its publisher's path was lost (named, or the
+    # participant's interrupted stream with these very sources): same stream, same feeds.
+    kept = (
+        room.stream_of(me.id, msg.stream)
+        if msg.stream is not None
+        else room.interrupted_stream(me.id, [f.source for f in msg.feeds])
+    )
+    if kept is not None:
+        await _republish(conn, msg, kept)
+        return
     stream_id = Sfu.new_id("s")
     feed_ids = {mid: f"{stream_id}.{mid}" for mid in specs}
     answer, codecs = await sfu.publish(stream_id, me.id, msg.sdp, feed_ids)
@@ -264,6 +279,25 @@ async def on_publish(conn: Connection, msg: m.Publish) -> None:
     if room.recording.active and node not in ("", hub.node):
         hub.spawn(hub.record_remote(room))  # the recorder runs on the room's host
     conn.audit("publish", code=",".join(f.source.value for f in feeds), target=stream_id)
+
+
+async def _republish(conn: Connection, msg: m.Publish, stream: Stream) -> None:
+    """Take new media for a kept stream: its subscribers go on from the next keyframe."""
+    room, me = conn.room, conn.participant
+    assert room is not None and me is not None
+    if {f.mid: f.source for f in stream.feeds} != {f.mid: f.source for f in msg.feeds}:
+        raise MediaError("feeds_mismatch", "new media for a stream must carry the same feeds")
+    if stream.node not in ("", conn.media_node):
+        # Its media is on another node than this connection's: it cannot be continued here.
+        raise MediaError("feeds_mismatch", "this stream's media is on another node")
+    answer, _ = await conn.media.publish(
+        stream.id, me.id, msg.sdp, {f.mid: f.id for f in stream.feeds}, replace=True
+    )
+    if me.muted:
+        conn.media.mute(me.id, "audio", True)
+    conn.push({"type": "answer", "ref": msg.id, "stream": stream.id, "sdp": answer})
+    room.stream_state(stream.id, True, conn.hub.now())
+    conn.audit("republish", target=stream.id)
 
 
 async def on_unpublish(conn: Connection, msg: m.Unpublish) -> None:

@@ -14,13 +14,14 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 from media.aiortc_adapter import use_host_addresses
-from media.sfu import Media, Sfu, local_address
+from media.sfu import INTERRUPTED, RESUMED, Media, Sfu, local_address
 from recording.recorder import Recorder
 from session.channel import Channel
 from session.participant import Event, Participant
 from session.room import Room, RoomConfig
 from session.rooms import Rooms
 from session.store import MemoryStore, RedisStore, Store
+from session.streams import Stream
 from turn import credentials
 from turn.policy import PeerPolicy
 from turn.server import TurnServer
@@ -153,6 +154,10 @@ class Hub:
 
         return RemoteMedia(self.cluster, node)
 
+    def media_for_stream(self, stream: Stream) -> Media:
+        """Return the media a stream is published on (this node's, or its node's)."""
+        return self.media_at(stream.node or None)
+
     def media_of(self, participant: Participant) -> Media:
         """Return the media serving a participant's connection."""
         media: Media = getattr(participant.client, "media", self.sfu)
@@ -165,7 +170,7 @@ class Hub:
             await self.cluster.pull(node, stream_id, stream.node)
 
     def media_closed(self, what: str, item_id: str, reason: str) -> None:
-        """Take the end of a stream or subscription, here or on the node that served it."""
+        """Take the end (or interruption) of a stream or subscription, here or on its node."""
         (self._up_closed if what == "up" else self._down_closed)(item_id, reason)
 
     def _up_closed(self, stream_id: str, reason: str) -> None:
@@ -173,6 +178,10 @@ class Hub:
         if room is not None:
             if room.streams[stream_id].node not in ("", self.node):
                 return  # a cascaded copy closed here; the stream itself goes on at its node
+            if reason in (INTERRUPTED, RESUMED):
+                # The publisher's media path was lost, or came back: the stream stays.
+                room.stream_state(stream_id, reason == RESUMED, self.now())
+                return
             room.remove_stream(stream_id, reason)
         elif self.cluster is not None:
             self.cluster.closed("up", stream_id, reason)
@@ -478,7 +487,24 @@ class Hub:
         return removed
 
     def sweep(self) -> None:
-        """End idle rooms."""
+        """Let go of those away too long, and of streams never resumed; end idle rooms."""
+        now = self.now()
+        for room in self.rooms.live():
+            left, removed = room.expire(now, self.settings.reconnect_grace)
+            for p in left:
+                self.audit.record(
+                    "leave",
+                    room=room.id,
+                    identity=p.identity,
+                    role=p.role.value,
+                    participant=p.id,
+                    code=p.away_reason,
+                )
+                self.spawn(self.media_of(p).close_participant(p.id, p.away_reason))
+            for stream in removed:
+                self.spawn(self.media_for_stream(stream).unpublish(stream.id, "interrupted"))
+            if left or removed:
+                self.persist(room)
         for room in self.rooms.sweep(self.now()):
             self.audit.record("room_end", room=room.id, code="idle", actor="server")
             self._forget(room.id)

@@ -185,11 +185,13 @@ class FeedSpec(BaseModel):
 
 
 class Publish(Message):
-    """Offer a new stream of feeds; the server answers."""
+    """Offer a new stream of feeds, or new media for one's own stream; the server answers."""
 
     type: Literal["publish"]
     sdp: Sdp
     feeds: Annotated[list[FeedSpec], Field(min_length=1, max_length=16)]
+    # A stream this participant publishes whose media path was lost: the same id goes on.
+    stream: StreamId | None = None
 
 
 class Unpublish(Message):

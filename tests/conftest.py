@@ -135,9 +135,15 @@ async def server(tmp_path: Path) -> AsyncIterator[Server]:
 
 @contextmanager
 def server_process(
-    data_dir: Path, *extra: str, preexec_fn: Callable[[], None] | None = None
+    data_dir: Path,
+    *extra: str,
+    preexec_fn: Callable[[], None] | None = None,
+    host: str = "127.0.0.1",
 ) -> Iterator[tuple[int, subprocess.Popen[bytes]]]:
-    """Run `teleconsult serve` as its own process on a free port; yields (port, process)."""
+    """Run `teleconsult serve` as its own process on a free port; yields (port, process).
+
+    It listens on `host`, and its media too (`--announce`).
+    """
     sock = free_socket()
     port = sock.getsockname()[1]
     sock.close()
@@ -149,10 +155,12 @@ def server_process(
         [
             exe,
             "serve",
+            "--host",
+            host,
             "--port",
             str(port),
             "--announce",
-            "127.0.0.1",
+            host,
             "--secret",
             SECRET,
             "--data-dir",
@@ -171,7 +179,7 @@ def server_process(
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
             try:
-                urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=1).close()
+                urllib.request.urlopen(f"http://{host}:{port}/healthz", timeout=1).close()
                 break
             except OSError:
                 time.sleep(0.1)

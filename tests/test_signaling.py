@@ -177,15 +177,49 @@ async def test_room_full(tmp_path: Path) -> None:
 
 
 async def test_dead_client_is_detected_by_keepalive(tmp_path: Path) -> None:
-    async with running_server(tmp_path, ping_interval=0.2, ping_timeout=0.6) as server:
+    async with running_server(
+        tmp_path, ping_interval=0.2, ping_timeout=0.6, reconnect_grace=1.0, sweep_interval=0.1
+    ) as server:
         alive = await server.join(identity="alive")
         dead = await server.join(identity="dead")
         dead.answer_pings = False
+        away = await alive.wait_for("presence", timeout=5)
+        assert away == {
+            "type": "presence",
+            "participant_id": dead.participant_id,
+            "connected": False,
+        }
+        assert await dead.wait_closed() == 4003
+        # It may come back for the reconnect grace; then it has left.
         left = await alive.wait_for("left", timeout=5)
         assert left == {"type": "left", "participant_id": dead.participant_id, "reason": "timeout"}
-        assert await dead.wait_closed() == 4003
         # The one that answers pings stays: it outlived several timeouts.
         assert alive.participant_id in server.hub.rooms.get("r1").participants
+
+
+async def test_a_dropped_participant_comes_back_as_itself_within_the_grace(
+    tmp_path: Path,
+) -> None:
+    async with running_server(
+        tmp_path, ping_interval=0.2, ping_timeout=0.6, reconnect_grace=30.0, sweep_interval=0.1
+    ) as server:
+        alive = await server.join(identity="alive")
+        dropped = await server.join(identity="dropped")
+        await alive.request({"type": "raise_hand", "raised": True})
+        dropped.answer_pings = False  # its network went silent
+        assert (await alive.wait_for("presence", timeout=5))["connected"] is False
+        back = await server.join(identity="dropped")
+        assert back.participant_id == dropped.participant_id
+        came = await alive.wait_for("presence", timeout=5)
+        assert came == {
+            "type": "presence",
+            "participant_id": back.participant_id,
+            "connected": True,
+        }
+        with pytest.raises(TimeoutError):
+            await alive.wait_for("left", timeout=1.0)  # never gone
+        people = {p["id"]: p for p in back.welcome["participants"]}
+        assert people[back.participant_id]["connected"] is True
 
 
 async def test_handshake_timeout(tmp_path: Path) -> None:

@@ -1,0 +1,107 @@
+"""A network namespace of a test's own, joined to this one by a veth pair, whose path the test
+can cut silently, take down, or move to another address (a handover)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from .need import executable
+
+# A rate of 8 bit/s with a 10-byte bucket drops every packet, and the OS sees no change: the
+# silent cut of a tunnel or a dead cell, both ways when put on both ends.
+SILENT = ["tbf", "rate", "8bit", "burst", "10", "limit", "1"]
+
+
+def _ip(*args: str) -> None:
+    subprocess.run([executable("ip"), *args], check=True, capture_output=True, timeout=10)
+
+
+class Namespace:
+    """One namespace: `host` is this side's address, `address` the namespace's current one."""
+
+    def __init__(self, tag: int) -> None:
+        self.name = f"tc{os.getpid()}-{tag}"
+        self.outer = f"tco{os.getpid() % 10000}{tag}"
+        self.inner = f"tci{os.getpid() % 10000}{tag}"
+        net = 100 + (os.getpid() + tag) % 100
+        self.host = f"10.{net}.{tag}.1"
+        self.address = f"10.{net}.{tag}.2"
+        self._spare = 3
+
+    def create(self) -> None:
+        """Make the namespace and its link, both ends up."""
+        _ip("netns", "add", self.name)
+        _ip("link", "add", self.outer, "type", "veth", "peer", "name", self.inner)
+        _ip("link", "set", self.inner, "netns", self.name)
+        _ip("addr", "add", f"{self.host}/24", "dev", self.outer)
+        _ip("link", "set", self.outer, "up")
+        self.inside("ip", "addr", "add", f"{self.address}/24", "dev", self.inner)
+        self.inside("ip", "link", "set", self.inner, "up")
+        self.inside("ip", "link", "set", "lo", "up")
+
+    def inside(self, *argv: str) -> None:
+        """Run a command in the namespace and wait for it."""
+        _ip("netns", "exec", self.name, *argv)
+
+    def command(self, argv: list[str]) -> list[str]:
+        """Return a command line that runs `argv` in the namespace."""
+        return [executable("ip"), "netns", "exec", self.name, *argv]
+
+    def cut(self) -> None:
+        """Drop everything both ways without the OS seeing any change."""
+        _ip("netns", "exec", self.name, "tc", "qdisc", "add", "dev", self.inner, "root", *SILENT)
+        subprocess.run(
+            [executable("tc"), "qdisc", "add", "dev", self.outer, "root", *SILENT],
+            check=True,
+            capture_output=True,
+            timeout=10,
+        )
+
+    def heal(self) -> None:
+        """Let traffic through again."""
+        _ip("netns", "exec", self.name, "tc", "qdisc", "del", "dev", self.inner, "root")
+        subprocess.run(
+            [executable("tc"), "qdisc", "del", "dev", self.outer, "root"],
+            check=True,
+            capture_output=True,
+            timeout=10,
+        )
+
+    def link(self, up: bool) -> None:
+        """Take the namespace's interface down (the OS sees it) or bring it up."""
+        self.inside("ip", "link", "set", self.inner, "up" if up else "down")
+
+    def move(self) -> str:
+        """Give the namespace a new address and take the old one away (a handover)."""
+        old = self.address
+        self.address = f"{old.rsplit('.', 1)[0]}.{self._spare}"
+        self._spare += 1
+        # The old one goes first: deleting a subnet's primary address takes its secondaries
+        # with it, and a phone's new cell gives it one address, not two.
+        self.inside("ip", "addr", "del", f"{old}/24", "dev", self.inner)
+        self.inside("ip", "addr", "add", f"{self.address}/24", "dev", self.inner)
+        return self.address
+
+    def delete(self) -> None:
+        """Remove the namespace (its end of the pair goes with it) and this side's end."""
+        subprocess.run(
+            [executable("ip"), "netns", "del", self.name], capture_output=True, timeout=10
+        )
+        subprocess.run(
+            [executable("ip"), "link", "del", self.outer], capture_output=True, timeout=10
+        )
+
+
+@contextmanager
+def namespace(tag: int = 1) -> Iterator[Namespace]:
+    """A namespace for one test, removed after it whatever happens."""
+    ns = Namespace(tag)
+    ns.delete()  # a leftover of a killed run
+    ns.create()
+    try:
+        yield ns
+    finally:
+        ns.delete()

@@ -1,0 +1,183 @@
+"""Network changes on the publisher's or the viewer's side, in a namespace the test makes: a
+handover to a new address, a 30 s silent cut, a 5 s link down. `teleconsult publish` and
+`teleconsult subscribe` heal by themselves; the picture is back within 2 s of the network."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from media import stamp
+from media.aiortc_adapter import use_host_addresses
+from media.client import MediaClient
+from media.synthetic import UltrasoundTrack
+from session.roles import Role
+from signaling.client import SignalingClient
+from signaling.tokens import mint
+
+from .conftest import SECRET, server_process
+from .netns import Namespace, namespace
+
+TELECONSULT = str(Path(sys.executable).parent / "teleconsult")
+BACK_WITHIN = 2.0
+CHANGES = ["handover", "silent_cut_30s", "link_down_5s"]
+
+
+def change_network(ns: Namespace, change: str) -> float:
+    """Make the change; return the wall time the network is back (on its new address)."""
+    if change == "handover":
+        ns.move()
+    elif change == "silent_cut_30s":
+        ns.cut()
+        time.sleep(30)
+        ns.heal()
+    else:
+        ns.link(False)
+        time.sleep(5)
+        ns.link(True)
+    return time.time()
+
+
+class Lines:
+    """A child's JSON lines, read as they come."""
+
+    def __init__(self, proc: subprocess.Popen[str]) -> None:
+        self.items: list[dict[str, Any]] = []
+        threading.Thread(target=self._read, args=(proc,), daemon=True).start()
+
+    def _read(self, proc: subprocess.Popen[str]) -> None:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            if line.startswith("{"):
+                self.items.append(json.loads(line))
+
+    async def first(self, key: str, timeout: float, where: Any = None) -> dict[str, Any]:
+        for _ in range(int(timeout * 20)):
+            for item in self.items:
+                if key in item and (where is None or where(item[key])):
+                    return item
+            await asyncio.sleep(0.05)
+        raise TimeoutError(f"no {key} line in {timeout} s: {self.items[-5:]}")
+
+
+@contextmanager
+def tool(ns: Namespace, *argv: str) -> Iterator[tuple[subprocess.Popen[str], Lines]]:
+    """Run a teleconsult command in the namespace; stop it by its PID afterwards."""
+    proc = subprocess.Popen(
+        ns.command([TELECONSULT, *argv]),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+    try:
+        yield proc, Lines(proc)
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5)
+        if proc.stdout is not None:
+            proc.stdout.close()
+
+
+class Viewer:
+    """An expert on this side decoding a feed: when each frame arrived and when it was taken."""
+
+    def __init__(self) -> None:
+        self.frames: list[tuple[float, int]] = []
+
+    async def watch(self, track: Any) -> None:
+        while True:
+            frame = await track.recv()
+            read = stamp.read(frame.to_ndarray(format="gray"))
+            if read is not None:
+                self.frames.append((time.time(), read[0]))
+
+    async def back_after(self, t: float, timeout: float = 20) -> float:
+        """Seconds from t until a frame taken after t arrived."""
+        for _ in range(int(timeout * 20)):
+            fresh = [arrived for arrived, taken in self.frames if taken > t * 1000]
+            if fresh:
+                return fresh[0] - t
+            await asyncio.sleep(0.05)
+        raise TimeoutError(f"no picture taken after the change within {timeout} s")
+
+
+def token(role: Role, who: str) -> str:
+    return mint(SECRET, "van", role, who, 3600, who)
+
+
+@pytest.mark.parametrize("change", CHANGES)
+async def test_the_publish_tool_heals_a_network_change(tmp_path: Path, change: str) -> None:
+    with namespace() as ns, server_process(tmp_path, host=ns.host) as (port, _):
+        url = f"http://{ns.host}:{port}"
+        with tool(
+            ns, "publish", "--server", url, "--room", "van", "--token", token(Role.OPERATOR, "op"),
+            "--synthetic", "--size", "320x240", "--fps", "15", "--duration", "150",
+        ) as (_, published):  # fmt: skip
+            stream = (await published.first("published", 30))["published"]
+            use_host_addresses([ns.host])
+            sig = SignalingClient(f"ws://{ns.host}:{port}/ws", token(Role.EXPERT, "ex"), "van")
+            media = MediaClient(sig)
+            viewer = Viewer()
+            try:
+                await sig.connect()
+                sub = await media.subscribe(stream)
+                watching = asyncio.ensure_future(viewer.watch(sub.tracks[f"{stream}.0"]))
+                await viewer.back_after(time.time())  # a picture before the change
+                back_at = await asyncio.to_thread(change_network, ns, change)
+                back = await viewer.back_after(back_at)
+                watching.cancel()
+                events = sig.drain()
+            finally:
+                await media.close()
+                await sig.close()
+                use_host_addresses(None)
+            assert back <= BACK_WITHIN, f"picture back {back:.2f} s after the network"
+            # The viewer kept its subscription to the same stream: a pause, not a new stream.
+            assert not [e for e in events if e["type"] in ("stream_removed", "stream_added")]
+            assert {item["published"] for item in published.items if "published" in item} == {
+                stream
+            }
+
+
+@pytest.mark.parametrize("change", CHANGES)
+async def test_the_subscribe_tool_heals_a_network_change(tmp_path: Path, change: str) -> None:
+    with namespace(2) as ns, server_process(tmp_path, host=ns.host) as (port, _):
+        url = f"http://{ns.host}:{port}"
+        use_host_addresses([ns.host])
+        sig = SignalingClient(f"ws://{ns.host}:{port}/ws", token(Role.OPERATOR, "op"), "van")
+        media = MediaClient(sig)
+        try:
+            await sig.connect()
+            await media.publish([(UltrasoundTrack(320, 240, 15), "probe", "")])
+            with tool(
+                ns, "subscribe", "--server", url, "--room", "van",
+                "--token", token(Role.EXPERT, "ex"), "--duration", "150", "--stats",
+            ) as (proc, seen):  # fmt: skip
+                for _ in range(300):  # frames arriving before the change
+                    stats = [i for i in seen.items if "resumed" not in i and i]
+                    if stats and any(f.get("frames", 0) > 10 for f in stats[-1].values()):
+                        break
+                    await asyncio.sleep(0.1)
+                back_at = await asyncio.to_thread(change_network, ns, change)
+                resumed = await seen.first("resumed", 20, where=lambda r: r["at"] > back_at)
+                back = resumed["resumed"]["at"] - back_at
+                assert proc.poll() is None  # it rode the change out
+        finally:
+            await media.close()
+            await sig.close()
+            use_host_addresses(None)
+        assert back <= BACK_WITHIN, f"picture back {back:.2f} s after the network"
