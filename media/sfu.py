@@ -117,6 +117,7 @@ class UpStream:
     tracks: dict[str, UpTrack] = field(default_factory=dict)
     downs: set[str] = field(default_factory=set)
     interrupted: bool = False  # its media path is lost; waiting to be published again
+    resumable: bool = True  # False: it ends with its connection (a cascade leg)
 
 
 @dataclass
@@ -164,19 +165,21 @@ class Sfu:
         offer: str,
         feed_ids: dict[str, str],
         replace: bool = False,
+        resumable: bool = True,
     ) -> tuple[str, dict[str, str]]:
         """Accept a publisher's offer; return the answer and each mid's codec name.
 
         With `replace`, the offer brings new media for a stream the participant publishes (its
         path was lost: a new address, a long cut): a new peer connection feeds the same tracks,
-        and every subscriber goes on in its own numbering from the next keyframe.
+        and every subscriber goes on in its own numbering from the next keyframe. A stream that
+        is not `resumable` (a cascade leg between nodes) ends when its connection does.
         """
         if replace:
             return await self._replace(stream_id, participant_id, offer)
         if stream_id in self.ups:
             raise MediaError("stream_exists", "a stream with this id is published")
         pc = RelayPeerConnection(RTCConfiguration(iceServers=[]))
-        up = UpStream(stream_id, participant_id, pc)
+        up = UpStream(stream_id, participant_id, pc, resumable=resumable)
         self.ups[stream_id] = up
         try:
             await pc.setRemoteDescription(RTCSessionDescription(offer, "offer"))
@@ -415,10 +418,14 @@ class Sfu:
             # waits for the publisher to publish it again; the room decides for how long.
             # A connection replaced or closed by us is not the stream's any more.
             lost = pc.connectionState in ("failed", "closed")
-            if lost and self.ups.get(up.id) is up and up.pc is pc and not up.interrupted:
-                up.interrupted = True
-                if self.on_up_closed is not None:
-                    self.on_up_closed(up.id, INTERRUPTED)
+            if not lost or self.ups.get(up.id) is not up or up.pc is not pc or up.interrupted:
+                return
+            if not up.resumable:
+                self._spawn(self.unpublish(up.id, "failed"))
+                return
+            up.interrupted = True
+            if self.on_up_closed is not None:
+                self.on_up_closed(up.id, INTERRUPTED)
 
     def _watch(self, pc: RelayPeerConnection, on_failure: Callable[[], Any]) -> None:
         @pc.on("connectionstatechange")

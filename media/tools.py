@@ -281,19 +281,26 @@ async def subscribe(
                 break
             if media is None:
                 media = MediaClient(client)
-            if media.signaling.gave_up == "address":
-                # This machine's address changed: the media paths left from it too.
+            if media.signaling.gave_up is not None:
+                # This machine's address changed, or the network went silent: the media paths
+                # left from it too, or lost frames no NACK brings back. A new subscription
+                # starts at a keyframe at once; an old one waits for its decoder to ask.
                 for sub, _ in receiving.values():
                     await sub.pc.close()
             media.signaling = client
             try:
                 live = {s["id"] for s in client.welcome.get("streams", [])}
+                held_there = set(client.welcome.get("subscriptions", []))
                 for stream_id in list(receiving):
                     if stream_id not in live:
                         await drop(stream_id)
                 for stream_id in live:
                     held = receiving.get(stream_id)
-                    if held is None or held[0].pc.connectionState in ("failed", "closed"):
+                    if (
+                        held is None
+                        or held[0].id not in held_there  # the server ended it meanwhile
+                        or held[0].pc.connectionState in ("failed", "closed")
+                    ):
                         await drop(stream_id)
                         await take(stream_id)
                 while deadline is None or time.monotonic() < deadline:
@@ -305,6 +312,12 @@ async def subscribe(
                         await take(event["stream"]["id"])
                     elif event is not None and event["type"] == "stream_removed":
                         await drop(event["stream_id"])
+                    elif event is not None and event["type"] == "unsubscribed":
+                        # The server ended a subscription (its path failed): take it again.
+                        for stream_id, (sub, _) in list(receiving.items()):
+                            if sub.id == event["stream"] and event["reason"] != "unpublished":
+                                await drop(stream_id)
+                                await take(stream_id)
                     for stream_id, (sub, _) in list(receiving.items()):
                         # Our own path to the server was lost: receive it again, over a new
                         # signaling connection if the server is late too (the network went).

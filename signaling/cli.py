@@ -96,6 +96,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="seconds an empty room lives before it ends",
     )
     serve.add_argument(
+        "--reconnect-grace",
+        type=float,
+        default=float(env("RECONNECT_GRACE") or 60.0),
+        help="seconds a dropped participant, and a stream whose media path was lost, are kept "
+        "for them to come back [TELECONSULT_RECONNECT_GRACE]",
+    )
+    serve.add_argument(
         "--turn-port",
         type=int,
         default=int(env("TURN_PORT") or 3478),
@@ -264,6 +271,7 @@ def _serve(args: argparse.Namespace) -> int:
         secret=args.secret,
         admin_key=args.admin_key,
         idle_timeout=args.idle_timeout,
+        reconnect_grace=args.reconnect_grace,
         redis=args.redis,
         node=args.node,
         node_ttl=args.node_ttl,

@@ -469,7 +469,9 @@ class Cluster:
             origin, "offer_leg", stream_id=stream_id, to=self.node
         )
         try:
-            answer, _ = await self.hub.sfu.publish(stream_id, CASCADE + origin, offer, mids)
+            answer, _ = await self.hub.sfu.publish(
+                stream_id, CASCADE + origin, offer, mids, resumable=False
+            )
         except MediaError:
             self.tell(origin, "unsubscribe", down_id=down_id, reason="refused")
             raise

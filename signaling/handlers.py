@@ -136,6 +136,9 @@ async def on_hello(conn: Connection, msg: m.Hello) -> None:
     }
     if p.state is State.JOINED:
         welcome.update(room.snapshot(p))
+        # After a reconnect: the subscriptions the server still holds for this participant
+        # (one it ended meanwhile is not here, and the client subscribes again).
+        welcome["subscriptions"] = sorted(p.subscriptions)
         # Built in the same step as the join: no operation can fall between the two.
         welcome["channel"] = (
             room.channel.snapshot() if msg.resume is None else room.channel.since(msg.resume)

@@ -145,6 +145,7 @@ async def test_the_publish_tool_heals_a_network_change(tmp_path: Path, change: s
                 await media.close()
                 await sig.close()
                 use_host_addresses(None)
+            print(f"publish {change}: picture back {back:.2f} s after the network")
             assert back <= BACK_WITHIN, f"picture back {back:.2f} s after the network"
             # The viewer kept its subscription to the same stream: a pause, not a new stream.
             assert not [e for e in events if e["type"] in ("stream_removed", "stream_added")]
@@ -180,4 +181,5 @@ async def test_the_subscribe_tool_heals_a_network_change(tmp_path: Path, change:
             await media.close()
             await sig.close()
             use_host_addresses(None)
+        print(f"subscribe {change}: picture back {back:.2f} s after the network")
         assert back <= BACK_WITHIN, f"picture back {back:.2f} s after the network"

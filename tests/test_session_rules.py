@@ -220,3 +220,53 @@ def test_a_room_carried_to_another_node_keeps_its_rules_and_people() -> None:
     assert e.value.code == Code.REMOVED
     newcomer, _ = join(moved, "late", Role.AUDIENCE, 53.0)
     assert moved.participants[newcomer].state is State.WAITING  # the lobby still holds
+
+
+def test_a_dropped_participant_is_kept_for_the_grace_with_its_streams() -> None:
+    from session.streams import Feed, Stream
+
+    room = Room("r", RoomConfig(), 0.0)
+    op, op_inbox = join(room, "op", Role.OPERATOR)
+    ex, ex_inbox = join(room, "ex", Role.EXPERT)
+    feed = Feed("s1.0", "0", "video", Source.PROBE, "", "VP8")
+    room.add_stream(Stream("s1", op, [feed]))
+    room.raise_hand(op, "h1", True, 1.0)
+    assert room.away(op, "lost", 10.0, op_inbox) is not None
+    assert ex_inbox.events[-1] == {"type": "presence", "participant_id": op, "connected": False}
+    # Its media path is lost too: the stream waits, everyone is told.
+    room.stream_state("s1", False, 12.0)
+    assert ex_inbox.events[-1]["type"] == "stream_state"
+    assert room.expire(69.0, grace=60.0) == ([], [])  # within the grace: nothing goes
+    back, back_inbox = join(room, "op", Role.OPERATOR, now=30.0)
+    assert back == op and room.participants[op].away_since is None
+    assert ex_inbox.events[-1] == {"type": "presence", "participant_id": op, "connected": True}
+    assert "s1" in room.streams and op in room.channel.hands  # nothing was lost
+    # New media brings the stream back; an away participant that never returns is let go.
+    room.stream_state("s1", True, 31.0)
+    assert room.streams["s1"].describe()["state"] == "live"
+    assert room.away(ex, "timeout", 40.0, ex_inbox) is not None
+    left, removed = room.expire(100.0, grace=60.0)
+    assert [p.id for p in left] == [ex] and removed == []
+    assert back_inbox.events[-1] == {"type": "left", "participant_id": ex, "reason": "timeout"}
+
+
+def test_a_stream_not_published_again_within_the_grace_is_removed() -> None:
+    from session.streams import Feed, Stream
+
+    room = Room("r", RoomConfig(), 0.0)
+    op, _ = join(room, "op", Role.OPERATOR)
+    _, ex_inbox = join(room, "ex", Role.EXPERT)
+    room.add_stream(Stream("s1", op, [Feed("s1.0", "0", "video", Source.PROBE, "", "VP8")]))
+    room.stream_state("s1", False, 5.0)
+    assert room.interrupted_stream(op, [Source.PROBE]) is room.streams["s1"]
+    assert room.interrupted_stream(op, [Source.CAMERA]) is None
+    left, removed = room.expire(65.0, grace=60.0)
+    assert left == [] and [s.id for s in removed] == ["s1"]
+    assert ex_inbox.events[-1] == {
+        "type": "stream_removed",
+        "stream_id": "s1",
+        "reason": "interrupted",
+    }
+    # A stale connection's drop (already replaced) changes nothing.
+    stale = Inbox()
+    assert room.away(op, "lost", 70.0, stale) is None

@@ -61,8 +61,10 @@ async def test_page_reconnects_after_the_socket_drops(server: Server, browser: B
     for conn in list(server.hub.connections):
         if conn.grant and conn.grant.identity == "li":
             await conn.ws.close(1011)
-    await op.wait_for("left")
-    rejoined = await op.wait_for("joined", timeout=10)
-    assert rejoined["participant"]["identity"] == "li"
+    # A dropped connection is not a goodbye: the others see it away, then back as itself.
+    away = await op.wait_for("presence")
+    assert away["connected"] is False
+    back = await op.wait_for("presence", timeout=10)
+    assert back == {"type": "presence", "participant_id": away["participant_id"], "connected": True}
     await expect(page.locator("#state")).to_have_attribute("data-state", "joined")
     await expect(page.locator("#participants li")).to_have_count(2)
