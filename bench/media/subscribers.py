@@ -11,6 +11,7 @@ import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from aiortc import RTCConfiguration
 from aiortc.rtcrtpparameters import RTCRtpCodecParameters
@@ -57,8 +58,7 @@ class Counter:
 
 
 async def subscribe_one(url: str, room: str, stream: str, token: str) -> tuple[Counter, object]:
-    client = SignalingClient(url, token, room)
-    await client.connect()
+    """Join as a viewer and count what arrives, without decoding."""
     counter = Counter()
     pc = RelayPeerConnection(RTCConfiguration(iceServers=[]))
 
@@ -67,13 +67,22 @@ async def subscribe_one(url: str, room: str, stream: str, token: str) -> tuple[C
         if pc.connectionState == "connected" and counter.connected_at is None:
             counter.connected_at = time.monotonic()
 
+    return counter, await receive_raw(url, room, stream, token, pc, counter.on_packet)
+
+
+async def receive_raw(
+    url: str, room: str, stream: str, token: str, pc: RelayPeerConnection, on_packet: Any
+) -> tuple[SignalingClient, MediaClient]:
+    """Subscribe a relay peer connection and hand every packet it receives to `on_packet`."""
+    client = SignalingClient(url, token, room)
+    await client.connect()
     media = MediaClient(client)
     await media.subscribe(stream, pc=pc)
     for t in pc.getTransceivers():
         receiver = t.receiver
         assert isinstance(receiver, ForwardingReceiver)
-        receiver.on_packet = counter.on_packet
-    return counter, (client, media)
+        receiver.on_packet = on_packet
+    return client, media
 
 
 async def main() -> None:

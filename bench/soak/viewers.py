@@ -17,9 +17,9 @@ from aiortc import RTCConfiguration
 from aiortc.rtcrtpparameters import RTCRtpCodecParameters
 from aiortc.rtp import RtpPacket
 
-from media.aiortc_adapter import ForwardingReceiver, RelayPeerConnection, use_host_addresses
-from media.client import MediaClient
-from signaling.client import SignalingClient
+from media.aiortc_adapter import RelayPeerConnection, use_host_addresses
+
+from ..media.subscribers import receive_raw
 
 
 class Counter:
@@ -43,17 +43,9 @@ class Counter:
 
 async def subscribe_one(url: str, room: str, stream: str, token: str) -> tuple[Counter, Any]:
     """Join as a viewer and receive a stream without decoding it."""
-    client = SignalingClient(url, token, room)
-    await client.connect()
     counter = Counter()
     pc = RelayPeerConnection(RTCConfiguration(iceServers=[]))
-    media = MediaClient(client)
-    await media.subscribe(stream, pc=pc)
-    for t in pc.getTransceivers():
-        receiver = t.receiver
-        assert isinstance(receiver, ForwardingReceiver)
-        receiver.on_packet = counter.on_packet
-    return counter, (client, media)
+    return counter, await receive_raw(url, room, stream, token, pc, counter.on_packet)
 
 
 async def main() -> None:
