@@ -147,49 +147,47 @@ class ForwardingReceiver(RTCRtpReceiver):
 
     async def _handle_rtp_packet(self, packet: RtpPacket, arrival_time_ms: int) -> None:
         # aiortc's DTLS transport ends (and the peer connection fails) on any exception raised
-        # here: one bad packet must cost that packet, not the publisher's stream.
+        # here: one bad packet must cost that packet, not the publisher's stream. One try, no
+        # extra call: this runs for every packet a publisher sends.
         try:
-            await self._take_rtp_packet(packet, arrival_time_ms)
+            if not self._enabled:
+                return
+            if self._estimator is not None and packet.extensions.abs_send_time is not None:
+                remb = self._estimator.add(
+                    abs_send_time=packet.extensions.abs_send_time,
+                    arrival_time_ms=arrival_time_ms,
+                    payload_size=len(packet.payload) + packet.padding_size,
+                    ssrc=packet.ssrc,
+                )
+                if remb is not None:
+                    self.upstream_bitrate = remb[0]
+            codec = self.codecs.get(packet.payload_type)
+            if codec is None:
+                return
+            streams = self._streams
+            if packet.ssrc not in streams:
+                streams[packet.ssrc] = WrapSafeStatistics(codec.clockRate)
+            streams[packet.ssrc].add(packet)
+            if is_rtx(codec):
+                original = self._rtx_ssrc.get(packet.ssrc)
+                apt = codec.parameters.get("apt")
+                if original is None or not isinstance(apt, int) or apt not in self.codecs:
+                    return
+                if len(packet.payload) < 2:
+                    return  # RTX padding used for bandwidth probing
+                packet = unwrap_rtx(packet, payload_type=apt, ssrc=original)
+                codec = self.codecs[apt]
+            self.media_ssrc = packet.ssrc
+            self.arrived = time.perf_counter()
+            if self._nack is not None and self._nack.add(packet):
+                self.nacks_sent += 1
+                await self._send_rtcp_nack(packet.ssrc, sorted(self._nack.missing))
+            self.packets += 1
+            self.bytes += len(packet.payload)
+            if self.on_packet is not None:
+                await self.on_packet(packet, codec)
         except Exception:
             _handled_failure("handling a publisher's RTP packet")
-
-    async def _take_rtp_packet(self, packet: RtpPacket, arrival_time_ms: int) -> None:
-        if not self._enabled:
-            return
-        if self._estimator is not None and packet.extensions.abs_send_time is not None:
-            remb = self._estimator.add(
-                abs_send_time=packet.extensions.abs_send_time,
-                arrival_time_ms=arrival_time_ms,
-                payload_size=len(packet.payload) + packet.padding_size,
-                ssrc=packet.ssrc,
-            )
-            if remb is not None:
-                self.upstream_bitrate = remb[0]
-        codec = self.codecs.get(packet.payload_type)
-        if codec is None:
-            return
-        streams = self._streams
-        if packet.ssrc not in streams:
-            streams[packet.ssrc] = WrapSafeStatistics(codec.clockRate)
-        streams[packet.ssrc].add(packet)
-        if is_rtx(codec):
-            original = self._rtx_ssrc.get(packet.ssrc)
-            apt = codec.parameters.get("apt")
-            if original is None or not isinstance(apt, int) or apt not in self.codecs:
-                return
-            if len(packet.payload) < 2:
-                return  # RTX padding used for bandwidth probing
-            packet = unwrap_rtx(packet, payload_type=apt, ssrc=original)
-            codec = self.codecs[apt]
-        self.media_ssrc = packet.ssrc
-        self.arrived = time.perf_counter()
-        if self._nack is not None and self._nack.add(packet):
-            self.nacks_sent += 1
-            await self._send_rtcp_nack(packet.ssrc, sorted(self._nack.missing))
-        self.packets += 1
-        self.bytes += len(packet.payload)
-        if self.on_packet is not None:
-            await self.on_packet(packet, codec)
 
     async def _handle_rtcp_packet(self, packet: AnyRtcpPacket) -> None:
         try:

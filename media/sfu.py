@@ -12,8 +12,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from aiortc import RTCConfiguration, RTCSessionDescription
+from aiortc import RTCConfiguration, RTCRtpTransceiver, RTCSessionDescription
 from aiortc import sdp as aiortc_sdp
+from aiortc.rtcrtpparameters import RTCRtpCodecParameters
 
 from .aiortc_adapter import (
     ForwardingReceiver,
@@ -181,27 +182,20 @@ class Sfu:
         pc = RelayPeerConnection(RTCConfiguration(iceServers=[]))
         up = UpStream(stream_id, participant_id, pc, resumable=resumable)
         self.ups[stream_id] = up
+        codecs: dict[str, str] = {}
+
+        def take(t: RTCRtpTransceiver, codec: RTCRtpCodecParameters) -> None:
+            assert t.mid is not None and isinstance(t.receiver, ForwardingReceiver)
+            up.tracks[t.mid] = UpTrack(
+                feed_ids[t.mid], t.kind, codec, t.receiver, self.clock, self.forward_delay
+            )
+            codecs[t.mid] = codec.name
+
         try:
-            await pc.setRemoteDescription(RTCSessionDescription(offer, "offer"))
-            codecs: dict[str, str] = {}
-            for t in pc.getTransceivers():
-                codec = negotiated_codec(t)
-                if t.mid is None or codec is None:
-                    raise MediaError("bad_sdp", "no codec in common for a media section")
-                receiver = t.receiver
-                assert isinstance(receiver, ForwardingReceiver)
-                up.tracks[t.mid] = UpTrack(
-                    feed_ids[t.mid], t.kind, codec, receiver, self.clock, self.forward_delay
-                )
-                codecs[t.mid] = codec.name
-            answer = await pc.createAnswer()
-            await pc.setLocalDescription(answer)
+            await _accept(pc, offer, take)
         except MediaError:
             await self.unpublish(stream_id, "refused")
             raise
-        except Exception as e:
-            await self.unpublish(stream_id, "refused")
-            raise MediaError("bad_sdp", f"the offer was not accepted: {e}") from None
         self._watch_up(up, pc)
         return self._local_sdp(pc), codecs
 
@@ -212,30 +206,25 @@ class Sfu:
         if up is None or up.participant_id != participant_id:
             raise MediaError("no_such_stream", "you publish no stream with this id")
         pc = RelayPeerConnection(RTCConfiguration(iceServers=[]))
+        pairs: list[tuple[UpTrack, ForwardingReceiver, RTCRtpCodecParameters]] = []
+
+        def take(t: RTCRtpTransceiver, codec: RTCRtpCodecParameters) -> None:
+            track = up.tracks.get(t.mid or "")
+            if track is None or track.kind != t.kind:
+                raise MediaError("feeds_mismatch", "the offer does not carry this stream")
+            if not same_codec(codec, track.codec):
+                # Subscribers negotiated the first codec; they could not decode another.
+                raise MediaError("feeds_mismatch", "a stream keeps its codec when resumed")
+            assert isinstance(t.receiver, ForwardingReceiver)
+            pairs.append((track, t.receiver, codec))
+
         try:
-            await pc.setRemoteDescription(RTCSessionDescription(offer, "offer"))
-            pairs = []
-            for t in pc.getTransceivers():
-                codec = negotiated_codec(t)
-                track = up.tracks.get(t.mid or "")
-                if codec is None or track is None or track.kind != t.kind:
-                    raise MediaError("feeds_mismatch", "the offer does not carry this stream")
-                if not same_codec(codec, track.codec):
-                    # Subscribers negotiated the first codec; they could not decode another.
-                    raise MediaError("feeds_mismatch", "a stream keeps its codec when resumed")
-                receiver = t.receiver
-                assert isinstance(receiver, ForwardingReceiver)
-                pairs.append((track, receiver, codec))
+            await _accept(pc, offer, take)
             if len(pairs) != len(up.tracks):
                 raise MediaError("feeds_mismatch", "the offer does not carry this stream")
-            answer = await pc.createAnswer()
-            await pc.setLocalDescription(answer)
         except MediaError:
             await pc.close()
             raise
-        except Exception as e:
-            await pc.close()
-            raise MediaError("bad_sdp", f"the offer was not accepted: {e}") from None
         old, up.pc, up.interrupted = up.pc, pc, False
         for track, receiver, codec in pairs:
             track.take(receiver, codec)
@@ -445,6 +434,29 @@ class Sfu:
         task = asyncio.ensure_future(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+
+
+async def _accept(
+    pc: RelayPeerConnection,
+    offer: str,
+    take: Callable[[RTCRtpTransceiver, RTCRtpCodecParameters], None],
+) -> None:
+    """Take a publisher's offer: `take` sees each transceiver and its codec; then answer.
+
+    Any failure is a MediaError (an offer aiortc cannot use is `bad_sdp`).
+    """
+    try:
+        await pc.setRemoteDescription(RTCSessionDescription(offer, "offer"))
+        for t in pc.getTransceivers():
+            codec = negotiated_codec(t)
+            if t.mid is None or codec is None:
+                raise MediaError("bad_sdp", "no codec in common for a media section")
+            take(t, codec)
+        await pc.setLocalDescription(await pc.createAnswer())
+    except MediaError:
+        raise
+    except Exception as e:
+        raise MediaError("bad_sdp", f"the offer was not accepted: {e}") from None
 
 
 _CANDIDATE = re.compile(r"^(a=candidate:\S+ \d+ \S+ \d+ )(\S+)( \d+ typ host.*)$", re.M)

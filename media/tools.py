@@ -274,6 +274,10 @@ async def subscribe(
             media.subscriptions.pop(sub.id, None)
             await sub.pc.close()
 
+    async def retake(stream_id: str) -> None:
+        await drop(stream_id)
+        await take(stream_id)
+
     try:
         while deadline is None or time.monotonic() < deadline:
             client = await connect_again(new_client, deadline)
@@ -301,8 +305,7 @@ async def subscribe(
                         or held[0].id not in held_there  # the server ended it meanwhile
                         or held[0].pc.connectionState in ("failed", "closed")
                     ):
-                        await drop(stream_id)
-                        await take(stream_id)
+                        await retake(stream_id)
                 while deadline is None or time.monotonic() < deadline:
                     try:
                         event = await client.recv(timeout=0.5)
@@ -316,8 +319,7 @@ async def subscribe(
                         # The server ended a subscription (its path failed): take it again.
                         for stream_id, (sub, _) in list(receiving.items()):
                             if sub.id == event["stream"] and event["reason"] != "unpublished":
-                                await drop(stream_id)
-                                await take(stream_id)
+                                await retake(stream_id)
                     for stream_id, (sub, _) in list(receiving.items()):
                         # Our own path to the server was lost: receive it again, over a new
                         # signaling connection if the server is late too (the network went).
@@ -325,8 +327,7 @@ async def subscribe(
                             if client.stale:
                                 client.give_up("silent")
                                 raise ConnectionError("the network went")
-                            await drop(stream_id)
-                            await take(stream_id)
+                            await retake(stream_id)
                     if show and time.monotonic() - last_print >= 1.0:
                         last_print = time.monotonic()
                         print(json.dumps({k: v.summary() for k, v in feeds.items()}), flush=True)

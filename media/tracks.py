@@ -132,8 +132,7 @@ class UpTrack:
         ):
             self._earlier[key] += value
         old.on_packet = None
-        if self.source_ssrc is not None:
-            self._retired = [*self._retired[-3:], self.source_ssrc]
+        self._retire()
         self.source_ssrc = None
         self.receiver = receiver
         self.codec = codec
@@ -159,11 +158,15 @@ class UpTrack:
         """Take a packet of another SSRC as a new source, unless it is a retired one."""
         if ssrc in self._retired:
             return False  # reordered across the change: the new source has taken over
-        if self.source_ssrc is not None:
-            self._retired = [*self._retired[-3:], self.source_ssrc]
+        self._retire()
         self.source_ssrc = ssrc
         self.sequence = SequenceTracker()
         return True
+
+    def _retire(self) -> None:
+        """Remember the current source (the last four) so its late packets are dropped."""
+        if self.source_ssrc is not None:
+            self._retired = [*self._retired[-3:], self.source_ssrc]
 
     def request_keyframe(self) -> None:
         """Ask the publisher for a keyframe, at most once per KEYFRAME_INTERVAL."""
@@ -225,23 +228,25 @@ class DownTrack:
                 self.dropped_waiting += 1
                 self.up.request_keyframe()
                 return False
-            self.rewriter.rebase(ext, packet.timestamp, now)
-            self.waiting = False
-            if self.started_at is None:
-                self.started_at = now
-            await self._send(packet, ext, now)
-            # What overtook the keyframe's first packet was dropped while waiting: send it now.
-            for later, earlier_packet in self.up.after(ext):
-                await self._send(earlier_packet, later, now)
+            await self._start(packet, ext, now)
             return True
-        return await self._send(packet, ext, now)
-
-    async def _send(self, packet: RtpPacket, ext: int, now: float) -> bool:
+        # The path every copy takes: kept to one mapping and one send.
         mapped = self.rewriter.map(ext, packet.timestamp, now)
         if mapped is None:
             return False
         await self.sender.forward(packet, *mapped)
         return True
+
+    async def _start(self, packet: RtpPacket, ext: int, now: float) -> None:
+        """Start at this keyframe packet, with what overtook it (dropped while waiting)."""
+        self.rewriter.rebase(ext, packet.timestamp, now)
+        self.waiting = False
+        if self.started_at is None:
+            self.started_at = now
+        for e, p in [(ext, packet), *self.up.after(ext)]:
+            mapped = self.rewriter.map(e, p.timestamp, now)
+            if mapped is not None:
+                await self.sender.forward(p, *mapped)
 
     def _on_remb(self, bitrate: int) -> None:
         self.up.rates.report(self.subscriber_id, bitrate, self.clock())

@@ -97,9 +97,13 @@ async def on_hello(conn: Connection, msg: m.Hello) -> None:
             raise SessionError(SessionCode.ROOM_ENDED, "this session has ended")
         room = hub.rooms.open(grant.room, hub.now())
         existing = room.by_identity(grant.identity)
-        # The old connection's media may be on another node than the new one's.
-        old_media = hub.media_of(existing) if existing is not None else None
+        # A participant back through the same node keeps its streams and subscriptions: what
+        # still flows goes on, what was lost it publishes again under the same stream id.
+        # Media on another node than the new connection's cannot be continued from here.
+        old_media = None
         old_node = getattr(existing.client, "media_node", hub.node) if existing else None
+        if existing is not None and old_node != conn.media_node:
+            old_media = hub.media_of(existing)
         p = room.join(
             grant.identity, grant.name, grant.role, conn, hub.now(), hub.new_participant_id
         )
@@ -112,12 +116,7 @@ async def on_hello(conn: Connection, msg: m.Hello) -> None:
         }.get(e.code, Close.UNAUTHORIZED)
         _refuse(conn, e.code, e.message, close, msg.id)
         return
-    # A participant back on the same node keeps its streams and subscriptions: what still
-    # flows goes on, and what was lost it publishes again under the same stream id. Media on
-    # another node than the new connection's cannot be continued from here.
-    if existing is not None and old_node == conn.media_node:
-        old_media = None
-    elif existing is not None:
+    if old_media is not None:
         room.remove_streams_of(p.id, "replaced")
         p.subscriptions.clear()
     conn.room, conn.participant = room, p
@@ -298,8 +297,8 @@ async def _republish(conn: Connection, msg: m.Publish, stream: Stream) -> None:
     )
     if me.muted:
         conn.media.mute(me.id, "audio", True)
+    # The media reports the stream live again (Sfu: RESUMED), as it reported it lost.
     conn.push({"type": "answer", "ref": msg.id, "stream": stream.id, "sdp": answer})
-    room.stream_state(stream.id, True, conn.hub.now())
     conn.audit("republish", target=stream.id)
 
 

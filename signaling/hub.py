@@ -505,7 +505,7 @@ class Hub:
                 self.spawn(self.media_for_stream(stream).unpublish(stream.id, "interrupted"))
             if left or removed:
                 self.persist(room)
-        for room in self.rooms.sweep(self.now()):
+        for room in self.rooms.sweep(now):
             self.audit.record("room_end", room=room.id, code="idle", actor="server")
             self._forget(room.id)
             if self.recorders.pop(room.id, None) is not None:  # it stopped when the room ended

@@ -133,6 +133,16 @@ async def server(tmp_path: Path) -> AsyncIterator[Server]:
         yield srv
 
 
+def stop(proc: subprocess.Popen[Any], wait: float = 10) -> None:
+    """Stop a child by its PID: SIGTERM, then SIGKILL if it does not end in time."""
+    proc.terminate()
+    try:
+        proc.wait(wait)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(5)
+
+
 @contextmanager
 def server_process(
     data_dir: Path,
@@ -185,12 +195,7 @@ def server_process(
                 time.sleep(0.1)
         yield port, proc
     finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(5)
+        stop(proc)
         log.close()
 
 

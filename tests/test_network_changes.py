@@ -25,7 +25,7 @@ from session.roles import Role
 from signaling.client import SignalingClient
 from signaling.tokens import mint
 
-from .conftest import SECRET, server_process
+from .conftest import SECRET, server_process, stop
 from .netns import Namespace, namespace
 
 TELECONSULT = str(Path(sys.executable).parent / "teleconsult")
@@ -82,12 +82,7 @@ def tool(ns: Namespace, *argv: str) -> Iterator[tuple[subprocess.Popen[str], Lin
     try:
         yield proc, Lines(proc)
     finally:
-        proc.terminate()
-        try:
-            proc.wait(15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(5)
+        stop(proc, 15)
         if proc.stdout is not None:
             proc.stdout.close()
 
