@@ -69,6 +69,9 @@ class Media(Protocol):
     async def close_participant(self, participant_id: str, reason: str) -> None:
         """Close everything a participant publishes or receives."""
 
+    async def lost(self, participant_id: str) -> None:
+        """Drop a participant's media paths, which left from an address it no longer has."""
+
     def mute(self, participant_id: str, kind: str, muted: bool) -> None:
         """Stop (or resume) forwarding a participant's tracks of a kind."""
 
@@ -329,6 +332,17 @@ class Sfu:
             await self.unsubscribe(down_id, reason)
         for stream_id in [u.id for u in self.ups.values() if u.participant_id == participant_id]:
             await self.unpublish(stream_id, reason)
+
+    async def lost(self, participant_id: str) -> None:
+        """Drop a participant's media paths, which left from an address it no longer has.
+
+        Its streams wait to be published again (interrupted, as when consent expires, only
+        seconds sooner) and its subscriptions end as failed, so it receives them again.
+        """
+        for down_id in [d.id for d in self.downs.values() if d.subscriber_id == participant_id]:
+            await self.unsubscribe(down_id, "failed")
+        for up in [u for u in self.ups.values() if u.participant_id == participant_id]:
+            await up.pc.close()  # _watch_up takes it from there
 
     async def close(self) -> None:
         """Close every peer connection."""

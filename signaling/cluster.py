@@ -426,6 +426,8 @@ class Cluster:
             return await sfu.unsubscribe(a["down_id"], a["reason"])
         if method == "close_participant":
             return await sfu.close_participant(a["participant_id"], a["reason"])
+        if method == "lost":
+            return await sfu.lost(a["participant_id"])
         if method == "mute":
             return sfu.mute(a["participant_id"], a["kind"], a["muted"])
         if method == "pull":
@@ -672,6 +674,10 @@ class RemoteMedia:
         self.cluster.tell(
             self.node, "close_participant", participant_id=participant_id, reason=reason
         )
+
+    async def lost(self, participant_id: str) -> None:
+        """Drop a participant's media paths on its node."""
+        self.cluster.tell(self.node, "lost", participant_id=participant_id)
 
     def mute(self, participant_id: str, kind: str, muted: bool) -> None:
         """Mute a participant's tracks on its node."""

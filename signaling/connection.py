@@ -85,6 +85,10 @@ class Connection:
     ) -> None:
         self.ws = ws
         self.hub = hub
+        # The client's address as this node sees it (None when it came through another node): a
+        # reconnect from another address means the media paths from the old one are dead.
+        client = getattr(ws, "client", None)
+        self.peer: str | None = getattr(client, "host", None) if relayed_from is None else None
         # A frame already read (by the cluster, to find the room) and the node it came through.
         self.first = first
         self.relayed_from = relayed_from

@@ -104,6 +104,13 @@ async def on_hello(conn: Connection, msg: m.Hello) -> None:
         old_node = getattr(existing.client, "media_node", hub.node) if existing else None
         if existing is not None and old_node != conn.media_node:
             old_media = hub.media_of(existing)
+        # Back from another address (a handover): its media left from the old one and is dead,
+        # though ICE consent would take seconds more to say so.
+        # Done before the join, so that the old connection is told and the welcome says it:
+        # streams reconnecting, those subscriptions gone; the client makes both again.
+        old_peer = getattr(existing.client, "peer", None) if existing else None
+        if existing and old_media is None and old_peer and conn.peer and old_peer != conn.peer:
+            await conn.media.lost(existing.id)
         p = room.join(
             grant.identity, grant.name, grant.role, conn, hub.now(), hub.new_participant_id
         )
@@ -147,6 +154,7 @@ async def on_hello(conn: Connection, msg: m.Hello) -> None:
     conn.push(welcome)
     if old_media is not None:
         await old_media.close_participant(p.id, "replaced")
+
     conn.audit("join", "ok" if p.state is State.JOINED else "waiting")
     hub.refresh_gauges()
 

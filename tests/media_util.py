@@ -12,6 +12,8 @@ import av
 import numpy as np
 from aiortc.mediastreams import AudioStreamTrack, MediaStreamTrack, VideoStreamTrack
 
+from media import stamp
+
 
 class PatternTrack(VideoStreamTrack):
     """Video whose frames show a bright bar that moves one step a frame over a dark field."""
@@ -150,3 +152,26 @@ def drop_every_fifth(sender: Any) -> list[int]:
 
     transport._send_rtp = lossy
     return dropped
+
+
+class StampViewer:
+    """An expert on this side decoding a feed: when each frame arrived and when it was taken."""
+
+    def __init__(self) -> None:
+        self.frames: list[tuple[float, int]] = []
+
+    async def watch(self, track: Any) -> None:
+        while True:
+            frame = await track.recv()
+            read = stamp.read(frame.to_ndarray(format="gray"))
+            if read is not None:
+                self.frames.append((time.time(), read[0]))
+
+    async def back_after(self, t: float, timeout: float = 20) -> float:
+        """Seconds from t until a frame taken after t arrived."""
+        for _ in range(int(timeout * 20)):
+            fresh = [arrived for arrived, taken in self.frames if taken > t * 1000]
+            if fresh:
+                return fresh[0] - t
+            await asyncio.sleep(0.05)
+        raise TimeoutError(f"no picture taken after the change within {timeout} s")

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -13,6 +14,8 @@ from .need import executable
 # A rate of 8 bit/s with a 10-byte bucket drops every packet, and the OS sees no change: the
 # silent cut of a tunnel or a dead cell, both ways when put on both ends.
 SILENT = ["tbf", "rate", "8bit", "burst", "10", "limit", "1"]
+# The changes a session must ride out (docs/protocol.md, "Reconnecting").
+CHANGES = ["handover", "silent_cut_30s", "link_down_5s"]
 
 
 def _ip(*args: str) -> None:
@@ -105,3 +108,18 @@ def namespace(tag: int = 1) -> Iterator[Namespace]:
         yield ns
     finally:
         ns.delete()
+
+
+def change_network(ns: Namespace, change: str) -> float:
+    """Make the change; return the wall time the network is back (on its new address)."""
+    if change == "handover":
+        ns.move()
+    elif change == "silent_cut_30s":
+        ns.cut()
+        time.sleep(30)
+        ns.heal()
+    else:
+        ns.link(False)
+        time.sleep(5)
+        ns.link(True)
+    return time.time()

@@ -6,10 +6,13 @@ from __future__ import annotations
 import asyncio
 import time
 from pathlib import Path
+from typing import Any
+
+from websockets.asyncio.client import connect
 
 from media.client import MediaClient
 from session.roles import Role
-from signaling.client import RequestFailed
+from signaling.client import RequestFailed, SignalingClient
 
 from .conftest import running_server
 from .media_util import PatternTrack, receive
@@ -105,3 +108,68 @@ async def test_new_media_for_a_stream_must_carry_its_feeds(tmp_path: Path) -> No
         finally:
             await op.close()
             await other.close()
+
+
+class ClientAt(SignalingClient):
+    """A signaling client whose connection leaves from a given local address."""
+
+    def __init__(self, local: str, *args: Any) -> None:
+        super().__init__(*args)
+        self.local = local
+
+    async def open(self, timeout: float = 10.0) -> None:
+        self.ws = await connect(
+            self.url, ping_interval=None, open_timeout=timeout, local_addr=(self.local, 0)
+        )
+        self.last_heard = asyncio.get_running_loop().time()
+        self._reader = asyncio.create_task(self._read())
+
+
+async def test_a_reconnect_from_another_address_marks_its_media_lost_at_once(
+    tmp_path: Path,
+) -> None:
+    async with running_server(tmp_path, announce="127.0.0.1") as server:
+        op_sig = await server.join(role=Role.OPERATOR, identity="op")
+        op = MediaClient(op_sig)
+        ex_sig = await server.join(role=Role.EXPERT, identity="ex")
+        ex = MediaClient(ex_sig)
+        again: list[SignalingClient] = []
+        try:
+            stream = await op.publish([(PatternTrack(), "probe", "Ultrasound")])
+            sub = await ex.subscribe(stream.id)
+            await receive(sub.tracks[f"{stream.id}.0"], 5)
+
+            async def back(identity: str, role: Role, local: str) -> dict[str, Any]:
+                token = server.token(role=role, identity=identity)
+                client = ClientAt(local, server.ws_url, token, "r1")
+                again.append(client)
+                return await client.connect()
+
+            # Back from the same address (a blink): everything held, nothing lost.
+            welcome = await back("ex", Role.EXPERT, "127.0.0.1")
+            assert welcome["subscriptions"] == [sub.id]
+            assert [s["state"] for s in welcome["streams"]] == ["live"]
+            # Back from another address (a handover): the old paths are dead, and the welcome
+            # says so before ICE consent would: the subscription ended, the stream waits.
+            welcome = await back("ex", Role.EXPERT, "127.0.0.2")
+            assert welcome["subscriptions"] == []
+            welcome = await back("op", Role.OPERATOR, "127.0.0.2")
+            assert [(s["id"], s["state"]) for s in welcome["streams"]] == [
+                (stream.id, "reconnecting")
+            ]
+            state = await again[-2].wait_for("stream_state", timeout=5)
+            assert state["stream_id"] == stream.id and state["state"] == "reconnecting"
+            # The stream goes on under its id once published again from the new address.
+            republished = MediaClient(again[-1])
+            renewed = await republished.publish(
+                [(PatternTrack(), "probe", "Ultrasound")], replace=stream.id
+            )
+            assert renewed.id == stream.id
+            live = await again[-2].wait_for("stream_state", timeout=5)
+            assert live["state"] == "live"
+            await republished.close()
+        finally:
+            await op.close()
+            await ex.close()
+            for client in again:
+                await client.close()

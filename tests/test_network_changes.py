@@ -17,7 +17,6 @@ from typing import Any
 
 import pytest
 
-from media import stamp
 from media.aiortc_adapter import use_host_addresses
 from media.client import MediaClient
 from media.synthetic import UltrasoundTrack
@@ -26,26 +25,11 @@ from signaling.client import SignalingClient
 from signaling.tokens import mint
 
 from .conftest import SECRET, server_process, stop
-from .netns import Namespace, namespace
+from .media_util import StampViewer
+from .netns import CHANGES, Namespace, change_network, namespace
 
 TELECONSULT = str(Path(sys.executable).parent / "teleconsult")
 BACK_WITHIN = 2.0
-CHANGES = ["handover", "silent_cut_30s", "link_down_5s"]
-
-
-def change_network(ns: Namespace, change: str) -> float:
-    """Make the change; return the wall time the network is back (on its new address)."""
-    if change == "handover":
-        ns.move()
-    elif change == "silent_cut_30s":
-        ns.cut()
-        time.sleep(30)
-        ns.heal()
-    else:
-        ns.link(False)
-        time.sleep(5)
-        ns.link(True)
-    return time.time()
 
 
 class Lines:
@@ -87,29 +71,6 @@ def tool(ns: Namespace, *argv: str) -> Iterator[tuple[subprocess.Popen[str], Lin
             proc.stdout.close()
 
 
-class Viewer:
-    """An expert on this side decoding a feed: when each frame arrived and when it was taken."""
-
-    def __init__(self) -> None:
-        self.frames: list[tuple[float, int]] = []
-
-    async def watch(self, track: Any) -> None:
-        while True:
-            frame = await track.recv()
-            read = stamp.read(frame.to_ndarray(format="gray"))
-            if read is not None:
-                self.frames.append((time.time(), read[0]))
-
-    async def back_after(self, t: float, timeout: float = 20) -> float:
-        """Seconds from t until a frame taken after t arrived."""
-        for _ in range(int(timeout * 20)):
-            fresh = [arrived for arrived, taken in self.frames if taken > t * 1000]
-            if fresh:
-                return fresh[0] - t
-            await asyncio.sleep(0.05)
-        raise TimeoutError(f"no picture taken after the change within {timeout} s")
-
-
 def token(role: Role, who: str) -> str:
     return mint(SECRET, "van", role, who, 3600, who)
 
@@ -126,7 +87,7 @@ async def test_the_publish_tool_heals_a_network_change(tmp_path: Path, change: s
             use_host_addresses([ns.host])
             sig = SignalingClient(f"ws://{ns.host}:{port}/ws", token(Role.EXPERT, "ex"), "van")
             media = MediaClient(sig)
-            viewer = Viewer()
+            viewer = StampViewer()
             try:
                 await sig.connect()
                 sub = await media.subscribe(stream)

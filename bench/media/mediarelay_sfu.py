@@ -69,6 +69,9 @@ class MediaRelaySfu:
             if pid == participant_id:
                 await self.unpublish(s, reason)
 
+    async def lost(self, participant_id: str) -> None:
+        await self.close_participant(participant_id, "failed")
+
     def mute(self, participant_id: str, kind: str, muted: bool) -> None:
         pass
 

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import shlex
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
 
 import pytest
 from playwright.async_api import BrowserContext, async_playwright
 
 from ..need import executable
+from ..netns import Namespace
 
 # Without these Chromium reaches for Google's services, which this network refuses.
 CHROMIUM_ARGS = [
@@ -53,5 +57,26 @@ async def browser() -> AsyncIterator[BrowserContext]:
         await context.add_init_script(LOOPBACK_ONLY)
         try:
             yield context  # type: ignore[misc]
+        finally:
+            await b.close()
+
+
+@asynccontextmanager
+async def browser_in(ns: Namespace, origin: str, tmp: Path) -> AsyncIterator[BrowserContext]:
+    """A real Chromium whose network is a namespace's: it reaches `origin` over the veth pair.
+
+    Playwright drives it over pipes, so only its traffic crosses the namespace. The origin is
+    not loopback, so it is declared secure for the camera and microphone.
+    """
+    launcher = tmp / "chromium-in-namespace"
+    chromium = executable("chromium", "chromium-browser")
+    argv = " ".join(shlex.quote(a) for a in ns.command([chromium]))
+    launcher.write_text(f'#!/bin/sh\nexec {argv} "$@"\n')
+    launcher.chmod(0o755)
+    args = [*CHROMIUM_ARGS, f"--unsafely-treat-insecure-origin-as-secure={origin}"]
+    async with async_playwright() as pw:
+        b = await pw.chromium.launch(executable_path=str(launcher), headless=True, args=args)
+        try:
+            yield await b.new_context()
         finally:
             await b.close()

@@ -13,6 +13,8 @@ export class Stage extends EventTarget {
     super();
     this.session = session;
     this.root = root;
+    // A subscription made again after a network change: the same feeds, new tracks.
+    session.addEventListener("subscribed", (ev) => this._renew(/** @type {CustomEvent} */ (ev).detail));
     /** @type {Map<string, {figure: HTMLElement, overlay: Overlay | null, media: HTMLMediaElement, source: string}>} feed id → view */
     this.views = new Map();
     /** @type {Map<string, {subscription: string, feeds: string[], pc: RTCPeerConnection | null}>} stream id → subscription */
@@ -31,9 +33,49 @@ export class Stage extends EventTarget {
         const track = sub.tracks.get(feed.id);
         if (track) this.show(feed, new MediaStream([track]), false);
       }
+      this.mark(stream.id, stream.state || "live");
     } catch {
       this.streams.delete(stream.id);
     }
+  }
+
+  /** Make the stage match the streams a welcome lists (after a reconnect, some may be gone). @param {any[]} streams */
+  reconcile(streams) {
+    const live = new Set(streams.map((s) => s.id));
+    for (const id of [...this.streams.keys()]) if (!live.has(id)) this.drop(id);
+    for (const s of streams) {
+      if (this.streams.has(s.id)) this.mark(s.id, s.state || "live");
+      else this.receive(s);
+    }
+  }
+
+  /**
+   * Show a stream as live or as reconnecting (its publisher's network dropped; the picture
+   * pauses, and the tile stays). @param {string} streamId @param {string} state
+   */
+  mark(streamId, state) {
+    const entry = this.streams.get(streamId);
+    if (!entry) return;
+    for (const feed of entry.feeds) {
+      const view = this.views.get(feed);
+      if (!view) continue;
+      view.figure.classList.toggle("reconnecting", state === "reconnecting");
+      view.figure.dataset.state = state;
+    }
+  }
+
+  /** Put a subscription's new tracks into the views of its feeds. @param {any} sub */
+  _renew(sub) {
+    const entry = this.streams.get(sub.of);
+    if (!entry) return;
+    entry.subscription = sub.id;
+    entry.pc = sub.pc;
+    for (const feed of entry.feeds) {
+      const view = this.views.get(feed);
+      const track = sub.tracks.get(feed);
+      if (view && track) view.media.srcObject = new MediaStream([track]);
+    }
+    this.dispatchEvent(new CustomEvent("change"));
   }
 
   /** Stop showing a stream's feeds. @param {string} streamId */
@@ -73,12 +115,16 @@ export class Stage extends EventTarget {
     const caption = document.createElement("figcaption");
     const label = document.createElement("span");
     label.textContent = feed.label || t(`source.${feed.source}`);
+    const pause = document.createElement("em");
+    pause.className = "paused";
+    pause.dataset.i18n = "stream.reconnecting";
+    pause.textContent = t("stream.reconnecting");
     const swap = document.createElement("button");
     swap.type = "button";
     swap.dataset.i18n = "swap";
     swap.textContent = t("swap");
     swap.addEventListener("click", () => this.spotlight(feed.id));
-    caption.append(label, swap);
+    caption.append(label, pause, swap);
     figure.append(el, caption);
     this.root.append(figure);
     const overlay = new Overlay(/** @type {HTMLVideoElement} */ (el), feed.id, this.session);

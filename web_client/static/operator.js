@@ -19,8 +19,25 @@ export class Devices {
     this.stage = stage;
     this.root = root;
     this.problem = problem;
-    /** @type {Map<string, {stream: string, media: MediaStream, feed: string}>} row key → what it publishes */
+    /** @type {Map<string, {stream: string, media: MediaStream, feed: string, source: string, label: string}>} row key → what it publishes */
     this.live = new Map();
+    session.addEventListener("published", (ev) => this._renew(/** @type {CustomEvent} */ (ev).detail));
+  }
+
+  /**
+   * A stream was published again after a network change. Under a new id only when the room had
+   * dropped it (the network was away longer than the server's grace): show the preview under it.
+   * @param {{id: string, previous: string, feeds: Map<MediaStreamTrack, string>}} published
+   */
+  _renew(published) {
+    for (const running of this.live.values()) {
+      if (running.stream !== published.previous || published.id === published.previous) continue;
+      const track = running.media.getTracks()[0];
+      const feed = published.feeds.get(track) || running.feed;
+      this.stage.hide(running.feed);
+      Object.assign(running, { stream: published.id, feed });
+      if (track.kind === "video") this.stage.show({ id: feed, kind: "video", source: running.source, label: running.label }, running.media, true);
+    }
   }
 
   /** List the devices and build one row per feed. */
@@ -97,7 +114,7 @@ export class Devices {
       const track = media.getTracks()[0];
       const published = await this.session.publish([{ track, source: source.value, label: label.value }]);
       const feed = /** @type {string} */ (published.feeds.get(track));
-      this.live.set(row.key, { stream: published.id, media, feed });
+      this.live.set(row.key, { stream: published.id, media, feed, source: source.value, label: label.value });
       if (row.kind === "video") {
         this.stage.show({ id: feed, kind: "video", source: source.value, label: label.value }, media, true);
       }
@@ -111,7 +128,7 @@ export class Devices {
     }
   }
 
-  /** The connection was lost: the server dropped our streams; mark every feed stopped. */
+  /** The session is over: the server dropped our streams; mark every feed stopped. */
   reset() {
     for (const running of this.live.values()) {
       running.media.getTracks().forEach((tr) => tr.stop());

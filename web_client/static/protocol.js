@@ -5,22 +5,54 @@ import { ChannelState } from "./channel.js";
 
 export const PROTOCOL_VERSION = 1;
 
-// Close codes after which reconnecting cannot help (docs/protocol.md, "Close codes").
 // How many of its own acknowledged operations a client keeps, to send again if a node lost them.
 const RECENT_OPS = 200;
+// Close codes after which reconnecting cannot help (docs/protocol.md, "Close codes").
 const FINAL_CLOSES = new Set([4000, 4001, 4005, 4009, 4010, 4011, 4012, 4013]);
+// The client probes the connection every PROBE_MS and gives it up when a probe is not answered
+// within SILENCE_MS, or four round trips on a slow path: a handover or a dead cell is noticed
+// in under a second, where TCP's retransmission backoff on the dead socket can take tens of
+// seconds (docs/protocol.md, "Keepalive"). A probe is judged from when it was sent, so a
+// background tab whose timers the browser slows does not give up a live connection.
+const PROBE_MS = 250;
+const SILENCE_MS = 750;
+const TICK_MS = 50;
+// A connection attempt into a network that is away hangs on TCP's backoff: give it up and dial
+// again, so that an attempt starts soon after the network is back.
+const DIAL_MS = 1500;
+const WELCOME_MS = 5000;
+// While the server keeps this participant (its reconnect grace, 60 s by default) it is dialled
+// every RETRY_MS; after that with a backoff up to RETRY_MAX_MS, never giving up.
+const RETRY_MS = 250;
+const RETRY_MAX_MS = 5000;
+const GRACE_MS = 60000;
+// The code this client closes a connection it gave up with: not 1000/1001, which mean leaving.
+const GIVEN_UP = 3001;
 
 /**
  * @typedef {{type: string, [key: string]: any}} Message
  * @typedef {{id: string, identity: string, name: string, role: string, muted: boolean,
- *            joined_at: number, may_annotate?: boolean, floor?: boolean}} ParticipantInfo
+ *            joined_at: number, may_annotate?: boolean, floor?: boolean, connected?: boolean}} ParticipantInfo
+ * @typedef {{track: MediaStreamTrack, source: string, label?: string}} Feed
+ * @typedef {{videoCodec?: string, h264Profile?: string}} PublishOptions
+ * @typedef {{id: string, pc: RTCPeerConnection, feeds: Map<MediaStreamTrack, string>}} Publication
+ * @typedef {{id: string, of: string, pc: RTCPeerConnection, tracks: Map<string, MediaStreamTrack>}} Subscription
  */
 
-/** A participant's signaling session; emits "message", "state" and "closed" events. */
+/** Whether a peer connection's media path is gone. @param {RTCPeerConnection} pc */
+function dead(pc) {
+  return pc.connectionState === "failed" || pc.connectionState === "closed";
+}
+
+/**
+ * A participant's signaling session; emits "message", "state" and "closed" events, and, when it
+ * had to make media again after a network change, "published" and "subscribed".
+ */
 export class Session extends EventTarget {
   /**
    * @param {{url: string, room: string, token: string, retries?: number, relayOnly?: boolean}} options
-   *   relayOnly: send media only through the TURN servers the server hands out
+   *   retries: attempts to make the first connection; once joined, it reconnects for as long as
+   *   it takes. relayOnly: send media only through the TURN servers the server hands out
    */
   constructor({ url, room, token, retries = 10, relayOnly = false }) {
     super();
@@ -38,6 +70,19 @@ export class Session extends EventTarget {
     this.state = "idle";
     this.attempt = 0;
     this.leaving = false;
+    /** When the connection was lost (0 while connected). */
+    this.lostAt = 0;
+    /** When anything last arrived, and when the unanswered probe was sent (0: none). */
+    this.heardAt = 0;
+    this.probeAt = 0;
+    /** The smoothed round trip of probes, in ms. */
+    this.rtt = 0;
+    /** @type {ReturnType<typeof setTimeout> | null} the next dial */
+    this.retryTimer = null;
+    /** @type {ReturnType<typeof setInterval> | null} */
+    this.ticker = null;
+    /** @type {{resolve: (m: Message) => void, reject: (e: any) => void} | null} the first join */
+    this.joining = null;
     /** @type {Map<string, {resolve: (m: Message) => void, reject: (e: Message) => void}>} */
     this.pending = new Map();
     this.nextRef = 0;
@@ -45,6 +90,18 @@ export class Session extends EventTarget {
     this.seq = 0;
     /** @type {Map<string, RTCPeerConnection>} stream or subscription id → its connection */
     this.connections = new Map();
+    /**
+     * What this participant publishes, by stream id: kept across reconnects, and published again
+     * under the same id when its media path is lost.
+     * @type {Map<string, {feeds: Feed[], options: PublishOptions, pc: RTCPeerConnection, healing: boolean}>}
+     */
+    this.published = new Map();
+    /**
+     * What this participant receives, by the id of the stream received: made again when its
+     * media path is lost or the server ended it.
+     * @type {Map<string, {sub: Subscription, feeds: string[] | undefined, healing: boolean}>}
+     */
+    this.received = new Map();
     /** The room's annotations, pointers, chat and hands. */
     this.channel = new ChannelState();
     /**
@@ -76,97 +133,295 @@ export class Session extends EventTarget {
 
   /** Connect and say hello; resolves with the welcome, rejects with the server's error. */
   connect() {
+    this.leaving = false;
     return new Promise((resolve, reject) => {
-      this._setState(this.attempt ? "reconnecting" : "connecting");
-      const ws = new WebSocket(this.url);
-      this.ws = ws;
-      /** @type {Message | null} */
-      let refusal = null;
-      let settled = false;
-      ws.onopen = () => {
-        /** @type {Message} */
-        const hello = { type: "hello", version: PROTOCOL_VERSION, room: this.room, token: this.token };
-        if (this.welcome) hello.resume = this.seq; // a reconnect: ask for exactly what was missed
-        this._send(hello);
-      };
-      ws.onmessage = (frame) => {
-        /** @type {Message} */
-        const msg = JSON.parse(frame.data);
-        if (msg.type === "ping") {
-          this._send({ type: "pong", ts: msg.ts });
-          return;
-        }
-        if (!settled && msg.type === "error") {
-          refusal = msg;
-          return;
-        }
-        const waiter = msg.ref ? this.pending.get(msg.ref) : undefined;
-        if (waiter && msg.type !== "welcome") {
-          this.pending.delete(msg.ref);
-          if (msg.type === "error") waiter.reject(msg);
-          else waiter.resolve(msg);
-          return;
-        }
-        if (msg.type === "op" && msg.author === this.me) {
-          const op = this.pendingOps.get(msg.id);
-          if (op) {
-            this.pendingOps.delete(msg.id);
-            this.recentOps.set(msg.id, { msg: op.msg, seq: Number(msg.seq) });
-            if (this.recentOps.size > RECENT_OPS) this.recentOps.delete(this.recentOps.keys().next().value || "");
-            op.resolve(msg);
-          }
-        }
-        if (msg.type === "error" && msg.ref && this.pendingOps.has(msg.ref)) {
-          const op = this.pendingOps.get(msg.ref);
-          this.pendingOps.delete(msg.ref);
-          if (op) op.reject(msg);
-        }
-        if (msg.type === "unsubscribed" || msg.type === "stream_removed") {
-          this._closeConnection(msg.stream || msg.stream_id);
-        }
-        if (!settled && msg.type === "welcome") {
-          settled = true;
-          this.attempt = 0;
-          this.welcome = msg;
-          this._track(msg);
-          this._setState(msg.state);
-          resolve(msg);
-          this._redo(msg);
-        } else {
-          this._track(msg);
-        }
-        this.dispatchEvent(new CustomEvent("message", { detail: msg }));
-      };
-      ws.onclose = (ev) => {
-        const final = FINAL_CLOSES.has(ev.code) || this.leaving;
-        // The server drops a connection's media with it; a reconnect publishes and subscribes anew.
-        for (const id of [...this.connections.keys()]) this._closeConnection(id);
-        const lost = { type: "error", code: "connection_lost", message: "connection lost" };
-        for (const waiter of this.pending.values()) waiter.reject(lost);
-        this.pending.clear();
-        if (final || this.attempt >= this.retries) {
-          for (const op of this.pendingOps.values()) op.reject(lost);
-          this.pendingOps.clear();
-        }
-        if (!settled) {
-          settled = true;
-          if (final || this.attempt >= this.retries) {
-            this._setState("closed");
-            reject(refusal || { code: "connection_failed", message: `closed (${ev.code})` });
-            return;
-          }
-        }
-        if (!final && this.attempt < this.retries) {
-          this.attempt += 1;
-          const delay = Math.min(10000, 500 * 2 ** (this.attempt - 1));
-          this._setState("reconnecting");
-          setTimeout(() => this.connect().catch(() => {}), delay);
-          return;
-        }
-        this._setState("closed");
-        this.dispatchEvent(new CustomEvent("closed", { detail: { code: ev.code, reason: ev.reason, error: refusal } }));
-      };
+      this.joining = { resolve, reject };
+      if (!this.ticker) this.ticker = setInterval(() => this._tick(), TICK_MS);
+      if (typeof window !== "undefined") window.addEventListener("online", this._online);
+      this._dial();
     });
+  }
+
+  /** The OS says the network is back: dial now rather than at the next retry. */
+  _online = () => {
+    if (this.retryTimer === null) return;
+    clearTimeout(this.retryTimer);
+    this.retryTimer = null;
+    this._dial();
+  };
+
+  _dial() {
+    this.retryTimer = null;
+    this._setState(this.welcome ? "reconnecting" : this.attempt ? "reconnecting" : "connecting");
+    const ws = new WebSocket(this.url);
+    this.ws = ws;
+    this.heardAt = Date.now();
+    this.probeAt = 0;
+    /** @type {{refusal: Message | null}} */
+    const told = { refusal: null };
+    const timer = setTimeout(() => {
+      if (ws.readyState === WebSocket.CONNECTING) this._lost(ws, 0, told.refusal);
+    }, DIAL_MS);
+    ws.onopen = () => {
+      clearTimeout(timer);
+      this.heardAt = Date.now();
+      /** @type {Message} */
+      const hello = { type: "hello", version: PROTOCOL_VERSION, room: this.room, token: this.token };
+      if (this.welcome) hello.resume = this.seq; // a reconnect: ask for exactly what was missed
+      this._send(hello);
+    };
+    ws.onmessage = (frame) => {
+      this.heardAt = Date.now();
+      this._receive(JSON.parse(frame.data), told);
+    };
+    ws.onclose = (ev) => {
+      clearTimeout(timer);
+      this._lost(ws, ev.code, told.refusal);
+    };
+  }
+
+  /** Probe the connection, and give it up when the probe or the server's pings go unanswered. */
+  _tick() {
+    const ws = this.ws;
+    if (!ws || ws.readyState !== WebSocket.OPEN) return;
+    const now = Date.now();
+    if (!this._live()) {
+      // Open, hello sent, no welcome yet (the server takes no ping before it): a path that
+      // died on the way is given up, later than an attempt that never opened (a busy server
+      // may take a moment to restore the room).
+      if (now - this.heardAt > WELCOME_MS) this._lost(ws, 0, null);
+      return;
+    }
+    const interval = Number(this.welcome?.ping_interval || 15) * 1000;
+    const unanswered = this.probeAt > 0 && this.heardAt < this.probeAt;
+    const patience = Math.max(SILENCE_MS, 4 * this.rtt);
+    if ((unanswered && now - this.probeAt > patience) || now - this.heardAt > 1.5 * interval + 500) {
+      this._lost(ws, 0, null);
+      return;
+    }
+    if (!unanswered && now - this.probeAt >= PROBE_MS) {
+      this.probeAt = now;
+      this._send({ type: "ping", ts: now / 1000 });
+    }
+  }
+
+  /**
+   * A connection ended (closed, or given up as dead): reconnect unless it was final. Media that
+   * still flows is kept; the welcome of the next connection says what must be made again.
+   * @param {WebSocket} ws @param {number} code @param {Message | null} refusal
+   */
+  _lost(ws, code, refusal) {
+    if (ws !== this.ws) return;
+    this.ws = null;
+    ws.onopen = ws.onmessage = ws.onclose = null;
+    if (ws.readyState === WebSocket.CONNECTING || ws.readyState === WebSocket.OPEN) ws.close(GIVEN_UP);
+    const lost = { type: "error", code: "connection_lost", message: "connection lost" };
+    for (const waiter of this.pending.values()) waiter.reject(lost);
+    this.pending.clear();
+    const final = FINAL_CLOSES.has(code) || this.leaving;
+    if (final || (!this.welcome && this.attempt >= this.retries)) {
+      this._end(code, refusal);
+      return;
+    }
+    const now = Date.now();
+    if (!this.lostAt) this.lostAt = now;
+    this.attempt += 1;
+    this._setState("reconnecting");
+    // The first attempt goes at once: a connection given up for silence is usually a path that
+    // changed, and a new one works straight away.
+    const quick = this.welcome && now - this.lostAt < GRACE_MS;
+    const delay = quick ? (this.attempt === 1 ? 0 : RETRY_MS) : Math.min(RETRY_MAX_MS, 500 * 2 ** Math.min(this.attempt - 1, 4));
+    this.retryTimer = setTimeout(() => this._dial(), delay);
+  }
+
+  /** The session is over: what it published and received ends with it. @param {number} code @param {Message | null} refusal */
+  _end(code, refusal) {
+    if (this.ticker) clearInterval(this.ticker);
+    this.ticker = null;
+    if (typeof window !== "undefined") window.removeEventListener("online", this._online);
+    const lost = { type: "error", code: "connection_lost", message: "connection lost" };
+    for (const op of this.pendingOps.values()) op.reject(lost);
+    this.pendingOps.clear();
+    for (const id of [...this.connections.keys()]) this._closeConnection(id);
+    this.published.clear();
+    this.received.clear();
+    this._setState("closed");
+    if (this.joining) {
+      this.joining.reject(refusal || { code: "connection_failed", message: `closed (${code})` });
+      this.joining = null;
+      return;
+    }
+    this.dispatchEvent(new CustomEvent("closed", { detail: { code, error: refusal } }));
+  }
+
+  /** Take one message from the server. @param {Message} msg @param {{refusal: Message | null}} told */
+  _receive(msg, told) {
+    if (msg.type === "ping") {
+      this._send({ type: "pong", ts: msg.ts });
+      return;
+    }
+    if (msg.type === "pong") {
+      const rtt = Date.now() - Number(msg.ts) * 1000;
+      if (rtt >= 0 && rtt < 60000) this.rtt = this.rtt ? 0.875 * this.rtt + 0.125 * rtt : rtt;
+      return;
+    }
+    // Until this connection's welcome, an error is the server refusing it (a close follows).
+    const joined = this.lostAt === 0 && this.welcome !== null;
+    if (!joined && msg.type === "error") {
+      told.refusal = msg;
+      return;
+    }
+    const waiter = msg.ref ? this.pending.get(msg.ref) : undefined;
+    if (waiter && msg.type !== "welcome") {
+      this.pending.delete(msg.ref);
+      if (msg.type === "error") waiter.reject(msg);
+      else waiter.resolve(msg);
+      return;
+    }
+    if (msg.type === "op" && msg.author === this.me) {
+      const op = this.pendingOps.get(msg.id);
+      if (op) {
+        this.pendingOps.delete(msg.id);
+        this.recentOps.set(msg.id, { msg: op.msg, seq: Number(msg.seq) });
+        if (this.recentOps.size > RECENT_OPS) this.recentOps.delete(this.recentOps.keys().next().value || "");
+        op.resolve(msg);
+      }
+    }
+    if (msg.type === "error" && msg.ref && this.pendingOps.has(msg.ref)) {
+      const op = this.pendingOps.get(msg.ref);
+      this.pendingOps.delete(msg.ref);
+      if (op) op.reject(msg);
+    }
+    this._followMedia(msg);
+    if (msg.type === "welcome") {
+      const again = this.welcome !== null;
+      this.attempt = 0;
+      this.lostAt = 0;
+      this.welcome = msg;
+      this._track(msg);
+      this._setState(msg.state);
+      if (this.joining) {
+        this.joining.resolve(msg);
+        this.joining = null;
+      }
+      this._redo(msg);
+      if (again) this._heal(msg);
+    } else {
+      this._track(msg);
+    }
+    this.dispatchEvent(new CustomEvent("message", { detail: msg }));
+  }
+
+  /** Keep what this participant publishes and receives in step with the server's events. @param {Message} msg */
+  _followMedia(msg) {
+    if (msg.type === "stream_removed") {
+      const id = String(msg.stream_id);
+      if (this.published.delete(id)) this._closeConnection(id);
+      const held = this.received.get(id);
+      if (held) {
+        this.received.delete(id);
+        this._closeConnection(held.sub.id);
+      }
+    }
+    if (msg.type === "unsubscribed") {
+      const entry = [...this.received.entries()].find(([, r]) => r.sub.id === msg.stream);
+      // The server ended it because its path failed: receive the stream again.
+      if (entry && msg.reason === "failed") this._resubscribe(entry[0], false);
+      else if (entry) {
+        this.received.delete(entry[0]);
+        this._closeConnection(String(msg.stream));
+      }
+    }
+    if (msg.type === "stream_state" && msg.state === "reconnecting" && this.published.has(msg.stream_id)) {
+      // The server lost this stream's media (a new address, a cut longer than ICE consent).
+      this._republish(String(msg.stream_id), true);
+    }
+  }
+
+  /**
+   * After a reconnect: make again the media the server lost or ended while this client was away,
+   * and publish anew what the room no longer knows (the grace ran out).
+   * @param {Message} welcome
+   */
+  _heal(welcome) {
+    /** @type {Map<string, Message>} */
+    const streams = new Map((welcome.streams || []).map((/** @type {Message} */ s) => [s.id, s]));
+    for (const [id, pub] of [...this.published]) {
+      const known = streams.get(id);
+      if (!known || known.state === "reconnecting" || dead(pub.pc)) this._republish(id, Boolean(known));
+    }
+    const held = new Set(welcome.subscriptions || []);
+    for (const [streamId, r] of [...this.received]) {
+      if (!streams.has(streamId)) {
+        this.received.delete(streamId);
+        this._closeConnection(r.sub.id);
+      } else if (!held.has(r.sub.id) || dead(r.sub.pc)) {
+        this._resubscribe(streamId, held.has(r.sub.id));
+      }
+    }
+  }
+
+  /** Whether requests can be made now. */
+  _live() {
+    return this.ws !== null && this.ws.readyState === WebSocket.OPEN && this.lostAt === 0 && this.welcome !== null;
+  }
+
+  /** Watch a peer connection; a failed one is made again at once while connected. @param {RTCPeerConnection} pc @param {() => void} heal */
+  _watchMedia(pc, heal) {
+    pc.addEventListener("connectionstatechange", () => {
+      if (pc.connectionState === "failed" && this._live()) heal();
+    });
+  }
+
+  /**
+   * Publish a stream's tracks again on a new peer connection: under its id while the room keeps
+   * it (viewers' subscriptions go on), else as a new stream. Emits "published".
+   * @param {string} streamId @param {boolean} keep
+   */
+  async _republish(streamId, keep) {
+    const pub = this.published.get(streamId);
+    if (!pub || pub.healing || !this._live()) return;
+    pub.healing = true;
+    pub.pc.close();
+    this.connections.delete(streamId);
+    try {
+      let out;
+      try {
+        out = await this._offer(pub.feeds, pub.options, keep ? streamId : undefined);
+      } catch (err) {
+        const code = /** @type {Message} */ (err).code;
+        if (!keep || (code !== "no_such_stream" && code !== "feeds_mismatch")) throw err;
+        out = await this._offer(pub.feeds, pub.options, undefined);
+      }
+      this.published.delete(streamId);
+      this._keepPublished(out, pub.feeds, pub.options);
+      this.dispatchEvent(new CustomEvent("published", { detail: { ...out, previous: streamId } }));
+    } catch {
+      // Lost again on the way: the next welcome finds the connection closed and tries again.
+    } finally {
+      pub.healing = false;
+    }
+  }
+
+  /**
+   * Receive a stream again on a new peer connection. Emits "subscribed".
+   * @param {string} streamId @param {boolean} held whether the server still holds the old one
+   */
+  async _resubscribe(streamId, held) {
+    const r = this.received.get(streamId);
+    if (!r || r.healing || !this._live()) return;
+    r.healing = true;
+    this._closeConnection(r.sub.id);
+    if (held) this._send({ type: "unsubscribe", stream: r.sub.id });
+    try {
+      const sub = await this.subscribe(streamId, r.feeds);
+      this.dispatchEvent(new CustomEvent("subscribed", { detail: { ...sub, previous: r.sub.id } }));
+    } catch (err) {
+      // Gone meanwhile: its stream_removed tells the page. Otherwise the next welcome retries.
+      if (/** @type {Message} */ (err).code === "no_such_stream") this.received.delete(streamId);
+    } finally {
+      r.healing = false;
+    }
   }
 
   /** Send a client message (docs/protocol.md, "Client messages"). */
@@ -188,12 +443,30 @@ export class Session extends EventTarget {
   }
 
   /**
-   * Publish tracks as one stream (docs/protocol.md, "publish").
-   * @param {{track: MediaStreamTrack, source: string, label?: string}[]} feeds
-   * @param {{videoCodec?: string, h264Profile?: string}} [options]
-   * @returns {Promise<{id: string, pc: RTCPeerConnection, feeds: Map<MediaStreamTrack, string>}>}
+   * Publish tracks as one stream (docs/protocol.md, "publish"). If its media path is lost, it is
+   * published again by itself (a "published" event says so).
+   * @param {Feed[]} feeds
+   * @param {PublishOptions} [options]
+   * @returns {Promise<Publication>}
    */
   async publish(feeds, options = {}) {
+    const out = await this._offer(feeds, options, undefined);
+    this._keepPublished(out, feeds, options);
+    return out;
+  }
+
+  /** @param {Publication} out @param {Feed[]} feeds @param {PublishOptions} options */
+  _keepPublished(out, feeds, options) {
+    this.published.set(out.id, { feeds, options, pc: out.pc, healing: false });
+    this._watchMedia(out.pc, () => this._republish(out.id, true));
+  }
+
+  /**
+   * Offer tracks on a new peer connection; with `streamId`, as that stream's new media.
+   * @param {Feed[]} feeds @param {PublishOptions} options @param {string | undefined} streamId
+   * @returns {Promise<Publication>}
+   */
+  async _offer(feeds, options, streamId) {
     const pc = new RTCPeerConnection(this.rtcConfiguration());
     const added = feeds.map((f) => ({ ...f, transceiver: pc.addTransceiver(f.track, { direction: "sendonly" }) }));
     const videoCodec = options.videoCodec;
@@ -204,14 +477,17 @@ export class Session extends EventTarget {
       const rtx = codecs.filter((c) => c.mimeType.toLowerCase() === "video/rtx");
       for (const a of added) if (a.track.kind === "video") a.transceiver.setCodecPreferences([...wanted, ...rtx]);
     }
-    await pc.setLocalDescription();
-    await gathered(pc);
     try {
-      const reply = await this.request({
+      await pc.setLocalDescription();
+      await gathered(pc);
+      /** @type {Message} */
+      const msg = {
         type: "publish",
         sdp: /** @type {RTCSessionDescription} */ (pc.localDescription).sdp,
         feeds: added.map((a) => ({ mid: a.transceiver.mid, source: a.source, label: a.label || "" })),
-      });
+      };
+      if (streamId) msg.stream = streamId;
+      const reply = await this.request(msg);
       await pc.setRemoteDescription({ type: "answer", sdp: reply.sdp });
       this.connections.set(reply.stream, pc);
       return { id: reply.stream, pc, feeds: new Map(added.map((a) => [a.track, `${reply.stream}.${a.transceiver.mid}`])) };
@@ -224,16 +500,22 @@ export class Session extends EventTarget {
   /** Stop publishing a stream. @param {string} streamId */
   unpublish(streamId) {
     this._send({ type: "unpublish", stream: streamId });
+    this.published.delete(streamId);
     this._closeConnection(streamId);
   }
 
   /**
-   * Receive a published stream (docs/protocol.md, "subscribe").
+   * Receive a published stream (docs/protocol.md, "subscribe"), optionally some of its feeds. If
+   * its media path is lost, it is received again by itself (a "subscribed" event says so).
    * @param {string} streamId
-   * @returns {Promise<{id: string, of: string, pc: RTCPeerConnection, tracks: Map<string, MediaStreamTrack>}>}
+   * @param {string[]} [feeds]
+   * @returns {Promise<Subscription>}
    */
-  async subscribe(streamId) {
-    const offer = await this.request({ type: "subscribe", stream: streamId });
+  async subscribe(streamId, feeds) {
+    /** @type {Message} */
+    const ask = { type: "subscribe", stream: streamId };
+    if (feeds) ask.feeds = feeds;
+    const offer = await this.request(ask);
     const pc = new RTCPeerConnection(this.rtcConfiguration());
     /** @type {Record<string, string>} */
     const feedOfMid = Object.fromEntries(offer.feeds.map((/** @type {{mid: string, feed: string}} */ f) => [f.mid, f.feed]));
@@ -243,17 +525,27 @@ export class Session extends EventTarget {
       const feed = ev.transceiver.mid ? feedOfMid[ev.transceiver.mid] : undefined;
       if (feed) tracks.set(feed, ev.track);
     };
-    await pc.setRemoteDescription({ type: "offer", sdp: offer.sdp });
-    await pc.setLocalDescription();
-    await gathered(pc);
+    try {
+      await pc.setRemoteDescription({ type: "offer", sdp: offer.sdp });
+      await pc.setLocalDescription();
+      await gathered(pc);
+    } catch (err) {
+      pc.close();
+      this._send({ type: "unsubscribe", stream: offer.stream });
+      throw err;
+    }
     this.connections.set(offer.stream, pc);
     this._send({ type: "answer", stream: offer.stream, sdp: /** @type {RTCSessionDescription} */ (pc.localDescription).sdp });
-    return { id: offer.stream, of: streamId, pc, tracks };
+    const sub = { id: String(offer.stream), of: streamId, pc, tracks };
+    this.received.set(streamId, { sub, feeds, healing: false });
+    this._watchMedia(pc, () => this._resubscribe(streamId, true));
+    return sub;
   }
 
   /** Stop receiving a subscription. @param {string} subscriptionId */
   unsubscribe(subscriptionId) {
     this._send({ type: "unsubscribe", stream: subscriptionId });
+    for (const [streamId, r] of this.received) if (r.sub.id === subscriptionId) this.received.delete(streamId);
     this._closeConnection(subscriptionId);
   }
 
@@ -343,6 +635,7 @@ export class Session extends EventTarget {
 
   /** @param {string} state */
   _setState(state) {
+    if (state === this.state) return;
     this.state = state;
     this.dispatchEvent(new CustomEvent("state", { detail: state }));
   }
@@ -389,6 +682,11 @@ export class Session extends EventTarget {
   }
 }
 
+// Once a connection has the candidates it needs (a host one, and a relayed one when TURN servers
+// are set), gathering is waited for only this much longer: a network whose TURN server cannot be
+// reached from every interface never finishes, and a reconnect must not wait seconds for it.
+const SETTLE_MS = 100;
+
 /**
  * Wait until a connection has gathered its ICE candidates (version 1 sends whole SDP).
  * @param {RTCPeerConnection} pc
@@ -397,15 +695,26 @@ export class Session extends EventTarget {
  */
 export function gathered(pc, timeoutMs = 5000) {
   if (pc.iceGatheringState === "complete") return Promise.resolve();
+  const relayed = (pc.getConfiguration().iceServers || []).some((s) =>
+    [s.urls].flat().some((u) => String(u).startsWith("turn")));
   return new Promise((resolve) => {
-    const done = () => {
-      if (pc.iceGatheringState === "complete") {
-        pc.removeEventListener("icegatheringstatechange", done);
-        resolve();
-      }
+    /** @type {ReturnType<typeof setTimeout> | null} */
+    let settle = null;
+    const finish = () => {
+      pc.removeEventListener("icegatheringstatechange", changed);
+      pc.removeEventListener("icecandidate", found);
+      resolve();
     };
-    pc.addEventListener("icegatheringstatechange", done);
+    const changed = () => {
+      if (pc.iceGatheringState === "complete") finish();
+    };
+    const found = (/** @type {RTCPeerConnectionIceEvent} */ ev) => {
+      const type = ev.candidate ? ev.candidate.type : null;
+      if (settle === null && (type === "relay" || (type === "host" && !relayed))) settle = setTimeout(finish, SETTLE_MS);
+    };
+    pc.addEventListener("icegatheringstatechange", changed);
+    pc.addEventListener("icecandidate", found);
     // Some networks never finish gathering; what was gathered by then must do.
-    setTimeout(resolve, timeoutMs);
+    setTimeout(finish, timeoutMs);
   });
 }

@@ -50,8 +50,9 @@ session.addEventListener("state", (ev) => {
   $("state").textContent = t(`state.${state}`);
   $("banner").hidden = state !== "reconnecting";
   $("main").hidden = state !== "joined" && state !== "reconnecting";
-  if (state === "reconnecting") {
-    // The server dropped this connection's media with it; the welcome brings it back.
+  if (state === "closed") {
+    // The session is over: what it received and published ended with it. A reconnect keeps
+    // both; the session makes again whatever the network took (protocol.js).
     stage.dropAll();
     devices?.reset();
     talk?.reset();
@@ -62,11 +63,12 @@ session.addEventListener("message", (ev) => {
   const msg = /** @type {CustomEvent} */ (ev).detail;
   if (msg.room && msg.room.title) $("title").textContent = msg.room.title;
   if (msg.type === "welcome" || msg.type === "admitted") {
-    if (msg.streams) for (const s of msg.streams) stage.receive(s);
+    if (msg.streams) stage.reconcile(msg.streams);
     setUpRole();
   }
   if (msg.type === "stream_added") stage.receive(msg.stream);
   if (msg.type === "stream_removed") stage.drop(msg.stream_id);
+  if (msg.type === "stream_state") stage.mark(msg.stream_id, msg.state);
   if (msg.type === "room_ended") showProblem("problem.room_ended");
   if (msg.type === "removed") showProblem("problem.removed");
   if (msg.type === "denied") showProblem("problem.denied");

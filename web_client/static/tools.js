@@ -115,6 +115,11 @@ export class TalkBack {
       }
     });
     this.ptt = false;
+    // Published again under a new id (the room had dropped it while the network was away).
+    session.addEventListener("published", (ev) => {
+      const p = /** @type {CustomEvent} */ (ev).detail;
+      if (p.previous === this.stream) this.stream = p.id;
+    });
   }
 
   on() {
@@ -140,7 +145,7 @@ export class TalkBack {
     this.button.setAttribute("aria-pressed", String(on));
   }
 
-  /** The connection was lost: the server dropped the stream; publish again when needed. */
+  /** The session is over: the server dropped the stream; publish again when needed. */
   reset() {
     if (this.track) this.track.stop();
     this.track = null;
