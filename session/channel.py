@@ -167,11 +167,36 @@ class Channel:
             out.append({"type": "pointer", "author": author, "points": []})
         return out
 
+    def checkpoint(self, recent: int) -> Event:
+        """Return the state at the current sequence number as one event a log can start from.
+
+        It carries the ids of the latest `recent` operations too, so that an operation sent
+        again after a failover (its acknowledgement lost) is still recognised.
+        """
+        oldest = self.seq - recent
+        return {
+            "type": "checkpoint",
+            "seq": self.seq,
+            "shapes": sorted(self.shapes.values(), key=lambda s: s["seq"]),
+            "chat": list(self.chat),
+            "hands": dict(self.hands),
+            "ids": {k: list(v) for k, v in self.ids.items() if v[1] > oldest},
+        }
+
     @classmethod
     def restore(cls, events: list[Event], limits: Limits | None = None) -> Channel:
-        """Rebuild a channel from its ordered events, as a store that keeps the log would."""
+        """Rebuild a channel from its ordered events (a checkpoint, then operations after it)."""
         ch = cls(limits or Limits())
-        for e in sorted(events, key=lambda e: e["seq"]):
+        # A checkpoint sorts after the operation that shares its number: it includes it.
+        for e in sorted(events, key=lambda e: (e["seq"], e.get("type") == "checkpoint")):
+            if e.get("type") == "checkpoint":
+                ch.seq = e["seq"]
+                ch.log.clear()
+                ch.shapes = {s["id"]: s for s in e["shapes"]}
+                ch.chat = deque(e["chat"])
+                ch.hands = dict(e["hands"])
+                ch.ids = {k: (v[0], v[1]) for k, v in e["ids"].items()}
+                continue
             ch.seq = e["seq"]
             ch.log.append(_logged(e))
             ch.ids[e["id"]] = (e["author"], e["seq"])

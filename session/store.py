@@ -27,6 +27,9 @@ class Store(Protocol):
     async def log(self, room: str) -> list[Event]:
         """Return a room's operations, in order."""
 
+    async def compact(self, room: str, checkpoint: Event) -> None:
+        """Replace a room's operations up to a checkpoint (appended in order) with it."""
+
     async def save_state(self, room: str, state: Event) -> None:
         """Keep a room's membership state (people, roles, bans, recording)."""
 
@@ -94,6 +97,11 @@ class MemoryStore:
     async def log(self, room: str) -> list[Event]:
         """Return a room's operations, in order."""
         return list(self._logs.get(room, []))
+
+    async def compact(self, room: str, checkpoint: Event) -> None:
+        """Replace a room's operations up to a checkpoint with it."""
+        later = [e for e in self._logs.get(room, []) if e["seq"] > checkpoint["seq"]]
+        self._logs[room] = [checkpoint, *later]
 
     async def save_state(self, room: str, state: Event) -> None:
         """Keep a room's membership state."""
@@ -236,6 +244,13 @@ class RedisStore:
         """Return a room's operations, in stream order."""
         entries = await self.redis.xrange(self._key(room, "channel")) or []
         return [json.loads(fields[b"e"]) for _, fields in entries if fields]
+
+    async def compact(self, room: str, checkpoint: Event) -> None:
+        """Append a checkpoint to a room's stream and trim every entry before it."""
+        key = self._key(room, "channel")
+        data = json.dumps(checkpoint, separators=(",", ":"))
+        entry = await self.redis.xadd(key, {"e": data})
+        await self.redis.xtrim(key, minid=entry, approximate=False)
 
     async def save_state(self, room: str, state: Event) -> None:
         """Keep a room's membership state as one JSON value."""

@@ -37,6 +37,11 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("teleconsult.hub")
 
+# Every this many operations a room's log in the store is replaced by a checkpoint of its
+# channel: a session of hours keeps the store's memory (and Redis's) flat, and a room restored
+# on another node replays at most this many operations.
+CHECKPOINT_EVERY = 500
+
 
 class Hub:
     """Holds what every connection and the HTTP API share."""
@@ -237,7 +242,14 @@ class Hub:
         self.refresh_gauges()
 
     def _room_created(self, room: Room) -> None:
-        room.journal = lambda event: self._journal.put_nowait((room.id, "op", event))
+        room.journal = lambda event: self._journal_op(room, event)
+
+    def _journal_op(self, room: Room, event: Event) -> None:
+        self._journal.put_nowait((room.id, "op", event))
+        if event["seq"] % CHECKPOINT_EVERY == 0:
+            # Taken now, when the channel is exactly at this operation.
+            checkpoint = room.channel.checkpoint(CHECKPOINT_EVERY)
+            self._journal.put_nowait((room.id, "checkpoint", checkpoint))
 
     def persist(self, room: Room) -> None:
         """Journal a room's membership state if it changed since it was last journaled."""
@@ -329,6 +341,8 @@ class Hub:
                         await self.store.add_recording(room_id, payload["session_id"], payload)
                     elif what == "unrecord":
                         await self.store.add_recording(room_id, payload, None)
+                    elif what == "checkpoint":
+                        await self.store.compact(room_id, payload)
                     else:
                         await self.store.append(room_id, payload)
                     break

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import json
+from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from session.channel import Channel, FeedGeometry, Limits, ruler_length
 from session.errors import Code, SessionError
@@ -132,3 +135,50 @@ def test_a_channel_rebuilt_from_its_log_is_the_same() -> None:
     assert again.snapshot() == {**ch.snapshot(), "pointers": []}
     assert again.retry("p1", "d") == ch.retry("p1", "d")
     assert again.draw("p1", stroke("e"), 10, G)["seq"] == ch.seq + 1
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    steps=st.lists(
+        st.tuples(st.sampled_from(["draw", "say", "hand", "undo", "clear"]), st.integers(0, 2)),
+        min_size=1,
+        max_size=120,
+    ),
+    every=st.integers(1, 40),
+    recent=st.integers(1, 50),
+)
+def test_a_log_cut_to_its_checkpoints_rebuilds_the_same_channel(
+    steps: list[tuple[str, int]], every: int, recent: int
+) -> None:
+    """The store keeps a checkpoint every few operations and what came after the last one."""
+    ch = Channel()
+    log: list[dict[str, Any]] = []
+    for n, (kind, who) in enumerate(steps):
+        author = f"p{who}"
+        try:
+            if kind == "draw":
+                event = ch.draw(author, stroke(f"s{n}"), n, G)
+            elif kind == "say":
+                event = ch.say(author, f"c{n}", f"message {n}", n)
+            elif kind == "hand":
+                event = ch.hand(author, f"h{n}", n % 3 != 0, n)
+            elif kind == "undo":
+                event = ch.undo(author, f"u{n}", n)
+            else:
+                event = ch.clear(author, f"x{n}", "own", None, n, moderator=False)
+        except SessionError:
+            continue  # nothing of this author's to undo
+        log.append(json.loads(json.dumps(event)))
+        if event["seq"] % every == 0:
+            checkpoint = json.loads(json.dumps(ch.checkpoint(recent)))
+            log = [checkpoint]  # what the store keeps: the checkpoint replaces all before it
+    again = Channel.restore(log)
+    assert again.snapshot() == {**ch.snapshot(), "pointers": []}
+    assert again.seq == ch.seq
+    # The latest operations are still recognised when sent again after a failover.
+    for op_id, (author, seq) in ch.ids.items():
+        if seq > ch.seq - min(recent, every):
+            known = again.retry(author, op_id)
+            assert known is not None and known["seq"] == seq
+    # And the order goes on where it stopped.
+    assert again.say("p9", "next", "go on", 999)["seq"] == ch.seq + 1

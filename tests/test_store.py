@@ -57,6 +57,21 @@ async def test_log_keeps_order_and_rebuilds_the_channel(store: Store) -> None:
     assert await store.log("ward-3") == []
 
 
+async def test_a_checkpoint_replaces_the_operations_before_it(store: Store) -> None:
+    ch = Channel()
+    g = FeedGeometry()
+    for i in range(6):
+        stroke = {"op": "stroke", "id": f"s{i}", "feed": "f", "points": [[0, 0], [0.5, 0.5]]}
+        await store.append("ward-3", ch.draw("p1", stroke, i, g))
+        if i == 3:
+            await store.compact("ward-3", ch.checkpoint(10))
+    kept = await store.log("ward-3")
+    assert [e.get("type") for e in kept] == ["checkpoint", "op", "op"]
+    assert [e["seq"] for e in kept] == [4, 5, 6]
+    again = Channel.restore(kept)
+    assert again.snapshot() == {**ch.snapshot(), "pointers": []}
+
+
 async def test_room_state_and_the_end_of_a_room(store: Store) -> None:
     state = {"people": {"dr-li": {"id": "p-1", "role": "expert"}}, "banned": ["x"]}
     assert await store.load_state("ward-3") is None
@@ -205,6 +220,35 @@ async def test_the_channel_survives_a_server_restart_only_with_redis(
         assert await store.log("r1") == []
     finally:
         await store.close()
+
+
+async def test_a_long_session_keeps_a_bounded_log_and_restores_whole(
+    redis_url: str, tmp_path: Path
+) -> None:
+    from session.roles import Role
+    from signaling.hub import CHECKPOINT_EVERY
+
+    from .conftest import running_server
+
+    n = 2 * CHECKPOINT_EVERY + 130
+    async with running_server(
+        tmp_path, redis=redis_url, rate=1e6, burst=1e6, op_rate=1e6, op_burst=1e6
+    ) as first:
+        c = await first.join("long-1", role=Role.EXPERT, identity="ex")
+        for i in range(n):
+            await c.request({"type": "chat", "text": f"m{i}"})
+        kept = await first.hub.store.log("long-1")
+        last = await c.request({"type": "chat", "text": "end"})
+    # One checkpoint and what came after it, not the whole session.
+    assert kept[0]["type"] == "checkpoint" and kept[0]["seq"] == 2 * CHECKPOINT_EVERY
+    assert len(kept) == n - 2 * CHECKPOINT_EVERY + 1
+    async with running_server(tmp_path, redis=redis_url) as second:  # another node takes over
+        c = await second.join("long-1", role=Role.EXPERT, identity="ex")
+        channel = c.welcome["channel"]
+        assert channel["seq"] == n + 1 == last["seq"]
+        texts = [m["text"] for m in channel["chat"]]
+        assert texts == [f"m{i}" for i in range(n - 199, n)] + ["end"]
+        await c.send({"type": "leave"})
 
 
 async def test_a_store_out_of_reach_does_not_stop_the_room(tmp_path: Path) -> None:
