@@ -284,7 +284,12 @@ def check_points(kind: str, points: list[list[float]]) -> None:
     if len(points) < fewest:
         raise SessionError(Code.INVALID_OP, f"a {kind} needs at least {fewest} points")
     for p in points:
-        if len(p) != 2 or not all(isinstance(c, int | float) and math.isfinite(c) for c in p):
+        # true and false are ints to Python, not coordinates.
+        if (
+            not isinstance(p, list)
+            or len(p) != 2
+            or not all(type(c) in (int, float) and math.isfinite(c) for c in p)
+        ):
             raise SessionError(Code.INVALID_OP, "a point is a pair of numbers [x, y]")
         if not (0.0 <= p[0] <= 1.0 and 0.0 <= p[1] <= 1.0):
             raise SessionError(Code.OUT_OF_RANGE, "coordinates are fractions of the frame, 0..1")

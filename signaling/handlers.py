@@ -453,8 +453,7 @@ async def on_consent(conn: Connection, msg: m.Consent) -> None:
     assert room is not None and me is not None
     hub = conn.hub
     if not msg.confirmed:
-        pending = room.recording.pending_by
-        room.recording.pending_by = ""
+        pending = room.decline_consent(me.id)
         conn.audit("consent", "declined")
         if pending in room.participants:
             room.participants[pending].client.push({"type": "consent_declined", "by": me.id})

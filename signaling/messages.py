@@ -263,7 +263,7 @@ def parse(text: str) -> Message:
     """Turn one JSON text frame into a typed message or raise ProtocolError."""
     try:
         raw: Any = json.loads(text)
-    except (json.JSONDecodeError, RecursionError):
+    except (ValueError, RecursionError):  # ValueError: also an integer of over 4,300 digits
         raise ProtocolError(Code.BAD_JSON, "the message is not valid JSON") from None
     if not isinstance(raw, dict) or not isinstance(raw.get("type"), str):
         raise ProtocolError(

@@ -63,7 +63,10 @@ def routes(hub: Hub) -> list[Route]:
 
     def signed(request: Request) -> bool:
         sig, exp = request.query_params.get("sig", ""), request.query_params.get("exp", "")
-        if not sig or not exp.isdigit() or int(exp) < hub.now():
+        # isdigit() alone takes "²" and numbers too long for int(): ASCII digits, 12 at most.
+        if not sig or not (exp.isascii() and exp.isdigit() and len(exp) <= 12):
+            return False
+        if int(exp) < hub.now():
             return False
         return hmac.compare_digest(sig, sign(hub, request.url.path, int(exp)))
 

@@ -35,6 +35,7 @@ async def errors_counted(server: Server, code: str) -> float:
 
 BAD_FRAMES = [
     ("{not json", "bad_json"),
+    ('{"type": "ping", "ts": ' + "9" * 5000 + "}", "bad_json"),  # over Python's 4,300 digits
     ("[1, 2, 3]", "bad_message"),
     ('{"no_type": 1}', "bad_message"),
     ('{"type": 42}', "bad_message"),
@@ -46,6 +47,7 @@ BAD_FRAMES = [
     ('{"type": "hello", "version": 1, "token": "x", "room": "r1"}', "already_joined"),
     ('{"type": "mute", "participant": "p-nobody"}', "no_such_participant"),
     ('{"type": "end_room"}', "forbidden"),
+    ('{"type": "consent", "confirmed": false}', "forbidden"),  # only the operator answers
     ("[" * 100000 + "]" * 100000, "message_too_large"),
     ('"' + "x" * 70000 + '"', "message_too_large"),
 ]

@@ -86,6 +86,11 @@ def test_points_are_checked() -> None:
         ({"op": "stroke", "id": "x", "feed": "f", "points": [[0, 0]] * 501}, Code.TOO_LARGE),
         ({"op": "arrow", "id": "x", "feed": "f", "points": [[0, 0]]}, Code.INVALID_OP),
         ({"op": "arrow", "id": "x", "feed": "f", "points": [[0, 0], ["a", 1]]}, Code.INVALID_OP),
+        ({"op": "arrow", "id": "x", "feed": "f", "points": [5, [0, 1]]}, Code.INVALID_OP),
+        (
+            {"op": "arrow", "id": "x", "feed": "f", "points": [[0, 0], [True, False]]},
+            Code.INVALID_OP,
+        ),
         (
             {"op": "arrow", "id": "x", "feed": "f", "points": [[0, 0], [0, float("nan")]]},
             Code.INVALID_OP,

@@ -213,6 +213,16 @@ async def test_recordings_are_served_to_those_who_may_see_them(server: Server) -
     for bad in ("../../audit.jsonl", "..%2F..%2Faudit.jsonl", "missing.webm"):
         status, _, _ = await asyncio.to_thread(get, f"/api/recordings/r1/{session}/{bad}", expert)
         assert status == 404
+    # A signed link works without a credential; one whose expiry is mangled is refused, never
+    # a 500 (a digit that is not ASCII, more digits than int() reads).
+    link = manifest["links"][name]
+    status, _, body = await asyncio.to_thread(get, link, None)
+    assert status == 200 and len(body) > 100
+    path, _, query = link.partition("?")
+    sig = query.partition("&sig=")[2]
+    for exp in ("%C2%B2", "9" * 5000, "", "-1"):
+        status, _, _ = await asyncio.to_thread(get, f"{path}?exp={exp}&sig={sig}", None)
+        assert status == 401, exp
     audit = (server.hub.settings.data_dir / "audit.jsonl").read_text()
     assert '"action":"recording_access"' in audit and '"identity":"ex"' in audit
 

@@ -270,3 +270,29 @@ def test_a_stream_not_published_again_within_the_grace_is_removed() -> None:
     # A stale connection's drop (already replaced) changes nothing.
     stale = Inbox()
     assert room.away(op, "lost", 70.0, stale) is None
+
+
+def test_only_the_operator_answers_on_consent() -> None:
+    from session.streams import Feed, Stream
+
+    room = Room("r", RoomConfig(), 0.0)
+    op, op_inbox = join(room, "op", Role.OPERATOR)
+    mod, _ = join(room, "mod", Role.MODERATOR)
+    others = [
+        join(room, who, role)[0] for who, role in (("ex", Role.EXPERT), ("aud", Role.AUDIENCE))
+    ]
+    room.add_stream(Stream("s1", op, [Feed("s1.0", "0", "video", Source.PROBE, "", "VP8")]))
+    assert room.start_recording(mod, 1.0) is False  # waits for the operator
+    assert op_inbox.types()[-1] == "consent_requested"
+    for someone in [mod, *others]:
+        for answer in (room.decline_consent, lambda p: room.give_consent(p, 2.0)):
+            with pytest.raises(SessionError) as e:
+                answer(someone)
+            assert e.value.code is Code.FORBIDDEN
+    # Nobody else's answer touched the moderator's request: the operator's starts it.
+    assert room.recording.pending_by == mod
+    assert room.give_consent(op, 3.0) is True
+    # And the operator's refusal drops a waiting request, naming who asked.
+    room.recording.consent = None
+    assert room.start_recording(mod, 4.0) is False
+    assert room.decline_consent(op) == mod and room.recording.pending_by == ""

@@ -54,6 +54,9 @@ def test_credentials_match_the_rest_api_scheme() -> None:
     assert credentials.check(SECRET, user, now=2000.0) == password
     assert credentials.check(SECRET, user, now=5000.0) is None  # expired
     assert credentials.check(SECRET, "nonsense", now=0) is None
+    # Digits that are not ASCII, and more than int() reads: refused, not raised.
+    assert credentials.check(SECRET, "²:dr-li", now=0) is None
+    assert credentials.check(SECRET, "9" * 5000 + ":dr-li", now=0) is None
 
 
 def test_peer_policy() -> None:
@@ -427,7 +430,9 @@ async def test_turn_over_tls(tmp_path: object) -> None:
         await server.stop()
 
 
-async def test_stale_nonce_and_allocation_mismatch(turn: TurnServer) -> None:
+async def test_stale_nonce_and_allocation_mismatch(
+    turn: TurnServer, caplog: pytest.LogCaptureFixture
+) -> None:
     import hashlib
 
     loop = asyncio.get_running_loop()
@@ -457,6 +462,26 @@ async def test_stale_nonce_and_allocation_mismatch(turn: TurnServer) -> None:
     assert again.error_code == 437  # one allocation per 5-tuple
     udp_only = await ask(stun.Method.ALLOCATE, fresh, **{"REQUESTED-TRANSPORT": 6 << 24})
     assert udp_only.error_code in (437, 442)
+    # A nonce that is not ASCII is stale, and a username whose expiry is not a number is
+    # unauthorised: each answered, no traceback.
+    weird = await ask(stun.Method.ALLOCATE, "é-ü".encode(), **{"REQUESTED-TRANSPORT": 17 << 24})
+    assert weird.error_code == 438
+    for expiry in ("²", "9" * 5000):
+        m = stun.Message(
+            stun.Method.ALLOCATE,
+            stun.Class.REQUEST,
+            attributes={
+                "USERNAME": f"{expiry}:n",
+                "REALM": "teleconsult",
+                "NONCE": fresh,
+                "REQUESTED-TRANSPORT": 17 << 24,
+            },
+        )
+        m.add_message_integrity(key)
+        sock.sendto(bytes(m))
+        answer = stun.parse_message(await asyncio.wait_for(inbox.queue.get(), 5))
+        assert answer.error_code == 401
+    assert not [r for r in caplog.records if r.exc_info]
     sock.close()
 
 

@@ -25,7 +25,10 @@ def mint(secret: str, identity: str, ttl: float, now: float) -> tuple[str, str]:
 def check(secret: str, username: str, now: float) -> str | None:
     """Return the password for a username that has not expired, else None."""
     expiry, sep, _identity = username.partition(":")
-    if not sep or not expiry.isdigit() or int(expiry) < now:
+    # isdigit() alone takes "²" and numbers too long for int(): ASCII digits, 12 at most.
+    if not sep or not (expiry.isascii() and expiry.isdigit() and len(expiry) <= 12):
+        return None
+    if int(expiry) < now:
         return None
     return password(secret, username)
 

@@ -221,14 +221,13 @@ class TurnServer:
         return f"{expiry:x}-{mac}".encode()
 
     def _nonce_ok(self, nonce: bytes) -> bool:
-        text = nonce.decode(errors="replace")
-        expiry_hex, _, mac = text.partition("-")
+        expiry_hex, _, mac = nonce.partition(b"-")
         try:
-            expiry = int(expiry_hex, 16)
-        except ValueError:
+            expiry = int(expiry_hex.decode("ascii"), 16)
+        except ValueError:  # not ASCII, or not hexadecimal
             return False
         good = hmac.new(self._nonce_key, str(expiry).encode(), hashlib.sha256).hexdigest()[:16]
-        return hmac.compare_digest(mac, good) and expiry >= self.clock()
+        return hmac.compare_digest(mac, good.encode()) and expiry >= self.clock()
 
     def _authenticate(self, m: stun.Message, send: Send) -> bytes | None:
         a = m.attributes

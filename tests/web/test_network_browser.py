@@ -31,7 +31,7 @@ BACK_WITHIN = 2.0
 # Chromium on Linux takes a changed or returned address into account 2 s after the OS reports
 # it (NetworkChangeNotifierLinux's ip_address_online_delay_), and only then can WebRTC bind to
 # it: after a handover or a link that went down, the page cannot send or receive media sooner.
-# Android's and macOS's delays are shorter. What the page itself adds must stay under a second.
+# macOS's delay is 0.5 s. What the page itself adds must stay under a second.
 CHROMIUM_NETWORK_DELAY = {"handover": 2.0, "link_down_5s": 2.0, "silent_cut_30s": 0.0}
 OWN_PART = 1.0
 
