@@ -16,6 +16,18 @@ class Role(StrEnum):
     RECORDER = "recorder"
 
 
+# The roles a person may hold: in a token, or given by a moderator. The recorder is the
+# server's own participant (recording/recorder.py); no token or moderator can grant it.
+PERSON_ROLES = frozenset({Role.OPERATOR, Role.EXPERT, Role.AUDIENCE, Role.MODERATOR})
+
+
+def person_role(role: Role) -> Role:
+    """Return a role a person may hold, or raise ValueError."""
+    if role not in PERSON_ROLES:
+        raise ValueError(f"the {role.value} role belongs to the server")
+    return role
+
+
 class Action(StrEnum):
     """Something a participant may ask the server to do."""
 

@@ -9,7 +9,7 @@ from typing import Any
 from .channel import SHAPES, Channel, FeedGeometry, Limits
 from .errors import Close, Code, SessionError
 from .participant import Client, Event, Participant, State
-from .roles import PATIENT_SOURCES, Action, Role, Source, may, may_publish
+from .roles import PATIENT_SOURCES, PERSON_ROLES, Action, Role, Source, may, may_publish
 from .streams import Feed, Stream
 
 
@@ -260,6 +260,8 @@ class Room:
     def set_role(self, actor_id: str, target_id: str, role: Role) -> Participant:
         """Change a participant's role."""
         actor = self._require(actor_id, Action.SET_ROLE)
+        if role not in PERSON_ROLES:
+            raise SessionError(Code.FORBIDDEN, f"the {role.value} role belongs to the server")
         p = self._target(target_id)
         p.role = role
         self.revision += 1

@@ -13,7 +13,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from session.roles import Role
+from session.roles import PERSON_ROLES, Role
 
 from .config import Settings, env, resolve_secrets
 from .tokens import mint, parse_ttl
@@ -153,7 +153,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     token = sub.add_parser("token", help="mint an access token")
     token.add_argument("--room", required=True)
-    token.add_argument("--role", required=True, choices=[r.value for r in Role])
+    token.add_argument(
+        "--role", required=True, choices=[r.value for r in Role if r in PERSON_ROLES]
+    )
     token.add_argument("--name", required=True, help="display name")
     token.add_argument("--identity", help="stable identity (default: random)")
     token.add_argument("--ttl", default="2h", help="lifetime, e.g. 90m, 2h, 1d")
@@ -202,7 +204,7 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--name", default="Publisher" if name == "publish" else "Viewer")
         p.add_argument(
             "--role",
-            choices=[r.value for r in Role],
+            choices=[r.value for r in Role if r in PERSON_ROLES],
             default="operator" if name == "publish" else "audience",
         )
         p.add_argument("--duration", type=float, help="seconds to run (default: until stopped)")

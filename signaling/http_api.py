@@ -14,10 +14,10 @@ from starlette.routing import Route
 from media.sfu import MediaError
 from session.errors import Code as SessionCode
 from session.errors import SessionError
-from session.roles import Role
 from session.room import Room, RoomConfig
 
 from .hub import Hub
+from .messages import PersonRole
 from .tokens import ROOM_ID, TokenError, mint, new_identity, verify
 
 
@@ -46,7 +46,7 @@ class NewToken(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    role: Role
+    role: PersonRole
     name: Annotated[str, Field(min_length=1, max_length=100)]
     identity: Annotated[str, Field(min_length=1, max_length=128)] | None = None
     ttl: Annotated[float, Field(gt=0)] = 7200.0

@@ -5,9 +5,9 @@ from __future__ import annotations
 import json
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
 
-from session.roles import Role, Source
+from session.roles import Role, Source, person_role
 
 from .errors import Code, ProtocolError
 
@@ -60,12 +60,16 @@ class Leave(Message):
     type: Literal["leave"]
 
 
+# A role a person may be given: the recorder's is refused like an unknown one.
+PersonRole = Annotated[Role, Field(strict=False), AfterValidator(person_role)]
+
+
 class SetRole(Message):
     """Moderator: change a participant's role."""
 
     type: Literal["set_role"]
     participant: ParticipantId
-    role: Role = Field(strict=False)
+    role: PersonRole
 
 
 class Mute(Message):

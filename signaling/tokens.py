@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 import jwt
 
-from session.roles import Role
+from session.roles import PERSON_ROLES, Role, person_role
 
 ISSUER = "teleconsult"
 AUDIENCE = "teleconsult"
@@ -65,6 +65,7 @@ def mint(
         raise ValueError("room ids are 1-64 letters, digits, '.', '_' or '-'")
     if ttl <= 0:
         raise ValueError("ttl must be positive")
+    person_role(role)
     issued = time.time() if now is None else now
     claims = {
         "iss": ISSUER,
@@ -114,6 +115,7 @@ def verify(secret: str, token: str, now: float | None = None) -> Grant:
         or not isinstance(name, str)
         or not isinstance(role, str)
         or role not in Role._value2member_map_
+        or Role(role) not in PERSON_ROLES
     ):
         raise TokenError("token_invalid", "the access token is not valid")
     return Grant(

@@ -43,6 +43,7 @@ BAD_FRAMES = [
     ('{"type": "set_role", "role": "expert"}', "invalid_field"),
     ('{"type": "set_role", "participant": 5, "role": "expert"}', "invalid_field"),
     ('{"type": "set_role", "participant": "p-1", "role": "king"}', "invalid_field"),
+    ('{"type": "set_role", "participant": "p-1", "role": "recorder"}', "invalid_field"),
     ('{"type": "set_muted", "muted": "yes"}', "invalid_field"),
     ('{"type": "hello", "version": 1, "token": "x", "room": "r1"}', "already_joined"),
     ('{"type": "mute", "participant": "p-nobody"}', "no_such_participant"),

@@ -64,6 +64,9 @@ def test_token_command(tmp_path: Path) -> None:
         data_dir=tmp_path,
     )
     assert bad.returncode == 2 and "duration" in bad.stderr
+    # The recorder is the server's own participant: no token for it.
+    bad = run("token", "--room", "r1", "--role", "recorder", "--name", "x", data_dir=tmp_path)
+    assert bad.returncode == 2 and "invalid choice" in bad.stderr
 
 
 @pytest.fixture

@@ -93,6 +93,7 @@ async def test_bad_bodies_get_field_errors(server: Server) -> None:
         ("/api/rooms", {"surprise": True}),
         ("/api/rooms", b"{not json"),
         ("/api/rooms/r1/tokens", {"role": "king", "name": "x"}),
+        ("/api/rooms/r1/tokens", {"role": "recorder", "name": "x"}),
         ("/api/rooms/r1/tokens", {"role": "expert"}),
     ]
     for path, body in cases:

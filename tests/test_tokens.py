@@ -57,6 +57,24 @@ def test_bad_room_ids_are_not_minted() -> None:
             mint(SECRET, bad, Role.EXPERT, "x", 60)
 
 
+def test_the_recorder_role_is_never_in_a_token() -> None:
+    """The recorder is the server's own participant: no token names it, signed or not."""
+    import jwt
+
+    with pytest.raises(ValueError):
+        mint(SECRET, "r", Role.RECORDER, "x", 60)
+    claims = jwt.decode(
+        mint(SECRET, "r", Role.EXPERT, "x", 60, now=0.0),
+        SECRET,
+        algorithms=["HS256"],
+        options={"verify_aud": False, "verify_exp": False},
+    )
+    forged = jwt.encode({**claims, "role": "recorder"}, SECRET, algorithm="HS256")
+    with pytest.raises(TokenError) as e:
+        verify(SECRET, forged, now=1.0)
+    assert e.value.code == "token_invalid"
+
+
 def test_parse_ttl() -> None:
     assert parse_ttl("90") == 90
     assert parse_ttl("30m") == 1800
