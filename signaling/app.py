@@ -7,6 +7,7 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 
 from starlette.applications import Starlette
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import FileResponse, Response
 from starlette.routing import BaseRoute, Mount, Route, WebSocketRoute
@@ -15,6 +16,7 @@ from starlette.websockets import WebSocket
 
 from .config import Secrets, Settings, resolve_secrets
 from .connection import Connection
+from .headers import SecurityHeaders
 from .http_api import routes
 from .hub import Hub
 from .recordings_api import routes as recording_routes
@@ -55,6 +57,17 @@ def create_app(settings: Settings, keys: Secrets | None = None) -> Starlette:
     ]
     if STATIC.is_dir():
         all_routes.append(Mount("/", StaticFiles(directory=STATIC, html=True), name="static"))
-    app = Starlette(routes=all_routes, lifespan=lifespan)
+
+    def peers() -> list[str]:
+        cluster = hub.cluster
+        if cluster is None:
+            return []
+        return sorted(url for node, url in cluster.urls.items() if node != cluster.node)
+
+    app = Starlette(
+        routes=all_routes,
+        lifespan=lifespan,
+        middleware=[Middleware(SecurityHeaders, peers=peers)],
+    )
     app.state.hub = hub
     return app

@@ -102,6 +102,7 @@ class Cluster:
         self.pipes: dict[str, Pipe] = {}
         self.relayed: dict[str, RelayedSocket] = {}
         self.live: dict[str, Load] = {}
+        self.urls: dict[str, str] = {}  # the public address of each live node
         self._out: asyncio.Queue[tuple[str, dict[str, Any]]] = asyncio.Queue()
         self._tasks: list[asyncio.Task[None]] = []
         self._beat: asyncio.Task[None] | None = None
@@ -215,6 +216,7 @@ class Cluster:
                         self.hub.relinquish(room.id)
                 nodes = await self.hub.store.nodes()
                 self.live = {n: load for n, (load, _) in nodes.items()}
+                self.urls = {n: str(i["url"]) for n, (_, i) in nodes.items() if i.get("url")}
                 if failing:
                     log.warning("the store is reachable again; node %s registered", self.node)
                 failing = False

@@ -20,6 +20,9 @@ from .hub import Hub
 from .messages import PersonRole
 from .tokens import ROOM_ID, TokenError, mint, new_identity, verify
 
+# Admin bodies are a few hundred bytes of JSON; anything far larger is refused unread.
+MAX_BODY = 64 * 1024
+
 
 class NewRoom(BaseModel):
     """Body of POST /api/rooms."""
@@ -50,6 +53,20 @@ class NewToken(BaseModel):
     name: Annotated[str, Field(min_length=1, max_length=100)]
     identity: Annotated[str, Field(min_length=1, max_length=128)] | None = None
     ttl: Annotated[float, Field(gt=0)] = 7200.0
+
+
+async def bounded(request: Request) -> bytes | None:
+    """Return a request's body, or None if it is longer than MAX_BODY (read no further)."""
+    declared = request.headers.get("content-length", "")
+    if declared.isascii() and declared.isdigit() and int(declared[:12]) > MAX_BODY:
+        return None
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > MAX_BODY:
+            return None
+        chunks.append(chunk)
+    return b"".join(chunks)
 
 
 def _error(status: int, code: str, message: str, **extra: Any) -> JSONResponse:
@@ -140,8 +157,10 @@ def routes(hub: Hub) -> list[Route]:
         )
 
     async def body(request: Request, model: type[BaseModel]) -> BaseModel | JSONResponse:
+        raw = await bounded(request)
+        if raw is None:
+            return _error(413, "too_large", f"request bodies are limited to {MAX_BODY} bytes")
         try:
-            raw = await request.body()
             return model.model_validate_json(raw or b"{}")
         except ValidationError as e:
             fields = [

@@ -156,3 +156,70 @@ async def test_a_revoked_link_is_cut_and_refused(server: Server) -> None:
     audit = [json.loads(line) for line in text.splitlines()]
     assert any(a["action"] == "token_revoke" for a in audit)
     assert leaked not in (server.hub.settings.data_dir / "audit.jsonl").read_text()
+
+
+SECURITY_HEADERS = {
+    "x-frame-options": "DENY",
+    "x-content-type-options": "nosniff",
+    "referrer-policy": "no-referrer",
+}
+
+
+async def test_every_answer_carries_the_security_headers(server: Server) -> None:
+    def head(path: str, key: str | None) -> tuple[int, dict[str, str]]:
+        req = urllib.request.Request(server.http + path)
+        if key:
+            req.add_header("Authorization", f"Bearer {key}")
+        try:
+            with urllib.request.urlopen(req, timeout=5) as r:
+                return r.status, {k.lower(): v for k, v in r.headers.items()}
+        except urllib.error.HTTPError as e:
+            return e.code, {k.lower(): v for k, v in e.headers.items()}
+
+    answers = [
+        ("/room/r1", None, 200),
+        ("/playback/r1", None, 200),
+        ("/example.html", None, 200),
+        ("/room.js", None, 200),
+        ("/locales/en.json", None, 200),
+        ("/healthz", None, 200),
+        ("/metrics", None, 200),
+        ("/api/rooms", ADMIN_KEY, 200),
+        ("/api/rooms", None, 401),
+        ("/api/recordings/r1", None, 401),
+        ("/nowhere", None, 404),
+    ]
+    for path, key, expected in answers:
+        status, headers = await asyncio.to_thread(head, path, key)
+        assert status == expected, path
+        for name, value in SECURITY_HEADERS.items():
+            assert headers.get(name) == value, (path, name)
+        csp = dict(d.strip().split(" ", 1) for d in headers["content-security-policy"].split(";"))
+        assert csp["frame-ancestors"] == "'none'" and csp["script-src"] == "'self'", path
+        assert "unsafe" not in headers["content-security-policy"], path
+
+
+async def test_admin_bodies_are_bounded(server: Server) -> None:
+    big = json.dumps({"title": "x" * 100_000}).encode()
+    status, body = await api(server, "POST", "/api/rooms", big)
+    assert status == 413 and body["error"]["code"] == "too_large"
+
+    def chunked() -> tuple[int, Any]:
+        # No Content-Length: the body is read up to the bound and no further.
+        def parts() -> Any:
+            for _ in range(100):
+                yield b"x" * 10_000
+
+        req = urllib.request.Request(server.http + "/api/rooms", data=parts(), method="POST")
+        req.add_header("Authorization", f"Bearer {ADMIN_KEY}")
+        req.add_header("Transfer-Encoding", "chunked")
+        try:
+            with urllib.request.urlopen(req, timeout=5) as r:
+                return r.status, json.loads(r.read())
+        except urllib.error.HTTPError as e:
+            return e.code, json.loads(e.read())
+
+    status, body = await asyncio.to_thread(chunked)
+    assert status == 413 and body["error"]["code"] == "too_large"
+    status, _ = await api(server, "POST", "/api/rooms", {"title": "Ward 7"})
+    assert status == 201

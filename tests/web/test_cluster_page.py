@@ -19,7 +19,7 @@ from ..media_util import PatternTrack
 from ..redis_server import RedisServer
 from ..test_cluster import node
 from .conftest import LOOPBACK_ONLY
-from .test_pages import chromium, shot
+from .test_pages import chromium, record_states, shot
 
 __all__ = ["chromium"]
 
@@ -58,10 +58,14 @@ async def test_the_page_rides_out_the_loss_of_the_rooms_node(
             await expect(overlay.locator('g[data-id="before"]')).to_have_count(1)
 
             await media.close()
+            await record_states(page)
             os.kill(a.proc.pid, signal.SIGKILL)  # the room's node dies
             a.proc.wait(5)
             # The page reconnects by itself and the room comes back on node b, drawing intact.
-            await expect(page.locator("#banner")).to_be_visible(timeout=10000)
+            await page.wait_for_function(
+                "() => window.__shown.some(([s, banner]) => s === 'reconnecting' && banner)",
+                timeout=10000,
+            )
             await expect(page.locator("#state")).to_have_attribute(
                 "data-state", "joined", timeout=20000
             )

@@ -61,6 +61,20 @@ async def open_page(browser: Browser, server: Server, role: Role, identity: str,
     return page
 
 
+async def record_states(page: Page) -> None:
+    """Keep every connection state the page shows, with whether the banner showed with it.
+
+    The page is often back within a moment, quicker than an assertion could catch the banner.
+    """
+    await page.evaluate(
+        """() => { window.__shown = [];
+             new MutationObserver(() => window.__shown.push([
+                 document.getElementById("state").dataset.state,
+                 !document.getElementById("banner").hidden]))
+               .observe(document.getElementById("state"), { attributes: true }); }"""
+    )
+
+
 async def shot(page: Page, name: str) -> None:
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     await page.screenshot(path=str(ARTIFACTS / f"{name}.png"))
@@ -164,13 +178,7 @@ async def test_the_page_reconnects_and_catches_up(server: Server, chromium: Brow
         await expect(overlay.locator('g[data-id="before"]')).to_have_count(1)
         # The network drops the expert; the room goes on meanwhile. The page is back at once,
         # so what it showed on the way is recorded rather than caught.
-        await ex.evaluate(
-            """() => { window.__shown = [];
-                 new MutationObserver(() => window.__shown.push([
-                     document.getElementById("state").dataset.state,
-                     !document.getElementById("banner").hidden]))
-                   .observe(document.getElementById("state"), { attributes: true }); }"""
-        )
+        await record_states(ex)
         await drop(server, "ex")
         await op.request(annotation("ellipse", "during", feed, [[0.4, 0.4], [0.6, 0.6]]))
         await expect(ex.locator("#state")).to_have_attribute("data-state", "joined", timeout=15000)
@@ -339,3 +347,41 @@ async def test_a_drawing_the_room_lost_with_its_node_is_sent_again(
         again = await op.wait_for("op", timeout=15, where=lambda e: e["op"] == "arrow")
         assert again["id"] == acked["id"] and again["points"] == acked["points"]
         assert {s["id"] for s in room.channel.snapshot()["annotations"]} == {acked["id"]}
+
+
+async def test_the_pages_run_under_their_content_security_policy(
+    server: Server, chromium: Browser
+) -> None:
+    """No inline script or style, nothing from elsewhere: the policy refuses nothing they use."""
+    context = await chromium.new_context()
+    refused: list[str] = []
+    try:
+        page = await context.new_page()
+        page.on(
+            "console",
+            lambda m: refused.append(m.text) if "Content Security Policy" in m.text else None,
+        )
+        token = server.token(role=Role.MODERATOR, identity="mod", name="Moderator")
+        await page.goto(join_url(server.http, "r1", token))
+        await expect(page.locator("#state")).to_have_attribute("data-state", "joined")
+        await expect(page.locator("#tools button")).not_to_have_count(0)
+        await page.goto(f"{server.http}/playback/r1#token={token}")
+        await expect(page.locator("#title")).not_to_be_empty()
+        await page.goto(f"{server.http}/example.html#room=r1&token={token}")
+        await expect(page.locator("#log")).to_contain_text("", timeout=5000)
+        await page.wait_for_timeout(500)
+        used = list(refused)  # what the pages themselves did
+        # The policy is there, and is what stops an injected script.
+        blocked = await page.evaluate(
+            """() => new Promise((resolve) => {
+                 document.addEventListener("securitypolicyviolation", () => resolve(true));
+                 const s = document.createElement("script");
+                 s.textContent = "window.injected = true";
+                 document.body.append(s);
+                 setTimeout(() => resolve(false), 2000);
+               })"""
+        )
+        assert blocked and not await page.evaluate("() => window.injected === true")
+    finally:
+        await context.close()
+    assert used == []
