@@ -72,10 +72,24 @@ def test_peer_policy() -> None:
         "203.0.113.5",
         "0.0.0.0",
         "not-an-ip",
+        # Every other special-purpose range of RFC 6890 too.
+        "100.64.0.1",  # carrier-grade NAT
+        "100.127.255.254",
+        "198.18.0.1",  # benchmarking
+        "192.0.2.1",  # documentation
+        "192.0.0.8",  # IETF protocol assignments
+        "240.0.0.1",  # reserved
+        "255.255.255.255",
+        "::ffff:127.0.0.1",  # loopback, IPv4-mapped
+        "fc00::1",  # unique local
+        "ff02::1",  # multicast
+        "2001:db8::1",  # documentation
     ):
         assert not p.permits(denied), denied
-    assert p.permits("8.8.4.4")  # a public address (only checked, never contacted)
+    for public in ("8.8.4.4", "1.1.1.1", "2001:4860:4860::8888"):  # checked, never contacted
+        assert p.permits(public), public
     assert PeerPolicy(allow=["127.0.0.0/8"]).permits("127.0.0.1")
+    assert PeerPolicy(allow=["100.64.0.0/10"]).permits("100.64.0.1")  # --turn-allow
 
 
 @pytest.mark.parametrize("transport", ["udp", "tcp"])
@@ -112,18 +126,63 @@ async def test_wrong_and_expired_credentials(turn: TurnServer) -> None:
     assert not turn.allocations
 
 
-async def test_loopback_peers_are_refused_by_default() -> None:
+async def test_internal_peers_are_refused_by_default() -> None:
     server = TurnServer(SECRET, host="127.0.0.1", port=0)
     await server.start()
     try:
         user, password = credentials.mint(SECRET, "x", 600, time.time())
         relay, _ = await create_turn_endpoint(Inbox, server.udp_address, user, password)
-        relay.sendto(b"hello", ("127.0.0.1", 9))  # the ChannelBind is refused with 403
-        await asyncio.sleep(0.5)
-        assert server.stats.errors[403] >= 1 and server.stats.relayed_bytes == 0
+        # Loopback, private, carrier-grade NAT, link-local, multicast: each ChannelBind gets
+        # 403 and nothing is relayed (the addresses are never contacted).
+        peers = ["127.0.0.1", "10.0.0.1", "100.64.0.1", "169.254.0.1", "224.0.0.1"]
+        for peer in peers:
+            relay.sendto(b"hello", (peer, 9))
+        for _ in range(50):
+            if server.stats.errors[403] >= len(peers):
+                break
+            await asyncio.sleep(0.05)
+        assert server.stats.errors[403] == len(peers) and server.stats.relayed_bytes == 0
         relay.close()
     finally:
         await server.stop()
+
+
+@pytest.mark.parametrize(
+    "flags", [["-y"], ["-y", "-s"], ["-y", "-t"]], ids=["channels", "send", "tcp"]
+)
+async def test_coturns_own_client_allocates_and_relays(turn: TurnServer, flags: list[str]) -> None:
+    """coturn's `turnutils_uclient`, REST credentials from the shared secret: two clients send
+    to each other's relayed address (over channels, Send indications, or TCP to the server)."""
+    from .need import executable
+
+    proc = await asyncio.create_subprocess_exec(
+        executable("turnutils_uclient"),
+        *flags,
+        *("-m", "2", "-n", "20", "-l", "100", "-W", SECRET, "-u", "uclient"),
+        *("-p", str(turn.udp_address[1]), "127.0.0.1"),
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+    )
+    try:
+        out = (await asyncio.wait_for(proc.communicate(), 60))[0].decode()
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+    assert proc.returncode == 0, out[-2000:]
+    assert "tot_send_msgs=80, tot_recv_msgs=80" in out, out[-2000:]
+    assert "Total lost packets 0 " in out
+    assert turn.stats.relayed_bytes >= 80 * 100
+    # An IPv6 relay, which this server does not serve, is refused as RFC 8656 says.
+    six = await asyncio.create_subprocess_exec(
+        executable("turnutils_uclient"),
+        *("-y", "-x", "-n", "1", "-W", SECRET, "-u", "uclient"),
+        *("-p", str(turn.udp_address[1]), "127.0.0.1"),
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+    )
+    out = (await asyncio.wait_for(six.communicate(), 60))[0].decode()
+    assert "error 440" in out and turn.stats.errors[440] >= 1
 
 
 async def test_malformed_messages_are_dropped_and_the_server_goes_on(turn: TurnServer) -> None:

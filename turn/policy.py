@@ -1,4 +1,4 @@
-"""Which peer addresses a relay may send to: not loopback, private, link-local or multicast."""
+"""Which peer addresses a relay may send to: globally routable unicast ones only."""
 
 from __future__ import annotations
 
@@ -6,6 +6,13 @@ import ipaddress
 from collections.abc import Iterable
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+# Special-purpose ranges (IANA registries, "Globally Reachable: False") that Python 3.11's
+# is_global does not cover.
+SPECIAL: list[Network] = [
+    ipaddress.ip_network(n) for n in ("100.64.0.0/10", "192.0.0.0/24", "2001::/23", "2002::/16")
+]
 
 
 class PeerPolicy:
@@ -25,11 +32,10 @@ class PeerPolicy:
             return True
         if ip in self.own:
             return False
-        return not (
-            ip.is_loopback
-            or ip.is_private
-            or ip.is_link_local
-            or ip.is_multicast
-            or ip.is_unspecified
-            or ip.is_reserved
-        )
+        if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+            ip = ip.ipv4_mapped
+        # is_global leaves out the special-purpose ranges of RFC 6890 (loopback, private,
+        # carrier-grade NAT, link-local, documentation, benchmarking, reserved...) as the
+        # running Python knows them; SPECIAL adds those older Pythons miss. Multicast is
+        # "global" to Python but never a TURN peer.
+        return ip.is_global and not ip.is_multicast and not any(ip in n for n in SPECIAL)

@@ -36,6 +36,11 @@ DEFAULT_LIFETIME = 600
 MAX_LIFETIME = 3600
 NONCE_LIFETIME = 600.0
 UDP = 17
+REQUESTED_ADDRESS_FAMILY = 0x0017
+# Channel numbers: RFC 8656 narrowed them to 0x4000-0x4FFF, but clients written to RFC 5766
+# (coturn's own among them) pick up to 0x7FFF; nothing else starts with those bytes here.
+FIRST_CHANNEL, LAST_CHANNEL = 0x4000, 0x7FFF
+IPV4 = 0x01
 # Attributes every TURN server understands; any other comprehension-required one gets a 420.
 KNOWN = {
     0x0006,
@@ -48,6 +53,7 @@ KNOWN = {
     0x0014,
     0x0015,
     0x0016,
+    0x0017,  # REQUESTED-ADDRESS-FAMILY (RFC 8656): IPv4 is served, IPv6 gets a 440
     0x0018,
     0x0019,
     0x001A,
@@ -164,7 +170,7 @@ class TurnServer:
 
     def handle(self, data: bytes, transport: str, client: Address, send: Send) -> None:
         """Answer one message; bad input gets the RFC's error or is dropped, nothing more."""
-        if len(data) >= 4 and 0x40 <= data[0] <= 0x4F:
+        if len(data) >= 4 and FIRST_CHANNEL >> 8 <= data[0] <= LAST_CHANNEL >> 8:
             self._channel_data(data, transport, client)
             return
         try:
@@ -202,6 +208,11 @@ class TurnServer:
         key = self._authenticate(m, send)
         if key is None:
             return
+        if m.message_method == stun.Method.ALLOCATE:
+            family = _attribute(raw, REQUESTED_ADDRESS_FAMILY)
+            if family is not None and family[:1] != bytes([IPV4]):
+                self._error(send, m, 440, "Address Family not Supported", key)
+                return
         handler = {
             stun.Method.ALLOCATE: self._allocate,
             stun.Method.REFRESH: self._refresh,
@@ -340,7 +351,7 @@ class TurnServer:
         if allocation is None:
             return
         number, peer = m.attributes.get("CHANNEL-NUMBER"), m.attributes.get("XOR-PEER-ADDRESS")
-        if number is None or peer is None or not 0x4000 <= number <= 0x4FFF:
+        if number is None or peer is None or not FIRST_CHANNEL <= number <= LAST_CHANNEL:
             self._error(send, m, 400, "Bad Request", key)
             return
         bound = allocation.channels.get(number)
@@ -481,6 +492,17 @@ class TurnServer:
                     allocation.by_peer.pop(peer, None)
 
 
+def _attribute(raw: bytes, wanted: int) -> bytes | None:
+    """Return the value of the first attribute of a type (one aioice does not decode)."""
+    pos = 20
+    while pos + 4 <= len(raw):
+        kind, length = struct.unpack("!HH", raw[pos : pos + 4])
+        if kind == wanted:
+            return raw[pos + 4 : pos + 4 + length]
+        pos += 4 + length + stun.padding_length(length)
+    return None
+
+
 def _unknown_required(raw: bytes) -> list[int]:
     """Comprehension-required attribute types (below 0x8000) this server does not know."""
     unknown, pos = [], 20
@@ -528,7 +550,7 @@ class _TcpConnection(asyncio.Protocol):
             return
         while len(self.buffer) >= 4:
             _, length = struct.unpack("!HH", self.buffer[:4])
-            if 0x40 <= self.buffer[0] <= 0x4F:
+            if FIRST_CHANNEL >> 8 <= self.buffer[0] <= LAST_CHANNEL >> 8:
                 full = 4 + length + stun.padding_length(length)
             else:
                 full = 20 + length
