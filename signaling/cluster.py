@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 from media.sfu import MediaError
 from session.placement import Load, choose
 
+from .access import Link
 from .connection import Connection, Socket, until_one_ends
 from .errors import Close
 from .http_api import admin_op
@@ -446,7 +447,8 @@ class Cluster:
             room, session = a["room"], a["session"]
             folder = find_session(self.hub, room, session)
             base = f"/api/recordings/{room}/{session}"
-            return None if folder is None else with_links(self.hub, folder, base)
+            holder = Link(a["identity"], a["token_id"])
+            return None if folder is None else with_links(self.hub, folder, base, holder)
         if method == "stats":
             return self.hub.sfu.stats()
         if method == "revoked":

@@ -47,6 +47,8 @@ class Settings:
     idle_timeout: float = 600.0
     sweep_interval: float = 5.0
     max_token_ttl: float = 7 * 86400.0
+    # How long a recording's signed file links work (the playback page renews them).
+    recording_link_ttl: float = 900.0
     # Recorded sessions older than this many days are deleted (None keeps them for ever).
     retention_days: float | None = None
     # The built-in TURN server runs unless external TURN URLs are given (or turn_port is None).

@@ -15,8 +15,8 @@ from session.roles import Action
 from session.streams import Feed, Stream, source_fits_kind
 
 from . import messages as m
+from .access import Refused, grant_for
 from .errors import Close, Code
-from .tokens import TokenError, verify
 
 if TYPE_CHECKING:
     from .connection import Connection
@@ -61,33 +61,11 @@ async def on_hello(conn: Connection, msg: m.Hello) -> None:
         conn.kick(Close.UNSUPPORTED_VERSION, Code.UNSUPPORTED_VERSION)
         return
     try:
-        grant = verify(hub.keys.token_secret, msg.token, hub.now())
-    except TokenError as e:
+        grant = await grant_for(hub, msg.token, msg.room)
+    except Refused as e:
         hub.audit.record("join", "denied", room=msg.room, code=e.code)
-        _refuse(conn, e.code, e.message, Close.UNAUTHORIZED, msg.id)
-        return
-    if grant.room != msg.room:
-        hub.audit.record(
-            "join",
-            "denied",
-            room=msg.room,
-            identity=grant.identity,
-            role=grant.role.value,
-            code=Code.TOKEN_WRONG_ROOM,
-        )
-        _refuse(
-            conn,
-            Code.TOKEN_WRONG_ROOM,
-            "this link is for another session",
-            Close.UNAUTHORIZED,
-            msg.id,
-        )
-        return
-    if await hub.token_revoked(grant.token_id):
-        hub.audit.record(
-            "join", "denied", room=grant.room, identity=grant.identity, code=Code.TOKEN_REVOKED
-        )
-        _refuse(conn, Code.TOKEN_REVOKED, "this link was revoked", Close.UNAUTHORIZED, msg.id)
+        close = SessionClose.REMOVED if e.code == SessionCode.REMOVED else Close.UNAUTHORIZED
+        _refuse(conn, e.code, e.message, close, msg.id)
         return
     conn.grant = grant
     # A room that is not live here may have a channel in the store (another node, a restart).
@@ -206,6 +184,11 @@ async def on_remove(conn: Connection, msg: m.Remove) -> None:
     target = room.remove(me.id, msg.participant, conn.hub.now())
     conn.hub.spawn(conn.hub.media_of(target).close_participant(target.id, "removed"))
     conn.audit("remove", target=target.identity)
+    # The link the removed person came in with stops opening anything of the room, its
+    # recordings included, also once the room has ended and forgotten whom it removed.
+    grant = getattr(target.client, "grant", None)
+    if grant is not None and grant.token_id:
+        conn.hub.spawn(conn.hub.revoke(room.id, grant.token_id, grant.expires_at, "moderator"))
     conn.hub.refresh_gauges()
 
 

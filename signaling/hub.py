@@ -259,10 +259,12 @@ class Hub:
             self._saved[room.id] = room.revision
             self._journal.put_nowait((room.id, "state", room.export()))
 
-    async def revoke(self, grant_room: str, token_id: str, until: float) -> int:
+    async def revoke(
+        self, grant_room: str, token_id: str, until: float, actor: str = "admin"
+    ) -> int:
         """Refuse a token from now on, on every node, and cut this node's connections using it."""
         await self.store.revoke(token_id, until)
-        self.audit.record("token_revoke", room=grant_room, actor="admin")
+        self.audit.record("token_revoke", room=grant_room, actor=actor)
         if self.cluster is not None:
             for node in self.cluster.live:
                 if node != self.node:

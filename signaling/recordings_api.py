@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import hashlib
 import hmac
 import json
 import re
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlencode
 
 from starlette.requests import Request
 from starlette.responses import FileResponse, JSONResponse, Response
@@ -16,25 +16,21 @@ from starlette.routing import Route
 from media.sfu import MediaError
 from session.roles import Role
 
+from .access import Link, Refused, check_link, grant_for, sign
 from .hub import Hub
-from .tokens import TokenError, verify
 
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
-# How long a signed file link works: a <video> element cannot send an Authorization header,
-# so the manifest hands out links signed for one file each, that expire.
-LINK_TTL = 6 * 3600
+# A <video> element cannot send an Authorization header, so the manifest hands out links
+# signed for one file and one holder each, that expire soon (`recording_link_ttl`, 15 min;
+# the playback page asks for fresh ones before) and stop when the holder's token is revoked or
+# the holder removed from the room.
 # Who may replay a room's recordings besides the admin: its experts and moderators.
 VIEWERS = frozenset({Role.EXPERT, Role.MODERATOR})
+ADMIN = Link("", "")
 
 
 def _error(status: int, code: str, message: str) -> JSONResponse:
     return JSONResponse({"error": {"code": code, "message": message}}, status_code=status)
-
-
-def sign(hub: Hub, path: str, expires: int) -> str:
-    """Sign a file link (any node of a cluster shares the secret)."""
-    message = f"{path}\n{expires}".encode()
-    return hmac.new(hub.keys.token_secret.encode(), message, hashlib.sha256).hexdigest()
 
 
 def find_session(hub: Hub, room: str, session: str) -> Path | None:
@@ -45,15 +41,19 @@ def find_session(hub: Hub, room: str, session: str) -> Path | None:
     return folder if (folder / "manifest.json").is_file() else None
 
 
-def with_links(hub: Hub, folder: Path, base: str) -> dict[str, Any]:
-    """Return a session's manifest with a signed link for each of its files."""
+def with_links(hub: Hub, folder: Path, base: str, holder: Link) -> dict[str, Any]:
+    """Return a session's manifest with a link for each of its files, signed for a holder."""
     data: dict[str, Any] = json.loads((folder / "manifest.json").read_text())
-    expires = int(hub.now()) + LINK_TTL
+    ttl = int(hub.settings.recording_link_ttl)
+    expires = int(hub.now()) + ttl
     names = [t["file"] for t in data["tracks"]] + [data.get("channel_log", "channel.jsonl")]
+    query = urlencode({"tid": holder.token_id, "who": holder.identity})
     data["links"] = {
-        name: f"{base}/{name}?exp={expires}&sig={sign(hub, f'{base}/{name}', expires)}"
+        name: f"{base}/{name}?exp={expires}&{query}"
+        f"&sig={sign(hub.keys.token_secret, f'{base}/{name}', expires, holder)}"
         for name in names
     }
+    data["links_valid_for"] = ttl  # seconds: a client asks for fresh links before
     return data
 
 
@@ -61,29 +61,45 @@ def routes(hub: Hub) -> list[Route]:
     """Build the recording routes bound to a hub."""
     root = hub.settings.data_dir / "recordings"
 
-    def signed(request: Request) -> bool:
-        sig, exp = request.query_params.get("sig", ""), request.query_params.get("exp", "")
-        # isdigit() alone takes "²" and numbers too long for int(): ASCII digits, 12 at most.
-        if not sig or not (exp.isascii() and exp.isdigit() and len(exp) <= 12):
-            return False
-        if int(exp) < hub.now():
-            return False
-        return hmac.compare_digest(sig, sign(hub, request.url.path, int(exp)))
+    async def by_link(request: Request) -> Link:
+        q = request.query_params
+        room = request.path_params["room"]
+        return await check_link(
+            hub,
+            room,
+            request.url.path,
+            q.get("exp", ""),
+            q.get("sig", ""),
+            q.get("tid", ""),
+            q.get("who", ""),
+        )
 
-    def who(request: Request, room: str | None) -> tuple[str, str] | None:
-        """Return (actor, identity) if the request may read this room's recordings."""
+    async def admit(request: Request, room: str | None) -> Link:
+        """Return who may read this room's recordings (the admin: any room), or raise Refused."""
         scheme, _, credential = request.headers.get("authorization", "").partition(" ")
         if scheme.lower() != "bearer" or not credential:
-            return None
+            raise Refused("unauthorized", "an admin key or a token is needed", 401)
         if hmac.compare_digest(credential.encode(), hub.keys.admin_key.encode()):
-            return "admin", ""
-        try:
-            grant = verify(hub.keys.token_secret, credential, hub.now())
-        except TokenError:
-            return None
-        if room is None or grant.room != room or grant.role not in VIEWERS:
-            return None
-        return "participant", grant.identity
+            return ADMIN
+        if room is None:
+            raise Refused("unauthorized", "the admin API key is required", 401)
+        grant = await grant_for(hub, credential, room)
+        if grant.role not in VIEWERS:
+            raise Refused(
+                "forbidden", "only the room's experts and moderators replay its recordings", 403
+            )
+        return Link(grant.identity, grant.token_id)
+
+    def refused(request: Request, e: Refused) -> JSONResponse:
+        # Every refusal is audited too, with its code: never the token.
+        hub.audit.record(
+            "recording_access",
+            "denied",
+            room=request.path_params.get("room"),
+            target=request.path_params.get("session"),
+            code=e.code,
+        )
+        return _error(e.status, e.code, e.message)
 
     async def registered(room: str | None) -> list[dict[str, Any]]:
         # Sessions recorded on other nodes of the cluster (their files stay there).
@@ -123,8 +139,10 @@ def routes(hub: Hub) -> list[Route]:
         return out
 
     async def list_all(request: Request) -> Response:
-        if who(request, None) is None:
-            return _error(401, "unauthorized", "the admin API key is required")
+        try:
+            await admit(request, None)
+        except Refused as e:
+            return refused(request, e)
         rooms = {p.name for p in root.iterdir()} if root.is_dir() else set()
         rooms |= {e["room"] for e in await registered(None)}
         return JSONResponse({"sessions": [s for r in sorted(rooms) for s in await sessions_of(r)]})
@@ -133,49 +151,47 @@ def routes(hub: Hub) -> list[Route]:
         room = request.path_params["room"]
         if not NAME.match(room):
             return _error(404, "no_such_recording", "no such recording")
-        if who(request, room) is None:
-            return _error(
-                401,
-                "unauthorized",
-                "an admin key or an expert/moderator token is needed for this room's recordings",
-            )
+        try:
+            holder = await admit(request, room)
+        except Refused as e:
+            return refused(request, e)
+        audit(request, holder, "list")
         return JSONResponse({"sessions": await sessions_of(room)})
 
-    def session_dir(request: Request) -> Path | Response:
+    async def session_dir(request: Request) -> tuple[Path, Link] | Response:
         room, session = request.path_params["room"], request.path_params["session"]
         if not NAME.match(room) or not NAME.match(session):
             return _error(404, "no_such_recording", "no such recording")
-        actor = ("link", "") if "file" in request.path_params and signed(request) else None
-        actor = actor or who(request, room)
-        if actor is None:
-            return _error(
-                401,
-                "unauthorized",
-                "an admin key or an expert/moderator token is needed for this room's recordings",
-            )
+        try:
+            if "file" in request.path_params and "sig" in request.query_params:
+                holder = await by_link(request)
+            else:
+                holder = await admit(request, room)
+        except Refused as e:
+            return refused(request, e)
         folder = find_session(hub, room, session)
         if folder is None:
             return _error(404, "no_such_recording", "no such recording")
-        audit(request, actor)
-        return folder
+        audit(request, holder, request.path_params.get("file", "manifest"))
+        return folder, holder
 
-    def audit(request: Request, actor: tuple[str, str]) -> None:
-        room, session = request.path_params["room"], request.path_params["session"]
+    def audit(request: Request, holder: Link, what: str) -> None:
         hub.audit.record(
             "recording_access",
-            room=room,
-            identity=actor[1] or None,
-            actor=actor[0],
-            target=session,
-            code=request.path_params.get("file", "manifest"),
+            room=request.path_params["room"],
+            identity=holder.identity or None,
+            actor="admin" if holder is ADMIN or not holder.token_id else "participant",
+            target=request.path_params.get("session"),
+            code=what,
         )
 
     async def manifest(request: Request) -> Response:
-        folder = session_dir(request)
-        if isinstance(folder, Response):
-            remote = await elsewhere(request) if folder.status_code == 404 else None
-            return remote or folder
-        return JSONResponse(with_links(hub, folder, request.url.path))
+        found = await session_dir(request)
+        if isinstance(found, Response):
+            remote = await elsewhere(request) if found.status_code == 404 else None
+            return remote or found
+        folder, holder = found
+        return JSONResponse(with_links(hub, folder, request.url.path, holder))
 
     async def elsewhere(request: Request) -> Response | None:
         # Recorded on another node: that node signs the links, which point at it directly.
@@ -183,26 +199,35 @@ def routes(hub: Hub) -> list[Route]:
         entry = next((e for e in await registered(room) if e["session_id"] == session), None)
         if entry is None or hub.cluster is None:
             return None
-        actor = who(request, room)
-        if actor is None:
-            return None
+        try:
+            holder = await admit(request, room)
+        except Refused as e:
+            return refused(request, e)
         url = (await hub.store.nodes()).get(entry["node"], (None, {}))[1].get("url")
         if url is None:
             return _error(503, "node_unreachable", "the node holding this recording is down")
         try:
-            data = await hub.cluster.call(entry["node"], "recording", room=room, session=session)
+            data = await hub.cluster.call(
+                entry["node"],
+                "recording",
+                room=room,
+                session=session,
+                identity=holder.identity,
+                token_id=holder.token_id,
+            )
         except MediaError:
             return _error(503, "node_unreachable", "the node holding this recording is down")
         if data is None:
             return None
-        audit(request, actor)
+        audit(request, holder, "manifest")
         data["links"] = {name: url + link for name, link in data["links"].items()}
         return JSONResponse(data)
 
     async def file(request: Request) -> Response:
-        folder = session_dir(request)
-        if isinstance(folder, Response):
-            return folder
+        found = await session_dir(request)
+        if isinstance(found, Response):
+            return found
+        folder, _ = found
         name = request.path_params["file"]
         path = folder / name
         if not NAME.match(name) or not path.is_file():
@@ -214,7 +239,7 @@ def routes(hub: Hub) -> list[Route]:
             ".json": "application/json",
         }
         response = FileResponse(path, media_type=media.get(path.suffix, "application/octet-stream"))
-        if signed(request):
+        if "sig" in request.query_params:
             # The link is the credential; the playback page may be served by another node.
             response.headers["Access-Control-Allow-Origin"] = "*"
         return response

@@ -194,9 +194,14 @@ async def test_recordings_are_served_to_those_who_may_see_them(server: Server) -
     other_room = server.token(room="r2", role=Role.MODERATOR, identity="m2")
     status, _, body = await asyncio.to_thread(get, "/api/recordings/r1", expert)
     assert status == 200 and json.loads(body)["sessions"][0]["session_id"] == session
-    for key in (audience, other_room, None, "junk"):
-        status, _, _ = await asyncio.to_thread(get, f"/api/recordings/r1/{session}", key)
-        assert status == 401
+    for key, refusal in (
+        (audience, (403, "forbidden")),
+        (other_room, (403, "token_wrong_room")),
+        (None, (401, "unauthorized")),
+        ("junk", (401, "token_invalid")),
+    ):
+        status, _, body = await asyncio.to_thread(get, f"/api/recordings/r1/{session}", key)
+        assert (status, json.loads(body)["error"]["code"]) == refusal
     status, _, body = await asyncio.to_thread(get, f"/api/recordings/r1/{session}", ADMIN_KEY)
     manifest = json.loads(body)
     name = manifest["tracks"][0]["file"]
@@ -218,13 +223,107 @@ async def test_recordings_are_served_to_those_who_may_see_them(server: Server) -
     link = manifest["links"][name]
     status, _, body = await asyncio.to_thread(get, link, None)
     assert status == 200 and len(body) > 100
-    path, _, query = link.partition("?")
-    sig = query.partition("&sig=")[2]
+    query = link.partition("?")[2]
     for exp in ("%C2%B2", "9" * 5000, "", "-1"):
-        status, _, _ = await asyncio.to_thread(get, f"{path}?exp={exp}&sig={sig}", None)
+        mangled = link.replace(query.partition("&")[0], f"exp={exp}")
+        status, _, _ = await asyncio.to_thread(get, mangled, None)
         assert status == 401, exp
     audit = (server.hub.settings.data_dir / "audit.jsonl").read_text()
     assert '"action":"recording_access"' in audit and '"identity":"ex"' in audit
+
+
+async def test_revoked_removed_and_expired_reach_no_recording(server: Server) -> None:
+    """One decision everywhere: the list, the manifest, a file, and the signed links handed
+    out before, for a revoked token, a removed expert and an expired token; a valid one works."""
+    from signaling.tokens import mint
+
+    from .conftest import SECRET
+
+    mod = await server.join(role=Role.MODERATOR, identity="mod")
+    op = await server.join(role=Role.OPERATOR, identity="op")
+    leaked = server.token(role=Role.EXPERT, identity="ex-leaked")
+    removed = server.token(role=Role.EXPERT, identity="ex-removed")
+    valid = server.token(role=Role.EXPERT, identity="ex-valid")
+    media = MediaClient(op)
+    try:
+        await media.publish([(PacketTrack("video", FRAMES, 30, 90000), "camera", "Room")])
+        session = (await start_recording(mod, None))["session_id"]
+        await asyncio.sleep(1.5)
+        await mod.send({"type": "record", "action": "stop"})
+        await mod.wait_for("recording", where=lambda e: e["active"] is False)
+    finally:
+        await media.close()
+
+    def get(path: str, key: str | None) -> tuple[int, str]:
+        req = urllib.request.Request(server.http + path)
+        if key:
+            req.add_header("Authorization", f"Bearer {key}")
+        try:
+            with urllib.request.urlopen(req, timeout=5) as r:
+                return r.status, ""
+        except urllib.error.HTTPError as e:
+            return e.code, str(json.loads(e.read())["error"]["code"])
+
+    async def links_of(key: str) -> dict[str, str]:
+        def call() -> dict[str, str]:
+            req = urllib.request.Request(f"{server.http}/api/recordings/r1/{session}")
+            req.add_header("Authorization", f"Bearer {key}")
+            with urllib.request.urlopen(req, timeout=5) as r:
+                return dict(json.loads(r.read())["links"])
+
+        return await asyncio.to_thread(call)
+
+    async def everywhere(key: str, links: dict[str, str]) -> set[tuple[int, str]]:
+        """What each way to the recordings answers this token, and its links."""
+        paths = ["/api/recordings/r1", f"/api/recordings/r1/{session}"]
+        answers = {await asyncio.to_thread(get, p, key) for p in paths}
+        return answers | {await asyncio.to_thread(get, link, None) for link in links.values()}
+
+    leaked_links, removed_links = await links_of(leaked), await links_of(removed)
+    assert await everywhere(leaked, leaked_links) == {(200, "")}
+    # The admin revokes a leaked link.
+    req = urllib.request.Request(
+        server.http + "/api/tokens/revoke",
+        data=json.dumps({"token": leaked}).encode(),
+        method="POST",
+        headers={"Authorization": f"Bearer {ADMIN_KEY}"},
+    )
+    await asyncio.to_thread(urllib.request.urlopen, req, timeout=5)
+    assert await everywhere(leaked, leaked_links) == {(401, "token_revoked")}
+    # A moderator removes an expert: its link and the file links it was given stop, and a new
+    # token for the same person is refused while the room lives.
+    ex = server.client(token=removed)
+    await ex.connect()
+    target = server.hub.rooms.get("r1").by_identity("ex-removed")
+    assert target is not None
+    await mod.send({"type": "remove", "participant": target.id})
+    await ex.wait_closed()
+    for _ in range(50):  # the revocation is written in the background
+        if await server.hub.token_revoked(verify_id(removed)):
+            break
+        await asyncio.sleep(0.05)
+    assert await everywhere(removed, removed_links) == {(401, "token_revoked")}
+    again = server.token(role=Role.EXPERT, identity="ex-removed")
+    assert await everywhere(again, {}) == {(403, "removed")}
+    # An expired token is refused too; a valid one still works everywhere.
+    expired = mint(SECRET, "r1", Role.EXPERT, "x", 60, "ex-old", now=time.time() - 3600)
+    assert await everywhere(expired, {}) == {(401, "token_expired")}
+    assert await everywhere(valid, await links_of(valid)) == {(200, "")}
+    # Every access and every refusal is in the audit trail, and no token is.
+    audit = (server.hub.settings.data_dir / "audit.jsonl").read_text()
+    lines = [json.loads(line) for line in audit.splitlines()]
+    denied = {e.get("code") for e in lines if e["action"] == "recording_access"}
+    assert {"token_revoked", "removed", "token_expired", "list", "manifest"} <= denied
+    for token in (leaked, removed, valid, expired):
+        assert token not in audit and token.split(".")[2] not in audit
+
+
+def verify_id(token: str) -> str:
+    from signaling.tokens import verify
+
+    from .conftest import SECRET
+
+    return verify(SECRET, token, 0).token_id
 
 
 class FlashTrack(PatternTrack):

@@ -46,6 +46,8 @@ async def test_playback_shows_what_was_drawn_when(server: Server, browser: Brows
     log = [json.loads(x) for x in (folder / "channel.jsonl").read_text().splitlines()]
     t = {e["id"]: e["t"] for e in log if e.get("type") == "op"}
 
+    # File links that live a minute: the page renews them 3 s after it opens (a minute early).
+    server.hub.settings.recording_link_ttl = 63
     page = await browser.new_page()
     token = server.token(role=Role.EXPERT, identity="ex")
     await page.goto(f"{server.http}/playback/r1#token={token}")
@@ -83,4 +85,18 @@ async def test_playback_shows_what_was_drawn_when(server: Server, browser: Brows
                     return Math.abs(window.player.state.time - v.currentTime); }}"""
     )
     assert drift < 1.5  # the track starts within the keyframe wait of the session clock
+    # Fresh file links replaced the first ones, and the picture went on with them.
+    first = await video.evaluate("v => v.src")
+    await page.wait_for_function(
+        f"""(first) => document.querySelector('video[data-feed="{feed}"]').src !== first""",
+        arg=first,
+        timeout=15000,
+    )
+    await at(0.2)  # from the start again
+    if not await page.evaluate("window.player.state.playing"):
+        await page.click("#play")
+    await page.wait_for_function(
+        f"""() => document.querySelector('video[data-feed="{feed}"]').currentTime > 0.8""",
+        timeout=10000,
+    )
     await page.screenshot(path=str(ARTIFACTS / "playback.png"))

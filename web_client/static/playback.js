@@ -69,8 +69,12 @@ class Replay {
   }
 }
 
+/** @type {ReturnType<typeof setTimeout> | undefined} the next renewal of the file links */
+let renewal;
+
 /** @param {string} session */
 async function open(session) {
+  clearTimeout(renewal);
   const manifest = await api(`/api/recordings/${room}/${session}`);
   $("title").textContent = `${manifest.title || manifest.room} · ${new Date(manifest.started_at * 1000).toLocaleString()}`;
   const logText = await (await fetch(manifest.links[manifest.channel_log])).text();
@@ -170,6 +174,22 @@ async function open(session) {
     sync(false);
   };
   sync(true);
+  // File links live minutes (and stop at once when this link is revoked): a minute before they
+  // expire, fresh ones replace them; the clock puts each player back where it was.
+  /** @param {number} validFor seconds */
+  const renewIn = (validFor) => {
+    renewal = setTimeout(async () => {
+      try {
+        const fresh = await api(`/api/recordings/${room}/${session}`);
+        for (const p of players) p.media.src = fresh.links[p.track.file];
+        sync(true);
+        renewIn(fresh.links_valid_for);
+      } catch {
+        // Refused now (revoked, removed): the players stop where their links end.
+      }
+    }, Math.max(5, validFor - 60) * 1000);
+  };
+  renewIn(manifest.links_valid_for);
   /** @type {any} */ (window).player = { seek: (/** @type {number} */ s) => { state.time = s; sync(true); }, state };
 }
 
