@@ -41,6 +41,7 @@ class Action(StrEnum):
     RECORD = "record"
     END_ROOM = "end_room"
     VIEW_STATS = "view_stats"
+    CONSENT = "consent"  # answer on the patient's consent to recording
 
 
 class Source(StrEnum):
@@ -69,7 +70,7 @@ _MODERATION = frozenset(
 )
 
 ACTIONS: dict[Role, frozenset[Action]] = {
-    Role.OPERATOR: frozenset({Action.SUBSCRIBE, Action.ANNOTATE, Action.CHAT}),
+    Role.OPERATOR: frozenset({Action.SUBSCRIBE, Action.ANNOTATE, Action.CHAT, Action.CONSENT}),
     Role.EXPERT: frozenset({Action.SUBSCRIBE, Action.ANNOTATE, Action.CHAT}),
     Role.AUDIENCE: frozenset({Action.SUBSCRIBE, Action.CHAT}),
     Role.MODERATOR: frozenset({Action.SUBSCRIBE, Action.ANNOTATE, Action.CHAT}) | _MODERATION,

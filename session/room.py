@@ -556,23 +556,17 @@ class Room:
 
     def give_consent(self, participant_id: str, now: float) -> bool:
         """Record the operator's confirmation that the patient consented; True if a start waits."""
-        p = self._operator(participant_id)
+        p = self._require(participant_id, Action.CONSENT)
         self.recording.consent = {"participant_id": p.id, "identity": p.identity, "at": now}
         self.revision += 1
         return bool(self.recording.pending_by) and not self.recording.active
 
     def decline_consent(self, participant_id: str) -> str:
         """Record the operator's refusal: the waiting start is dropped; returns who asked."""
-        self._operator(participant_id)
+        self._require(participant_id, Action.CONSENT)
         pending, self.recording.pending_by = self.recording.pending_by, ""
         self.revision += 1
         return pending
-
-    def _operator(self, participant_id: str) -> Participant:
-        p = self._self(participant_id)
-        if p.role is not Role.OPERATOR:
-            raise SessionError(Code.FORBIDDEN, "only the operator answers on consent")
-        return p
 
     def recording_started(self, session_id: str, now: float) -> None:
         """Tell everyone the session is now recorded."""
