@@ -298,43 +298,62 @@ def test_only_the_operator_answers_on_consent() -> None:
     assert room.decline_consent(op) == mod and room.recording.pending_by == ""
 
 
-def test_the_role_table_of_the_protocol_is_what_the_server_enforces() -> None:
-    """docs/protocol.md's role table is the one source of who may do what: read it."""
+ROW_ACTIONS = {
+    "subscribe": [Action.SUBSCRIBE],
+    "annotate": [Action.ANNOTATE],
+    "chat, raise hand": [Action.CHAT],
+    "admit, mute, remove, set role, grant, record, stats, end": [
+        Action.ADMIT,
+        Action.MUTE,
+        Action.REMOVE,
+        Action.SET_ROLE,
+        Action.RECORD,
+        Action.VIEW_STATS,
+        Action.END_ROOM,
+    ],
+    "answer `consent`": [Action.CONSENT],
+}
+ROW_SOURCES = {
+    "publish probe / laparoscope": [Source.PROBE, Source.LAPAROSCOPE],
+    "publish camera / screen / microphone": [Source.CAMERA, Source.SCREEN, Source.MICROPHONE],
+}
+
+
+def role_table() -> dict[tuple[str, Role], str]:
+    """docs/protocol.md's role table: (row, role) → cell."""
     from pathlib import Path
 
     doc = (Path(__file__).resolve().parent.parent / "docs" / "protocol.md").read_text()
     table = doc.split("## Roles", 1)[1].split("\n\n", 2)[1]
     rows = [[c.strip() for c in line.strip("|").split("|")] for line in table.splitlines()]
     roles = [Role(r) for r in rows[0][1:]]
-    actions = {
-        "subscribe": [Action.SUBSCRIBE],
-        "annotate": [Action.ANNOTATE],
-        "chat, raise hand": [Action.CHAT],
-        "admit, mute, remove, set role, grant, record, stats, end": [
-            Action.ADMIT,
-            Action.MUTE,
-            Action.REMOVE,
-            Action.SET_ROLE,
-            Action.RECORD,
-            Action.VIEW_STATS,
-            Action.END_ROOM,
-        ],
-        "answer `consent`": [Action.CONSENT],
+    return {
+        (name, role): cell
+        for name, *cells in rows[2:]
+        for role, cell in zip(roles, cells, strict=True)
     }
-    sources = {
-        "publish probe / laparoscope": [Source.PROBE, Source.LAPAROSCOPE],
-        "publish camera / screen / microphone": [Source.CAMERA, Source.SCREEN, Source.MICROPHONE],
+
+
+def allowed_by_table() -> dict[tuple[Role, Action], bool]:
+    """Whether each role may each action, by the table ("yes"; anything else is a grant)."""
+    return {
+        (role, action): cell == "yes"
+        for (name, role), cell in role_table().items()
+        for action in ROW_ACTIONS.get(name, [])
     }
-    seen: set[Action] = set()
-    for name, *cells in rows[2:]:
-        assert name in actions or name in sources, f"a row the server does not know: {name}"
-        for role, cell in zip(roles, cells, strict=True):
-            # "yes": the role may; empty: it may not; anything else ("when granted", "with the
-            # floor") is a moderator's grant on top of a role that may not by itself.
-            for action in actions.get(name, []):
-                assert may(role, action) is (cell == "yes"), (name, role)
-                seen.add(action)
-            for source in sources.get(name, []):
-                assert may_publish(role, source) is (cell == "yes"), (name, role, source)
-    assert seen == set(Action), "every action has its row"
-    assert set(roles) == {r for r in Role if r is not Role.RECORDER}
+
+
+def test_the_role_table_of_the_protocol_is_what_the_server_enforces() -> None:
+    """docs/protocol.md's role table is the one source of who may do what: read it."""
+    table = role_table()
+    for name, _ in table:
+        assert name in ROW_ACTIONS or name in ROW_SOURCES, f"a row the server does not know: {name}"
+    for (role, action), allowed in allowed_by_table().items():
+        assert may(role, action) is allowed, (role, action)
+    for (name, role), cell in table.items():
+        for source in ROW_SOURCES.get(name, []):
+            # "yes": the role may; empty: it may not; anything else ("with the floor") is a
+            # moderator's grant on top of a role that may not by itself.
+            assert may_publish(role, source) is (cell == "yes"), (name, role, source)
+    assert {a for _, a in allowed_by_table()} == set(Action), "every action has its row"
+    assert {r for _, r in table} == {r for r in Role if r is not Role.RECORDER}
