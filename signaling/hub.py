@@ -26,6 +26,7 @@ from turn import credentials
 from turn.policy import PeerPolicy
 from turn.server import TurnServer
 
+from . import heap
 from .audit import AuditLog
 from .config import Secrets, Settings, default_node_name, turn_secret
 from .errors import Close, Code
@@ -41,6 +42,8 @@ log = logging.getLogger("teleconsult.hub")
 # channel: a session of hours keeps the store's memory (and Redis's) flat, and a room restored
 # on another node replays at most this many operations.
 CHECKPOINT_EVERY = 500
+# Seconds between returns of the C heap's free pages to the system (signaling/heap.py).
+HEAP_TRIM_EVERY = 60.0
 
 
 class Hub:
@@ -603,10 +606,13 @@ class Hub:
         self.audit.close()
 
     async def _sweep_forever(self) -> None:
-        last_retention = 0.0
+        last_retention = last_trim = 0.0
         while True:
             await asyncio.sleep(self.settings.sweep_interval)
             self.sweep()
+            if self.now() - last_trim >= HEAP_TRIM_EVERY:
+                last_trim = self.now()
+                heap.release()
             if self.now() - last_retention >= 3600:
                 last_retention = self.now()
                 await asyncio.to_thread(self.apply_retention, last_retention)
