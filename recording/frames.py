@@ -54,6 +54,9 @@ class FrameAssembler:
         self.prev_last: int | None = None  # last sequence number of the frame handed on
         # Padding-only packets (bandwidth probes) take sequence numbers but carry no frame.
         self.padding: set[int] = set()
+        # The first packet's timestamp: frames are ordered from a quarter of the clock before
+        # it until one is written, so a start just before the 32-bit wrap orders right.
+        self.anchor: int | None = None
 
     def push(self, seq: int, timestamp: int, marker: bool, payload: bytes) -> list[Frame]:
         """Add one packet; return the frames it completed, oldest first."""
@@ -64,6 +67,8 @@ class FrameAssembler:
             return self._emit()
         if self.last_emitted is not None and not _ts_newer(timestamp, self.last_emitted):
             return []  # a retransmission of a frame already written (or given up)
+        if self.anchor is None:
+            self.anchor = timestamp
         p = self.pending.setdefault(timestamp, _Pending(timestamp))
         p.packets[seq] = payload
         if self.codec == "VP8":
@@ -113,7 +118,12 @@ class FrameAssembler:
             order = sorted(self.pending, key=self._age_key)
             oldest = order[0]
             p = self.pending[oldest]
+            late = (order[-1] - oldest) % (1 << 32) > self.window
             if self._complete(p):
+                if self.need_keyframe and not p.keyframe and not late:
+                    # Waiting for a keyframe: one older than this frame may still come
+                    # (reordered at the start); dropping this one now would refuse it.
+                    break
                 del self.pending[oldest]
                 self.last_emitted = oldest
                 self.prev_last = p.last
@@ -127,7 +137,7 @@ class FrameAssembler:
                 )
                 self.need_keyframe = False
                 out.append(Frame(data, oldest, p.keyframe))
-            elif (order[-1] - oldest) % (1 << 32) > self.window:
+            elif late:
                 # Lost for good: give the frame up and wait for the next keyframe.
                 del self.pending[oldest]
                 self.last_emitted = oldest
@@ -139,8 +149,14 @@ class FrameAssembler:
         return out
 
     def _age_key(self, ts: int) -> int:
-        # Order timestamps from the last frame written, across the 32-bit wrap.
-        base = self.last_emitted if self.last_emitted is not None else min(self.pending)
+        # Order timestamps from the last frame written, across the 32-bit wrap. Before any,
+        # from well before the first packet: the smallest number held is not the oldest frame
+        # when the clock wraps between the first frames (a frame at 2**32 - 3000, then one at 0).
+        if self.last_emitted is not None:
+            base = self.last_emitted
+        else:
+            assert self.anchor is not None
+            base = (self.anchor - (1 << 30)) % (1 << 32)
         return (ts - base) % (1 << 32)
 
 

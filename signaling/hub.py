@@ -244,6 +244,10 @@ class Hub:
         self.audit.record("room_moved", room=room_id, actor="server")
         self.refresh_gauges()
 
+    async def journal_written(self, timeout: float) -> None:
+        """Wait until everything journaled so far is in the store (TimeoutError after)."""
+        await asyncio.wait_for(self._journal.join(), timeout)
+
     def _room_created(self, room: Room) -> None:
         room.journal = lambda event: self._journal_op(room, event)
 
@@ -572,7 +576,7 @@ class Hub:
             # Everything queued reaches the store (5 s at most) before this node leaves the
             # cluster: the node that takes a room over must find it whole.
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._journal.join(), 5.0)
+                await self.journal_written(5.0)
         if self.cluster is not None:
             # The rooms are free for the other nodes before anyone is told to reconnect, so
             # that each client reconnects once, to the room on its new host.

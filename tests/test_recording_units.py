@@ -13,7 +13,7 @@ import pytest
 from aiortc.codecs.h264 import H264Encoder, h264_depayload
 from aiortc.codecs.opus import OpusEncoder
 from aiortc.codecs.vpx import Vp8Encoder, vp8_depayload
-from hypothesis import Phase, given, settings
+from hypothesis import Phase, example, given, settings
 from hypothesis import strategies as st
 
 from recording.frames import FrameAssembler
@@ -136,6 +136,13 @@ def test_h264_reassembly_finds_access_units_and_waits_after_loss() -> None:
     dup=st.sampled_from([0.0, 0.05]),
     seed=st.integers(0, 2**32),
 )
+# Found by this test in a full run: the clock wraps between the first two frames, and the
+# first frame's first packet arrives late; the recording was empty (frames were ordered from
+# the smallest timestamp held, which was the second frame's).
+@example(seq0=26387, frames_before_ts_wrap=1, depth=8, dup=0.05, seed=92468)
+# And: the second frame whole before any packet of the first (a keyframe) came; the first was
+# refused for being older than a frame already given up while waiting for a keyframe.
+@example(seq0=64709, frames_before_ts_wrap=1, depth=12, dup=0.05, seed=1063497603)
 def test_reassembly_across_both_wraps_with_reordering_and_duplicates(
     codec: str, seq0: int, frames_before_ts_wrap: int, depth: int, dup: float, seed: int
 ) -> None:

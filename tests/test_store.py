@@ -237,6 +237,7 @@ async def test_a_long_session_keeps_a_bounded_log_and_restores_whole(
         c = await first.join("long-1", role=Role.EXPERT, identity="ex")
         for i in range(n):
             await c.request({"type": "chat", "text": f"m{i}"})
+        await first.hub.journal_written(10)
         kept = await first.hub.store.log("long-1")
         last = await c.request({"type": "chat", "text": "end"})
     # One checkpoint and what came after it, not the whole session.
