@@ -96,3 +96,32 @@ async def test_every_bad_token_is_refused_at_the_door(
         await client.connect()
     assert e.value.code == code
     assert await server.hub.token_revoked(verify(SECRET, server.token()).token_id) is False
+
+
+@pytest.mark.parametrize("role", [Role.OPERATOR, Role.EXPERT, Role.AUDIENCE, Role.MODERATOR])
+async def test_each_role_over_http_gets_what_the_table_says(server: Server, role: Role) -> None:
+    """A room's token opens its recordings to experts and moderators only, and the admin API
+    to no token at all, whatever its role."""
+    import asyncio
+    import json
+    import urllib.error
+    import urllib.request
+
+    token = server.token(role=role, identity=f"http-{role.value}")
+
+    def get(path: str) -> tuple[int, str]:
+        req = urllib.request.Request(
+            server.http + path, headers={"Authorization": f"Bearer {token}"}
+        )
+        try:
+            with urllib.request.urlopen(req, timeout=5) as r:
+                return r.status, ""
+        except urllib.error.HTTPError as e:
+            return e.code, str(json.loads(e.read())["error"]["code"])
+
+    replays = role in (Role.EXPERT, Role.MODERATOR)
+    assert await asyncio.to_thread(get, "/api/recordings/r1") == (
+        (200, "") if replays else (403, "forbidden")
+    )
+    for path in ("/api/recordings", "/api/rooms", "/api/rooms/r1", "/api/rooms/r1/participants"):
+        assert await asyncio.to_thread(get, path) == (401, "unauthorized"), path
