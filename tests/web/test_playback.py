@@ -100,3 +100,35 @@ async def test_playback_shows_what_was_drawn_when(server: Server, browser: Brows
         timeout=10000,
     )
     await page.screenshot(path=str(ARTIFACTS / "playback.png"))
+
+
+async def test_the_playback_page_refuses_a_revoked_or_removed_link(
+    server: Server, browser: BrowserContext
+) -> None:
+    from signaling.tokens import verify
+
+    from ..conftest import SECRET
+
+    page = await browser.new_page()
+    valid = server.token(role=Role.EXPERT, identity="ex-valid")
+    await page.goto(f"{server.http}/playback/r1#token={valid}")
+    await expect(page.locator("#main")).to_be_visible()
+    await expect(page.locator("#problem")).to_be_hidden()
+    # A revoked link, and the link of an expert a moderator removed: the page says no.
+    revoked = server.token(role=Role.EXPERT, identity="ex-revoked")
+    grant = verify(SECRET, revoked)
+    await server.hub.revoke("r1", grant.token_id, grant.expires_at)
+    mod = await server.join(role=Role.MODERATOR, identity="mod")
+    removed = server.token(role=Role.EXPERT, identity="ex-removed")
+    ex = server.client(token=removed)
+    await ex.connect()
+    target = server.hub.rooms.get("r1").by_identity("ex-removed")
+    assert target is not None
+    await mod.send({"type": "remove", "participant": target.id})
+    await ex.wait_closed()
+    for token in (revoked, removed, server.token(role=Role.AUDIENCE, identity="aud")):
+        other = await browser.new_page()
+        await other.goto(f"{server.http}/playback/r1#token={token}")
+        await expect(other.locator("#problem")).to_be_visible()
+        await expect(other.locator("#main")).to_be_hidden()
+        await other.close()
