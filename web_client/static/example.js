@@ -16,6 +16,9 @@ const log = (line) => {
   $("log").textContent += `${line}\n`;
 };
 
+/** @type {Map<string, HTMLMediaElement>} feed id → the element playing it */
+const players = new Map();
+
 /** Receive a published stream: one peer connection, a video element per video feed. @param {any} stream */
 async function receive(stream) {
   if (stream.participant_id === session.me) return;
@@ -26,6 +29,7 @@ async function receive(stream) {
     if (feed.kind === "audio") {
       const audio = new Audio();
       audio.srcObject = new MediaStream([track]);
+      players.set(feed.id, audio);
       audio.play().catch(() => log("click the page to hear audio"));
       continue;
     }
@@ -37,6 +41,7 @@ async function receive(stream) {
     video.playsInline = true;
     video.srcObject = new MediaStream([track]);
     video.dataset.feed = feed.id;
+    players.set(feed.id, video);
     // A click points at that spot of the picture, as fractions of the frame (docs/protocol.md).
     video.addEventListener("click", (ev) => {
       const r = video.getBoundingClientRect();
@@ -96,6 +101,15 @@ session.addEventListener("message", (ev) => {
 });
 
 session.channel.addEventListener("change", drawPointers);
+// After a network change the session receives a stream again on a new connection: same feeds,
+// new tracks, put into the same elements.
+session.addEventListener("subscribed", (ev) => {
+  const sub = /** @type {CustomEvent} */ (ev).detail;
+  for (const [feed, track] of sub.tracks) {
+    const el = players.get(feed);
+    if (el) el.srcObject = new MediaStream([track]);
+  }
+});
 
 $("camera").addEventListener("click", async () => {
   const media = await navigator.mediaDevices.getUserMedia({ video: true });
