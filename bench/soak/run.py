@@ -78,6 +78,10 @@ def main() -> int:
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args()
 
+    # The commit whose code runs: taken now, as the tree may move on during a long run.
+    args.commit = subprocess.run(
+        ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=False
+    ).stdout.strip()
     w, h = (int(x) for x in args.size.split("x"))
     vp8_clip(w, h, args.fps, args.bitrate, 10, 2 * args.fps)  # encoded once, before timing
     tmp = Path(tempfile.mkdtemp(prefix="tc-soak-"))
@@ -200,9 +204,7 @@ def summarize(
     files = sorted(p for p in data.glob("recordings/*/*/*") if p.suffix in (".webm", ".mkv"))
     report = {
         "command": "python -m bench.soak.run " + " ".join(sys.argv[1:]),
-        "commit": subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=False
-        ).stdout.strip(),
+        "commit": args.commit,
         "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores",
         "minutes_run": len(minutes),
         "subscribers": args.subscribers,
