@@ -4,13 +4,8 @@ page can be framed, sniffed or leak its address (which may carry a token) as a r
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
 
-Scope = dict[str, Any]
-Message = dict[str, Any]
-Receive = Callable[[], Any]
-Send = Callable[[Message], Any]
-App = Callable[[Scope, Receive, Send], Any]
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 
 def policy(host: str, peers: list[str]) -> str:
@@ -39,7 +34,7 @@ def policy(host: str, peers: list[str]) -> str:
 class SecurityHeaders:
     """ASGI middleware adding the headers to every HTTP response."""
 
-    def __init__(self, app: App, peers: Callable[[], list[str]]) -> None:
+    def __init__(self, app: ASGIApp, peers: Callable[[], list[str]]) -> None:
         self.app = app
         self.peers = peers
 

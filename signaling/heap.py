@@ -22,7 +22,7 @@ def _trimmer() -> Callable[[int], int] | None:
     try:
         libc = ctypes.CDLL(name)
         trim: Callable[[int], int] = libc.malloc_trim
-    except (OSError, AttributeError, TypeError):
+    except (OSError, AttributeError):
         return None  # not glibc (musl, macOS): nothing to do
     return trim
 

@@ -84,6 +84,16 @@ class Server:
         return c
 
 
+async def join_and_remove(server: Server, mod: SignalingClient, token: str, identity: str) -> None:
+    """Someone joins with `token` (its identity `identity`) and the moderator removes them."""
+    someone = server.client(token=token)
+    await someone.connect()
+    target = server.hub.rooms.get("r1").by_identity(identity)
+    assert target is not None
+    await mod.send({"type": "remove", "participant": target.id})
+    await someone.wait_closed()
+
+
 def annotation(op: str, op_id: str, feed: str, points: list[list[float]]) -> dict[str, Any]:
     """An `annotate` message drawing one shape."""
     return {"type": "annotate", "op": op, "id": op_id, "feed": feed, "points": points}

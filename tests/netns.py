@@ -3,12 +3,19 @@ can cut silently, take down, or move to another address (a handover)."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import subprocess
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Any
 
+from media.aiortc_adapter import use_host_addresses
+from media.client import MediaClient
+from signaling.client import SignalingClient
+
+from .media_util import StampViewer
 from .need import executable
 
 # A rate of 8 bit/s with a 10-byte bucket drops every packet, and the OS sees no change: the
@@ -123,3 +130,28 @@ def change_network(ns: Namespace, change: str) -> float:
         time.sleep(5)
         ns.link(True)
     return time.time()
+
+
+async def watch_through(
+    ns: Namespace, port: int, token: str, room: str, change: str, stream: str
+) -> tuple[float, list[dict[str, Any]]]:
+    """An expert on this side watches a stream through a change of the namespace's network;
+    returns the seconds from the network's return to a picture taken after it, and the events
+    the expert got meanwhile."""
+    use_host_addresses([ns.host])
+    sig = SignalingClient(f"ws://{ns.host}:{port}/ws", token, room)
+    media = MediaClient(sig)
+    viewer = StampViewer()
+    try:
+        await sig.connect()
+        sub = await media.subscribe(stream)
+        watching = asyncio.ensure_future(viewer.watch(sub.tracks[f"{stream}.0"]))
+        await viewer.back_after(time.time())  # a picture before the change
+        back_at = await asyncio.to_thread(change_network, ns, change)
+        back = await viewer.back_after(back_at)
+        watching.cancel()
+        return back, sig.drain()
+    finally:
+        await media.close()
+        await sig.close()
+        use_host_addresses(None)

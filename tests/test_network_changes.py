@@ -9,7 +9,6 @@ import json
 import subprocess
 import sys
 import threading
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -25,8 +24,7 @@ from signaling.client import SignalingClient
 from signaling.tokens import mint
 
 from .conftest import SECRET, server_process, stop
-from .media_util import StampViewer
-from .netns import CHANGES, Namespace, change_network, namespace
+from .netns import CHANGES, Namespace, change_network, namespace, watch_through
 
 TELECONSULT = str(Path(sys.executable).parent / "teleconsult")
 BACK_WITHIN = 2.0
@@ -84,23 +82,9 @@ async def test_the_publish_tool_heals_a_network_change(tmp_path: Path, change: s
             "--synthetic", "--size", "320x240", "--fps", "15", "--duration", "150",
         ) as (_, published):  # fmt: skip
             stream = (await published.first("published", 30))["published"]
-            use_host_addresses([ns.host])
-            sig = SignalingClient(f"ws://{ns.host}:{port}/ws", token(Role.EXPERT, "ex"), "van")
-            media = MediaClient(sig)
-            viewer = StampViewer()
-            try:
-                await sig.connect()
-                sub = await media.subscribe(stream)
-                watching = asyncio.ensure_future(viewer.watch(sub.tracks[f"{stream}.0"]))
-                await viewer.back_after(time.time())  # a picture before the change
-                back_at = await asyncio.to_thread(change_network, ns, change)
-                back = await viewer.back_after(back_at)
-                watching.cancel()
-                events = sig.drain()
-            finally:
-                await media.close()
-                await sig.close()
-                use_host_addresses(None)
+            back, events = await watch_through(
+                ns, port, token(Role.EXPERT, "ex"), "van", change, stream
+            )
             print(f"publish {change}: picture back {back:.2f} s after the network")
             assert back <= BACK_WITHIN, f"picture back {back:.2f} s after the network"
             # The viewer kept its subscription to the same stream: a pause, not a new stream.

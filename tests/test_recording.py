@@ -18,7 +18,7 @@ from media.client import MediaClient
 from session.roles import Role
 from signaling.client import RequestFailed, SignalingClient
 
-from .conftest import ADMIN_KEY, Server, running_server
+from .conftest import ADMIN_KEY, Server, join_and_remove, running_server
 from .media_util import PacketTrack, PatternTrack, ToneTrack, tone_level, vp8_frames
 
 FRAMES = vp8_frames(90, keyframe_every=30)
@@ -292,12 +292,7 @@ async def test_revoked_removed_and_expired_reach_no_recording(server: Server) ->
     assert await everywhere(leaked, leaked_links) == {(401, "token_revoked")}
     # A moderator removes an expert: its link and the file links it was given stop, and a new
     # token for the same person is refused while the room lives.
-    ex = server.client(token=removed)
-    await ex.connect()
-    target = server.hub.rooms.get("r1").by_identity("ex-removed")
-    assert target is not None
-    await mod.send({"type": "remove", "participant": target.id})
-    await ex.wait_closed()
+    await join_and_remove(server, mod, removed, "ex-removed")
     for _ in range(50):  # the revocation is written in the background
         if await server.hub.token_revoked(verify_id(removed)):
             break

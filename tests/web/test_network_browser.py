@@ -23,8 +23,7 @@ from signaling.http_api import join_url
 from signaling.tokens import mint
 
 from ..conftest import SECRET, server_process
-from ..media_util import StampViewer
-from ..netns import CHANGES, Namespace, change_network, namespace
+from ..netns import CHANGES, Namespace, change_network, namespace, watch_through
 from .conftest import browser_in
 
 BACK_WITHIN = 2.0
@@ -153,30 +152,15 @@ async def test_the_room_page_publishes_through_a_network_change(
         async with room_page(ns, port, tmp_path, Role.OPERATOR) as page:
             await page.locator('.device[data-row="source"] button.toggle').click()
             await expect(page.locator("figure.local video")).to_have_count(1)
-            use_host_addresses([ns.host])
-            sig = SignalingClient(f"ws://{ns.host}:{port}/ws", token(Role.EXPERT, "ex"), "van")
-            media = MediaClient(sig)
-            viewer = StampViewer()
-            try:
-                welcome = await sig.connect()
-                streams = [s["id"] for s in welcome.get("streams", [])]
-                if not streams:
-                    streams = [(await sig.wait_for("stream_added", timeout=15))["stream"]["id"]]
-                (stream,) = streams
-                sub = await media.subscribe(stream)
-                watching = asyncio.ensure_future(viewer.watch(sub.tracks[f"{stream}.0"]))
-                await viewer.back_after(time.time())  # a picture before the change
-                back_at = await asyncio.to_thread(change_network, ns, change)
-                back = await viewer.back_after(back_at)
-                watching.cancel()
-                events = sig.drain()
-            finally:
-                await media.close()
-                await sig.close()
-                use_host_addresses(None)
+            feed = await page.locator("figure.local").get_attribute("data-feed")
+            assert feed is not None
+            stream = feed.rsplit(".", 1)[0]
+            back, events = await watch_through(
+                ns, port, token(Role.EXPERT, "ex"), "van", change, stream
+            )
             await expect(page.locator("#state")).to_have_attribute("data-state", "joined")
             # The operator's own preview stayed, under the same feed.
-            await expect(page.locator(f'figure.local[data-feed="{stream}.0"]')).to_have_count(1)
+            await expect(page.locator(f'figure.local[data-feed="{feed}"]')).to_have_count(1)
         print(f"page publishing, {change}: picture back {back:.2f} s after the network")
         assert back <= within(change), f"picture back {back:.2f} s after the network"
         # The expert kept its subscription to the same stream: a pause, not a new stream.

@@ -11,7 +11,7 @@ from playwright.async_api import BrowserContext, expect
 from media.client import MediaClient
 from session.roles import Role
 
-from ..conftest import Server, annotation
+from ..conftest import Server, annotation, join_and_remove
 from ..media_util import PacketTrack, ToneTrack, vp8_frames
 
 ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts" / "web"
@@ -120,12 +120,7 @@ async def test_the_playback_page_refuses_a_revoked_or_removed_link(
     await server.hub.revoke("r1", grant.token_id, grant.expires_at)
     mod = await server.join(role=Role.MODERATOR, identity="mod")
     removed = server.token(role=Role.EXPERT, identity="ex-removed")
-    ex = server.client(token=removed)
-    await ex.connect()
-    target = server.hub.rooms.get("r1").by_identity("ex-removed")
-    assert target is not None
-    await mod.send({"type": "remove", "participant": target.id})
-    await ex.wait_closed()
+    await join_and_remove(server, mod, removed, "ex-removed")
     for token in (revoked, removed, server.token(role=Role.AUDIENCE, identity="aud")):
         other = await browser.new_page()
         await other.goto(f"{server.http}/playback/r1#token={token}")

@@ -152,7 +152,7 @@ export class Session extends EventTarget {
 
   _dial() {
     this.retryTimer = null;
-    this._setState(this.welcome ? "reconnecting" : this.attempt ? "reconnecting" : "connecting");
+    this._setState(this.welcome || this.attempt ? "reconnecting" : "connecting");
     const ws = new WebSocket(this.url);
     this.ws = ws;
     this.heardAt = Date.now();
