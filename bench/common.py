@@ -64,8 +64,11 @@ def start_redis(folder: Path) -> tuple[str, subprocess.Popen[bytes]]:
     raise TimeoutError("redis-server")
 
 
-def serve(port: int, secret: str, data_dir: Path, *extra: str) -> subprocess.Popen[bytes]:
-    """Start `teleconsult serve` on 127.0.0.1:port and wait until it answers."""
+def serve(
+    port: int, secret: str, data_dir: Path, *extra: str, log: Path | None = None
+) -> subprocess.Popen[bytes]:
+    """Start `teleconsult serve` on 127.0.0.1:port and wait until it answers (its log to `log`)."""
+    errors = subprocess.DEVNULL if log is None else log.open("ab")
     server = subprocess.Popen(
         [
             TELECONSULT,
@@ -85,8 +88,10 @@ def serve(port: int, secret: str, data_dir: Path, *extra: str) -> subprocess.Pop
             *extra,
         ],
         stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
+        stderr=errors,
     )
+    if log is not None:
+        errors.close()  # type: ignore[union-attr]
     try:
         wait_http(f"http://127.0.0.1:{port}/healthz")
     except TimeoutError:

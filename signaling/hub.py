@@ -26,7 +26,7 @@ from turn import credentials
 from turn.policy import PeerPolicy
 from turn.server import TurnServer
 
-from . import heap
+from . import heap, looplag
 from .audit import AuditLog
 from .config import Secrets, Settings, default_node_name, turn_secret
 from .errors import Close, Code
@@ -544,6 +544,7 @@ class Hub:
         if self.cluster is not None:
             await self.cluster.start()
         self._sweeper = asyncio.create_task(self._sweep_forever())
+        self.spawn(looplag.watch(self.metrics.loop_lag.observe))
 
     async def drain(self) -> None:
         """Stop without losing anything: refuse newcomers, freeze, write, hand over, then close.

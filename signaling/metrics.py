@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.core import (
     CounterMetricFamily,
     GaugeMetricFamily,
@@ -15,7 +15,7 @@ from prometheus_client.core import (
 from prometheus_client.registry import Collector
 
 from media.aiortc_adapter import CODECS_CREATED, INGRESS
-from media.histogram import Histogram
+from media.histogram import Histogram as DelayHistogram
 
 
 class Metrics:
@@ -39,8 +39,14 @@ class Metrics:
             ["code"],
             registry=self.registry,
         )
+        self.loop_lag = Histogram(
+            "teleconsult_event_loop_lag_seconds",
+            "How much later than due the event loop woke a 0.1 s timer",
+            buckets=(0.001, 0.005, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0),
+            registry=self.registry,
+        )
 
-    def watch_media(self, stats: Callable[[], dict[str, Any]], delays: Histogram) -> None:
+    def watch_media(self, stats: Callable[[], dict[str, Any]], delays: DelayHistogram) -> None:
         """Export media statistics, read from `stats` at every scrape."""
         self.registry.register(MediaCollector(stats, delays))
 
@@ -110,7 +116,7 @@ _DOWN = [
 class MediaCollector(Collector):
     """Per-track and per-subscriber media series; labels are opaque ids, never names."""
 
-    def __init__(self, stats: Callable[[], dict[str, Any]], delays: Histogram) -> None:
+    def __init__(self, stats: Callable[[], dict[str, Any]], delays: DelayHistogram) -> None:
         self.stats = stats
         self.delays = delays
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import urllib.error
 import urllib.request
 from typing import Any
@@ -120,6 +121,16 @@ async def test_healthz_and_metrics(server: Server) -> None:
     assert "teleconsult_participants 2.0" in lines
     assert 'teleconsult_messages_total{type="hello"} 2.0' in lines
     assert 'teleconsult_errors_total{code="bad_json"} 1.0' in lines
+    # The loop's lag is measured from the start, a look every 0.1 s.
+    looks = 0.0
+    for _ in range(30):
+        _, text = await api(server, "GET", "/metrics", key=None)
+        count = re.search(r"^teleconsult_event_loop_lag_seconds_count (\S+)$", text, re.M)
+        looks = float(count.group(1)) if count else 0.0
+        if looks >= 2:
+            break
+        await asyncio.sleep(0.1)
+    assert looks >= 2
     # Metrics never carry room ids or names.
     assert "r1" not in text
 

@@ -13,14 +13,17 @@ server's RSS or open files grew by 10 % or more after the fifth minute.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
+import re
 import subprocess
 import sys
 import tempfile
 import threading
 import time
+import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -50,6 +53,56 @@ def rss_kib(pid: int) -> int:
 def open_files(pid: int) -> int:
     """Return how many file descriptors a process holds."""
     return len(os.listdir(f"/proc/{pid}/fd"))
+
+
+def udp_drops(pids: dict[str, int]) -> dict[str, int]:
+    """Return datagrams the kernel dropped so far because a socket's buffer was full, by owner.
+
+    A process that does not read for a moment (its event loop held) loses what arrives beyond
+    its buffer: this tells whose moment it was.
+    """
+    owner: dict[str, str] = {}
+    for name, pid in pids.items():
+        with contextlib.suppress(OSError):
+            for fd in os.listdir(f"/proc/{pid}/fd"):
+                with contextlib.suppress(OSError):
+                    link = os.readlink(f"/proc/{pid}/fd/{fd}")
+                    if link.startswith("socket:["):
+                        owner[link[8:-1]] = name
+    drops = dict.fromkeys(pids, 0)
+    for table in ("/proc/net/udp", "/proc/net/udp6"):
+        with contextlib.suppress(OSError):
+            for row in Path(table).read_text().splitlines()[1:]:
+                cols = row.split()
+                if cols[9] in owner:
+                    drops[owner[cols[9]]] += int(cols[-1])
+    return drops
+
+
+def rcvbuf_errors() -> int:
+    """Return the datagrams this machine's kernel dropped so far for a full receive buffer."""
+    rows = [
+        r.split() for r in Path("/proc/net/snmp").read_text().splitlines() if r.startswith("Udp:")
+    ]
+    return int(rows[1][rows[0].index("RcvbufErrors")])
+
+
+def lag_buckets(url: str) -> dict[float, float]:
+    """Return the server's event-loop lag histogram so far (cumulative, by upper bound)."""
+    with urllib.request.urlopen(url, timeout=5) as r:
+        text = r.read().decode()
+    pattern = r'^teleconsult_event_loop_lag_seconds_bucket\{le="([^"]+)"\} (\S+)$'
+    return {float(m[1]): float(m[2]) for m in re.finditer(pattern, text, re.M)}
+
+
+def lag_of_minute(now: dict[float, float], before: dict[float, float]) -> dict[str, float]:
+    """Looks of the minute 0.25 s late or more, and the bound under which all of them woke."""
+    d = {b: n - before.get(b, 0.0) for b, n in now.items()}
+    total = d.get(float("inf"), 0.0)
+    return {
+        "loop_late_looks": int(total - d.get(0.25, total)),
+        "loop_lag_max_s": min((b for b, n in d.items() if n >= total), default=0.0),
+    }
 
 
 def lines_of(proc: subprocess.Popen[str], into: list[dict[str, Any]]) -> threading.Thread:
@@ -99,7 +152,10 @@ def main() -> int:
     def token(role: Role, who: str) -> str:
         return mint(SECRET, ROOM, role, who, 24 * 3600, who)
 
-    server = serve(port, SECRET, tmp / "data")
+    out = args.out or RESULTS / f"soak-{int(time.time())}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    log = out.with_suffix(".server.log")
+    server = serve(port, SECRET, tmp / "data", log=log)
     started.append(server)
     seconds = args.minutes * 60
     try:
@@ -134,18 +190,28 @@ def main() -> int:
         drawn: list[dict[str, Any]] = []
         lines_of(annotator, drawn)
         samples = []
-        cpu0 = cpu_seconds(server.pid)
+        pids = {"server": server.pid, "publisher": pub.pid, "viewers": viewers.pid}
+        metrics = f"http://127.0.0.1:{port}/metrics"
+        cpu0 = {k: cpu_seconds(p) for k, p in pids.items()}
+        drops0, lag0, kernel0 = udp_drops(pids), lag_buckets(metrics), rcvbuf_errors()
         for minute in range(int(args.minutes)):
             time.sleep(max(0.0, t0 + (minute + 1) * 60 - time.time()))
-            cpu1 = cpu_seconds(server.pid)
+            cpu1 = {k: cpu_seconds(p) for k, p in pids.items()}
+            drops1, lag1, kernel1 = udp_drops(pids), lag_buckets(metrics), rcvbuf_errors()
             sample = {
                 "minute": minute,
                 "rss_mib": round(rss_kib(server.pid) / 1024, 1),
                 "open_files": open_files(server.pid),
-                "server_cpu_pct": round((cpu1 - cpu0) / 60 * 100, 1),
+                "server_cpu_pct": round((cpu1["server"] - cpu0["server"]) / 60 * 100, 1),
+                "cpu_pct": {k: round((cpu1[k] - cpu0[k]) / 60 * 100, 1) for k in pids},
+                # By owner, of the sockets open at both ends of the minute; the machine's
+                # count takes in those closed meanwhile (and any other process's).
+                "udp_drops": {k: max(0, drops1[k] - drops0.get(k, 0)) for k in pids},
+                "udp_drops_machine": kernel1 - kernel0,
+                **lag_of_minute(lag1, lag0),
                 "load1": round(os.getloadavg()[0], 2),
             }
-            cpu0 = cpu1
+            cpu0, drops0, lag0, kernel0 = cpu1, drops1, lag1, kernel1
             samples.append(sample)
             print(json.dumps(sample), flush=True)
         viewers.wait(120)
@@ -154,7 +220,7 @@ def main() -> int:
         if recorder is not None:
             recorder.wait(60)
         sends = json.loads((tmp / "pub.json").read_text())
-        report = summarize(args, t0, sends, per_minute, samples, drawn, tmp / "data")
+        report = summarize(args, t0, sends, per_minute, samples, drawn, tmp / "data", out)
     finally:
         for p in reversed(started):
             if p.poll() is None:
@@ -164,8 +230,6 @@ def main() -> int:
                 except subprocess.TimeoutExpired:
                     p.kill()
                     p.wait(5)
-    out = args.out or RESULTS / f"soak-{int(time.time())}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=1))
     print(json.dumps({k: v for k, v in report.items() if k != "minutes"}, indent=1))
     print(f"written to {out}")
@@ -180,6 +244,7 @@ def summarize(
     samples: list[dict[str, Any]],
     drawn: list[dict[str, Any]],
     data: Path,
+    out: Path,
 ) -> dict[str, Any]:
     """Frames delivered per minute per viewer against frames sent, and growth of the server."""
     minutes = []
@@ -195,7 +260,15 @@ def summarize(
         lost_minutes += bool(short)
         worst = min(worst, min(got) / sent if sent else 0.0)
         sample = next((s for s in samples if s["minute"] == k), {})
-        minutes.append({**sample, "sent": sent, "received": got, "audio": line["audio"]})
+        minutes.append(
+            {
+                **sample,
+                "sent": sent,
+                "received": got,
+                "audio": line["audio"],
+                "resubscribed": line.get("resubscribed"),
+            }
+        )
     base = next((s for s in samples if s["minute"] == 4), samples[0] if samples else None)
     growth_rss = growth_files = 0.0
     if base is not None and samples:
@@ -218,6 +291,8 @@ def summarize(
             sum(s["server_cpu_pct"] for s in samples) / max(1, len(samples)), 1
         ),
         "annotator": drawn[-1] if drawn else None,
+        "resubscribed": per_minute[-2].get("resubscribed") if len(per_minute) > 1 else None,
+        "server_log": str(out.with_suffix(".server.log")),
         "recorded_files": [(p.name, p.stat().st_size) for p in files],
         "minutes": minutes,
     }

@@ -11,13 +11,14 @@ import argparse
 import asyncio
 import json
 import time
-from typing import Any
 
 from aiortc import RTCConfiguration
 from aiortc.rtcrtpparameters import RTCRtpCodecParameters
 from aiortc.rtp import RtpPacket
 
 from media.aiortc_adapter import RelayPeerConnection, use_host_addresses
+from media.client import MediaClient
+from signaling.client import RequestFailed, SignalingClient
 
 from ..media.subscribers import receive_raw
 
@@ -41,11 +42,57 @@ class Counter:
                 del self._seen[next(iter(self._seen))]
 
 
-async def subscribe_one(url: str, room: str, stream: str, token: str) -> tuple[Counter, Any]:
-    """Join as a viewer and receive a stream without decoding it."""
-    counter = Counter()
-    pc = RelayPeerConnection(RTCConfiguration(iceServers=[]))
-    return counter, await receive_raw(url, room, stream, token, pc, counter.on_packet)
+class Viewer:
+    """One viewer that keeps its subscription: taken again whenever the server ends it or its
+    path fails, as `teleconsult subscribe` does, so a bad minute does not cost the rest."""
+
+    def __init__(self, url: str, room: str, stream: str, token: str) -> None:
+        self.args = (url, room, stream, token)
+        self.counter = Counter()
+        self.resubscribed = 0
+        self._client: SignalingClient | None = None
+        self._media: MediaClient | None = None
+        self._pc: RelayPeerConnection | None = None
+
+    async def start(self) -> None:
+        """Join and subscribe (raises if the first subscription fails)."""
+        self._client, self._media = await self._take()
+
+    async def _take(self) -> tuple[SignalingClient, MediaClient]:
+        self._pc = RelayPeerConnection(RTCConfiguration(iceServers=[]))
+        url, room, stream, token = self.args
+        return await receive_raw(url, room, stream, token, self._pc, self.counter.on_packet)
+
+    async def keep(self, until: float) -> None:
+        """Read the viewer's events until a wall time, subscribing again when it is lost."""
+        while time.time() < until and self._client is not None:
+            lost = self._pc is None or self._pc.connectionState in ("failed", "closed")
+            try:
+                event = await self._client.recv(timeout=0.5)
+                lost = lost or (
+                    event.get("type") == "unsubscribed" and event.get("reason") != "unpublished"
+                )
+            except TimeoutError:
+                pass
+            except ConnectionError:
+                lost = True
+            if lost:
+                await self.close()
+                for _ in range(20):  # bounded: a minute of tries
+                    try:
+                        self._client, self._media = await self._take()
+                        self.resubscribed += 1
+                        break
+                    except (OSError, ConnectionError, TimeoutError, RequestFailed):
+                        await asyncio.sleep(3)
+
+    async def close(self) -> None:
+        """Leave: close the media and the signaling connection."""
+        if self._media is not None:
+            await self._media.close()
+        if self._client is not None:
+            await self._client.close()
+        self._media = self._client = None
 
 
 async def main() -> None:
@@ -58,12 +105,13 @@ async def main() -> None:
     ap.add_argument("--minutes", type=float, required=True)
     args = ap.parse_args()
     use_host_addresses(["127.0.0.1"])
-    joined = [
-        await subscribe_one(args.url, args.room, args.stream, t) for t in args.tokens.split(",")
-    ]
-    counters = [c for c, _ in joined]
-    await asyncio.sleep(max(0.0, args.t0 - time.time()))
+    viewers = [Viewer(args.url, args.room, args.stream, t) for t in args.tokens.split(",")]
+    for v in viewers:
+        await v.start()
+    counters = [v.counter for v in viewers]
     end = args.t0 + args.minutes * 60
+    keeping = [asyncio.create_task(v.keep(end + 5)) for v in viewers]
+    await asyncio.sleep(max(0.0, args.t0 - time.time()))
     minute = 0
     last = [(c.video_frames, c.audio_packets) for c in counters]
     while time.time() < end:
@@ -73,14 +121,15 @@ async def main() -> None:
             "minute": minute,
             "video": [n[0] - p[0] for n, p in zip(now, last, strict=True)],
             "audio": [n[1] - p[1] for n, p in zip(now, last, strict=True)],
+            "resubscribed": [v.resubscribed for v in viewers],
         }
         print(json.dumps(line), flush=True)
         last = now
         minute += 1
     print(json.dumps({"done": True, "video": [c.video_frames for c in counters]}), flush=True)
-    for _, (client, media) in joined:  # type: ignore[misc]
-        await media.close()
-        await client.close()
+    await asyncio.gather(*keeping)
+    for v in viewers:
+        await v.close()
 
 
 if __name__ == "__main__":
