@@ -17,7 +17,7 @@ from aiortc import (
 from aiortc.mediastreams import MediaStreamTrack
 from aiortc.rtcconfiguration import RTCIceTransportPolicy
 
-from signaling.client import SignalingClient
+from teleconsult.signaling.client import SignalingClient
 
 from .aiortc_adapter import guard_ice_ports, quick_consent
 

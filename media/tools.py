@@ -15,7 +15,7 @@ import av
 from aiortc import RTCPeerConnection
 from aiortc.mediastreams import MediaStreamTrack
 
-from signaling.client import FINAL_CLOSES, JoinRefused, RequestFailed, SignalingClient
+from teleconsult.signaling.client import FINAL_CLOSES, JoinRefused, RequestFailed, SignalingClient
 
 from . import stamp
 from .client import MediaClient, Subscription

@@ -14,7 +14,7 @@ import av
 import cv2
 import numpy as np
 
-from session.roles import PATIENT_SOURCES
+from teleconsult.session.roles import PATIENT_SOURCES
 
 PATIENT = {s.value for s in PATIENT_SOURCES}
 POINTER_HOLD = 1.0  # seconds a pointer stays on screen after its last move

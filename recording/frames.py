@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from media.keyframe import h264_keyframe_start, vp8_frame_offset
+from teleconsult.media.keyframe import h264_keyframe_start, vp8_frame_offset
 
 SEQ_MOD = 1 << 16
 

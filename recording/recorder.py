@@ -16,12 +16,12 @@ from aiortc.codecs import depayload
 from aiortc.rtcrtpparameters import RTCRtpCodecParameters
 from aiortc.rtp import RtpPacket
 
-from media.sfu import Sfu
-from media.tracks import UpTrack
-from session.participant import Event
-from session.roles import PATIENT_SOURCES, Role
-from session.room import Room
-from session.streams import Feed, Stream
+from teleconsult.media.sfu import Sfu
+from teleconsult.media.tracks import UpTrack
+from teleconsult.session.participant import Event
+from teleconsult.session.roles import PATIENT_SOURCES, Role
+from teleconsult.session.room import Room
+from teleconsult.session.streams import Feed, Stream
 
 from .frames import Frame, FrameAssembler
 from .track_file import TrackFile, extension

@@ -9,7 +9,7 @@ import hmac
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from session.errors import Code as SessionCode
+from teleconsult.session.errors import Code as SessionCode
 
 from .errors import Code
 from .tokens import Grant, TokenError, verify

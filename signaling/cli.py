@@ -13,7 +13,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from session.roles import PERSON_ROLES, Role
+from teleconsult.session.roles import PERSON_ROLES, Role
 
 from .config import Settings, env, resolve_secrets
 from .tokens import mint, parse_ttl
@@ -21,7 +21,7 @@ from .tokens import mint, parse_ttl
 T = TypeVar("T")
 
 if TYPE_CHECKING:
-    from session.store import Store
+    from teleconsult.session.store import Store
 
 DEMO_ROOM = "demo"
 DEMO_PEOPLE = [
@@ -287,12 +287,12 @@ def _serve(args: argparse.Namespace) -> int:
         turn_tls_port=args.turn_tls_port,
     )
     keys = resolve_secrets(settings)
-    from media.aiortc_adapter import count_codecs
+    from teleconsult.media.aiortc_adapter import count_codecs
 
     count_codecs()
     app = create_app(settings, keys)
     if args.demo:
-        from session.room import RoomConfig
+        from teleconsult.session.room import RoomConfig
 
         hub = app.state.hub
         hub.rooms.create(
@@ -399,7 +399,7 @@ def _on_store(url: str, work: Callable[[Store], Awaitable[T]]) -> T:
     """Run `work` with the cluster's store; a Redis out of reach is a clear error."""
     from redis.exceptions import RedisError
 
-    from session.store import RedisStore
+    from teleconsult.session.store import RedisStore
 
     async def run() -> T:
         store = RedisStore(url)
@@ -462,7 +462,7 @@ def _drain(args: argparse.Namespace) -> int:
 
 
 def _export(args: argparse.Namespace) -> int:
-    from recording.export import Mask, bar, export, find_session
+    from teleconsult.recording.export import Mask, bar, export, find_session
 
     masks = [Mask.parse(m) for m in args.mask]
     folder = find_session(Path(args.data_dir), args.session)
@@ -484,7 +484,7 @@ def _signaling(args: argparse.Namespace) -> Any:
 
 
 def _publish(args: argparse.Namespace) -> int:
-    from media.tools import open_source, publish
+    from teleconsult.media.tools import open_source, publish
 
     from .client import JoinRefused
 
@@ -515,7 +515,7 @@ def _publish(args: argparse.Namespace) -> int:
 
 
 def _subscribe(args: argparse.Namespace) -> int:
-    from media.tools import subscribe
+    from teleconsult.media.tools import subscribe
 
     first = _signaling(args)  # one token: a reconnect is the same participant
 

@@ -22,8 +22,8 @@ import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from media.sfu import MediaError
-from session.placement import Load, choose
+from teleconsult.media.sfu import MediaError
+from teleconsult.session.placement import Load, choose
 
 from .access import Link
 from .connection import Connection, Socket, until_one_ends

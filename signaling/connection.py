@@ -9,11 +9,11 @@ from collections.abc import Coroutine
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from media.sfu import MediaError
-from session.errors import Code as SessionCode
-from session.errors import SessionError
-from session.participant import Event, Participant
-from session.room import Room
+from teleconsult.media.sfu import MediaError
+from teleconsult.session.errors import Code as SessionCode
+from teleconsult.session.errors import SessionError
+from teleconsult.session.participant import Event, Participant
+from teleconsult.session.room import Room
 
 from .errors import Close, Code, ProtocolError
 from .handlers import HANDLERS, PRE_HANDSHAKE

@@ -6,13 +6,13 @@ import asyncio
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
-from media.sfu import MediaError, Sfu, offered_media
-from session.errors import Close as SessionClose
-from session.errors import Code as SessionCode
-from session.errors import SessionError
-from session.participant import State
-from session.roles import Action
-from session.streams import Feed, Stream, source_fits_kind
+from teleconsult.media.sfu import MediaError, Sfu, offered_media
+from teleconsult.session.errors import Close as SessionClose
+from teleconsult.session.errors import Code as SessionCode
+from teleconsult.session.errors import SessionError
+from teleconsult.session.participant import State
+from teleconsult.session.roles import Action
+from teleconsult.session.streams import Feed, Stream, source_fits_kind
 
 from . import messages as m
 from .access import Refused, grant_for

@@ -11,10 +11,10 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from media.sfu import MediaError
-from session.errors import Code as SessionCode
-from session.errors import SessionError
-from session.room import Room, RoomConfig
+from teleconsult.media.sfu import MediaError
+from teleconsult.session.errors import Code as SessionCode
+from teleconsult.session.errors import SessionError
+from teleconsult.session.room import Room, RoomConfig
 
 from .hub import Hub
 from .messages import PersonRole

@@ -13,18 +13,18 @@ from collections.abc import Callable, Coroutine
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
-from media.aiortc_adapter import use_host_addresses
-from media.sfu import INTERRUPTED, RESUMED, Media, Sfu, local_address
-from recording.recorder import Recorder
-from session.channel import Channel
-from session.participant import Event, Participant
-from session.room import Room, RoomConfig
-from session.rooms import Rooms
-from session.store import MemoryStore, RedisStore, Store
-from session.streams import Stream
-from turn import credentials
-from turn.policy import PeerPolicy
-from turn.server import TurnServer
+from teleconsult.media.aiortc_adapter import use_host_addresses
+from teleconsult.media.sfu import INTERRUPTED, RESUMED, Media, Sfu, local_address
+from teleconsult.recording.recorder import Recorder
+from teleconsult.session.channel import Channel
+from teleconsult.session.participant import Event, Participant
+from teleconsult.session.room import Room, RoomConfig
+from teleconsult.session.rooms import Rooms
+from teleconsult.session.store import MemoryStore, RedisStore, Store
+from teleconsult.session.streams import Stream
+from teleconsult.turn import credentials
+from teleconsult.turn.policy import PeerPolicy
+from teleconsult.turn.server import TurnServer
 
 from . import heap, looplag
 from .audit import AuditLog

@@ -7,7 +7,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
 
-from session.roles import Role, Source, person_role
+from teleconsult.session.roles import Role, Source, person_role
 
 from .errors import Code, ProtocolError
 

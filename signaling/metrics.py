@@ -14,8 +14,8 @@ from prometheus_client.core import (
 )
 from prometheus_client.registry import Collector
 
-from media.aiortc_adapter import CODECS_CREATED, INGRESS
-from media.histogram import Histogram as DelayHistogram
+from teleconsult.media.aiortc_adapter import CODECS_CREATED, INGRESS
+from teleconsult.media.histogram import Histogram as DelayHistogram
 
 
 class Metrics:

@@ -13,8 +13,8 @@ from starlette.requests import Request
 from starlette.responses import FileResponse, JSONResponse, Response
 from starlette.routing import Route
 
-from media.sfu import MediaError
-from session.roles import Role
+from teleconsult.media.sfu import MediaError
+from teleconsult.session.roles import Role
 
 from .access import Link, Refused, check_link, grant_for, sign
 from .hub import Hub

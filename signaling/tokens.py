@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 import jwt
 
-from session.roles import PERSON_ROLES, Role, person_role
+from teleconsult.session.roles import PERSON_ROLES, Role, person_role
 
 ISSUER = "teleconsult"
 AUDIENCE = "teleconsult"

@@ -17,13 +17,13 @@ from typing import TYPE_CHECKING, Any
 import pytest
 import uvicorn
 
-from session.roles import Role
-from signaling.app import create_app
-from signaling.client import SignalingClient
-from signaling.config import Secrets, Settings
-from signaling.hub import Hub
-from signaling.server import NodeServer
-from signaling.tokens import mint
+from teleconsult.session.roles import Role
+from teleconsult.signaling.app import create_app
+from teleconsult.signaling.client import SignalingClient
+from teleconsult.signaling.config import Secrets, Settings
+from teleconsult.signaling.hub import Hub
+from teleconsult.signaling.server import NodeServer
+from teleconsult.signaling.tokens import mint
 
 if TYPE_CHECKING:
     from .redis_server import RedisServer

@@ -16,9 +16,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from media.aiortc_adapter import INGRESS
-from media.client import MediaClient
-from session.roles import Role
+from teleconsult.media.aiortc_adapter import INGRESS
+from teleconsult.media.client import MediaClient
+from teleconsult.session.roles import Role
 
 from .conftest import running_server
 from .media_util import PatternTrack

@@ -12,7 +12,7 @@ import av
 import numpy as np
 from aiortc.mediastreams import AudioStreamTrack, MediaStreamTrack, VideoStreamTrack
 
-from media import stamp
+from teleconsult.media import stamp
 
 
 class PatternTrack(VideoStreamTrack):
@@ -112,7 +112,7 @@ def vp8_frames(count: int, keyframe_every: int, width: int = 320, height: int = 
     """Encode the synthetic ultrasound source to VP8 frames, keyframes at a fixed interval."""
     from aiortc.codecs.vpx import Vp8Encoder, vp8_depayload
 
-    from media.synthetic import UltrasoundTrack
+    from teleconsult.media.synthetic import UltrasoundTrack
 
     source = UltrasoundTrack(width, height, 30)
     encoder = Vp8Encoder()

@@ -10,7 +10,7 @@ from aiortc import RTCConfiguration, RTCSessionDescription
 from aiortc.rtcrtpparameters import RTCRtpCodecParameters
 from aiortc.rtp import RtpPacket
 
-from media.aiortc_adapter import (
+from teleconsult.media.aiortc_adapter import (
     ForwardingReceiver,
     ForwardingSender,
     RelayPeerConnection,
@@ -18,7 +18,7 @@ from media.aiortc_adapter import (
     same_codec,
     use_host_addresses,
 )
-from media.sfu import offered_media, rewrite_host_candidates
+from teleconsult.media.sfu import offered_media, rewrite_host_candidates
 
 
 def h264(profile: str, mode: str = "1") -> RTCRtpCodecParameters:
@@ -39,7 +39,7 @@ def test_same_codec_compares_h264_profiles_not_levels() -> None:
 
 
 def test_codec_preferences_pick_the_publishers_profile() -> None:
-    from media.aiortc_adapter import add_relay_codecs
+    from teleconsult.media.aiortc_adapter import add_relay_codecs
 
     add_relay_codecs()
     prefs = codec_preferences("video", h264("640c1f"))
@@ -62,7 +62,7 @@ def test_candidate_rewrite_for_a_1to1_nat() -> None:
 
 
 def test_offered_media_refuses_unusable_sdp() -> None:
-    from media.sfu import MediaError
+    from teleconsult.media.sfu import MediaError
 
     for bad in ("", "garbage", "v=0\r\n"):
         with pytest.raises(MediaError) as e:
@@ -138,7 +138,7 @@ async def test_relay_pair_forwards_packets_and_repairs_a_loss() -> None:
 def test_receiver_statistics_across_the_rtp_clock_wrap(monkeypatch: pytest.MonkeyPatch) -> None:
     import aiortc.rtcrtpreceiver
 
-    from media.aiortc_adapter import WrapSafeStatistics
+    from teleconsult.media.aiortc_adapter import WrapSafeStatistics
 
     now = [1000.0]
     monkeypatch.setattr(aiortc.rtcrtpreceiver.time, "time", lambda: now[0])

@@ -10,9 +10,9 @@ from typing import Any
 
 import pytest
 
-from media.client import MediaClient
-from session.roles import Role
-from signaling.client import RequestFailed, SignalingClient
+from teleconsult.media.client import MediaClient
+from teleconsult.session.roles import Role
+from teleconsult.signaling.client import RequestFailed, SignalingClient
 
 from .conftest import Server, annotation, running_server
 from .media_util import PatternTrack, ToneTrack
@@ -267,9 +267,9 @@ async def test_hand_floor_and_chat(room: tuple[Server, SignalingClient, str]) ->
 
 
 def test_slow_reader_gets_the_latest_pointer_and_every_operation(tmp_path: Path) -> None:
-    from signaling.config import Secrets, Settings
-    from signaling.connection import Connection, _PointerSlot
-    from signaling.hub import Hub
+    from teleconsult.signaling.config import Secrets, Settings
+    from teleconsult.signaling.connection import Connection, _PointerSlot
+    from teleconsult.signaling.hub import Hub
 
     hub = Hub(Settings(data_dir=tmp_path), Secrets("s" * 40, "k"))
     conn = Connection(None, hub)  # type: ignore[arg-type]  # push() never touches the socket

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from session.roles import Role
-from signaling.client import JoinRefused, SignalingClient
+from teleconsult.session.roles import Role
+from teleconsult.signaling.client import JoinRefused, SignalingClient
 
 from .conftest import SECRET, Server, running_server
 
@@ -151,7 +151,7 @@ async def test_bad_tokens_are_refused_without_revealing_the_room(
 def _expired() -> str:
     import time
 
-    from signaling.tokens import mint
+    from teleconsult.signaling.tokens import mint
 
     return mint(SECRET, "r1", Role.EXPERT, "Late", 60, "late", now=time.time() - 120)
 
@@ -194,9 +194,9 @@ async def test_joining_an_ended_room(server: Server) -> None:
 
 
 def test_slow_reader_is_disconnected_alone(tmp_path: Path) -> None:
-    from signaling.config import Secrets, Settings
-    from signaling.connection import Connection
-    from signaling.hub import Hub
+    from teleconsult.signaling.config import Secrets, Settings
+    from teleconsult.signaling.connection import Connection
+    from teleconsult.signaling.hub import Hub
 
     hub = Hub(Settings(data_dir=tmp_path, queue_size=5), Secrets(SECRET, "k"))
     conn = Connection(None, hub)  # type: ignore[arg-type]  # push() never touches the socket

@@ -9,8 +9,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from session.channel import Channel, FeedGeometry, Limits, ruler_length
-from session.errors import Code, SessionError
+from teleconsult.session.channel import Channel, FeedGeometry, Limits, ruler_length
+from teleconsult.session.errors import Code, SessionError
 
 G = FeedGeometry()
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from signaling.client import JoinRefused, SignalingClient
+from teleconsult.signaling.client import JoinRefused, SignalingClient
 
 from .conftest import free_socket
 

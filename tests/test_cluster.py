@@ -17,11 +17,11 @@ from typing import Any
 
 import pytest
 
-from media.client import MediaClient
-from session.roles import Role
-from session.store import RedisStore
-from signaling.client import JoinRefused, RequestFailed, SignalingClient
-from signaling.tokens import mint
+from teleconsult.media.client import MediaClient
+from teleconsult.session.roles import Role
+from teleconsult.session.store import RedisStore
+from teleconsult.signaling.client import JoinRefused, RequestFailed, SignalingClient
+from teleconsult.signaling.tokens import mint
 
 from .conftest import ADMIN_KEY, SECRET, annotation, server_process
 from .media_util import PatternTrack, receive

@@ -6,8 +6,8 @@ import asyncio
 import time
 from pathlib import Path
 
-from media.client import MediaClient
-from session.roles import Role
+from teleconsult.media.client import MediaClient
+from teleconsult.session.roles import Role
 
 from .conftest import running_server
 from .media_util import PatternTrack, bar_position, drop_every_fifth, receive

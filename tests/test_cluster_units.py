@@ -7,8 +7,8 @@ from typing import Any
 from hypothesis import given
 from hypothesis import strategies as st
 
-from session.placement import Load, choose
-from signaling.cluster import fan_in
+from teleconsult.session.placement import Load, choose
+from teleconsult.signaling.cluster import fan_in
 
 frames = st.lists(
     st.tuples(

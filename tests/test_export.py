@@ -12,8 +12,8 @@ import av
 import numpy as np
 import pytest
 
-from media.client import MediaClient
-from session.roles import Role
+from teleconsult.media.client import MediaClient
+from teleconsult.session.roles import Role
 
 from .conftest import Server
 from .media_util import PacketTrack, ToneTrack, tone_level

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from signaling import heap
+from teleconsult.signaling import heap
 
 
 def heap_rss_kib() -> int:

@@ -9,8 +9,8 @@ import urllib.error
 import urllib.request
 from typing import Any
 
-from session.roles import Role
-from signaling.client import SignalingClient
+from teleconsult.session.roles import Role
+from teleconsult.signaling.client import SignalingClient
 
 from .conftest import ADMIN_KEY, SECRET, Server
 
@@ -158,7 +158,7 @@ async def test_a_revoked_link_is_cut_and_refused(server: Server) -> None:
     assert status == 422 and body["error"]["code"] == "token_invalid"
     import time
 
-    from signaling.tokens import mint
+    from teleconsult.signaling.tokens import mint
 
     expired = mint(SECRET, "r1", Role.EXPERT, "x", 60, "x", time.time() - 3600)
     status, body = await api(server, "POST", "/api/tokens/revoke", {"token": expired})

@@ -20,9 +20,9 @@ from hypothesis import strategies as st
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import ClientConnection, connect
 
-from session.roles import Role
-from signaling.messages import MODELS
-from signaling.tokens import mint
+from teleconsult.session.roles import Role
+from teleconsult.signaling.messages import MODELS
+from teleconsult.signaling.tokens import mint
 
 from .conftest import ADMIN_KEY, SECRET, server_process
 

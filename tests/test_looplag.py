@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from signaling import looplag
+from teleconsult.signaling import looplag
 
 
 async def test_a_held_loop_is_seen_and_warned_once(caplog: pytest.LogCaptureFixture) -> None:

@@ -8,9 +8,9 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from media.client import MediaClient
-from session.roles import Role
-from signaling.client import RequestFailed, SignalingClient
+from teleconsult.media.client import MediaClient
+from teleconsult.session.roles import Role
+from teleconsult.signaling.client import RequestFailed, SignalingClient
 
 from .conftest import Server
 from .media_util import (

@@ -11,10 +11,10 @@ from aiortc.codecs import get_encoder
 from aiortc.codecs.h264 import H264Encoder
 from aiortc.codecs.vpx import Vp8Encoder
 
-from media.estimator import RateAggregator, Throttle
-from media.keyframe import KEYFRAME_START, h264_keyframe_start, vp8_keyframe_start
-from media.packetcache import PacketCache
-from media.rewrite import Rewriter
+from teleconsult.media.estimator import RateAggregator, Throttle
+from teleconsult.media.keyframe import KEYFRAME_START, h264_keyframe_start, vp8_keyframe_start
+from teleconsult.media.packetcache import PacketCache
+from teleconsult.media.rewrite import Rewriter
 
 
 def frames(n: int, width: int = 320, height: int = 240) -> list[av.VideoFrame]:
@@ -125,8 +125,8 @@ def test_stamp_survives_vp8_at_low_bitrate() -> None:
     from aiortc.codecs.vpx import Vp8Decoder, vp8_depayload
     from aiortc.jitterbuffer import JitterFrame
 
-    from media import stamp
-    from media.synthetic import UltrasoundTrack
+    from teleconsult.media import stamp
+    from teleconsult.media.synthetic import UltrasoundTrack
 
     async def run() -> int:
         track = UltrasoundTrack(320, 240)
@@ -148,7 +148,7 @@ def test_stamp_survives_vp8_at_low_bitrate() -> None:
 def test_broken_datagrams_are_named_by_kind() -> None:
     from aioice import stun
 
-    from media.datagrams import broken
+    from teleconsult.media.datagrams import broken
 
     request = bytes(stun.Message(stun.Method.BINDING, stun.Class.REQUEST))
     rtp = bytes([0x80, 96]) + bytes(10) + b"payload"
@@ -166,7 +166,7 @@ def test_broken_datagrams_are_named_by_kind() -> None:
 def test_dropped_datagrams_are_logged_once_a_minute_per_kind(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    from media.datagrams import DropCounter
+    from teleconsult.media.datagrams import DropCounter
 
     now = [0.0]
     counter = DropCounter(clock=lambda: now[0])

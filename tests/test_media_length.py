@@ -16,11 +16,11 @@ import pytest
 from aiortc.codecs.vpx import MAX_BITRATE, Vp8Encoder, vp8_depayload
 from aiortc.utils import random32
 
-import media.tracks
-from media import stamp
-from media.client import MediaClient
-from media.synthetic import UltrasoundTrack
-from session.roles import Role
+import teleconsult.media.tracks as media_tracks
+from teleconsult.media import stamp
+from teleconsult.media.client import MediaClient
+from teleconsult.media.synthetic import UltrasoundTrack
+from teleconsult.session.roles import Role
 
 from .conftest import Server
 from .media_util import PacketTrack
@@ -66,7 +66,7 @@ async def test_frames_decode_40000_packets_past_a_start_below_the_wrap(
 ) -> None:
     monkeypatch.setattr(aiortc.rtcrtpsender, "random_sequence_number", lambda: SEQ_START)
     monkeypatch.setattr(aiortc.rtcrtpsender, "random32", publisher_origin)
-    monkeypatch.setattr(media.tracks, "random", NearTheWrap)
+    monkeypatch.setattr(media_tracks, "random", NearTheWrap)
     frames = keyframes(30, 1280, 720)
     per_frame = sum(len(f) // 1200 + 1 for f in frames) / len(frames)
     rate = 60.0

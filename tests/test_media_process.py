@@ -12,11 +12,11 @@ from pathlib import Path
 
 import pytest
 
-from media.aiortc_adapter import use_host_addresses
-from media.client import MediaClient
-from session.roles import Role
-from signaling.client import SignalingClient
-from signaling.tokens import mint
+from teleconsult.media.aiortc_adapter import use_host_addresses
+from teleconsult.media.client import MediaClient
+from teleconsult.session.roles import Role
+from teleconsult.signaling.client import SignalingClient
+from teleconsult.signaling.tokens import mint
 
 from .conftest import SECRET, server_process
 from .media_util import PatternTrack, ToneTrack, receive, tone_level
@@ -82,7 +82,7 @@ async def test_codec_counter_sees_a_peer_that_does_transcode() -> None:
     # The proof above is only as good as the counter: a plain aiortc pair must register.
     from aiortc import RTCConfiguration, RTCPeerConnection
 
-    from media.aiortc_adapter import CODECS_CREATED, count_codecs
+    from teleconsult.media.aiortc_adapter import CODECS_CREATED, count_codecs
 
     count_codecs()
     before = dict(CODECS_CREATED)

@@ -16,12 +16,12 @@ from typing import Any
 
 import pytest
 
-from media.aiortc_adapter import use_host_addresses
-from media.client import MediaClient
-from media.synthetic import UltrasoundTrack
-from session.roles import Role
-from signaling.client import SignalingClient
-from signaling.tokens import mint
+from teleconsult.media.aiortc_adapter import use_host_addresses
+from teleconsult.media.client import MediaClient
+from teleconsult.media.synthetic import UltrasoundTrack
+from teleconsult.session.roles import Role
+from teleconsult.signaling.client import SignalingClient
+from teleconsult.signaling.tokens import mint
 
 from .conftest import SECRET, server_process, stop
 from .netns import CHANGES, Namespace, change_network, namespace, watch_through

@@ -14,9 +14,9 @@ import av
 import numpy as np
 import pytest
 
-from media.client import MediaClient
-from session.roles import Role
-from signaling.client import RequestFailed, SignalingClient
+from teleconsult.media.client import MediaClient
+from teleconsult.session.roles import Role
+from teleconsult.signaling.client import RequestFailed, SignalingClient
 
 from .conftest import ADMIN_KEY, Server, join_and_remove, running_server
 from .media_util import PacketTrack, PatternTrack, ToneTrack, tone_level, vp8_frames
@@ -235,7 +235,7 @@ async def test_recordings_are_served_to_those_who_may_see_them(server: Server) -
 async def test_revoked_removed_and_expired_reach_no_recording(server: Server) -> None:
     """One decision everywhere: the list, the manifest, a file, and the signed links handed
     out before, for a revoked token, a removed expert and an expired token; a valid one works."""
-    from signaling.tokens import mint
+    from teleconsult.signaling.tokens import mint
 
     from .conftest import SECRET
 
@@ -314,7 +314,7 @@ async def test_revoked_removed_and_expired_reach_no_recording(server: Server) ->
 
 
 def verify_id(token: str) -> str:
-    from signaling.tokens import verify
+    from teleconsult.signaling.tokens import verify
 
     from .conftest import SECRET
 

@@ -12,11 +12,11 @@ from pathlib import Path
 
 import av
 
-from media.aiortc_adapter import use_host_addresses
-from media.client import MediaClient
-from session.roles import Role
-from signaling.client import SignalingClient
-from signaling.tokens import mint
+from teleconsult.media.aiortc_adapter import use_host_addresses
+from teleconsult.media.client import MediaClient
+from teleconsult.session.roles import Role
+from teleconsult.signaling.client import SignalingClient
+from teleconsult.signaling.tokens import mint
 
 from .conftest import SECRET
 from .media_util import PacketTrack, ToneTrack, vp8_frames

@@ -16,9 +16,9 @@ from aiortc.codecs.vpx import Vp8Encoder, vp8_depayload
 from hypothesis import Phase, example, given, settings
 from hypothesis import strategies as st
 
-from recording.frames import FrameAssembler
-from recording.geometry import h264_size, vp8_size
-from recording.track_file import TrackFile
+from teleconsult.recording.frames import FrameAssembler
+from teleconsult.recording.geometry import h264_size, vp8_size
+from teleconsult.recording.track_file import TrackFile
 
 
 def video(n: int, w: int = 320, h: int = 240) -> list[av.VideoFrame]:
@@ -84,11 +84,11 @@ def test_track_files_play_and_open_no_encoder(tmp_path: Path, codec: str) -> Non
             a.sample_rate, a.pts, a.time_base = 48000, i * 960, fractions.Fraction(1, 48000)
             payload = enc.encode(a)[0][0]
             sent.append(payload)
-            from recording.frames import Frame
+            from teleconsult.recording.frames import Frame
 
             tf.write(Frame(payload, i * 960, True))
     else:
-        from recording.frames import Frame
+        from teleconsult.recording.frames import Frame
 
         dep = vp8_depayload if codec == "VP8" else h264_depayload
         enc = Vp8Encoder() if codec == "VP8" else H264Encoder()

@@ -8,8 +8,8 @@ from typing import Any
 
 import pytest
 
-from session.roles import Action, Role
-from signaling.client import JoinRefused, RequestFailed, SignalingClient
+from teleconsult.session.roles import Action, Role
+from teleconsult.signaling.client import JoinRefused, RequestFailed, SignalingClient
 
 from .conftest import SECRET, Server
 from .test_session_rules import allowed_by_table
@@ -80,7 +80,7 @@ async def test_every_bad_token_is_refused_at_the_door(
 ) -> None:
     import time
 
-    from signaling.tokens import mint, verify
+    from teleconsult.signaling.tokens import mint, verify
 
     forms = {
         "forged": mint("another-secret-long-enough-0123456789abc", "r1", Role.EXPERT, "x", 60),

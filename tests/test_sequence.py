@@ -12,8 +12,8 @@ from aiortc.rtp import RtpPacket
 from hypothesis import HealthCheck, Phase, example, given, settings
 from hypothesis import strategies as st
 
-from media.seqnum import SEQ_MOD, SequenceTracker, Verdict
-from media.tracks import DownTrack, UpTrack
+from teleconsult.media.seqnum import SEQ_MOD, SequenceTracker, Verdict
+from teleconsult.media.tracks import DownTrack, UpTrack
 
 VP8 = RTCRtpCodecParameters(mimeType="video/VP8", clockRate=90000, payloadType=96)
 PACKETS_PER_FRAME = 4

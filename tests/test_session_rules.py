@@ -7,11 +7,11 @@ from typing import Any
 
 import pytest
 
-from session.errors import Code, SessionError
-from session.participant import State
-from session.roles import Action, Role, Source, may, may_publish
-from session.room import Room, RoomConfig
-from session.rooms import Rooms
+from teleconsult.session.errors import Code, SessionError
+from teleconsult.session.participant import State
+from teleconsult.session.roles import Action, Role, Source, may, may_publish
+from teleconsult.session.room import Room, RoomConfig
+from teleconsult.session.rooms import Rooms
 
 
 class Inbox:
@@ -223,7 +223,7 @@ def test_a_room_carried_to_another_node_keeps_its_rules_and_people() -> None:
 
 
 def test_a_dropped_participant_is_kept_for_the_grace_with_its_streams() -> None:
-    from session.streams import Feed, Stream
+    from teleconsult.session.streams import Feed, Stream
 
     room = Room("r", RoomConfig(), 0.0)
     op, op_inbox = join(room, "op", Role.OPERATOR)
@@ -251,7 +251,7 @@ def test_a_dropped_participant_is_kept_for_the_grace_with_its_streams() -> None:
 
 
 def test_a_stream_not_published_again_within_the_grace_is_removed() -> None:
-    from session.streams import Feed, Stream
+    from teleconsult.session.streams import Feed, Stream
 
     room = Room("r", RoomConfig(), 0.0)
     op, _ = join(room, "op", Role.OPERATOR)
@@ -273,7 +273,7 @@ def test_a_stream_not_published_again_within_the_grace_is_removed() -> None:
 
 
 def test_only_the_operator_answers_on_consent() -> None:
-    from session.streams import Feed, Stream
+    from teleconsult.session.streams import Feed, Stream
 
     room = Room("r", RoomConfig(), 0.0)
     op, op_inbox = join(room, "op", Role.OPERATOR)

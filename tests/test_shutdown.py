@@ -13,10 +13,10 @@ from pathlib import Path
 import av
 import pytest
 
-from media.client import MediaClient
-from session.roles import Role
-from signaling.client import JoinRefused, SignalingClient
-from signaling.tokens import mint
+from teleconsult.media.client import MediaClient
+from teleconsult.session.roles import Role
+from teleconsult.signaling.client import JoinRefused, SignalingClient
+from teleconsult.signaling.tokens import mint
 
 from .conftest import SECRET, Server, annotation, server_process
 from .media_util import PacketTrack, vp8_frames

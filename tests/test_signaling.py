@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from session.roles import Role
-from signaling.client import JoinRefused
+from teleconsult.session.roles import Role
+from teleconsult.signaling.client import JoinRefused
 
 from .conftest import Server, running_server
 
@@ -117,7 +117,7 @@ async def test_moderator_ends_room_for_everyone(server: Server) -> None:
 
 async def test_lobby_admit_and_deny(tmp_path: Path) -> None:
     async with running_server(tmp_path) as server:
-        from session.room import RoomConfig
+        from teleconsult.session.room import RoomConfig
 
         server.hub.rooms.create("r1", server.hub.now(), RoomConfig(lobby=True))
         mod = await server.join(role=Role.MODERATOR, identity="mod")

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from session.channel import Channel, FeedGeometry
-from session.store import MemoryStore, RedisStore, Store
+from teleconsult.session.channel import Channel, FeedGeometry
+from teleconsult.session.store import MemoryStore, RedisStore, Store
 
 from .redis_server import RedisServer
 
@@ -89,7 +89,7 @@ async def test_room_state_and_the_end_of_a_room(store: Store) -> None:
 
 
 async def test_heartbeats_expire_and_placement_follows_live_nodes(store: Store) -> None:
-    from session.placement import Load, choose
+    from teleconsult.session.placement import Load, choose
 
     await store.heartbeat("n1", Load(rooms=3, down_tracks=40), 0.5, {"url": "http://a"})
     await store.heartbeat("n2", Load(rooms=1, down_tracks=2), 30, {"url": "http://b"})
@@ -183,7 +183,7 @@ async def test_rooms_do_not_mix(store: Store) -> None:
 async def test_the_channel_survives_a_server_restart_only_with_redis(
     kind: str, redis_url: str, tmp_path: Path
 ) -> None:
-    from session.roles import Role
+    from teleconsult.session.roles import Role
 
     from .conftest import running_server
 
@@ -225,8 +225,8 @@ async def test_the_channel_survives_a_server_restart_only_with_redis(
 async def test_a_long_session_keeps_a_bounded_log_and_restores_whole(
     redis_url: str, tmp_path: Path
 ) -> None:
-    from session.roles import Role
-    from signaling.hub import CHECKPOINT_EVERY
+    from teleconsult.session.roles import Role
+    from teleconsult.signaling.hub import CHECKPOINT_EVERY
 
     from .conftest import running_server
 
@@ -253,7 +253,7 @@ async def test_a_long_session_keeps_a_bounded_log_and_restores_whole(
 
 
 async def test_a_store_out_of_reach_does_not_stop_the_room(tmp_path: Path) -> None:
-    from session.roles import Role
+    from teleconsult.session.roles import Role
 
     from .conftest import free_socket, running_server
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from session.roles import Role
-from signaling.ratelimit import TokenBucket
-from signaling.tokens import TokenError, mint, parse_ttl, verify
+from teleconsult.session.roles import Role
+from teleconsult.signaling.ratelimit import TokenBucket
+from teleconsult.signaling.tokens import TokenError, mint, parse_ttl, verify
 
 SECRET = "unit-secret-long-enough-for-hmac-sha256-keys-0123"
 

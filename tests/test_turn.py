@@ -12,9 +12,9 @@ import pytest
 from aioice import stun
 from aioice.turn import create_turn_endpoint
 
-from turn import credentials
-from turn.policy import PeerPolicy
-from turn.server import TurnServer
+from teleconsult.turn import credentials
+from teleconsult.turn.policy import PeerPolicy
+from teleconsult.turn.server import TurnServer
 
 SECRET = "turn-secret-for-tests-0123456789"
 
@@ -228,8 +228,8 @@ async def test_malformed_messages_are_dropped_and_the_server_goes_on(turn: TurnS
 async def test_a_publisher_that_can_only_relay_reaches_the_sfu(tmp_path: object) -> None:
     from pathlib import Path
 
-    from media.client import MediaClient
-    from session.roles import Role
+    from teleconsult.media.client import MediaClient
+    from teleconsult.session.roles import Role
 
     from .conftest import running_server
     from .media_util import PatternTrack, receive
@@ -325,7 +325,7 @@ async def test_our_credentials_work_on_coturn(coturn: tuple[str, int]) -> None:
 
 
 async def test_ice_through_our_relay_only(turn: TurnServer) -> None:
-    from media.aiortc_adapter import guard_ice_ports, use_host_addresses
+    from teleconsult.media.aiortc_adapter import guard_ice_ports, use_host_addresses
 
     guard_ice_ports()  # as in the server and the media clients
     use_host_addresses(["127.0.0.1"])  # the other side's host candidates: loopback only
@@ -547,7 +547,7 @@ async def test_stale_nonce_and_allocation_mismatch(
 async def test_external_turn_servers_replace_the_built_in_one(tmp_path: object) -> None:
     from pathlib import Path
 
-    from session.roles import Role
+    from teleconsult.session.roles import Role
 
     from .conftest import running_server
 

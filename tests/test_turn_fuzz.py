@@ -14,9 +14,9 @@ from aioice.turn import create_turn_endpoint
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
-from turn import credentials
-from turn.policy import PeerPolicy
-from turn.server import TurnServer
+from teleconsult.turn import credentials
+from teleconsult.turn.policy import PeerPolicy
+from teleconsult.turn.server import TurnServer
 
 SECRET = "turn-secret-for-tests-0123456789"
 

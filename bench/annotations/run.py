@@ -20,8 +20,8 @@ from typing import Any
 
 from bench.common import TELECONSULT, cpu_seconds, free_port, serve, start_redis
 from bench.media.run import machine
-from session.roles import Role
-from signaling.tokens import mint
+from teleconsult.session.roles import Role
+from teleconsult.signaling.tokens import mint
 
 SECRET = "bench-secret-bench-secret-bench-secret-01"
 RESULTS = Path(__file__).resolve().parent.parent / "results"

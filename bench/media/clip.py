@@ -11,7 +11,7 @@ from pathlib import Path
 import av
 import numpy as np
 
-from media.synthetic import UltrasoundTrack
+from teleconsult.media.synthetic import UltrasoundTrack
 
 CACHE = Path(__file__).resolve().parent.parent / "results" / "cache"
 

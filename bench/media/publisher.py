@@ -15,10 +15,10 @@ from pathlib import Path
 import av
 from aiortc.mediastreams import MediaStreamTrack
 
-from media.aiortc_adapter import use_host_addresses
-from media.client import MediaClient
-from media.synthetic import UltrasoundTrack
-from signaling.client import SignalingClient
+from teleconsult.media.aiortc_adapter import use_host_addresses
+from teleconsult.media.client import MediaClient
+from teleconsult.media.synthetic import UltrasoundTrack
+from teleconsult.signaling.client import SignalingClient
 
 from .clip import opus_clip, vp8_clip
 

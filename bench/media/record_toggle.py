@@ -9,7 +9,7 @@ import asyncio
 import json
 import sys
 
-from signaling.client import SignalingClient
+from teleconsult.signaling.client import SignalingClient
 
 
 async def main() -> None:

@@ -11,9 +11,9 @@ from pathlib import Path
 
 import uvicorn
 
-from media.aiortc_adapter import count_codecs
-from signaling.app import create_app
-from signaling.config import Secrets, Settings
+from teleconsult.media.aiortc_adapter import count_codecs
+from teleconsult.signaling.app import create_app
+from teleconsult.signaling.config import Secrets, Settings
 
 from .mediarelay_sfu import MediaRelaySfu
 

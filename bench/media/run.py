@@ -19,8 +19,8 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from session.roles import Role
-from signaling.tokens import mint
+from teleconsult.session.roles import Role
+from teleconsult.signaling.tokens import mint
 
 from ..common import TELECONSULT, cpu_seconds, free_port, serve, start_redis, wait_http
 from .clip import vp8_clip

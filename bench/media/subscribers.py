@@ -17,10 +17,14 @@ from aiortc import RTCConfiguration
 from aiortc.rtcrtpparameters import RTCRtpCodecParameters
 from aiortc.rtp import RtpPacket
 
-from media.aiortc_adapter import ForwardingReceiver, RelayPeerConnection, use_host_addresses
-from media.client import MediaClient
-from media.keyframe import vp8_frame_offset
-from signaling.client import SignalingClient
+from teleconsult.media.aiortc_adapter import (
+    ForwardingReceiver,
+    RelayPeerConnection,
+    use_host_addresses,
+)
+from teleconsult.media.client import MediaClient
+from teleconsult.media.keyframe import vp8_frame_offset
+from teleconsult.signaling.client import SignalingClient
 
 from .publisher import KEY
 

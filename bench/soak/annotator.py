@@ -12,7 +12,7 @@ import json
 import statistics
 import time
 
-from signaling.client import RequestFailed, SignalingClient
+from teleconsult.signaling.client import RequestFailed, SignalingClient
 
 
 async def main() -> None:

@@ -27,8 +27,8 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from session.roles import Role
-from signaling.tokens import mint
+from teleconsult.session.roles import Role
+from teleconsult.signaling.tokens import mint
 
 from ..common import cpu_seconds, free_port, serve
 from ..media.clip import vp8_clip

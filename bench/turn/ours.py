@@ -5,8 +5,8 @@ from __future__ import annotations
 import asyncio
 import sys
 
-from turn.policy import PeerPolicy
-from turn.server import TurnServer
+from teleconsult.turn.policy import PeerPolicy
+from teleconsult.turn.server import TurnServer
 
 
 async def main() -> None:

@@ -22,7 +22,7 @@ from aioice.turn import create_turn_endpoint
 
 from bench.common import cpu_seconds, free_port
 from bench.media.run import machine
-from turn import credentials
+from teleconsult.turn import credentials
 
 SECRET = "bench-turn-secret-0123456789"
 PAYLOAD = 1200

@@ -9,10 +9,10 @@ from pathlib import Path
 
 from playwright.async_api import Browser, expect
 
-from media.client import MediaClient
-from session.roles import Role
-from signaling.http_api import join_url
-from signaling.tokens import mint
+from teleconsult.media.client import MediaClient
+from teleconsult.session.roles import Role
+from teleconsult.signaling.http_api import join_url
+from teleconsult.signaling.tokens import mint
 
 from ..conftest import SECRET, annotation
 from ..media_util import PatternTrack

@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 from playwright.async_api import BrowserContext, expect
 
-from media.client import MediaClient
-from session.roles import Role
-from signaling.http_api import join_url
+from teleconsult.media.client import MediaClient
+from teleconsult.session.roles import Role
+from teleconsult.signaling.http_api import join_url
 
 from ..conftest import Server, running_server
 from ..media_util import PatternTrack, ToneTrack, receive

@@ -11,10 +11,10 @@ import numpy as np
 import pytest
 from playwright.async_api import Browser, Page, async_playwright, expect
 
-from media.synthetic import UltrasoundTrack
-from session.roles import Role
-from signaling.client import SignalingClient
-from signaling.http_api import join_url
+from teleconsult.media.synthetic import UltrasoundTrack
+from teleconsult.session.roles import Role
+from teleconsult.signaling.client import SignalingClient
+from teleconsult.signaling.http_api import join_url
 
 from ..conftest import Server, annotation
 from ..need import executable
@@ -162,7 +162,7 @@ async def test_a_consultation_across_the_four_pages(server: Server, chromium: Br
 
 
 async def test_the_page_reconnects_and_catches_up(server: Server, chromium: Browser) -> None:
-    from media.client import MediaClient
+    from teleconsult.media.client import MediaClient
 
     from ..media_util import PatternTrack
 
@@ -207,7 +207,7 @@ async def test_chinese_interface(server: Server, chromium: Browser) -> None:
 
 
 async def test_minimal_example_client(server: Server, chromium: Browser) -> None:
-    from media.client import MediaClient
+    from teleconsult.media.client import MediaClient
 
     from ..media_util import PatternTrack
 
@@ -275,7 +275,7 @@ async def library_page(
 
     Yields the page (its Session is `window.s`, connected), the feed id and the operator.
     """
-    from media.client import MediaClient
+    from teleconsult.media.client import MediaClient
 
     from ..media_util import PatternTrack
 
@@ -324,7 +324,7 @@ async def test_a_drawing_made_while_the_connection_is_down_arrives(
 async def test_a_drawing_the_room_lost_with_its_node_is_sent_again(
     server: Server, chromium: Browser
 ) -> None:
-    from session.channel import Channel
+    from teleconsult.session.channel import Channel
 
     async with library_page(server, chromium) as (page, feed, op):
         first = await page.evaluate(

@@ -8,8 +8,8 @@ from pathlib import Path
 
 from playwright.async_api import BrowserContext, expect
 
-from media.client import MediaClient
-from session.roles import Role
+from teleconsult.media.client import MediaClient
+from teleconsult.session.roles import Role
 
 from ..conftest import Server, annotation, join_and_remove
 from ..media_util import PacketTrack, ToneTrack, vp8_frames
@@ -105,7 +105,7 @@ async def test_playback_shows_what_was_drawn_when(server: Server, browser: Brows
 async def test_the_playback_page_refuses_a_revoked_or_removed_link(
     server: Server, browser: BrowserContext
 ) -> None:
-    from signaling.tokens import verify
+    from teleconsult.signaling.tokens import verify
 
     from ..conftest import SECRET
 

@@ -7,9 +7,9 @@ import time
 from playwright.async_api import BrowserContext as Browser
 from playwright.async_api import expect
 
-from session.roles import Role
-from signaling.http_api import join_url
-from signaling.tokens import mint
+from teleconsult.session.roles import Role
+from teleconsult.signaling.http_api import join_url
+from teleconsult.signaling.tokens import mint
 
 from ..conftest import SECRET, Server
 

@@ -1,0 +1,7 @@
+"""`python -m teleconsult`: the same command line as `teleconsult`."""
+
+import sys
+
+from teleconsult.signaling.cli import main
+
+sys.exit(main())
