@@ -18,6 +18,7 @@ import pytest
 import uvicorn
 
 from teleconsult.session.roles import Role
+from teleconsult.session.room import Room
 from teleconsult.signaling.app import create_app
 from teleconsult.signaling.client import SignalingClient
 from teleconsult.signaling.config import Secrets, Settings
@@ -48,6 +49,12 @@ class Server:
     @property
     def http(self) -> str:
         return f"http://{self.host}:{self.port}"
+
+    def room(self, room_id: str = "r1") -> Room:
+        """The live room of that id (the test fails if there is none)."""
+        room = self.hub.rooms.get(room_id)
+        assert room is not None, f"no live room {room_id}"
+        return room
 
     def token(
         self,
@@ -88,7 +95,7 @@ async def join_and_remove(server: Server, mod: SignalingClient, token: str, iden
     """Someone joins with `token` (its identity `identity`) and the moderator removes them."""
     someone = server.client(token=token)
     await someone.connect()
-    target = server.hub.rooms.get("r1").by_identity(identity)
+    target = server.room().by_identity(identity)
     assert target is not None
     await mod.send({"type": "remove", "participant": target.id})
     await someone.wait_closed()

@@ -57,9 +57,10 @@ class ToneTrack(AudioStreamTrack):
         return out
 
 
-async def receive(track: MediaStreamTrack, count: int, timeout: float = 10.0) -> list[av.Frame]:
-    """Decode `count` frames from a received track, or fail after `timeout` seconds."""
-    frames: list[av.Frame] = []
+async def receive(track: MediaStreamTrack, count: int, timeout: float = 10.0) -> list[Any]:
+    """Decode `count` frames (video or audio, as the track is) from a received track, or fail
+    after `timeout` seconds."""
+    frames: list[Any] = []
     deadline = time.monotonic() + timeout
     while len(frames) < count:
         left = deadline - time.monotonic()
@@ -95,7 +96,7 @@ class PacketTrack(MediaStreamTrack):
         self.start: float | None = None
         self.sent: list[tuple[int, float]] = []  # (index into frames, wall time)
 
-    async def recv(self) -> av.Packet:
+    async def recv(self) -> av.Packet[Any]:
         if self.start is None:
             self.start = time.monotonic()
         await asyncio.sleep(max(0.0, self.start + self.n / self.rate - time.monotonic()))

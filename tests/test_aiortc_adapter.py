@@ -136,12 +136,11 @@ async def test_relay_pair_forwards_packets_and_repairs_a_loss() -> None:
 
 
 def test_receiver_statistics_across_the_rtp_clock_wrap(monkeypatch: pytest.MonkeyPatch) -> None:
-    import aiortc.rtcrtpreceiver
 
     from teleconsult.media.aiortc_adapter import WrapSafeStatistics
 
     now = [1000.0]
-    monkeypatch.setattr(aiortc.rtcrtpreceiver.time, "time", lambda: now[0])
+    monkeypatch.setattr("aiortc.rtcrtpreceiver.time.time", lambda: now[0])
     stats = WrapSafeStatistics(90000)
     seq, ts = 65000, (1 << 32) - 3000 * 50
     worst = 0

@@ -145,7 +145,7 @@ async def test_retry_is_idempotent(room: tuple[Server, SignalingClient, str]) ->
     assert again == first and first["seq"] == 1
     await ex.send(stroke("next", feed))
     assert [e["id"] for e in await ops_until(op, 2)] == ["same", "next"]  # once, then the next
-    assert server.hub.rooms.get("r1").channel.seq == 2
+    assert server.room().channel.seq == 2
     other = await server.join(role=Role.EXPERT, identity="other")
     with pytest.raises(RequestFailed) as e:
         await other.request(stroke("same", feed))
@@ -212,7 +212,7 @@ async def test_bad_operations(
     err = await ex.wait_for("error")
     assert err["code"] == code, err
     # Nothing was ordered, and the channel goes on for everyone.
-    assert server.hub.rooms.get("r1").channel.seq == 0
+    assert server.room().channel.seq == 0
     ok = await ex.request(stroke("fine", feed))
     assert ok["seq"] == 1
     assert (await operator.wait_for("op"))["id"] == "fine"
@@ -259,7 +259,7 @@ async def test_hand_floor_and_chat(room: tuple[Server, SignalingClient, str]) ->
     await aud.wait_for("granted")
     try:
         stream = await media.publish([(ToneTrack(), "microphone", "Question")])
-        assert stream.id in server.hub.rooms.get("r1").streams
+        assert stream.id in server.room().streams
     finally:
         await media.close()
     said = await aud.request({"type": "chat", "text": "Thank you"})

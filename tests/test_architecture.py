@@ -27,16 +27,14 @@ def test_no_file_imports_a_folder_by_its_bare_name() -> None:
     bare = []
     for path in python_files():
         for node in ast.walk(ast.parse(path.read_text(), str(path))):
-            names = []
             if isinstance(node, ast.Import):
                 names = [a.name for a in node.names]
             elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
                 names = [node.module]
-            bare += [
-                f"{path.relative_to(ROOT)}:{node.lineno} {n}"
-                for n in names
-                if n.split(".")[0] in FOLDERS
-            ]
+            else:
+                continue
+            where = f"{path.relative_to(ROOT)}:{node.lineno}"
+            bare += [f"{where} {n}" for n in names if n.split(".")[0] in FOLDERS]
     assert len(python_files()) > 100
     assert bare == []
 

@@ -71,7 +71,7 @@ async def test_bad_frame_gets_error_and_nothing_else_breaks(
     await still_fine(other, 2)
     assert not [e for e in other.drain() if e["type"] in ("error", "left")]
     assert await errors_counted(server, code) == before + 1
-    assert len(server.hub.rooms.get("r1").participants) == 2
+    assert len(server.room().participants) == 2
 
 
 async def test_invalid_field_names_the_fields(server: Server) -> None:

@@ -81,7 +81,7 @@ def test_resume_gives_exactly_what_was_missed_or_a_snapshot() -> None:
 
 def test_points_are_checked() -> None:
     ch = Channel()
-    cases = [
+    cases: list[tuple[dict[str, Any], Code]] = [
         ({"op": "stroke", "id": "x", "feed": "f", "points": [[0, 0], [1.5, 0]]}, Code.OUT_OF_RANGE),
         ({"op": "stroke", "id": "x", "feed": "f", "points": [[0, 0]] * 501}, Code.TOO_LARGE),
         ({"op": "arrow", "id": "x", "feed": "f", "points": [[0, 0]]}, Code.INVALID_OP),

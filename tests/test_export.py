@@ -24,7 +24,7 @@ HEADER = (0, 0, 640, 100)  # where US1_UNCR.dcm burns in the hospital and patien
 
 def ultrasound_frames(count: int) -> list[bytes]:
     """VP8 frames of a real ultrasound image (pydicom-data's US1_UNCR.dcm), drifting slowly."""
-    import data_store
+    import data_store  # type: ignore[import-untyped]
     import pydicom
     from aiortc.codecs.vpx import Vp8Encoder, vp8_depayload
 

@@ -49,7 +49,7 @@ def no_traceback(log: Path) -> None:
     assert "Traceback" not in text, text[-3000:]
 
 
-ANY_TEXT = st.text(alphabet=st.characters(codec="utf-8", exclude_categories=("Cs",)), max_size=40)
+ANY_TEXT = st.text(alphabet=st.characters(codec="utf-8", exclude_categories=["Cs"]), max_size=40)
 SEGMENT = st.one_of(
     st.sampled_from(["r1", "..", "%2e%2e", "%00", "²", "a" * 200, "", "manifest.json"]),
     st.text(alphabet=string.ascii_letters + string.digits + "._-%~", max_size=30),

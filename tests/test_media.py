@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator
+from typing import Any
 
 import pytest
 
@@ -236,7 +237,7 @@ async def test_bad_media_messages_get_codes_and_nothing_breaks(
     sub = await ex.media.subscribe(stream.id)
     track = sub.tracks[f"{stream.id}.0"]
     await receive(track, 5)
-    cases = [
+    cases: list[tuple[dict[str, Any], str]] = [
         (
             {"type": "publish", "sdp": "not sdp", "feeds": [{"mid": "0", "source": "probe"}]},
             "bad_sdp",

@@ -90,7 +90,12 @@ async def test_codec_counter_sees_a_peer_that_does_transcode() -> None:
     a = RTCPeerConnection(RTCConfiguration(iceServers=[]))
     b = RTCPeerConnection(RTCConfiguration(iceServers=[]))
     got: asyncio.Future[object] = asyncio.get_running_loop().create_future()
-    b.on("track", lambda track: got.done() or got.set_result(track))
+
+    @b.on("track")
+    def _track(track: object) -> None:
+        if not got.done():
+            got.set_result(track)
+
     try:
         a.addTrack(PatternTrack())
         await a.setLocalDescription(await a.createOffer())

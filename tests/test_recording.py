@@ -30,7 +30,7 @@ def recording_dir(server: Server) -> Path:
     return session
 
 
-def packets(path: Path) -> list[av.Packet]:
+def packets(path: Path) -> list[av.Packet[Any]]:
     with av.open(str(path)) as c:
         return [p for p in c.demux() if p.size]
 
@@ -80,8 +80,8 @@ async def test_recording_keeps_the_publishers_frames_byte_for_byte(server: Serve
     assert (v["source"], v["codec"], v["width"], v["height"]) == ("probe", "VP8", 320, 240)
     assert (a["source"], a["codec"]) == ("microphone", "OPUS")
     assert v["stream"] == stream.id
-    with av.open(str(folder / v["file"])) as c:
-        s = c.streams.video[0]
+    with av.open(str(folder / v["file"])) as container:
+        s = container.streams.video[0]
         assert (s.codec_context.name, s.codec_context.width, s.codec_context.height) == (
             "vp8",
             320,
@@ -97,8 +97,8 @@ async def test_recording_keeps_the_publishers_frames_byte_for_byte(server: Serve
     assert v["duration"] == pytest.approx(len(got) / 30, abs=0.05)
     # The file's own clock agrees with the wall clock it was recorded over.
     assert v["duration"] == pytest.approx(v["end"] - v["start"], rel=0.05)
-    with av.open(str(folder / a["file"])) as c:
-        decoded = list(c.decode(audio=0))
+    with av.open(str(folder / a["file"])) as container:
+        decoded = list(container.decode(audio=0))
     assert tone_level(decoded) > 1000  # the operator's voice is there, not silence
     assert sum(f.samples for f in decoded) / 48000 == pytest.approx(wall, abs=0.5)
     # The two tracks are placed on one session clock.
@@ -121,7 +121,7 @@ async def test_no_patient_image_is_recorded_without_consent(server: Server) -> N
         await op.send({"type": "consent", "confirmed": False})
         await mod.wait_for("consent_declined")
         assert not (server.hub.settings.data_dir / "recordings").exists()
-        assert server.hub.rooms.get("r1").recording.active is False
+        assert server.room().recording.active is False
     finally:
         await media.close()
 
@@ -167,7 +167,7 @@ async def test_recordings_are_served_to_those_who_may_see_them(server: Server) -
                 "type": "annotate",
                 "op": "arrow",
                 "id": "a1",
-                "feed": next(iter(server.hub.rooms.get("r1").streams.values())).feeds[0].id,
+                "feed": next(iter(server.room().streams.values())).feeds[0].id,
                 "points": [[0.1, 0.1], [0.5, 0.5]],
                 "media_ts": 1234,
             }

@@ -60,7 +60,7 @@ async def test_files_survive_kill_9(
         with av.open(str(folder / track["file"])) as c:
             stream = c.streams[0]
             frames = list(c.decode(stream))  # plays: decodes without error
-            last = max(f.time for f in frames if f.time is not None)
+            last = max(f.time for f in frames if f.time is not None)  # type: ignore[union-attr]
         assert len(frames) > 20
         ends_at = manifest["started_at"] + track["start"] + last
         assert killed_at - ends_at <= 2.0, (track["file"], killed_at - ends_at)

@@ -76,13 +76,13 @@ def test_reassembly_in_order_out_of_order_and_with_loss() -> None:
 def test_track_files_play_and_open_no_encoder(tmp_path: Path, codec: str) -> None:
     path = tmp_path / ("t.mkv" if codec == "H264" else "t.webm")
     if codec == "OPUS":
-        tf, enc, sent = TrackFile(path, codec, 48000), OpusEncoder(), []
+        tf, opus, sent = TrackFile(path, codec, 48000), OpusEncoder(), []
         for i in range(50):
             a = av.AudioFrame.from_ndarray(
                 np.zeros((1, 1920), np.int16), format="s16", layout="stereo"
             )
             a.sample_rate, a.pts, a.time_base = 48000, i * 960, fractions.Fraction(1, 48000)
-            payload = enc.encode(a)[0][0]
+            payload = opus.encode(a)[0][0]
             sent.append(payload)
             from teleconsult.recording.frames import Frame
 

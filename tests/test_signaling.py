@@ -54,7 +54,7 @@ async def test_moderator_changes_role_and_everyone_sees_it(server: Server) -> No
         assert ev["participant_id"] == aud.participant_id
         assert ev["role"] == "expert"
         assert ev["by"] == mod.participant_id
-    assert server.hub.rooms.get("r1").participants[aud.participant_id].role is Role.EXPERT
+    assert server.room().participants[aud.participant_id].role is Role.EXPERT
 
 
 async def test_expert_may_not_change_roles(server: Server) -> None:
@@ -65,7 +65,7 @@ async def test_expert_may_not_change_roles(server: Server) -> None:
     )
     err = await ex.wait_for("error")
     assert err["code"] == "forbidden" and err["ref"] == "r9"
-    assert server.hub.rooms.get("r1").participants[aud.participant_id].role is Role.AUDIENCE
+    assert server.room().participants[aud.participant_id].role is Role.AUDIENCE
     # The refused connection goes on.
     await ex.send({"type": "ping", "ts": 1})
     assert (await ex.wait_for("pong"))["ts"] == 1
@@ -158,7 +158,7 @@ async def test_reconnect_replaces_old_connection_and_keeps_id(server: Server) ->
     # The old socket closing must not make the participant leave.
     await watcher.send({"type": "ping"})
     await watcher.wait_for("pong")
-    room = server.hub.rooms.get("r1")
+    room = server.room()
     assert first.participant_id in room.participants
     assert len(room.participants) == 2
 
@@ -194,7 +194,7 @@ async def test_dead_client_is_detected_by_keepalive(tmp_path: Path) -> None:
         left = await alive.wait_for("left", timeout=5)
         assert left == {"type": "left", "participant_id": dead.participant_id, "reason": "timeout"}
         # The one that answers pings stays: it outlived several timeouts.
-        assert alive.participant_id in server.hub.rooms.get("r1").participants
+        assert alive.participant_id in server.room().participants
 
 
 async def test_a_dropped_participant_comes_back_as_itself_within_the_grace(

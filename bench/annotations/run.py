@@ -58,8 +58,10 @@ def run(args: argparse.Namespace, nodes: int) -> dict[str, Any]:
         if nodes > 1:
             url, redis = start_redis(tmp / "redis")
             servers.append(redis)
-            for i, p in enumerate(ports):
-                servers.append(serve(p, SECRET, tmp / f"n{i}", "--redis", url, "--node", f"n{i}"))
+            for i, node_port in enumerate(ports):
+                servers.append(
+                    serve(node_port, SECRET, tmp / f"n{i}", "--redis", url, "--node", f"n{i}")
+                )
             time.sleep(2.0)  # every node has beaten once
         else:
             servers.append(serve(port, SECRET, tmp))
@@ -169,7 +171,8 @@ def run(args: argparse.Namespace, nodes: int) -> dict[str, Any]:
         print(json.dumps(report), flush=True)
         return report
     finally:
-        for p in [*procs, *servers]:
+        every: list[subprocess.Popen[Any]] = [*procs, *servers]
+        for p in every:
             if p.poll() is None:
                 p.terminate()
             try:

@@ -29,7 +29,7 @@ class MediaRelaySfu:
     ) -> tuple[str, dict[str, str]]:
         pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
         await pc.setRemoteDescription(RTCSessionDescription(offer, "offer"))
-        tracks = {t.mid: t.receiver.track for t in pc.getTransceivers()}
+        tracks = {str(t.mid): t.receiver.track for t in pc.getTransceivers()}
         codecs = {t.mid: negotiated_codec(t).name for t in pc.getTransceivers()}  # type: ignore[union-attr]
         await pc.setLocalDescription(await pc.createAnswer())
         self.ups[stream_id] = (pc, tracks, participant_id)
@@ -46,7 +46,7 @@ class MediaRelaySfu:
             pairs.append((t, mid))
         await pc.setLocalDescription(await pc.createOffer())
         self.downs[down_id] = (pc, subscriber_id)
-        return pc.localDescription.sdp, {t.mid: f"{stream_id}.{mid}" for t, mid in pairs}
+        return pc.localDescription.sdp, {str(t.mid): f"{stream_id}.{mid}" for t, mid in pairs}
 
     async def answer(self, down_id: str, subscriber_id: str, sdp: str) -> None:
         await self.downs[down_id][0].setRemoteDescription(RTCSessionDescription(sdp, "answer"))

@@ -11,6 +11,7 @@ import fractions
 import json
 import time
 from pathlib import Path
+from typing import Any
 
 import av
 from aiortc.mediastreams import MediaStreamTrack
@@ -45,7 +46,7 @@ class ReplayTrack(MediaStreamTrack):
         self.n = 0
         self.start: float | None = None
 
-    async def recv(self) -> av.Packet:
+    async def recv(self) -> av.Packet[Any]:
         if self.start is None:
             self.start = time.monotonic()
         await asyncio.sleep(max(0.0, self.start + self.n / self.rate - time.monotonic()))

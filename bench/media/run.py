@@ -103,8 +103,8 @@ def run(
             for i, p in enumerate(ports)
         ]
         relay = relays[0]
-        for p in ports:
-            wait_http(f"http://127.0.0.1:{p}/healthz")
+        for port_of_node in ports:
+            wait_http(f"http://127.0.0.1:{port_of_node}/healthz")
         if nodes > 1:
             time.sleep(2.0)  # every node has beaten once: placement sees them all
         total = 20 + window + subscribers * 0.4 + subscribers * stagger

@@ -61,7 +61,9 @@ class Counter:
                 self.first_frame_at = time.monotonic()
 
 
-async def subscribe_one(url: str, room: str, stream: str, token: str) -> tuple[Counter, object]:
+async def subscribe_one(
+    url: str, room: str, stream: str, token: str
+) -> tuple[Counter, tuple[SignalingClient, MediaClient]]:
     """Join as a viewer and count what arrives, without decoding."""
     counter = Counter()
     pc = RelayPeerConnection(RTCConfiguration(iceServers=[]))
@@ -100,7 +102,7 @@ async def main() -> None:
     ap.add_argument("--duration", type=float, default=30)
     args = ap.parse_args()
     use_host_addresses(["127.0.0.1"])
-    joined = []
+    joined: list[tuple[Counter, tuple[SignalingClient, MediaClient]]] = []
     for token in args.tokens.split(","):
         joined.append(await subscribe_one(args.url, args.room, args.stream, token))
         if args.stagger:
@@ -122,7 +124,7 @@ async def main() -> None:
             }
         )
     await asyncio.to_thread(Path(args.log).write_text, json.dumps(out))
-    for _, (client, media) in joined:  # type: ignore[misc]
+    for _, (client, media) in joined:
         await media.close()
         await client.close()
 

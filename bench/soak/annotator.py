@@ -11,6 +11,7 @@ import asyncio
 import json
 import statistics
 import time
+from typing import Any
 
 from teleconsult.signaling.client import RequestFailed, SignalingClient
 
@@ -32,6 +33,7 @@ async def main() -> None:
     n = 0
     while time.monotonic() - start < args.minutes * 60:
         await asyncio.sleep(max(0.0, start + n / args.hz - time.monotonic()))
+        message: dict[str, Any]
         if n % 50 == 49:  # a teacher clears the picture now and then
             message = {"type": "annotate", "op": "clear", "id": f"c{n}", "scope": "own"}
         else:

@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from aioice.turn import create_turn_endpoint
+from aioice.turn import TurnTransport, create_turn_endpoint
 
 from bench.common import cpu_seconds, free_port
 from bench.media.run import machine
@@ -61,6 +61,7 @@ async def measure(
     loop = asyncio.get_running_loop()
     peer_t, peer = await loop.create_datagram_endpoint(Peer, local_addr=("127.0.0.1", 0))
     peer_addr = peer_t.get_extra_info("sockname")
+    relay: asyncio.DatagramTransport | TurnTransport
     if server is None:
         relay, client = await loop.create_datagram_endpoint(Client, local_addr=("127.0.0.1", 0))
     else:

@@ -56,7 +56,7 @@ async def browser() -> AsyncIterator[BrowserContext]:
         context = await b.new_context()
         await context.add_init_script(LOOPBACK_ONLY)
         try:
-            yield context  # type: ignore[misc]
+            yield context
         finally:
             await b.close()
 

@@ -74,7 +74,7 @@ async def test_browser_publishes_to_python_subscriber(
     ex_sig = await server.join(role=Role.EXPERT, identity="ex")
     ex = MediaClient(ex_sig)
     try:
-        room = server.hub.rooms.get("r1")
+        room = server.room()
         stream = room.streams[stream_id]
         video_feed = next(f for f in stream.feeds if f.kind == "video")
         assert video_feed.codec == codec
