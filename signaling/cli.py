@@ -13,9 +13,12 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from pydantic_settings import CliSettingsSource
+
 from teleconsult.session.roles import PERSON_ROLES, Role
 
-from .config import Settings, env, resolve_secrets
+from .config import Settings, env, load_settings, resolve_secrets
+from .logs import configure_logging
 from .tokens import mint, parse_ttl
 
 T = TypeVar("T")
@@ -23,6 +26,8 @@ T = TypeVar("T")
 if TYPE_CHECKING:
     from teleconsult.session.store import Store
 
+# Where client commands find a local server's generated secrets: the server's own default.
+DATA_DIR = str(Settings.model_fields["data_dir"].default)
 DEMO_ROOM = "demo"
 DEMO_PEOPLE = [
     (Role.OPERATOR, "Sonographer", "demo-operator"),
@@ -35,7 +40,7 @@ DEMO_PEOPLE = [
 def _settings_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--data-dir",
-        default=env("DATA_DIR", "data"),
+        default=env("DATA_DIR", DATA_DIR),
         help="state, secrets, audit trail and recordings [TELECONSULT_DATA_DIR]",
     )
     p.add_argument(
@@ -50,106 +55,25 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="teleconsult", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
 
-    serve = sub.add_parser("serve", help="run the server")
-    serve.add_argument("--host", default=env("HOST", "127.0.0.1"), help="[TELECONSULT_HOST]")
-    serve.add_argument(
-        "--port", type=int, default=int(env("PORT", "8080") or 8080), help="[TELECONSULT_PORT]"
-    )
-    serve.add_argument(
-        "--announce",
-        default=env("ANNOUNCE"),
-        help="public address to put in ICE candidates (behind NAT, or 127.0.0.1 "
-        "on loopback) [TELECONSULT_ANNOUNCE]",
-    )
-    serve.add_argument(
-        "--public-url",
-        default=env("PUBLIC_URL"),
-        help="base URL printed in join links [TELECONSULT_PUBLIC_URL]",
-    )
-    serve.add_argument(
-        "--admin-key",
-        default=env("ADMIN_KEY"),
-        help="admin API key (default: generated into the data dir) [TELECONSULT_ADMIN_KEY]",
-    )
-    serve.add_argument(
-        "--redis",
-        default=env("REDIS"),
-        help="Redis URL: this node joins the cluster sharing it; rooms, roles and the "
-        "annotation channel are kept there and survive a node's loss (in memory when "
-        "absent) [TELECONSULT_REDIS]",
-    )
-    serve.add_argument(
-        "--node",
-        default=env("NODE"),
-        help="this node's name in the cluster (default: hostname:port) [TELECONSULT_NODE]",
-    )
-    serve.add_argument(
-        "--node-ttl",
-        type=float,
-        default=3.0,
-        help="seconds without a heartbeat after which a node is taken for dead",
-    )
-    serve.add_argument(
-        "--idle-timeout",
-        type=float,
-        default=600.0,
-        help="seconds an empty room lives before it ends",
-    )
-    serve.add_argument(
-        "--reconnect-grace",
-        type=float,
-        default=float(env("RECONNECT_GRACE") or 60.0),
-        help="seconds a dropped participant, and a stream whose media path was lost, are kept "
-        "for them to come back [TELECONSULT_RECONNECT_GRACE]",
-    )
-    serve.add_argument(
-        "--turn-port",
-        type=int,
-        default=int(env("TURN_PORT") or 3478),
-        help="UDP and TCP port of the built-in TURN server; -1 to run none [TELECONSULT_TURN_PORT]",
-    )
-    serve.add_argument(
-        "--turn-url",
-        action="append",
-        default=[],
-        help="an external TURN server (e.g. turn:turn.example.org:3478?transport=udp); "
-        "repeatable; the built-in one then does not start",
-    )
-    serve.add_argument(
-        "--turn-secret",
-        default=env("TURN_SECRET"),
-        help="shared secret for TURN credentials (coturn's static-auth-secret) "
-        "[TELECONSULT_TURN_SECRET]",
-    )
-    serve.add_argument(
-        "--turn-allow",
-        action="append",
-        default=[],
-        help="a peer network the built-in relay may reach although internal "
-        "(e.g. 10.20.0.0/16 for a hospital's own media servers); repeatable",
-    )
-    serve.add_argument(
-        "--turn-tls-cert",
-        default=env("TURN_TLS_CERT"),
-        help="certificate (PEM) for TURN over TLS, turns: [TELECONSULT_TURN_TLS_CERT]",
-    )
-    serve.add_argument(
-        "--turn-tls-key",
-        default=env("TURN_TLS_KEY"),
-        help="its private key (PEM) [TELECONSULT_TURN_TLS_KEY]",
-    )
-    serve.add_argument("--turn-tls-port", type=int, default=5349)
-    serve.add_argument(
-        "--retention-days",
-        type=float,
-        default=float(env("RETENTION_DAYS") or 0) or None,
-        help="delete recordings older than this [TELECONSULT_RETENTION_DAYS]",
-    )
-    serve.add_argument(
-        "--demo", action="store_true", help="create a demo room and print join links for each role"
-    )
-    serve.add_argument("--log-level", default=env("LOG_LEVEL", "info"))
-    _settings_args(serve)
+    for name, doc in (
+        ("serve", "run the server"),
+        ("config", "print the settings `serve` would run with (secrets masked), as TOML"),
+    ):
+        p = sub.add_parser(name, help=doc)
+        p.add_argument(
+            "--config",
+            type=Path,
+            default=env("CONFIG"),
+            help="a TOML file of settings (keys as below, with underscores) [TELECONSULT_CONFIG]",
+        )
+        if name == "serve":
+            p.add_argument(
+                "--demo",
+                action="store_true",
+                help="create a demo room and print join links for each role",
+            )
+        # Every setting becomes a flag, named and documented from the one model.
+        p.set_defaults(settings_source=CliSettingsSource(Settings, root_parser=p))
 
     token = sub.add_parser("token", help="mint an access token")
     token.add_argument("--room", required=True)
@@ -170,7 +94,7 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--admin-key", default=env("ADMIN_KEY"), help="[TELECONSULT_ADMIN_KEY]")
         p.add_argument(
             "--data-dir",
-            default=env("DATA_DIR", "data"),
+            default=env("DATA_DIR", DATA_DIR),
             help="where to read the generated admin key from",
         )
         p.add_argument("--json", action="store_true", help="print JSON")
@@ -219,7 +143,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="x,y,w,h in pixels to black out (patient details); repeatable",
     )
     exp.add_argument("--feed", help="feed id to export (default: the first patient image)")
-    exp.add_argument("--data-dir", default=env("DATA_DIR", "data"))
+    exp.add_argument("--data-dir", default=env("DATA_DIR", DATA_DIR))
     pub = sub.choices["publish"]
     src = pub.add_mutually_exclusive_group(required=True)
     src.add_argument("--synthetic", action="store_true", help="built-in ultrasound-like source")
@@ -241,6 +165,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     command = {
         "serve": _serve,
+        "config": _config,
         "token": _token,
         "rooms": _rooms,
         "publish": _publish,
@@ -264,28 +189,8 @@ def _serve(args: argparse.Namespace) -> int:
     from .http_api import join_url
     from .server import NodeServer
 
-    settings = Settings(
-        host=args.host,
-        port=args.port,
-        announce=args.announce,
-        public_url=args.public_url,
-        data_dir=Path(args.data_dir),
-        secret=args.secret,
-        admin_key=args.admin_key,
-        idle_timeout=args.idle_timeout,
-        reconnect_grace=args.reconnect_grace,
-        redis=args.redis,
-        node=args.node,
-        node_ttl=args.node_ttl,
-        retention_days=args.retention_days,
-        turn_port=None if args.turn_port < 0 else args.turn_port,
-        turn_urls=args.turn_url,
-        turn_secret=args.turn_secret,
-        turn_allow=args.turn_allow,
-        turn_tls_cert=Path(args.turn_tls_cert) if args.turn_tls_cert else None,
-        turn_tls_key=Path(args.turn_tls_key) if args.turn_tls_key else None,
-        turn_tls_port=args.turn_tls_port,
-    )
+    settings = _settings(args)
+    configure_logging(settings.log_level, settings.log_format)
     keys = resolve_secrets(settings)
     from teleconsult.media.aiortc_adapter import count_codecs
 
@@ -309,7 +214,8 @@ def _serve(args: argparse.Namespace) -> int:
         app,
         host=settings.host,
         port=settings.port,
-        log_level=args.log_level,
+        log_level=settings.log_level,
+        log_config=None,  # logging is configured once, above
         ws_max_size=1024 * 1024,
         ws_ping_interval=None,
         lifespan="on",
@@ -336,6 +242,20 @@ def _serve(args: argparse.Namespace) -> int:
         await task
 
     asyncio.run(run())
+    return 0
+
+
+def _settings(args: argparse.Namespace) -> Settings:
+    """Return the settings of `serve` or `config`: flags, environment, file, defaults."""
+    return load_settings(args.config, _cli_settings_source=args.settings_source(parsed_args=args))
+
+
+def _config(args: argparse.Namespace) -> int:
+    for key, value in _settings(args).shown().items():
+        if value is None:
+            print(f"# {key} = (not set)")
+        else:
+            print(f"{key} = {json.dumps(value, ensure_ascii=False)}")
     return 0
 
 

@@ -1,67 +1,180 @@
-"""Server settings from options and environment, and the development secrets file."""
+"""Server settings (flags, environment, a TOML file, defaults) and the development secrets file."""
 
 from __future__ import annotations
 
 import json
 import os
 import secrets
-from dataclasses import dataclass, field
+from contextvars import ContextVar
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Literal
+from urllib.parse import urlsplit, urlunsplit
+
+from pydantic import Field, ValidationError, field_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
 
 ENV_PREFIX = "TELECONSULT_"
+# The TOML file `load_settings` reads, for the one construction it makes.
+_CONFIG_FILE: ContextVar[Path | None] = ContextVar("config_file", default=None)
+# Shown in place of a secret by `teleconsult config`.
+MASK = "***"
 
 
-@dataclass
-class Settings:
-    """Everything a server needs to start; defaults are the embedded single-node setup."""
+class Settings(BaseSettings):
+    """Everything a server needs to start: the one place defaults are written.
 
-    host: str = "127.0.0.1"
-    port: int = 8080
-    # Address put in ICE candidates: needed behind NAT, and on loopback (aioice omits 127.0.0.1).
-    announce: str | None = None
-    # Base URL printed in join links; defaults to http://host:port.
-    public_url: str | None = None
-    data_dir: Path = field(default_factory=lambda: Path("data"))
-    secret: str | None = None
-    admin_key: str | None = None
-    redis: str | None = None
-    # This node's name in a cluster (placement, `teleconsult drain`); default host:port.
-    node: str | None = None
-    # A node whose heartbeat is older than this is taken for dead and its rooms move.
-    node_ttl: float = 3.0
+    Each setting is, from strongest to weakest: a `serve` flag (`--node-ttl`), an environment
+    variable (`TELECONSULT_NODE_TTL`), a key of the `--config` TOML file (`node_ttl`), this
+    default: the embedded single-node setup.
+    """
+
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX,
+        extra="forbid",
+        populate_by_name=True,
+        cli_kebab_case=True,
+        cli_avoid_json=True,
+        cli_hide_none_type=True,
+        cli_show_env_vars=True,
+    )
+
+    host: str = Field(default="127.0.0.1", description="address to listen on")
+    port: int = Field(default=8080, description="HTTP and WebSocket port")
+    announce: str | None = Field(
+        default=None,
+        description="address put in ICE candidates: needed behind NAT, and on loopback "
+        "(aioice omits 127.0.0.1)",
+    )
+    public_url: str | None = Field(
+        default=None, description="base URL printed in join links; http://host:port when not set"
+    )
+    data_dir: Path = Field(
+        default=Path("data"), description="state, secrets, audit trail and recordings"
+    )
+    secret: str | None = Field(
+        default=None, description="token signing secret; generated into the data dir when not set"
+    )
+    admin_key: str | None = Field(
+        default=None, description="admin API key; generated into the data dir when not set"
+    )
+    redis: str | None = Field(
+        default=None,
+        description="Redis URL: this node joins the cluster sharing it; rooms, roles and the "
+        "annotation channel are kept there and survive a node's loss (in memory when absent)",
+    )
+    node: str | None = Field(
+        default=None, description="this node's name in the cluster; hostname:port when not set"
+    )
+    node_ttl: float = Field(
+        default=3.0, description="seconds without a heartbeat after which a node is taken for dead"
+    )
     # Both ends notice a dead connection within ping_timeout: a ping every 2 s costs nothing.
-    ping_interval: float = 2.0
-    ping_timeout: float = 5.0
-    # How long a participant whose connection dropped, and a stream whose media path was lost,
-    # are kept for them to come back (a handover, a tunnel, a mountain road).
-    reconnect_grace: float = 60.0
-    handshake_timeout: float = 10.0
-    max_message: int = 64 * 1024
-    rate: float = 100.0
-    burst: float = 200.0
-    queue_size: int = 2048
-    pointer_rate: float = 60.0
-    op_rate: float = 20.0
-    op_burst: float = 40.0
-    max_participants: int = 50
-    idle_timeout: float = 600.0
-    sweep_interval: float = 5.0
-    max_token_ttl: float = 7 * 86400.0
-    # How long a recording's signed file links work (the playback page renews them).
-    recording_link_ttl: float = 900.0
-    # Recorded sessions older than this many days are deleted (None keeps them for ever).
-    retention_days: float | None = None
-    # The built-in TURN server runs unless external TURN URLs are given (or turn_port is None).
-    turn_port: int | None = 3478
-    turn_urls: list[str] = field(default_factory=list)
-    turn_secret: str | None = None
-    # Peer networks the built-in relay may send to although they are internal (tests: loopback).
-    turn_allow: list[str] = field(default_factory=list)
-    turn_ttl: float = 12 * 3600.0
-    # TURN over TLS ("turns:"), when a certificate is given.
-    turn_tls_cert: Path | None = None
-    turn_tls_key: Path | None = None
-    turn_tls_port: int = 5349
+    ping_interval: float = Field(default=2.0, description="seconds between signaling pings")
+    ping_timeout: float = Field(
+        default=5.0, description="seconds of silence after which a connection is taken for dead"
+    )
+    reconnect_grace: float = Field(
+        default=60.0,
+        description="seconds a dropped participant, and a stream whose media path was lost, "
+        "are kept for them to come back (a handover, a tunnel, a mountain road)",
+    )
+    handshake_timeout: float = Field(
+        default=10.0, description="seconds a connection has to say hello"
+    )
+    max_message: int = Field(default=64 * 1024, description="largest signaling message, in bytes")
+    rate: float = Field(default=100.0, description="signaling messages a second per connection")
+    burst: float = Field(default=200.0, description="burst of signaling messages per connection")
+    queue_size: int = Field(
+        default=2048, description="events queued for one connection before it is cut as too slow"
+    )
+    pointer_rate: float = Field(default=60.0, description="pointer moves a second per connection")
+    op_rate: float = Field(
+        default=20.0, description="annotation operations a second per connection"
+    )
+    op_burst: float = Field(
+        default=40.0, description="burst of annotation operations per connection"
+    )
+    max_participants: int = Field(default=50, description="participants a room holds")
+    idle_timeout: float = Field(
+        default=600.0, description="seconds an empty room lives before it ends"
+    )
+    sweep_interval: float = Field(default=5.0, description="seconds between sweeps of idle rooms")
+    max_token_ttl: float = Field(default=7 * 86400.0, description="longest token lifetime accepted")
+    recording_link_ttl: float = Field(
+        default=900.0,
+        description="seconds a recording's signed file links work (the playback page renews them)",
+    )
+    retention_days: float | None = Field(
+        default=None,
+        description="delete recorded sessions older than this many days; kept when not set or 0",
+    )
+    turn_port: int | None = Field(
+        default=3478,
+        description="UDP and TCP port of the built-in TURN server; -1 to run none. It does "
+        "not run when external TURN URLs are given",
+    )
+    turn_urls: list[str] = Field(
+        default_factory=list,
+        alias="turn_url",
+        description="an external TURN server (e.g. turn:turn.example.org:3478?transport=udp); "
+        "repeatable",
+    )
+    turn_secret: str | None = Field(
+        default=None, description="shared secret for TURN credentials (coturn's static-auth-secret)"
+    )
+    turn_allow: list[str] = Field(
+        default_factory=list,
+        description="a peer network the built-in relay may reach although internal "
+        "(e.g. 10.20.0.0/16 for a hospital's own media servers); repeatable",
+    )
+    turn_ttl: float = Field(
+        default=12 * 3600.0, description="lifetime of TURN credentials, seconds"
+    )
+    turn_tls_cert: Path | None = Field(
+        default=None, description="certificate (PEM) for TURN over TLS, turns:"
+    )
+    turn_tls_key: Path | None = Field(default=None, description="its private key (PEM)")
+    turn_tls_port: int = Field(default=5349, description="TCP port of TURN over TLS")
+    log_level: Literal["debug", "info", "warning", "error"] = Field(
+        default="info", description="least severe log level written"
+    )
+    log_format: Literal["text", "json"] = Field(
+        default="text", description="log lines as readable text, or as JSON lines for a collector"
+    )
+
+    @field_validator("turn_port")
+    @classmethod
+    def _no_turn(cls, port: int | None) -> int | None:
+        return None if port is not None and port < 0 else port
+
+    @field_validator("retention_days")
+    @classmethod
+    def _keep(cls, days: float | None) -> float | None:
+        return days or None
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _lower(cls, level: Any) -> Any:
+        return level.lower() if isinstance(level, str) else level
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        """Arguments, then the environment, then the TOML file (no .env, no secrets dir)."""
+        toml = TomlConfigSettingsSource(settings_cls, toml_file=_CONFIG_FILE.get())
+        return init_settings, env_settings, toml
 
     def base_url(self) -> str:
         """Return the URL that people open, without a trailing slash."""
@@ -69,6 +182,38 @@ class Settings:
             return self.public_url.rstrip("/")
         host = f"[{self.host}]" if ":" in self.host else self.host
         return f"http://{host}:{self.port}"
+
+    def shown(self) -> dict[str, Any]:
+        """Return the effective settings with secrets masked, as TOML keys and values."""
+        values = self.model_dump(mode="json", by_alias=True)
+        if values["turn_port"] is None:
+            values["turn_port"] = -1  # what says "none" in a flag, a variable or the file
+        for key in ("secret", "admin_key", "turn_secret"):
+            if values[key] is not None:
+                values[key] = MASK
+        if values["redis"]:
+            url = urlsplit(values["redis"])
+            if url.password:
+                host = url.netloc.rsplit("@", 1)[1]
+                values["redis"] = urlunsplit(
+                    url._replace(netloc=f"{url.username or ''}:{MASK}@{host}")
+                )
+        return values
+
+
+def load_settings(config: Path | None = None, **given: Any) -> Settings:
+    """Return the settings from `given` (flags), the environment, a TOML file, the defaults."""
+    if config is not None and not config.is_file():
+        raise ValueError(f"no such configuration file: {config}")
+    token = _CONFIG_FILE.set(config)
+    try:
+        return Settings(**given)
+    except ValidationError as e:
+        # One line a problem, naming the setting, rather than pydantic's report.
+        problems = "; ".join(f"{'.'.join(map(str, x['loc']))}: {x['msg']}" for x in e.errors())
+        raise ValueError(f"bad settings: {problems}") from None
+    finally:
+        _CONFIG_FILE.reset(token)
 
 
 def default_node_name(settings: Settings) -> str:
