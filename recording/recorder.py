@@ -1,7 +1,12 @@
-"""The recorder: a system participant of a room that writes every feed and the channel to disk."""
+"""The recorder: a system participant of a room that writes every feed and the channel to disk.
+
+It decides on the event loop (what to write, and when); a `DiskQueue` thread does every write,
+so that a slow or full disk delays no packet of any room.
+"""
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import re
@@ -9,8 +14,9 @@ import secrets
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import IO
 
 from aiortc.codecs import depayload
 from aiortc.rtcrtpparameters import RTCRtpCodecParameters
@@ -23,6 +29,7 @@ from teleconsult.session.roles import PATIENT_SOURCES, Role
 from teleconsult.session.room import Room
 from teleconsult.session.streams import Feed, Stream
 
+from .disk import DiskQueue
 from .frames import Frame, FrameAssembler
 from .track_file import TrackFile, extension
 
@@ -83,16 +90,17 @@ class Recorder:
         self.tracks: list[Recorded] = []
         self.participant_id = ""
         self.participants: dict[str, Event] = {}
-        self._log: Any = None
+        self._log: IO[str] | None = None  # the writer thread's, like every file
+        self.disk: DiskQueue | None = None
         self.failed = ""
 
     # -- lifecycle ---------------------------------------------------------------------------
 
     def start(self) -> None:
         """Create the session folder, join the room and start on every published feed."""
-        self.dir.mkdir(parents=True, exist_ok=True)
+        self.disk = DiskQueue(f"recorder-{self.session_id}", self._fail)
+        self.disk.put(self._open_folder)
         self.started_at = self.clock()
-        self._log = (self.dir / "channel.jsonl").open("a", buffering=1)
         me = self.room.join(
             "recorder",
             "Recorder",
@@ -119,10 +127,23 @@ class Recorder:
         self.stopped_at = self.clock()
         for rec in self.tracks:
             self._end_track(rec)
+        self.write_manifest()
+        if self.disk is not None:
+            self.disk.put(self._close_log)
+            self.disk.close()
+        self.room.leave(self.participant_id, "recording_stopped", self.clock(), client=self)
+
+    async def finished(self, timeout: float) -> bool:
+        """Wait until everything stop() queued is on disk (True), or the timeout."""
+        return self.disk is None or await self.disk.finished(timeout)
+
+    def _open_folder(self) -> None:
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self._log = (self.dir / "channel.jsonl").open("a", buffering=1)
+
+    def _close_log(self) -> None:
         if self._log is not None:
             self._log.close()
-        self.write_manifest()
-        self.room.leave(self.participant_id, "recording_stopped", self.clock(), client=self)
 
     # -- session.participant.Client ----------------------------------------------------------
 
@@ -215,12 +236,12 @@ class Recorder:
                 if rec.assembler.need_keyframe and rec.assembler.dropped:
                     rec.track.request_keyframe()
             for frame in frames:
-                try:
-                    rec.file.write(frame)
-                except OSError as e:
-                    self._fail(e)
+                if rec.first_ts is None and not frame.keyframe:
+                    continue  # a file starts at a keyframe
+                assert self.disk is not None
+                if not self.disk.put(partial(rec.file.write, frame), len(frame.data)):
                     return
-                if rec.first_arrival is None and rec.file.frames:
+                if rec.first_ts is None:
                     rec.first_arrival = self.clock()
                     rec.first_ts = frame.timestamp
                     # Where the track starts must survive a crash along with its file.
@@ -233,13 +254,13 @@ class Recorder:
             rec.track.taps.remove(rec.tap)
         if rec.ended_at is None:
             rec.ended_at = self.clock()
-        try:
-            rec.file.close()
-        except OSError as e:
-            self._fail(e)
+            if self.disk is not None:
+                self.disk.put(rec.file.close)
 
     def _fail(self, error: OSError) -> None:
-        # A full disk ends the recording, not the session: tell the room and keep going.
+        # A full or slow disk ends the recording, not the session: tell the room, keep going.
+        if self.failed:
+            return
         self.failed = f"{type(error).__name__}: {error.strerror or error}"
         self.on_error(self.room.id, self.failed)
 
@@ -249,12 +270,14 @@ class Recorder:
         return wall - self.started_at
 
     def _append(self, entry: Event) -> None:
-        if self._log is None or self.failed:
+        if self.disk is None or self.failed:
             return
-        try:
-            self._log.write(json.dumps(entry, separators=(",", ":")) + "\n")
-        except OSError as e:
-            self._fail(e)
+        line = json.dumps(entry, separators=(",", ":")) + "\n"
+        self.disk.put(partial(self._write_line, line), len(line))
+
+    def _write_line(self, line: str) -> None:
+        if self._log is not None:
+            self._log.write(line)
 
     def _start_of(self, rec: Recorded) -> float | None:
         """Session time of a track's first frame, from the publisher's sender report if any."""
@@ -268,9 +291,14 @@ class Recorder:
         return round(self._t(rec.first_arrival), 4)
 
     def manifest(self) -> Event:
-        """Return the session's description."""
+        """Return the session's description (the files' own figures as the writer has them)."""
+        return self._with_files(self._session())
+
+    def _session(self) -> Event:
+        """The description as the event loop knows it: the room, the people, the tracks (a
+        copy: the writer thread reads it while the loop goes on changing its own)."""
         r = self.room.recording
-        return {
+        session: Event = {
             "version": 1,
             "session_id": self.session_id,
             "segment": self.segment,
@@ -292,37 +320,43 @@ class Recorder:
                     "label": rec.feed.label,
                     "codec": rec.file.codec,
                     "clock_rate": rec.file.clock_rate,
-                    "width": rec.file.width,
-                    "height": rec.file.height,
                     "pixel_spacing_mm": rec.feed.pixel_spacing_mm,
                     "start": self._start_of(rec),
                     "first_rtp_timestamp": rec.first_ts,
                     "end": None if rec.ended_at is None else round(self._t(rec.ended_at), 4),
-                    "frames": rec.file.frames,
-                    "duration": round(rec.file.duration, 4),
                 }
                 for rec in self.tracks
             ],
             "channel_log": "channel.jsonl",
             "error": self.failed or None,
         }
+        return copy.deepcopy(session)
+
+    def _with_files(self, session: Event) -> Event:
+        """Add what only the files know (size of the picture, frames, length), in the writer."""
+        for entry, rec in zip(session["tracks"], self.tracks, strict=False):
+            f = rec.file
+            entry.update(width=f.width, height=f.height, frames=f.frames)
+            entry["duration"] = round(f.duration, 4)
+        return session
 
     def write_manifest(self) -> None:
-        """Write manifest.json atomically (a crash leaves the old or the new one, whole)."""
+        """Queue manifest.json to be written atomically (a crash leaves the old or the new
+        one, whole), after the frames queued before it."""
+        if self.disk is not None:
+            self.disk.put(partial(self._write_manifest, self._session()))
+
+    def _write_manifest(self, session: Event) -> None:
         path = self.dir / "manifest.json"
         tmp = path.with_suffix(".tmp")
-        data = self.manifest()
-        try:
-            with tmp.open("w") as f:
-                json.dump(data, f, indent=1)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-        except OSError as e:
-            self._fail(e)
-            return
-        if self.on_manifest is not None:
-            self.on_manifest(self, data)
+        data = self._with_files(session)
+        with tmp.open("w") as f:
+            json.dump(data, f, indent=1)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+        if self.on_manifest is not None and self.disk is not None:
+            self.disk.loop.call_soon_threadsafe(self.on_manifest, self, data)
 
 
 def _depayloader(codec: RTCRtpCodecParameters) -> Callable[[bytes], bytes]:

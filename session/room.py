@@ -580,17 +580,24 @@ class Room:
             {"type": "recording", **self.recording.describe(), "by": self.recording.started_by}
         )
 
-    def stop_recording(self, actor_id: str | None) -> str:
-        """Stop recording (a moderator, or the server as the room ends); returns the session."""
+    def stop_recording(self, actor_id: str | None, announce: bool = True) -> Event:
+        """Stop recording (a moderator, or the server as the room ends); returns the event
+        that tells everyone, sent now or, with `announce` False, by `announce` later."""
         if actor_id is not None:
             self._require(actor_id, Action.RECORD)
         if not self.recording.active:
             raise SessionError(Code.NOT_RECORDING, "the session is not being recorded")
-        session_id = self.recording.session_id
         self.recording.active = False
         self.revision += 1
-        self._broadcast({"type": "recording", **self.recording.describe(), "by": actor_id})
-        return session_id
+        event = {"type": "recording", **self.recording.describe(), "by": actor_id}
+        if announce:
+            self._broadcast(event)
+        return event
+
+    def announce(self, event: Event) -> None:
+        """Tell everyone an event prepared earlier (a recording stopped, once its files are
+        complete)."""
+        self._broadcast(event)
 
     def _feed(self, feed_id: object) -> Feed:
         for stream in self.streams.values():

@@ -42,6 +42,8 @@ log = logging.getLogger("teleconsult.hub")
 # channel: a session of hours keeps the store's memory (and Redis's) flat, and a room restored
 # on another node replays at most this many operations.
 CHECKPOINT_EVERY = 500
+# Seconds a stopped recording's files may take to be finished before the stop is told anyway.
+RECORDING_CLOSE_WAIT = 10.0
 # Seconds between returns of the C heap's free pages to the system (signaling/heap.py).
 HEAP_TRIM_EVERY = 60.0
 
@@ -81,6 +83,7 @@ class Hub:
         self._tasks: set[asyncio.Task[Any]] = set()
         self._encoded: dict[int, tuple[Event, str]] = {}
         self.recorders: dict[str, Recorder] = {}
+        self._finishing: set[Recorder] = set()  # stopped, their files still being written
         rewrite_to = None
         if settings.announce:
             if local_address(settings.announce):
@@ -141,9 +144,11 @@ class Hub:
             self._encoded.pop(next(iter(self._encoded)))
         return text
 
-    def spawn(self, coro: Coroutine[Any, Any, Any]) -> None:
+    def spawn(self, coro: Coroutine[Any, Any, Any], name: str | None = None) -> None:
         """Run a coroutine in the background, keeping a reference until it ends."""
         task = asyncio.ensure_future(coro)
+        if name is not None:
+            task.set_name(name)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
@@ -221,7 +226,7 @@ class Hub:
         room = self.rooms.end(room_id, reason, self.now(), actor_id)
         self._forget(room_id, ended=True)
         if recorder is not None:
-            recorder.stop()
+            self._stop_recorder(recorder)
             self.audit.record("record_stop", room=room_id, actor="server", code=reason)
         for pid, media in gone:
             self.spawn(media.close_participant(pid, reason))
@@ -237,7 +242,7 @@ class Hub:
         self._saved.pop(room_id, None)
         recorder = self.recorders.pop(room_id, None)
         if recorder is not None:
-            recorder.stop()
+            self._stop_recorder(recorder)
         for p in list(room.participants.values()):
             p.client.kick(Close.MOVED, "the session moved to another node")
             self.spawn(self.media_of(p).close_participant(p.id, "moved"))
@@ -449,11 +454,36 @@ class Hub:
         self._journal.put_nowait((m["room"], "recording", entry))
 
     def stop_recording(self, room: Room, actor_id: str | None) -> None:
-        """Stop a room's recorder and tell everyone."""
-        room.stop_recording(actor_id)
-        recorder = self.recorders.pop(room.id, None)
+        """Stop a room's recorder; everyone is told once its files are complete."""
+        recorder = self.recorders.get(room.id)
+        event = room.stop_recording(actor_id, announce=recorder is None)
         if recorder is not None:
-            recorder.stop()
+            del self.recorders[room.id]
+            self._stop_recorder(recorder)
+            self.spawn(self._announce_when_written(room, recorder, event), "announce-recording")
+
+    def _stop_recorder(self, recorder: Recorder) -> None:
+        recorder.stop()
+        self._finishing.add(recorder)
+        self.spawn(self._forget_when_written(recorder))
+
+    async def _forget_when_written(self, recorder: Recorder) -> None:
+        await recorder.finished(3600.0)  # a bound, not a wait anyone expects
+        self._finishing.discard(recorder)
+
+    async def recordings_written(self, timeout: float) -> None:
+        """Wait until every stopped recorder's files are complete, and told (or the timeout)."""
+        await asyncio.gather(*(r.finished(timeout) for r in list(self._finishing)))
+        announcing = [t for t in self._tasks if t.get_name().startswith("announce-recording")]
+        if announcing:
+            await asyncio.wait(announcing, timeout=timeout)
+
+    async def _announce_when_written(self, room: Room, recorder: Recorder, event: Event) -> None:
+        # Who hears "stopped" may fetch the files at once: they are whole by then, unless the
+        # disk is so slow that saying nothing for longer would be worse.
+        if not await recorder.finished(RECORDING_CLOSE_WAIT):
+            log.warning("a recording's files were still being written when its stop was told")
+        room.announce(event)
 
     def _recording_failed(self, room_id: str, error: str) -> None:
         room = self.rooms.get(room_id)
@@ -531,7 +561,9 @@ class Hub:
         for room in self.rooms.sweep(now):
             self.audit.record("room_end", room=room.id, code="idle", actor="server")
             self._forget(room.id)
-            if self.recorders.pop(room.id, None) is not None:  # it stopped when the room ended
+            recorder = self.recorders.pop(room.id, None)
+            if recorder is not None:  # it stopped when the room ended: wait for its files
+                self._stop_recorder(recorder)
                 self.audit.record("record_stop", room=room.id, actor="server", code="idle")
         self.refresh_gauges()
 
@@ -571,8 +603,10 @@ class Hub:
             room.journal = None
         self.stopping = True
         for recorder in list(self.recorders.values()):
-            recorder.stop()
+            self._stop_recorder(recorder)
         self.recorders.clear()
+        # Recordings are whole, and everyone told so, before any connection closes.
+        await self.recordings_written(RECORDING_CLOSE_WAIT)
         if self._writer is not None:
             # Everything queued reaches the store (5 s at most) before this node leaves the
             # cluster: the node that takes a room over must find it whole.

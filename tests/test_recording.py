@@ -15,11 +15,14 @@ import numpy as np
 import pytest
 
 from teleconsult.media.client import MediaClient
+from teleconsult.recording.frames import Frame
+from teleconsult.recording.track_file import TrackFile
 from teleconsult.session.roles import Role
+from teleconsult.signaling import looplag
 from teleconsult.signaling.client import RequestFailed, SignalingClient
 
 from .conftest import ADMIN_KEY, Server, join_and_remove, running_server
-from .media_util import PacketTrack, PatternTrack, ToneTrack, tone_level, vp8_frames
+from .media_util import PacketTrack, PatternTrack, ToneTrack, receive, tone_level, vp8_frames
 
 FRAMES = vp8_frames(90, keyframe_every=30)
 
@@ -452,3 +455,48 @@ async def test_a_resolution_change_mid_stream_is_recorded(server: Server) -> Non
         sizes = [(f.width, f.height) for f in c.decode(video=0)]
     assert (320, 240) in sizes and (640, 480) in sizes
     assert sizes.index((640, 480)) > sizes.index((320, 240))
+
+
+async def test_a_slow_disk_delays_no_packet(
+    server: Server, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A disk that now and then takes 0.3 s for a write (a busy array, a network share): the
+    # recorder waits for it, forwarding does not.
+    real_write = TrackFile.write
+    slow: list[float] = []
+
+    def write(self: TrackFile, frame: Frame) -> None:
+        if self.frames % 10 == 9:
+            time.sleep(0.3)  # in the recorder's writer thread: not the event loop's
+            slow.append(time.monotonic())
+        real_write(self, frame)
+
+    monkeypatch.setattr(TrackFile, "write", write)
+    op = await server.join(role=Role.OPERATOR, identity="op")
+    mod = await server.join(role=Role.MODERATOR, identity="mod")
+    ex = await server.join(role=Role.EXPERT, identity="ex")
+    video = PacketTrack("video", FRAMES, 30, 90000)
+    sender, viewer = MediaClient(op), MediaClient(ex)
+    lags: list[float] = []
+    watcher = asyncio.create_task(looplag.watch(lags.append, every=0.02))
+    try:
+        stream = await sender.publish([(video, "probe", "Ultrasound")])
+        sub = await viewer.subscribe(stream.id)
+        await start_recording(mod, op)
+        t0 = time.monotonic()
+        frames = await receive(sub.tracks[f"{stream.id}.0"], 120, timeout=8)
+        took = time.monotonic() - t0
+        await mod.send({"type": "record", "action": "stop"})
+        await ex.wait_for("recording", where=lambda e: e["active"] is False, timeout=15)
+    finally:
+        watcher.cancel()
+        await sender.close()
+        await viewer.close()
+    assert len(slow) >= 6  # the disk was slow all along: about 0.9 s of waits a second
+    assert len(frames) == 120 and took < 5.5  # 4 s of frames, decoded at their own pace
+    assert max(lags) < 0.2, max(lags)  # no write held the loop (each held it 0.3 s before)
+    manifest = json.loads((recording_dir(server) / "manifest.json").read_text())
+    (track,) = manifest["tracks"]
+    assert manifest["stopped_at"] is not None and manifest["error"] is None
+    written = packets(recording_dir(server) / track["file"])
+    assert track["frames"] >= 80 and track["frames"] == len(written)  # from its keyframe on

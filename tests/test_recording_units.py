@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import fractions
 import random
 import struct
+import threading
 from pathlib import Path
 
 import av
@@ -16,6 +18,7 @@ from aiortc.codecs.vpx import Vp8Encoder, vp8_depayload
 from hypothesis import Phase, example, given, settings
 from hypothesis import strategies as st
 
+from teleconsult.recording.disk import DiskBehind, DiskQueue
 from teleconsult.recording.frames import FrameAssembler
 from teleconsult.recording.geometry import h264_size, vp8_size
 from teleconsult.recording.track_file import TrackFile
@@ -177,3 +180,50 @@ def test_reassembly_across_both_wraps_with_reordering_and_duplicates(
     assert names == list(range(first, 20_000))
     assert [f.timestamp for f in out] == [(ts0 + 3000 * n) % (1 << 32) for n in names]
     assert assembler.dropped <= first
+
+
+async def test_disk_queue_writes_in_order_off_the_loop() -> None:
+    errors: list[OSError] = []
+    disk = DiskQueue("test", errors.append)
+    done: list[int] = []
+    threads: set[str] = set()
+
+    def job(i: int) -> None:
+        threads.add(threading.current_thread().name)
+        done.append(i)
+
+    for i in range(1000):
+        assert disk.put(lambda i=i: job(i), 10)  # type: ignore[misc]
+    disk.close()
+    assert not disk.put(lambda: job(-1))  # closed: refused
+    assert await disk.finished(5)
+    assert done == list(range(1000)) and threads == {"test"} and disk.waiting == 0
+    assert errors == []
+
+
+async def test_disk_queue_refuses_a_backlog_and_stops_at_the_first_failure() -> None:
+    errors: list[OSError] = []
+    disk = DiskQueue("test", errors.append, limit=100)
+    gate = threading.Event()
+    disk.put(lambda: gate.wait(5), 60)
+    assert not disk.put(lambda: None, 60)  # 120 bytes would wait: the disk is behind
+    assert len(errors) == 1 and isinstance(errors[0], DiskBehind)
+    assert not disk.put(lambda: None, 1)  # and stays refused: the recording has failed
+    gate.set()
+    disk.close()
+    assert await disk.finished(5) and len(errors) == 1
+
+    errors.clear()
+    disk = DiskQueue("test", errors.append)
+    ran: list[int] = []
+
+    def full() -> None:
+        raise OSError(28, "No space left on device")
+
+    disk.put(lambda: ran.append(1))
+    disk.put(full)
+    disk.put(lambda: ran.append(3))  # after a failed write nothing more is written
+    disk.close()
+    assert await disk.finished(5)
+    await asyncio.sleep(0)  # the failure is told on the loop
+    assert ran == [1] and [e.errno for e in errors] == [28]
