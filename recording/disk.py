@@ -17,6 +17,10 @@ log = logging.getLogger("teleconsult.recording")
 BACKLOG_BYTES = 32 * 1024 * 1024
 
 
+# A job, the bytes it carries, and whether it runs even after a failure.
+Job = tuple[Callable[[], object], int, bool]
+
+
 class DiskBehind(OSError):
     """The disk fell too far behind what is being recorded."""
 
@@ -39,7 +43,7 @@ class DiskQueue:
         self.limit = limit
         self.waiting = 0  # bytes queued and not yet written
         self.failed: OSError | None = None
-        self._jobs: queue.SimpleQueue[tuple[Callable[[], object], int] | None] = queue.SimpleQueue()
+        self._jobs: queue.SimpleQueue[Job | None] = queue.SimpleQueue()
         self._lock = threading.Lock()
         self._done = asyncio.Event()
         self._closed = False
@@ -47,10 +51,11 @@ class DiskQueue:
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
         self._thread.start()
 
-    def put(self, job: Callable[[], object], size: int = 0) -> bool:
+    def put(self, job: Callable[[], object], size: int = 0, finishing: bool = False) -> bool:
         """Queue a job carrying `size` bytes; False when refused (failed, closed or too far
-        behind)."""
-        if self.failed is not None or self._broken or self._closed:
+        behind). A `finishing` job (closing a file, the last manifest) runs even after a
+        failure: what was written is made whole if the disk lets it."""
+        if self._closed or (not finishing and (self.failed is not None or self._broken)):
             return False
         with self._lock:
             if self.waiting + size > self.limit:
@@ -62,7 +67,7 @@ class DiskQueue:
         if refused:
             self._fail(DiskBehind(f"the disk is {behind / 2**20:.0f} MiB behind the recording"))
             return False
-        self._jobs.put((job, size))
+        self._jobs.put((job, size, finishing))
         return True
 
     def close(self) -> None:
@@ -89,13 +94,16 @@ class DiskQueue:
             item = self._jobs.get()
             if item is None:
                 break
-            job, size = item
-            if not self._broken:
+            job, size, finishing = item
+            if not self._broken or finishing:
                 try:
                     job()
                 except OSError as e:
-                    self._broken = True  # what follows a failed write is not written
-                    self._tell(self._fail, e)
+                    if not self._broken:
+                        self._broken = True  # what follows a failed write is not written
+                        self._tell(self._fail, e)
+                    else:
+                        log.warning("a recording could not be finished: %s", e.strerror or e)
                 except Exception:  # a bug must not kill the thread and lose the rest
                     log.exception("a recording job failed")
             with self._lock:

@@ -127,9 +127,9 @@ class Recorder:
         self.stopped_at = self.clock()
         for rec in self.tracks:
             self._end_track(rec)
-        self.write_manifest()
+        self.write_manifest(finishing=True)
         if self.disk is not None:
-            self.disk.put(self._close_log)
+            self.disk.put(self._close_log, finishing=True)
             self.disk.close()
         self.room.leave(self.participant_id, "recording_stopped", self.clock(), client=self)
 
@@ -255,7 +255,7 @@ class Recorder:
         if rec.ended_at is None:
             rec.ended_at = self.clock()
             if self.disk is not None:
-                self.disk.put(rec.file.close)
+                self.disk.put(rec.file.close, finishing=True)
 
     def _fail(self, error: OSError) -> None:
         # A full or slow disk ends the recording, not the session: tell the room, keep going.
@@ -340,11 +340,11 @@ class Recorder:
             entry["duration"] = round(f.duration, 4)
         return session
 
-    def write_manifest(self) -> None:
+    def write_manifest(self, finishing: bool = False) -> None:
         """Queue manifest.json to be written atomically (a crash leaves the old or the new
         one, whole), after the frames queued before it."""
         if self.disk is not None:
-            self.disk.put(partial(self._write_manifest, self._session()))
+            self.disk.put(partial(self._write_manifest, self._session()), finishing=finishing)
 
     def _write_manifest(self, session: Event) -> None:
         path = self.dir / "manifest.json"

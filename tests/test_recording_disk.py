@@ -63,4 +63,6 @@ async def test_disk_full(cramped_server: int, tmp_path: Path) -> None:
             await c.close()
         use_host_addresses(None)
     (manifest,) = (tmp_path / "recordings" / "r1").glob("*/manifest.json")
-    assert json.loads(manifest.read_text())["session_id"]  # what was written is whole
+    written = json.loads(manifest.read_text())  # what was written is whole
+    assert written["session_id"] and written["stopped_at"] is not None
+    assert "File too large" in written["error"]  # and says why it ended

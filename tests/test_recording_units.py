@@ -227,3 +227,21 @@ async def test_disk_queue_refuses_a_backlog_and_stops_at_the_first_failure() -> 
     assert await disk.finished(5)
     await asyncio.sleep(0)  # the failure is told on the loop
     assert ran == [1] and [e.errno for e in errors] == [28]
+
+
+async def test_disk_queue_still_finishes_files_after_a_failure() -> None:
+    errors: list[OSError] = []
+    disk = DiskQueue("test", errors.append)
+    ran: list[str] = []
+
+    def fail() -> None:
+        raise OSError(27, "File too large")
+
+    disk.put(fail)
+    disk.put(lambda: ran.append("frame"))
+    disk.put(lambda: ran.append("close"), finishing=True)  # cues, the last manifest
+    disk.close()
+    assert await disk.finished(5)
+    await asyncio.sleep(0)
+    assert ran == ["close"] and len(errors) == 1
+    assert not disk.put(lambda: ran.append("late"), finishing=True)  # closed: nothing more
