@@ -19,6 +19,7 @@ import logging
 import os
 import secrets
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -26,6 +27,7 @@ from teleconsult.media.sfu import MediaError
 from teleconsult.session.placement import Load, choose
 
 from .access import Link
+from .bus import Bus, Call, CloseClient, Down, Gone, Message, Open, Reply, Up
 from .connection import Connection, Socket, until_one_ends
 from .errors import Close
 from .http_api import admin_op
@@ -38,11 +40,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("teleconsult.cluster")
 
-# Frames of one burst published in one round trip.
-BATCH = 256
-# How long a message for a live node that is not listening (re-making its bus connection) is
-# sent again; the sender waits meanwhile, which keeps every node's messages in order.
-RESEND_FOR = 2.0
 # A node that does not answer a media request within this long is taken for unreachable.
 CALL_TIMEOUT = 10.0
 # The participant id a cascaded stream is published under on the node it was pulled to.
@@ -69,11 +66,11 @@ class RelayedSocket:
 
     async def send_text(self, data: str) -> None:
         """Pass a frame to the edge, in order."""
-        self.cluster.send(self.edge, {"k": "down", "c": [self.cid], "t": data})
+        self.cluster.send(self.edge, Down(cids=[self.cid], text=data))
 
     async def close(self, code: int = 1000, reason: str | None = None) -> None:
         """Ask the edge to close the client's WebSocket."""
-        self.cluster.send(self.edge, {"k": "close", "c": self.cid, "code": code, "r": reason})
+        self.cluster.send(self.edge, CloseClient(cid=self.cid, code=code, reason=reason))
 
     def gone(self) -> None:
         """The client or its edge node went away."""
@@ -104,7 +101,16 @@ class Cluster:
         self.relayed: dict[str, RelayedSocket] = {}
         self.live: dict[str, Load] = {}
         self.urls: dict[str, str] = {}  # the public address of each live node
-        self._out: asyncio.Queue[tuple[str, dict[str, Any]]] = asyncio.Queue()
+        self.bus = Bus(self.redis, self.node, self.live, self._dispatch, self._dropped)
+        self._handlers: dict[type[Message], Callable[[Any], None]] = {
+            Open: self._on_open,
+            Up: self._on_up,
+            Gone: self._on_gone,
+            Call: lambda msg: self._spawn(self._answer(msg)),
+            Reply: self._on_reply,
+            Down: self._on_down,
+            CloseClient: self._on_close,
+        }
         self._tasks: list[asyncio.Task[None]] = []
         self._beat: asyncio.Task[None] | None = None
         self._stopped = False
@@ -115,15 +121,15 @@ class Cluster:
         # Streams and subscriptions served here for rooms hosted elsewhere: id -> host.
         self.routes: dict[str, str] = {}
         self._idle_since: dict[str, float] = {}
-        self.published = 0  # bus messages, for the metrics
 
     def legs_in(self) -> int:
         """Count the streams cascaded to this node from others."""
         return sum(1 for u in self.hub.sfu.ups.values() if u.participant_id.startswith(CASCADE))
 
-    def channel(self, node: str) -> str:
-        """Return the Redis channel a node listens on."""
-        return f"{self.prefix}:bus:{node}"
+    @property
+    def published(self) -> int:
+        """Bus messages published, for the metrics."""
+        return self.bus.published
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -132,8 +138,8 @@ class Cluster:
         self._beat = asyncio.create_task(self._beat_forever())
         self._tasks = [
             self._beat,
-            asyncio.create_task(self._listen_forever()),
-            asyncio.create_task(self._send_forever()),
+            asyncio.create_task(self.bus.listen_forever()),
+            asyncio.create_task(self.bus.send_forever()),
         ]
 
     async def hand_over(self) -> None:
@@ -156,7 +162,7 @@ class Cluster:
         for pipe in self.pipes.values():
             pipe.out.put_nowait(("close", Close.GOING_AWAY, "server shutting down"))
         for _ in range(20):
-            if self._out.empty() and not self.pipes:
+            if self.bus.idle() and not self.pipes:
                 break
             await asyncio.sleep(0.05)
         for task in [*self._tasks, *self._spawned]:
@@ -262,93 +268,66 @@ class Cluster:
 
     # -- the bus -----------------------------------------------------------------------------
 
-    def send(self, node: str, message: dict[str, Any]) -> None:
+    def send(self, node: str, message: Message) -> None:
         """Queue a message for another node; messages leave in the order they were queued."""
-        self._out.put_nowait((node, message))
+        self.bus.send(node, message)
 
-    async def _send_forever(self) -> None:
-        while True:
-            batch = [await self._out.get()]
-            while len(batch) < BATCH and not self._out.empty():
-                batch.append(self._out.get_nowait())
-            batch = fan_in(batch)
-            await self._publish(batch)
+    def _dispatch(self, msg: Message) -> None:
+        self._handlers[type(msg)](msg)
 
-    async def _publish(self, batch: list[tuple[str, dict[str, Any]]]) -> None:
-        """Publish a batch in order; what a live node was not listening for is sent again."""
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + RESEND_FOR
-        failures = 0
-        while batch:
-            try:
-                # One connection, one pipeline: Redis delivers them in this order.
-                async with self.redis.pipeline(transaction=False) as pipe:
-                    for node, message in batch:
-                        pipe.publish(self.channel(node), json.dumps(message))
-                    received = await pipe.execute()
-                self.published += len(batch)
-                # No receiver: the node is re-making its bus connection (after a Redis
-                # restart) and would never see these. Pub/sub keeps nothing: send them again.
-                batch = [
-                    (node, m)
-                    for (node, m), n in zip(batch, received, strict=True)
-                    if n == 0 and node in self.live
-                ]
-            except Exception:
-                if failures == 0:
-                    log.warning("cannot reach the bus; holding %d messages", len(batch))
-                failures += 1
-            if batch and loop.time() >= deadline:
-                log.warning(
-                    "dropped %d bus messages no node took in %.0f s", len(batch), RESEND_FOR
-                )
-                return
-            if batch:
-                await asyncio.sleep(0.2)
+    def _on_open(self, msg: Open) -> None:
+        self._open_relayed(msg.cid, msg.edge, msg.text, msg.turn)
 
-    async def _listen_forever(self) -> None:
-        while True:
-            try:
-                async with self.redis.pubsub() as pubsub:
-                    await pubsub.subscribe(self.channel(self.node))
-                    async for raw in pubsub.listen():
-                        if raw.get("type") == "message":
-                            self._dispatch(json.loads(raw["data"]))
-            except asyncio.CancelledError:
-                raise
-            except Exception:
-                log.warning("lost the bus; listening again")
-                await asyncio.sleep(0.5)
+    def _on_up(self, msg: Up) -> None:
+        rs = self.relayed.get(msg.cid)
+        if rs is not None:
+            frame = {"bytes": b""} if msg.binary else {"text": msg.text}
+            rs.inbox.put_nowait({"type": "websocket.receive", **frame})
 
-    def _dispatch(self, msg: dict[str, Any]) -> None:
-        kind, cid = msg.get("k"), msg.get("c", "")
-        if kind == "open":
-            self._open_relayed(cid, msg["from"], msg["t"], msg.get("turn"))
-        elif kind == "up":
-            rs = self.relayed.get(cid)
-            if rs is not None:
-                frame = {"bytes": b""} if msg.get("b") else {"text": msg["t"]}
-                rs.inbox.put_nowait({"type": "websocket.receive", **frame})
-        elif kind == "gone":
-            rs = self.relayed.get(cid)
-            if rs is not None:
-                rs.gone()
-        elif kind == "call":
-            self._spawn(self._answer(msg))
-        elif kind == "reply":
-            fut = self._calls.get(msg["id"])
+    def _on_gone(self, msg: Gone) -> None:
+        rs = self.relayed.get(msg.cid)
+        if rs is not None:
+            rs.gone()
+
+    def _on_reply(self, msg: Reply) -> None:
+        fut = self._calls.get(msg.id)
+        if fut is not None and not fut.done():
+            fut.set_result(msg)
+
+    def _on_down(self, msg: Down) -> None:
+        for cid in msg.cids:  # one event for every client of this node that gets it
+            pipe = self.pipes.get(cid)
+            if pipe is not None:
+                pipe.out.put_nowait(("text", msg.text, None))
+
+    def _on_close(self, msg: CloseClient) -> None:
+        pipe = self.pipes.get(msg.cid)
+        if pipe is not None:
+            pipe.out.put_nowait(("close", msg.code, msg.reason))
+
+    def _dropped(self, node: str, msg: Message) -> None:
+        """A message no node took: tell whoever it was for or from, so nothing is lost quietly.
+
+        A client whose frames did not reach its room's host is made to reconnect (its channel
+        resumes exactly); a client of another node whose events did not reach it is taken for
+        dropped on the host (it reconnects too, when its pings go unanswered); a request's
+        caller hears at once that the node is unreachable.
+        """
+        if isinstance(msg, Open | Up | Gone):
+            pipe = self.pipes.get(msg.cid)
+            if pipe is not None:
+                pipe.out.put_nowait(("close", Close.MOVED, "the room's node is unreachable"))
+        elif isinstance(msg, Down | CloseClient):
+            for cid in msg.cids if isinstance(msg, Down) else [msg.cid]:
+                rs = self.relayed.get(cid)
+                if rs is not None:
+                    rs.gone()
+        elif isinstance(msg, Call) and msg.id is not None:
+            fut = self._calls.get(msg.id)
             if fut is not None and not fut.done():
-                fut.set_result(msg)
-        elif kind in ("down", "close"):
-            if kind == "close":
-                pipe = self.pipes.get(cid)
-                if pipe is not None:
-                    pipe.out.put_nowait(("close", msg["code"], msg.get("r")))
-                return
-            for one in cid:  # one event for every client of this node that gets it
-                pipe = self.pipes.get(one)
-                if pipe is not None:
-                    pipe.out.put_nowait(("text", msg["t"], None))
+                fut.set_result(
+                    Reply(id=msg.id, error=["node_unreachable", f"{node} is unreachable"])
+                )
 
     # -- media on other nodes ----------------------------------------------------------------
 
@@ -359,7 +338,7 @@ class Cluster:
         call_id = secrets.token_hex(8)
         fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         self._calls[call_id] = fut
-        self.send(node, {"k": "call", "id": call_id, "from": self.node, "m": method, "a": args})
+        self.send(node, Call(id=call_id, caller=self.node, method=method, args=args))
         try:
             reply = await asyncio.wait_for(fut, CALL_TIMEOUT)
         except TimeoutError:
@@ -368,16 +347,16 @@ class Cluster:
             ) from None
         finally:
             self._calls.pop(call_id, None)
-        if "e" in reply:
-            raise MediaError(*reply["e"])
-        return reply.get("r")
+        if reply.error is not None:
+            raise MediaError(*reply.error)
+        return reply.result
 
     def tell(self, node: str, method: str, **args: Any) -> None:
         """Ask a node's media to do something, without waiting for it."""
         if node == self.node:
             self._spawn(self._serve(method, args))
         else:
-            self.send(node, {"k": "call", "from": self.node, "m": method, "a": args})
+            self.send(node, Call(caller=self.node, method=method, args=args))
 
     async def pull(self, node: str, stream_id: str, origin: str) -> None:
         """Make a stream published on `origin` available on `node`'s SFU (a cascade leg)."""
@@ -390,16 +369,16 @@ class Cluster:
         if host is not None:
             self.tell(host, "closed", what=what, id=item_id, reason=reason)
 
-    async def _answer(self, msg: dict[str, Any]) -> None:
+    async def _answer(self, msg: Call) -> None:
         try:
-            reply: dict[str, Any] = {"r": await self._serve(msg["m"], msg["a"])}
+            result, error = await self._serve(msg.method, msg.args), None
         except MediaError as e:
-            reply = {"e": [e.code, e.message]}
+            result, error = None, [e.code, e.message]
         except Exception:
-            log.exception("media request %s failed", msg["m"])
-            reply = {"e": ["internal", "the node serving this media failed"]}
-        if "id" in msg:
-            self.send(msg["from"], {"k": "reply", "id": msg["id"], **reply})
+            log.exception("media request %s failed", msg.method)
+            result, error = None, ["internal", "the node serving this media failed"]
+        if msg.id is not None:
+            self.send(msg.caller, Reply(id=msg.id, result=result, error=error))
 
     async def _serve(self, method: str, a: dict[str, Any]) -> Any:
         sfu = self.hub.sfu
@@ -522,19 +501,12 @@ class Cluster:
         self.pipes[cid] = pipe
         self.hub.metrics.connections.inc()
         # The client's media will be on this node: so will the TURN servers it is given.
-        opening = {
-            "k": "open",
-            "c": cid,
-            "from": self.node,
-            "t": first,
-            "turn": self.hub.turn_urls(),
-        }
-        self.send(host, opening)
+        self.send(host, Open(cid=cid, edge=self.node, text=first, turn=self.hub.turn_urls()))
         try:
             await until_one_ends(self._pipe_up(cid, pipe), self._pipe_down(pipe))
         finally:
             if self.pipes.pop(cid, None) is not None:
-                self.send(host, {"k": "gone", "c": cid})
+                self.send(host, Gone(cid=cid))
             self.hub.metrics.connections.dec()
 
     async def _pipe_up(self, cid: str, pipe: Pipe) -> None:
@@ -551,10 +523,10 @@ class Cluster:
                 continue
             text = msg.get("text")
             if text is None:
-                self.send(pipe.host, {"k": "up", "c": cid, "b": 1})
+                self.send(pipe.host, Up(cid=cid, binary=True))
                 continue
             # The host checks every frame; it need not be sent megabytes to refuse them.
-            self.send(pipe.host, {"k": "up", "c": cid, "t": text[: limit + 1]})
+            self.send(pipe.host, Up(cid=cid, text=text[: limit + 1]))
 
     async def _pipe_down(self, pipe: Pipe) -> None:
         queue_size = self.hub.settings.queue_size
@@ -586,34 +558,6 @@ class Cluster:
         task = asyncio.ensure_future(coro)
         self._spawned.add(task)
         task.add_done_callback(self._spawned.discard)
-
-
-def fan_in(batch: list[tuple[str, dict[str, Any]]]) -> list[tuple[str, dict[str, Any]]]:
-    """Merge the copies of one frame for several clients of one edge into one message.
-
-    An annotation goes to every participant; their connections send the same text at nearly
-    the same time, so a batch holds it once per client. Merging keeps each client's order: a
-    copy joins an earlier message only if that message comes after the client's previous one.
-    """
-    out: list[tuple[str, dict[str, Any]]] = []
-    latest: dict[tuple[str, str], int] = {}  # (edge, text) -> index of its latest message
-    last: dict[str, int] = {}  # client -> index of its latest message
-    for node, msg in batch:
-        cid = msg.get("c")
-        if msg.get("k") == "down":
-            one = msg["c"][0]
-            i = latest.get((node, msg["t"]))
-            if i is not None and i > last.get(one, -1):
-                out[i][1]["c"].append(one)
-                last[one] = i
-                continue
-            out.append((node, {"k": "down", "c": [one], "t": msg["t"]}))
-            latest[(node, msg["t"])] = last[one] = len(out) - 1
-            continue
-        if isinstance(cid, str):
-            last[cid] = len(out)
-        out.append((node, msg))
-    return out
 
 
 class RemoteMedia:

@@ -94,6 +94,19 @@ class ClusterCollector(Collector):
         )
         sent.add_metric([], c.published)
         yield sent
+        dropped = CounterMetricFamily(
+            "teleconsult_cluster_bus_dropped",
+            "Messages no node took within the resend time, given up (their clients are told)",
+            labels=["kind"],
+        )
+        for kind in ("open", "up", "gone", "down", "close", "call", "reply"):
+            dropped.add_metric([kind], c.bus.dropped[kind])
+        yield dropped
+        unreadable = CounterMetricFamily(
+            "teleconsult_cluster_bus_unreadable", "Messages received that were no bus message"
+        )
+        unreadable.add_metric([], c.bus.unreadable)
+        yield unreadable
 
 
 _UP = [
