@@ -14,6 +14,7 @@ from starlette.routing import BaseRoute, Mount, Route, WebSocketRoute
 from starlette.staticfiles import StaticFiles
 from starlette.websockets import WebSocket
 
+from .cluster import Cluster
 from .config import Secrets, Settings, resolve_secrets
 from .connection import Connection
 from .headers import SecurityHeaders
@@ -27,10 +28,14 @@ STATIC = Path(__file__).resolve().parent.parent / "web_client" / "static"
 def create_app(settings: Settings, keys: Secrets | None = None) -> Starlette:
     """Build the application and its hub."""
     hub = Hub(settings, keys or resolve_secrets(settings))
+    # The app is where the node's parts meet: the hub knows its cluster by a Protocol only.
+    cluster = Cluster(hub) if settings.redis else None
+    if cluster is not None:
+        hub.join_cluster(cluster)
 
     async def signaling(websocket: WebSocket) -> None:
-        if hub.cluster is not None:
-            await hub.cluster.serve(websocket)
+        if cluster is not None:
+            await cluster.serve(websocket)
         else:
             await Connection(websocket, hub).run()
 
@@ -59,7 +64,6 @@ def create_app(settings: Settings, keys: Secrets | None = None) -> Starlette:
         all_routes.append(Mount("/", StaticFiles(directory=STATIC, html=True), name="static"))
 
     def peers() -> list[str]:
-        cluster = hub.cluster
         if cluster is None:
             return []
         return sorted(url for node, url in cluster.urls.items() if node != cluster.node)

@@ -358,6 +358,10 @@ class Cluster:
         else:
             self.send(node, Call(caller=self.node, method=method, args=args))
 
+    def media_at(self, node: str) -> RemoteMedia:
+        """Return another node's media, driven over the bus."""
+        return RemoteMedia(self, node)
+
     async def pull(self, node: str, stream_id: str, origin: str) -> None:
         """Make a stream published on `origin` available on `node`'s SFU (a cascade leg)."""
         if node != origin:

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from teleconsult.media.sfu import MediaError, Sfu, offered_media
 from teleconsult.session.errors import Close as SessionClose
 from teleconsult.session.errors import Code as SessionCode
 from teleconsult.session.errors import SessionError
-from teleconsult.session.participant import State
+from teleconsult.session.participant import Event, Participant, State
 from teleconsult.session.roles import Action
 from teleconsult.session.streams import Feed, Stream, source_fits_kind
 
@@ -19,20 +19,55 @@ from .access import Refused, grant_for
 from .errors import Close, Code
 
 if TYPE_CHECKING:
-    from .connection import Connection
+    from teleconsult.media.sfu import Media
+    from teleconsult.session.room import Room
 
-Handler = Callable[["Connection", Any], Awaitable[None]]
+    from .hub import Hub
+    from .tokens import Grant
+
+
+class Conn(Protocol):
+    """What a handler may use of the connection it serves (`connection.Connection`, or a
+    test's fake): its node, its place in a room, its media, and ways to answer."""
+
+    hub: Hub
+    room: Room | None
+    participant: Participant | None
+    grant: Grant | None
+    media: Media
+    media_node: str
+    peer: str | None
+    ice_urls: list[str] | None
+    leave_reason: str
+
+    def push(self, event: Event) -> None:
+        """Queue an event for the client."""
+
+    def kick(self, code: int, reason: str) -> None:
+        """Close after what is queued."""
+
+    def error(self, code: str, message: str, ref: str | None = None, **details: Any) -> None:
+        """Send an error event."""
+
+    def allow_op(self, pointer: bool) -> bool:
+        """Take a channel operation from the rate limits (False: refused, and said)."""
+
+    def audit(self, action: str, outcome: str = "ok", **fields: Any) -> None:
+        """Record an audit line about this participant."""
+
+
+Handler = Callable[[Conn, Any], Awaitable[None]]
 
 # Messages accepted before the handshake completes.
 PRE_HANDSHAKE = frozenset({"hello", "ping", "pong"})
 
 
-def _refuse(conn: Connection, code: str, message: str, close: int, ref: str | None) -> None:
+def _refuse(conn: Conn, code: str, message: str, close: int, ref: str | None) -> None:
     conn.error(code, message, ref=ref)
     conn.kick(close, code)
 
 
-async def on_hello(conn: Connection, msg: m.Hello) -> None:
+async def on_hello(conn: Conn, msg: m.Hello) -> None:
     """Check version and token, then join the room (or its lobby) and send the welcome."""
     hub = conn.hub
     if conn.participant is not None:
@@ -137,22 +172,22 @@ async def on_hello(conn: Connection, msg: m.Hello) -> None:
     hub.refresh_gauges()
 
 
-async def on_ping(conn: Connection, msg: m.Ping) -> None:
+async def on_ping(conn: Conn, msg: m.Ping) -> None:
     """Answer a client's keepalive probe."""
     conn.push({"type": "pong", "ts": msg.ts})
 
 
-async def on_pong(conn: Connection, msg: m.Pong) -> None:
+async def on_pong(conn: Conn, msg: m.Pong) -> None:
     """Nothing to do: any message received already counts as a sign of life."""
 
 
-async def on_leave(conn: Connection, msg: m.Leave) -> None:
+async def on_leave(conn: Conn, msg: m.Leave) -> None:
     """Leave the room and close."""
     conn.leave_reason = "left"
     conn.kick(Close.LEFT, "left")
 
 
-async def on_set_role(conn: Connection, msg: m.SetRole) -> None:
+async def on_set_role(conn: Conn, msg: m.SetRole) -> None:
     """Change a participant's role (moderator)."""
     room, me = conn.room, conn.participant
     assert room is not None and me is not None
@@ -160,7 +195,7 @@ async def on_set_role(conn: Connection, msg: m.SetRole) -> None:
     conn.audit("set_role", target=target.identity, code=msg.role.value)
 
 
-async def on_mute(conn: Connection, msg: m.Mute) -> None:
+async def on_mute(conn: Conn, msg: m.Mute) -> None:
     """Mute a participant (moderator)."""
     room, me = conn.room, conn.participant
     assert room is not None and me is not None
@@ -169,7 +204,7 @@ async def on_mute(conn: Connection, msg: m.Mute) -> None:
     conn.audit("mute", target=target.identity)
 
 
-async def on_set_muted(conn: Connection, msg: m.SetMuted) -> None:
+async def on_set_muted(conn: Conn, msg: m.SetMuted) -> None:
     """Mute or unmute oneself."""
     room, me = conn.room, conn.participant
     assert room is not None and me is not None
@@ -177,7 +212,7 @@ async def on_set_muted(conn: Connection, msg: m.SetMuted) -> None:
     conn.media.mute(me.id, "audio", msg.muted)
 
 
-async def on_remove(conn: Connection, msg: m.Remove) -> None:
+async def on_remove(conn: Conn, msg: m.Remove) -> None:
     """Remove a participant for the rest of the session (moderator)."""
     room, me = conn.room, conn.participant
     assert room is not None and me is not None
@@ -192,7 +227,7 @@ async def on_remove(conn: Connection, msg: m.Remove) -> None:
     conn.hub.refresh_gauges()
 
 
-async def on_admit(conn: Connection, msg: m.Admit) -> None:
+async def on_admit(conn: Conn, msg: m.Admit) -> None:
     """Let a participant in from the lobby (moderator)."""
     room, me = conn.room, conn.participant
     assert room is not None and me is not None
@@ -200,7 +235,7 @@ async def on_admit(conn: Connection, msg: m.Admit) -> None:
     conn.audit("admit", target=target.identity)
 
 
-async def on_deny(conn: Connection, msg: m.Deny) -> None:
+async def on_deny(conn: Conn, msg: m.Deny) -> None:
     """Turn a participant in the lobby away (moderator)."""
     room, me = conn.room, conn.participant
     assert room is not None and me is not None
@@ -209,7 +244,7 @@ async def on_deny(conn: Connection, msg: m.Deny) -> None:
     conn.hub.refresh_gauges()
 
 
-async def on_end_room(conn: Connection, msg: m.EndRoom) -> None:
+async def on_end_room(conn: Conn, msg: m.EndRoom) -> None:
     """End the session for everyone (moderator)."""
     room, me = conn.room, conn.participant
     assert room is not None and me is not None
@@ -217,7 +252,7 @@ async def on_end_room(conn: Connection, msg: m.EndRoom) -> None:
     conn.audit("room_end", code="ended_by_moderator")
 
 
-async def on_publish(conn: Connection, msg: m.Publish) -> None:
+async def on_publish(conn: Conn, msg: m.Publish) -> None:
     """Accept a stream of feeds from the participant and announce it to the room."""
     room, me = conn.room, conn.participant
     assert room is not None and me is not None
@@ -274,7 +309,7 @@ async def on_publish(conn: Connection, msg: m.Publish) -> None:
     conn.audit("publish", code=",".join(f.source.value for f in feeds), target=stream_id)
 
 
-async def _republish(conn: Connection, msg: m.Publish, stream: Stream) -> None:
+async def _republish(conn: Conn, msg: m.Publish, stream: Stream) -> None:
     """Take new media for a kept stream: its subscribers go on from the next keyframe."""
     room, me = conn.room, conn.participant
     assert room is not None and me is not None
@@ -293,7 +328,7 @@ async def _republish(conn: Connection, msg: m.Publish, stream: Stream) -> None:
     conn.audit("republish", target=stream.id)
 
 
-async def on_unpublish(conn: Connection, msg: m.Unpublish) -> None:
+async def on_unpublish(conn: Conn, msg: m.Unpublish) -> None:
     """Stop publishing a stream."""
     room, me = conn.room, conn.participant
     assert room is not None and me is not None
@@ -303,7 +338,7 @@ async def on_unpublish(conn: Connection, msg: m.Unpublish) -> None:
     conn.audit("unpublish", target=msg.stream)
 
 
-async def on_subscribe(conn: Connection, msg: m.Subscribe) -> None:
+async def on_subscribe(conn: Conn, msg: m.Subscribe) -> None:
     """Offer the participant a published stream."""
     room, me = conn.room, conn.participant
     assert room is not None and me is not None
@@ -332,7 +367,7 @@ async def on_subscribe(conn: Connection, msg: m.Subscribe) -> None:
     conn.audit("subscribe", target=stream.id, code=",".join(sources))
 
 
-async def on_answer(conn: Connection, msg: m.Answer) -> None:
+async def on_answer(conn: Conn, msg: m.Answer) -> None:
     """Take the participant's answer to a subscription offer."""
     me = conn.participant
     assert me is not None
@@ -341,7 +376,7 @@ async def on_answer(conn: Connection, msg: m.Answer) -> None:
     await conn.media.answer(msg.stream, me.id, msg.sdp)
 
 
-async def on_unsubscribe(conn: Connection, msg: m.Unsubscribe) -> None:
+async def on_unsubscribe(conn: Conn, msg: m.Unsubscribe) -> None:
     """Stop receiving a subscription."""
     me = conn.participant
     assert me is not None
@@ -352,7 +387,7 @@ async def on_unsubscribe(conn: Connection, msg: m.Unsubscribe) -> None:
     conn.audit("unsubscribe", target=msg.stream)
 
 
-async def on_get_stats(conn: Connection, msg: m.GetStats) -> None:
+async def on_get_stats(conn: Conn, msg: m.GetStats) -> None:
     """Send a moderator the room's media statistics."""
     room, me = conn.room, conn.participant
     assert room is not None and me is not None
@@ -374,7 +409,7 @@ async def on_get_stats(conn: Connection, msg: m.GetStats) -> None:
     conn.push({"type": "stats", "ref": msg.id, "up": ups, "down": downs})
 
 
-async def on_annotate(conn: Connection, msg: m.Annotate) -> None:
+async def on_annotate(conn: Conn, msg: m.Annotate) -> None:
     """Apply an annotation operation; the room orders it and sends it on."""
     room, me = conn.room, conn.participant
     assert room is not None and me is not None
@@ -384,7 +419,7 @@ async def on_annotate(conn: Connection, msg: m.Annotate) -> None:
     room.annotate(me.id, op, conn.hub.now())
 
 
-async def on_chat(conn: Connection, msg: m.Chat) -> None:
+async def on_chat(conn: Conn, msg: m.Chat) -> None:
     """Post a chat message."""
     room, me = conn.room, conn.participant
     assert room is not None and me is not None
@@ -393,7 +428,7 @@ async def on_chat(conn: Connection, msg: m.Chat) -> None:
     room.chat(me.id, _op_id(msg), msg.text, conn.hub.now())
 
 
-async def on_raise_hand(conn: Connection, msg: m.RaiseHand) -> None:
+async def on_raise_hand(conn: Conn, msg: m.RaiseHand) -> None:
     """Raise or lower one's hand."""
     room, me = conn.room, conn.participant
     assert room is not None and me is not None
@@ -402,7 +437,7 @@ async def on_raise_hand(conn: Connection, msg: m.RaiseHand) -> None:
     room.raise_hand(me.id, _op_id(msg), msg.raised, conn.hub.now())
 
 
-async def on_grant(conn: Connection, msg: m.Grant) -> None:
+async def on_grant(conn: Conn, msg: m.Grant) -> None:
     """Let a participant annotate or speak beyond its role (moderator)."""
     room, me = conn.room, conn.participant
     assert room is not None and me is not None
@@ -414,7 +449,7 @@ async def on_grant(conn: Connection, msg: m.Grant) -> None:
     )
 
 
-async def on_record(conn: Connection, msg: m.Record) -> None:
+async def on_record(conn: Conn, msg: m.Record) -> None:
     """Start or stop recording (moderator); a patient feed first needs the operator's consent."""
     room, me = conn.room, conn.participant
     assert room is not None and me is not None
@@ -430,7 +465,7 @@ async def on_record(conn: Connection, msg: m.Record) -> None:
         conn.audit("record_start", "pending", code="consent_required")
 
 
-async def on_consent(conn: Connection, msg: m.Consent) -> None:
+async def on_consent(conn: Conn, msg: m.Consent) -> None:
     """Take the operator's answer on the patient's consent to recording."""
     room, me = conn.room, conn.participant
     assert room is not None and me is not None

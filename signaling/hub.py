@@ -9,8 +9,8 @@ import logging
 import secrets
 import shutil
 import time
-from collections.abc import Callable, Coroutine
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Collection, Coroutine
+from typing import Any, Protocol
 from urllib.parse import urlsplit
 
 from teleconsult.media.aiortc_adapter import use_host_addresses
@@ -31,10 +31,7 @@ from .audit import AuditLog
 from .config import Secrets, Settings, default_node_name, turn_secret
 from .errors import Close, Code
 from .metrics import Metrics
-
-if TYPE_CHECKING:
-    from .cluster import Cluster
-    from .connection import Connection
+from .tokens import Grant
 
 log = logging.getLogger("teleconsult.hub")
 
@@ -46,6 +43,59 @@ CHECKPOINT_EVERY = 500
 RECORDING_CLOSE_WAIT = 10.0
 # Seconds between returns of the C heap's free pages to the system (signaling/heap.py).
 HEAP_TRIM_EVERY = 60.0
+
+
+class Attached(Protocol):
+    """What the node does with one of its signaling connections (`connection.Connection`)."""
+
+    grant: Grant | None
+
+    def error(self, code: str, message: str, ref: str | None = None, **details: Any) -> None:
+        """Send an error event."""
+
+    def kick(self, code: int, reason: str) -> None:
+        """Close after what is queued."""
+
+    def freeze(self) -> None:
+        """Take no more messages: the node is stopping."""
+
+    def shutdown(self) -> None:
+        """Close for the node's shutdown."""
+
+
+class ClusterLink(Protocol):
+    """What the node asks of its cluster (`cluster.Cluster`), when it has one."""
+
+    @property
+    def live(self) -> Collection[str]:
+        """The nodes whose heartbeat is fresh."""
+
+    async def start(self) -> None:
+        """Join: beat, listen, send."""
+
+    async def hand_over(self) -> None:
+        """Free this node's rooms for the others."""
+
+    async def stop(self) -> None:
+        """Leave the cluster."""
+
+    async def host_for(self, room_id: str) -> str:
+        """Return the node hosting a room, placing it if none does."""
+
+    async def call(self, node: str, method: str, **args: Any) -> Any:
+        """Ask a node to do something and return its result."""
+
+    def tell(self, node: str, method: str, **args: Any) -> None:
+        """Ask a node to do something, without waiting."""
+
+    async def pull(self, node: str, stream_id: str, origin: str) -> None:
+        """Make a stream published on `origin` available on `node`."""
+
+    def closed(self, what: str, item_id: str, reason: str) -> None:
+        """Pass the end of a stream or subscription served here to its room's host."""
+
+    def media_at(self, node: str) -> Media:
+        """Return another node's media, driven over the bus."""
 
 
 class Hub:
@@ -78,7 +128,7 @@ class Hub:
         self._writer: asyncio.Task[None] | None = None
         self.audit = AuditLog(settings.data_dir / "audit.jsonl")
         self.metrics = Metrics()
-        self.connections: set[Connection] = set()
+        self.connections: set[Attached] = set()
         self._sweeper: asyncio.Task[None] | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
         self._encoded: dict[int, tuple[Event, str]] = {}
@@ -115,12 +165,12 @@ class Hub:
             )
             self.metrics.watch_turn(self.turn)
         self.metrics.watch_media(self.sfu.stats, self.sfu.forward_delay)
-        self.cluster: Cluster | None = None
-        if settings.redis:
-            from .cluster import Cluster
+        self.cluster: ClusterLink | None = None  # joined by the app, when settings.redis is set
 
-            self.cluster = Cluster(self)
-            self.metrics.watch_cluster(self.cluster)
+    def join_cluster(self, cluster: ClusterLink) -> None:
+        """Be a node of a cluster from now on (before `start`)."""
+        self.cluster = cluster
+        self.metrics.watch_cluster(cluster)
 
     def now(self) -> float:
         """Return the current time in seconds since the epoch."""
@@ -163,9 +213,7 @@ class Hub:
         """Return the media of a node: this one's SFU, or another's over the cluster bus."""
         if node is None or node == self.node or self.cluster is None:
             return self.sfu
-        from .cluster import RemoteMedia
-
-        return RemoteMedia(self.cluster, node)
+        return self.cluster.media_at(node)
 
     def media_for_stream(self, stream: Stream) -> Media:
         """Return the media a stream is published on (this node's, or its node's)."""

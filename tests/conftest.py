@@ -22,6 +22,7 @@ from teleconsult.session.room import Room
 from teleconsult.signaling.app import create_app
 from teleconsult.signaling.client import SignalingClient
 from teleconsult.signaling.config import Secrets, Settings
+from teleconsult.signaling.connection import Connection
 from teleconsult.signaling.hub import Hub
 from teleconsult.signaling.server import NodeServer
 from teleconsult.signaling.tokens import mint
@@ -49,6 +50,12 @@ class Server:
     @property
     def http(self) -> str:
         return f"http://{self.host}:{self.port}"
+
+    async def drop(self, identity: str, code: int = 1011) -> None:
+        """Close every connection of one identity from the server side, as a network drop."""
+        for conn in list(self.hub.connections):
+            if isinstance(conn, Connection) and conn.grant and conn.grant.identity == identity:
+                await conn.ws.close(code)
 
     def room(self, room_id: str = "r1") -> Room:
         """The live room of that id (the test fails if there is none)."""

@@ -262,9 +262,7 @@ async def test_recording_with_consent_from_the_pages(server: Server, chromium: B
 
 async def drop(server: Server, identity: str) -> None:
     """The network drops a participant: the server closes its socket."""
-    for conn in list(server.hub.connections):
-        if conn.grant and conn.grant.identity == identity:
-            await conn.ws.close(1011)
+    await server.drop(identity)
 
 
 @asynccontextmanager

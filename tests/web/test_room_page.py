@@ -58,9 +58,7 @@ async def test_page_reconnects_after_the_socket_drops(server: Server, browser: B
     await expect(page.locator("#state")).to_have_attribute("data-state", "joined")
     await op.wait_for("joined")
     # Cut every connection of the expert from the server side, as a network drop would.
-    for conn in list(server.hub.connections):
-        if conn.grant and conn.grant.identity == "li":
-            await conn.ws.close(1011)
+    await server.drop("li")
     # A dropped connection is not a goodbye: the others see it away, then back as itself.
     away = await op.wait_for("presence")
     assert away["connected"] is False
