@@ -20,7 +20,7 @@ from teleconsult.session.channel import Channel
 from teleconsult.session.participant import Event, Participant
 from teleconsult.session.room import Room, RoomConfig
 from teleconsult.session.rooms import Rooms
-from teleconsult.session.store import MemoryStore, RedisStore, Store
+from teleconsult.session.store import MemoryStore, Store
 from teleconsult.session.streams import Stream
 from teleconsult.turn import credentials
 from teleconsult.turn.policy import PeerPolicy
@@ -102,7 +102,11 @@ class Hub:
     """Holds what every connection and the HTTP API share."""
 
     def __init__(
-        self, settings: Settings, keys: Secrets, clock: Callable[[], float] = time.time
+        self,
+        settings: Settings,
+        keys: Secrets,
+        clock: Callable[[], float] = time.time,
+        store: Store | None = None,
     ) -> None:
         self.settings = settings
         self.keys = keys
@@ -116,7 +120,7 @@ class Hub:
         )
         # Every ordered channel operation and membership change is journaled, in order, by one
         # writer task.
-        self.store: Store = RedisStore(settings.redis) if settings.redis else MemoryStore(clock)
+        self.store: Store = store if store is not None else MemoryStore(clock)
         self.node = settings.node or default_node_name(settings)
         # (room, what, payload): "op" an ordered operation, "state" the membership state,
         # "forget" the room ended (payload: seconds it stays refused, or None).

@@ -2,6 +2,6 @@
 
 import sys
 
-from teleconsult.signaling.cli import main
+from teleconsult.cli import main
 
 sys.exit(main())

@@ -17,10 +17,10 @@ from typing import TYPE_CHECKING, Any
 import pytest
 import uvicorn
 
+from teleconsult.app import create_app
+from teleconsult.client.signaling import SignalingClient
 from teleconsult.session.roles import Role
 from teleconsult.session.room import Room
-from teleconsult.signaling.app import create_app
-from teleconsult.signaling.client import SignalingClient
 from teleconsult.signaling.config import Secrets, Settings
 from teleconsult.signaling.connection import Connection
 from teleconsult.signaling.hub import Hub

@@ -16,8 +16,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from teleconsult.client.media import MediaClient
 from teleconsult.media.aiortc_adapter import INGRESS
-from teleconsult.media.client import MediaClient
 from teleconsult.session.roles import Role
 
 from .conftest import running_server

@@ -11,9 +11,9 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
+from teleconsult.client.media import MediaClient
+from teleconsult.client.signaling import SignalingClient
 from teleconsult.media.aiortc_adapter import use_host_addresses
-from teleconsult.media.client import MediaClient
-from teleconsult.signaling.client import SignalingClient
 
 from .media_util import StampViewer
 from .need import executable

@@ -10,9 +10,9 @@ from typing import Any
 
 import pytest
 
-from teleconsult.media.client import MediaClient
+from teleconsult.client.media import MediaClient
+from teleconsult.client.signaling import RequestFailed, SignalingClient
 from teleconsult.session.roles import Role
-from teleconsult.signaling.client import RequestFailed, SignalingClient
 
 from .conftest import Server, annotation, running_server
 from .media_util import PatternTrack, ToneTrack

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from teleconsult.client.signaling import JoinRefused, SignalingClient
 from teleconsult.session.roles import Role
-from teleconsult.signaling.client import JoinRefused, SignalingClient
 
 from .conftest import SECRET, Server, running_server
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from teleconsult.signaling.client import JoinRefused, SignalingClient
+from teleconsult.client.signaling import JoinRefused, SignalingClient
 
 from .conftest import free_socket
 

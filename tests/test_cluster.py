@@ -17,10 +17,10 @@ from typing import Any
 
 import pytest
 
-from teleconsult.media.client import MediaClient
+from teleconsult.client.media import MediaClient
+from teleconsult.client.signaling import JoinRefused, RequestFailed, SignalingClient
+from teleconsult.cluster.redis_store import RedisStore
 from teleconsult.session.roles import Role
-from teleconsult.session.store import RedisStore
-from teleconsult.signaling.client import JoinRefused, RequestFailed, SignalingClient
 from teleconsult.signaling.tokens import mint
 
 from .conftest import ADMIN_KEY, SECRET, annotation, server_process

@@ -6,7 +6,7 @@ import asyncio
 import time
 from pathlib import Path
 
-from teleconsult.media.client import MediaClient
+from teleconsult.client.media import MediaClient
 from teleconsult.session.roles import Role
 
 from .conftest import running_server

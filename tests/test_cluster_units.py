@@ -12,8 +12,7 @@ import redis.asyncio as aioredis
 from hypothesis import given
 from hypothesis import strategies as st
 
-from teleconsult.session.placement import Load, choose
-from teleconsult.signaling.bus import (
+from teleconsult.cluster.bus import (
     RESEND_FOR,
     Bus,
     Call,
@@ -28,6 +27,7 @@ from teleconsult.signaling.bus import (
     encode,
     fan_in,
 )
+from teleconsult.session.placement import Load, choose
 
 from .redis_server import RedisServer
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from teleconsult.signaling.cli import build_parser, main
+from teleconsult.cli import build_parser, main
 from teleconsult.signaling.config import ENV_PREFIX, MASK, Settings, load_settings
 from teleconsult.signaling.logs import configure_logging
 

@@ -12,7 +12,7 @@ import av
 import numpy as np
 import pytest
 
-from teleconsult.media.client import MediaClient
+from teleconsult.client.media import MediaClient
 from teleconsult.session.roles import Role
 
 from .conftest import Server

@@ -9,8 +9,8 @@ import urllib.error
 import urllib.request
 from typing import Any
 
+from teleconsult.client.signaling import SignalingClient
 from teleconsult.session.roles import Role
-from teleconsult.signaling.client import SignalingClient
 
 from .conftest import ADMIN_KEY, SECRET, Server
 

@@ -9,9 +9,9 @@ from typing import Any
 
 import pytest
 
-from teleconsult.media.client import MediaClient
+from teleconsult.client.media import MediaClient
+from teleconsult.client.signaling import RequestFailed, SignalingClient
 from teleconsult.session.roles import Role
-from teleconsult.signaling.client import RequestFailed, SignalingClient
 
 from .conftest import Server
 from .media_util import (

@@ -17,8 +17,8 @@ from aiortc.codecs.vpx import MAX_BITRATE, Vp8Encoder, vp8_depayload
 from aiortc.utils import random32
 
 import teleconsult.media.tracks as media_tracks
+from teleconsult.client.media import MediaClient
 from teleconsult.media import stamp
-from teleconsult.media.client import MediaClient
 from teleconsult.media.synthetic import UltrasoundTrack
 from teleconsult.session.roles import Role
 

@@ -16,11 +16,11 @@ from typing import Any
 
 import pytest
 
+from teleconsult.client.media import MediaClient
+from teleconsult.client.signaling import SignalingClient
 from teleconsult.media.aiortc_adapter import use_host_addresses
-from teleconsult.media.client import MediaClient
 from teleconsult.media.synthetic import UltrasoundTrack
 from teleconsult.session.roles import Role
-from teleconsult.signaling.client import SignalingClient
 from teleconsult.signaling.tokens import mint
 
 from .conftest import SECRET, server_process, stop

@@ -14,12 +14,12 @@ import av
 import numpy as np
 import pytest
 
-from teleconsult.media.client import MediaClient
+from teleconsult.client.media import MediaClient
+from teleconsult.client.signaling import RequestFailed, SignalingClient
 from teleconsult.recording.frames import Frame
 from teleconsult.recording.track_file import TrackFile
 from teleconsult.session.roles import Role
 from teleconsult.signaling import looplag
-from teleconsult.signaling.client import RequestFailed, SignalingClient
 
 from .conftest import ADMIN_KEY, Server, join_and_remove, running_server
 from .media_util import PacketTrack, PatternTrack, ToneTrack, receive, tone_level, vp8_frames

@@ -8,8 +8,8 @@ from typing import Any
 
 import pytest
 
+from teleconsult.client.signaling import JoinRefused, RequestFailed, SignalingClient
 from teleconsult.session.roles import Action, Role
-from teleconsult.signaling.client import JoinRefused, RequestFailed, SignalingClient
 
 from .conftest import SECRET, Server
 from .test_session_rules import allowed_by_table

@@ -13,9 +13,9 @@ from pathlib import Path
 import av
 import pytest
 
-from teleconsult.media.client import MediaClient
+from teleconsult.client.media import MediaClient
+from teleconsult.client.signaling import JoinRefused, SignalingClient
 from teleconsult.session.roles import Role
-from teleconsult.signaling.client import JoinRefused, SignalingClient
 from teleconsult.signaling.tokens import mint
 
 from .conftest import SECRET, Server, annotation, server_process

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
+from teleconsult.client.signaling import JoinRefused
 from teleconsult.session.roles import Role
-from teleconsult.signaling.client import JoinRefused
 
 from .conftest import Server, running_server
 

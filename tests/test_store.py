@@ -8,8 +8,9 @@ from pathlib import Path
 
 import pytest
 
+from teleconsult.cluster.redis_store import RedisStore
 from teleconsult.session.channel import Channel, FeedGeometry
-from teleconsult.session.store import MemoryStore, RedisStore, Store
+from teleconsult.session.store import MemoryStore, Store
 
 from .redis_server import RedisServer
 

@@ -228,7 +228,7 @@ async def test_malformed_messages_are_dropped_and_the_server_goes_on(turn: TurnS
 async def test_a_publisher_that_can_only_relay_reaches_the_sfu(tmp_path: object) -> None:
     from pathlib import Path
 
-    from teleconsult.media.client import MediaClient
+    from teleconsult.client.media import MediaClient
     from teleconsult.session.roles import Role
 
     from .conftest import running_server

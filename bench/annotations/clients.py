@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from teleconsult.signaling.client import SignalingClient
+from teleconsult.client.signaling import SignalingClient
 
 
 async def run_client(

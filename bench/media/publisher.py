@@ -16,10 +16,10 @@ from typing import Any
 import av
 from aiortc.mediastreams import MediaStreamTrack
 
+from teleconsult.client.media import MediaClient
+from teleconsult.client.signaling import SignalingClient
 from teleconsult.media.aiortc_adapter import use_host_addresses
-from teleconsult.media.client import MediaClient
 from teleconsult.media.synthetic import UltrasoundTrack
-from teleconsult.signaling.client import SignalingClient
 
 from .clip import opus_clip, vp8_clip
 

@@ -9,7 +9,7 @@ import asyncio
 import json
 import sys
 
-from teleconsult.signaling.client import SignalingClient
+from teleconsult.client.signaling import SignalingClient
 
 
 async def main() -> None:

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import uvicorn
 
+from teleconsult.app import create_app
 from teleconsult.media.aiortc_adapter import count_codecs
-from teleconsult.signaling.app import create_app
 from teleconsult.signaling.config import Secrets, Settings
 
 from .mediarelay_sfu import MediaRelaySfu

@@ -17,14 +17,14 @@ from aiortc import RTCConfiguration
 from aiortc.rtcrtpparameters import RTCRtpCodecParameters
 from aiortc.rtp import RtpPacket
 
+from teleconsult.client.media import MediaClient
+from teleconsult.client.signaling import SignalingClient
 from teleconsult.media.aiortc_adapter import (
     ForwardingReceiver,
     RelayPeerConnection,
     use_host_addresses,
 )
-from teleconsult.media.client import MediaClient
 from teleconsult.media.keyframe import vp8_frame_offset
-from teleconsult.signaling.client import SignalingClient
 
 from .publisher import KEY
 

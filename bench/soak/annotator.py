@@ -13,7 +13,7 @@ import statistics
 import time
 from typing import Any
 
-from teleconsult.signaling.client import RequestFailed, SignalingClient
+from teleconsult.client.signaling import RequestFailed, SignalingClient
 
 
 async def main() -> None:

@@ -16,9 +16,9 @@ from aiortc import RTCConfiguration
 from aiortc.rtcrtpparameters import RTCRtpCodecParameters
 from aiortc.rtp import RtpPacket
 
+from teleconsult.client.media import MediaClient
+from teleconsult.client.signaling import RequestFailed, SignalingClient
 from teleconsult.media.aiortc_adapter import RelayPeerConnection, use_host_addresses
-from teleconsult.media.client import MediaClient
-from teleconsult.signaling.client import RequestFailed, SignalingClient
 
 from ..media.subscribers import receive_raw
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from playwright.async_api import Browser, expect
 
-from teleconsult.media.client import MediaClient
+from teleconsult.client.media import MediaClient
 from teleconsult.session.roles import Role
 from teleconsult.signaling.http_api import join_url
 from teleconsult.signaling.tokens import mint

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from playwright.async_api import BrowserContext, expect
 
-from teleconsult.media.client import MediaClient
+from teleconsult.client.media import MediaClient
 from teleconsult.session.roles import Role
 from teleconsult.signaling.http_api import join_url
 

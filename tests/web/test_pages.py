@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 from playwright.async_api import Browser, Page, async_playwright, expect
 
+from teleconsult.client.signaling import SignalingClient
 from teleconsult.media.synthetic import UltrasoundTrack
 from teleconsult.session.roles import Role
-from teleconsult.signaling.client import SignalingClient
 from teleconsult.signaling.http_api import join_url
 
 from ..conftest import Server, annotation
@@ -162,7 +162,7 @@ async def test_a_consultation_across_the_four_pages(server: Server, chromium: Br
 
 
 async def test_the_page_reconnects_and_catches_up(server: Server, chromium: Browser) -> None:
-    from teleconsult.media.client import MediaClient
+    from teleconsult.client.media import MediaClient
 
     from ..media_util import PatternTrack
 
@@ -207,7 +207,7 @@ async def test_chinese_interface(server: Server, chromium: Browser) -> None:
 
 
 async def test_minimal_example_client(server: Server, chromium: Browser) -> None:
-    from teleconsult.media.client import MediaClient
+    from teleconsult.client.media import MediaClient
 
     from ..media_util import PatternTrack
 
@@ -273,7 +273,7 @@ async def library_page(
 
     Yields the page (its Session is `window.s`, connected), the feed id and the operator.
     """
-    from teleconsult.media.client import MediaClient
+    from teleconsult.client.media import MediaClient
 
     from ..media_util import PatternTrack
 

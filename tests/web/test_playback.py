@@ -8,7 +8,7 @@ from pathlib import Path
 
 from playwright.async_api import BrowserContext, expect
 
-from teleconsult.media.client import MediaClient
+from teleconsult.client.media import MediaClient
 from teleconsult.session.roles import Role
 
 from ..conftest import Server, annotation, join_and_remove

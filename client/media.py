@@ -17,9 +17,9 @@ from aiortc import (
 from aiortc.mediastreams import MediaStreamTrack
 from aiortc.rtcconfiguration import RTCIceTransportPolicy
 
-from teleconsult.signaling.client import SignalingClient
+from teleconsult.media.aiortc_adapter import guard_ice_ports, quick_consent
 
-from .aiortc_adapter import guard_ice_ports, quick_consent
+from .signaling import SignalingClient
 
 
 def prefer_codec(transceiver: Any, kind: str, name: str) -> None:

@@ -25,18 +25,18 @@ from typing import TYPE_CHECKING, Any
 
 from teleconsult.media.sfu import MediaError
 from teleconsult.session.placement import Load, choose
+from teleconsult.signaling.access import Link
+from teleconsult.signaling.connection import Connection, Socket, until_one_ends
+from teleconsult.signaling.errors import Close
+from teleconsult.signaling.http_api import admin_op
+from teleconsult.signaling.ratelimit import TokenBucket
+from teleconsult.signaling.recordings_api import find_session, with_links
+from teleconsult.signaling.tokens import TokenError, verify
 
-from .access import Link
 from .bus import Bus, Call, CloseClient, Down, Gone, Message, Open, Reply, Up
-from .connection import Connection, Socket, until_one_ends
-from .errors import Close
-from .http_api import admin_op
-from .ratelimit import TokenBucket
-from .recordings_api import find_session, with_links
-from .tokens import TokenError, verify
 
 if TYPE_CHECKING:
-    from .hub import Hub
+    from teleconsult.signaling.hub import Hub
 
 log = logging.getLogger("teleconsult.cluster")
 

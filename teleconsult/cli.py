@@ -16,10 +16,9 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from pydantic_settings import CliSettingsSource
 
 from teleconsult.session.roles import PERSON_ROLES, Role
-
-from .config import Settings, env, load_settings, resolve_secrets
-from .logs import configure_logging
-from .tokens import mint, parse_ttl
+from teleconsult.signaling.config import Settings, env, load_settings, resolve_secrets
+from teleconsult.signaling.logs import configure_logging
+from teleconsult.signaling.tokens import mint, parse_ttl
 
 T = TypeVar("T")
 
@@ -185,9 +184,9 @@ def main(argv: list[str] | None = None) -> int:
 def _serve(args: argparse.Namespace) -> int:
     import uvicorn
 
-    from .app import create_app
-    from .http_api import join_url
-    from .server import NodeServer
+    from teleconsult.app import create_app
+    from teleconsult.signaling.http_api import join_url
+    from teleconsult.signaling.server import NodeServer
 
     settings = _settings(args)
     configure_logging(settings.log_level, settings.log_format)
@@ -265,7 +264,7 @@ def _token(args: argparse.Namespace) -> int:
     token = mint(secret, args.room, Role(args.role), args.name, ttl, args.identity)
     print(token)
     if args.url:
-        from .http_api import join_url
+        from teleconsult.signaling.http_api import join_url
 
         print(join_url(args.url.rstrip("/"), args.room, token))
     return 0
@@ -319,7 +318,7 @@ def _on_store(url: str, work: Callable[[Store], Awaitable[T]]) -> T:
     """Run `work` with the cluster's store; a Redis out of reach is a clear error."""
     from redis.exceptions import RedisError
 
-    from teleconsult.session.store import RedisStore
+    from teleconsult.cluster.redis_store import RedisStore
 
     async def run() -> T:
         store = RedisStore(url)
@@ -392,7 +391,7 @@ def _export(args: argparse.Namespace) -> int:
 
 
 def _signaling(args: argparse.Namespace) -> Any:
-    from .client import SignalingClient
+    from teleconsult.client.signaling import SignalingClient
 
     token = args.token
     if not token:
@@ -404,9 +403,8 @@ def _signaling(args: argparse.Namespace) -> Any:
 
 
 def _publish(args: argparse.Namespace) -> int:
-    from teleconsult.media.tools import open_source, publish
-
-    from .client import JoinRefused
+    from teleconsult.client.signaling import JoinRefused
+    from teleconsult.client.tools import open_source, publish
 
     width, _, height = args.size.partition("x")
     source = "synthetic" if args.synthetic else (args.file or args.device)
@@ -435,7 +433,7 @@ def _publish(args: argparse.Namespace) -> int:
 
 
 def _subscribe(args: argparse.Namespace) -> int:
-    from teleconsult.media.tools import subscribe
+    from teleconsult.client.tools import subscribe
 
     first = _signaling(args)  # one token: a reconnect is the same participant
 

@@ -14,21 +14,24 @@ from starlette.routing import BaseRoute, Mount, Route, WebSocketRoute
 from starlette.staticfiles import StaticFiles
 from starlette.websockets import WebSocket
 
-from .cluster import Cluster
-from .config import Secrets, Settings, resolve_secrets
-from .connection import Connection
-from .headers import SecurityHeaders
-from .http_api import routes
-from .hub import Hub
-from .recordings_api import routes as recording_routes
+from teleconsult.cluster.node import Cluster
+from teleconsult.cluster.redis_store import RedisStore
+from teleconsult.signaling.config import Secrets, Settings, resolve_secrets
+from teleconsult.signaling.connection import Connection
+from teleconsult.signaling.headers import SecurityHeaders
+from teleconsult.signaling.http_api import routes
+from teleconsult.signaling.hub import Hub
+from teleconsult.signaling.recordings_api import routes as recording_routes
 
-STATIC = Path(__file__).resolve().parent.parent / "web_client" / "static"
+STATIC = Path(__file__).resolve().parent / "web_client" / "static"
 
 
 def create_app(settings: Settings, keys: Secrets | None = None) -> Starlette:
     """Build the application and its hub."""
-    hub = Hub(settings, keys or resolve_secrets(settings))
-    # The app is where the node's parts meet: the hub knows its cluster by a Protocol only.
+    # The app is where the node's parts meet: the hub knows its store and its cluster by
+    # Protocols only.
+    store = RedisStore(settings.redis) if settings.redis else None
+    hub = Hub(settings, keys or resolve_secrets(settings), store=store)
     cluster = Cluster(hub) if settings.redis else None
     if cluster is not None:
         hub.join_cluster(cluster)

@@ -15,11 +15,11 @@ import av
 from aiortc import RTCPeerConnection
 from aiortc.mediastreams import MediaStreamTrack
 
-from teleconsult.signaling.client import FINAL_CLOSES, JoinRefused, RequestFailed, SignalingClient
+from teleconsult.media import stamp
+from teleconsult.media.synthetic import UltrasoundTrack
 
-from . import stamp
-from .client import MediaClient, Subscription
-from .synthetic import UltrasoundTrack
+from .media import MediaClient, Subscription
+from .signaling import FINAL_CLOSES, JoinRefused, RequestFailed, SignalingClient
 
 
 def open_source(source: str, size: tuple[int, int], fps: float) -> list[MediaStreamTrack]:

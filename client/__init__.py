@@ -1,0 +1,1 @@
+"""The Python client of teleconsult: signaling, media, and the publish/subscribe tools."""
