@@ -305,7 +305,7 @@ async def on_publish(conn: Conn, msg: m.Publish) -> None:
     node = conn.media_node if hub.cluster is not None else ""
     room.add_stream(Stream(stream_id, me.id, feeds, node))
     if room.recording.active and node not in ("", hub.node):
-        hub.spawn(hub.record_remote(room))  # the recorder runs on the room's host
+        hub.spawn(hub.recordings.record_remote(room))  # the recorder runs on the room's host
     conn.audit("publish", code=",".join(f.source.value for f in feeds), target=stream_id)
 
 
@@ -455,11 +455,11 @@ async def on_record(conn: Conn, msg: m.Record) -> None:
     assert room is not None and me is not None
     hub = conn.hub
     if msg.action == "stop":
-        hub.stop_recording(room, me.id)
+        hub.recordings.stop(room, me.id)
         conn.audit("record_stop", code=room.recording.session_id)
         return
     if room.start_recording(me.id, hub.now()):
-        session_id = hub.start_recording(room)
+        session_id = hub.recordings.start(room)
         conn.audit("record_start", code=session_id)
     else:
         conn.audit("record_start", "pending", code="consent_required")
@@ -479,10 +479,10 @@ async def on_consent(conn: Conn, msg: m.Consent) -> None:
     start = room.give_consent(me.id, hub.now())
     conn.audit("consent", "confirmed")
     if start:
-        session_id = hub.start_recording(room)
+        session_id = hub.recordings.start(room)
         conn.audit("record_start", code=session_id)
     elif room.recording.active:
-        hub.recorders[room.id].refresh()
+        hub.recordings.recorders[room.id].refresh()
 
 
 def _op_id(msg: m.Message) -> str:

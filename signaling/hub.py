@@ -7,7 +7,6 @@ import contextlib
 import json
 import logging
 import secrets
-import shutil
 import time
 from collections.abc import Callable, Collection, Coroutine
 from typing import Any, Protocol
@@ -15,7 +14,6 @@ from urllib.parse import urlsplit
 
 from teleconsult.media.aiortc_adapter import use_host_addresses
 from teleconsult.media.sfu import INTERRUPTED, RESUMED, Media, Sfu, local_address
-from teleconsult.recording.recorder import Recorder
 from teleconsult.session.channel import Channel
 from teleconsult.session.participant import Event, Participant
 from teleconsult.session.room import Room, RoomConfig
@@ -31,6 +29,7 @@ from .audit import AuditLog
 from .config import Secrets, Settings, default_node_name, turn_secret
 from .errors import Close, Code
 from .metrics import Metrics
+from .recordings import CLOSE_WAIT, Recordings
 from .tokens import Grant
 
 log = logging.getLogger("teleconsult.hub")
@@ -39,8 +38,6 @@ log = logging.getLogger("teleconsult.hub")
 # channel: a session of hours keeps the store's memory (and Redis's) flat, and a room restored
 # on another node replays at most this many operations.
 CHECKPOINT_EVERY = 500
-# Seconds a stopped recording's files may take to be finished before the stop is told anyway.
-RECORDING_CLOSE_WAIT = 10.0
 # Seconds between returns of the C heap's free pages to the system (signaling/heap.py).
 HEAP_TRIM_EVERY = 60.0
 
@@ -136,8 +133,7 @@ class Hub:
         self._sweeper: asyncio.Task[None] | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
         self._encoded: dict[int, tuple[Event, str]] = {}
-        self.recorders: dict[str, Recorder] = {}
-        self._finishing: set[Recorder] = set()  # stopped, their files still being written
+        self.recordings = Recordings(self)
         rewrite_to = None
         if settings.announce:
             if local_address(settings.announce):
@@ -274,11 +270,10 @@ class Hub:
         """End a room on purpose; the caller audits who did it."""
         live = self.rooms.get(room_id)
         gone = [(p.id, self.media_of(p)) for p in live.participants.values()] if live else []
-        recorder = self.recorders.pop(room_id, None)
+        recorded = self.recordings.drop(room_id)
         room = self.rooms.end(room_id, reason, self.now(), actor_id)
         self._forget(room_id, ended=True)
-        if recorder is not None:
-            self._stop_recorder(recorder)
+        if recorded:
             self.audit.record("record_stop", room=room_id, actor="server", code=reason)
         for pid, media in gone:
             self.spawn(media.close_participant(pid, reason))
@@ -292,9 +287,7 @@ class Hub:
             return
         room.journal = None  # the other node's log is the room's history now
         self._saved.pop(room_id, None)
-        recorder = self.recorders.pop(room_id, None)
-        if recorder is not None:
-            self._stop_recorder(recorder)
+        self.recordings.drop(room_id)
         for p in list(room.participants.values()):
             p.client.kick(Close.MOVED, "the session moved to another node")
             self.spawn(self.media_of(p).close_participant(p.id, "moved"))
@@ -304,6 +297,10 @@ class Hub:
     async def journal_written(self, timeout: float) -> None:
         """Wait until everything journaled so far is in the store (TimeoutError after)."""
         await asyncio.wait_for(self._journal.join(), timeout)
+
+    def journal(self, room_id: str, what: str, payload: Any) -> None:
+        """Queue a change for the store: "op", "state", "forget", "recording", "unrecord"."""
+        self._journal.put_nowait((room_id, what, payload))
 
     def _room_created(self, room: Room) -> None:
         room.journal = lambda event: self._journal_op(room, event)
@@ -383,14 +380,8 @@ class Hub:
         room.channel = Channel.restore(events, room.channel.limits)
         if state is not None:
             if room.restore(state):
-                self._resume_recording(room)
+                self.recordings.resume(room)
             self._saved[room_id] = room.revision  # what the store holds already
-
-    def _resume_recording(self, room: Room) -> None:
-        # The node that recorded this room is gone: go on as a new segment of the same session.
-        segment = room.recording.segment + 1
-        self.start_recording(room, room.recording.session_id, segment)
-        self.audit.record("record_start", room=room.id, actor="server", code="resumed")
 
     async def _write_journal(self) -> None:
         while True:
@@ -458,139 +449,6 @@ class Hub:
             return urls
         return []
 
-    def start_recording(self, room: Room, session_id: str | None = None, segment: int = 1) -> str:
-        """Start the recorder of a room (or its next segment); returns the session's id."""
-        recorder = Recorder(
-            room,
-            self.sfu,
-            self.settings.data_dir / "recordings",
-            self.clock,
-            self._recording_failed,
-            session_id,
-            segment,
-            self._recording_written,
-        )
-        recorder.start()
-        self.recorders[room.id] = recorder
-        room.recording.segment = segment
-        room.recording_started(recorder.session_id, self.now())
-        self.persist(room)
-        if any(s.node not in ("", self.node) for s in room.streams.values()):
-            self.spawn(self.record_remote(room))
-        return recorder.session_id
-
-    async def record_remote(self, room: Room) -> None:
-        """Bring the streams published on other nodes here for the recorder, then record them."""
-        for stream in list(room.streams.values()):
-            if stream.node not in ("", self.node):
-                try:
-                    await self.pull(self.node, room, stream.id)
-                except Exception:
-                    log.warning("a stream on another node could not be brought here to record")
-        recorder = self.recorders.get(room.id)
-        if recorder is not None:
-            recorder.refresh()
-
-    def _recording_written(self, recorder: Recorder, m: Event) -> None:
-        # The cluster's registry of recorded sessions: any node can list and find them.
-        entry = {
-            "session_id": recorder.dir.name,
-            "segment_of": m["session_id"] if recorder.segment > 1 else None,
-            "room": m["room"],
-            "title": m["title"],
-            "started_at": m["started_at"],
-            "stopped_at": m["stopped_at"],
-            "tracks": len(m["tracks"]),
-            "node": self.node,
-        }
-        self._journal.put_nowait((m["room"], "recording", entry))
-
-    def stop_recording(self, room: Room, actor_id: str | None) -> None:
-        """Stop a room's recorder; everyone is told once its files are complete."""
-        recorder = self.recorders.get(room.id)
-        event = room.stop_recording(actor_id, announce=recorder is None)
-        if recorder is not None:
-            del self.recorders[room.id]
-            self._stop_recorder(recorder)
-            self.spawn(self._announce_when_written(room, recorder, event), "announce-recording")
-
-    def _stop_recorder(self, recorder: Recorder) -> None:
-        recorder.stop()
-        self._finishing.add(recorder)
-        self.spawn(self._forget_when_written(recorder))
-
-    async def _forget_when_written(self, recorder: Recorder) -> None:
-        await recorder.finished(3600.0)  # a bound, not a wait anyone expects
-        self._finishing.discard(recorder)
-
-    async def recordings_written(self, timeout: float) -> None:
-        """Wait until every stopped recorder's files are complete, and told (or the timeout)."""
-        await asyncio.gather(*(r.finished(timeout) for r in list(self._finishing)))
-        announcing = [t for t in self._tasks if t.get_name().startswith("announce-recording")]
-        if announcing:
-            await asyncio.wait(announcing, timeout=timeout)
-
-    async def _announce_when_written(self, room: Room, recorder: Recorder, event: Event) -> None:
-        # Who hears "stopped" may fetch the files at once: they are whole by then, unless the
-        # disk is so slow that saying nothing for longer would be worse.
-        if not await recorder.finished(RECORDING_CLOSE_WAIT):
-            log.warning("a recording's files were still being written when its stop was told")
-        room.announce(event)
-
-    def _recording_failed(self, room_id: str, error: str) -> None:
-        room = self.rooms.get(room_id)
-        self.metrics.errors.labels(code="recording_failed").inc()
-        self.audit.record(
-            "record_stop", "failed", room=room_id, actor="server", code="recording_failed"
-        )
-        if room is None:
-            return
-        for p in room.joined():
-            p.client.push(
-                {
-                    "type": "error",
-                    "code": "recording_failed",
-                    "message": "recording stopped: the disk could not be written; "
-                    "the session goes on",
-                }
-            )
-        if room.recording.active:
-            self.stop_recording(room, None)
-
-    def apply_retention(self, now: float) -> list[str]:
-        """Delete recorded sessions older than the retention period; returns their ids."""
-        days = self.settings.retention_days
-        root = self.settings.data_dir / "recordings"
-        if days is None or not root.is_dir():
-            return []
-        live = {r.session_id for r in self.recorders.values()}
-        removed = []
-        for manifest in root.glob("*/*/manifest.json"):
-            try:
-                data = json.loads(manifest.read_text())
-            except (OSError, ValueError):
-                continue
-            ended = data.get("stopped_at") or data.get("started_at", now)
-            if data.get("session_id") in live or now - ended < days * 86400:
-                continue
-            shutil.rmtree(manifest.parent, ignore_errors=True)
-            # This runs in a worker thread: the registry entry goes through the loop's queue.
-            entry = (
-                data.get("room") or manifest.parent.parent.name,
-                "unrecord",
-                manifest.parent.name,
-            )
-            self.loop.call_soon_threadsafe(self._journal.put_nowait, entry)
-            removed.append(data["session_id"])
-            self.audit.record(
-                "recording_delete",
-                room=data.get("room"),
-                actor="server",
-                target=data["session_id"],
-                code="retention",
-            )
-        return removed
-
     def sweep(self) -> None:
         """Let go of those away too long, and of streams never resumed; end idle rooms."""
         now = self.now()
@@ -613,9 +471,7 @@ class Hub:
         for room in self.rooms.sweep(now):
             self.audit.record("room_end", room=room.id, code="idle", actor="server")
             self._forget(room.id)
-            recorder = self.recorders.pop(room.id, None)
-            if recorder is not None:  # it stopped when the room ended: wait for its files
-                self._stop_recorder(recorder)
+            if self.recordings.drop(room.id):  # it stopped when the room ended
                 self.audit.record("record_stop", room=room.id, actor="server", code="idle")
         self.refresh_gauges()
 
@@ -645,7 +501,7 @@ class Hub:
             conn.freeze()  # what it acknowledged is queued for the store; it takes no more
         for room in self.rooms.live():
             if self.cluster is None and room.recording.active:
-                self.stop_recording(room, None)  # `recording` stopped, to everyone
+                self.recordings.stop(room, None)  # `recording` stopped, to everyone
                 self.audit.record(
                     "record_stop", room=room.id, actor="server", code="server_shutdown"
                 )
@@ -654,11 +510,9 @@ class Hub:
             self.persist(room)
             room.journal = None
         self.stopping = True
-        for recorder in list(self.recorders.values()):
-            self._stop_recorder(recorder)
-        self.recorders.clear()
+        self.recordings.drop_all()
         # Recordings are whole, and everyone told so, before any connection closes.
-        await self.recordings_written(RECORDING_CLOSE_WAIT)
+        await self.recordings.written(CLOSE_WAIT)
         if self._writer is not None:
             # Everything queued reaches the store (5 s at most) before this node leaves the
             # cluster: the node that takes a room over must find it whole.
@@ -706,4 +560,4 @@ class Hub:
                 heap.release()
             if self.now() - last_retention >= 3600:
                 last_retention = self.now()
-                await asyncio.to_thread(self.apply_retention, last_retention)
+                await asyncio.to_thread(self.recordings.apply_retention, last_retention)

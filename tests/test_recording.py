@@ -406,9 +406,11 @@ async def test_retention_deletes_old_sessions_only(tmp_path: Path) -> None:
         await mod.wait_for("recording", where=lambda e: e["active"] is False)
         folder = recording_dir(server)
         stopped = json.loads((folder / "manifest.json").read_text())["stopped_at"]
-        assert server.hub.apply_retention(stopped + 29 * 86400) == []
+        assert server.hub.recordings.apply_retention(stopped + 29 * 86400) == []
         assert folder.exists()
-        assert server.hub.apply_retention(stopped + 31 * 86400) == [started["session_id"]]
+        assert server.hub.recordings.apply_retention(stopped + 31 * 86400) == [
+            started["session_id"]
+        ]
         assert not folder.exists()
 
 
