@@ -8,9 +8,8 @@ import json
 import logging
 import secrets
 import time
-from collections.abc import Callable, Collection, Coroutine
-from typing import Any, Protocol
-from urllib.parse import urlsplit
+from collections.abc import Callable, Coroutine
+from typing import Any
 
 from teleconsult.media.aiortc_adapter import use_host_addresses
 from teleconsult.media.sfu import INTERRUPTED, RESUMED, Media, Sfu, local_address
@@ -20,17 +19,14 @@ from teleconsult.session.room import Room, RoomConfig
 from teleconsult.session.rooms import Rooms
 from teleconsult.session.store import MemoryStore, Store
 from teleconsult.session.streams import Stream
-from teleconsult.turn import credentials
-from teleconsult.turn.policy import PeerPolicy
-from teleconsult.turn.server import TurnServer
 
-from . import heap, looplag
+from . import heap, ice, looplag
 from .audit import AuditLog
 from .config import Secrets, Settings, default_node_name, turn_secret
 from .errors import Close, Code
+from .links import Attached, ClusterLink
 from .metrics import Metrics
 from .recordings import CLOSE_WAIT, Recordings
-from .tokens import Grant
 
 log = logging.getLogger("teleconsult.hub")
 
@@ -40,59 +36,6 @@ log = logging.getLogger("teleconsult.hub")
 CHECKPOINT_EVERY = 500
 # Seconds between returns of the C heap's free pages to the system (signaling/heap.py).
 HEAP_TRIM_EVERY = 60.0
-
-
-class Attached(Protocol):
-    """What the node does with one of its signaling connections (`connection.Connection`)."""
-
-    grant: Grant | None
-
-    def error(self, code: str, message: str, ref: str | None = None, **details: Any) -> None:
-        """Send an error event."""
-
-    def kick(self, code: int, reason: str) -> None:
-        """Close after what is queued."""
-
-    def freeze(self) -> None:
-        """Take no more messages: the node is stopping."""
-
-    def shutdown(self) -> None:
-        """Close for the node's shutdown."""
-
-
-class ClusterLink(Protocol):
-    """What the node asks of its cluster (`cluster.Cluster`), when it has one."""
-
-    @property
-    def live(self) -> Collection[str]:
-        """The nodes whose heartbeat is fresh."""
-
-    async def start(self) -> None:
-        """Join: beat, listen, send."""
-
-    async def hand_over(self) -> None:
-        """Free this node's rooms for the others."""
-
-    async def stop(self) -> None:
-        """Leave the cluster."""
-
-    async def host_for(self, room_id: str) -> str:
-        """Return the node hosting a room, placing it if none does."""
-
-    async def call(self, node: str, method: str, **args: Any) -> Any:
-        """Ask a node to do something and return its result."""
-
-    def tell(self, node: str, method: str, **args: Any) -> None:
-        """Ask a node to do something, without waiting."""
-
-    async def pull(self, node: str, stream_id: str, origin: str) -> None:
-        """Make a stream published on `origin` available on `node`."""
-
-    def closed(self, what: str, item_id: str, reason: str) -> None:
-        """Pass the end of a stream or subscription served here to its room's host."""
-
-    def media_at(self, node: str) -> Media:
-        """Return another node's media, driven over the bus."""
 
 
 class Hub:
@@ -143,26 +86,8 @@ class Hub:
                 rewrite_to = settings.announce
         self.sfu = Sfu(clock, rewrite_to, self._up_closed, self._down_closed)
         self.turn_secret = turn_secret(settings, keys)
-        self.turn: TurnServer | None = None
-        if not settings.turn_urls and settings.turn_port is not None:
-            # The built-in TURN server, for clients whose networks block direct UDP.
-            own = [a for a in (settings.host, settings.announce) if a and a != "0.0.0.0"]
-            tls = None
-            if settings.turn_tls_cert is not None:
-                import ssl
-
-                tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-                tls.load_cert_chain(settings.turn_tls_cert, settings.turn_tls_key)
-            self.turn = TurnServer(
-                self.turn_secret,
-                host=settings.host,
-                port=settings.turn_port,
-                relay_host=settings.host if settings.host != "0.0.0.0" else None,
-                policy=PeerPolicy(allow=settings.turn_allow, own=own),
-                clock=clock,
-                tls=tls,
-                tls_port=settings.turn_tls_port,
-            )
+        self.turn = ice.builtin_turn(settings, self.turn_secret, clock)
+        if self.turn is not None:
             self.metrics.watch_turn(self.turn)
         self.metrics.watch_media(self.sfu.stats, self.sfu.forward_delay)
         self.cluster: ClusterLink | None = None  # joined by the app, when settings.redis is set
@@ -426,28 +351,11 @@ class Hub:
         `urls` are another node's TURN servers, for a client whose media is on that node.
         """
         urls = self.turn_urls() if urls is None else urls
-        if not urls:
-            return []
-        user, password = credentials.mint(
-            self.turn_secret, identity, self.settings.turn_ttl, self.now()
-        )
-        return [{"urls": urls, "username": user, "credential": password}]
+        return ice.ice_servers(urls, self.turn_secret, identity, self.settings.turn_ttl, self.now())
 
     def turn_urls(self) -> list[str]:
         """Return the TURN servers of this node: external ones, or the built-in one."""
-        if self.settings.turn_urls:
-            return list(self.settings.turn_urls)
-        if self.turn is not None:
-            host = self.settings.announce or self.settings.host
-            host = f"[{host}]" if ":" in host else host
-            udp, tcp = self.turn.udp_address[1], self.turn.tcp_address[1]
-            urls = [f"turn:{host}:{udp}?transport=udp", f"turn:{host}:{tcp}?transport=tcp"]
-            if self.turn.tls_address is not None:
-                # turns: needs the name on the certificate, which public_url carries.
-                name = urlsplit(self.settings.base_url()).hostname or host
-                urls.append(f"turns:{name}:{self.turn.tls_address[1]}?transport=tcp")
-            return urls
-        return []
+        return ice.turn_urls(self.settings, self.turn)
 
     def sweep(self) -> None:
         """Let go of those away too long, and of streams never resumed; end idle rooms."""
