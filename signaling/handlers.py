@@ -12,18 +12,18 @@ from teleconsult.session.errors import Code as SessionCode
 from teleconsult.session.errors import SessionError
 from teleconsult.session.participant import Event, Participant, State
 from teleconsult.session.roles import Action
+from teleconsult.session.room import Room
 from teleconsult.session.streams import Feed, Stream, source_fits_kind
 
 from . import messages as m
 from .access import Refused, grant_for
 from .errors import Close, Code
+from .tokens import Grant
 
 if TYPE_CHECKING:
     from teleconsult.media.sfu import Media
-    from teleconsult.session.room import Room
 
     from .hub import Hub
-    from .tokens import Grant
 
 
 class Conn(Protocol):
@@ -70,30 +70,7 @@ def _refuse(conn: Conn, code: str, message: str, close: int, ref: str | None) ->
 async def on_hello(conn: Conn, msg: m.Hello) -> None:
     """Check version and token, then join the room (or its lobby) and send the welcome."""
     hub = conn.hub
-    if conn.participant is not None:
-        conn.error(Code.ALREADY_JOINED, "this connection has already joined", ref=msg.id)
-        return
-    if hub.draining:
-        _refuse(
-            conn,
-            Code.SERVER_SHUTDOWN,
-            "this server is stopping; connect again",
-            Close.GOING_AWAY,
-            msg.id,
-        )
-        return
-    if msg.version not in m.PROTOCOL_VERSIONS:
-        conn.hub.metrics.errors.labels(code=Code.UNSUPPORTED_VERSION).inc()
-        conn.push(
-            {
-                "type": "error",
-                "code": Code.UNSUPPORTED_VERSION,
-                "ref": msg.id,
-                "message": f"protocol version {msg.version} is not supported",
-                "supported": list(m.PROTOCOL_VERSIONS),
-            }
-        )
-        conn.kick(Close.UNSUPPORTED_VERSION, Code.UNSUPPORTED_VERSION)
+    if not _may_say_hello(conn, msg):
         return
     try:
         grant = await grant_for(hub, msg.token, msg.room)
@@ -106,27 +83,7 @@ async def on_hello(conn: Conn, msg: m.Hello) -> None:
     # A room that is not live here may have a channel in the store (another node, a restart).
     await hub.restore(grant.room)
     try:
-        if hub.rooms.was_ended(grant.room):
-            raise SessionError(SessionCode.ROOM_ENDED, "this session has ended")
-        room = hub.rooms.open(grant.room, hub.now())
-        existing = room.by_identity(grant.identity)
-        # A participant back through the same node keeps its streams and subscriptions: what
-        # still flows goes on, what was lost it publishes again under the same stream id.
-        # Media on another node than the new connection's cannot be continued from here.
-        old_media = None
-        old_node = getattr(existing.client, "media_node", hub.node) if existing else None
-        if existing is not None and old_node != conn.media_node:
-            old_media = hub.media_of(existing)
-        # Back from another address (a handover): its media left from the old one and is dead,
-        # though ICE consent would take seconds more to say so.
-        # Done before the join, so that the old connection is told and the welcome says it:
-        # streams reconnecting, those subscriptions gone; the client makes both again.
-        old_peer = getattr(existing.client, "peer", None) if existing else None
-        if existing and old_media is None and old_peer and conn.peer and old_peer != conn.peer:
-            await conn.media.lost(existing.id)
-        p = room.join(
-            grant.identity, grant.name, grant.role, conn, hub.now(), hub.new_participant_id
-        )
+        room, p, old_media = await _join(conn, grant)
     except SessionError as e:
         conn.audit("join", "denied", code=e.code)
         close = {
@@ -140,7 +97,68 @@ async def on_hello(conn: Conn, msg: m.Hello) -> None:
         room.remove_streams_of(p.id, "replaced")
         p.subscriptions.clear()
     conn.room, conn.participant = room, p
-    s = hub.settings
+    conn.push(_welcome(conn, msg, room, p))
+    if old_media is not None:
+        await old_media.close_participant(p.id, "replaced")
+    conn.audit("join", "ok" if p.state is State.JOINED else "waiting")
+    hub.refresh_gauges()
+
+
+def _may_say_hello(conn: Conn, msg: m.Hello) -> bool:
+    """Refuse a second hello, a hello to a stopping node, or one of an unknown version."""
+    if conn.participant is not None:
+        conn.error(Code.ALREADY_JOINED, "this connection has already joined", ref=msg.id)
+        return False
+    if conn.hub.draining:
+        message = "this server is stopping; connect again"
+        _refuse(conn, Code.SERVER_SHUTDOWN, message, Close.GOING_AWAY, msg.id)
+        return False
+    if msg.version not in m.PROTOCOL_VERSIONS:
+        conn.hub.metrics.errors.labels(code=Code.UNSUPPORTED_VERSION).inc()
+        conn.push(
+            {
+                "type": "error",
+                "code": Code.UNSUPPORTED_VERSION,
+                "ref": msg.id,
+                "message": f"protocol version {msg.version} is not supported",
+                "supported": list(m.PROTOCOL_VERSIONS),
+            }
+        )
+        conn.kick(Close.UNSUPPORTED_VERSION, Code.UNSUPPORTED_VERSION)
+        return False
+    return True
+
+
+async def _join(conn: Conn, grant: Grant) -> tuple[Room, Participant, Media | None]:
+    """Join the room (SessionError if refused); returns the media of a previous connection on
+    another node, which the new one replaces."""
+    hub = conn.hub
+    if hub.rooms.was_ended(grant.room):
+        raise SessionError(SessionCode.ROOM_ENDED, "this session has ended")
+    room = hub.rooms.open(grant.room, hub.now())
+    existing = room.by_identity(grant.identity)
+    # A participant back through the same node keeps its streams and subscriptions: what
+    # still flows goes on, what was lost it publishes again under the same stream id.
+    # Media on another node than the new connection's cannot be continued from here.
+    old_media = None
+    old_node = getattr(existing.client, "media_node", hub.node) if existing else None
+    if existing is not None and old_node != conn.media_node:
+        old_media = hub.media_of(existing)
+    # Back from another address (a handover): its media left from the old one and is dead,
+    # though ICE consent would take seconds more to say so.
+    # Done before the join, so that the old connection is told and the welcome says it:
+    # streams reconnecting, those subscriptions gone; the client makes both again.
+    old_peer = getattr(existing.client, "peer", None) if existing else None
+    if existing and old_media is None and old_peer and conn.peer and old_peer != conn.peer:
+        await conn.media.lost(existing.id)
+    p = room.join(grant.identity, grant.name, grant.role, conn, hub.now(), hub.new_participant_id)
+    return room, p, old_media
+
+
+def _welcome(conn: Conn, msg: m.Hello, room: Room, p: Participant) -> Event:
+    """The welcome: who the participant is, ICE servers, limits, and the room as it is now."""
+    s = conn.hub.settings
+    assert conn.grant is not None
     welcome: dict[str, Any] = {
         "type": "welcome",
         "ref": msg.id,
@@ -148,7 +166,7 @@ async def on_hello(conn: Conn, msg: m.Hello) -> None:
         "participant_id": p.id,
         "you": p.describe(),
         "state": p.state.value,
-        "ice_servers": hub.ice_servers(grant.identity, conn.ice_urls),
+        "ice_servers": conn.hub.ice_servers(conn.grant.identity, conn.ice_urls),
         "ping_interval": s.ping_interval,
         "ping_timeout": s.ping_timeout,
         "limits": {"max_message": s.max_message, "rate": s.rate, "burst": s.burst},
@@ -164,12 +182,7 @@ async def on_hello(conn: Conn, msg: m.Hello) -> None:
         )
     else:
         welcome["room"] = {"id": room.id, "title": room.config.title}
-    conn.push(welcome)
-    if old_media is not None:
-        await old_media.close_participant(p.id, "replaced")
-
-    conn.audit("join", "ok" if p.state is State.JOINED else "waiting")
-    hub.refresh_gauges()
+    return welcome
 
 
 async def on_ping(conn: Conn, msg: m.Ping) -> None:
