@@ -126,37 +126,58 @@ def admin_op(hub: Hub, op: str, room_id: str, data: dict[str, Any]) -> tuple[int
         return _STATUS.get(e.code, 400), {"error": {"code": e.code, "message": e.message}}
 
 
-def routes(hub: Hub) -> list[Route]:
-    """Build the HTTP routes bound to a hub."""
+class AdminApi:
+    """The admin API, /healthz and /metrics of one node."""
 
-    async def on_host(op: str, room_id: str, data: dict[str, Any] | None = None) -> Response:
+    def __init__(self, hub: Hub) -> None:
+        self.hub = hub
+
+    def routes(self) -> list[Route]:
+        """Return the routes, bound to this node."""
+        return [
+            Route("/healthz", self.healthz),
+            Route("/api/tokens/revoke", self.guard(self.revoke_token), methods=["POST"]),
+            Route("/metrics", self.metrics),
+            Route("/api/rooms", self.guard(self.list_rooms), methods=["GET"]),
+            Route("/api/rooms", self.guard(self.create_room), methods=["POST"]),
+            Route("/api/rooms/{room}", self.guard(self.get_room), methods=["GET"]),
+            Route("/api/rooms/{room}", self.guard(self.end_room), methods=["DELETE"]),
+            Route(
+                "/api/rooms/{room}/participants",
+                self.guard(self.list_participants),
+                methods=["GET"],
+            ),
+            Route("/api/rooms/{room}/tokens", self.guard(self.create_token), methods=["POST"]),
+        ]
+
+    async def on_host(self, op: str, room_id: str, data: dict[str, Any] | None = None) -> Response:
         # In a cluster the room's host does it; a new room is placed first.
-        node = hub.node
-        if hub.cluster is not None and hub.rooms.get(room_id) is None:
+        node = self.hub.node
+        if self.hub.cluster is not None and self.hub.rooms.get(room_id) is None:
             if op == "create":
-                node = await hub.cluster.host_for(room_id)
+                node = await self.hub.cluster.host_for(room_id)
             else:
-                node = await hub.store.host(room_id) or hub.node
-        if node == hub.node:
-            status, payload = admin_op(hub, op, room_id, data or {})
+                node = await self.hub.store.host(room_id) or self.hub.node
+        if node == self.hub.node:
+            status, payload = admin_op(self.hub, op, room_id, data or {})
         else:
-            assert hub.cluster is not None
+            assert self.hub.cluster is not None
             try:
-                status, payload = await hub.cluster.call(
+                status, payload = await self.hub.cluster.call(
                     node, "admin", op=op, room=room_id, data=data or {}
                 )
             except MediaError as e:
                 return _error(503, e.code, "the node hosting this room did not answer")
         return JSONResponse(payload, status_code=status)
 
-    def authorized(request: Request) -> bool:
+    def authorized(self, request: Request) -> bool:
         header = request.headers.get("authorization", "")
         scheme, _, key = header.partition(" ")
         return scheme.lower() == "bearer" and hmac.compare_digest(
-            key.encode(), hub.keys.admin_key.encode()
+            key.encode(), self.hub.keys.admin_key.encode()
         )
 
-    async def body(request: Request, model: type[BaseModel]) -> BaseModel | JSONResponse:
+    async def body(self, request: Request, model: type[BaseModel]) -> BaseModel | JSONResponse:
         raw = await bounded(request)
         if raw is None:
             return _error(413, "too_large", f"request bodies are limited to {MAX_BODY} bytes")
@@ -169,10 +190,10 @@ def routes(hub: Hub) -> list[Route]:
             ]
             return _error(422, "invalid_field", "the request body is invalid", fields=fields)
 
-    def guard(handler: Any) -> Any:
+    def guard(self, handler: Any) -> Any:
         async def guarded(request: Request) -> Response:
-            if not authorized(request):
-                hub.audit.record("admin_api", "denied", actor="admin", code="unauthorized")
+            if not self.authorized(request):
+                self.hub.audit.record("admin_api", "denied", actor="admin", code="unauthorized")
                 return _error(401, "unauthorized", "a valid admin API key is required")
             try:
                 response: Response = await handler(request)
@@ -182,68 +203,70 @@ def routes(hub: Hub) -> list[Route]:
 
         return guarded
 
-    async def healthz(request: Request) -> Response:
+    async def healthz(self, request: Request) -> Response:
         health: dict[str, Any] = {
-            "status": "stopping" if hub.draining else "ok",
-            "rooms": len(hub.rooms),
+            "status": "stopping" if self.hub.draining else "ok",
+            "rooms": len(self.hub.rooms),
         }
-        if hub.cluster is not None:
-            health.update(node=hub.node, cluster_nodes=len(hub.cluster.live))
+        if self.hub.cluster is not None:
+            health.update(node=self.hub.node, cluster_nodes=len(self.hub.cluster.live))
         # A load balancer's health check stops sending newcomers to a stopping node.
-        return JSONResponse(health, status_code=503 if hub.draining else 200)
+        return JSONResponse(health, status_code=503 if self.hub.draining else 200)
 
-    async def metrics(request: Request) -> Response:
-        hub.refresh_gauges()
-        return Response(hub.metrics.render(), media_type="text/plain; version=0.0.4")
+    async def metrics(self, request: Request) -> Response:
+        self.hub.refresh_gauges()
+        return Response(self.hub.metrics.render(), media_type="text/plain; version=0.0.4")
 
-    async def list_rooms(request: Request) -> Response:
-        if hub.cluster is None:
-            return JSONResponse(admin_op(hub, "list", "", {})[1])
+    async def list_rooms(self, request: Request) -> Response:
+        if self.hub.cluster is None:
+            return JSONResponse(admin_op(self.hub, "list", "", {})[1])
         # Every live node's rooms (a node that does not answer in time is left out).
-        live = list(hub.cluster.live) or [hub.node]
+        live = list(self.hub.cluster.live) or [self.hub.node]
         answers = await asyncio.gather(
-            *(hub.cluster.call(n, "admin", op="list", room="", data={}) for n in live),
+            *(self.hub.cluster.call(n, "admin", op="list", room="", data={}) for n in live),
             return_exceptions=True,
         )
         rooms = [r for a in answers if not isinstance(a, BaseException) for r in a[1]["rooms"]]
         return JSONResponse({"rooms": sorted(rooms, key=lambda r: r["created_at"])})
 
-    async def create_room(request: Request) -> Response:
-        parsed = await body(request, NewRoom)
+    async def create_room(self, request: Request) -> Response:
+        parsed = await self.body(request, NewRoom)
         if isinstance(parsed, JSONResponse):
             return parsed
         assert isinstance(parsed, NewRoom)
-        room_id = parsed.id or "r-" + hub.new_participant_id()[2:]
-        if await hub.room_was_ended(room_id):
+        room_id = parsed.id or "r-" + self.hub.new_participant_id()[2:]
+        if await self.hub.room_was_ended(room_id):
             raise SessionError(SessionCode.ROOM_ENDED, "this session has ended")
-        return await on_host("create", room_id, parsed.model_dump(exclude={"id"}))
+        return await self.on_host("create", room_id, parsed.model_dump(exclude={"id"}))
 
-    async def get_room(request: Request) -> Response:
-        return await on_host("get", request.path_params["room"])
+    async def get_room(self, request: Request) -> Response:
+        return await self.on_host("get", request.path_params["room"])
 
-    async def end_room(request: Request) -> Response:
-        return await on_host("end", request.path_params["room"])
+    async def end_room(self, request: Request) -> Response:
+        return await self.on_host("end", request.path_params["room"])
 
-    async def list_participants(request: Request) -> Response:
-        return await on_host("participants", request.path_params["room"])
+    async def list_participants(self, request: Request) -> Response:
+        return await self.on_host("participants", request.path_params["room"])
 
-    async def create_token(request: Request) -> Response:
+    async def create_token(self, request: Request) -> Response:
         room_id = request.path_params["room"]
         if not ROOM_ID.match(room_id):
             return _error(
                 422, "invalid_field", "room ids are 1-64 letters, digits, '.', '_' or '-'"
             )
-        if await hub.room_was_ended(room_id):
+        if await self.hub.room_was_ended(room_id):
             raise SessionError(SessionCode.ROOM_ENDED, "this session has ended")
-        parsed = await body(request, NewToken)
+        parsed = await self.body(request, NewToken)
         if isinstance(parsed, JSONResponse):
             return parsed
         assert isinstance(parsed, NewToken)
-        ttl = min(parsed.ttl, hub.settings.max_token_ttl)
-        now = hub.now()
+        ttl = min(parsed.ttl, self.hub.settings.max_token_ttl)
+        now = self.hub.now()
         identity = parsed.identity or new_identity()
-        token = mint(hub.keys.token_secret, room_id, parsed.role, parsed.name, ttl, identity, now)
-        hub.audit.record(
+        token = mint(
+            self.hub.keys.token_secret, room_id, parsed.role, parsed.name, ttl, identity, now
+        )
+        self.hub.audit.record(
             "token_mint", room=room_id, role=parsed.role.value, identity=identity, actor="admin"
         )
         return JSONResponse(
@@ -253,40 +276,33 @@ def routes(hub: Hub) -> list[Route]:
                 "role": parsed.role.value,
                 "identity": identity,
                 "expires_at": int(now + ttl),
-                "join_url": join_url(hub.settings.base_url(), room_id, token),
+                "join_url": join_url(self.hub.settings.base_url(), room_id, token),
             },
             status_code=201,
         )
 
-    async def revoke_token(request: Request) -> Response:
-        parsed = await body(request, Revocation)
+    async def revoke_token(self, request: Request) -> Response:
+        parsed = await self.body(request, Revocation)
         if isinstance(parsed, JSONResponse):
             return parsed
         assert isinstance(parsed, Revocation)
         try:
-            grant = verify(hub.keys.token_secret, parsed.token, hub.now())
+            grant = verify(self.hub.keys.token_secret, parsed.token, self.hub.now())
         except TokenError as e:
             if e.code == "token_expired":
                 return JSONResponse({"revoked": False, "expired": True})
             return _error(422, e.code, e.message)
         if not grant.token_id:
             return _error(422, "token_invalid", "this token has no id and cannot be revoked")
-        cut = await hub.revoke(grant.room, grant.token_id, grant.expires_at)
+        cut = await self.hub.revoke(grant.room, grant.token_id, grant.expires_at)
         return JSONResponse(
             {"revoked": True, "room": grant.room, "identity": grant.identity, "disconnected": cut}
         )
 
-    return [
-        Route("/healthz", healthz),
-        Route("/api/tokens/revoke", guard(revoke_token), methods=["POST"]),
-        Route("/metrics", metrics),
-        Route("/api/rooms", guard(list_rooms), methods=["GET"]),
-        Route("/api/rooms", guard(create_room), methods=["POST"]),
-        Route("/api/rooms/{room}", guard(get_room), methods=["GET"]),
-        Route("/api/rooms/{room}", guard(end_room), methods=["DELETE"]),
-        Route("/api/rooms/{room}/participants", guard(list_participants), methods=["GET"]),
-        Route("/api/rooms/{room}/tokens", guard(create_token), methods=["POST"]),
-    ]
+
+def routes(hub: Hub) -> list[Route]:
+    """Build the HTTP routes bound to a hub."""
+    return AdminApi(hub).routes()
 
 
 def join_url(base: str, room: str, token: str) -> str:

@@ -57,15 +57,27 @@ def with_links(hub: Hub, folder: Path, base: str, holder: Link) -> dict[str, Any
     return data
 
 
-def routes(hub: Hub) -> list[Route]:
-    """Build the recording routes bound to a hub."""
-    root = hub.settings.data_dir / "recordings"
+class RecordingsApi:
+    """A node's recordings over HTTP: list, manifest with signed file links, files with Range."""
 
-    async def by_link(request: Request) -> Link:
+    def __init__(self, hub: Hub) -> None:
+        self.hub = hub
+        self.root = hub.settings.data_dir / "recordings"
+
+    def routes(self) -> list[Route]:
+        """Return the routes, bound to this node."""
+        return [
+            Route("/api/recordings", self.list_all),
+            Route("/api/recordings/{room}", self.list_room),
+            Route("/api/recordings/{room}/{session}", self.manifest),
+            Route("/api/recordings/{room}/{session}/{file}", self.file),
+        ]
+
+    async def by_link(self, request: Request) -> Link:
         q = request.query_params
         room = request.path_params["room"]
         return await check_link(
-            hub,
+            self.hub,
             room,
             request.url.path,
             q.get("exp", ""),
@@ -74,25 +86,25 @@ def routes(hub: Hub) -> list[Route]:
             q.get("who", ""),
         )
 
-    async def admit(request: Request, room: str | None) -> Link:
+    async def admit(self, request: Request, room: str | None) -> Link:
         """Return who may read this room's recordings (the admin: any room), or raise Refused."""
         scheme, _, credential = request.headers.get("authorization", "").partition(" ")
         if scheme.lower() != "bearer" or not credential:
             raise Refused("unauthorized", "an admin key or a token is needed", 401)
-        if hmac.compare_digest(credential.encode(), hub.keys.admin_key.encode()):
+        if hmac.compare_digest(credential.encode(), self.hub.keys.admin_key.encode()):
             return ADMIN
         if room is None:
             raise Refused("unauthorized", "the admin API key is required", 401)
-        grant = await grant_for(hub, credential, room)
+        grant = await grant_for(self.hub, credential, room)
         if grant.role not in VIEWERS:
             raise Refused(
                 "forbidden", "only the room's experts and moderators replay its recordings", 403
             )
         return Link(grant.identity, grant.token_id)
 
-    def refused(request: Request, e: Refused) -> JSONResponse:
+    def refused(self, request: Request, e: Refused) -> JSONResponse:
         # Every refusal is audited too, with its code: never the token.
-        hub.audit.record(
+        self.hub.audit.record(
             "recording_access",
             "denied",
             room=request.path_params.get("room"),
@@ -101,25 +113,25 @@ def routes(hub: Hub) -> list[Route]:
         )
         return _error(e.status, e.code, e.message)
 
-    async def registered(room: str | None) -> list[dict[str, Any]]:
+    async def registered(self, room: str | None) -> list[dict[str, Any]]:
         # Sessions recorded on other nodes of the cluster (their files stay there).
-        if hub.cluster is None:
+        if self.hub.cluster is None:
             return []
         try:
-            found = await hub.store.recordings(room)
+            found = await self.hub.store.recordings(room)
         except Exception:
             return []
-        return [e for e in found if e.get("node") != hub.node]
+        return [e for e in found if e.get("node") != self.hub.node]
 
-    async def sessions_of(room: str) -> list[dict[str, Any]]:
-        out = local_sessions(room)
+    async def sessions_of(self, room: str) -> list[dict[str, Any]]:
+        out = self.local_sessions(room)
         here = {s["session_id"] for s in out}
-        out += [e for e in await registered(room) if e["session_id"] not in here]
+        out += [e for e in await self.registered(room) if e["session_id"] not in here]
         return out
 
-    def local_sessions(room: str) -> list[dict[str, Any]]:
+    def local_sessions(self, room: str) -> list[dict[str, Any]]:
         out = []
-        for manifest in sorted((root / room).glob("*/manifest.json")):
+        for manifest in sorted((self.root / room).glob("*/manifest.json")):
             try:
                 data = json.loads(manifest.read_text())
             except (OSError, ValueError):
@@ -138,45 +150,47 @@ def routes(hub: Hub) -> list[Route]:
             )
         return out
 
-    async def list_all(request: Request) -> Response:
+    async def list_all(self, request: Request) -> Response:
         try:
-            await admit(request, None)
+            await self.admit(request, None)
         except Refused as e:
-            return refused(request, e)
-        rooms = {p.name for p in root.iterdir()} if root.is_dir() else set()
-        rooms |= {e["room"] for e in await registered(None)}
-        return JSONResponse({"sessions": [s for r in sorted(rooms) for s in await sessions_of(r)]})
+            return self.refused(request, e)
+        rooms = {p.name for p in self.root.iterdir()} if self.root.is_dir() else set()
+        rooms |= {e["room"] for e in await self.registered(None)}
+        return JSONResponse(
+            {"sessions": [s for r in sorted(rooms) for s in await self.sessions_of(r)]}
+        )
 
-    async def list_room(request: Request) -> Response:
+    async def list_room(self, request: Request) -> Response:
         room = request.path_params["room"]
         if not NAME.match(room):
             return _error(404, "no_such_recording", "no such recording")
         try:
-            holder = await admit(request, room)
+            holder = await self.admit(request, room)
         except Refused as e:
-            return refused(request, e)
-        audit(request, holder, "list")
-        return JSONResponse({"sessions": await sessions_of(room)})
+            return self.refused(request, e)
+        self.audit(request, holder, "list")
+        return JSONResponse({"sessions": await self.sessions_of(room)})
 
-    async def session_dir(request: Request) -> tuple[Path, Link] | Response:
+    async def session_dir(self, request: Request) -> tuple[Path, Link] | Response:
         room, session = request.path_params["room"], request.path_params["session"]
         if not NAME.match(room) or not NAME.match(session):
             return _error(404, "no_such_recording", "no such recording")
         try:
             if "file" in request.path_params and "sig" in request.query_params:
-                holder = await by_link(request)
+                holder = await self.by_link(request)
             else:
-                holder = await admit(request, room)
+                holder = await self.admit(request, room)
         except Refused as e:
-            return refused(request, e)
-        folder = find_session(hub, room, session)
+            return self.refused(request, e)
+        folder = find_session(self.hub, room, session)
         if folder is None:
             return _error(404, "no_such_recording", "no such recording")
-        audit(request, holder, request.path_params.get("file", "manifest"))
+        self.audit(request, holder, request.path_params.get("file", "manifest"))
         return folder, holder
 
-    def audit(request: Request, holder: Link, what: str) -> None:
-        hub.audit.record(
+    def audit(self, request: Request, holder: Link, what: str) -> None:
+        self.hub.audit.record(
             "recording_access",
             room=request.path_params["room"],
             identity=holder.identity or None,
@@ -185,29 +199,29 @@ def routes(hub: Hub) -> list[Route]:
             code=what,
         )
 
-    async def manifest(request: Request) -> Response:
-        found = await session_dir(request)
+    async def manifest(self, request: Request) -> Response:
+        found = await self.session_dir(request)
         if isinstance(found, Response):
-            remote = await elsewhere(request) if found.status_code == 404 else None
+            remote = await self.elsewhere(request) if found.status_code == 404 else None
             return remote or found
         folder, holder = found
-        return JSONResponse(with_links(hub, folder, request.url.path, holder))
+        return JSONResponse(with_links(self.hub, folder, request.url.path, holder))
 
-    async def elsewhere(request: Request) -> Response | None:
+    async def elsewhere(self, request: Request) -> Response | None:
         # Recorded on another node: that node signs the links, which point at it directly.
         room, session = request.path_params["room"], request.path_params["session"]
-        entry = next((e for e in await registered(room) if e["session_id"] == session), None)
-        if entry is None or hub.cluster is None:
+        entry = next((e for e in await self.registered(room) if e["session_id"] == session), None)
+        if entry is None or self.hub.cluster is None:
             return None
         try:
-            holder = await admit(request, room)
+            holder = await self.admit(request, room)
         except Refused as e:
-            return refused(request, e)
-        url = (await hub.store.nodes()).get(entry["node"], (None, {}))[1].get("url")
+            return self.refused(request, e)
+        url = (await self.hub.store.nodes()).get(entry["node"], (None, {}))[1].get("url")
         if url is None:
             return _error(503, "node_unreachable", "the node holding this recording is down")
         try:
-            data = await hub.cluster.call(
+            data = await self.hub.cluster.call(
                 entry["node"],
                 "recording",
                 room=room,
@@ -219,12 +233,12 @@ def routes(hub: Hub) -> list[Route]:
             return _error(503, "node_unreachable", "the node holding this recording is down")
         if data is None:
             return None
-        audit(request, holder, "manifest")
+        self.audit(request, holder, "manifest")
         data["links"] = {name: url + link for name, link in data["links"].items()}
         return JSONResponse(data)
 
-    async def file(request: Request) -> Response:
-        found = await session_dir(request)
+    async def file(self, request: Request) -> Response:
+        found = await self.session_dir(request)
         if isinstance(found, Response):
             return found
         folder, _ = found
@@ -244,9 +258,7 @@ def routes(hub: Hub) -> list[Route]:
             response.headers["Access-Control-Allow-Origin"] = "*"
         return response
 
-    return [
-        Route("/api/recordings", list_all),
-        Route("/api/recordings/{room}", list_room),
-        Route("/api/recordings/{room}/{session}", manifest),
-        Route("/api/recordings/{room}/{session}/{file}", file),
-    ]
+
+def routes(hub: Hub) -> list[Route]:
+    """Build the HTTP routes bound to a hub."""
+    return RecordingsApi(hub).routes()
