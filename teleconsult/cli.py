@@ -11,7 +11,7 @@ import urllib.error
 import urllib.request
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeAlias, TypeVar
 
 from pydantic_settings import CliSettingsSource
 
@@ -28,6 +28,8 @@ if TYPE_CHECKING:
 # Where client commands find a local server's generated secrets: the server's own default.
 DATA_DIR = str(Settings.model_fields["data_dir"].default)
 DEMO_ROOM = "demo"
+# The subcommands of the one parser (a type only: argparse's class is not subscriptable).
+Commands: TypeAlias = "argparse._SubParsersAction[argparse.ArgumentParser]"
 DEMO_PEOPLE = [
     (Role.OPERATOR, "Sonographer", "demo-operator"),
     (Role.EXPERT, "Remote expert", "demo-expert"),
@@ -53,7 +55,15 @@ def build_parser() -> argparse.ArgumentParser:
     """Build the argument parser."""
     parser = argparse.ArgumentParser(prog="teleconsult", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
+    _server_commands(sub)
+    _admin_commands(sub)
+    _cluster_commands(sub)
+    _media_commands(sub)
+    return parser
 
+
+def _server_commands(sub: Commands) -> None:
+    """`serve` and `config`: every setting a flag."""
     for name, doc in (
         ("serve", "run the server"),
         ("config", "print the settings `serve` would run with (secrets masked), as TOML"),
@@ -74,6 +84,9 @@ def build_parser() -> argparse.ArgumentParser:
         # Every setting becomes a flag, named and documented from the one model.
         p.set_defaults(settings_source=CliSettingsSource(Settings, root_parser=p))
 
+
+def _admin_commands(sub: Commands) -> None:
+    """`token`, `rooms`, `revoke`: what an administrator does with links and rooms."""
     token = sub.add_parser("token", help="mint an access token")
     token.add_argument("--room", required=True)
     token.add_argument(
@@ -98,6 +111,9 @@ def build_parser() -> argparse.ArgumentParser:
         )
         p.add_argument("--json", action="store_true", help="print JSON")
 
+
+def _cluster_commands(sub: Commands) -> None:
+    """`nodes` and `drain`: a cluster's nodes."""
     nodes = sub.add_parser("nodes", help="list the live nodes of a cluster with their load")
     drain = sub.add_parser("drain", help="stop placing new rooms on a node (to upgrade it)")
     drain.add_argument("node", help="the node's name, as `teleconsult nodes` lists it")
@@ -112,6 +128,9 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--redis", default=env("REDIS"), required=not env("REDIS"))
         p.add_argument("--json", action="store_true", help="print JSON")
 
+
+def _media_commands(sub: Commands) -> None:
+    """`publish`, `subscribe` and `export`: media from the command line."""
     for name, doc in (
         ("publish", "publish a video source to a room"),
         ("subscribe", "receive a room's streams and report frame rate and latency"),
@@ -156,7 +175,6 @@ def build_parser() -> argparse.ArgumentParser:
     sub.choices["subscribe"].add_argument(
         "--stats", action="store_true", help="print statistics every second"
     )
-    return parser
 
 
 def main(argv: list[str] | None = None) -> int:
