@@ -126,29 +126,7 @@ class Room:
             raise SessionError(Code.REMOVED, "you were removed from this session")
         old = self.by_identity(identity)
         if old is not None:
-            # A reconnect after a network drop often beats the detection of the dead socket;
-            # the newer connection wins and keeps the participant id.
-            old.client.kick(Close.REPLACED, "replaced by a newer connection")
-            old.client = client
-            old.name = name
-            if old.away_since is not None:
-                old.away_since = None
-                self._broadcast(
-                    {"type": "presence", "participant_id": old.id, "connected": True}, skip=old.id
-                )
-            if old.role is not role:
-                old.role = role
-                self.revision += 1
-                self._broadcast(
-                    {
-                        "type": "role_changed",
-                        "participant_id": old.id,
-                        "role": role.value,
-                        "by": None,
-                    },
-                    skip=old.id,
-                )
-            return old
+            return self._rejoin(old, name, role, client)
         if (
             role not in (Role.MODERATOR, Role.RECORDER)
             and len(self.participants) >= self.config.max_participants
@@ -173,6 +151,25 @@ class Room:
         else:
             self._to_moderators({"type": "knock", "participant": p.describe()})
         return p
+
+    def _rejoin(self, old: Participant, name: str, role: Role, client: Client) -> Participant:
+        """The same identity again: the newer connection takes the participant's place."""
+        # A reconnect after a network drop often beats the detection of the dead socket;
+        # the newer connection wins and keeps the participant id.
+        old.client.kick(Close.REPLACED, "replaced by a newer connection")
+        old.client = client
+        old.name = name
+        if old.away_since is not None:
+            old.away_since = None
+            self._broadcast(
+                {"type": "presence", "participant_id": old.id, "connected": True}, skip=old.id
+            )
+        if old.role is not role:
+            old.role = role
+            self.revision += 1
+            changed = {"type": "role_changed", "participant_id": old.id, "role": role.value}
+            self._broadcast({**changed, "by": None}, skip=old.id)
+        return old
 
     def leave(
         self, participant_id: str, reason: str, now: float, client: Client | None = None
