@@ -200,33 +200,20 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _serve(args: argparse.Namespace) -> int:
+    # The server's modules (aiortc, uvicorn) load here only: `teleconsult token` stays quick.
     import uvicorn
 
     from teleconsult.app import create_app
-    from teleconsult.signaling.http_api import join_url
+    from teleconsult.media.aiortc_adapter import count_codecs
     from teleconsult.signaling.server import NodeServer
 
     settings = _settings(args)
     configure_logging(settings.log_level, settings.log_format)
     keys = resolve_secrets(settings)
-    from teleconsult.media.aiortc_adapter import count_codecs
-
     count_codecs()
     app = create_app(settings, keys)
     if args.demo:
-        from teleconsult.session.room import RoomConfig
-
-        hub = app.state.hub
-        hub.rooms.create(
-            DEMO_ROOM,
-            hub.now(),
-            RoomConfig(
-                title="Demo consultation",
-                max_participants=settings.max_participants,
-                # A demo room should outlive a coffee break with nobody in it.
-                idle_timeout=max(settings.idle_timeout, 12 * 3600),
-            ),
-        )
+        _open_demo_room(app.state.hub, settings)
     config = uvicorn.Config(
         app,
         host=settings.host,
@@ -247,19 +234,37 @@ def _serve(args: argparse.Namespace) -> int:
                 break
             await asyncio.sleep(0.05)
         if server.started:
-            print(f"teleconsult listening on {settings.base_url()}", flush=True)
-            print(f"data directory: {settings.data_dir.resolve()}", flush=True)
-            if args.demo:
-                print(f"\nJoin the demo room '{DEMO_ROOM}':", flush=True)
-                for role, name, identity in DEMO_PEOPLE:
-                    token = mint(keys.token_secret, DEMO_ROOM, role, name, 12 * 3600, identity)
-                    link = join_url(settings.base_url(), DEMO_ROOM, token)
-                    print(f"  {role.value:<10} {link}", flush=True)
-                print("\nAdmin API key: in secrets.json of the data directory.", flush=True)
+            _say_how_to_join(settings, keys.token_secret, args.demo)
         await task
 
     asyncio.run(run())
     return 0
+
+
+def _open_demo_room(hub: Any, settings: Settings) -> None:
+    from teleconsult.session.room import RoomConfig
+
+    config = RoomConfig(
+        title="Demo consultation",
+        max_participants=settings.max_participants,
+        # A demo room should outlive a coffee break with nobody in it.
+        idle_timeout=max(settings.idle_timeout, 12 * 3600),
+    )
+    hub.rooms.create(DEMO_ROOM, hub.now(), config)
+
+
+def _say_how_to_join(settings: Settings, secret: str, demo: bool) -> None:
+    from teleconsult.signaling.http_api import join_url
+
+    print(f"teleconsult listening on {settings.base_url()}", flush=True)
+    print(f"data directory: {settings.data_dir.resolve()}", flush=True)
+    if demo:
+        print(f"\nJoin the demo room '{DEMO_ROOM}':", flush=True)
+        for role, name, identity in DEMO_PEOPLE:
+            token = mint(secret, DEMO_ROOM, role, name, 12 * 3600, identity)
+            link = join_url(settings.base_url(), DEMO_ROOM, token)
+            print(f"  {role.value:<10} {link}", flush=True)
+        print("\nAdmin API key: in secrets.json of the data directory.", flush=True)
 
 
 def _settings(args: argparse.Namespace) -> Settings:
