@@ -29,7 +29,10 @@ class SequenceTracker:
         self.window = window
         self.highest: int | None = None  # extended
         self._bad: int | None = None  # the 16-bit number that would confirm a restart
-        self._slots = [-1] * window
+        # The extended number each slot last held; None, never a number: a packet reordered
+        # across the wrap before a source's first one has a negative extended number, and -1
+        # as "empty" once made the packet just before the first (at 65535) a duplicate.
+        self._slots: list[int | None] = [None] * window
 
     def push(self, seq: int) -> tuple[Verdict, int]:
         """Judge one packet's sequence number; return the verdict and its extended number."""
@@ -63,6 +66,6 @@ class SequenceTracker:
         ext = seq if self.highest is None else (self.highest // SEQ_MOD + 2) * SEQ_MOD + seq
         self.highest = ext
         self._bad = None
-        self._slots = [-1] * self.window
+        self._slots = [None] * self.window
         self._slots[ext % self.window] = ext
         return Verdict.RESTART, ext

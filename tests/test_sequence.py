@@ -190,6 +190,18 @@ def dropped_by_the_up_track(arrivals: list[tuple[int, int]]) -> tuple[int, int]:
 # Found by this test: a packet whose original arrived before the subscriber joined, and whose
 # duplicate after its start, never reached it (now kept and sent on at the start).
 @example(seq0=66, ts0=20, restarts=[], loss=0.0, dup=0.1, depth=36, join_at=3070, seed=1233)
+# Found by it too: a source starting at 65535 whose next packet (0) overtook it; the late one
+# got the extended number -1, which the tracker's empty slots held, and was called a duplicate.
+@example(
+    seq0=1374,
+    ts0=2309537,
+    restarts=[(19355, 26856500), (65535, 48), (1282, 1_401_176_120)],
+    loss=0.0,
+    dup=0.0,
+    depth=33,
+    join_at=1363,
+    seed=16376,
+)
 async def test_every_packet_after_the_start_is_forwarded_once_in_order(
     seq0: int,
     ts0: int,
@@ -224,6 +236,15 @@ def test_a_numbering_jump_without_a_new_ssrc_is_a_restart() -> None:
     assert verdict is Verdict.RESTART and ext > 65002 and ext % SEQ_MOD == 20001
     assert tracker.push(20002) == (Verdict.NEW, ext + 1)
     assert tracker.push(20001) == (Verdict.DUPLICATE, ext)
+
+
+def test_a_first_packet_overtaken_across_the_wrap_is_new() -> None:
+    tracker = SequenceTracker()
+    assert tracker.push(4)[0] is Verdict.RESTART  # the fifth packet arrived first
+    verdicts = [tracker.push(seq) for seq in (65535, 0, 1, 2, 3)]
+    assert [v for v, _ in verdicts] == [Verdict.NEW] * 5
+    assert [e for _, e in verdicts] == [-1, 0, 1, 2, 3]
+    assert tracker.push(65535)[0] is Verdict.DUPLICATE  # and a real copy of it is one
 
 
 def test_late_and_duplicate_packets_across_the_wrap() -> None:
