@@ -1,7 +1,7 @@
 """A whole session for a long time: is every frame delivered every minute, and does the server grow?
 
 Usage: python -m bench.soak.run [--minutes 10] [--subscribers 8] [--size 1920x1080]
-       [--bitrate 4000000] [--annotate-hz 5] [--no-record] [--out FILE]
+       [--bitrate 4000000] [--annotate-hz 5] [--no-record] [--out FILE] [--keep]
 
 One `teleconsult serve`, a publisher replaying a pre-encoded VP8 clip with Opus audio, viewers
 that count frames without decoding, an expert drawing, a moderator recording; all processes of
@@ -18,6 +18,7 @@ import json
 import os
 import platform
 import re
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -129,6 +130,7 @@ def main() -> int:
     ap.add_argument("--annotate-hz", type=float, default=5.0)
     ap.add_argument("--no-record", action="store_true")
     ap.add_argument("--out", type=Path, default=None)
+    ap.add_argument("--keep", action="store_true", help="keep the recording and the server's data")
     args = ap.parse_args()
 
     # The commit whose code runs: taken now, as the tree may move on during a long run.
@@ -230,6 +232,9 @@ def main() -> int:
                 except subprocess.TimeoutExpired:
                     p.kill()
                     p.wait(5)
+        if not args.keep:
+            # A 2-hour run records gigabytes; the report holds what was measured of them.
+            shutil.rmtree(tmp, ignore_errors=True)
     out.write_text(json.dumps(report, indent=1))
     print(json.dumps({k: v for k, v in report.items() if k != "minutes"}, indent=1))
     print(f"written to {out}")
