@@ -38,8 +38,8 @@ SECRET = "soak-secret-soak-secret-soak-secret-0123"
 PY = sys.executable
 RESULTS = Path(__file__).resolve().parent.parent / "results"
 ROOM = "soak"
-# Frames sent in a minute and frames received in it differ at the edges by what was in
-# flight when the minute turned: a frame or two, never more on loopback.
+# Frames sent by the end of a minute and frames received by then differ by what was in flight
+# when the minute turned: a frame or two on loopback; more is loss.
 EDGE = 2
 
 
@@ -255,14 +255,26 @@ def summarize(
     minutes = []
     worst = 1.0
     lost_minutes = 0
-    for line in per_minute:
-        if "minute" not in line:
-            continue
+    lines = [line for line in per_minute if "minute" in line]
+    sent_by: list[int] = []  # frames sent from the start to the end of each minute
+    got_by: list[
+        list[int]
+    ] = []  # frames each viewer received from the start to the end of each minute
+    for line in lines:
         k = line["minute"]
         sent = sum(1 for _, t in sends if t0 + 60 * k <= t < t0 + 60 * (k + 1))
+        sent_by.append((sent_by[-1] if sent_by else 0) + sent)
+        previous = got_by[-1] if got_by else [0] * len(line["video"])
+        got_by.append([a + b for a, b in zip(previous, line["video"], strict=True)])
+    for i, line in enumerate(lines):
+        k = line["minute"]
+        sent = sent_by[i] - (sent_by[i - 1] if i else 0)
         got = line["video"]
-        short = [sent - g for g in got if g < sent - EDGE]
-        lost_minutes += bool(short)
+        # Lost: frames sent by the end of this minute and still missing a minute later. A
+        # frame sent just before a minute's edge and received just after it is late, not lost.
+        later = got_by[min(i + 1, len(got_by) - 1)]
+        behind = [sent_by[i] - g for g in later]
+        lost_minutes += any(b > EDGE for b in behind)
         worst = min(worst, min(got) / sent if sent else 0.0)
         sample = next((s for s in samples if s["minute"] == k), {})
         minutes.append(
@@ -270,6 +282,7 @@ def summarize(
                 **sample,
                 "sent": sent,
                 "received": got,
+                "behind": behind,
                 "audio": line["audio"],
                 "resubscribed": line.get("resubscribed"),
             }
