@@ -101,16 +101,17 @@ class DiskQueue:
                 except OSError as e:
                     if not self._broken:
                         self._broken = True  # what follows a failed write is not written
-                        self._tell(self._fail, e)
+                        self.tell(self._fail, e)
                     else:
                         log.warning("a recording could not be finished: %s", e.strerror or e)
                 except Exception:  # a bug must not kill the thread and lose the rest
                     log.exception("a recording job failed")
             with self._lock:
                 self.waiting -= size
-        self._tell(self._done.set)
+        self.tell(self._done.set)
 
-    def _tell(self, callback: Callable[..., None], *args: object) -> None:
+    def tell(self, callback: Callable[..., None], *args: object) -> None:
+        """Call back on the event loop, from the writer thread."""
         # A closed loop: the process is ending and nobody is left to tell.
         with contextlib.suppress(RuntimeError):
             self.loop.call_soon_threadsafe(callback, *args)

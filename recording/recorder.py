@@ -290,10 +290,6 @@ class Recorder:
             return round(self._t(wall + delta), 4)
         return round(self._t(rec.first_arrival), 4)
 
-    def manifest(self) -> Event:
-        """Return the session's description (the files' own figures as the writer has them)."""
-        return self._with_files(self._session())
-
     def _session(self) -> Event:
         """The description as the event loop knows it: the room, the people, the tracks (a
         copy: the writer thread reads it while the loop goes on changing its own)."""
@@ -356,7 +352,7 @@ class Recorder:
             os.fsync(f.fileno())
         os.replace(tmp, path)
         if self.on_manifest is not None and self.disk is not None:
-            self.disk.loop.call_soon_threadsafe(self.on_manifest, self, data)
+            self.disk.tell(self.on_manifest, self, data)
 
 
 def _depayloader(codec: RTCRtpCodecParameters) -> Callable[[bytes], bytes]:

@@ -119,11 +119,9 @@ class Hub:
             self._encoded.pop(next(iter(self._encoded)))
         return text
 
-    def spawn(self, coro: Coroutine[Any, Any, Any], name: str | None = None) -> None:
+    def spawn(self, coro: Coroutine[Any, Any, Any]) -> None:
         """Run a coroutine in the background, keeping a reference until it ends."""
         task = asyncio.ensure_future(coro)
-        if name is not None:
-            task.set_name(name)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
@@ -225,17 +223,17 @@ class Hub:
 
     def journal(self, room_id: str, what: str, payload: Any) -> None:
         """Queue a change for the store: "op", "state", "forget", "recording", "unrecord"."""
-        self._journal.put_nowait((room_id, what, payload))
+        self._journal.put_nowait((room_id, what, payload))  # the one way in
 
     def _room_created(self, room: Room) -> None:
         room.journal = lambda event: self._journal_op(room, event)
 
     def _journal_op(self, room: Room, event: Event) -> None:
-        self._journal.put_nowait((room.id, "op", event))
+        self.journal(room.id, "op", event)
         if event["seq"] % CHECKPOINT_EVERY == 0:
             # Taken now, when the channel is exactly at this operation.
             checkpoint = room.channel.checkpoint(CHECKPOINT_EVERY)
-            self._journal.put_nowait((room.id, "checkpoint", checkpoint))
+            self.journal(room.id, "checkpoint", checkpoint)
 
     def persist(self, room: Room) -> None:
         """Journal a room's membership state if it changed since it was last journaled."""
@@ -243,7 +241,7 @@ class Hub:
             return  # ended, or handed over to another node: not this node's to write
         if self._saved.get(room.id) != room.revision:
             self._saved[room.id] = room.revision
-            self._journal.put_nowait((room.id, "state", room.export()))
+            self.journal(room.id, "state", room.export())
 
     async def revoke(
         self, grant_room: str, token_id: str, until: float, actor: str = "admin"
@@ -341,9 +339,7 @@ class Hub:
 
     def _forget(self, room_id: str, ended: bool = False) -> None:
         # Ended on purpose: refused everywhere for as long as a token for it may be valid.
-        self._journal.put_nowait(
-            (room_id, "forget", self.settings.max_token_ttl if ended else None)
-        )
+        self.journal(room_id, "forget", self.settings.max_token_ttl if ended else None)
 
     def ice_servers(self, identity: str, urls: list[str] | None = None) -> list[dict[str, Any]]:
         """Return the ICE servers a participant gets on join, with fresh TURN credentials.

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from collections.abc import Callable
 
 log = logging.getLogger("teleconsult.loop")
@@ -28,6 +27,6 @@ async def watch(observe: Callable[[float], None], every: float = EVERY) -> None:
         await asyncio.sleep(every)
         late = max(0.0, loop.time() - asked - every)
         observe(late)
-        if late >= WARN_AFTER and time.monotonic() - warned >= WARN_GAP:
-            warned = time.monotonic()
+        if late >= WARN_AFTER and loop.time() - warned >= WARN_GAP:
+            warned = loop.time()
             log.warning("the event loop was held for %.2f s: packets wait meanwhile", late)

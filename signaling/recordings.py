@@ -47,7 +47,7 @@ class Node(Protocol):
     def journal(self, room_id: str, what: str, payload: Any) -> None:
         """Queue a change for the store."""
 
-    def spawn(self, coro: Coroutine[Any, Any, Any], name: str | None = None) -> None:
+    def spawn(self, coro: Coroutine[Any, Any, Any]) -> None:
         """Run a coroutine in the background."""
 
     async def pull(self, node: str, room: Room, stream_id: str) -> None:
