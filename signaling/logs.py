@@ -37,6 +37,11 @@ def configure_logging(level: str = "info", fmt: str = "text") -> None:
         root.removeHandler(old)
     root.addHandler(handler)
     root.setLevel(level.upper())
+    # aioice and aiortc say every ICE check and DTLS step at info: at info and above only
+    # their warnings are worth an operator's screen (and their addresses stay out of it).
+    quiet = max(logging.WARNING, root.level)
+    for name in ("aioice", "aiortc"):
+        logging.getLogger(name).setLevel(logging.DEBUG if root.level <= logging.DEBUG else quiet)
     # uvicorn configures its own loggers only when given a config of its own: here it is not,
     # so its records go to the root handler above like everyone else's.
     for name in ("uvicorn", "uvicorn.error", "uvicorn.access"):

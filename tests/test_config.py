@@ -104,12 +104,15 @@ def test_json_log_lines(capsys: pytest.CaptureFixture[str]) -> None:
         configure_logging("info", "json")
         logging.getLogger("teleconsult.test").info("room %s opened", "r1")
         logging.getLogger("teleconsult.test").debug("not written at info")
+        logging.getLogger("aioice.ice").info("Check CandidatePair(...) State.WAITING")
         try:
             raise RuntimeError("boom")
         except RuntimeError:
             logging.getLogger("uvicorn.error").exception("failed")
     finally:
         root.handlers[:], root.level = before
+        for name in ("aioice", "aiortc"):
+            logging.getLogger(name).setLevel(logging.NOTSET)
     lines = [json.loads(x) for x in capsys.readouterr().err.splitlines()]
     assert [(x["level"], x["logger"], x["message"]) for x in lines] == [
         ("info", "teleconsult.test", "room r1 opened"),
