@@ -17,7 +17,7 @@ from aiortc import (
 from aiortc.mediastreams import MediaStreamTrack
 from aiortc.rtcconfiguration import RTCIceTransportPolicy
 
-from teleconsult.media.aiortc_adapter import guard_ice_ports, quick_consent
+from teleconsult.media.aioice_adapter import guard_ice_ports, quick_consent
 
 from .signaling import SignalingClient
 

@@ -14,12 +14,18 @@ from typing import Any
 import av
 from aiortc import RTCPeerConnection
 from aiortc.mediastreams import MediaStreamTrack
+from tenacity import (
+    AsyncRetrying,
+    RetryError,
+    retry_if_exception_type,
+    wait_exponential,
+)
 
 from teleconsult.media import stamp
 from teleconsult.media.synthetic import UltrasoundTrack
 
-from .media import MediaClient, Subscription
-from .signaling import FINAL_CLOSES, JoinRefused, RequestFailed, SignalingClient
+from .media import MediaClient, Published, Subscription
+from .signaling import FINAL_CLOSES, RequestFailed, SignalingClient
 
 
 def open_source(source: str, size: tuple[int, int], fps: float) -> list[MediaStreamTrack]:
@@ -52,20 +58,30 @@ async def connect_again(
     new_client: Callable[[], SignalingClient], deadline: float | None
 ) -> SignalingClient | None:
     """Connect until it works (None once the deadline passes); a refusal raises JoinRefused."""
-    backoff = BACKOFF_FIRST
-    while deadline is None or time.monotonic() < deadline:
+
+    def past_deadline() -> bool:
+        return deadline is not None and time.monotonic() >= deadline
+
+    async def once() -> SignalingClient:
         client = new_client()
         try:
             await client.connect(timeout=CONNECT_TIMEOUT)
-            return client
-        except JoinRefused:
+        except BaseException:
             await client.close()
             raise
-        except (OSError, ConnectionError, TimeoutError):
-            await client.close()
-            await asyncio.sleep(backoff)
-            backoff = min(BACKOFF_MAX, backoff * 2)
-    return None
+        return client
+
+    if past_deadline():
+        return None
+    retrying = AsyncRetrying(
+        retry=retry_if_exception_type((OSError, ConnectionError, TimeoutError)),
+        wait=wait_exponential(multiplier=BACKOFF_FIRST, max=BACKOFF_MAX),
+        stop=lambda _: past_deadline(),
+    )
+    try:
+        return await retrying(once)
+    except RetryError:
+        return None
 
 
 def watch_connection(pc: RTCPeerConnection) -> asyncio.Event:
@@ -78,6 +94,84 @@ def watch_connection(pc: RTCPeerConnection) -> asyncio.Event:
             lost.set()
 
     return lost
+
+
+class _Station:
+    """A station's stream, kept published across every loss of its network."""
+
+    def __init__(
+        self,
+        open_tracks: Callable[[], list[MediaStreamTrack]],
+        video_source: str,
+        label: str,
+        codec: str | None,
+        deadline: float | None,
+    ) -> None:
+        self.open_tracks = open_tracks
+        self.video_source = video_source
+        self.label = label
+        self.codec = codec
+        self.deadline = deadline
+        self.stream_id: str | None = None
+        self.kept = False  # the server still knows our stream
+        self.media: MediaClient | None = None
+
+    def running(self) -> bool:
+        """Tell whether the time to publish has not passed."""
+        return self.deadline is None or time.monotonic() < self.deadline
+
+    async def serve(self, client: SignalingClient) -> None:
+        """Publish over one signaling connection until it, or the time, ends."""
+        media = await self._adopt(client)
+        try:
+            while self.running():
+                published = await self._published(media)
+                if not await _until_lost(client, published.pc, published.id, self.deadline):
+                    break  # the signaling connection is gone: make it again
+                if client.stale:
+                    # The media path died and the server is late too: the network went.
+                    # A new connection beats waiting out TCP's backoff on the old one.
+                    client.give_up("silent")
+                    break
+        except (ConnectionError, RequestFailed, TimeoutError):
+            pass  # lost while publishing: start again
+        finally:
+            await client.close()
+
+    async def _adopt(self, client: SignalingClient) -> MediaClient:
+        """Take a new signaling connection; media that still flows is kept across it."""
+        if self.media is None:
+            self.media = MediaClient(client)
+        media = self.media
+        moved = media.signaling.gave_up == "address"
+        media.signaling = client
+        described = {s["id"]: s for s in client.welcome.get("streams", [])}
+        self.kept = self.stream_id in described
+        lost = self.kept and described[self.stream_id or ""].get("state") == "reconnecting"
+        if self.stream_id in media.published and (moved or lost):
+            # The media must go again: this machine's address changed (a handover, and the
+            # media path left from it too), or the server lost it while we were away.
+            await media.published[self.stream_id or ""].pc.close()
+        return media
+
+    async def _published(self, media: MediaClient) -> Published:
+        """Return our live publication, publishing (again, under the same id) if need be."""
+        published = media.published.get(self.stream_id or "")
+        dead = published is None or published.pc.connectionState in ("failed", "closed")
+        if published is not None and self.kept and not dead:
+            return published
+        feeds = [
+            (t, self.video_source if t.kind == "video" else "microphone", self.label)
+            for t in self.open_tracks()
+        ]
+        replace = self.stream_id if self.kept else None
+        if published is not None and not self.kept:
+            media.published.pop(published.id, None)
+            await published.pc.close()
+        published = await media.publish(feeds, video_codec=self.codec, replace=replace)
+        self.stream_id, self.kept = published.id, True
+        print(json.dumps({"published": published.id, "feeds": published.feeds}), flush=True)
+        return published
 
 
 async def publish(
@@ -98,62 +192,18 @@ async def publish(
     ends it; a refusal raises JoinRefused.
     """
     deadline = None if duration is None else time.monotonic() + duration
-    stream_id: str | None = None
-    media: MediaClient | None = None
+    station = _Station(open_tracks, video_source, label, codec, deadline)
     try:
-        while deadline is None or time.monotonic() < deadline:
+        while station.running():
             client = await connect_again(new_client, deadline)
             if client is None:
                 return
-            if media is None:
-                media = MediaClient(client)
-            moved = media.signaling.gave_up == "address"
-            media.signaling = client  # media that still flows is kept across a reconnect
-            described = {s["id"]: s for s in client.welcome.get("streams", [])}
-            kept = stream_id in described
-            lost = kept and described[stream_id].get("state") == "reconnecting"
-            if stream_id in media.published and (moved or lost):
-                # The media must go again: this machine's address changed (a handover, and the
-                # media path left from it too), or the server lost it while we were away.
-                await media.published[stream_id].pc.close()
-            try:
-                while deadline is None or time.monotonic() < deadline:
-                    published = media.published.get(stream_id or "")
-                    if (
-                        published is None
-                        or not kept
-                        or published.pc.connectionState in ("failed", "closed")
-                    ):
-                        feeds = [
-                            (t, video_source if t.kind == "video" else "microphone", label)
-                            for t in open_tracks()
-                        ]
-                        replace = stream_id if kept else None
-                        if published is not None and not kept:
-                            media.published.pop(published.id, None)
-                            await published.pc.close()
-                        published = await media.publish(feeds, video_codec=codec, replace=replace)
-                        stream_id, kept = published.id, True
-                        print(
-                            json.dumps({"published": published.id, "feeds": published.feeds}),
-                            flush=True,
-                        )
-                    if not await _until_lost(client, published.pc, published.id, deadline):
-                        break  # the signaling connection is gone: make it again
-                    if client.stale:
-                        # The media path died and the server is late too: the network went.
-                        # A new connection beats waiting out TCP's backoff on the old one.
-                        client.give_up("silent")
-                        break
-            except (ConnectionError, RequestFailed, TimeoutError):
-                pass  # lost while publishing: start again
-            finally:
-                await client.close()
+            await station.serve(client)
             if client.close_code in FINAL_CLOSES:
                 return
     finally:
-        if media is not None:
-            await media.close()
+        if station.media is not None:
+            await station.media.close()
 
 
 async def _until_lost(
@@ -236,6 +286,127 @@ async def _consume(feed_id: str, track: MediaStreamTrack, stats: FeedStats, star
         stats.last_at = now
 
 
+class _Viewer:
+    """Every stream of a room, received across every loss of the network."""
+
+    def __init__(self, deadline: float | None, show: bool) -> None:
+        self.deadline = deadline
+        self.show = show
+        self.feeds: dict[str, FeedStats] = {}
+        self.media: MediaClient | None = None
+        # What is received, by stream id: the subscription and a task per feed.
+        self.receiving: dict[str, tuple[Subscription, list[asyncio.Task[None]]]] = {}
+        self.last_print = time.monotonic()
+
+    def running(self) -> bool:
+        """Tell whether the time to receive has not passed."""
+        return self.deadline is None or time.monotonic() < self.deadline
+
+    async def serve(self, client: SignalingClient) -> None:
+        """Receive over one signaling connection until it, or the time, ends."""
+        if self.media is None:
+            self.media = MediaClient(client)
+        if self.media.signaling.gave_up is not None:
+            # This machine's address changed, or the network went silent: the media paths
+            # left from it too, or lost frames no NACK brings back. A new subscription
+            # starts at a keyframe at once; an old one waits for its decoder to ask.
+            for sub, _ in self.receiving.values():
+                await sub.pc.close()
+        self.media.signaling = client
+        try:
+            await self._catch_up(client)
+            while self.running():
+                try:
+                    event = await client.recv(timeout=0.5)
+                except TimeoutError:
+                    event = None
+                if event is not None:
+                    await self._on_event(event)
+                await self._check_paths(client)
+                if self.show and time.monotonic() - self.last_print >= 1.0:
+                    self.last_print = time.monotonic()
+                    print(json.dumps(self.summary()), flush=True)
+        except (ConnectionError, RequestFailed):
+            pass  # the signaling connection is gone: make it again
+        finally:
+            await client.close()
+
+    def summary(self) -> dict[str, Any]:
+        """Return each feed's statistics."""
+        return {k: v.summary() for k, v in self.feeds.items()}
+
+    async def close(self) -> None:
+        """Stop receiving everything."""
+        for stream_id in list(self.receiving):
+            await self._drop(stream_id)
+        if self.media is not None:
+            await self.media.close()
+
+    async def _catch_up(self, client: SignalingClient) -> None:
+        """Receive what the room publishes now, as the welcome says, and nothing else."""
+        live = {s["id"] for s in client.welcome.get("streams", [])}
+        held_there = set(client.welcome.get("subscriptions", []))
+        for stream_id in list(self.receiving):
+            if stream_id not in live:
+                await self._drop(stream_id)
+        for stream_id in live:
+            held = self.receiving.get(stream_id)
+            if (
+                held is None
+                or held[0].id not in held_there  # the server ended it meanwhile
+                or held[0].pc.connectionState in ("failed", "closed")
+            ):
+                await self._retake(stream_id)
+
+    async def _on_event(self, event: dict[str, Any]) -> None:
+        if event["type"] == "stream_added":
+            await self._take(event["stream"]["id"])
+        elif event["type"] == "stream_removed":
+            await self._drop(event["stream_id"])
+        elif event["type"] == "unsubscribed" and event["reason"] != "unpublished":
+            # The server ended a subscription (its path failed): take it again.
+            for stream_id, (sub, _) in list(self.receiving.items()):
+                if sub.id == event["stream"]:
+                    await self._retake(stream_id)
+
+    async def _check_paths(self, client: SignalingClient) -> None:
+        for stream_id, (sub, _) in list(self.receiving.items()):
+            # Our own path to the server was lost: receive it again, over a new signaling
+            # connection if the server is late too (the network went).
+            if sub.pc.connectionState in ("failed", "closed"):
+                if client.stale:
+                    client.give_up("silent")
+                    raise ConnectionError("the network went")
+                await self._retake(stream_id)
+
+    async def _take(self, stream_id: str) -> None:
+        assert self.media is not None
+        started = time.monotonic()
+        try:
+            sub = await self.media.subscribe(stream_id)
+        except RequestFailed:
+            return  # gone before we asked (published and withdrawn at once)
+        tasks = []
+        for feed_id, track in sub.tracks.items():
+            stats = self.feeds.setdefault(feed_id, FeedStats())
+            tasks.append(asyncio.create_task(_consume(feed_id, track, stats, started)))
+        self.receiving[stream_id] = (sub, tasks)
+
+    async def _drop(self, stream_id: str) -> None:
+        assert self.media is not None
+        held = self.receiving.pop(stream_id, None)
+        if held is not None:
+            sub, tasks = held
+            for t in tasks:
+                t.cancel()
+            self.media.subscriptions.pop(sub.id, None)
+            await sub.pc.close()
+
+    async def _retake(self, stream_id: str) -> None:
+        await self._drop(stream_id)
+        await self._take(stream_id)
+
+
 async def subscribe(
     new_client: Callable[[], SignalingClient], duration: float | None, show: bool
 ) -> dict[str, Any]:
@@ -245,102 +416,16 @@ async def subscribe(
     that is not final, a subscription whose media path was lost is made again, and a stream
     that is gone (`no_such_stream`) is simply not received.
     """
-    feeds: dict[str, FeedStats] = {}
     deadline = None if duration is None else time.monotonic() + duration
-    media: MediaClient | None = None
-    receiving: dict[str, tuple[Subscription, list[asyncio.Task[None]]]] = {}  # by stream id
-    last_print = time.monotonic()
-
-    async def take(stream_id: str) -> None:
-        assert media is not None
-        started = time.monotonic()
-        try:
-            sub = await media.subscribe(stream_id)
-        except RequestFailed:
-            return  # gone before we asked (published and withdrawn at once)
-        tasks = []
-        for feed_id, track in sub.tracks.items():
-            stats = feeds.setdefault(feed_id, FeedStats())
-            tasks.append(asyncio.create_task(_consume(feed_id, track, stats, started)))
-        receiving[stream_id] = (sub, tasks)
-
-    async def drop(stream_id: str) -> None:
-        assert media is not None
-        held = receiving.pop(stream_id, None)
-        if held is not None:
-            sub, tasks = held
-            for t in tasks:
-                t.cancel()
-            media.subscriptions.pop(sub.id, None)
-            await sub.pc.close()
-
-    async def retake(stream_id: str) -> None:
-        await drop(stream_id)
-        await take(stream_id)
-
+    viewer = _Viewer(deadline, show)
     try:
-        while deadline is None or time.monotonic() < deadline:
+        while viewer.running():
             client = await connect_again(new_client, deadline)
             if client is None:
                 break
-            if media is None:
-                media = MediaClient(client)
-            if media.signaling.gave_up is not None:
-                # This machine's address changed, or the network went silent: the media paths
-                # left from it too, or lost frames no NACK brings back. A new subscription
-                # starts at a keyframe at once; an old one waits for its decoder to ask.
-                for sub, _ in receiving.values():
-                    await sub.pc.close()
-            media.signaling = client
-            try:
-                live = {s["id"] for s in client.welcome.get("streams", [])}
-                held_there = set(client.welcome.get("subscriptions", []))
-                for stream_id in list(receiving):
-                    if stream_id not in live:
-                        await drop(stream_id)
-                for stream_id in live:
-                    held = receiving.get(stream_id)
-                    if (
-                        held is None
-                        or held[0].id not in held_there  # the server ended it meanwhile
-                        or held[0].pc.connectionState in ("failed", "closed")
-                    ):
-                        await retake(stream_id)
-                while deadline is None or time.monotonic() < deadline:
-                    try:
-                        event = await client.recv(timeout=0.5)
-                    except TimeoutError:
-                        event = None
-                    if event is not None and event["type"] == "stream_added":
-                        await take(event["stream"]["id"])
-                    elif event is not None and event["type"] == "stream_removed":
-                        await drop(event["stream_id"])
-                    elif event is not None and event["type"] == "unsubscribed":
-                        # The server ended a subscription (its path failed): take it again.
-                        for stream_id, (sub, _) in list(receiving.items()):
-                            if sub.id == event["stream"] and event["reason"] != "unpublished":
-                                await retake(stream_id)
-                    for stream_id, (sub, _) in list(receiving.items()):
-                        # Our own path to the server was lost: receive it again, over a new
-                        # signaling connection if the server is late too (the network went).
-                        if sub.pc.connectionState in ("failed", "closed"):
-                            if client.stale:
-                                client.give_up("silent")
-                                raise ConnectionError("the network went")
-                            await retake(stream_id)
-                    if show and time.monotonic() - last_print >= 1.0:
-                        last_print = time.monotonic()
-                        print(json.dumps({k: v.summary() for k, v in feeds.items()}), flush=True)
-            except (ConnectionError, RequestFailed):
-                pass  # the signaling connection is gone: make it again
-            finally:
-                await client.close()
+            await viewer.serve(client)
             if client.close_code in FINAL_CLOSES:
                 break
     finally:
-        for stream_id in list(receiving):
-            if media is not None:
-                await drop(stream_id)
-        if media is not None:
-            await media.close()
-    return {k: v.summary() for k, v in feeds.items()}
+        await viewer.close()
+    return viewer.summary()

@@ -16,15 +16,14 @@ from aiortc import RTCConfiguration, RTCRtpTransceiver, RTCSessionDescription
 from aiortc import sdp as aiortc_sdp
 from aiortc.rtcrtpparameters import RTCRtpCodecParameters
 
+from .aioice_adapter import guard_ice_ports, quick_consent
 from .aiortc_adapter import (
     ForwardingReceiver,
     ForwardingSender,
     RelayPeerConnection,
     add_relay_codecs,
     codec_preferences,
-    guard_ice_ports,
     negotiated_codec,
-    quick_consent,
     same_codec,
 )
 from .histogram import Histogram

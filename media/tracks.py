@@ -18,6 +18,7 @@ from .histogram import Histogram
 from .keyframe import KEYFRAME_START
 from .rewrite import Rewriter
 from .seqnum import SequenceTracker, Verdict
+from .taps import Tap
 
 # A PLI upstream at most this often: keyframes are expensive, and one serves every subscriber.
 KEYFRAME_INTERVAL = 0.3
@@ -53,7 +54,7 @@ class UpTrack:
         self.clock = clock
         self.downs: list[DownTrack] = []
         # Local consumers of the publisher's packets (the recorder), called after forwarding.
-        self.taps: list[Callable[[RtpPacket, RTCRtpCodecParameters, bool], None]] = []
+        self.taps: list[Tap] = []
         self.muted = False
         self.rates = RateAggregator()
         self.keyframes = 0
@@ -167,6 +168,21 @@ class UpTrack:
         """Remember the current source (the last four) so its late packets are dropped."""
         if self.source_ssrc is not None:
             self._retired = [*self._retired[-3:], self.source_ssrc]
+
+    def tap(self, tap: Tap) -> Callable[[], None]:
+        """Call `tap` with every packet forwarded (not while muted); returns what stops it."""
+        self.taps.append(tap)
+
+        def untap() -> None:
+            if tap in self.taps:
+                self.taps.remove(tap)
+
+        return untap
+
+    @property
+    def last_sr(self) -> tuple[float, int] | None:
+        """The publisher's latest sender report: its wall clock and RTP time."""
+        return self.receiver.last_sr
 
     def request_keyframe(self) -> None:
         """Ask the publisher for a keyframe, at most once per KEYFRAME_INTERVAL."""

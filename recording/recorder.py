@@ -22,8 +22,7 @@ from aiortc.codecs import depayload
 from aiortc.rtcrtpparameters import RTCRtpCodecParameters
 from aiortc.rtp import RtpPacket
 
-from teleconsult.media.sfu import Sfu
-from teleconsult.media.tracks import UpTrack
+from teleconsult.media.taps import Tappable, Tracks
 from teleconsult.session.participant import Event
 from teleconsult.session.roles import PATIENT_SOURCES, Role
 from teleconsult.session.room import Room
@@ -51,8 +50,8 @@ class Recorded:
     participant_id: str
     file: TrackFile
     assembler: FrameAssembler | None
-    track: UpTrack
-    tap: Callable[[RtpPacket, RTCRtpCodecParameters, bool], None]
+    track: Tappable
+    untap: Callable[[], None]
     first_arrival: float | None = None
     first_ts: int | None = None
     ended_at: float | None = None
@@ -64,7 +63,7 @@ class Recorder:
     def __init__(
         self,
         room: Room,
-        sfu: Sfu,
+        sfu: Tracks,
         root: Path,
         clock: Callable[[], float],
         on_error: Callable[[str, str], None],
@@ -215,10 +214,9 @@ class Recorder:
                 tf,
                 assembler,
                 track,
-                tap=lambda *_: None,
+                untap=lambda: None,
             )
-            rec.tap = self._tap_for(rec)
-            track.taps.append(rec.tap)
+            rec.untap = track.tap(self._tap_for(rec))
             self.tracks.append(rec)
             # Start on a keyframe now rather than at the encoder's next one.
             track.request_keyframe()
@@ -250,8 +248,7 @@ class Recorder:
         return tap
 
     def _end_track(self, rec: Recorded) -> None:
-        if rec.tap in rec.track.taps:
-            rec.track.taps.remove(rec.tap)
+        rec.untap()
         if rec.ended_at is None:
             rec.ended_at = self.clock()
             if self.disk is not None:
@@ -283,7 +280,7 @@ class Recorder:
         """Session time of a track's first frame, from the publisher's sender report if any."""
         if rec.first_arrival is None or rec.first_ts is None:
             return None
-        sr = rec.track.receiver.last_sr
+        sr = rec.track.last_sr
         if sr is not None:
             wall, rtp = sr
             delta = ((rec.first_ts - rtp + (1 << 31)) % (1 << 32) - (1 << 31)) / rec.file.clock_rate

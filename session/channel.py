@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -63,6 +64,30 @@ class Channel:
     ids: dict[str, tuple[str, int]] = field(default_factory=dict)
 
     # -- operations ----------------------------------------------------------------------------
+
+    def apply(
+        self,
+        author: str,
+        op: dict[str, Any],
+        now: float,
+        moderator: bool,
+        geometry: Callable[[object], FeedGeometry],
+    ) -> Event:
+        """Order an annotation operation other than a pointer; `geometry` finds a drawn feed."""
+        kind, op_id = op.get("op"), str(op.get("id"))
+        if kind == "delete":
+            return self.delete(author, str(op.get("target")), op_id, now, moderator)
+        if kind == "undo":
+            return self.undo(author, op_id, now)
+        if kind == "clear":
+            feed = op.get("feed")
+            if feed is not None:
+                geometry(feed)  # refuses a feed that is not published
+            scope = str(op.get("scope") or "own")
+            return self.clear(author, op_id, scope, feed, now, moderator)
+        if kind not in SHAPES:
+            raise SessionError(Code.UNKNOWN_OP, f"unknown annotation operation {kind!r}")
+        return self.draw(author, op, now, geometry(op.get("feed")))
 
     def draw(self, author: str, op: dict[str, Any], now: float, geometry: FeedGeometry) -> Event:
         """Add a shape (arrow, stroke, ruler, ellipse, text); returns the ordered event."""

@@ -3,36 +3,16 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Any
 
-from .channel import SHAPES, Channel, FeedGeometry, Limits
+from .channel import Channel, FeedGeometry, Limits
 from .errors import Close, Code, SessionError
+from .members import Members
 from .participant import Client, Event, Participant, State
-from .roles import PATIENT_SOURCES, PERSON_ROLES, Action, Role, Source, may, may_publish
-from .streams import Feed, Stream
-
-
-@dataclass
-class Recording:
-    """Whether the room is recorded, since when, by whom, and the patient's consent."""
-
-    active: bool = False
-    session_id: str = ""
-    started_by: str = ""
-    since: float = 0.0
-    pending_by: str = ""  # a moderator's start waiting for the operator's consent
-    consent: dict[str, Any] | None = None
-    segment: int = 1  # above 1 when the recording went on on another node
-
-    def describe(self) -> Event:
-        """Return what participants are told."""
-        return {
-            "active": self.active,
-            "session_id": self.session_id or None,
-            "since": self.since if self.active else None,
-            "consent": self.consent,
-        }
+from .recording_state import Recording
+from .roles import PERSON_ROLES, Action, Role, Source, may, may_publish
+from .streams import Feed, Published, Stream
 
 
 @dataclass(frozen=True)
@@ -46,19 +26,19 @@ class RoomConfig:
     chat_history: int = 200
 
 
-class Room:
+class Room(Members):
     """Owns one room's participants and applies its rules; pushes events to clients."""
 
     def __init__(self, room_id: str, config: RoomConfig, now: float) -> None:
+        super().__init__()
         self.id = room_id
         self.config = config
         self.created_at = now
         self.ended = False
         self.end_reason = ""
-        self.participants: dict[str, Participant] = {}
         self.banned: set[str] = set()
         self.empty_since: float | None = now
-        self.streams: dict[str, Stream] = {}
+        self.streams = Published()
         self.channel = Channel(Limits(chat=config.chat_history))
         # Set by the edge to keep every ordered operation beyond this process (session.store).
         self.journal: Callable[[Event], None] | None = None
@@ -70,21 +50,6 @@ class Room:
         self.recording = Recording()
 
     # -- queries ---------------------------------------------------------------------------
-
-    def joined(self) -> list[Participant]:
-        """Return the participants in the room, lobby excluded, in join order."""
-        return [p for p in self.participants.values() if p.state is State.JOINED]
-
-    def waiting(self) -> list[Participant]:
-        """Return the participants waiting in the lobby."""
-        return [p for p in self.participants.values() if p.state is State.WAITING]
-
-    def by_identity(self, identity: str) -> Participant | None:
-        """Return the participant with this identity, if present or waiting."""
-        for p in self.participants.values():
-            if p.identity == identity:
-                return p
-        return None
 
     def describe(self) -> Event:
         """Return the room's public description."""
@@ -225,11 +190,7 @@ class Room:
             for q in (self.leave(pid, self.participants[pid].away_reason, now) for pid in gone)
             if q is not None
         ]
-        stale = [
-            s.id
-            for s in self.streams.values()
-            if s.interrupted_since is not None and now - s.interrupted_since >= grace
-        ]
+        stale = self.streams.stale(now, grace)
         removed = [x for x in (self.remove_stream(sid, "interrupted") for sid in stale) if x]
         return left, removed
 
@@ -350,18 +311,11 @@ class Room:
 
     def interrupted_stream(self, participant_id: str, sources: list[Source]) -> Stream | None:
         """Return the participant's interrupted stream with exactly these feed sources, if any."""
-        for stream in self.streams.values():
-            if (
-                stream.participant_id == participant_id
-                and stream.interrupted_since is not None
-                and sorted(f.source for f in stream.feeds) == sorted(sources)
-            ):
-                return stream
-        return None
+        return self.streams.interrupted(participant_id, sources)
 
     def remove_streams_of(self, participant_id: str, reason: str) -> list[Stream]:
         """Withdraw every stream a participant publishes."""
-        mine = [s.id for s in self.streams.values() if s.participant_id == participant_id]
+        mine = [s.id for s in self.streams.of(participant_id)]
         return [s for s in (self.remove_stream(i, reason) for i in mine) if s is not None]
 
     def check_subscribe(self, participant_id: str, stream_id: str) -> Stream:
@@ -395,45 +349,23 @@ class Room:
         op_id = op.get("id")
         if not isinstance(op_id, str) or not op_id:
             raise SessionError(Code.INVALID_OP, "an annotation needs an id")
-        again = self.channel.retry(p.id, op_id)
-        if again is not None:
-            p.client.push(again)  # a retry: acknowledge it again, tell nobody else
+        if self._retried(p, op_id):
             return
         moderator = p.role is Role.MODERATOR
-        if kind == "delete":
-            event = self.channel.delete(p.id, str(op.get("target")), op_id, now, moderator)
-        elif kind == "undo":
-            event = self.channel.undo(p.id, op_id, now)
-        elif kind == "clear":
-            feed = op.get("feed")
-            if feed is not None:
-                self._feed(feed)
-            event = self.channel.clear(
-                p.id, op_id, str(op.get("scope") or "own"), feed, now, moderator
-            )
-        else:
-            if kind not in SHAPES:
-                raise SessionError(Code.UNKNOWN_OP, f"unknown annotation operation {kind!r}")
-            f = self._feed(op.get("feed"))
-            geometry = FeedGeometry(f.width, f.height, f.pixel_spacing_mm)
-            event = self.channel.draw(p.id, op, now, geometry)
+        event = self.channel.apply(p.id, op, now, moderator, self._geometry)
         self._order(event)
 
     def chat(self, participant_id: str, op_id: str, text: str, now: float) -> None:
         """Post a chat message to everyone."""
         p = self._require(participant_id, Action.CHAT)
-        again = self.channel.retry(p.id, op_id)
-        if again is not None:
-            p.client.push(again)
+        if self._retried(p, op_id):
             return
         self._order(self.channel.say(p.id, op_id, text, now))
 
     def raise_hand(self, participant_id: str, op_id: str, raised: bool, now: float) -> None:
         """Raise or lower one's hand."""
         p = self._self(participant_id)
-        again = self.channel.retry(p.id, op_id)
-        if again is not None:
-            p.client.push(again)
+        if self._retried(p, op_id):
             return
         self._order(self.channel.hand(p.id, op_id, raised, now))
 
@@ -484,27 +416,12 @@ class Room:
             if p.state is State.JOINED and p.role is not Role.RECORDER
         }
         # People restored from another node who have not come back yet are kept for later.
-        r = self.recording
-        c = self.config
         return {
-            "config": {
-                "title": c.title,
-                "max_participants": c.max_participants,
-                "lobby": c.lobby,
-                "idle_timeout": c.idle_timeout,
-                "chat_history": c.chat_history,
-            },
+            "config": asdict(self.config),
             "created_at": self.created_at,
             "people": {**self.remembered, **people},
             "banned": sorted(self.banned),
-            "recording": {
-                "active": r.active,
-                "session_id": r.session_id,
-                "started_by": r.started_by,
-                "since": r.since,
-                "consent": r.consent,
-                "segment": r.segment,
-            },
+            "recording": self.recording.export(),
         }
 
     def restore(self, state: Event) -> bool:
@@ -515,28 +432,16 @@ class Room:
             self.created_at = float(state.get("created_at", self.created_at))
         self.remembered = {k: dict(v) for k, v in state.get("people", {}).items()}
         self.banned = set(state.get("banned", []))
-        rec = state.get("recording") or {}
-        self.recording.session_id = str(rec.get("session_id") or "")
-        self.recording.started_by = str(rec.get("started_by") or "")
-        self.recording.since = float(rec.get("since") or 0.0)
-        self.recording.consent = rec.get("consent")
-        self.recording.segment = int(rec.get("segment") or 1)
-        # A recording that was running is resumed by the edge, as a new segment.
-        self.recording.active = False
-        return bool(rec.get("active"))
+        return self.recording.restore(state.get("recording") or {})
 
     # -- recording -------------------------------------------------------------------------------
-
-    def has_patient_feed(self) -> bool:
-        """Tell whether a probe or laparoscope image is published."""
-        return any(f.source in PATIENT_SOURCES for s in self.streams.values() for f in s.feeds)
 
     def start_recording(self, actor_id: str, now: float) -> bool:
         """Ask to record; True when it may start now, False while consent is awaited."""
         actor = self._require(actor_id, Action.RECORD)
         if self.recording.active:
             raise SessionError(Code.ALREADY_RECORDING, "the session is being recorded")
-        if self.has_patient_feed() and self.recording.consent is None:
+        if self.streams.has_patient_feed() and self.recording.consent is None:
             operators = [p for p in self.joined() if p.role is Role.OPERATOR]
             if not operators:
                 raise SessionError(
@@ -597,69 +502,33 @@ class Room:
         self._broadcast(event)
 
     def _feed(self, feed_id: object) -> Feed:
-        for stream in self.streams.values():
-            for feed in stream.feeds:
-                if feed.id == feed_id:
-                    return feed
-        raise SessionError(Code.NO_SUCH_FEED, "annotations are drawn on a published feed")
+        feed = self.streams.feed(feed_id)
+        if feed is None:
+            raise SessionError(Code.NO_SUCH_FEED, "annotations are drawn on a published feed")
+        return feed
+
+    def _geometry(self, feed_id: object) -> FeedGeometry:
+        f = self._feed(feed_id)
+        return FeedGeometry(f.width, f.height, f.pixel_spacing_mm)
 
     def idle(self, now: float) -> bool:
         """Tell whether the room has been empty for longer than its idle timeout."""
         return self.empty_since is not None and now - self.empty_since >= self.config.idle_timeout
-
-    def check(self, participant_id: str, action: Action) -> Participant:
-        """Return the joined participant if its role allows the action, else refuse."""
-        return self._require(participant_id, action)
 
     # -- helpers ---------------------------------------------------------------------------
 
     def _must_wait(self, role: Role) -> bool:
         return self.config.lobby and role not in (Role.MODERATOR, Role.RECORDER)
 
-    def _participant(self, participant_id: str) -> Participant:
-        p = self.participants.get(participant_id)
-        if p is None:
-            raise SessionError(Code.NO_SUCH_PARTICIPANT, "no such participant in this room")
-        return p
-
-    def _target(self, participant_id: str) -> Participant:
-        p = self._participant(participant_id)
-        if p.state is not State.JOINED:
-            raise SessionError(Code.NO_SUCH_PARTICIPANT, "that participant is not in the room")
-        return p
-
-    def _waiting(self, participant_id: str) -> Participant:
-        p = self._participant(participant_id)
-        if p.state is not State.WAITING:
-            raise SessionError(Code.NOT_WAITING, "that participant is not waiting in the lobby")
-        return p
-
-    def _self(self, participant_id: str) -> Participant:
-        p = self._participant(participant_id)
-        if p.state is State.WAITING:
-            raise SessionError(Code.IN_LOBBY, "wait until a moderator admits you")
-        return p
-
-    def _require(self, participant_id: str, action: Action) -> Participant:
-        actor = self._self(participant_id)
-        if not may(actor.role, action):
-            raise SessionError(
-                Code.FORBIDDEN, f"the {actor.role.value} role may not {action.value}"
-            )
-        return actor
-
-    def _broadcast(self, event: Event, skip: str | None = None) -> None:
-        for p in self.joined():
-            if p.id != skip:
-                p.client.push(event)
+    def _retried(self, p: Participant, op_id: str) -> bool:
+        # A retry of an operation already ordered: acknowledge it again, tell nobody else.
+        again = self.channel.retry(p.id, op_id)
+        if again is not None:
+            p.client.push(again)
+        return again is not None
 
     def _order(self, event: Event) -> None:
         # An ordered channel operation: journaled (if the edge keeps a journal), then sent.
         if self.journal is not None:
             self.journal(event)
         self._broadcast(event)
-
-    def _to_moderators(self, event: Event) -> None:
-        for p in self.joined():
-            if p.role is Role.MODERATOR:
-                p.client.push(event)

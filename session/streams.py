@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from .participant import Event
-from .roles import Source
+from .roles import PATIENT_SOURCES, Source
 
 AUDIO_SOURCES = frozenset({Source.MICROPHONE})
 
@@ -66,3 +66,40 @@ class Stream:
 def source_fits_kind(source: Source, kind: str) -> bool:
     """Tell whether a source can be carried by a track of this kind (audio or video)."""
     return (kind == "audio") == (source in AUDIO_SOURCES)
+
+
+class Published(dict[str, Stream]):
+    """A room's published streams by id, with the lookups the room's rules make."""
+
+    def of(self, participant_id: str) -> list[Stream]:
+        """Return the streams one participant publishes."""
+        return [s for s in self.values() if s.participant_id == participant_id]
+
+    def interrupted(self, participant_id: str, sources: list[Source]) -> Stream | None:
+        """Return the participant's interrupted stream with exactly these feed sources, if any."""
+        for stream in self.of(participant_id):
+            if stream.interrupted_since is not None and sorted(
+                f.source for f in stream.feeds
+            ) == sorted(sources):
+                return stream
+        return None
+
+    def stale(self, now: float, grace: float) -> list[str]:
+        """Return the ids of streams interrupted for `grace` seconds or more."""
+        return [
+            s.id
+            for s in self.values()
+            if s.interrupted_since is not None and now - s.interrupted_since >= grace
+        ]
+
+    def feed(self, feed_id: object) -> Feed | None:
+        """Return the published feed with this id, if any."""
+        for stream in self.values():
+            for feed in stream.feeds:
+                if feed.id == feed_id:
+                    return feed
+        return None
+
+    def has_patient_feed(self) -> bool:
+        """Tell whether a probe or laparoscope image is published."""
+        return any(f.source in PATIENT_SOURCES for s in self.values() for f in s.feeds)

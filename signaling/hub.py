@@ -11,7 +11,7 @@ import time
 from collections.abc import Callable, Coroutine
 from typing import Any
 
-from teleconsult.media.aiortc_adapter import use_host_addresses
+from teleconsult.media.aioice_adapter import use_host_addresses
 from teleconsult.media.sfu import INTERRUPTED, RESUMED, Media, Sfu, local_address
 from teleconsult.session.channel import Channel
 from teleconsult.session.participant import Event, Participant
@@ -24,16 +24,13 @@ from . import heap, ice, looplag
 from .audit import AuditLog
 from .config import Secrets, Settings, default_node_name, turn_secret
 from .errors import Close, Code
+from .journal import Journal
 from .links import Attached, ClusterLink
 from .metrics import Metrics
 from .recordings import CLOSE_WAIT, Recordings
 
 log = logging.getLogger("teleconsult.hub")
 
-# Every this many operations a room's log in the store is replaced by a checkpoint of its
-# channel: a session of hours keeps the store's memory (and Redis's) flat, and a room restored
-# on another node replays at most this many operations.
-CHECKPOINT_EVERY = 500
 # Seconds between returns of the C heap's free pages to the system (signaling/heap.py).
 HEAP_TRIM_EVERY = 60.0
 
@@ -58,18 +55,12 @@ class Hub:
             tombstone_ttl=settings.max_token_ttl,
             on_create=self._room_created,
         )
-        # Every ordered channel operation and membership change is journaled, in order, by one
-        # writer task.
         self.store: Store = store if store is not None else MemoryStore(clock)
         self.node = settings.node or default_node_name(settings)
-        # (room, what, payload): "op" an ordered operation, "state" the membership state,
-        # "forget" the room ended (payload: seconds it stays refused, or None).
-        self._journal: asyncio.Queue[tuple[str, str, Any]] = asyncio.Queue()
-        # The revision of each room's membership state last journaled (Room.revision).
-        self._saved: dict[str, int] = {}
+        # Every ordered channel operation and membership change, in order, to the store.
+        self.journaled = Journal(self.store, self.node)
         self.stopping = False  # rooms are no longer this node's to write
         self.draining = False  # newcomers are refused
-        self._writer: asyncio.Task[None] | None = None
         self.audit = AuditLog(settings.data_dir / "audit.jsonl")
         self.metrics = Metrics()
         self.connections: set[Attached] = set()
@@ -209,7 +200,7 @@ class Hub:
         if room is None:
             return
         room.journal = None  # the other node's log is the room's history now
-        self._saved.pop(room_id, None)
+        self.journaled.drop(room_id)
         self.recordings.drop(room_id)
         for p in list(room.participants.values()):
             p.client.kick(Close.MOVED, "the session moved to another node")
@@ -219,29 +210,20 @@ class Hub:
 
     async def journal_written(self, timeout: float) -> None:
         """Wait until everything journaled so far is in the store (TimeoutError after)."""
-        await asyncio.wait_for(self._journal.join(), timeout)
+        await self.journaled.written(timeout)
 
     def journal(self, room_id: str, what: str, payload: Any) -> None:
         """Queue a change for the store: "op", "state", "forget", "recording", "unrecord"."""
-        self._journal.put_nowait((room_id, what, payload))  # the one way in
+        self.journaled.put(room_id, what, payload)
 
     def _room_created(self, room: Room) -> None:
-        room.journal = lambda event: self._journal_op(room, event)
-
-    def _journal_op(self, room: Room, event: Event) -> None:
-        self.journal(room.id, "op", event)
-        if event["seq"] % CHECKPOINT_EVERY == 0:
-            # Taken now, when the channel is exactly at this operation.
-            checkpoint = room.channel.checkpoint(CHECKPOINT_EVERY)
-            self.journal(room.id, "checkpoint", checkpoint)
+        room.journal = lambda event: self.journaled.op(room, event)
 
     def persist(self, room: Room) -> None:
         """Journal a room's membership state if it changed since it was last journaled."""
         if room.ended or self.stopping or self.rooms.get(room.id) is not room:
             return  # ended, or handed over to another node: not this node's to write
-        if self._saved.get(room.id) != room.revision:
-            self._saved[room.id] = room.revision
-            self.journal(room.id, "state", room.export())
+        self.journaled.state(room)
 
     async def revoke(
         self, grant_room: str, token_id: str, until: float, actor: str = "admin"
@@ -304,38 +286,7 @@ class Hub:
         if state is not None:
             if room.restore(state):
                 self.recordings.resume(room)
-            self._saved[room_id] = room.revision  # what the store holds already
-
-    async def _write_journal(self) -> None:
-        while True:
-            room_id, what, payload = await self._journal.get()
-            attempt = 0
-            while True:
-                try:
-                    if what == "forget":
-                        self._saved.pop(room_id, None)
-                        await self.store.forget(room_id, self.node, payload)
-                    elif what == "state":
-                        await self.store.save_state(room_id, payload)
-                    elif what == "recording":
-                        await self.store.add_recording(room_id, payload["session_id"], payload)
-                    elif what == "unrecord":
-                        await self.store.add_recording(room_id, payload, None)
-                    elif what == "checkpoint":
-                        await self.store.compact(room_id, payload)
-                    else:
-                        await self.store.append(room_id, payload)
-                    break
-                except Exception:
-                    # Redis restarting or out of reach: the room goes on; retry, in order,
-                    # for as long as it takes (operations are small and come at a human pace).
-                    if attempt == 0:
-                        log.warning("the store is unreachable; holding channel operations")
-                    attempt += 1
-                    await asyncio.sleep(min(5.0, 0.2 * attempt))
-            if attempt:
-                log.warning("the store is reachable again; held operations written")
-            self._journal.task_done()
+            self.journaled.saved(room)  # what the store holds already
 
     def _forget(self, room_id: str, ended: bool = False) -> None:
         # Ended on purpose: refused everywhere for as long as a token for it may be valid.
@@ -382,7 +333,7 @@ class Hub:
     async def start(self) -> None:
         """Start background work (and the built-in TURN server)."""
         self.loop = asyncio.get_running_loop()
-        self._writer = asyncio.create_task(self._write_journal())
+        self.journaled.start()
         if self.turn is not None:
             await self.turn.start()
         if self.cluster is not None:
@@ -417,11 +368,10 @@ class Hub:
         self.recordings.drop_all()
         # Recordings are whole, and everyone told so, before any connection closes.
         await self.recordings.written(CLOSE_WAIT)
-        if self._writer is not None:
-            # Everything queued reaches the store (5 s at most) before this node leaves the
-            # cluster: the node that takes a room over must find it whole.
-            with contextlib.suppress(TimeoutError):
-                await self.journal_written(5.0)
+        # Everything queued reaches the store (5 s at most) before this node leaves the
+        # cluster: the node that takes a room over must find it whole.
+        with contextlib.suppress(TimeoutError):
+            await self.journal_written(5.0)
         if self.cluster is not None:
             # The rooms are free for the other nodes before anyone is told to reconnect, so
             # that each client reconnects once, to the room on its new host.
@@ -442,10 +392,7 @@ class Hub:
             self._sweeper.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._sweeper
-        if self._writer is not None:
-            self._writer.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._writer
+        await self.journaled.stop()
         await self.sfu.close()
         if self.turn is not None:
             await self.turn.stop()

@@ -14,7 +14,8 @@ from prometheus_client.core import (
 )
 from prometheus_client.registry import Collector
 
-from teleconsult.media.aiortc_adapter import CODECS_CREATED, INGRESS
+from teleconsult.media.aioice_adapter import INGRESS
+from teleconsult.media.aiortc_adapter import CODECS_CREATED
 from teleconsult.media.histogram import Histogram as DelayHistogram
 
 
@@ -77,12 +78,12 @@ class ClusterCollector(Collector):
             (
                 "teleconsult_cluster_relayed",
                 "Connections hosted here for clients of other nodes",
-                len(c.relayed),
+                len(c.carried.relayed),
             ),
             (
                 "teleconsult_cluster_piped",
                 "Connections of this node piped to another host",
-                len(c.pipes),
+                len(c.carried.pipes),
             ),
             ("teleconsult_cluster_legs_in", "Streams cascaded to this node", c.legs_in()),
         ):

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from teleconsult.client.media import MediaClient
-from teleconsult.media.aiortc_adapter import INGRESS
+from teleconsult.media.aioice_adapter import INGRESS
 from teleconsult.session.roles import Role
 
 from .conftest import running_server

@@ -13,7 +13,7 @@ from typing import Any
 
 from teleconsult.client.media import MediaClient
 from teleconsult.client.signaling import SignalingClient
-from teleconsult.media.aiortc_adapter import use_host_addresses
+from teleconsult.media.aioice_adapter import use_host_addresses
 
 from .media_util import StampViewer
 from .need import executable

@@ -10,13 +10,13 @@ from aiortc import RTCConfiguration, RTCSessionDescription
 from aiortc.rtcrtpparameters import RTCRtpCodecParameters
 from aiortc.rtp import RtpPacket
 
+from teleconsult.media.aioice_adapter import use_host_addresses
 from teleconsult.media.aiortc_adapter import (
     ForwardingReceiver,
     ForwardingSender,
     RelayPeerConnection,
     codec_preferences,
     same_codec,
-    use_host_addresses,
 )
 from teleconsult.media.sfu import offered_media, rewrite_host_candidates
 

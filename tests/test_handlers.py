@@ -14,7 +14,8 @@ from teleconsult.session.roles import Role
 from teleconsult.session.room import Room
 from teleconsult.signaling import messages as m
 from teleconsult.signaling.config import Secrets, Settings
-from teleconsult.signaling.handlers import HANDLERS, Conn
+from teleconsult.signaling.conn import Conn
+from teleconsult.signaling.handlers import HANDLERS
 from teleconsult.signaling.hub import Hub
 from teleconsult.signaling.tokens import Grant, mint
 

@@ -14,7 +14,7 @@ import pytest
 
 from teleconsult.client.media import MediaClient
 from teleconsult.client.signaling import SignalingClient
-from teleconsult.media.aiortc_adapter import use_host_addresses
+from teleconsult.media.aioice_adapter import use_host_addresses
 from teleconsult.session.roles import Role
 from teleconsult.signaling.tokens import mint
 

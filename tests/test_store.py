@@ -227,7 +227,7 @@ async def test_a_long_session_keeps_a_bounded_log_and_restores_whole(
     redis_url: str, tmp_path: Path
 ) -> None:
     from teleconsult.session.roles import Role
-    from teleconsult.signaling.hub import CHECKPOINT_EVERY
+    from teleconsult.signaling.journal import CHECKPOINT_EVERY
 
     from .conftest import running_server
 

@@ -325,7 +325,7 @@ async def test_our_credentials_work_on_coturn(coturn: tuple[str, int]) -> None:
 
 
 async def test_ice_through_our_relay_only(turn: TurnServer) -> None:
-    from teleconsult.media.aiortc_adapter import guard_ice_ports, use_host_addresses
+    from teleconsult.media.aioice_adapter import guard_ice_ports, use_host_addresses
 
     guard_ice_ports()  # as in the server and the media clients
     use_host_addresses(["127.0.0.1"])  # the other side's host candidates: loopback only

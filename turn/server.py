@@ -7,7 +7,6 @@ permissions, channels, authentication and the relays.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hashlib
 import hmac
 import logging
@@ -24,11 +23,20 @@ from aioice import stun
 
 from . import credentials
 from .policy import PeerPolicy
+from .transports import Relay, TcpConnection, UdpListener
+from .wire import (
+    FIRST_CHANNEL,
+    IPV4,
+    LAST_CHANNEL,
+    Address,
+    Send,
+    attribute,
+    is_channel_data,
+    unknown_required,
+)
 
 log = logging.getLogger("teleconsult.turn")
 
-Address = tuple[str, int]
-Send = Callable[[bytes], None]
 
 PERMISSION_LIFETIME = 300.0
 CHANNEL_LIFETIME = 600.0
@@ -37,31 +45,6 @@ MAX_LIFETIME = 3600
 NONCE_LIFETIME = 600.0
 UDP = 17
 REQUESTED_ADDRESS_FAMILY = 0x0017
-# Channel numbers: RFC 8656 narrowed them to 0x4000-0x4FFF, but clients written to RFC 5766
-# (coturn's own among them) pick up to 0x7FFF; nothing else starts with those bytes here.
-FIRST_CHANNEL, LAST_CHANNEL = 0x4000, 0x7FFF
-IPV4 = 0x01
-# Attributes every TURN server understands; any other comprehension-required one gets a 420.
-KNOWN = {
-    0x0006,
-    0x0008,
-    0x0009,
-    0x000C,
-    0x000D,
-    0x0012,
-    0x0013,
-    0x0014,
-    0x0015,
-    0x0016,
-    0x0017,  # REQUESTED-ADDRESS-FAMILY (RFC 8656): IPv4 is served, IPv6 gets a 440
-    0x0018,
-    0x0019,
-    0x001A,
-    0x0020,
-    0x0022,
-    0x8028,
-    0x8022,
-}
 
 
 @dataclass
@@ -133,25 +116,25 @@ class TurnServer:
         """Listen on UDP and TCP."""
         loop = asyncio.get_running_loop()
         transport, _ = await loop.create_datagram_endpoint(
-            lambda: _UdpListener(self), local_addr=(self.host, self.port)
+            lambda: UdpListener(self), local_addr=(self.host, self.port)
         )
         self._servers.append(transport)
         self.udp_address = transport.get_extra_info("sockname")[:2]
         try:
             tcp = await loop.create_server(
-                lambda: _TcpConnection(self), self.host, self.port or self.udp_address[1]
+                lambda: TcpConnection(self), self.host, self.port or self.udp_address[1]
             )
         except OSError:
             if self.port:
                 raise
             # An ephemeral UDP port's number may be taken for TCP: take another.
-            tcp = await loop.create_server(lambda: _TcpConnection(self), self.host, 0)
+            tcp = await loop.create_server(lambda: TcpConnection(self), self.host, 0)
         self._servers.append(tcp)
         self.tcp_address = tcp.sockets[0].getsockname()[:2]
         if self.tls is not None:
             # TURN over TLS ("turns:"): the same framing as TCP, inside TLS.
             tls = await loop.create_server(
-                lambda: _TcpConnection(self, "tls"), self.host, self.tls_port, ssl=self.tls
+                lambda: TcpConnection(self, "tls"), self.host, self.tls_port, ssl=self.tls
             )
             self._servers.append(tls)
             self.tls_address = tls.sockets[0].getsockname()[:2]
@@ -170,7 +153,7 @@ class TurnServer:
 
     def handle(self, data: bytes, transport: str, client: Address, send: Send) -> None:
         """Answer one message; bad input gets the RFC's error or is dropped, nothing more."""
-        if len(data) >= 4 and FIRST_CHANNEL >> 8 <= data[0] <= LAST_CHANNEL >> 8:
+        if is_channel_data(data):
             self._channel_data(data, transport, client)
             return
         try:
@@ -191,7 +174,7 @@ class TurnServer:
             return
         if m.message_class != stun.Class.REQUEST:
             return
-        unknown = _unknown_required(raw)
+        unknown = unknown_required(raw)
         if unknown:
             self._error(send, m, 420, "Unknown Attribute", extra={"UNKNOWN": unknown})
             return
@@ -209,7 +192,7 @@ class TurnServer:
         if key is None:
             return
         if m.message_method == stun.Method.ALLOCATE:
-            family = _attribute(raw, REQUESTED_ADDRESS_FAMILY)
+            family = attribute(raw, REQUESTED_ADDRESS_FAMILY)
             if family is not None and family[:1] != bytes([IPV4]):
                 self._error(send, m, 440, "Address Family not Supported", key)
                 return
@@ -290,7 +273,8 @@ class TurnServer:
         async def open_relay() -> None:
             try:
                 relay, _ = await loop.create_datagram_endpoint(
-                    lambda: _Relay(self, allocation), local_addr=(self.relay_host, 0)
+                    lambda: Relay(lambda data, peer: self.from_peer(allocation, data, peer)),
+                    local_addr=(self.relay_host, 0),
                 )
             except OSError:
                 self.allocations.pop(five, None)
@@ -468,6 +452,12 @@ class TurnServer:
             response.add_fingerprint()
         send(bytes(response))
 
+    def lost(self, transport: str, client: Address) -> None:
+        """A client's TCP or TLS connection closed: its allocation goes with it."""
+        allocation = self.allocations.get((transport, client))
+        if allocation is not None:
+            self._release(allocation)
+
     def _release(self, allocation: Allocation) -> None:
         self.allocations.pop(allocation.key, None)
         if allocation.relay is not None:
@@ -490,87 +480,3 @@ class TurnServer:
                 if expires < now:
                     del allocation.channels[number]
                     allocation.by_peer.pop(peer, None)
-
-
-def _attribute(raw: bytes, wanted: int) -> bytes | None:
-    """Return the value of the first attribute of a type (one aioice does not decode)."""
-    pos = 20
-    while pos + 4 <= len(raw):
-        kind, length = struct.unpack("!HH", raw[pos : pos + 4])
-        if kind == wanted:
-            return raw[pos + 4 : pos + 4 + length]
-        pos += 4 + length + stun.padding_length(length)
-    return None
-
-
-def _unknown_required(raw: bytes) -> list[int]:
-    """Comprehension-required attribute types (below 0x8000) this server does not know."""
-    unknown, pos = [], 20
-    while pos + 4 <= len(raw):
-        kind, length = struct.unpack("!HH", raw[pos : pos + 4])
-        if kind < 0x8000 and kind not in KNOWN:
-            unknown.append(kind)
-        pos += 4 + length + stun.padding_length(length)
-    return unknown
-
-
-class _UdpListener(asyncio.DatagramProtocol):
-    def __init__(self, server: TurnServer) -> None:
-        self.server = server
-        self.transport: asyncio.DatagramTransport | None = None
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]
-
-    def datagram_received(self, data: bytes, addr: Address) -> None:
-        assert self.transport is not None
-        transport = self.transport
-        self.server.handle(data, "udp", addr[:2], lambda out: transport.sendto(out, addr))
-
-
-class _TcpConnection(asyncio.Protocol):
-    """TURN over TCP: STUN messages and 4-byte-aligned ChannelData, framed by their lengths."""
-
-    def __init__(self, server: TurnServer, kind: str = "tcp") -> None:
-        self.server = server
-        self.kind = kind
-        self.buffer = b""
-        self.transport: asyncio.Transport | None = None
-        self.peer: Address = ("", 0)
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]
-        self.peer = transport.get_extra_info("peername")[:2]
-
-    def data_received(self, data: bytes) -> None:
-        self.buffer += data
-        if len(self.buffer) > 1 << 20:  # a peer that never frames: cut it off
-            assert self.transport is not None
-            self.transport.close()
-            return
-        while len(self.buffer) >= 4:
-            _, length = struct.unpack("!HH", self.buffer[:4])
-            if FIRST_CHANNEL >> 8 <= self.buffer[0] <= LAST_CHANNEL >> 8:
-                full = 4 + length + stun.padding_length(length)
-            else:
-                full = 20 + length
-            if len(self.buffer) < full:
-                return
-            frame, self.buffer = self.buffer[:full], self.buffer[full:]
-            assert self.transport is not None
-            self.server.handle(frame, self.kind, self.peer, self.transport.write)
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        allocation = self.server.allocations.get((self.kind, self.peer))
-        if allocation is not None:
-            self.server._release(allocation)
-
-
-class _Relay(asyncio.DatagramProtocol):
-    def __init__(self, server: TurnServer, allocation: Allocation) -> None:
-        self.server = server
-        self.allocation = allocation
-
-    def datagram_received(self, data: bytes, addr: Address) -> None:
-        with contextlib.suppress(Exception):
-            self.server.from_peer(self.allocation, data, addr[:2])

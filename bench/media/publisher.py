@@ -18,7 +18,7 @@ from aiortc.mediastreams import MediaStreamTrack
 
 from teleconsult.client.media import MediaClient
 from teleconsult.client.signaling import SignalingClient
-from teleconsult.media.aiortc_adapter import use_host_addresses
+from teleconsult.media.aioice_adapter import use_host_addresses
 from teleconsult.media.synthetic import UltrasoundTrack
 
 from .clip import opus_clip, vp8_clip

@@ -19,11 +19,8 @@ from aiortc.rtp import RtpPacket
 
 from teleconsult.client.media import MediaClient
 from teleconsult.client.signaling import SignalingClient
-from teleconsult.media.aiortc_adapter import (
-    ForwardingReceiver,
-    RelayPeerConnection,
-    use_host_addresses,
-)
+from teleconsult.media.aioice_adapter import use_host_addresses
+from teleconsult.media.aiortc_adapter import ForwardingReceiver, RelayPeerConnection
 from teleconsult.media.keyframe import vp8_frame_offset
 
 from .publisher import KEY

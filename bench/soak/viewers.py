@@ -18,7 +18,8 @@ from aiortc.rtp import RtpPacket
 
 from teleconsult.client.media import MediaClient
 from teleconsult.client.signaling import RequestFailed, SignalingClient
-from teleconsult.media.aiortc_adapter import RelayPeerConnection, use_host_addresses
+from teleconsult.media.aioice_adapter import use_host_addresses
+from teleconsult.media.aiortc_adapter import RelayPeerConnection
 
 from ..media.subscribers import receive_raw
 

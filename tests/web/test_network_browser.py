@@ -16,7 +16,7 @@ from playwright.async_api import Page, expect
 
 from teleconsult.client.media import MediaClient
 from teleconsult.client.signaling import SignalingClient
-from teleconsult.media.aiortc_adapter import use_host_addresses
+from teleconsult.media.aioice_adapter import use_host_addresses
 from teleconsult.media.synthetic import UltrasoundTrack
 from teleconsult.session.roles import Role
 from teleconsult.signaling.http_api import join_url

@@ -1,0 +1,90 @@
+"""Every use of aioice internals (aiortc's ICE), in one place, so an upgrade breaks here alone.
+
+Built against aioice 0.13.0: what reaches an ICE port is checked before aioice parses it,
+consent freshness is checked more often, and host candidates can be pinned to addresses.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import aioice.ice
+import aioice.stun
+
+from .datagrams import STUN, DropCounter, broken, kind_of
+
+# Datagrams dropped on this process's ICE ports before aioice or aiortc saw them, by kind.
+INGRESS = DropCounter()
+
+
+def _guarded_datagram_received(
+    protocol: aioice.ice.StunProtocol, data: bytes | str, addr: tuple[Any, ...]
+) -> None:
+    """Take one datagram on an ICE port: drop what is broken, hand on the rest by kind.
+
+    Replaces aioice's own, which lets parse errors other than ValueError escape and passes
+    whatever is not STUN (an empty datagram included) to the DTLS transport, which then ends.
+    """
+    data = bytes(data) if isinstance(data, bytes | bytearray) else data.encode()
+    why = broken(data)
+    if why is not None:
+        INGRESS.drop(why, "too short, wrong version or not for this port")
+        return
+    if kind_of(data) != STUN:
+        # DTLS and SRTP authenticate what they accept; aioice would only try STUN on it.
+        protocol.receiver.data_received(data, protocol.local_candidate.component)
+        return
+    try:
+        message = aioice.stun.parse_message(data)
+    except Exception as e:
+        INGRESS.drop(STUN, f"unparsable: {type(e).__name__}")
+        return
+    try:
+        if message.message_class in (aioice.stun.Class.RESPONSE, aioice.stun.Class.ERROR):
+            # aioice checks a response's integrity against its request's key.
+            transaction = protocol.transactions.get(message.transaction_id)
+            if transaction is not None:
+                transaction.response_received(message, (addr[0], addr[1]))
+        elif message.message_class == aioice.stun.Class.REQUEST:
+            # aioice answers a request without valid integrity with 400 or 401 and goes no
+            # further (RFC 8489 9.1.3); only an authenticated check reaches ICE.
+            protocol.receiver.request_received(message, (addr[0], addr[1]), protocol)
+        # Indications (keepalives) need nothing, as in aioice.
+    except Exception as e:
+        INGRESS.drop(STUN, f"refused: {type(e).__name__}")
+
+
+def guard_ice_ports() -> None:
+    """Make every ICE port of this process drop broken datagrams before aioice sees them."""
+    aioice.ice.StunProtocol.datagram_received = _guarded_datagram_received  # type: ignore[method-assign,assignment]
+
+
+# Consent freshness (RFC 7675) checked every second, lost after four unanswered checks: a dead
+# media path is noticed in about 4 s instead of aioice's 30 s.
+CONSENT_INTERVAL = 1.0
+CONSENT_FAILURES = 4
+
+
+def quick_consent() -> None:
+    """Make ICE in this process notice a dead media path within about four seconds."""
+    aioice.ice.CONSENT_INTERVAL = CONSENT_INTERVAL  # type: ignore[assignment]
+    aioice.ice.CONSENT_FAILURES = CONSENT_FAILURES
+
+
+_original_host_addresses = aioice.ice.get_host_addresses
+
+
+def use_host_addresses(addresses: list[str] | None) -> None:
+    """Gather ICE host candidates on these addresses only (None: aioice's own choice).
+
+    aioice never offers 127.0.0.1; on loopback, or to pin one interface, we say which.
+    """
+    if addresses is None:
+        aioice.ice.get_host_addresses = _original_host_addresses
+        return
+    chosen = list(addresses)
+
+    def host_addresses(use_ipv4: bool, use_ipv6: bool) -> list[str]:
+        return [a for a in chosen if (":" in a and use_ipv6) or (":" not in a and use_ipv4)]
+
+    aioice.ice.get_host_addresses = host_addresses
