@@ -130,7 +130,7 @@ class MediaRequests:
             "pull": lambda a: self._pull(a["stream_id"], a["origin"]),
             "offer_leg": self._offer_leg,
             "answer_leg": lambda a: hub.sfu.answer(a["down_id"], CASCADE + a["to"], a["sdp"]),
-            "closed": lambda a: hub.media_closed(a["what"], a["id"], a["reason"]),
+            "closed": lambda a: hub.plane.closed(a["what"], a["id"], a["reason"]),
             "recording": self._recording,
             "stats": lambda a: hub.sfu.stats(),
             "revoked": lambda a: hub.cut_revoked(a["token_id"]),

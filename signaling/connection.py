@@ -95,7 +95,7 @@ class Connection:
         # TURN servers of the node the client reached, where its media is.
         self.ice_urls = ice_urls
         # The client's media stays on the node it reached.
-        self.media = hub.media_at(relayed_from)
+        self.media = hub.plane.at(relayed_from)
         self.media_node = relayed_from or hub.node
         s = hub.settings
         now = hub.now()

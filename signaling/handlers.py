@@ -113,7 +113,7 @@ async def _join(conn: Conn, grant: Grant) -> tuple[Room, Participant, Media | No
     old_media = None
     old_node = getattr(existing.client, "media_node", hub.node) if existing else None
     if existing is not None and old_node != conn.media_node:
-        old_media = hub.media_of(existing)
+        old_media = hub.plane.of(existing)
     # Back from another address (a handover): its media left from the old one and is dead,
     # though ICE consent would take seconds more to say so.
     # Done before the join, so that the old connection is told and the welcome says it:
@@ -183,7 +183,7 @@ async def on_mute(conn: Conn, msg: m.Mute) -> None:
     room, me = conn.room, conn.participant
     assert room is not None and me is not None
     target = room.mute(me.id, msg.participant)
-    conn.hub.media_of(target).mute(target.id, "audio", True)
+    conn.hub.plane.of(target).mute(target.id, "audio", True)
     conn.audit("mute", target=target.identity)
 
 
@@ -200,7 +200,7 @@ async def on_remove(conn: Conn, msg: m.Remove) -> None:
     room, me = conn.room, conn.participant
     assert room is not None and me is not None
     target = room.remove(me.id, msg.participant, conn.hub.now())
-    conn.hub.spawn(conn.hub.media_of(target).close_participant(target.id, "removed"))
+    conn.hub.spawn(conn.hub.plane.of(target).close_participant(target.id, "removed"))
     conn.audit("remove", target=target.identity)
     # The link the removed person came in with stops opening anything of the room, its
     # recordings included, also once the room has ended and forgotten whom it removed.

@@ -12,13 +12,12 @@ from collections.abc import Callable, Coroutine
 from typing import Any
 
 from teleconsult.media.aioice_adapter import use_host_addresses
-from teleconsult.media.sfu import INTERRUPTED, RESUMED, Media, Sfu, local_address
+from teleconsult.media.sfu import Sfu, local_address
 from teleconsult.session.channel import Channel
-from teleconsult.session.participant import Event, Participant
+from teleconsult.session.participant import Event
 from teleconsult.session.room import Room, RoomConfig
 from teleconsult.session.rooms import Rooms
 from teleconsult.session.store import MemoryStore, Store
-from teleconsult.session.streams import Stream
 
 from . import heap, ice, looplag
 from .audit import AuditLog
@@ -27,6 +26,7 @@ from .errors import Close, Code
 from .journal import Journal
 from .links import Attached, ClusterLink
 from .metrics import Metrics
+from .plane import MediaPlane
 from .recordings import CLOSE_WAIT, Recordings
 
 log = logging.getLogger("teleconsult.hub")
@@ -75,7 +75,9 @@ class Hub:
                 use_host_addresses([settings.announce])
             else:
                 rewrite_to = settings.announce
-        self.sfu = Sfu(clock, rewrite_to, self._up_closed, self._down_closed)
+        self.plane = MediaPlane(self.rooms, self.node, self.now)
+        self.sfu = Sfu(clock, rewrite_to, self.plane.up_closed, self.plane.down_closed)
+        self.plane.sfu = self.sfu
         self.turn_secret = turn_secret(settings, keys)
         self.turn = ice.builtin_turn(settings, self.turn_secret, clock)
         if self.turn is not None:
@@ -86,6 +88,7 @@ class Hub:
     def join_cluster(self, cluster: ClusterLink) -> None:
         """Be a node of a cluster from now on (before `start`)."""
         self.cluster = cluster
+        self.plane.cluster = cluster
         self.metrics.watch_cluster(cluster)
 
     def now(self) -> float:
@@ -116,64 +119,6 @@ class Hub:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    def room_of_stream(self, stream_id: str) -> Room | None:
-        """Return the live room in which a stream is published."""
-        for room in self.rooms.live():
-            if stream_id in room.streams:
-                return room
-        return None
-
-    def media_at(self, node: str | None) -> Media:
-        """Return the media of a node: this one's SFU, or another's over the cluster bus."""
-        if node is None or node == self.node or self.cluster is None:
-            return self.sfu
-        return self.cluster.media_at(node)
-
-    def media_for_stream(self, stream: Stream) -> Media:
-        """Return the media a stream is published on (this node's, or its node's)."""
-        return self.media_at(stream.node or None)
-
-    def media_of(self, participant: Participant) -> Media:
-        """Return the media serving a participant's connection."""
-        media: Media = getattr(participant.client, "media", self.sfu)
-        return media
-
-    async def pull(self, node: str, room: Room, stream_id: str) -> None:
-        """Make a published stream available on a node's SFU, cascading it if it is elsewhere."""
-        stream = room.streams.get(stream_id)
-        if self.cluster is not None and stream is not None and stream.node:
-            await self.cluster.pull(node, stream_id, stream.node)
-
-    def media_closed(self, what: str, item_id: str, reason: str) -> None:
-        """Take the end (or interruption) of a stream or subscription, here or on its node."""
-        (self._up_closed if what == "up" else self._down_closed)(item_id, reason)
-
-    def _up_closed(self, stream_id: str, reason: str) -> None:
-        room = self.room_of_stream(stream_id)
-        if room is not None:
-            if room.streams[stream_id].node not in ("", self.node):
-                return  # a cascaded copy closed here; the stream itself goes on at its node
-            if reason in (INTERRUPTED, RESUMED):
-                # The publisher's media path was lost, or came back: the stream stays.
-                room.stream_state(stream_id, reason == RESUMED, self.now())
-                return
-            room.remove_stream(stream_id, reason)
-        elif self.cluster is not None:
-            self.cluster.closed("up", stream_id, reason)
-
-    def _down_closed(self, down_id: str, reason: str) -> None:
-        # Tell the subscriber, unless it asked for this itself.
-        if reason in ("unsubscribed",):
-            return
-        for room in self.rooms.live():
-            for p in room.participants.values():
-                if down_id in p.subscriptions:
-                    p.subscriptions.discard(down_id)
-                    p.client.push({"type": "unsubscribed", "stream": down_id, "reason": reason})
-                    return
-        if self.cluster is not None:
-            self.cluster.closed("down", down_id, reason)
-
     def refresh_gauges(self) -> None:
         """Bring the room and participant gauges up to date."""
         live = self.rooms.live()
@@ -183,7 +128,7 @@ class Hub:
     def end_room(self, room_id: str, reason: str, actor_id: str | None = None) -> Room:
         """End a room on purpose; the caller audits who did it."""
         live = self.rooms.get(room_id)
-        gone = [(p.id, self.media_of(p)) for p in live.participants.values()] if live else []
+        gone = [(p.id, self.plane.of(p)) for p in live.participants.values()] if live else []
         recorded = self.recordings.drop(room_id)
         room = self.rooms.end(room_id, reason, self.now(), actor_id)
         self._forget(room_id, ended=True)
@@ -204,7 +149,7 @@ class Hub:
         self.recordings.drop(room_id)
         for p in list(room.participants.values()):
             p.client.kick(Close.MOVED, "the session moved to another node")
-            self.spawn(self.media_of(p).close_participant(p.id, "moved"))
+            self.spawn(self.plane.of(p).close_participant(p.id, "moved"))
         self.audit.record("room_moved", room=room_id, actor="server")
         self.refresh_gauges()
 
@@ -318,9 +263,9 @@ class Hub:
                     participant=p.id,
                     code=p.away_reason,
                 )
-                self.spawn(self.media_of(p).close_participant(p.id, p.away_reason))
+                self.spawn(self.plane.of(p).close_participant(p.id, p.away_reason))
             for stream in removed:
-                self.spawn(self.media_for_stream(stream).unpublish(stream.id, "interrupted"))
+                self.spawn(self.plane.of_stream(stream).unpublish(stream.id, "interrupted"))
             if left or removed:
                 self.persist(room)
         for room in self.rooms.sweep(now):

@@ -104,7 +104,7 @@ async def on_subscribe(conn: Conn, msg: m.Subscribe) -> None:
     assert room is not None and me is not None
     stream = room.check_subscribe(me.id, msg.stream)
     # Published on another node: cascade it to this client's node first (once per node).
-    await conn.hub.pull(conn.media_node, room, stream.id)
+    await conn.hub.plane.pull(conn.media_node, room, stream.id)
     sfu = conn.media
     down_id = Sfu.new_id("d")
     offer, mids = await sfu.subscribe(down_id, me.id, stream.id, msg.feeds)

@@ -19,6 +19,7 @@ from teleconsult.session.rooms import Rooms
 from .audit import AuditLog
 from .config import Settings
 from .metrics import Metrics
+from .plane import MediaPlane
 
 log = logging.getLogger("teleconsult.recording")
 
@@ -50,8 +51,9 @@ class Node(Protocol):
     def spawn(self, coro: Coroutine[Any, Any, Any]) -> None:
         """Run a coroutine in the background."""
 
-    async def pull(self, node: str, room: Room, stream_id: str) -> None:
-        """Bring a stream published on another node to `node`."""
+    @property
+    def plane(self) -> MediaPlane:
+        """Which node's media serves what; brings a stream from another node (`pull`)."""
 
 
 class Recordings:
@@ -96,7 +98,7 @@ class Recordings:
         for stream in list(room.streams.values()):
             if stream.node not in ("", hub.node):
                 try:
-                    await hub.pull(hub.node, room, stream.id)
+                    await hub.plane.pull(hub.node, room, stream.id)
                 except Exception:
                     log.warning("a stream on another node could not be brought here to record")
         recorder = self.recorders.get(room.id)

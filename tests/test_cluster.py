@@ -85,14 +85,32 @@ def nodes(redis: RedisServer) -> dict[str, dict[str, Any]]:
     return data
 
 
-async def until(check: object, timeout: float = 10.0) -> None:
-    """Wait (bounded) until a condition holds."""
+async def until(check: object, timeout: float = 10.0, seen: object = None) -> None:
+    """Wait (bounded) until a condition holds; `seen()` says what was there instead."""
     assert callable(check)
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
     while not check():
-        assert loop.time() < deadline, "timed out waiting"
+        assert loop.time() < deadline, f"timed out waiting: {seen() if callable(seen) else ''}"
         await asyncio.sleep(0.1)
+
+
+def tracks(redis: RedisServer) -> dict[str, tuple[int, int]]:
+    """Each node's up and down tracks, as its latest heartbeat reported them."""
+    return {k: (int(n["up_tracks"]), int(n["down_tracks"])) for k, n in nodes(redis).items()}
+
+
+async def journaled(redis: RedisServer, room: str, count: int, timeout: float = 10.0) -> None:
+    """Wait (bounded) until a room's log in Redis holds at least `count` entries."""
+    store = RedisStore(redis.url)
+    try:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while len(await store.log(room)) < count:
+            assert loop.time() < deadline, "timed out waiting for the journal"
+            await asyncio.sleep(0.05)
+    finally:
+        await store.close()
 
 
 async def join(
@@ -184,7 +202,7 @@ async def test_placement_spreads_rooms_and_drain_stops_new_ones(
             await until(lambda: nodes(redis)["b"]["draining"] is True)
             for i in range(4, 6):  # through node b, yet placed on a
                 await join(made, b, f"room-{i}", Role.EXPERT, f"u{i}")
-            await asyncio.sleep(1.0)
+            await until(lambda: sum(int(n["rooms"]) for n in nodes(redis).values()) == 6)
             after = {name: n["rooms"] for name, n in nodes(redis).items()}
             assert after == {"a": rooms["a"] + 2, "b": rooms["b"]}, (rooms, after)
             # An upgrade script waits for b's last room to end.
@@ -234,7 +252,7 @@ async def test_a_killed_host_hands_its_room_to_another_node(
             session_id = (await aud.wait_for("recording", where=lambda e: e["active"]))[
                 "session_id"
             ]
-            await asyncio.sleep(0.3)  # the journal reaches Redis
+            await journaled(redis, "ward-3", last["seq"])
 
             os.kill(a.proc.pid, signal.SIGKILL)
             a.proc.wait(5)
@@ -260,12 +278,17 @@ async def test_a_killed_host_hands_its_room_to_another_node(
             await until(manifest.is_file)
             data = json.loads(manifest.read_text())
             assert (data["session_id"], data["segment"]) == (session_id, 2)
-            # Both segments are listed; the first one's node is gone with its disk.
-            await asyncio.sleep(0.5)
-            status, listed = await asyncio.to_thread(api, b, "GET", "/api/recordings/ward-3")
-            assert status == 200
-            found = {s["session_id"]: s.get("segment_of") for s in listed["sessions"]}
-            assert found == {session_id: None, f"{session_id}-s2": session_id}, found
+            # Both segments are listed (once the journal has them); the first one's node is
+            # gone with its disk.
+            both = {session_id: None, f"{session_id}-s2": session_id}
+            for _ in range(100):
+                status, listed = await asyncio.to_thread(api, b, "GET", "/api/recordings/ward-3")
+                assert status == 200
+                found = {s["session_id"]: s.get("segment_of") for s in listed["sessions"]}
+                if found == both:
+                    break
+                await asyncio.sleep(0.1)
+            assert found == both, found
             status, err = await asyncio.to_thread(
                 api, b, "GET", f"/api/recordings/ward-3/{session_id}"
             )
@@ -345,11 +368,8 @@ async def test_a_room_spans_nodes_with_one_leg_per_edge_node(
                 frames = await receive(sub.tracks[feed], 15)
                 assert frames[-1].width == 320
             # The origin sends one copy to each edge node, which fans out to its viewers.
-            await asyncio.sleep(1.0)
-            load = nodes(redis)
-            assert (load["a"]["up_tracks"], load["a"]["down_tracks"]) == (1, 2), load
-            assert (load["b"]["up_tracks"], load["b"]["down_tracks"]) == (1, 3), load
-            assert (load["c"]["up_tracks"], load["c"]["down_tracks"]) == (1, 2), load
+            spread = {"a": (1, 2), "b": (1, 3), "c": (1, 2)}
+            await until(lambda: tracks(redis) == spread, seen=lambda: tracks(redis))
             # A late viewer on an edge gets a picture quickly: its keyframe request went
             # upstream through the edge to the publisher.
             late = await join(made, c, "conf", Role.AUDIENCE, "late")
@@ -363,9 +383,8 @@ async def test_a_room_spans_nodes_with_one_leg_per_edge_node(
             # Nobody on c watches any more: c closes its leg, a stops sending there.
             for m, s in [(viewers[3], subs[3]), (viewers[4], subs[4]), (media_late, sub)]:
                 await m.unsubscribe(s.id)
-            await until(lambda: nodes(redis)["c"]["up_tracks"] == 0, timeout=25)
-            load = nodes(redis)
-            assert (load["a"]["down_tracks"], load["b"]["down_tracks"]) == (1, 3), load
+            narrowed = {"a": (1, 1), "b": (1, 3), "c": (0, 0)}
+            await until(lambda: tracks(redis) == narrowed, timeout=25, seen=lambda: tracks(redis))
             frames = await receive(subs[0].tracks[feed], 10)  # b's viewers go on
             assert frames[-1].width == 320
             # The publisher stops: viewers on every node are told, the legs close.
@@ -373,9 +392,8 @@ async def test_a_room_spans_nodes_with_one_leg_per_edge_node(
             for m in viewers:
                 gone = await m.signaling.wait_for("stream_removed")
                 assert gone["stream_id"] == stream.id
-            await asyncio.sleep(1.0)
-            load = nodes(redis)
-            assert all(n["up_tracks"] == 0 and n["down_tracks"] == 0 for n in load.values()), load
+            closed = {"a": (0, 0), "b": (0, 0), "c": (0, 0)}
+            await until(lambda: tracks(redis) == closed, seen=lambda: tracks(redis))
 
 
 async def test_the_admin_api_of_any_node_reaches_every_room(
@@ -474,11 +492,15 @@ async def test_a_recording_made_on_one_node_is_replayed_through_another(
             await asyncio.sleep(2.0)
             await mod.send({"type": "record", "action": "stop"})
             await mod.wait_for("recording", where=lambda e: not e["active"])
-            await asyncio.sleep(0.5)
             session = started["session_id"]
-            status, listed = await asyncio.to_thread(api, b, "GET", "/api/recordings")
-            assert status == 200
-            (entry,) = [s for s in listed["sessions"] if s["session_id"] == session]
+            for _ in range(100):  # until the registry in Redis has it
+                status, listed = await asyncio.to_thread(api, b, "GET", "/api/recordings")
+                assert status == 200
+                entries = [s for s in listed["sessions"] if s["session_id"] == session]
+                if entries:
+                    break
+                await asyncio.sleep(0.1)
+            (entry,) = entries
             assert entry["node"] == "a" and entry["tracks"] == 1
             status, manifest = await asyncio.to_thread(
                 api, b, "GET", f"/api/recordings/teaching/{session}"
@@ -565,8 +587,8 @@ async def test_a_node_that_froze_hands_over_the_room_that_moved_on(
     with node(tmp_path, redis, "a") as a, node(tmp_path, redis, "b") as b:
         async with clients() as made:
             stuck = await join(made, a, "ward-3", Role.EXPERT, "ex")
-            await stuck.request({"type": "chat", "text": "before the freeze"})
-            await asyncio.sleep(0.3)
+            said = await stuck.request({"type": "chat", "text": "before the freeze"})
+            await journaled(redis, "ward-3", said["seq"])
             os.kill(a.proc.pid, signal.SIGSTOP)  # a long pause: a is taken for dead
             try:
                 await until(lambda: "a" not in nodes(redis), timeout=10)

@@ -55,7 +55,10 @@ async def test_loss_on_a_cascade_leg_is_repaired_from_the_origin(
             assert a.hub.sfu.ups[stream.id].tracks["0"].plis_sent > before
             # A moderator's statistics cover both nodes: the stream, its copy and the leg.
             mod = await b.join(role=Role.MODERATOR, identity="mod")
-            await asyncio.sleep(1.0)  # b has heard a's heartbeat
+            for _ in range(100):  # until b has heard a's heartbeat
+                if b.hub.cluster is not None and "a" in b.hub.cluster.live:
+                    break
+                await asyncio.sleep(0.05)
             stats = await mod.request({"type": "get_stats"})
             ups = {(s["node"], s["participant_id"]) for s in stats["up"]}
             assert ups == {("a", op.participant_id), ("b", "cascade:a")}

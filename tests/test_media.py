@@ -208,7 +208,10 @@ async def test_moderator_mute_stops_forwarding_the_microphone(
     assert server.hub.sfu.stats()["down"][0]["packets"] == before
     await ex.sig.send({"type": "set_muted", "muted": False})
     await mod.sig.wait_for("muted", where=lambda e: e["muted"] is False)
-    await asyncio.sleep(0.5)
+    for _ in range(100):
+        if server.hub.sfu.stats()["down"][0]["packets"] > before + 10:
+            break
+        await asyncio.sleep(0.05)
     assert server.hub.sfu.stats()["down"][0]["packets"] > before + 10
 
 

@@ -264,6 +264,25 @@ async def test_a_publisher_that_can_only_relay_reaches_the_sfu(tmp_path: object)
             await sub.close()
 
 
+def _until_stun_answers(address: tuple[str, int], timeout: float = 10.0) -> None:
+    """Wait (bounded) until a STUN server answers a Binding request on UDP."""
+    import socket
+
+    deadline = time.monotonic() + timeout
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.settimeout(0.1)
+        while time.monotonic() < deadline:
+            request = stun.Message(stun.Method.BINDING, stun.Class.REQUEST)
+            sock.sendto(bytes(request), address)
+            try:
+                answer = stun.parse_message(sock.recv(2048))
+            except (TimeoutError, ConnectionRefusedError):
+                continue
+            if answer.transaction_id == request.transaction_id:
+                return
+    raise AssertionError(f"no STUN answer from {address} within {timeout} s")
+
+
 @pytest.fixture
 def coturn(tmp_path: object) -> object:
     """A real coturn on loopback with the TURN REST API's shared secret, stopped by its PID."""
@@ -300,7 +319,7 @@ def coturn(tmp_path: object) -> object:
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
-    time.sleep(1.0)
+    _until_stun_answers(("127.0.0.1", port))
     try:
         yield ("127.0.0.1", port)
     finally:
@@ -402,7 +421,11 @@ async def test_allocations_permissions_and_channels_expire() -> None:
             Inbox, server.udp_address, user, password, lifetime=600
         )
         relay.sendto(b"bind a channel", ("127.0.0.1", 9))
-        await asyncio.sleep(0.3)
+        for _ in range(100):  # the client binds a channel for the peer, then sends
+            allocations = list(server.allocations.values())
+            if allocations and allocations[0].permissions and allocations[0].channels:
+                break
+            await asyncio.sleep(0.02)
         (allocation,) = server.allocations.values()
         assert allocation.permissions and allocation.channels
         now[0] += 301  # permissions last 300 s (RFC 8656 section 9)
