@@ -11,18 +11,26 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import re
 import time
+import weakref
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 import aiortc
-from aiortc import RTCPeerConnection, RTCRtpCodecCapability, RTCRtpTransceiver
-from aiortc.codecs import CODECS, is_rtx
+from aiortc import (
+    RTCPeerConnection,
+    RTCRtpCodecCapability,
+    RTCRtpTransceiver,
+    RTCSessionDescription,
+)
+from aiortc.codecs import CODECS, HEADER_EXTENSIONS, is_rtx
 from aiortc.rate import RemoteBitrateEstimator
 from aiortc.rtcpeerconnection import is_codec_compatible
 from aiortc.rtcrtpparameters import (
     RTCRtcpFeedback,
     RTCRtpCodecParameters,
+    RTCRtpHeaderExtensionParameters,
     RTCRtpReceiveParameters,
 )
 from aiortc.rtcrtpreceiver import NackGenerator, RTCRtpReceiver, StreamStatistics
@@ -42,6 +50,7 @@ from aiortc.utils import uint16_add
 
 from .estimator import Throttle
 from .packetcache import PacketCache
+from .twcc import TwccFeedback
 
 AIORTC_VERSION = "1.16.0"
 if aiortc.__version__ != AIORTC_VERSION:  # pragma: no cover - guards an unpinned install
@@ -70,6 +79,15 @@ _PACKETS = "_RTCRtpSender__packet_count"
 NTP_UNIX_OFFSET = 2208988800
 
 PacketHandler = Callable[[RtpPacket, RTCRtpCodecParameters], Awaitable[None]]
+
+# The transport-wide sequence number extension: with it (and the transport-cc feedback) a
+# browser publishing to us estimates its uplink itself, from our reports of arrival times.
+TWCC_URI = "http://www.ietf.org/id/draft-holmer-rmcat-transport-wide-cc-extensions-01"
+# How often arrivals are reported (libwebrtc's receivers default to 100 ms as well).
+TWCC_INTERVAL = 0.1
+# The arrivals of each transport: every receiver on a bundled transport feeds the same one,
+# since the publisher numbers all of that transport's packets in one sequence.
+_TWCC: weakref.WeakKeyDictionary[Any, TwccFeedback] = weakref.WeakKeyDictionary()
 
 log = logging.getLogger("teleconsult.media")
 
@@ -124,6 +142,8 @@ class ForwardingReceiver(RTCRtpReceiver):
         self._streams: dict[int, StreamStatistics] = _get(self, "RTCRtpReceiver", "remote_streams")
         self._rtx_ssrc: dict[int, int] = _get(self, "RTCRtpReceiver", "rtx_ssrc")
         self._nack = NackGenerator() if kind == "video" else None
+        self._twcc: TwccFeedback | None = None
+        self._twcc_task: asyncio.Task[None] | None = None
 
     async def receive(self, parameters: RTCRtpReceiveParameters) -> None:
         """Start receiving: as aiortc does, but without starting a decoder thread."""
@@ -147,7 +167,15 @@ class ForwardingReceiver(RTCRtpReceiver):
         try:
             if not self._enabled:
                 return
-            if self._estimator is not None and packet.extensions.abs_send_time is not None:
+            twcc = packet.extensions.transport_sequence_number
+            if twcc is not None:
+                # The publisher estimates its uplink from our feedback; our own receive-side
+                # estimate (below) would only hold it back.
+                if self._twcc is None:
+                    self._report_arrivals()
+                assert self._twcc is not None
+                self._twcc.add(twcc, int(time.perf_counter() * 1e6))
+            elif self._estimator is not None and packet.extensions.abs_send_time is not None:
                 remb = self._estimator.add(
                     abs_send_time=packet.extensions.abs_send_time,
                     arrival_time_ms=arrival_time_ms,
@@ -195,6 +223,29 @@ class ForwardingReceiver(RTCRtpReceiver):
             await super()._handle_rtcp_packet(packet)
         except Exception:
             _handled_failure("handling a publisher's RTCP packet")
+
+    def _report_arrivals(self) -> None:
+        """Start reporting this transport's arrivals to the publisher (transport-cc)."""
+        self._twcc = _TWCC.setdefault(self.transport, TwccFeedback())
+        self._twcc_task = asyncio.ensure_future(self._send_feedback_forever(self._twcc))
+
+    async def _send_feedback_forever(self, twcc: TwccFeedback) -> None:
+        while True:
+            await asyncio.sleep(TWCC_INTERVAL)
+            rtcp_ssrc = _get(self, "RTCRtpReceiver", "rtcp_ssrc")
+            if rtcp_ssrc is None:
+                continue
+            for packet in twcc.build(rtcp_ssrc, self.media_ssrc or 0):
+                try:
+                    await self.transport._send_rtp(packet)
+                except ConnectionError:
+                    return
+
+    async def stop(self) -> None:
+        """Stop receiving, and reporting arrivals."""
+        if self._twcc_task is not None:
+            self._twcc_task.cancel()
+        await super().stop()
 
     async def request_keyframe(self) -> None:
         """Send a PLI to the publisher."""
@@ -353,6 +404,20 @@ class RelayPeerConnection(RTCPeerConnection):
         _set(t, "RTCRtpTransceiver", "sender", sender)
         return t
 
+    async def createOffer(self) -> RTCSessionDescription:
+        """Offer as aiortc does, without transport-cc: our senders do not number packets yet."""
+        offer = await super().createOffer()
+        return RTCSessionDescription(_without_transport_cc(offer.sdp), offer.type)
+
+
+_TRANSPORT_CC_LINES = re.compile(
+    r"^a=(rtcp-fb:\d+ transport-cc|extmap:\d+ " + re.escape(TWCC_URI) + r")\r?\n", re.M
+)
+
+
+def _without_transport_cc(sdp: str) -> str:
+    return _TRANSPORT_CC_LINES.sub("", sdp)
+
 
 def negotiated_codec(transceiver: RTCRtpTransceiver) -> RTCRtpCodecParameters | None:
     """Return the media codec a transceiver negotiated (the first non-RTX one)."""
@@ -419,6 +484,14 @@ def add_relay_codecs() -> None:
             ),
         ]
         pt += 2
+    # A publisher may number its packets transport-wide and hear when each arrived.
+    transport_cc = RTCRtcpFeedback(type="transport-cc")
+    for codec in CODECS["video"]:
+        if not is_rtx(codec) and transport_cc not in codec.rtcpFeedback:
+            codec.rtcpFeedback.append(transport_cc)
+    if all(x.uri != TWCC_URI for x in HEADER_EXTENSIONS["video"]):
+        free = 1 + max(x.id for x in HEADER_EXTENSIONS["video"])
+        HEADER_EXTENSIONS["video"].append(RTCRtpHeaderExtensionParameters(id=free, uri=TWCC_URI))
 
 
 CODECS_CREATED = {"decoder": 0, "encoder": 0}
