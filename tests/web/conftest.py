@@ -7,8 +7,11 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 
+import numpy as np
 import pytest
-from playwright.async_api import BrowserContext, async_playwright
+from playwright.async_api import Browser, BrowserContext, async_playwright
+
+from teleconsult.media.synthetic import UltrasoundTrack
 
 from ..need import executable
 from ..netns import Namespace
@@ -80,3 +83,28 @@ async def browser_in(ns: Namespace, origin: str, tmp: Path) -> AsyncIterator[Bro
             yield await b.new_context()
         finally:
             await b.close()
+
+
+def write_y4m(path: Path, frames: int = 60, width: int = 320, height: int = 240) -> None:
+    """A short clip of the synthetic ultrasound source, for Chromium's fake camera."""
+    source = UltrasoundTrack(width, height, 30)
+    with path.open("wb") as f:
+        f.write(f"YUV4MPEG2 W{width} H{height} F30:1 Ip A1:1 C420jpeg\n".encode())
+        chroma = np.full((height // 2, width // 2), 128, np.uint8).tobytes()
+        for n in range(frames):
+            f.write(b"FRAME\n" + source.picture(n, 0).tobytes() + chroma + chroma)
+
+
+@asynccontextmanager
+async def chromium_filming(clip: Path) -> AsyncIterator[Browser]:
+    """A real Chromium whose camera shows a y4m clip (looped)."""
+    async with async_playwright() as pw:
+        browser = await pw.chromium.launch(
+            executable_path=executable("chromium", "chromium-browser"),
+            headless=True,
+            args=[*CHROMIUM_ARGS, f"--use-file-for-fake-video-capture={clip}"],
+        )
+        try:
+            yield browser
+        finally:
+            await browser.close()

@@ -7,47 +7,25 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 
-import numpy as np
 import pytest
-from playwright.async_api import Browser, Page, async_playwright, expect
+from playwright.async_api import Browser, Page, expect
 
 from teleconsult.client.signaling import SignalingClient
-from teleconsult.media.synthetic import UltrasoundTrack
 from teleconsult.session.roles import Role
 from teleconsult.signaling.http_api import join_url
 
 from ..conftest import Server, annotation
-from ..need import executable
-from .conftest import CHROMIUM_ARGS, LOOPBACK_ONLY
+from .conftest import LOOPBACK_ONLY, chromium_filming, write_y4m
 
 ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts" / "web"
-
-
-def write_y4m(path: Path, frames: int = 60, width: int = 320, height: int = 240) -> None:
-    """A short clip of the synthetic ultrasound source, for Chromium's fake camera."""
-    source = UltrasoundTrack(width, height, 30)
-    with path.open("wb") as f:
-        f.write(f"YUV4MPEG2 W{width} H{height} F30:1 Ip A1:1 C420jpeg\n".encode())
-        chroma = np.full((height // 2, width // 2), 128, np.uint8).tobytes()
-        for n in range(frames):
-            f.write(b"FRAME\n" + source.picture(n, 0).tobytes() + chroma + chroma)
 
 
 @pytest.fixture
 async def chromium(tmp_path: Path) -> AsyncIterator[Browser]:
     clip = tmp_path / "probe.y4m"
     write_y4m(clip)
-    path = executable("chromium", "chromium-browser")
-    async with async_playwright() as pw:
-        browser = await pw.chromium.launch(
-            executable_path=path,
-            headless=True,
-            args=[*CHROMIUM_ARGS, f"--use-file-for-fake-video-capture={clip}"],
-        )
-        try:
-            yield browser
-        finally:
-            await browser.close()
+    async with chromium_filming(clip) as browser:
+        yield browser
 
 
 async def open_page(browser: Browser, server: Server, role: Role, identity: str, name: str) -> Page:

@@ -30,6 +30,23 @@ const GRACE_MS = 60000;
 const GIVEN_UP = 3001;
 
 /**
+ * How each source's video is sent: what the encoder keeps when the link or the CPU cannot carry
+ * everything, and the most it may spend (docs/web_client.md, "Sending video").
+ * @type {Record<string, {contentHint: string, degradationPreference: RTCDegradationPreference, maxBitrate: number}>}
+ */
+export const SEND_POLICY = {
+  // An ultrasound image is read for fine grey-level detail (speckle, thin boundaries, calipers):
+  // every pixel is kept and the frame rate gives way; 4 Mbit/s carries 1080p at 30 frames/s.
+  probe: { contentHint: "detail", degradationPreference: "maintain-resolution", maxBitrate: 4_000_000 },
+  // Laparoscopy: tissue texture and instrument tips, in colour and with more motion.
+  laparoscope: { contentHint: "detail", degradationPreference: "maintain-resolution", maxBitrate: 6_000_000 },
+  // The room camera shows people and hands: smooth motion matters more than sharpness.
+  camera: { contentHint: "motion", degradationPreference: "maintain-framerate", maxBitrate: 1_500_000 },
+  // A shared screen holds text that must stay legible.
+  screen: { contentHint: "text", degradationPreference: "maintain-resolution", maxBitrate: 2_500_000 },
+};
+
+/**
  * @typedef {{type: string, [key: string]: any}} Message
  * @typedef {{id: string, identity: string, name: string, role: string, muted: boolean,
  *            joined_at: number, may_annotate?: boolean, floor?: boolean, connected?: boolean}} ParticipantInfo
@@ -38,6 +55,18 @@ const GIVEN_UP = 3001;
  * @typedef {{id: string, pc: RTCPeerConnection, feeds: Map<MediaStreamTrack, string>}} Publication
  * @typedef {{id: string, of: string, pc: RTCPeerConnection, tracks: Map<string, MediaStreamTrack>}} Subscription
  */
+
+/**
+ * Tell a sender what to give up first when it cannot send everything (resolution or frame rate).
+ * @param {RTCRtpSender} sender @param {RTCDegradationPreference} preference
+ */
+async function keep(sender, preference) {
+  try {
+    await sender.setParameters({ ...sender.getParameters(), degradationPreference: preference });
+  } catch (err) {
+    console.warn("cannot set the degradation preference", err); // the browser's default applies
+  }
+}
 
 /** Whether a peer connection's media path is gone. @param {RTCPeerConnection} pc */
 function dead(pc) {
@@ -468,7 +497,14 @@ export class Session extends EventTarget {
    */
   async _offer(feeds, options, streamId) {
     const pc = new RTCPeerConnection(this.rtcConfiguration());
-    const added = feeds.map((f) => ({ ...f, transceiver: pc.addTransceiver(f.track, { direction: "sendonly" }) }));
+    const added = feeds.map((f) => {
+      const policy = f.track.kind === "video" ? SEND_POLICY[f.source] : undefined;
+      if (policy) f.track.contentHint = policy.contentHint;
+      /** @type {RTCRtpTransceiverInit} */
+      const init = { direction: "sendonly" };
+      if (policy) init.sendEncodings = [{ maxBitrate: policy.maxBitrate }];
+      return { ...f, policy, transceiver: pc.addTransceiver(f.track, init) };
+    });
     const videoCodec = options.videoCodec;
     if (videoCodec) {
       const codecs = RTCRtpSender.getCapabilities("video")?.codecs || [];
@@ -489,6 +525,7 @@ export class Session extends EventTarget {
       if (streamId) msg.stream = streamId;
       const reply = await this.request(msg);
       await pc.setRemoteDescription({ type: "answer", sdp: reply.sdp });
+      for (const a of added) if (a.policy) await keep(a.transceiver.sender, a.policy.degradationPreference);
       this.connections.set(reply.stream, pc);
       return { id: reply.stream, pc, feeds: new Map(added.map((a) => [a.track, `${reply.stream}.${a.transceiver.mid}`])) };
     } catch (err) {
