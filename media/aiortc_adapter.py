@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import re
 import time
 import weakref
 from collections.abc import Awaitable, Callable
@@ -22,10 +21,10 @@ from aiortc import (
     RTCPeerConnection,
     RTCRtpCodecCapability,
     RTCRtpTransceiver,
-    RTCSessionDescription,
 )
 from aiortc.codecs import CODECS, HEADER_EXTENSIONS, is_rtx
 from aiortc.rate import RemoteBitrateEstimator
+from aiortc.rtcdtlstransport import RTCDtlsTransport
 from aiortc.rtcpeerconnection import is_codec_compatible
 from aiortc.rtcrtpparameters import (
     RTCRtcpFeedback,
@@ -49,8 +48,9 @@ from aiortc.rtp import (
 from aiortc.utils import uint16_add
 
 from .estimator import Throttle
+from .gcc import Estimator, Result
 from .packetcache import PacketCache
-from .twcc import TwccFeedback
+from .twcc import SentPackets, TwccFeedback
 
 AIORTC_VERSION = "1.16.0"
 if aiortc.__version__ != AIORTC_VERSION:  # pragma: no cover - guards an unpinned install
@@ -88,6 +88,38 @@ TWCC_INTERVAL = 0.1
 # The arrivals of each transport: every receiver on a bundled transport feeds the same one,
 # since the publisher numbers all of that transport's packets in one sequence.
 _TWCC: weakref.WeakKeyDictionary[Any, TwccFeedback] = weakref.WeakKeyDictionary()
+
+
+class Congestion:
+    """A subscriber's transport as its sender sees it: packets numbered transport-wide, the
+    subscriber's feedback read, and what its path carries estimated from it."""
+
+    def __init__(self) -> None:
+        self.sent = SentPackets()
+        self.estimator = Estimator()
+        self.senders: weakref.WeakSet[ForwardingSender] = weakref.WeakSet()
+        self.feedbacks = 0
+
+    def number(self, size: int) -> int:
+        """Return the transport-wide number for a packet leaving now."""
+        return self.sent.number(int(time.perf_counter() * 1e6), size)
+
+    def on_feedback(self, packet: bytes) -> None:
+        """Take one transport-wide feedback packet from the subscriber."""
+        results = [Result(*r) for r in self.sent.results(packet)]
+        if not results:
+            return
+        self.feedbacks += 1
+        target = self.estimator.on_feedback(results, int(time.perf_counter() * 1e6))
+        for sender in list(self.senders):
+            if sender.kind == "video" and sender.on_remb is not None:
+                sender.on_remb(target)  # as if the subscriber had sent it as a REMB
+
+
+# The send side of each subscriber transport that agreed to transport-cc.
+_CONGESTION: weakref.WeakKeyDictionary[Any, Congestion] = weakref.WeakKeyDictionary()
+# Payload bytes plus what the RTP header, its extensions and SRTP add, near enough.
+OVERHEAD = 40
 
 log = logging.getLogger("teleconsult.media")
 
@@ -291,6 +323,7 @@ class ForwardingSender(RTCRtpSender):
         self._rtx_seq = 0
         self._mid: str | None = None
         self._extensions: Any = None
+        self.congestion: Congestion | None = None
 
     async def _run_rtp(self, codec: RTCRtpCodecParameters) -> None:
         # Replaces aiortc's read-encode-send loop: packets arrive through forward().
@@ -299,6 +332,10 @@ class ForwardingSender(RTCRtpSender):
         # Fixed once the sender has started: read them once, not for every packet.
         self._mid = _get(self, "RTCRtpSender", "mid")
         self._extensions = _get(self, "RTCRtpSender", "rtp_header_extensions_map")
+        if _get(self._extensions, "HeaderExtensionsMap", "ids").transport_sequence_number:
+            # The subscriber agreed to transport-cc: number our packets, read its feedback.
+            self.congestion = _CONGESTION.setdefault(self.transport, Congestion())
+            self.congestion.senders.add(self)
         _get(self, "RTCRtpSender", "rtp_started").set()
         self.ready.set()
         with contextlib.suppress(asyncio.CancelledError):
@@ -322,6 +359,8 @@ class ForwardingSender(RTCRtpSender):
         ext.mid = self._mid
         ext.abs_send_time = (ntp >> 14) & 0x00FFFFFF
         ext.audio_level = source.extensions.audio_level
+        if self.congestion is not None:
+            ext.transport_sequence_number = self.congestion.number(len(packet.payload) + OVERHEAD)
         self.cache.put(seq, packet)
         try:
             await self.transport._send_rtp(packet.serialize(self._extensions))
@@ -362,6 +401,9 @@ class ForwardingSender(RTCRtpSender):
                 ssrc=self._rtx_ssrc,
             )
             self._rtx_seq = uint16_add(self._rtx_seq, 1)
+        if self.congestion is not None:
+            size = len(packet.payload) + OVERHEAD
+            packet.extensions.transport_sequence_number = self.congestion.number(size)
         data = packet.serialize(self._extensions)
         with contextlib.suppress(ConnectionError):
             await self.transport._send_rtp(data)
@@ -403,20 +445,6 @@ class RelayPeerConnection(RTCPeerConnection):
         _set(t, "RTCRtpTransceiver", "receiver", receiver)
         _set(t, "RTCRtpTransceiver", "sender", sender)
         return t
-
-    async def createOffer(self) -> RTCSessionDescription:
-        """Offer as aiortc does, without transport-cc: our senders do not number packets yet."""
-        offer = await super().createOffer()
-        return RTCSessionDescription(_without_transport_cc(offer.sdp), offer.type)
-
-
-_TRANSPORT_CC_LINES = re.compile(
-    r"^a=(rtcp-fb:\d+ transport-cc|extmap:\d+ " + re.escape(TWCC_URI) + r")\r?\n", re.M
-)
-
-
-def _without_transport_cc(sdp: str) -> str:
-    return _TRANSPORT_CC_LINES.sub("", sdp)
 
 
 def negotiated_codec(transceiver: RTCRtpTransceiver) -> RTCRtpCodecParameters | None:
@@ -492,6 +520,34 @@ def add_relay_codecs() -> None:
     if all(x.uri != TWCC_URI for x in HEADER_EXTENSIONS["video"]):
         free = 1 + max(x.id for x in HEADER_EXTENSIONS["video"])
         HEADER_EXTENSIONS["video"].append(RTCRtpHeaderExtensionParameters(id=free, uri=TWCC_URI))
+
+
+_original_handle_rtcp = RTCDtlsTransport._handle_rtcp_data
+
+
+async def _handle_rtcp_data(transport: RTCDtlsTransport, data: bytes) -> None:
+    """Take transport-wide feedback out of a compound RTCP packet, then let aiortc have it all.
+
+    aiortc parses feedback of this kind as if it were a NACK list, losing it; the raw bytes go
+    to the transport's `Congestion` first.
+    """
+    congestion = _CONGESTION.get(transport)
+    if congestion is not None:
+        pos = 0
+        while pos + 4 <= len(data):
+            length = 4 * (int.from_bytes(data[pos + 2 : pos + 4], "big") + 1)
+            if data[pos + 1] == 205 and data[pos] & 0x1F == 15:
+                try:
+                    congestion.on_feedback(data[pos : pos + length])
+                except Exception:
+                    _handled_failure("reading a subscriber's transport-wide feedback")
+            pos += length
+    await _original_handle_rtcp(transport, data)
+
+
+def read_transport_feedback() -> None:
+    """Hand subscribers' transport-wide feedback to their senders' estimates, in this process."""
+    RTCDtlsTransport._handle_rtcp_data = _handle_rtcp_data  # type: ignore[method-assign,assignment]
 
 
 CODECS_CREATED = {"decoder": 0, "encoder": 0}

@@ -24,6 +24,7 @@ from .aiortc_adapter import (
     add_relay_codecs,
     codec_preferences,
     negotiated_codec,
+    read_transport_feedback,
     same_codec,
 )
 from .histogram import Histogram
@@ -146,6 +147,7 @@ class Sfu:
         on_down_closed: Callable[[str, str], None] | None = None,
     ) -> None:
         add_relay_codecs()
+        read_transport_feedback()
         guard_ice_ports()
         quick_consent()
         self.clock = clock

@@ -22,6 +22,8 @@ MAX_RUN = 0x1FFF  # the longest run one run-length chunk holds
 MAX_STATUS = 0xFFFF
 # How long arrivals are kept to answer a packet that comes late, after it was reported lost.
 HISTORY_US = 500_000
+# How many packets a sender keeps waiting for feedback (several seconds at 10 Mbit/s).
+HISTORY_PACKETS = 8192
 
 
 class TwccFeedback:
@@ -187,3 +189,42 @@ def parse(packet: bytes) -> tuple[int, list[int | None]]:
         at += ticks * TICK_US
         arrivals.append(at)
     return base, arrivals
+
+
+class SentPackets:
+    """What one transport sent, by transport-wide number, until feedback says what arrived."""
+
+    def __init__(self) -> None:
+        self._next = 0  # the extended number the next packet gets
+        self._sent: dict[int, tuple[int, int]] = {}  # extended number -> (sent µs, size)
+
+    def number(self, sent_us: int, size: int) -> int:
+        """Give the next packet its number (16 bits, for the header) and keep when it left."""
+        ext = self._next
+        self._next += 1
+        self._sent[ext] = (sent_us, size)
+        if len(self._sent) > 4 * HISTORY_PACKETS:
+            # Feedback that never came (a viewer that does not send it): keep the latest only.
+            for old in [s for s in self._sent if s < ext - HISTORY_PACKETS]:
+                del self._sent[old]
+        return ext & 0xFFFF
+
+    def results(self, feedback: bytes) -> list[tuple[int, int, int | None]]:
+        """Read a feedback packet: (sent µs, size, arrival µs or None) for each packet it covers
+        that we sent, in the order sent; unparsable feedback covers nothing."""
+        try:
+            base, arrivals = parse(feedback)
+        except (ValueError, IndexError, struct.error):
+            return []
+        # The base's extended number: the one nearest the latest we sent.
+        latest = self._next - 1
+        ext = latest - ((latest - base) & 0xFFFF)
+        out = []
+        for k, arrival in enumerate(arrivals):
+            sent = self._sent.get(ext + k)
+            if sent is None:
+                continue
+            if arrival is not None:
+                del self._sent[ext + k]  # a late duplicate report is not counted twice
+            out.append((sent[0], sent[1], arrival))
+        return out

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import time
 
 import pytest
 from aiortc.rtcdtlstransport import RTCDtlsTransport
-from aiortc.rtp import HeaderExtensions, HeaderExtensionsMap
+from aiortc.rtp import HeaderExtensions, HeaderExtensionsMap, RtpPacket
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -144,7 +145,8 @@ async def test_a_publisher_numbering_its_packets_hears_when_each_arrived(
     numbered_set = HeaderExtensionsMap.set
 
     def set_numbered(self: HeaderExtensionsMap, values: HeaderExtensions) -> tuple[int, bytes]:
-        if vars(self)["_HeaderExtensionsMap__ids"].transport_sequence_number is not None:
+        numbered = vars(self)["_HeaderExtensionsMap__ids"].transport_sequence_number
+        if numbered is not None and values.transport_sequence_number is None:
             values.transport_sequence_number = next(numbers) & 0xFFFF
             sent.append(values.transport_sequence_number)
         return numbered_set(self, values)
@@ -163,14 +165,12 @@ async def test_a_publisher_numbering_its_packets_hears_when_each_arrived(
     ex = MediaClient(await server.join(role=Role.EXPERT, identity="ex"))
     try:
         published = await op.publish([(PatternTrack(), "probe", "Ultrasound")])
-        # The answer agreed to it; the SFU's own offers to subscribers do not (yet) ask for it,
-        # since its senders do not number their packets.
+        # The answer agreed to it, and the SFU's offers to subscribers ask for it too.
         answer = published.pc.remoteDescription
         assert answer is not None and "transport-cc" in answer.sdp
         sub = await ex.subscribe(published.id)
         offer = sub.pc.remoteDescription
-        assert offer is not None and "transport-cc" not in offer.sdp
-        assert "transport-wide-cc" not in offer.sdp
+        assert offer is not None and "transport-cc" in offer.sdp
         for _ in range(250):  # 10 s at most: feedback comes every 100 ms
             if len(sent) > 200 and len(heard) > 10:
                 break
@@ -190,3 +190,56 @@ async def test_a_publisher_numbering_its_packets_hears_when_each_arrived(
     assert set(sent[:-30]) <= received
     times = [reported[n] or 0 for n in sent[:-30]]
     assert all(b >= a - 5_000 for a, b in itertools.pairwise(times))
+
+
+async def test_a_subscriber_s_feedback_sets_what_its_path_may_carry(
+    server: Server, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # aiortc's receiver sends no transport-wide feedback; a browser does. The expert's
+    # transport here answers as a browser would: what arrived, when, every 100 ms.
+    watched: dict[RTCDtlsTransport, TwccFeedback] = {}
+    handle_rtp = RTCDtlsTransport._handle_rtp_data
+
+    async def arrive(self: RTCDtlsTransport, data: bytes, arrival_time_ms: int) -> None:
+        feedback = watched.get(self)
+        if feedback is not None:
+            packet = RtpPacket.parse(data, self._rtp_header_extensions_map)
+            seq = packet.extensions.transport_sequence_number
+            if seq is not None:
+                feedback.add(seq, int(time.perf_counter() * 1e6))
+        await handle_rtp(self, data, arrival_time_ms)
+
+    monkeypatch.setattr(RTCDtlsTransport, "_handle_rtp_data", arrive)
+    op = MediaClient(await server.join(role=Role.OPERATOR, identity="op"))
+    ex = MediaClient(await server.join(role=Role.EXPERT, identity="ex"))
+    try:
+        published = await op.publish([(PatternTrack(), "probe", "Ultrasound")])
+        sub = await ex.subscribe(published.id)
+        transport = sub.pc.getTransceivers()[0].receiver.transport
+        watched[transport] = TwccFeedback()
+        (down,) = server.hub.sfu.downs.values()
+        (track,) = down.tracks
+        await asyncio.wait_for(track.sender.ready.wait(), 10)
+        congestion = track.sender.congestion
+        assert congestion is not None  # the subscriber agreed to transport-cc
+        for _ in range(100):  # 5 s at most
+            await asyncio.sleep(0.05)
+            for packet in watched[transport].build(1, 2):
+                await transport._send_rtp(packet)
+            if congestion.feedbacks >= 30:
+                break
+        # The SFU read the feedback, estimated the path, and counted it as this subscriber's
+        # word on the publisher's rate.
+        assert congestion.feedbacks >= 30
+        assert congestion.estimator.acked.bitrate() is not None
+        reports = server.hub.sfu.ups[published.id].tracks["0"].rates._reports
+        assert reports[sub_id(server, "ex")][0] == congestion.estimator.target
+    finally:
+        await op.close()
+        await ex.close()
+
+
+def sub_id(server: Server, identity: str) -> str:
+    p = server.room().by_identity(identity)
+    assert p is not None
+    return p.id
