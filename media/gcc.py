@@ -26,6 +26,9 @@ K_UP, K_DOWN = 0.0087, 0.039
 OVERUSE_US = 10_000
 # AIMD: multiplicative increase per second far from the last known maximum; decrease factor.
 INCREASE_PER_S = 1.08
+# Until the path first over-uses, the rate doubles each second (what a browser's start-up
+# probes find in a direct call); what arrives still bounds it (1.5 times, below).
+START_INCREASE_PER_S = 2.0
 BETA = 0.85
 # Loss-based bound: back off above 10 % loss. Below, random loss (a radio link) is left to
 # NACK and FEC, and congestion to the delay trend, which sees a queue before it overflows.
@@ -187,6 +190,7 @@ class Estimator:
         self._max_kbps: float | None = None
         self._max_var = 0.4
         self.loss = 0.0
+        self.started = False  # the path has over-used (or lost much) at least once
         self._losses: deque[tuple[int, int, int]] = deque()  # (time, lost, reported)
 
     @property
@@ -221,6 +225,7 @@ class Estimator:
         since = 0.0 if self._last_change is None else (now_us - self._last_change) / 1e6
         self._last_change = now_us
         if usage is Usage.OVERUSING:
+            self.started = True
             if acked is not None:
                 self._note_max(acked)
                 self.delay_rate = min(self.delay_rate, BETA * acked)
@@ -233,7 +238,8 @@ class Estimator:
             # Close to where the path broke before: creep, about a packet per 200 ms.
             self.delay_rate += 1200 * 8 * 5 * min(since, 1.0)
         else:
-            self.delay_rate *= INCREASE_PER_S ** min(since, 1.0)
+            growth = INCREASE_PER_S if self.started else START_INCREASE_PER_S
+            self.delay_rate *= growth ** min(since, 1.0)
         if acked is not None:
             # Never ask for far more than the path has been shown to carry.
             self.delay_rate = min(self.delay_rate, 1.5 * acked + 10_000)
@@ -267,6 +273,7 @@ class Estimator:
     def _loss_based(self, now_us: int) -> None:
         since = 1.0 if self._last_loss_change is None else (now_us - self._last_loss_change) / 1e6
         if self.loss > LOSS_HIGH:
+            self.started = True
             if since >= 0.3:  # at most once per round of feedback and reaction
                 base = min(self.loss_rate, self.delay_rate)
                 self.loss_rate = base * (1 - 0.5 * self.loss)

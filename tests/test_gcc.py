@@ -74,6 +74,8 @@ def at(trace: list[tuple[float, int, float]], start: float, end: float) -> list[
 
 def test_it_finds_what_the_path_carries_and_keeps_queues_short() -> None:
     trace = run(Link(lambda t: 2_500_000), 30, Estimator(start=1_000_000))
+    # It starts fast, as a browser's start-up probing does: there within 3 s.
+    assert max(at(trace, 0, 3)) >= 2_000_000, at(trace, 0, 3)
     settled = at(trace, 15, 30)
     assert min(settled) >= 1_500_000 and max(settled) <= 3_200_000, settled
     # Delay-based: the queue at the bottleneck stays short once it has found the rate.
