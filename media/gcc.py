@@ -34,6 +34,8 @@ BETA = 0.85
 # NACK and FEC, and congestion to the delay trend, which sees a queue before it overflows.
 LOSS_HIGH = 0.10
 ACKED_WINDOW_US = 500_000
+# Reported packets kept for measuring a probe (a few seconds at several Mbit/s).
+RECENT_RESULTS = 4096
 # Loss is judged over this much feedback, and this many packets at least: a short window's
 # random losses are not congestion.
 LOSS_WINDOW_US = 1_000_000
@@ -192,6 +194,9 @@ class Estimator:
         self.loss = 0.0
         self.started = False  # the path has over-used (or lost much) at least once
         self._losses: deque[tuple[int, int, int]] = deque()  # (time, lost, reported)
+        # The latest packets reported, for measuring what a probe's burst delivered.
+        self._recent: deque[Result] = deque(maxlen=RECENT_RESULTS)
+        self._proven: tuple[int, int] | None = None  # a probe's rate, and until when it holds
 
     @property
     def target(self) -> int:
@@ -202,6 +207,7 @@ class Estimator:
         """Take one feedback's packets (in the order sent); return the new target."""
         usage = self.trendline.usage
         received = 0
+        self._recent.extend(results)
         for r in results:
             if r.arrived_us is None:
                 continue
@@ -219,6 +225,37 @@ class Estimator:
                 self._loss_based(now_us)
         self._delay_based(usage, now_us)
         return self.target
+
+    @property
+    def queueing(self) -> bool:
+        """Tell whether the delay is growing: a queue is building on the path."""
+        return self.trendline.usage is Usage.OVERUSING
+
+    def delivered(self, start_s: float, end_s: float) -> int | None:
+        """Return the rate at which the packets sent between two times arrived (bits/s), once
+        feedback covers them all; None before, or with too few to tell. Lost ones count as
+        not delivered."""
+        start, end = int(start_s * 1e6), int(end_s * 1e6)
+        if not self._recent or self._recent[-1].sent_us < end:
+            return None  # feedback has not reached the end of the window yet
+        burst = [r for r in self._recent if start <= r.sent_us <= end]
+        got = sorted((r.arrived_us, r.size) for r in burst if r.arrived_us is not None)
+        if len(got) < 5:
+            return None
+        span = got[-1][0] - got[0][0]
+        sent_span = max(r.sent_us for r in burst) - min(r.sent_us for r in burst)
+        # The first packet's bytes arrived before the span starts; a burst that arrives
+        # faster than it left says nothing more than how fast it left.
+        delivered = sum(size for _, size in got[1:]) * 8 * 1_000_000
+        return int(delivered / max(span, sent_span, 1))
+
+    def carried(self, rate: int, now_us: int) -> None:
+        """Note that the path was shown to carry `rate` (a probe arrived whole): go on from it,
+        until what arrives shows the new rate (or a queue says otherwise)."""
+        self.delay_rate = max(self.delay_rate, float(rate))
+        self.loss_rate = max(self.loss_rate, float(rate))
+        self._max_kbps = None
+        self._proven = (rate, now_us + 2 * ACKED_WINDOW_US)
 
     def _delay_based(self, usage: Usage, now_us: int) -> None:
         acked = self.acked.bitrate()
@@ -242,7 +279,10 @@ class Estimator:
             self.delay_rate *= growth ** min(since, 1.0)
         if acked is not None:
             # Never ask for far more than the path has been shown to carry.
-            self.delay_rate = min(self.delay_rate, 1.5 * acked + 10_000)
+            shown = 1.5 * acked + 10_000
+            if self._proven is not None and now_us < self._proven[1]:
+                shown = max(shown, self._proven[0])
+            self.delay_rate = min(self.delay_rate, shown)
 
     def _note_max(self, acked: int) -> None:
         kbps = acked / 1000

@@ -1,0 +1,149 @@
+"""Choosing a subscriber's simulcast layer: down at once, up after a probe the path carried."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from teleconsult.media.gcc import Estimator, Result
+from teleconsult.media.layers import (
+    BURST_S,
+    CALM_S,
+    HEADROOM,
+    JUDGE_S,
+    RETRY_S,
+    Choice,
+    LayerChooser,
+)
+
+from .test_gcc import FEEDBACK_US, FPS, PACKET, PROPAGATION_US, Link
+
+RATES = [150_000, 500_000, 1_500_000]  # quarter, half and full size
+FULL_PROBE = int(RATES[2] * HEADROOM)
+
+
+@dataclass
+class FakePath:
+    """A path whose estimate, queue and delivered rate the test sets."""
+
+    target: int
+    queueing: bool = False
+    arrived: int | None = None
+
+    def delivered(self, start_s: float, end_s: float) -> int | None:
+        return self.arrived
+
+
+def test_a_path_with_room_climbs_a_layer_at_a_time() -> None:
+    chooser, path = LayerChooser(), FakePath(5_000_000)
+    assert chooser.choose(RATES, path, 0.0) == Choice(1)
+    assert chooser.choose(RATES, path, 0.1) == Choice(2)
+    assert chooser.choose(RATES, path, 0.2) == Choice(2)
+
+
+def test_a_narrowed_path_goes_down_at_once_to_what_fits() -> None:
+    assert LayerChooser(start=2).choose(RATES, FakePath(400_000), 0.0) == Choice(0)
+    assert LayerChooser(start=2).choose(RATES, FakePath(900_000), 0.0) == Choice(1)
+
+
+def test_going_up_takes_a_burst_that_arrives_at_the_higher_rate() -> None:
+    chooser, path = LayerChooser(start=1), FakePath(760_000)  # 1.5 times the half layer
+    assert chooser.choose(RATES, path, 10.0) == Choice(1, padding=FULL_PROBE - RATES[1])
+    assert chooser.choose(RATES, path, 10.1).padding > 0  # the burst goes on
+    assert chooser.choose(RATES, path, 10.0 + BURST_S + 0.01) == Choice(1)  # awaiting feedback
+    path.arrived = FULL_PROBE
+    assert chooser.choose(RATES, path, 10.4) == Choice(2, carried=FULL_PROBE)
+
+
+def test_a_probe_stops_when_a_queue_builds_or_the_burst_arrives_slower() -> None:
+    chooser, path = LayerChooser(start=1), FakePath(760_000)
+    assert chooser.choose(RATES, path, 0.0).padding > 0
+    path.queueing = True
+    assert chooser.choose(RATES, path, 0.1) == Choice(1)  # stopped at once
+    path.queueing = False
+    assert chooser.choose(RATES, path, RETRY_S - 0.1) == Choice(1)  # not yet again
+    assert chooser.choose(RATES, path, RETRY_S + 0.1).padding > 0  # the second probe
+    path.arrived = 1_000_000  # the burst arrived at 1 Mbit/s: the path's limit
+    assert chooser.choose(RATES, path, RETRY_S + 0.5) == Choice(1)
+    # The next waits twice as long.
+    path.arrived = None
+    assert chooser.choose(RATES, path, RETRY_S + 0.5 + RETRY_S + 0.1).padding == 0
+    assert chooser.choose(RATES, path, RETRY_S + 0.5 + 2 * RETRY_S + 0.1).padding > 0
+
+
+def test_a_probe_whose_feedback_never_comes_fails() -> None:
+    chooser, path = LayerChooser(start=1), FakePath(760_000)
+    chooser.choose(RATES, path, 0.0)
+    assert chooser.choose(RATES, path, JUDGE_S + 0.01) == Choice(1)
+    assert chooser.choose(RATES, path, JUDGE_S + 0.02).padding == 0
+
+
+def test_no_probe_right_after_going_down() -> None:
+    chooser, path = LayerChooser(start=2), FakePath(900_000)
+    assert chooser.choose(RATES, path, 0.0) == Choice(1)
+    assert chooser.choose(RATES, path, CALM_S - 0.1).padding == 0
+    assert chooser.choose(RATES, path, CALM_S + 0.1).padding > 0
+
+
+def test_a_layer_that_stops_is_left_for_the_best_live_one() -> None:
+    chooser, path = LayerChooser(start=2), FakePath(5_000_000)
+    assert chooser.choose([150_000, 500_000, 0], path, 0.0) == Choice(1)
+    assert chooser.choose([0, 0, 0], path, 0.1) == Choice(1)  # nothing live: stay
+
+
+def simulate(
+    capacity_at: list[tuple[float, int]], seconds: float
+) -> tuple[list[tuple[float, int]], list[tuple[float, float | None]]]:
+    """The whole loop: what is chosen (plus padding) goes through a link whose capacity
+    changes at the given times, the estimate comes from its feedback, the chooser follows.
+    Returns the layer after each feedback, and each packet's (send time, queueing delay)."""
+
+    def capacity(t: int) -> int:
+        return [c for since, c in capacity_at if t >= since * 1e6][-1]
+
+    link, estimator, chooser = Link(capacity), Estimator(start=1_000_000), LayerChooser()
+    layers: list[tuple[float, int]] = []
+    delays: list[tuple[float, float | None]] = []
+    pending: list[tuple[int, Result]] = []
+    owed, t, next_feedback, choice = 0.0, 0, FEEDBACK_US, Choice(0)
+    while t < seconds * 1e6:
+        owed += (RATES[choice.layer] + choice.padding) / FPS / 8
+        packets = int(owed // PACKET)
+        owed -= packets * PACKET
+        for k in range(packets):
+            sent = t + k * 100
+            arrived = link.send(sent, PACKET)
+            reported = arrived if arrived is not None else sent
+            pending.append((reported, Result(sent, PACKET, arrived)))
+            queue = None if arrived is None else (arrived - sent - PROPAGATION_US) / 1000
+            delays.append((sent / 1e6, queue))
+        t += 1_000_000 // FPS
+        while next_feedback <= t:
+            done = sorted((p for p in pending if p[0] <= next_feedback), key=lambda p: p[1].sent_us)
+            pending = [p for p in pending if p[0] > next_feedback]
+            estimator.on_feedback([r for _, r in done], next_feedback)
+            now = next_feedback / 1e6
+            choice = chooser.choose(RATES, estimator, now)
+            if choice.carried:
+                estimator.carried(choice.carried, next_feedback)
+            layers.append((now, choice.layer))
+            next_feedback += FEEDBACK_US
+    return layers, delays
+
+
+def test_a_capped_path_goes_down_and_comes_back_up_within_ten_seconds() -> None:
+    # 6 Mbit/s, capped at 1 Mbit/s from 10 s to 30 s (as the issue's bench does to one viewer).
+    layers, delays = simulate([(0, 6_000_000), (10, 1_000_000), (30, 6_000_000)], 45)
+
+    def during(start: float, end: float) -> set[int]:
+        return {layer for s, layer in layers if start <= s < end}
+
+    assert during(5, 10) == {2}  # found the full layer
+    assert during(13, 30) == {1}  # the capped path: half size, from 3 s after the cap
+    assert during(40, 45) == {2}  # back to full size...
+    back = min(s for s, layer in layers if s >= 30 and layer == 2)
+    assert back - 30 <= 10, back  # ...within 10 s
+    # Probing the capped path loses nothing, and queues for less than 200 ms: each probe is
+    # an eighth of a second at 1.7 times what the path carries.
+    capped = [d for s, d in delays if 13 <= s < 30]
+    assert None not in capped
+    assert max(d for d in capped if d is not None) < 200
