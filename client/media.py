@@ -181,6 +181,13 @@ class MediaClient:
         await self.signaling.send({"type": "unsubscribe", "stream": sub_id})
         await sub.pc.close()
 
+    async def pause(self, sub_id: str, paused: bool, feeds: list[str] | None = None) -> None:
+        """Stop (or start again) receiving feeds of a subscription that are not shown."""
+        msg: dict[str, object] = {"type": "pause", "stream": sub_id, "paused": paused}
+        if feeds is not None:
+            msg["feeds"] = feeds
+        await self.signaling.send(msg)
+
     async def close(self) -> None:
         """Close every peer connection."""
         for s in list(self.subscriptions.values()):

@@ -92,6 +92,19 @@ class RemoteMedia:
         """Close a subscription on its node."""
         self.caller.tell(self.node, "unsubscribe", down_id=down_id, reason=reason)
 
+    async def pause(
+        self, down_id: str, subscriber_id: str, feeds: list[str] | None, paused: bool
+    ) -> None:
+        """Pause or resume feeds of a subscription on its node."""
+        await self.caller.call(
+            self.node,
+            "pause",
+            down_id=down_id,
+            subscriber_id=subscriber_id,
+            feeds=feeds,
+            paused=paused,
+        )
+
     async def close_participant(self, participant_id: str, reason: str) -> None:
         """Close a participant's media on its node."""
         self.caller.tell(
@@ -122,6 +135,9 @@ class MediaRequests:
             "answer": lambda a: hub.sfu.answer(a["down_id"], a["subscriber_id"], a["sdp"]),
             "unpublish": self._unpublish,
             "unsubscribe": self._unsubscribe,
+            "pause": lambda a: hub.sfu.pause(
+                a["down_id"], a["subscriber_id"], a["feeds"], a["paused"]
+            ),
             "close_participant": lambda a: hub.sfu.close_participant(
                 a["participant_id"], a["reason"]
             ),

@@ -66,6 +66,11 @@ class Media(Protocol):
     async def unsubscribe(self, down_id: str, reason: str) -> None:
         """Close one subscription."""
 
+    async def pause(
+        self, down_id: str, subscriber_id: str, feeds: list[str] | None, paused: bool
+    ) -> None:
+        """Stop (or start again, at a keyframe) sending some feeds of a subscription."""
+
     async def close_participant(self, participant_id: str, reason: str) -> None:
         """Close everything a participant publishes or receives."""
 
@@ -325,6 +330,19 @@ class Sfu:
         if self.on_down_closed is not None:
             self.on_down_closed(down_id, reason)
 
+    async def pause(
+        self, down_id: str, subscriber_id: str, feeds: list[str] | None, paused: bool
+    ) -> None:
+        """Stop (or start again, at a keyframe) sending some feeds of a subscription."""
+        down = self.downs.get(down_id)
+        if down is None or down.subscriber_id != subscriber_id:
+            raise MediaError("no_such_stream", "no such subscription")
+        chosen = [dt for dt in down.tracks if feeds is None or dt.up.feed_id in feeds]
+        if feeds is not None and len(chosen) != len(set(feeds)):
+            raise MediaError("no_such_feed", "a feed named is not in this subscription")
+        for dt in chosen:
+            dt.pause(paused)
+
     # -- lifecycle ---------------------------------------------------------------------------
 
     async def close_participant(self, participant_id: str, reason: str) -> None:
@@ -398,6 +416,8 @@ class Sfu:
                         "plis": s.plis,
                         "rtt": s.rtt,
                         "waiting_keyframe": dt.waiting,
+                        "paused": dt.paused,
+                        "estimate": None if s.congestion is None else s.congestion.estimator.target,
                     }
                 )
         return {"up": ups, "down": downs}

@@ -225,6 +225,7 @@ class DownTrack:
         self.attached_at = clock()
         self.started_at: float | None = None
         self.dropped_waiting = 0
+        self.paused = False  # the subscriber does not show it: nothing is sent
         sender.on_keyframe_request = up.request_keyframe
         sender.on_remb = self._on_remb
 
@@ -233,7 +234,7 @@ class DownTrack:
 
         `ext` is the packet's extended sequence number, `epoch` the source's restart count.
         """
-        if self.sender.codec is None:
+        if self.sender.codec is None or self.paused:
             return False
         if epoch != self.epoch:
             # A new source (the publisher restarted its encoder) needs a fresh start point.
@@ -263,6 +264,16 @@ class DownTrack:
             mapped = self.rewriter.map(e, p.timestamp, now)
             if mapped is not None:
                 await self.sender.forward(p, *mapped)
+
+    def pause(self, paused: bool) -> None:
+        """Stop sending, or start again at the next keyframe (asked for at once)."""
+        if paused == self.paused:
+            return
+        self.paused = paused
+        if not paused:
+            # Frames were skipped: the decoder needs a keyframe; the numbering goes on.
+            self.waiting = True
+            self.up.request_keyframe()
 
     def _on_remb(self, bitrate: int) -> None:
         self.up.rates.report(self.subscriber_id, bitrate, self.clock())

@@ -17,6 +17,7 @@ from .errors import Close, Code
 from .media_handlers import (
     on_answer,
     on_get_stats,
+    on_pause,
     on_publish,
     on_subscribe,
     on_unpublish,
@@ -334,6 +335,7 @@ HANDLERS: dict[str, Handler] = {
     "subscribe": on_subscribe,
     "answer": on_answer,
     "unsubscribe": on_unsubscribe,
+    "pause": on_pause,
     "get_stats": on_get_stats,
     "annotate": on_annotate,
     "chat": on_chat,

@@ -147,6 +147,15 @@ async def on_unsubscribe(conn: Conn, msg: m.Unsubscribe) -> None:
     conn.audit("unsubscribe", target=msg.stream)
 
 
+async def on_pause(conn: Conn, msg: m.Pause) -> None:
+    """Stop (or start again) sending feeds of a subscription the participant does not show."""
+    me = conn.participant
+    assert me is not None
+    if msg.stream not in me.subscriptions:
+        raise MediaError("no_such_stream", "no such subscription")
+    await conn.media.pause(msg.stream, me.id, msg.feeds, msg.paused)
+
+
 async def on_get_stats(conn: Conn, msg: m.GetStats) -> None:
     """Send a moderator the room's media statistics."""
     room, me = conn.room, conn.participant

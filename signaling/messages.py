@@ -230,6 +230,17 @@ class Unsubscribe(Message):
     stream: StreamId
 
 
+class Pause(Message):
+    """Stop (or start again) receiving some feeds of a subscription that are not shown."""
+
+    type: Literal["pause"]
+    stream: StreamId
+    feeds: Annotated[list[Annotated[str, Field(max_length=100)]], Field(max_length=16)] | None = (
+        None
+    )
+    paused: bool
+
+
 class GetStats(Message):
     """Moderator: ask for the room's media statistics."""
 
@@ -253,6 +264,7 @@ MODELS: dict[str, type[Message]] = {
     "subscribe": Subscribe,
     "answer": Answer,
     "unsubscribe": Unsubscribe,
+    "pause": Pause,
     "get_stats": GetStats,
     "annotate": Annotate,
     "chat": Chat,

@@ -64,6 +64,17 @@ async def test_loss_on_a_cascade_leg_is_repaired_from_the_origin(
             assert ups == {("a", op.participant_id), ("b", "cascade:a")}
             downs = {(s["node"], s["subscriber_id"]) for s in stats["down"]}
             assert downs == {("a", "cascade:b"), ("b", ex.participant_id)}
+            # Pausing a feed not shown reaches the subscriber's node (its host is a).
+            (down,) = b.hub.sfu.downs.values()
+            await sub_client.pause(sub.id, True)
+            for _ in range(100):
+                if down.tracks[0].paused:
+                    break
+                await asyncio.sleep(0.02)
+            assert down.tracks[0].paused
+            await sub_client.pause(sub.id, False)
+            await receive(track, 10, timeout=5)
+            assert not down.tracks[0].paused
         finally:
             await sub_client.close()
             await pub.close()

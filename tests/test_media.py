@@ -215,6 +215,50 @@ async def test_moderator_mute_stops_forwarding_the_microphone(
     assert server.hub.sfu.stats()["down"][0]["packets"] > before + 10
 
 
+async def test_a_feed_not_shown_is_paused_and_resumes_at_a_keyframe(
+    server: Server, peers: list[Peer]
+) -> None:
+    op = await join(server, peers, Role.OPERATOR, "op")
+    ex = await join(server, peers, Role.EXPERT, "ex")
+    source = PatternTrack()
+    stream = await op.media.publish([(source, "probe", "")])
+    sub = await ex.media.subscribe(stream.id)
+    track = sub.tracks[f"{stream.id}.0"]
+    await receive(track, 10)
+
+    def down() -> dict[str, Any]:
+        (d,) = server.hub.sfu.stats()["down"]
+        return dict(d)
+
+    await ex.media.pause(sub.id, True)  # the tile is hidden
+    for _ in range(100):
+        if down()["paused"]:
+            break
+        await asyncio.sleep(0.02)
+    before = down()["packets"]
+    await asyncio.sleep(0.5)
+    assert down()["packets"] == before  # nothing sent while paused
+    keyframes = server.hub.sfu.ups[stream.id].tracks["0"].keyframes
+    await ex.media.pause(sub.id, False)
+    # Shown again: the picture comes back from a keyframe asked for at once (aiortc's encoder
+    # would otherwise send its next one only after 3,000 frames), and keeps moving.
+    frames = await receive(track, 10, timeout=5)
+    assert bar_position(frames[-1]) != bar_position(frames[0])
+    assert server.hub.sfu.ups[stream.id].tracks["0"].keyframes > keyframes
+    assert not down()["paused"] and down()["packets"] > before
+    # A subscription or feed that is not the participant's is refused; the rest goes on.
+    cases: list[tuple[dict[str, Any], str]] = [
+        ({"type": "pause", "stream": "d-nope", "paused": True}, "no_such_stream"),
+        ({"type": "pause", "stream": sub.id, "feeds": ["s-x.0"], "paused": True}, "no_such_feed"),
+        ({"type": "pause", "stream": sub.id, "paused": "yes"}, "invalid_field"),
+    ]
+    for msg, code in cases:
+        with pytest.raises(RequestFailed) as e:
+            await ex.sig.request(msg)
+        assert e.value.code == code
+    await receive(track, 5)
+
+
 async def test_moderator_sees_stats_others_do_not(server: Server, peers: list[Peer]) -> None:
     mod = await join(server, peers, Role.MODERATOR, "mod")
     op = await join(server, peers, Role.OPERATOR, "op")
