@@ -1,6 +1,7 @@
 """Every use of aiortc internals, in one place, so an upgrade breaks here alone.
 
-Built against aiortc 1.16.0 (aioice's internals are in aioice_adapter). aiortc decodes
+Built against aiortc 1.16.0 (aioice's internals are in aioice_adapter; the DTLS transport's, for
+transport-wide feedback, in transport_cc). aiortc decodes
 everything it receives and encodes everything it sends; a forwarding unit needs neither, so
 this module supplies a receiver that hands on RTP packets undecoded and a sender that sends
 packets it is given, and a peer connection that uses them.
@@ -12,7 +13,6 @@ import asyncio
 import contextlib
 import logging
 import time
-import weakref
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -24,7 +24,6 @@ from aiortc import (
 )
 from aiortc.codecs import CODECS, HEADER_EXTENSIONS, is_rtx
 from aiortc.rate import RemoteBitrateEstimator
-from aiortc.rtcdtlstransport import RTCDtlsTransport
 from aiortc.rtcpeerconnection import is_codec_compatible
 from aiortc.rtcrtpparameters import (
     RTCRtcpFeedback,
@@ -47,10 +46,10 @@ from aiortc.rtp import (
 )
 from aiortc.utils import uint16_add
 
-from .estimator import Throttle
-from .gcc import Estimator, Result
+from .failures import handled_failure
 from .packetcache import PacketCache
-from .twcc import SentPackets, TwccFeedback
+from .transport_cc import ARRIVALS, CONGESTION, OVERHEAD, TWCC_INTERVAL, TWCC_URI, Congestion
+from .twcc import TwccFeedback
 
 AIORTC_VERSION = "1.16.0"
 if aiortc.__version__ != AIORTC_VERSION:  # pragma: no cover - guards an unpinned install
@@ -80,57 +79,7 @@ NTP_UNIX_OFFSET = 2208988800
 
 PacketHandler = Callable[[RtpPacket, RTCRtpCodecParameters], Awaitable[None]]
 
-# The transport-wide sequence number extension: with it (and the transport-cc feedback) a
-# browser publishing to us estimates its uplink itself, from our reports of arrival times.
-TWCC_URI = "http://www.ietf.org/id/draft-holmer-rmcat-transport-wide-cc-extensions-01"
-# How often arrivals are reported (libwebrtc's receivers default to 100 ms as well).
-TWCC_INTERVAL = 0.1
-# The arrivals of each transport: every receiver on a bundled transport feeds the same one,
-# since the publisher numbers all of that transport's packets in one sequence.
-_TWCC: weakref.WeakKeyDictionary[Any, TwccFeedback] = weakref.WeakKeyDictionary()
-
-
-class Congestion:
-    """A subscriber's transport as its sender sees it: packets numbered transport-wide, the
-    subscriber's feedback read, and what its path carries estimated from it."""
-
-    def __init__(self) -> None:
-        self.sent = SentPackets()
-        self.estimator = Estimator()
-        self.senders: weakref.WeakSet[ForwardingSender] = weakref.WeakSet()
-        self.feedbacks = 0
-
-    def number(self, size: int) -> int:
-        """Return the transport-wide number for a packet leaving now."""
-        return self.sent.number(int(time.perf_counter() * 1e6), size)
-
-    def on_feedback(self, packet: bytes) -> None:
-        """Take one transport-wide feedback packet from the subscriber."""
-        results = [Result(*r) for r in self.sent.results(packet)]
-        if not results:
-            return
-        self.feedbacks += 1
-        target = self.estimator.on_feedback(results, int(time.perf_counter() * 1e6))
-        for sender in list(self.senders):
-            if sender.kind == "video" and sender.on_remb is not None:
-                sender.on_remb(target)  # as if the subscriber had sent it as a REMB
-
-
-# The send side of each subscriber transport that agreed to transport-cc.
-_CONGESTION: weakref.WeakKeyDictionary[Any, Congestion] = weakref.WeakKeyDictionary()
-# Payload bytes plus what the RTP header, its extensions and SRTP add, near enough.
-OVERHEAD = 40
-
 log = logging.getLogger("teleconsult.media")
-
-# A failure in our own packet handling is logged with its traceback, but not for every packet.
-_failure_log = Throttle(60.0)
-
-
-def _handled_failure(what: str) -> None:
-    """Log an unexpected error in packet handling, at most once a minute."""
-    if _failure_log.ready(time.monotonic()):
-        log.exception("%s failed (logged at most once a minute)", what)
 
 
 class WrapSafeStatistics(StreamStatistics):
@@ -242,7 +191,7 @@ class ForwardingReceiver(RTCRtpReceiver):
             if self.on_packet is not None:
                 await self.on_packet(packet, codec)
         except Exception:
-            _handled_failure("handling a publisher's RTP packet")
+            handled_failure("handling a publisher's RTP packet")
 
     async def _handle_rtcp_packet(self, packet: AnyRtcpPacket) -> None:
         try:
@@ -254,11 +203,11 @@ class ForwardingReceiver(RTCRtpReceiver):
                 )
             await super()._handle_rtcp_packet(packet)
         except Exception:
-            _handled_failure("handling a publisher's RTCP packet")
+            handled_failure("handling a publisher's RTCP packet")
 
     def _report_arrivals(self) -> None:
         """Start reporting this transport's arrivals to the publisher (transport-cc)."""
-        self._twcc = _TWCC.setdefault(self.transport, TwccFeedback())
+        self._twcc = ARRIVALS.setdefault(self.transport, TwccFeedback())
         self._twcc_task = asyncio.ensure_future(self._send_feedback_forever(self._twcc))
 
     async def _send_feedback_forever(self, twcc: TwccFeedback) -> None:
@@ -334,7 +283,7 @@ class ForwardingSender(RTCRtpSender):
         self._extensions = _get(self, "RTCRtpSender", "rtp_header_extensions_map")
         if _get(self._extensions, "HeaderExtensionsMap", "ids").transport_sequence_number:
             # The subscriber agreed to transport-cc: number our packets, read its feedback.
-            self.congestion = _CONGESTION.setdefault(self.transport, Congestion())
+            self.congestion = CONGESTION.setdefault(self.transport, Congestion())
             self.congestion.senders.add(self)
         _get(self, "RTCRtpSender", "rtp_started").set()
         self.ready.set()
@@ -424,7 +373,7 @@ class ForwardingSender(RTCRtpSender):
                 return
             await super()._handle_rtcp_packet(packet)
         except Exception:
-            _handled_failure("handling a subscriber's RTCP packet")
+            handled_failure("handling a subscriber's RTCP packet")
 
 
 class RelayPeerConnection(RTCPeerConnection):
@@ -520,34 +469,6 @@ def add_relay_codecs() -> None:
     if all(x.uri != TWCC_URI for x in HEADER_EXTENSIONS["video"]):
         free = 1 + max(x.id for x in HEADER_EXTENSIONS["video"])
         HEADER_EXTENSIONS["video"].append(RTCRtpHeaderExtensionParameters(id=free, uri=TWCC_URI))
-
-
-_original_handle_rtcp = RTCDtlsTransport._handle_rtcp_data
-
-
-async def _handle_rtcp_data(transport: RTCDtlsTransport, data: bytes) -> None:
-    """Take transport-wide feedback out of a compound RTCP packet, then let aiortc have it all.
-
-    aiortc parses feedback of this kind as if it were a NACK list, losing it; the raw bytes go
-    to the transport's `Congestion` first.
-    """
-    congestion = _CONGESTION.get(transport)
-    if congestion is not None:
-        pos = 0
-        while pos + 4 <= len(data):
-            length = 4 * (int.from_bytes(data[pos + 2 : pos + 4], "big") + 1)
-            if data[pos + 1] == 205 and data[pos] & 0x1F == 15:
-                try:
-                    congestion.on_feedback(data[pos : pos + length])
-                except Exception:
-                    _handled_failure("reading a subscriber's transport-wide feedback")
-            pos += length
-    await _original_handle_rtcp(transport, data)
-
-
-def read_transport_feedback() -> None:
-    """Hand subscribers' transport-wide feedback to their senders' estimates, in this process."""
-    RTCDtlsTransport._handle_rtcp_data = _handle_rtcp_data  # type: ignore[method-assign,assignment]
 
 
 CODECS_CREATED = {"decoder": 0, "encoder": 0}

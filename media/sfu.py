@@ -24,11 +24,11 @@ from .aiortc_adapter import (
     add_relay_codecs,
     codec_preferences,
     negotiated_codec,
-    read_transport_feedback,
     same_codec,
 )
 from .histogram import Histogram
 from .tracks import DownTrack, UpTrack
+from .transport_cc import read_transport_feedback
 
 log = logging.getLogger("teleconsult.media")
 

@@ -156,13 +156,7 @@ def export(
     """Write an MP4 of the main feed with annotations burned in and masks applied."""
     manifest = json.loads((folder / "manifest.json").read_text())
     track = main_track(manifest, feed)
-    log_path = folder / manifest.get("channel_log", "channel.jsonl")
-    log = (
-        [json.loads(line) for line in log_path.read_text().splitlines() if line.strip()]
-        if log_path.exists()
-        else []
-    )
-    notes = Annotations(sorted(log, key=lambda e: e["t"]), track["feed"])
+    notes = Annotations(_channel_log(folder, manifest), track["feed"])
     total = max(track["duration"], 1e-6)
     frames = 0
     with (
@@ -172,12 +166,7 @@ def export(
         stream: Any = sink.add_stream("libx264", rate=30)
         stream.pix_fmt = "yuv420p"
         stream.options = {"crf": "20", "preset": "veryfast"}
-        # Every voice (the operator's, the expert's talk-back), mixed in step with the picture.
-        voices = [
-            _Voice(folder / t["file"], t["start"] - track["start"])
-            for t in manifest["tracks"]
-            if t["kind"] == "audio" and t["start"] is not None
-        ]
+        voices = _voices(folder, manifest, track)
         mixer = Mixer(voices) if voices else None
         sound: Any = None
         if mixer is not None:
@@ -185,21 +174,12 @@ def export(
             sound.layout = "stereo"
         sized = False
         for frame in _frames(source):
-            img = frame.to_ndarray(format="bgr24")
             if not sized:
                 # libx264 wants even sizes.
-                stream.width, stream.height = img.shape[1] // 2 * 2, img.shape[0] // 2 * 2
+                stream.width, stream.height = frame.width // 2 * 2, frame.height // 2 * 2
                 sized = True
-            t = track["start"] + float(frame.time or 0.0)
-            draw(img, *notes.at(t))
-            for m in masks:
-                img[m.y : m.y + m.h, m.x : m.x + m.w] = 0
-            img = img[: stream.height, : stream.width]
-            out_frame = av.VideoFrame.from_ndarray(
-                np.ascontiguousarray(img, dtype=np.uint8), format="bgr24"
-            )
-            out_frame.pts = round(float(frame.time or 0.0) * 30)
-            out_frame.time_base = Fraction(1, 30)
+            at = track["start"] + float(frame.time or 0.0)
+            out_frame = _burned(frame, notes.at(at), masks, stream.width, stream.height)
             for packet in stream.encode(out_frame):
                 sink.mux(packet)
             if mixer is not None:
@@ -222,6 +202,39 @@ def export(
         "masks": len(masks),
         "voices": len(voices),
     }
+
+
+def _channel_log(folder: Path, manifest: dict[str, Any]) -> list[dict[str, Any]]:
+    """Return the recording's channel operations in time order (none if it has no log)."""
+    path = folder / manifest.get("channel_log", "channel.jsonl")
+    if not path.exists():
+        return []
+    log = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return sorted(log, key=lambda e: e["t"])
+
+
+def _voices(folder: Path, manifest: dict[str, Any], track: dict[str, Any]) -> list[_Voice]:
+    """Every voice (the operator's, the expert's talk-back), placed on the picture's timeline."""
+    return [
+        _Voice(folder / t["file"], t["start"] - track["start"])
+        for t in manifest["tracks"]
+        if t["kind"] == "audio" and t["start"] is not None
+    ]
+
+
+def _burned(
+    frame: av.VideoFrame, shown: tuple[Any, ...], masks: list[Mask], width: int, height: int
+) -> av.VideoFrame:
+    """Return a picture with the annotations shown at its time drawn and the masks blacked."""
+    img = frame.to_ndarray(format="bgr24")
+    draw(img, *shown)
+    for m in masks:
+        img[m.y : m.y + m.h, m.x : m.x + m.w] = 0
+    img = img[:height, :width]
+    out = av.VideoFrame.from_ndarray(np.ascontiguousarray(img, dtype=np.uint8), format="bgr24")
+    out.pts = round(float(frame.time or 0.0) * 30)
+    out.time_base = Fraction(1, 30)
+    return out
 
 
 RATE = 48000
