@@ -461,6 +461,11 @@ def add_relay_codecs() -> None:
             ),
         ]
         pt += 2
+    # Opus with its in-band FEC: a lost voice packet is rebuilt from the next one, so a radio
+    # link's losses cost no syllables (the answer's fmtp makes a browser's encoder add it).
+    for codec in CODECS["audio"]:
+        if codec.mimeType.lower() == "audio/opus":
+            codec.parameters.update({"minptime": 10, "useinbandfec": 1})
     # A publisher may number its packets transport-wide and hear when each arrived.
     transport_cc = RTCRtcpFeedback(type="transport-cc")
     for codec in CODECS["video"]:

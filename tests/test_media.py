@@ -215,6 +215,23 @@ async def test_moderator_mute_stops_forwarding_the_microphone(
     assert server.hub.sfu.stats()["down"][0]["packets"] > before + 10
 
 
+async def test_opus_is_agreed_with_in_band_fec_both_ways(server: Server, peers: list[Peer]) -> None:
+    op = await join(server, peers, Role.OPERATOR, "op")
+    ex = await join(server, peers, Role.EXPERT, "ex")
+    stream = await op.media.publish([(ToneTrack(), "microphone", "")])
+    sub = await ex.media.subscribe(stream.id)
+    answer, offer = stream.pc.remoteDescription, sub.pc.remoteDescription
+    assert answer is not None and offer is not None
+    for sdp in (answer.sdp, offer.sdp):
+        (fmtp,) = [
+            line
+            for line in sdp.splitlines()
+            if line.startswith("a=fmtp:") and "useinbandfec" in line
+        ]
+        assert "useinbandfec=1" in fmtp
+    await receive(sub.tracks[f"{stream.id}.0"], 20)
+
+
 async def test_a_feed_not_shown_is_paused_and_resumes_at_a_keyframe(
     server: Server, peers: list[Peer]
 ) -> None:
