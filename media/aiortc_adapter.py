@@ -48,6 +48,7 @@ from aiortc.utils import uint16_add
 
 from .failures import handled_failure
 from .packetcache import PacketCache
+from .simulcast import MAX_LAYERS, REPAIRED_RID_URI, RID_URI
 from .transport_cc import ARRIVALS, CONGESTION, OVERHEAD, TWCC_INTERVAL, TWCC_URI, Congestion
 from .twcc import TwccFeedback
 
@@ -77,7 +78,10 @@ _PACKETS = "_RTCRtpSender__packet_count"
 # Seconds from the NTP epoch (1900) to the Unix epoch (1970).
 NTP_UNIX_OFFSET = 2208988800
 
-PacketHandler = Callable[[RtpPacket, RTCRtpCodecParameters], Awaitable[None]]
+# Called with each packet, its codec, and its simulcast layer (its rid; "" without simulcast).
+# A probe's padding is sent this many packets at most at a time.
+MAX_PADDING_PACKETS = 40
+PacketHandler = Callable[[RtpPacket, RTCRtpCodecParameters, str], Awaitable[None]]
 
 log = logging.getLogger("teleconsult.media")
 
@@ -123,6 +127,12 @@ class ForwardingReceiver(RTCRtpReceiver):
         self._streams: dict[int, StreamStatistics] = _get(self, "RTCRtpReceiver", "remote_streams")
         self._rtx_ssrc: dict[int, int] = _get(self, "RTCRtpReceiver", "rtx_ssrc")
         self._nack = NackGenerator() if kind == "video" else None
+        # Simulcast: each layer's SSRC by rid, and each SSRC's rid (a browser names them in
+        # header extensions only until it hears our receiver reports); a generator of NACKs
+        # per layer, since each has its own numbering.
+        self.layer_ssrcs: dict[str, int] = {}
+        self._layer_of: dict[int, str] = {}
+        self._nacks: dict[int, NackGenerator] = {}
         self._twcc: TwccFeedback | None = None
         self._twcc_task: asyncio.Task[None] | None = None
 
@@ -168,6 +178,9 @@ class ForwardingReceiver(RTCRtpReceiver):
             codec = self.codecs.get(packet.payload_type)
             if codec is None:
                 return
+            ext = packet.extensions
+            if ext.rtp_stream_id is not None or ext.repaired_rtp_stream_id is not None:
+                self._learn_layer(packet, codec)
             streams = self._streams
             if packet.ssrc not in streams:
                 streams[packet.ssrc] = WrapSafeStatistics(codec.clockRate)
@@ -183,13 +196,15 @@ class ForwardingReceiver(RTCRtpReceiver):
                 codec = self.codecs[apt]
             self.media_ssrc = packet.ssrc
             self.arrived = time.perf_counter()
-            if self._nack is not None and self._nack.add(packet):
+            layer = self._layer_of.get(packet.ssrc, "") if self._layer_of else ""
+            nack = self._nack if not layer else self._nacks.setdefault(packet.ssrc, NackGenerator())
+            if nack is not None and nack.add(packet):
                 self.nacks_sent += 1
-                await self._send_rtcp_nack(packet.ssrc, sorted(self._nack.missing))
+                await self._send_rtcp_nack(packet.ssrc, sorted(nack.missing))
             self.packets += 1
             self.bytes += len(packet.payload)
             if self.on_packet is not None:
-                await self.on_packet(packet, codec)
+                await self.on_packet(packet, codec, layer)
         except Exception:
             handled_failure("handling a publisher's RTP packet")
 
@@ -228,10 +243,24 @@ class ForwardingReceiver(RTCRtpReceiver):
             self._twcc_task.cancel()
         await super().stop()
 
-    async def request_keyframe(self) -> None:
-        """Send a PLI to the publisher."""
-        if self.media_ssrc is not None:
-            await self._send_rtcp_pli(self.media_ssrc)
+    def _learn_layer(self, packet: RtpPacket, codec: RTCRtpCodecParameters) -> None:
+        """Note which layer an SSRC carries (rid), or which layer's losses it repairs (RTX)."""
+        ext = packet.extensions
+        new = packet.ssrc not in self._layer_of and len(self._layer_of) < 2 * MAX_LAYERS
+        if ext.rtp_stream_id is not None and not is_rtx(codec) and new:
+            self._layer_of[packet.ssrc] = ext.rtp_stream_id
+            self.layer_ssrcs[ext.rtp_stream_id] = packet.ssrc
+        repaired = ext.repaired_rtp_stream_id or (ext.rtp_stream_id if is_rtx(codec) else None)
+        if is_rtx(codec) and repaired is not None and packet.ssrc not in self._rtx_ssrc:
+            original = self.layer_ssrcs.get(repaired)
+            if original is not None:
+                self._rtx_ssrc[packet.ssrc] = original
+
+    async def request_keyframe(self, layer: str = "") -> None:
+        """Send a PLI to the publisher (for one simulcast layer, when it has them)."""
+        ssrc = self.layer_ssrcs.get(layer) if layer else self.media_ssrc
+        if ssrc is not None:
+            await self._send_rtcp_pli(ssrc)
 
     async def send_remb(self, bitrate: int) -> None:
         """Tell the publisher the bitrate it should send at most."""
@@ -242,7 +271,7 @@ class ForwardingReceiver(RTCRtpReceiver):
             fmt=RTCP_PSFB_APP,
             ssrc=rtcp_ssrc,
             media_ssrc=0,
-            fci=pack_remb_fci(bitrate, [self.media_ssrc]),
+            fci=pack_remb_fci(bitrate, list(self.layer_ssrcs.values()) or [self.media_ssrc]),
         )
         await self._send_rtcp(packet)
 
@@ -273,6 +302,8 @@ class ForwardingSender(RTCRtpSender):
         self._mid: str | None = None
         self._extensions: Any = None
         self.congestion: Congestion | None = None
+        self._last_seq: int | None = None
+        self.padded = 0  # bytes sent to probe the path
 
     async def _run_rtp(self, codec: RTCRtpCodecParameters) -> None:
         # Replaces aiortc's read-encode-send loop: packets arrive through forward().
@@ -311,6 +342,7 @@ class ForwardingSender(RTCRtpSender):
         if self.congestion is not None:
             ext.transport_sequence_number = self.congestion.number(len(packet.payload) + OVERHEAD)
         self.cache.put(seq, packet)
+        self._last_seq = seq
         try:
             await self.transport._send_rtp(packet.serialize(self._extensions))
         except ConnectionError:
@@ -320,6 +352,23 @@ class ForwardingSender(RTCRtpSender):
         setattr(self, _RTP, timestamp)
         setattr(self, _OCTETS, getattr(self, _OCTETS) + len(packet.payload))
         setattr(self, _PACKETS, getattr(self, _PACKETS) + 1)
+
+    async def pad(self, nbytes: int) -> None:
+        """Send about `nbytes` more, as retransmissions of the latest packets (which the
+        subscriber drops as duplicates): a probe of its path. Only with RTX."""
+        if self.rtx_payload_type is None or self._last_seq is None:
+            return
+        seq, sent = self._last_seq, 0
+        for _ in range(MAX_PADDING_PACKETS):
+            if sent >= nbytes:
+                break
+            packet = self.cache.get(seq)
+            seq = uint16_add(seq, -1)
+            if packet is None:
+                continue
+            await self._retransmit(packet.sequence_number, padding=True)
+            sent += len(packet.payload) + OVERHEAD
+        self.padded += sent
 
     @property
     def packets_sent(self) -> int:
@@ -337,8 +386,9 @@ class ForwardingSender(RTCRtpSender):
         value = _get(self, "RTCRtpSender", "rtt")
         return None if value is None else float(value)
 
-    async def _retransmit(self, sequence_number: int) -> None:
-        self.nacks += 1
+    async def _retransmit(self, sequence_number: int, padding: bool = False) -> None:
+        if not padding:
+            self.nacks += 1
         packet = self.cache.get(sequence_number)
         if packet is None:
             return
@@ -356,7 +406,8 @@ class ForwardingSender(RTCRtpSender):
         data = packet.serialize(self._extensions)
         with contextlib.suppress(ConnectionError):
             await self.transport._send_rtp(data)
-            self.retransmits += 1
+            if not padding:
+                self.retransmits += 1
 
     def _send_keyframe(self) -> None:
         self.plis += 1
@@ -471,9 +522,11 @@ def add_relay_codecs() -> None:
     for codec in CODECS["video"]:
         if not is_rtx(codec) and transport_cc not in codec.rtcpFeedback:
             codec.rtcpFeedback.append(transport_cc)
-    if all(x.uri != TWCC_URI for x in HEADER_EXTENSIONS["video"]):
-        free = 1 + max(x.id for x in HEADER_EXTENSIONS["video"])
-        HEADER_EXTENSIONS["video"].append(RTCRtpHeaderExtensionParameters(id=free, uri=TWCC_URI))
+    # And simulcast layers are named by rid, their retransmissions by the rid they repair.
+    for uri in (TWCC_URI, RID_URI, REPAIRED_RID_URI):
+        if all(x.uri != uri for x in HEADER_EXTENSIONS["video"]):
+            free = 1 + max(x.id for x in HEADER_EXTENSIONS["video"])
+            HEADER_EXTENSIONS["video"].append(RTCRtpHeaderExtensionParameters(id=free, uri=uri))
 
 
 CODECS_CREATED = {"decoder": 0, "encoder": 0}

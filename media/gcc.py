@@ -226,6 +226,8 @@ class Estimator:
         self._delay_based(usage, now_us)
         return self.target
 
+    probes = True  # a probe's burst is measured from the feedback
+
     @property
     def queueing(self) -> bool:
         """Tell whether the delay is growing: a queue is building on the path."""

@@ -38,6 +38,10 @@ class Path(Protocol):
     def queueing(self) -> bool:
         """Whether the delay is growing: a queue is building."""
 
+    @property
+    def probes(self) -> bool:
+        """Whether a probe's burst can be measured on this path (else it is never sent)."""
+
     def delivered(self, start_s: float, end_s: float) -> int | None:
         """The rate at which what was sent between two times arrived, once known."""
 
@@ -91,7 +95,7 @@ class LayerChooser:
         if estimate >= rates[higher[0]] * HEADROOM:
             self.layer = higher[0]  # the estimate already has room for it
             return Choice(self.layer)
-        if now < self._next_probe or path.queueing:
+        if now < self._next_probe or path.queueing or not path.probes:
             return Choice(self.layer)
         total = int(rates[higher[0]] * HEADROOM)
         self._probe = _Probe(higher[0], now, total)
@@ -99,6 +103,9 @@ class LayerChooser:
 
     def _probing(self, probe: _Probe, rates: list[int], path: Path, now: float) -> Choice:
         elapsed = now - probe.since
+        if path.target >= rates[probe.layer] * HEADROOM:
+            self.layer, self._probe, self._retry = probe.layer, None, RETRY_S
+            return Choice(self.layer)  # the estimate made room meanwhile
         if rates[probe.layer] == 0 or (elapsed < BURST_S and path.queueing):
             return self._failed(now)  # a queue is building: stop before it hurts
         if elapsed < BURST_S:

@@ -27,6 +27,7 @@ from .aiortc_adapter import (
     same_codec,
 )
 from .histogram import Histogram
+from .simulcast import answer_with_layers, offered_layers
 from .tracks import DownTrack, UpTrack
 from .transport_cc import read_transport_feedback
 
@@ -206,7 +207,7 @@ class Sfu:
             await self.unpublish(stream_id, "refused")
             raise
         self._watch_up(up, pc)
-        return self._local_sdp(pc), codecs
+        return self._answer(pc, offer), codecs
 
     async def _replace(
         self, stream_id: str, participant_id: str, offer: str
@@ -241,7 +242,7 @@ class Sfu:
         await old.close()
         if self.on_up_closed is not None:
             self.on_up_closed(stream_id, RESUMED)
-        return self._local_sdp(pc), {mid: t.codec.name for mid, t in up.tracks.items()}
+        return self._answer(pc, offer), {mid: t.codec.name for mid, t in up.tracks.items()}
 
     async def unpublish(self, stream_id: str, reason: str) -> None:
         """Close a publisher's stream and every subscription to it."""
@@ -464,6 +465,12 @@ class Sfu:
         if self.rewrite_to:
             sdp = rewrite_host_candidates(sdp, self.rewrite_to)
         return sdp
+
+    def _answer(self, pc: RelayPeerConnection, offer: str) -> str:
+        """The answer to a publisher: aiortc's, with the simulcast layers it will receive."""
+        layers = offered_layers(offer)
+        sdp = self._local_sdp(pc)
+        return answer_with_layers(sdp, layers) if layers else sdp
 
     def _spawn(self, coro: Any) -> None:
         task = asyncio.ensure_future(coro)

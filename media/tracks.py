@@ -16,12 +16,19 @@ from .aiortc_adapter import ForwardingReceiver, ForwardingSender
 from .estimator import RateAggregator, Throttle
 from .histogram import Histogram
 from .keyframe import KEYFRAME_START
+from .layers import LayerChooser
 from .rewrite import Rewriter
 from .seqnum import SequenceTracker, Verdict
+from .simulcast import MAX_LAYERS
 from .taps import Tap
 
 # A PLI upstream at most this often: keyframes are expensive, and one serves every subscriber.
 KEYFRAME_INTERVAL = 0.3
+# A layer's rate is measured over this long; a subscriber's layer is chosen this often.
+RATE_WINDOW = 0.5
+CHOICE_INTERVAL = 0.1
+# A subscriber's path before it says anything: room for any layer.
+NO_WORD = 100_000_000
 REMB_INTERVAL = 1.0
 # Packets kept after forwarding, for a subscriber that starts at a keyframe whose later packets
 # overtook its first one (reordering, or a retransmission that arrived before the original).
@@ -30,6 +37,56 @@ RECENT = 256
 # network outage): every subscriber waits for the keyframe asked for at once, instead of
 # decoding garbage until the encoder's next one.
 GAP = 0.5
+
+
+class Layer:
+    """One encoding of an up track (a simulcast layer, or its only one): its source, its
+    numbering extended, its latest packets and its rate."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        # The publisher's numbering, extended; each restart of it (a new SSRC, or a jump the
+        # tracker cannot bridge) starts a new epoch, and every subscriber a new start point.
+        self.sequence = SequenceTracker()
+        self.source_ssrc: int | None = None
+        self.retired: list[int] = []  # earlier sources, whose late packets are dropped
+        self.epoch = 0
+        self.recent: deque[tuple[int, RtpPacket]] = deque(maxlen=RECENT)
+        self.last_at: float | None = None
+        self.rate = 0  # bits/s, over the latest RATE_WINDOW
+        self._bytes = 0
+        self._since: float | None = None
+
+    def count(self, size: int, now: float) -> None:
+        """Count a packet's bytes towards the layer's rate."""
+        if self._since is None:
+            self._since = now
+        self._bytes += size
+        if now - self._since >= RATE_WINDOW:
+            self.rate = int(self._bytes * 8 / (now - self._since))
+            self._bytes, self._since = 0, now
+
+    def live(self, now: float) -> bool:
+        """Tell whether the layer is being received (a packet within the last second)."""
+        return self.last_at is not None and now - self.last_at < 1.0
+
+    def new_source(self, ssrc: int) -> bool:
+        """Take a packet of another SSRC as a new source, unless it is a retired one."""
+        if ssrc in self.retired:
+            return False  # reordered across the change: the new source has taken over
+        self.retire()
+        self.source_ssrc = ssrc
+        self.sequence = SequenceTracker()
+        return True
+
+    def retire(self) -> None:
+        """Remember the current source (the last four) so its late packets are dropped."""
+        if self.source_ssrc is not None:
+            self.retired = [*self.retired[-3:], self.source_ssrc]
+
+    def after(self, ext: int) -> list[tuple[int, RtpPacket]]:
+        """Return the packets of this epoch already taken that come after `ext`, in order."""
+        return sorted((e, p) for e, p in self.recent if e > ext)
 
 
 class UpTrack:
@@ -59,58 +116,72 @@ class UpTrack:
         self.rates = RateAggregator()
         self.keyframes = 0
         self.plis_sent = 0
-        # The publisher's numbering, extended; each restart of it (a new SSRC, or a jump the
-        # tracker cannot bridge) starts a new epoch, and every subscriber a new start point.
-        self.sequence = SequenceTracker()
-        self.source_ssrc: int | None = None
-        self._retired: list[int] = []  # earlier sources, whose late packets are dropped
-        self.epoch = 0
+        # Its encodings by name: "" alone, or a publisher's simulcast layers by rid.
+        self.layers: dict[str, Layer] = {}
+        self.recorded = ""  # the layer the recorder takes: the best one, once it is known
         self.duplicates = 0
         self.stale = 0
-        self._recent: deque[tuple[int, RtpPacket]] = deque(maxlen=RECENT)
-        self._last_at: float | None = None
         # Counts of the receivers this track had before the current one (publisher reconnects).
         self._earlier = {"packets": 0, "bytes": 0, "nacks_sent": 0, "lost": 0, "expected": 0}
-        self._key_throttle = Throttle(KEYFRAME_INTERVAL)
+        self._key_throttles: dict[str, Throttle] = {}
         self._remb_throttle = Throttle(REMB_INTERVAL)
         self._tasks: set[asyncio.Task[None]] = set()
         receiver.on_packet = self.on_packet
 
-    async def on_packet(self, packet: RtpPacket, codec: RTCRtpCodecParameters) -> None:
+    @property
+    def epoch(self) -> int:
+        """The restarts of the only (or first) layer's source."""
+        return next(iter(self.layers.values())).epoch if self.layers else 0
+
+    def ranked(self, now: float) -> list[Layer]:
+        """Return the layers being received, from the lowest rate up."""
+        return sorted((x for x in self.layers.values() if x.live(now)), key=lambda x: x.rate)
+
+    async def on_packet(
+        self, packet: RtpPacket, codec: RTCRtpCodecParameters, name: str = ""
+    ) -> None:
         """Forward one packet from the publisher to every subscriber."""
         now = self.clock()
-        if packet.ssrc != self.source_ssrc and not self._new_source(packet.ssrc):
+        layer = self.layers.get(name)
+        if layer is None:
+            if len(self.layers) >= 2 * MAX_LAYERS:
+                return
+            layer = self.layers[name] = Layer(name)
+        if packet.ssrc != layer.source_ssrc and not layer.new_source(packet.ssrc):
             # A late packet of a source that was replaced (or of a connection replaced).
             self.stale += 1
             return
-        verdict, ext = self.sequence.push(packet.sequence_number)
+        verdict, ext = layer.sequence.push(packet.sequence_number)
         if verdict is Verdict.DUPLICATE:
             self.duplicates += 1
             return
         if verdict is Verdict.STALE:
             self.stale += 1
             return
-        gap = self._last_at is not None and now - self._last_at > GAP
-        self._last_at = now
+        gap = layer.last_at is not None and now - layer.last_at > GAP
+        layer.last_at = now
         if verdict is Verdict.RESTART or (gap and self._starts_key is not None):
-            self.epoch += 1
-            self._recent.clear()
+            layer.epoch += 1
+            layer.recent.clear()
             if verdict is not Verdict.RESTART:
-                self.request_keyframe()
-        self._recent.append((ext, packet))
+                self.request_keyframe(name)
+        layer.recent.append((ext, packet))
+        layer.count(len(packet.payload), now)
         key = True if self._starts_key is None else self._starts_key(packet.payload)
         if key and self._starts_key is not None:
             self.keyframes += 1
+            if name and layer.rate:
+                self._choose_recorded(now)
         if not self.muted:
             arrived = self.receiver.arrived
-            epoch = self.epoch
             for down in self.downs:
-                if await down.write(packet, ext, epoch, key, now) and self.delays is not None:
+                if await down.write(packet, ext, layer, key, now) and self.delays is not None:
                     # Packet in to packet out, for each subscriber's copy.
                     self.delays.record(time.perf_counter() - arrived)
-            # A muted microphone is not recorded either.
-            for tap in self.taps:
-                tap(packet, codec, key)
+            # A muted microphone is not recorded either; of simulcast, only the best layer.
+            if name == self.recorded:
+                for tap in self.taps:
+                    tap(packet, codec, key)
         if self.kind == "video" and self._remb_throttle.ready(now):
             target = self.rates.target(now, self.receiver.upstream_bitrate)
             if target is not None:
@@ -133,8 +204,9 @@ class UpTrack:
         ):
             self._earlier[key] += value
         old.on_packet = None
-        self._retire()
-        self.source_ssrc = None
+        for layer in self.layers.values():
+            layer.retire()
+            layer.source_ssrc = None
         self.receiver = receiver
         self.codec = codec
         receiver.on_packet = self.on_packet
@@ -151,23 +223,14 @@ class UpTrack:
         }
         return {k: v + self._earlier[k] for k, v in now.items()}
 
-    def after(self, ext: int) -> list[tuple[int, RtpPacket]]:
-        """Return the packets of this epoch already taken that come after `ext`, in order."""
-        return sorted((e, p) for e, p in self._recent if e > ext)
-
-    def _new_source(self, ssrc: int) -> bool:
-        """Take a packet of another SSRC as a new source, unless it is a retired one."""
-        if ssrc in self._retired:
-            return False  # reordered across the change: the new source has taken over
-        self._retire()
-        self.source_ssrc = ssrc
-        self.sequence = SequenceTracker()
-        return True
-
-    def _retire(self) -> None:
-        """Remember the current source (the last four) so its late packets are dropped."""
-        if self.source_ssrc is not None:
-            self._retired = [*self._retired[-3:], self.source_ssrc]
+    def _choose_recorded(self, now: float) -> None:
+        """Record the best layer: chosen once all have a rate, kept while it is received."""
+        current = self.layers.get(self.recorded)
+        if current is not None and current.live(now) and self.recorded:
+            return
+        best = self.ranked(now)
+        if best and all(x.rate for x in best):
+            self.recorded = best[-1].name
 
     def tap(self, tap: Tap) -> Callable[[], None]:
         """Call `tap` with every packet forwarded (not while muted); returns what stops it."""
@@ -184,12 +247,16 @@ class UpTrack:
         """The publisher's latest sender report: its wall clock and RTP time."""
         return self.receiver.last_sr
 
-    def request_keyframe(self) -> None:
-        """Ask the publisher for a keyframe, at most once per KEYFRAME_INTERVAL."""
-        if self.kind != "video" or not self._key_throttle.ready(self.clock()):
+    def request_keyframe(self, layer: str = "") -> None:
+        """Ask the publisher for a keyframe (of one layer), at most once per KEYFRAME_INTERVAL
+        for each."""
+        throttle = self._key_throttles.get(layer)
+        if throttle is None:
+            throttle = self._key_throttles[layer] = Throttle(KEYFRAME_INTERVAL)
+        if self.kind != "video" or not throttle.ready(self.clock()):
             return
         self.plis_sent += 1
-        self._spawn(self.receiver.request_keyframe())
+        self._spawn(self.receiver.request_keyframe(layer))
 
     def attach(self, down: DownTrack) -> None:
         """Start writing to a subscriber."""
@@ -207,8 +274,24 @@ class UpTrack:
         task.add_done_callback(self._tasks.discard)
 
 
+class RembPath:
+    """A subscriber's path as its REMB tells it (a subscriber without transport-wide feedback):
+    no queue signal and no probe measurement, only the figure it sends."""
+
+    def __init__(self, remb: int | None) -> None:
+        # No word yet: as before simulcast, it gets the best picture until it says otherwise.
+        self.target = remb if remb is not None else NO_WORD
+        self.queueing = False
+        self.probes = False
+
+    def delivered(self, start_s: float, end_s: float) -> int | None:
+        """A REMB measures nothing of a probe."""
+        return None
+
+
 class DownTrack:
-    """One subscriber's copy of an up track: its own SSRC, sequence and timestamp space."""
+    """One subscriber's copy of an up track: its own SSRC, sequence and timestamp space, and
+    with simulcast the layer its path carries."""
 
     def __init__(
         self, up: UpTrack, sender: ForwardingSender, subscriber_id: str, clock: Callable[[], float]
@@ -221,31 +304,54 @@ class DownTrack:
             random.randrange(1 << 15), random.randrange(1 << 32), up.codec.clockRate
         )
         self.waiting = True
-        self.epoch: int | None = None
+        self.epoch: tuple[str, int] | None = None
         self.attached_at = clock()
         self.started_at: float | None = None
         self.dropped_waiting = 0
         self.paused = False  # the subscriber does not show it: nothing is sent
-        sender.on_keyframe_request = up.request_keyframe
+        # Simulcast: the layer sent, and the one wanted (another while awaiting its keyframe).
+        self.layer = ""
+        self.target = ""
+        self.switches = 0
+        self.remb: int | None = None
+        self.chooser = LayerChooser()
+        self._next_choice = 0.0
+        sender.on_keyframe_request = lambda: up.request_keyframe(self.layer)
         sender.on_remb = self._on_remb
 
-    async def write(self, packet: RtpPacket, ext: int, epoch: int, key: bool, now: float) -> bool:
+    async def write(self, packet: RtpPacket, ext: int, layer: Layer, key: bool, now: float) -> bool:
         """Send a publisher's packet on, starting only at a keyframe; tell whether it was sent.
 
-        `ext` is the packet's extended sequence number, `epoch` the source's restart count.
+        `ext` is the packet's extended sequence number in its `layer`.
         """
         if self.sender.codec is None or self.paused:
             return False
-        if epoch != self.epoch:
+        name = layer.name
+        if name and now >= self._next_choice:
+            await self._choose(now)
+        if name != self.layer:
+            if name != self.target:
+                return False  # another simulcast layer
+            if not key:
+                self.up.request_keyframe(name)
+                return False
+            # The wanted layer's keyframe: it takes over here, the numbering going on, so the
+            # subscriber's decoder sees one stream whose picture changes size.
+            self.layer = name
+            self.switches += 1
+            self.epoch = (name, layer.epoch)
+            await self._start(packet, ext, layer, now)
+            return True
+        if (name, layer.epoch) != self.epoch:
             # A new source (the publisher restarted its encoder) needs a fresh start point.
-            self.epoch = epoch
+            self.epoch = (name, layer.epoch)
             self.waiting = True
         if self.waiting:
             if not key:
                 self.dropped_waiting += 1
-                self.up.request_keyframe()
+                self.up.request_keyframe(name)
                 return False
-            await self._start(packet, ext, now)
+            await self._start(packet, ext, layer, now)
             return True
         # The path every copy takes: kept to one mapping and one send.
         mapped = self.rewriter.map(ext, packet.timestamp, now)
@@ -254,16 +360,40 @@ class DownTrack:
         await self.sender.forward(packet, *mapped)
         return True
 
-    async def _start(self, packet: RtpPacket, ext: int, now: float) -> None:
+    async def _start(self, packet: RtpPacket, ext: int, layer: Layer, now: float) -> None:
         """Start at this keyframe packet, with what overtook it (dropped while waiting)."""
         self.rewriter.rebase(ext, packet.timestamp, now)
         self.waiting = False
         if self.started_at is None:
             self.started_at = now
-        for e, p in [(ext, packet), *self.up.after(ext)]:
+        for e, p in [(ext, packet), *layer.after(ext)]:
             mapped = self.rewriter.map(e, p.timestamp, now)
             if mapped is not None:
                 await self.sender.forward(p, *mapped)
+
+    async def _choose(self, now: float) -> None:
+        """Choose the simulcast layer this subscriber's path carries (and probe for a higher)."""
+        self._next_choice = now + CHOICE_INTERVAL
+        ranked = self.up.ranked(now)
+        if not ranked:
+            return
+        names = [x.name for x in ranked]
+        if self.target in names:
+            self.chooser.layer = names.index(self.target)
+        congestion = self.sender.congestion
+        if congestion is not None and not congestion.feedbacks:
+            congestion = None  # agreed to transport-cc but sends no feedback (yet)
+        path = congestion.estimator if congestion is not None else RembPath(self.remb)
+        # The estimator's probe measurements run on the clock of the packets' send times.
+        clock = time.perf_counter()
+        choice = self.chooser.choose([x.rate for x in ranked], path, clock)
+        self.target = names[min(choice.layer, len(names) - 1)]
+        if self.target != self.layer:
+            self.up.request_keyframe(self.target)
+        if choice.padding:
+            await self.sender.pad(int(choice.padding * CHOICE_INTERVAL / 8))
+        if choice.carried and congestion is not None:
+            congestion.estimator.carried(choice.carried, int(clock * 1e6))
 
     def pause(self, paused: bool) -> None:
         """Stop sending, or start again at the next keyframe (asked for at once)."""
@@ -273,7 +403,8 @@ class DownTrack:
         if not paused:
             # Frames were skipped: the decoder needs a keyframe; the numbering goes on.
             self.waiting = True
-            self.up.request_keyframe()
+            self.up.request_keyframe(self.layer)
 
     def _on_remb(self, bitrate: int) -> None:
+        self.remb = bitrate
         self.up.rates.report(self.subscriber_id, bitrate, self.clock())

@@ -89,7 +89,7 @@ async def test_relay_pair_forwards_packets_and_repairs_a_loss() -> None:
         assert isinstance(receiver, ForwardingReceiver)
         got: list[tuple[int, bytes]] = []
 
-        async def on_packet(packet: RtpPacket, codec: RTCRtpCodecParameters) -> None:
+        async def on_packet(packet: RtpPacket, codec: RTCRtpCodecParameters, layer: str) -> None:
             got.append((packet.sequence_number, packet.payload))
 
         receiver.on_packet = on_packet

@@ -28,6 +28,7 @@ class FakePath:
     target: int
     queueing: bool = False
     arrived: int | None = None
+    probes: bool = True
 
     def delivered(self, start_s: float, end_s: float) -> int | None:
         return self.arrived

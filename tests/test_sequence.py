@@ -29,7 +29,7 @@ class FakeReceiver:
         self.upstream_bitrate: int | None = None
         self.plis = 0
 
-    async def request_keyframe(self) -> None:
+    async def request_keyframe(self, layer: str = "") -> None:
         self.plis += 1
 
     async def send_remb(self, bitrate: int) -> None:

@@ -38,7 +38,9 @@ class Counter:
     heads: dict[int, str] = field(default_factory=dict)
     audio_arrivals: list[float] = field(default_factory=list)
 
-    async def on_packet(self, packet: RtpPacket, codec: RTCRtpCodecParameters) -> None:
+    async def on_packet(
+        self, packet: RtpPacket, codec: RTCRtpCodecParameters, layer: str = ""
+    ) -> None:
         now = time.time()
         if codec.name == "opus":
             self.audio_packets += 1
