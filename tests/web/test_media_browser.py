@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from pathlib import Path
 
@@ -125,3 +126,38 @@ async def test_browser_publishes_through_turn_only(tmp_path: Path, browser: Brow
             assert turn is not None and turn.stats.relayed_bytes > 10_000
         finally:
             await ex.close()
+
+
+async def test_a_feed_the_page_does_not_show_is_paused_and_comes_back(
+    server: Server, browser: BrowserContext
+) -> None:
+    op = MediaClient(await server.join(role=Role.OPERATOR, identity="op", name="Sonographer"))
+    try:
+        await op.publish([(PatternTrack(), "probe", "Ultrasound")])
+        page = await browser.new_page()
+        await page.goto(join_url(server.http, "r1", server.token(identity="ex", name="Dr. Li")))
+        figure = page.locator("figure[data-feed]")
+        await expect(figure).to_have_count(1, timeout=10000)
+
+        def paused() -> bool:
+            (down,) = server.hub.sfu.stats()["down"]
+            return bool(down["paused"])
+
+        frames = "document.querySelector('video[data-source=\"probe\"]')" + (
+            ".getVideoPlaybackQuality().totalVideoFrames"
+        )
+        await page.wait_for_function(f"() => {frames} > 20", timeout=15000)
+        # The tile leaves the screen: the server stops sending it.
+        await figure.evaluate("(f) => { f.style.display = 'none'; }")
+        for _ in range(100):
+            if paused():
+                break
+            await asyncio.sleep(0.05)
+        assert paused()
+        # Shown again: sent again, and painted (from a keyframe the server asked for).
+        shown = await page.evaluate(frames)
+        await figure.evaluate("(f) => { f.style.display = ''; }")
+        await page.wait_for_function(f"() => {frames} > {shown + 20}", timeout=15000)
+        assert not paused()
+    finally:
+        await op.close()

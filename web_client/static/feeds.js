@@ -20,6 +20,38 @@ export class Stage extends EventTarget {
     /** @type {Map<string, {subscription: string, feeds: string[], pc: RTCPeerConnection | null}>} stream id → subscription */
     this.streams = new Map();
     this.main = "";
+    // A received picture nobody can see (its tile out of view, the page hidden) is paused on the
+    // server, so that it costs neither the network nor this device; shown again, it resumes.
+    /** @type {Set<string>} feed ids whose tile is on screen */
+    this.onScreen = new Set();
+    /** @type {Set<string>} feed ids paused on the server */
+    this.paused = new Set();
+    this.watcher = new IntersectionObserver((entries) => {
+      for (const e of entries) {
+        const feed = /** @type {HTMLElement} */ (e.target).dataset.feed || "";
+        if (e.isIntersecting) this.onScreen.add(feed);
+        else this.onScreen.delete(feed);
+      }
+      this._pauseUnseen();
+    });
+    document.addEventListener("visibilitychange", () => this._pauseUnseen());
+  }
+
+  /** Pause on the server the received video feeds nobody can see; resume those seen again. */
+  _pauseUnseen() {
+    const visible = document.visibilityState === "visible";
+    for (const entry of this.streams.values()) {
+      if (!entry.subscription) continue;
+      for (const feed of entry.feeds) {
+        const view = this.views.get(feed);
+        if (!view || !view.overlay || view.figure.classList.contains("local")) continue; // video received only
+        const hidden = !visible || !this.onScreen.has(feed);
+        if (hidden === this.paused.has(feed)) continue;
+        if (hidden) this.paused.add(feed);
+        else this.paused.delete(feed);
+        this.session.pause(entry.subscription, hidden, [feed]);
+      }
+    }
   }
 
   /** Receive a published stream and show its feeds. @param {any} stream */
@@ -70,6 +102,9 @@ export class Stage extends EventTarget {
     if (!entry) return;
     entry.subscription = sub.id;
     entry.pc = sub.pc;
+    // A new subscription starts unpaused: pause again what is still not seen.
+    for (const feed of entry.feeds) this.paused.delete(feed);
+    queueMicrotask(() => this._pauseUnseen());
     for (const feed of entry.feeds) {
       const view = this.views.get(feed);
       const track = sub.tracks.get(feed);
@@ -129,6 +164,7 @@ export class Stage extends EventTarget {
     this.root.append(figure);
     const overlay = new Overlay(/** @type {HTMLVideoElement} */ (el), feed.id, this.session);
     this.views.set(feed.id, { figure, overlay, media: el, source: feed.source });
+    if (!local) this.watcher.observe(figure);
     if (!this.main || (isPatientSource(feed.source) && !isPatientSource(this.views.get(this.main)?.source || ""))) {
       this.spotlight(feed.id);
     } else {
@@ -142,8 +178,11 @@ export class Stage extends EventTarget {
     const view = this.views.get(feedId);
     if (!view) return;
     if (view.overlay) view.overlay.dispose();
+    this.watcher.unobserve(view.figure);
     view.figure.remove();
     this.views.delete(feedId);
+    this.onScreen.delete(feedId);
+    this.paused.delete(feedId);
     if (this.main === feedId) {
       this.main = "";
       const next = [...this.views.entries()].find(([, v]) => v.overlay);

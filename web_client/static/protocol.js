@@ -579,6 +579,18 @@ export class Session extends EventTarget {
     return sub;
   }
 
+  /**
+   * Stop (or start again) receiving feeds of a subscription that are not shown (docs/protocol.md,
+   * "pause"); shown again, they come back from a keyframe.
+   * @param {string} subscriptionId @param {boolean} paused @param {string[]} [feeds] all if omitted
+   */
+  pause(subscriptionId, paused, feeds) {
+    /** @type {Message} */
+    const msg = { type: "pause", stream: subscriptionId, paused };
+    if (feeds) msg.feeds = feeds;
+    this._send(msg);
+  }
+
   /** Stop receiving a subscription. @param {string} subscriptionId */
   unsubscribe(subscriptionId) {
     this._send({ type: "unsubscribe", stream: subscriptionId });
