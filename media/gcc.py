@@ -193,6 +193,7 @@ class Estimator:
         self._max_var = 0.4
         self.loss = 0.0
         self.started = False  # the path has over-used (or lost much) at least once
+        self.congested_at: int | None = None  # when it last did (µs)
         self._losses: deque[tuple[int, int, int]] = deque()  # (time, lost, reported)
         # The latest packets reported, for measuring what a probe's burst delivered.
         self._recent: deque[Result] = deque(maxlen=RECENT_RESULTS)
@@ -227,6 +228,10 @@ class Estimator:
         return self.target
 
     probes = True  # a probe's burst is measured from the feedback
+
+    def congested(self, now_us: int, within_us: int = 10_000_000) -> bool:
+        """Tell whether the path showed congestion (a growing queue, heavy loss) lately."""
+        return self.congested_at is not None and now_us - self.congested_at <= within_us
 
     @property
     def queueing(self) -> bool:
@@ -264,7 +269,7 @@ class Estimator:
         since = 0.0 if self._last_change is None else (now_us - self._last_change) / 1e6
         self._last_change = now_us
         if usage is Usage.OVERUSING:
-            self.started = True
+            self.started, self.congested_at = True, now_us
             if acked is not None:
                 self._note_max(acked)
                 self.delay_rate = min(self.delay_rate, BETA * acked)
@@ -315,7 +320,7 @@ class Estimator:
     def _loss_based(self, now_us: int) -> None:
         since = 1.0 if self._last_loss_change is None else (now_us - self._last_loss_change) / 1e6
         if self.loss > LOSS_HIGH:
-            self.started = True
+            self.started, self.congested_at = True, now_us
             if since >= 0.3:  # at most once per round of feedback and reaction
                 base = min(self.loss_rate, self.delay_rate)
                 self.loss_rate = base * (1 - 0.5 * self.loss)

@@ -56,7 +56,13 @@ class Congestion:
         if not results:
             return
         self.feedbacks += 1
-        target = self.estimator.on_feedback(results, int(time.perf_counter() * 1e6))
+        now = int(time.perf_counter() * 1e6)
+        target = self.estimator.on_feedback(results, now)
+        if not self.estimator.congested(now):
+            # An estimate never below what arrives (1.5 times it) is no limit on the publisher:
+            # fed back as one, an encoder that undershoots its target would be walked down.
+            # The subscriber holds the publisher back only while its path shows congestion.
+            return
         for sender in list(self.senders):
             if sender.kind == "video" and sender.on_remb is not None:
                 sender.on_remb(target)  # as if the subscriber had sent it as a REMB

@@ -27,5 +27,5 @@ def test_one_minute_of_a_whole_session_loses_nothing(tmp_path: Path) -> None:
     assert report["annotator"]["acked"] >= 290 and report["annotator"]["errors"] == 0
     assert {name.split("-", 1)[1] for name, size in report["recorded_files"] if size > 0} == {
         "camera-replay.webm",
-        "microphone-audio.webm",
+        "microphone-replay.webm",
     }

@@ -199,6 +199,9 @@ async def test_a_subscriber_s_feedback_sets_what_its_path_may_carry(
     # transport here answers as a browser would: what arrived, when, every 100 ms.
     watched: dict[RTCDtlsTransport, TwccFeedback] = {}
     handle_rtp = RTCDtlsTransport._handle_rtp_data
+    # From `queue_from` on, each packet is reported later than the last by more than the time
+    # between them: a queue growing on the subscriber's path.
+    queue_from: list[float] = []
 
     async def arrive(self: RTCDtlsTransport, data: bytes, arrival_time_ms: int) -> None:
         feedback = watched.get(self)
@@ -206,7 +209,9 @@ async def test_a_subscriber_s_feedback_sets_what_its_path_may_carry(
             packet = RtpPacket.parse(data, self._rtp_header_extensions_map)
             seq = packet.extensions.transport_sequence_number
             if seq is not None:
-                feedback.add(seq, int(time.perf_counter() * 1e6))
+                now = time.perf_counter()
+                late = 0.5 * (now - queue_from[0]) if queue_from else 0.0
+                feedback.add(seq, int((now + late) * 1e6))
         await handle_rtp(self, data, arrival_time_ms)
 
     monkeypatch.setattr(RTCDtlsTransport, "_handle_rtp_data", arrive)
@@ -222,18 +227,44 @@ async def test_a_subscriber_s_feedback_sets_what_its_path_may_carry(
         await asyncio.wait_for(track.sender.ready.wait(), 10)
         congestion = track.sender.congestion
         assert congestion is not None  # the subscriber agreed to transport-cc
-        for _ in range(100):  # 5 s at most
-            await asyncio.sleep(0.05)
-            for packet in watched[transport].build(1, 2):
-                await transport._send_rtp(packet)
-            if congestion.feedbacks >= 30:
-                break
-        # The SFU read the feedback, estimated the path, and counted it as this subscriber's
-        # word on the publisher's rate.
+        # What the estimate tells the publisher (aiortc's own REMB reaches the same place).
+        told: list[int] = []
+        on_remb, on_feedback = track.sender.on_remb, congestion.on_feedback
+        assert on_remb is not None
+
+        def tell(rate: int) -> None:
+            told.append(rate)
+            on_remb(rate)
+
+        def feedback(packet: bytes) -> None:
+            track.sender.on_remb = tell
+            try:
+                on_feedback(packet)
+            finally:
+                track.sender.on_remb = on_remb
+
+        congestion.on_feedback = feedback  # type: ignore[method-assign]
+
+        async def report_until(enough: object, seconds: float) -> None:
+            assert callable(enough)
+            for _ in range(int(seconds / 0.05)):
+                await asyncio.sleep(0.05)
+                for packet in watched[transport].build(1, 2):
+                    await transport._send_rtp(packet)
+                if enough():
+                    return
+
+        await report_until(lambda: congestion.feedbacks >= 30, 5)
+        # The SFU reads the feedback and estimates the path; a path without congestion does
+        # not hold the publisher back.
         assert congestion.feedbacks >= 30
         assert congestion.estimator.acked.bitrate() is not None
-        reports = server.hub.sfu.ups[published.id].tracks["0"].rates._reports
-        assert reports[sub_id(server, "ex")][0] == congestion.estimator.target
+        assert told == [] and not congestion.estimator.started
+        # A queue builds: the estimate falls below what was sent, and the publisher is told.
+        queue_from.append(time.perf_counter())
+        await report_until(lambda: told, 8)
+        assert congestion.estimator.started and told
+        assert told[-1] == congestion.estimator.target
     finally:
         await op.close()
         await ex.close()

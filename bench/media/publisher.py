@@ -18,6 +18,7 @@ from aiortc.mediastreams import MediaStreamTrack
 
 from teleconsult.client.media import MediaClient
 from teleconsult.client.signaling import SignalingClient
+from teleconsult.client.tools import publish
 from teleconsult.media.aioice_adapter import use_host_addresses
 from teleconsult.media.synthetic import UltrasoundTrack
 
@@ -45,6 +46,10 @@ class ReplayTrack(MediaStreamTrack):
         self.log = log
         self.n = 0
         self.start: float | None = None
+
+    def again(self) -> ReplayTrack:
+        """A new track of the same clip, from its first frame (a keyframe): for new media."""
+        return ReplayTrack(self.kind, self.packets, self.rate, self.clock, self.log)
 
     async def recv(self) -> av.Packet[Any]:
         if self.start is None:
@@ -74,6 +79,7 @@ async def main() -> None:
     ap.add_argument("--audio", action="store_true")
     ap.add_argument("--source", default="probe", help="probe needs consent to be recorded")
     ap.add_argument("--duration", type=float, default=60)
+    ap.add_argument("--heal", action="store_true", help="reconnect and publish again when lost")
     args = ap.parse_args()
     use_host_addresses(["127.0.0.1"])
     w, h = (int(x) for x in args.size.split("x"))
@@ -86,6 +92,22 @@ async def main() -> None:
         tracks.append((ReplayTrack("video", clip, args.fps, 90000, sends), args.source, "replay"))
     if args.audio:
         tracks.append((ReplayTrack("audio", opus_clip(5), 50, 48000, None), "microphone", ""))
+    if args.heal:
+        # As a station does: a dropped connection or media path is made again, under the
+        # same stream id (the tool prints {"published": id} each time it publishes).
+        def open_tracks() -> list[MediaStreamTrack]:
+            return [t.again() if isinstance(t, ReplayTrack) else t for t, _, _ in tracks]
+
+        await publish(
+            lambda: SignalingClient(args.url, args.token, args.room),
+            open_tracks,
+            args.source,
+            "replay",
+            "VP8",
+            args.duration,
+        )
+        await asyncio.to_thread(Path(args.log).write_text, json.dumps(sends))
+        return
     client = SignalingClient(args.url, args.token, args.room)
     await client.connect()
     media = MediaClient(client)

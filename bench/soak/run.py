@@ -164,10 +164,11 @@ def main() -> int:
         pub = spawn(
             "bench.media.publisher", url, ROOM, token(Role.OPERATOR, "op"), str(tmp / "pub.json"),
             "--size", args.size, "--fps", str(args.fps), "--bitrate", str(args.bitrate),
-            "--audio", "--source", "camera", "--duration", str(seconds + 30),
+            "--audio", "--source", "camera", "--duration", str(seconds + 30), "--heal",
         )  # fmt: skip
         assert pub.stdout is not None
-        stream = json.loads(pub.stdout.readline())["stream"]
+        first = json.loads(pub.stdout.readline())
+        stream = first.get("stream") or first["published"]
         recorder = None
         if not args.no_record:
             recorder = spawn(
@@ -196,6 +197,9 @@ def main() -> int:
         metrics = f"http://127.0.0.1:{port}/metrics"
         cpu0 = {k: cpu_seconds(p) for k, p in pids.items()}
         drops0, lag0, kernel0 = udp_drops(pids), lag_buckets(metrics), rcvbuf_errors()
+        # Wall clock against the monotonic one: a jump says the machine itself was paused
+        # (a virtual machine snapshotted, say), which every connection sees as a silence.
+        skew0 = time.time() - time.monotonic()
         for minute in range(int(args.minutes)):
             time.sleep(max(0.0, t0 + (minute + 1) * 60 - time.time()))
             cpu1 = {k: cpu_seconds(p) for k, p in pids.items()}
@@ -212,8 +216,10 @@ def main() -> int:
                 "udp_drops_machine": kernel1 - kernel0,
                 **lag_of_minute(lag1, lag0),
                 "load1": round(os.getloadavg()[0], 2),
+                "clock_jump_s": round(time.time() - time.monotonic() - skew0, 2),
             }
             cpu0, drops0, lag0, kernel0 = cpu1, drops1, lag1, kernel1
+            skew0 = time.time() - time.monotonic()
             samples.append(sample)
             print(json.dumps(sample), flush=True)
         viewers.wait(120)
