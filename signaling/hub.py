@@ -76,14 +76,22 @@ class Hub:
             else:
                 rewrite_to = settings.announce
         self.plane = MediaPlane(self.rooms, self.node, self.now)
-        self.sfu = Sfu(clock, rewrite_to, self.plane.up_closed, self.plane.down_closed)
-        self.plane.sfu = self.sfu
+        self.plane.sfu = Sfu(clock, rewrite_to, self.plane.up_closed, self.plane.down_closed)
         self.turn_secret = turn_secret(settings, keys)
         self.turn = ice.builtin_turn(settings, self.turn_secret, clock)
         if self.turn is not None:
             self.metrics.watch_turn(self.turn)
         self.metrics.watch_media(self.sfu.stats, self.sfu.forward_delay)
         self.cluster: ClusterLink | None = None  # joined by the app, when settings.redis is set
+
+    @property
+    def sfu(self) -> Sfu:
+        """This node's SFU: one object, which the media plane routes to as well."""
+        return self.plane.sfu
+
+    @sfu.setter
+    def sfu(self, sfu: Sfu) -> None:
+        self.plane.sfu = sfu  # a benchmark swaps in another forwarding unit
 
     def join_cluster(self, cluster: ClusterLink) -> None:
         """Be a node of a cluster from now on (before `start`)."""
