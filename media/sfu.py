@@ -17,15 +17,8 @@ from aiortc import sdp as aiortc_sdp
 from aiortc.rtcrtpparameters import RTCRtpCodecParameters
 
 from .aioice_adapter import guard_ice_ports, quick_consent
-from .aiortc_adapter import (
-    ForwardingReceiver,
-    ForwardingSender,
-    RelayPeerConnection,
-    add_relay_codecs,
-    codec_preferences,
-    negotiated_codec,
-    same_codec,
-)
+from .aiortc_adapter import ForwardingReceiver, ForwardingSender, RelayPeerConnection
+from .aiortc_codecs import add_relay_codecs, codec_preferences, negotiated_codec, same_codec
 from .histogram import Histogram
 from .simulcast import answer_with_layers, offered_layers
 from .tracks import DownTrack, UpTrack

@@ -204,7 +204,7 @@ def _serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     from teleconsult.app import create_app
-    from teleconsult.media.aiortc_adapter import count_codecs
+    from teleconsult.media.aiortc_codecs import count_codecs
     from teleconsult.signaling.server import NodeServer
 
     settings = _settings(args)

@@ -15,9 +15,8 @@ from teleconsult.media.aiortc_adapter import (
     ForwardingReceiver,
     ForwardingSender,
     RelayPeerConnection,
-    codec_preferences,
-    same_codec,
 )
+from teleconsult.media.aiortc_codecs import codec_preferences, same_codec
 from teleconsult.media.sfu import offered_media, rewrite_host_candidates
 
 
@@ -39,7 +38,7 @@ def test_same_codec_compares_h264_profiles_not_levels() -> None:
 
 
 def test_codec_preferences_pick_the_publishers_profile() -> None:
-    from teleconsult.media.aiortc_adapter import add_relay_codecs
+    from teleconsult.media.aiortc_codecs import add_relay_codecs
 
     add_relay_codecs()
     prefs = codec_preferences("video", h264("640c1f"))

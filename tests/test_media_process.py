@@ -82,7 +82,7 @@ async def test_codec_counter_sees_a_peer_that_does_transcode() -> None:
     # The proof above is only as good as the counter: a plain aiortc pair must register.
     from aiortc import RTCConfiguration, RTCPeerConnection
 
-    from teleconsult.media.aiortc_adapter import CODECS_CREATED, count_codecs
+    from teleconsult.media.aiortc_codecs import CODECS_CREATED, count_codecs
 
     count_codecs()
     before = dict(CODECS_CREATED)

@@ -9,7 +9,7 @@ from typing import Any
 from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
 from aiortc.contrib.media import MediaRelay
 
-from teleconsult.media.aiortc_adapter import negotiated_codec
+from teleconsult.media.aiortc_codecs import negotiated_codec
 
 
 class MediaRelaySfu:

@@ -12,7 +12,7 @@ from pathlib import Path
 import uvicorn
 
 from teleconsult.app import create_app
-from teleconsult.media.aiortc_adapter import count_codecs
+from teleconsult.media.aiortc_codecs import count_codecs
 from teleconsult.signaling.config import Secrets, Settings
 
 from .mediarelay_sfu import MediaRelaySfu
