@@ -192,8 +192,7 @@ class Estimator:
         self._max_kbps: float | None = None
         self._max_var = 0.4
         self.loss = 0.0
-        self.started = False  # the path has over-used (or lost much) at least once
-        self.congested_at: int | None = None  # when it last did (µs)
+        self.congested_at: int | None = None  # when the path last over-used or lost much (µs)
         self._losses: deque[tuple[int, int, int]] = deque()  # (time, lost, reported)
         # The latest packets reported, for measuring what a probe's burst delivered.
         self._recent: deque[Result] = deque(maxlen=RECENT_RESULTS)
@@ -228,6 +227,11 @@ class Estimator:
         return self.target
 
     probes = True  # a probe's burst is measured from the feedback
+
+    @property
+    def started(self) -> bool:
+        """Tell whether the path has over-used (or lost much) at least once."""
+        return self.congested_at is not None
 
     def congested(self, now_us: int, within_us: int = 10_000_000) -> bool:
         """Tell whether the path showed congestion (a growing queue, heavy loss) lately."""
@@ -269,7 +273,7 @@ class Estimator:
         since = 0.0 if self._last_change is None else (now_us - self._last_change) / 1e6
         self._last_change = now_us
         if usage is Usage.OVERUSING:
-            self.started, self.congested_at = True, now_us
+            self.congested_at = now_us
             if acked is not None:
                 self._note_max(acked)
                 self.delay_rate = min(self.delay_rate, BETA * acked)
@@ -320,7 +324,7 @@ class Estimator:
     def _loss_based(self, now_us: int) -> None:
         since = 1.0 if self._last_loss_change is None else (now_us - self._last_loss_change) / 1e6
         if self.loss > LOSS_HIGH:
-            self.started, self.congested_at = True, now_us
+            self.congested_at = now_us
             if since >= 0.3:  # at most once per round of feedback and reaction
                 base = min(self.loss_rate, self.delay_rate)
                 self.loss_rate = base * (1 - 0.5 * self.loss)

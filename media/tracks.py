@@ -304,7 +304,7 @@ class DownTrack:
             random.randrange(1 << 15), random.randrange(1 << 32), up.codec.clockRate
         )
         self.waiting = True
-        self.epoch: tuple[str, int] | None = None
+        self.epoch: int | None = None  # of the layer being sent (`layer`)
         self.attached_at = clock()
         self.started_at: float | None = None
         self.dropped_waiting = 0
@@ -316,6 +316,7 @@ class DownTrack:
         self.remb: int | None = None
         self.chooser = LayerChooser()
         self._next_choice = 0.0
+        self._padding: asyncio.Task[None] | None = None
         sender.on_keyframe_request = lambda: up.request_keyframe(self.layer)
         sender.on_remb = self._on_remb
 
@@ -328,7 +329,7 @@ class DownTrack:
             return False
         name = layer.name
         if name and now >= self._next_choice:
-            await self._choose(now)
+            self._choose(now)
         if name != self.layer:
             if name != self.target:
                 return False  # another simulcast layer
@@ -339,12 +340,12 @@ class DownTrack:
             # subscriber's decoder sees one stream whose picture changes size.
             self.layer = name
             self.switches += 1
-            self.epoch = (name, layer.epoch)
+            self.epoch = layer.epoch
             await self._start(packet, ext, layer, now)
             return True
-        if (name, layer.epoch) != self.epoch:
+        if layer.epoch != self.epoch:
             # A new source (the publisher restarted its encoder) needs a fresh start point.
-            self.epoch = (name, layer.epoch)
+            self.epoch = layer.epoch
             self.waiting = True
         if self.waiting:
             if not key:
@@ -371,7 +372,7 @@ class DownTrack:
             if mapped is not None:
                 await self.sender.forward(p, *mapped)
 
-    async def _choose(self, now: float) -> None:
+    def _choose(self, now: float) -> None:
         """Choose the simulcast layer this subscriber's path carries (and probe for a higher)."""
         self._next_choice = now + CHOICE_INTERVAL
         ranked = self.up.ranked(now)
@@ -390,8 +391,11 @@ class DownTrack:
         self.target = names[min(choice.layer, len(names) - 1)]
         if self.target != self.layer:
             self.up.request_keyframe(self.target)
-        if choice.padding:
-            await self.sender.pad(int(choice.padding * CHOICE_INTERVAL / 8))
+        if choice.padding and (self._padding is None or self._padding.done()):
+            # Beside the forwarding, not in its way: this packet and the other subscribers'
+            # copies do not wait for a probe's burst.
+            nbytes = int(choice.padding * CHOICE_INTERVAL / 8)
+            self._padding = asyncio.ensure_future(self.sender.pad(nbytes))
         if choice.carried and congestion is not None:
             congestion.estimator.carried(choice.carried, int(clock * 1e6))
 

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import struct
 
+from .seqnum import SequenceTracker, Verdict
+
 # RTCP transport-layer feedback (RTPFB), format 15: transport-wide feedback.
 RTPFB = 205
 FMT_TWCC = 15
@@ -30,17 +32,23 @@ class TwccFeedback:
     """Keeps the arrival time of each transport-wide sequence number and builds feedback."""
 
     def __init__(self) -> None:
+        self._numbers = SequenceTracker()  # 16-bit numbers extended, duplicates told apart
         self._arrivals: dict[int, int] = {}  # extended sequence number -> arrival (µs)
-        self._last: int | None = None  # the highest extended number seen
         self._next: int | None = None  # the first extended number not yet reported
         self._floor: int | None = None  # numbers below this were forgotten: too late to report
         self._count = 0  # feedback packets built, modulo 256
 
     def add(self, seq: int, arrival_us: int) -> None:
         """Note that the packet numbered `seq` (16 bits) arrived at `arrival_us`."""
-        ext = self._extend(seq)
-        if ext in self._arrivals or (self._floor is not None and ext < self._floor):
+        verdict, ext = self._numbers.push(seq)
+        if verdict is Verdict.DUPLICATE or verdict is Verdict.STALE:
             return  # a duplicate keeps its first arrival; a packet this late is not news
+        if verdict is Verdict.RESTART:
+            # The first packet, or a numbering that jumped: report from here on.
+            self._arrivals.clear()
+            self._next = self._floor = None
+        elif self._floor is not None and ext < self._floor:
+            return  # its neighbours' arrivals are forgotten: too late to report
         self._arrivals[ext] = arrival_us
         if self._next is None or ext < self._next:
             # A first packet, or one that came after we reported it missing: report it again.
@@ -50,21 +58,12 @@ class TwccFeedback:
     def build(self, sender_ssrc: int, media_ssrc: int) -> list[bytes]:
         """Return the feedback packets for everything since the last call (none if nothing)."""
         packets: list[bytes] = []
-        while self._next is not None and self._last is not None and self._next <= self._last:
-            packet, self._next = self._one(sender_ssrc, media_ssrc, self._next, self._last)
+        last = self._numbers.highest  # the highest extended number seen
+        while self._next is not None and last is not None and self._next <= last:
+            packet, self._next = self._one(sender_ssrc, media_ssrc, self._next, last)
             if packet:
                 packets.append(packet)
         return packets
-
-    def _extend(self, seq: int) -> int:
-        if self._last is None:
-            self._last = seq
-            return seq
-        # The nearest extended number to the highest seen (RFC 3550 appendix A.1's idea).
-        delta = (seq - self._last) & 0xFFFF
-        ext = self._last + delta if delta < 0x8000 else self._last + delta - 0x10000
-        self._last = max(self._last, ext)
-        return ext
 
     def _forget_before(self, oldest_us: int) -> None:
         if len(self._arrivals) < 256:
