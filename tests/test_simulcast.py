@@ -14,6 +14,8 @@ import av
 from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
 from aiortc.rtcrtpparameters import RTCRtpHeaderExtensionParameters, RTCRtpParameters
 from aiortc.rtp import HeaderExtensionsMap, RtpPacket
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from teleconsult.client.media import MediaClient
 from teleconsult.client.signaling import SignalingClient
@@ -223,3 +225,43 @@ async def test_a_subscriber_follows_its_path_across_layers_without_a_decoder_res
             assert up.recorded == "hi"
         finally:
             await ex.close()
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.lists(
+        st.sampled_from(
+            [
+                "m=video 9 X 96",
+                "m=audio 9 X 111",
+                "a=mid:1",
+                "a=mid:",
+                "a=rid:q send",
+                "a=rid:h send",
+                "a=rid:f recv",
+                "a=rid: send",
+                "a=simulcast:send q;h;f",
+                "a=simulcast:send ~q,h;;",
+                "a=simulcast:send",
+                "a=simulcast:recv q",
+                "a=rid:q;h send",
+            ]
+        )
+        | st.text(max_size=40),
+        max_size=30,
+    )
+)
+def test_any_offer_gives_layers_that_were_declared_and_an_answer_that_names_them(
+    lines: list[str],
+) -> None:
+    # Offers come from publishers: nothing in them raises, and only rids declared as sent
+    # (at most four to a section) are taken.
+    offer = "\r\n".join(lines)
+    layers = offered_layers(offer)
+    for rids in layers.values():
+        assert 2 <= len(rids) <= 4 and len(set(rids)) == len(rids)
+        declared = [line[6:].split() for line in offer.splitlines() if line.startswith("a=rid:")]
+        assert set(rids) <= {d[0] for d in declared if len(d) >= 2 and d[1] == "send"}
+    answer = answer_with_layers(offer, layers)
+    for rids in layers.values():
+        assert "a=simulcast:recv " + ";".join(rids) in answer

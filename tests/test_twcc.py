@@ -13,7 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from teleconsult.client.media import MediaClient
-from teleconsult.media.twcc import REFERENCE_US, TwccFeedback, encode_chunks, parse
+from teleconsult.media.twcc import REFERENCE_US, SentPackets, TwccFeedback, encode_chunks, parse
 from teleconsult.session.roles import Role
 
 from .conftest import Server
@@ -274,3 +274,18 @@ def sub_id(server: Server, identity: str) -> str:
     p = server.room().by_identity(identity)
     assert p is not None
     return p.id
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(max_size=200), st.integers(0, 0xFFFF))
+def test_any_feedback_bytes_cover_nothing_or_what_was_sent(data: bytes, base: int) -> None:
+    # Feedback comes from subscribers: whatever arrives, reading it never raises, and it
+    # only ever reports packets that were sent.
+    sent = SentPackets()
+    for k in range(50):
+        sent.number(k * 1000, 1200)
+    packet = bytes([0x8F, 205]) + data[2:4] + data[4:12].ljust(8, b"\0")
+    packet += base.to_bytes(2, "big") + data[12:]
+    for got in (sent.results(data), sent.results(packet)):
+        assert all(at_us % 1000 == 0 and size == 1200 for at_us, size, _ in got)
+        assert len(got) <= 50
