@@ -33,6 +33,7 @@ from aiortc.rtp import (
     RTCP_PSFB_APP,
     AnyRtcpPacket,
     RtcpPsfbPacket,
+    RtcpRrPacket,
     RtcpSrPacket,
     RtpPacket,
     pack_remb_fci,
@@ -300,6 +301,7 @@ class ForwardingSender(RTCRtpSender):
         self.congestion: Congestion | None = None
         self._last_seq: int | None = None
         self.padded = 0  # bytes sent to probe the path
+        self.loss: float | None = None  # share lost, as the subscriber's latest report says
 
     async def _run_rtp(self, codec: RTCRtpCodecParameters) -> None:
         # Replaces aiortc's read-encode-send loop: packets arrive through forward().
@@ -418,6 +420,10 @@ class ForwardingSender(RTCRtpSender):
                     if self._ssrc in ssrcs and self.on_remb is not None:
                         self.on_remb(bitrate)
                 return
+            if isinstance(packet, (RtcpRrPacket, RtcpSrPacket)):
+                for report in packet.reports:
+                    if report.ssrc == self._ssrc:
+                        self.loss = report.fraction_lost / 256
             await super()._handle_rtcp_packet(packet)
         except Exception:
             handled_failure("handling a subscriber's RTCP packet")

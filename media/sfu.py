@@ -373,6 +373,7 @@ class Sfu:
 
     def stats(self) -> dict[str, Any]:
         """Return per-track and per-subscriber counters."""
+        now = self.clock()
         ups = []
         for up in self.ups.values():
             for mid, t in up.tracks.items():
@@ -390,6 +391,12 @@ class Sfu:
                         "keyframes": t.keyframes,
                         "subscribers": len(t.downs),
                         "upstream_bitrate": t.receiver.upstream_bitrate,
+                        "layers": [
+                            {"rid": x.name, "bitrate": x.rate, "live": x.live(now)}
+                            for x in t.layers.values()
+                            if x.name
+                        ],
+                        "recorded_layer": t.recorded or None,
                         "state": "reconnecting" if up.interrupted else "live",
                     }
                 )
@@ -412,6 +419,11 @@ class Sfu:
                         "waiting_keyframe": dt.waiting,
                         "paused": dt.paused,
                         "estimate": None if s.congestion is None else s.congestion.estimator.target,
+                        "remb": dt.remb,
+                        "loss": s.loss,
+                        "layer": dt.layer or None,
+                        "target_layer": dt.target or None,
+                        "switches": dt.switches,
                     }
                 )
         return {"up": ups, "down": downs}

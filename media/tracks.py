@@ -183,9 +183,21 @@ class UpTrack:
                 for tap in self.taps:
                     tap(packet, codec, key)
         if self.kind == "video" and self._remb_throttle.ready(now):
-            target = self.rates.target(now, self.receiver.upstream_bitrate)
+            target = self.publisher_target(now)
             if target is not None:
                 await self.receiver.send_remb(target)
+
+    def publisher_target(self, now: float) -> int | None:
+        """Return the rate to ask of the publisher (its REMB), or None to leave it be.
+
+        With simulcast, what its own uplink carries: a weak viewer takes a lower layer, so
+        its report must not lower the top layer that the others and the recorder receive.
+        Without, the subscribers' reports too, a weak link's aside.
+        """
+        upstream = self.receiver.upstream_bitrate
+        if len(self.layers) > 1:
+            return upstream
+        return self.rates.target(now, upstream)
 
     def take(self, receiver: ForwardingReceiver, codec: RTCRtpCodecParameters) -> None:
         """Go on from a new receiver (the publisher's new connection), with the same subscribers.

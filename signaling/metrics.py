@@ -127,6 +127,54 @@ _DOWN = [
 ]
 
 
+def _per_viewer(downs: list[dict[str, Any]], labels: list[str]) -> Iterator[Metric]:
+    """Each subscriber's path: the estimate, the loss it reports, the simulcast layer sent."""
+    estimate = GaugeMetricFamily(
+        "teleconsult_media_down_estimate_bits_per_second",
+        "What the subscriber's path is estimated to carry (its transport-wide feedback, or REMB)",
+        labels=labels,
+    )
+    loss = GaugeMetricFamily(
+        "teleconsult_media_down_loss_ratio",
+        "Share of packets lost, as the subscriber's latest receiver report says",
+        labels=labels,
+    )
+    layer = GaugeMetricFamily(
+        "teleconsult_media_down_layer",
+        "The simulcast layer sent to the subscriber (1 on the layer's series)",
+        labels=[*labels, "layer"],
+    )
+    switches = CounterMetricFamily(
+        "teleconsult_media_down_layer_switches",
+        "Simulcast layer changes made for the subscriber",
+        labels=labels,
+    )
+    for s in downs:
+        values = [s["stream"], s["feed"], s["subscriber_id"]]
+        rate = s["estimate"] if s["estimate"] is not None else s["remb"]
+        if rate is not None:
+            estimate.add_metric(values, rate)
+        if s["loss"] is not None:
+            loss.add_metric(values, s["loss"])
+        if s["layer"] is not None:
+            layer.add_metric([*values, s["layer"]], 1)
+        switches.add_metric(values, s["switches"])
+    yield from (estimate, loss, layer, switches)
+
+
+def _per_layer(ups: list[dict[str, Any]]) -> Iterator[Metric]:
+    """Each simulcast layer a publisher sends: its rate, and whether it arrives."""
+    rate = GaugeMetricFamily(
+        "teleconsult_media_up_layer_bits_per_second",
+        "Rate of a publisher's simulcast layer, over the last second (0 once it stopped)",
+        labels=["stream", "feed", "layer"],
+    )
+    for s in ups:
+        for x in s["layers"]:
+            rate.add_metric([s["stream"], s["feed"], x["rid"]], x["bitrate"] if x["live"] else 0)
+    yield rate
+
+
 class MediaCollector(Collector):
     """Per-track and per-subscriber media series; labels are opaque ids, never names."""
 
@@ -180,6 +228,8 @@ class MediaCollector(Collector):
             if s["rtt"] is not None:
                 rtt.add_metric([s["stream"], s["feed"], s["subscriber_id"]], s["rtt"])
         yield rtt
+        yield from _per_viewer(stats["down"], down_labels)
+        yield from _per_layer(stats["up"])
         buckets = [
             (str(b) if b != float("inf") else "+Inf", n) for b, n in self.delays.cumulative()
         ]

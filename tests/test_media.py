@@ -148,6 +148,9 @@ async def test_loss_on_a_subscriber_leg_is_repaired_by_nack(
     assert elapsed < 4.5
     xs = [bar_position(f) for f in frames[-30:]]
     assert len(set(xs)) >= 25
+    # The subscriber's receiver reports reach its stats: its path's loss, before repair.
+    (down,) = server.hub.sfu.stats()["down"]
+    assert 0.1 < down["loss"] < 0.3, down
 
 
 async def test_streams_come_and_go_mid_session(server: Server, peers: list[Peer]) -> None:

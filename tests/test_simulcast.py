@@ -7,6 +7,7 @@ import asyncio
 import fractions
 import re
 import time
+import urllib.request
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager, suppress
 
@@ -25,6 +26,11 @@ from teleconsult.session.roles import Role
 
 from .conftest import Server
 from .media_util import receive
+
+
+def fetch(url: str) -> str:
+    with urllib.request.urlopen(url, timeout=5) as r:
+        return str(r.read().decode())
 
 LAYERS = {"lo": (160, 120), "mid": (320, 240), "hi": (640, 480)}
 MID_URI = "urn:ietf:params:rtp-hdrext:sdes:mid"
@@ -213,6 +219,28 @@ async def test_a_subscriber_follows_its_path_across_layers_without_a_decoder_res
             down.remb = 200_000
             sizes = [(f.width, f.height) for f in await receive(track, 45, timeout=10)]
             assert sizes[-1] == LAYERS["lo"], sizes
+            # Its report does not lower what the publisher is asked for: the others (and the
+            # recorder) keep the top layer.
+            down._on_remb(200_000)
+            # (Without simulcast, its figure, raised to the floor, would be asked for.)
+            assert up.rates.target(time.time(), None) == up.rates.floor
+            assert up.publisher_target(time.time()) == up.receiver.upstream_bitrate
+            # The operator sees which layer each viewer gets, and each layer's rate.
+            metrics = await asyncio.to_thread(fetch, server.http + "/metrics")
+            subscriber = down.subscriber_id
+            sent = [
+                line
+                for line in metrics.splitlines()
+                if line.startswith("teleconsult_media_down_layer{") and subscriber in line
+            ]
+            assert len(sent) == 1 and 'layer="lo"' in sent[0] and sent[0].endswith(" 1.0"), sent
+            rates = dict(
+                re.findall(
+                    r'teleconsult_media_up_layer_bits_per_second{[^}]*layer="(\w+)"[^}]*} (\S+)',
+                    metrics,
+                )
+            )
+            assert set(rates) == set(LAYERS) and float(rates["hi"]) > float(rates["lo"]) > 0, rates
             # It widens again: up, layer by layer, at keyframes.
             down.remb = 100_000_000
             sizes = [(f.width, f.height) for f in await receive(track, 60, timeout=10)]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -85,6 +86,8 @@ async def test_a_consultation_across_the_four_pages(server: Server, chromium: Br
     first = int(await ex.locator("#health").get_attribute("data-frames-decoded") or 0)
     await rising(ex, "framesDecoded", first + 10)
     await expect(ex.locator("#health")).to_contain_text("fps")
+    # And the size decoded (which layer its link is given).
+    await expect(ex.locator("#health")).to_contain_text(re.compile(r"\d+\u00d7\d+"))
 
     # The expert draws an arrow; the operator sees it on its own preview of that feed.
     await ex.keyboard.press("a")

@@ -2,7 +2,7 @@
 
 /**
  * @typedef {{delayMs: number, kbps: number, fps: number, lossPct: number, framesDecoded: number,
- *            samplesReceived: number}} FeedHealth
+ *            samplesReceived: number, width: number, height: number}} FeedHealth
  */
 
 /** Measures one peer connection's inbound video and audio between calls. */
@@ -25,6 +25,8 @@ export class HealthMeter {
     let samplesReceived = 0;
     let jitterDelay = 0;
     let rtt = 0;
+    let width = 0;
+    let height = 0;
     report.forEach((/** @type {any} */ s) => {
       if (s.type === "inbound-rtp") {
         bytes += s.bytesReceived || 0;
@@ -33,6 +35,9 @@ export class HealthMeter {
         if (s.kind === "video") {
           fps = s.framesPerSecond || fps;
           framesDecoded += s.framesDecoded || 0;
+          // The size decoded: with simulcast, which layer this viewer's link is given.
+          width = s.frameWidth || width;
+          height = s.frameHeight || height;
           if (s.jitterBufferEmittedCount) jitterDelay = (1000 * s.jitterBufferDelay) / s.jitterBufferEmittedCount;
         } else {
           samplesReceived += s.totalSamplesReceived || 0;
@@ -52,6 +57,8 @@ export class HealthMeter {
       lossPct: received + lost ? Math.round((1000 * lost) / (received + lost)) / 10 : 0,
       framesDecoded,
       samplesReceived,
+      width,
+      height,
     };
   }
 }

@@ -167,7 +167,8 @@ export function watchHealth(/** @type {Stage} */ stage, /** @type {HTMLElement} 
     }
     if (!meter || meter.pc !== pc) meter = new HealthMeter(pc);
     const h = await meter.read();
-    line.textContent = t("stats.line", { delay: h.delayMs, kbps: h.kbps, fps: h.fps, loss: h.lossPct });
+    const size = h.width ? `${h.width}×${h.height}` : "—";
+    line.textContent = t("stats.line", { delay: h.delayMs, kbps: h.kbps, fps: h.fps, loss: h.lossPct, size });
     line.dataset.framesDecoded = String(h.framesDecoded);
     // Voices come on their own streams: count what every subscription has played.
     let samples = 0;
