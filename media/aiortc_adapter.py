@@ -14,6 +14,7 @@ import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable
+from dataclasses import replace
 from typing import Any
 
 import aiortc
@@ -45,6 +46,7 @@ from aiortc.utils import uint16_add
 
 from .failures import handled_failure
 from .packetcache import PacketCache
+from .red import Unwrapper
 from .simulcast import MAX_LAYERS
 from .transport_cc import ARRIVALS, CONGESTION, OVERHEAD, TWCC_INTERVAL, Congestion
 from .twcc import TwccFeedback
@@ -132,6 +134,8 @@ class ForwardingReceiver(RTCRtpReceiver):
         self._nacks: dict[int, NackGenerator] = {}
         self._twcc: TwccFeedback | None = None
         self._twcc_task: asyncio.Task[None] | None = None
+        # A publisher's redundant audio (RED), when the answer agreed to it.
+        self.red: Unwrapper | None = None
 
     async def receive(self, parameters: RTCRtpReceiveParameters) -> None:
         """Start receiving: as aiortc does, but without starting a decoder thread."""
@@ -144,6 +148,12 @@ class ForwardingReceiver(RTCRtpReceiver):
         for encoding in parameters.encodings:
             if encoding.rtx:
                 self._rtx_ssrc[encoding.rtx.ssrc] = encoding.ssrc
+        if self.red is not None:
+            # aiortc routes packets by payload type, and knows nothing of RED's.
+            red = RTCRtpCodecParameters(
+                mimeType="audio/red", clockRate=48000, channels=2, payloadType=self.red.payload_type
+            )
+            parameters = replace(parameters, codecs=[*parameters.codecs, red])
         self.transport._register_rtp_receiver(self, parameters)
         _set(self, "RTCRtpReceiver", "rtcp_task", asyncio.ensure_future(self._run_rtcp()))
         _set(self, "RTCRtpReceiver", "started", True)
@@ -173,6 +183,10 @@ class ForwardingReceiver(RTCRtpReceiver):
                 if remb is not None:
                     self.upstream_bitrate = remb[0]
             codec = self.codecs.get(packet.payload_type)
+            red = self.red
+            if red is not None and packet.payload_type == red.payload_type:
+                await self._handle_red(packet, red)
+                return
             if codec is None:
                 return
             ext = packet.extensions
@@ -204,6 +218,23 @@ class ForwardingReceiver(RTCRtpReceiver):
                 await self.on_packet(packet, codec, layer)
         except Exception:
             handled_failure("handling a publisher's RTP packet")
+
+    async def _handle_red(self, packet: RtpPacket, red: Unwrapper) -> None:
+        """Hand on the Opus packets a RED packet holds (those lost before it put back)."""
+        codec = self.codecs.get(red.primary)
+        if codec is None:
+            return
+        if packet.ssrc not in self._streams:
+            self._streams[packet.ssrc] = WrapSafeStatistics(codec.clockRate)
+        # Our receiver reports tell the publisher what was lost on the way, recovered or not.
+        self._streams[packet.ssrc].add(packet)
+        self.media_ssrc = packet.ssrc
+        self.arrived = time.perf_counter()
+        for inner in red.unwrap(packet):
+            self.packets += 1
+            self.bytes += len(inner.payload)
+            if self.on_packet is not None:
+                await self.on_packet(inner, codec, "")
 
     async def _handle_rtcp_packet(self, packet: AnyRtcpPacket) -> None:
         try:

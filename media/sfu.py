@@ -20,6 +20,7 @@ from .aioice_adapter import guard_ice_ports, quick_consent
 from .aiortc_adapter import ForwardingReceiver, ForwardingSender, RelayPeerConnection
 from .aiortc_codecs import add_relay_codecs, codec_preferences, negotiated_codec, same_codec
 from .histogram import Histogram
+from .red import Unwrapper, answer_with_red, offered_red
 from .simulcast import answer_with_layers, offered_layers
 from .tracks import DownTrack, UpTrack
 from .transport_cc import read_transport_feedback
@@ -472,10 +473,19 @@ class Sfu:
         return sdp
 
     def _answer(self, pc: RelayPeerConnection, offer: str) -> str:
-        """The answer to a publisher: aiortc's, with the simulcast layers it will receive."""
+        """The answer to a publisher: aiortc's, with the simulcast layers it will receive and
+        RED preferred where the publisher's codec was agreed and it offered RED over it."""
         layers = offered_layers(offer)
         sdp = self._local_sdp(pc)
-        return answer_with_layers(sdp, layers) if layers else sdp
+        sdp = answer_with_layers(sdp, layers) if layers else sdp
+        red = {
+            t.mid: (t.receiver.red.payload_type, t.receiver.red.primary)
+            for t in pc.getTransceivers()
+            if t.mid is not None
+            and isinstance(t.receiver, ForwardingReceiver)
+            and t.receiver.red is not None
+        }
+        return answer_with_red(sdp, red) if red else sdp
 
     def _spawn(self, coro: Any) -> None:
         task = asyncio.ensure_future(coro)
@@ -494,10 +504,14 @@ async def _accept(
     """
     try:
         await pc.setRemoteDescription(RTCSessionDescription(offer, "offer"))
+        red = offered_red(offer)
         for t in pc.getTransceivers():
             codec = negotiated_codec(t)
             if t.mid is None or codec is None:
                 raise MediaError("bad_sdp", "no codec in common for a media section")
+            if t.mid in red and red[t.mid][1] == codec.payloadType:
+                assert isinstance(t.receiver, ForwardingReceiver)
+                t.receiver.red = Unwrapper(*red[t.mid])
             take(t, codec)
         await pc.setLocalDescription(await pc.createAnswer())
     except MediaError:

@@ -5,28 +5,14 @@ from __future__ import annotations
 
 import re
 
+from .sdp_text import mid as _mid
+from .sdp_text import sections as _sections
+
 RID_URI = "urn:ietf:params:rtp-hdrext:sdes:rtp-stream-id"
 REPAIRED_RID_URI = "urn:ietf:params:rtp-hdrext:sdes:repaired-rtp-stream-id"
 # At most this many layers per feed: more is never useful, and a peer may offer anything.
 MAX_LAYERS = 4
 _RID = re.compile(r"^[A-Za-z0-9_-]{1,16}$")
-
-
-def _sections(sdp: str) -> list[list[str]]:
-    """Split SDP into the session part and each media section, as lists of lines."""
-    parts: list[list[str]] = [[]]
-    for line in sdp.splitlines():
-        if line.startswith("m="):
-            parts.append([])
-        parts[-1].append(line)
-    return parts
-
-
-def _mid(section: list[str]) -> str | None:
-    for line in section:
-        if line.startswith("a=mid:"):
-            return line[6:].strip()
-    return None
 
 
 def offered_layers(offer: str) -> dict[str, list[str]]:
