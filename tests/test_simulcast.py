@@ -4,37 +4,28 @@ switching at keyframes without its decoder noticing, the recorder on the best la
 from __future__ import annotations
 
 import asyncio
-import fractions
 import re
 import time
 import urllib.request
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager, suppress
+from contextlib import asynccontextmanager
 
-import av
-from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
-from aiortc.rtcrtpparameters import RTCRtpHeaderExtensionParameters, RTCRtpParameters
-from aiortc.rtp import HeaderExtensionsMap, RtpPacket
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from teleconsult.client.media import MediaClient
-from teleconsult.client.signaling import SignalingClient
-from teleconsult.media.simulcast import RID_URI, answer_with_layers, offered_layers
-from teleconsult.media.synthetic import UltrasoundTrack
+from teleconsult.media.simulcast import answer_with_layers, offered_layers
 from teleconsult.session.roles import Role
 
 from .conftest import Server
 from .media_util import receive
+from .simulcast_util import LAYERS, SimulcastPublisher
 
 
 def fetch(url: str) -> str:
     with urllib.request.urlopen(url, timeout=5) as r:
         return str(r.read().decode())
 
-LAYERS = {"lo": (160, 120), "mid": (320, 240), "hi": (640, 480)}
-MID_URI = "urn:ietf:params:rtp-hdrext:sdes:mid"
-FPS = 30
 
 CHROMIUM_OFFER = "\r\n".join(
     [
@@ -73,115 +64,6 @@ def test_the_layers_a_browser_offers_and_the_answer_that_takes_them() -> None:
     assert video[2:6] == ["a=rid:q recv", "a=rid:h recv", "a=rid:f recv", "a=simulcast:recv q;h;f"]
     assert "a=rid" not in "\r\n".join(lines[: lines.index("m=video 9 X 96")])
     assert offered_layers(CHROMIUM_OFFER.replace("a=simulcast:send q;h,h2;~f;f", "")) == {}
-
-
-def vp8_frames(width: int, height: int, count: int, gop: int) -> list[tuple[bytes, bool]]:
-    """Encode `count` frames of the synthetic ultrasound at one size: (frame, keyframe)."""
-    source = UltrasoundTrack(width, height, FPS)
-    ctx = av.CodecContext.create("libvpx", "w")
-    ctx.width, ctx.height, ctx.pix_fmt = width, height, "yuv420p"
-    ctx.time_base = fractions.Fraction(1, FPS)
-    ctx.bit_rate = width * height * 3
-    ctx.gop_size = gop
-    ctx.options = {"deadline": "realtime", "cpu-used": "8", "lag-in-frames": "0"}
-    out = []
-    for n in range(count):
-        frame = av.VideoFrame.from_ndarray(source.picture(n, 0), format="gray").reformat(
-            format="yuv420p"
-        )
-        frame.pts = n
-        for packet in ctx.encode(frame):
-            out.append((bytes(packet), bool(packet.is_keyframe)))
-    return out
-
-
-class SimulcastPublisher:
-    """A publisher sending three layers on one video section, as a browser does: one SSRC per
-    layer, each packet named by its rid in a header extension."""
-
-    def __init__(self, signaling: SignalingClient) -> None:
-        self.signaling = signaling
-        self.pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
-        self.clips = {rid: vp8_frames(w, h, 60, 15) for rid, (w, h) in LAYERS.items()}
-        self.task: asyncio.Task[None] | None = None
-
-    async def publish(self) -> str:
-        self.pc.addTransceiver("video", direction="sendonly")
-        await self.pc.setLocalDescription(await self.pc.createOffer())
-        assert self.pc.localDescription is not None
-        offer = self.pc.localDescription.sdp
-        # The rid extension, unless aiortc offers it already (as it does in a process where
-        # the SFU added it to aiortc's list).
-        named = re.search(rf"^a=extmap:(\d+) {re.escape(RID_URI)}", offer, re.M)
-        self.rid_id = int(named.group(1)) if named else 12
-        extmap = "" if named else f"a=extmap:12 {RID_URI}\r\n"
-        offer = offer.replace(
-            "a=sendonly\r\n",
-            "a=sendonly\r\n"
-            + extmap
-            + "".join(f"a=rid:{rid} send\r\n" for rid in LAYERS)
-            + "a=simulcast:send "
-            + ";".join(LAYERS)
-            + "\r\n",
-        )
-        reply = await self.signaling.request(
-            {"type": "publish", "sdp": offer, "feeds": [{"mid": "0", "source": "probe"}]}
-        )
-        self.answer = reply["sdp"]
-        await self.pc.setRemoteDescription(RTCSessionDescription(reply["sdp"], "answer"))
-        self.task = asyncio.create_task(self._send())
-        return str(reply["stream"])
-
-    async def _send(self) -> None:
-        transceiver = self.pc.getTransceivers()[0]
-        transport = transceiver.sender.transport
-        for _ in range(200):
-            if transport.state == "connected":
-                break
-            await asyncio.sleep(0.05)
-        ids = HeaderExtensionsMap()
-        ids.configure(
-            RTCRtpParameters(
-                headerExtensions=[
-                    RTCRtpHeaderExtensionParameters(id=1, uri=MID_URI),
-                    RTCRtpHeaderExtensionParameters(id=self.rid_id, uri=RID_URI),
-                ]
-            )
-        )
-        found = re.search(r"^m=video \d+ \S+ (\d+)", self.answer, re.M)
-        assert found is not None
-        pt = int(found.group(1))
-        seqs = {rid: 1000 * (i + 1) for i, rid in enumerate(LAYERS)}
-        ssrcs = {rid: 0x1000 + i for i, rid in enumerate(LAYERS)}
-        start = time.monotonic()
-        n = 0
-        while True:
-            for rid, clip in self.clips.items():
-                data, _ = clip[n % len(clip)]
-                chunks = [data[i : i + 1000] for i in range(0, len(data), 1000)]
-                for k, chunk in enumerate(chunks):
-                    packet = RtpPacket(
-                        payload_type=pt,
-                        marker=int(k == len(chunks) - 1),
-                        sequence_number=seqs[rid] & 0xFFFF,
-                        timestamp=(n * 3000) & 0xFFFFFFFF,
-                        ssrc=ssrcs[rid],
-                        payload=bytes([0x10 if k == 0 else 0x00]) + chunk,
-                    )
-                    packet.extensions.mid = "0"
-                    packet.extensions.rtp_stream_id = rid
-                    seqs[rid] += 1
-                    with suppress(ConnectionError):
-                        await transport._send_rtp(packet.serialize(ids))
-            n += 1
-            await asyncio.sleep(max(0.0, start + n / FPS - time.monotonic()))
-
-    async def close(self) -> None:
-        if self.task is not None:
-            self.task.cancel()
-            with suppress(asyncio.CancelledError):
-                await self.task
-        await self.pc.close()
 
 
 @asynccontextmanager

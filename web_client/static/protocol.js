@@ -51,10 +51,26 @@ export const SEND_POLICY = {
  * @typedef {{id: string, identity: string, name: string, role: string, muted: boolean,
  *            joined_at: number, may_annotate?: boolean, floor?: boolean, connected?: boolean}} ParticipantInfo
  * @typedef {{track: MediaStreamTrack, source: string, label?: string}} Feed
- * @typedef {{videoCodec?: string, h264Profile?: string}} PublishOptions
+ * @typedef {{videoCodec?: string, h264Profile?: string, simulcast?: boolean}} PublishOptions
  * @typedef {{id: string, pc: RTCPeerConnection, feeds: Map<MediaStreamTrack, string>}} Publication
  * @typedef {{id: string, of: string, pc: RTCPeerConnection, tracks: Map<string, MediaStreamTrack>}} Subscription
  */
+
+/**
+ * Simulcast: the same picture at full, half and quarter size, lowest first, each with its
+ * ceiling. The server gives each viewer the largest its own link carries, so one weak link
+ * costs that viewer sharpness and nobody else; the recording takes the full size. A browser
+ * sends fewer layers of a small source (Chromium: one below 320×180).
+ * @param {number} maxBitrate the full size's ceiling
+ * @returns {RTCRtpEncodingParameters[]}
+ */
+function layers(maxBitrate) {
+  return [
+    { rid: "q", scaleResolutionDownBy: 4, maxBitrate: Math.round(maxBitrate / 10) },
+    { rid: "h", scaleResolutionDownBy: 2, maxBitrate: Math.round((maxBitrate * 3) / 10) },
+    { rid: "f", scaleResolutionDownBy: 1, maxBitrate },
+  ];
+}
 
 /**
  * Tell a sender what to give up first when it cannot send everything (resolution or frame rate).
@@ -502,7 +518,7 @@ export class Session extends EventTarget {
       if (policy) f.track.contentHint = policy.contentHint;
       /** @type {RTCRtpTransceiverInit} */
       const init = { direction: "sendonly" };
-      if (policy) init.sendEncodings = [{ maxBitrate: policy.maxBitrate }];
+      if (policy) init.sendEncodings = options.simulcast === false ? [{ maxBitrate: policy.maxBitrate }] : layers(policy.maxBitrate);
       return { ...f, policy, transceiver: pc.addTransceiver(f.track, init) };
     });
     const videoCodec = options.videoCodec;
