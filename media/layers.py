@@ -17,6 +17,10 @@ from typing import Protocol
 
 # A layer is taken only if the estimate exceeds its rate by this much.
 HEADROOM = 1.15
+# A path that cannot be probed (REMB only) reports about what arrives, a little under or over
+# the layer's rate as the windows fall: it is left only when the figure falls clearly below
+# (a congested REMB receiver reports 0.85 of what arrives), since nothing brings it back up.
+FOLLOWING_FLOOR = 0.8
 # A probe's burst, and how long its feedback may take before it counts as failed.
 BURST_S, JUDGE_S = 0.12, 1.5
 ARRIVED_SHARE = 0.9
@@ -81,8 +85,9 @@ class LayerChooser:
         if self._probe is not None:
             return self._probing(self._probe, rates, path, now)
         estimate = path.target
+        floor = HEADROOM if path.probes else FOLLOWING_FLOOR
         if self.layer not in live or (
-            rates[self.layer] * HEADROOM > estimate and self.layer > live[0]
+            rates[self.layer] * floor > estimate and self.layer > live[0]
         ):
             # Its layer stopped, or the path no longer carries it: down at once, to what fits.
             fits = [i for i in live if rates[i] * HEADROOM <= estimate]

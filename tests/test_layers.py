@@ -8,6 +8,7 @@ from teleconsult.media.gcc import Estimator, Result
 from teleconsult.media.layers import (
     BURST_S,
     CALM_S,
+    FOLLOWING_FLOOR,
     HEADROOM,
     JUDGE_S,
     RETRY_S,
@@ -44,6 +45,20 @@ def test_a_path_with_room_climbs_a_layer_at_a_time() -> None:
 def test_a_narrowed_path_goes_down_at_once_to_what_fits() -> None:
     assert LayerChooser(start=2).choose(RATES, FakePath(400_000), 0.0) == Choice(0)
     assert LayerChooser(start=2).choose(RATES, FakePath(900_000), 0.0) == Choice(1)
+
+
+def test_a_remb_path_keeps_its_layer_while_its_figure_follows_what_arrives() -> None:
+    # A REMB receiver reports about what arrives: the full layer's rate, a little under or
+    # over. Leaving on that would strand it lower for good, as nothing can be probed.
+    chooser = LayerChooser(start=2)
+    for i, share in enumerate([0.95, 1.0, 0.9, 1.1, 0.85]):
+        assert chooser.choose(RATES, FakePath(int(RATES[2] * share), probes=False), i) == Choice(2)
+    # Congested, it reports 0.85 of a narrower link: down to what fits.
+    narrowed = FakePath(int(0.85 * 700_000), probes=False)
+    assert chooser.choose(RATES, narrowed, 10.0) == Choice(1)
+    assert RATES[2] * FOLLOWING_FLOOR > narrowed.target
+    # A probing path leaves at once when the layer no longer fits with room.
+    assert LayerChooser(start=2).choose(RATES, FakePath(RATES[2]), 0.0) == Choice(1)
 
 
 def test_going_up_takes_a_burst_that_arrives_at_the_higher_rate() -> None:

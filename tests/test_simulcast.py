@@ -96,14 +96,14 @@ async def test_a_subscriber_follows_its_path_across_layers_without_a_decoder_res
                 (x.name, x.rate) for x in up.layers.values()
             ] + [down.layer, down.target, down.remb]
             assert set(up.layers) == {"lo", "mid", "hi"}
-            # Its path narrows (its REMB says 200 kbit/s): down to the layer that fits, from
-            # that layer's keyframe; the picture keeps coming, smaller.
-            down.remb = 200_000
+            # Its path narrows (its REMB says 120 kbit/s, under the middle layer): down to the
+            # layer that fits, from that layer's keyframe; the picture keeps coming, smaller.
+            down.remb = 120_000
             sizes = [(f.width, f.height) for f in await receive(track, 45, timeout=10)]
             assert sizes[-1] == LAYERS["lo"], sizes
             # Its report does not lower what the publisher is asked for: the others (and the
             # recorder) keep the top layer.
-            down._on_remb(200_000)
+            down._on_remb(120_000)
             # (Without simulcast, its figure, raised to the floor, would be asked for.)
             assert up.rates.target(time.time(), None) == up.rates.floor
             assert up.publisher_target(time.time()) == up.receiver.upstream_bitrate

@@ -59,17 +59,25 @@ export const SEND_POLICY = {
 /**
  * Simulcast: the same picture at full, half and quarter size, lowest first, each with its
  * ceiling. The server gives each viewer the largest its own link carries, so one weak link
- * costs that viewer sharpness and nobody else; the recording takes the full size. A browser
- * sends fewer layers of a small source (Chromium: one below 320×180).
+ * costs that viewer sharpness and nobody else; the recording takes the full size. Chromium
+ * sends at most three layers of 960×540 and up, two of 480×270 and up, one below, and drops the
+ * largest it is asked for past that: so a smaller source is asked for fewer layers, the full
+ * size always among them.
  * @param {number} maxBitrate the full size's ceiling
+ * @param {MediaTrackSettings} settings the source's size, where known
  * @returns {RTCRtpEncodingParameters[]}
  */
-function layers(maxBitrate) {
-  return [
+export function layers(maxBitrate, settings) {
+  const all = [
     { rid: "q", scaleResolutionDownBy: 4, maxBitrate: Math.round(maxBitrate / 10) },
     { rid: "h", scaleResolutionDownBy: 2, maxBitrate: Math.round((maxBitrate * 3) / 10) },
     { rid: "f", scaleResolutionDownBy: 1, maxBitrate },
   ];
+  const { width, height } = settings;
+  const pixels = width && height ? width * height : Infinity;
+  const count = pixels >= 960 * 540 ? 3 : pixels >= 640 * 360 ? 2 : 1;
+  if (count === 1) return [{ maxBitrate }];
+  return all.slice(all.length - count);
 }
 
 /**
@@ -518,7 +526,10 @@ export class Session extends EventTarget {
       if (policy) f.track.contentHint = policy.contentHint;
       /** @type {RTCRtpTransceiverInit} */
       const init = { direction: "sendonly" };
-      if (policy) init.sendEncodings = options.simulcast === false ? [{ maxBitrate: policy.maxBitrate }] : layers(policy.maxBitrate);
+      if (policy) {
+        init.sendEncodings = options.simulcast === false
+          ? [{ maxBitrate: policy.maxBitrate }] : layers(policy.maxBitrate, f.track.getSettings());
+      }
       return { ...f, policy, transceiver: pc.addTransceiver(f.track, init) };
     });
     const videoCodec = options.videoCodec;
