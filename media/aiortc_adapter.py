@@ -46,7 +46,7 @@ from aiortc.utils import uint16_add
 
 from .failures import handled_failure
 from .packetcache import PacketCache
-from .red import Unwrapper
+from .red import Unwrapper, Wrapper
 from .simulcast import MAX_LAYERS
 from .transport_cc import ARRIVALS, CONGESTION, OVERHEAD, TWCC_INTERVAL, Congestion
 from .twcc import TwccFeedback
@@ -333,6 +333,8 @@ class ForwardingSender(RTCRtpSender):
         self._last_seq: int | None = None
         self.padded = 0  # bytes sent to probe the path
         self.loss: float | None = None  # share lost, as the subscriber's latest report says
+        # Redundant audio, when the subscriber's answer took it.
+        self.red: Wrapper | None = None
 
     async def _run_rtp(self, codec: RTCRtpCodecParameters) -> None:
         # Replaces aiortc's read-encode-send loop: packets arrive through forward().
@@ -354,13 +356,17 @@ class ForwardingSender(RTCRtpSender):
     async def forward(self, source: RtpPacket, seq: int, timestamp: int) -> None:
         """Send a copy of a packet renumbered for this subscriber."""
         assert self.codec is not None and self.codec.payloadType is not None
+        payload_type, payload = self.codec.payloadType, source.payload
+        red = self.red
+        if red is not None and red.primary == payload_type:
+            payload_type, payload = red.payload_type, red.wrap(seq, timestamp, payload)
         packet = RtpPacket(
-            payload_type=self.codec.payloadType,
+            payload_type=payload_type,
             marker=source.marker,
             sequence_number=seq,
             timestamp=timestamp,
             ssrc=self._ssrc,
-            payload=source.payload,
+            payload=payload,
         )
         packet.padding_size = 0
         ntp = aiortc.clock.current_ntp_time()

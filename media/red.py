@@ -1,7 +1,8 @@
-"""Redundant audio (RFC 2198) from a publisher: each packet carries the one before it as well, so
-a voice packet lost on a radio link is rebuilt from the next. The relay unwraps it: subscribers
-and the recorder get plain Opus, with what was lost on the way to the relay put back. Also what
-SDP says of it, on text, since aiortc 1.16 does not know the codec. No I/O."""
+"""Redundant audio (RFC 2198): each packet carries the one before it as well, so a voice packet
+lost on a radio link is rebuilt from the next. From a publisher, the relay unwraps it (the
+recorder and subscribers that did not take RED get plain Opus, with what was lost on the way to
+the relay put back); to a subscriber that takes it, the relay wraps each packet with the one
+before. Also what SDP says of it, on text, since aiortc 1.16 does not know the codec. No I/O."""
 
 from __future__ import annotations
 
@@ -15,6 +16,10 @@ from .seqnum import SequenceTracker, Verdict
 # Chromium sends one redundant block; more than a few is never useful, and a peer may send anything.
 MAX_BLOCKS = 4
 _RTPMAP = re.compile(r"^a=rtpmap:(\d+) red/48000/2\s*$", re.I)
+_OPUS = re.compile(r"^a=rtpmap:(\d+) opus/48000/2\s*$", re.I)
+# A redundant block says how far back it is in 14 bits of timestamp and how long in 10 bits.
+MAX_OFFSET = (1 << 14) - 1
+MAX_LENGTH = (1 << 10) - 1
 
 
 def split(payload: bytes) -> tuple[list[tuple[int, int, bytes]], tuple[int, bytes]]:
@@ -111,9 +116,57 @@ class Unwrapper:
         return packet
 
 
+class Wrapper:
+    """Wraps one subscriber's Opus packets in RED, each with the one sent before it."""
+
+    def __init__(self, payload_type: int, primary: int) -> None:
+        self.payload_type = payload_type
+        self.primary = primary
+        self.wrapped = 0
+        self._last: tuple[int, int, bytes] | None = None  # (seq, timestamp, payload) sent
+
+    def wrap(self, seq: int, timestamp: int, payload: bytes) -> bytes:
+        """Return the RED payload for the packet numbered `seq` in the subscriber's numbering.
+
+        A block carries no sequence number: the receiver takes it for the packet just before,
+        so only that one goes in, and only when its distance and length fit the header.
+        """
+        blocks = []
+        last = self._last
+        if last is not None and (last[0] + 1) & 0xFFFF == seq:
+            offset = (timestamp - last[1]) & 0xFFFFFFFF
+            if 0 < offset <= MAX_OFFSET and 0 < len(last[2]) <= MAX_LENGTH:
+                blocks.append((self.primary, offset, last[2]))
+                self.wrapped += 1
+        self._last = (seq, timestamp, payload)
+        return join(blocks, (self.primary, payload))
+
+
+def offer_red(offer: str) -> str:
+    """Add RED over Opus to the audio sections of an offer to a subscriber, after Opus: a
+    browser that takes it gets each voice packet again inside the next; a client that does not
+    know RED answers with Opus alone."""
+    parts = sections(offer)
+    used = {int(pt) for part in parts[1:] for pt in part[0].split(" ")[3:] if pt.isdigit()}
+    free = [pt for pt in (63, *range(96, 128), *range(35, 63)) if pt not in used]
+    out: list[str] = []
+    for i, section in enumerate(parts):
+        opus = next((m.group(1) for x in section if (m := _OPUS.match(x))), None)
+        if i and section[0].startswith("m=audio") and opus is not None and free:
+            red = free.pop(0)
+            section = [
+                f"{section[0]} {red}",
+                *section[1:],
+                f"a=rtpmap:{red} red/48000/2",
+                f"a=fmtp:{red} {opus}/{opus}",
+            ]
+        out += section
+    return "\r\n".join(out) + "\r\n"
+
+
 def offered_red(offer: str) -> dict[str, tuple[int, int]]:
-    """Return, for each audio section of an offer with RED over one codec, its mid and (RED's
-    payload type, the redundant codec's)."""
+    """Return, for each audio section of an offer (or an answer) with RED over one codec, its
+    mid and (RED's payload type, the redundant codec's)."""
     found: dict[str, tuple[int, int]] = {}
     for section in sections(offer)[1:]:
         where = mid(section)

@@ -20,7 +20,7 @@ from .aioice_adapter import guard_ice_ports, quick_consent
 from .aiortc_adapter import ForwardingReceiver, ForwardingSender, RelayPeerConnection
 from .aiortc_codecs import add_relay_codecs, codec_preferences, negotiated_codec, same_codec
 from .histogram import Histogram
-from .red import Unwrapper, answer_with_red, offered_red
+from .red import Unwrapper, Wrapper, answer_with_red, offer_red, offered_red
 from .simulcast import answer_with_layers, offered_layers
 from .tracks import DownTrack, UpTrack
 from .transport_cc import read_transport_feedback
@@ -297,7 +297,8 @@ class Sfu:
             self._spawn(self._start_when_ready(dt))
         self._watch(pc, lambda: self.unsubscribe(down_id, "failed"))
         self._spawn(self._expire_unanswered(down_id))
-        return self._local_sdp(pc), mids
+        # RED offered beside Opus: aiortc knows nothing of it, so it is added to the text.
+        return offer_red(self._local_sdp(pc)), mids
 
     async def answer(self, down_id: str, subscriber_id: str, sdp: str) -> None:
         """Take a subscriber's answer to our offer."""
@@ -312,6 +313,10 @@ class Sfu:
             await self.unsubscribe(down_id, "refused")
             raise MediaError("bad_sdp", f"the answer was not accepted: {e}") from None
         down.answered = True
+        red = offered_red(sdp)
+        for t in down.pc.getTransceivers():
+            if t.mid in red and isinstance(t.sender, ForwardingSender):
+                t.sender.red = Wrapper(*red[t.mid])
 
     async def unsubscribe(self, down_id: str, reason: str) -> None:
         """Close one subscription."""

@@ -11,6 +11,8 @@ from typing import Any
 import av
 import numpy as np
 from aiortc.mediastreams import AudioStreamTrack, MediaStreamTrack, VideoStreamTrack
+from aiortc.rtcrtpparameters import RTCRtpHeaderExtensionParameters, RTCRtpParameters
+from aiortc.rtp import HeaderExtensionsMap
 
 from teleconsult.media import stamp
 
@@ -176,3 +178,29 @@ class StampViewer:
                 return fresh[0] - t
             await asyncio.sleep(0.05)
         raise TimeoutError(f"no picture taken after the change within {timeout} s")
+
+
+MID_URI = "urn:ietf:params:rtp-hdrext:sdes:mid"
+
+
+async def connected(pc: Any) -> Any:
+    """Return the first transceiver's transport once it is connected (10 s at most)."""
+    transport = pc.getTransceivers()[0].sender.transport
+    for _ in range(200):
+        if transport.state == "connected":
+            break
+        await asyncio.sleep(0.05)
+    return transport
+
+
+def extension_map(*extra: tuple[int, str]) -> HeaderExtensionsMap:
+    """A header extension map with the mid as 1 and `extra` (id, uri) pairs."""
+    ids = HeaderExtensionsMap()
+    ids.configure(
+        RTCRtpParameters(
+            headerExtensions=[
+                RTCRtpHeaderExtensionParameters(id=i, uri=uri) for i, uri in [(1, MID_URI), *extra]
+            ]
+        )
+    )
+    return ids

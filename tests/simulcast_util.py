@@ -12,15 +12,15 @@ from contextlib import suppress
 
 import av
 from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
-from aiortc.rtcrtpparameters import RTCRtpHeaderExtensionParameters, RTCRtpParameters
-from aiortc.rtp import HeaderExtensionsMap, RtpPacket
+from aiortc.rtp import RtpPacket
 
 from teleconsult.client.signaling import SignalingClient
 from teleconsult.media.simulcast import RID_URI
 from teleconsult.media.synthetic import UltrasoundTrack
 
+from .media_util import connected, extension_map
+
 LAYERS = {"lo": (160, 120), "mid": (320, 240), "hi": (640, 480)}
-MID_URI = "urn:ietf:params:rtp-hdrext:sdes:mid"
 FPS = 30
 PAYLOAD = 1000  # bytes of a frame per packet
 
@@ -57,11 +57,15 @@ class SimulcastPublisher:
         layers: dict[str, tuple[int, int, int | None]] | None = None,
         frames: int = 60,
         gop: int = 15,
+        simulcast: bool = True,
     ) -> None:
         self.signaling = signaling
+        # Without simulcast, one layer sent as a plain stream (no rid), for a comparison.
+        self.simulcast = simulcast
         self.pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
         chosen = layers or {rid: (w, h, None) for rid, (w, h) in LAYERS.items()}
         self.clips = {rid: vp8_frames(w, h, frames, gop, b) for rid, (w, h, b) in chosen.items()}
+        assert simulcast or len(self.clips) == 1
         self.task: asyncio.Task[None] | None = None
         self.frames_sent = 0
 
@@ -71,6 +75,9 @@ class SimulcastPublisher:
         await self.pc.setLocalDescription(await self.pc.createOffer())
         assert self.pc.localDescription is not None
         offer = self.pc.localDescription.sdp
+        if not self.simulcast:
+            self.rid_id = 0
+            return await self._offer(offer)
         # The rid extension, unless aiortc offers it already (as it does in a process where
         # the SFU added it to aiortc's list).
         named = re.search(rf"^a=extmap:(\d+) {re.escape(RID_URI)}", offer, re.M)
@@ -85,6 +92,10 @@ class SimulcastPublisher:
             + ";".join(self.clips)
             + "\r\n",
         )
+        return await self._offer(offer)
+
+    async def _offer(self, offer: str) -> str:
+        """Send the offer, take the answer, start sending; return the stream id."""
         reply = await self.signaling.request(
             {"type": "publish", "sdp": offer, "feeds": [{"mid": "0", "source": "probe"}]}
         )
@@ -95,25 +106,15 @@ class SimulcastPublisher:
 
     async def _send(self) -> None:
         transceiver = self.pc.getTransceivers()[0]
-        transport = transceiver.sender.transport
-        for _ in range(200):
-            if transport.state == "connected":
-                break
-            await asyncio.sleep(0.05)
-        ids = HeaderExtensionsMap()
-        ids.configure(
-            RTCRtpParameters(
-                headerExtensions=[
-                    RTCRtpHeaderExtensionParameters(id=1, uri=MID_URI),
-                    RTCRtpHeaderExtensionParameters(id=self.rid_id, uri=RID_URI),
-                ]
-            )
-        )
+        transport = await connected(self.pc)
+        ids = extension_map(*([(self.rid_id, RID_URI)] if self.simulcast else []))
         found = re.search(r"^m=video \d+ \S+ (\d+)", self.answer, re.M)
         assert found is not None
         pt = int(found.group(1))
         seqs = {rid: 1000 * (i + 1) for i, rid in enumerate(self.clips)}
         ssrcs = {rid: 0x1000 + i for i, rid in enumerate(self.clips)}
+        if not self.simulcast:
+            ssrcs = {rid: transceiver.sender._ssrc for rid in self.clips}
         start = time.monotonic()
         n = 0
         while True:
@@ -130,7 +131,8 @@ class SimulcastPublisher:
                         payload=bytes([0x10 if k == 0 else 0x00]) + chunk,
                     )
                     packet.extensions.mid = "0"
-                    packet.extensions.rtp_stream_id = rid
+                    if self.simulcast:
+                        packet.extensions.rtp_stream_id = rid
                     seqs[rid] += 1
                     with suppress(ConnectionError):
                         await transport._send_rtp(packet.serialize(ids))

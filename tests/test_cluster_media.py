@@ -10,7 +10,14 @@ from teleconsult.client.media import MediaClient
 from teleconsult.session.roles import Role
 
 from .conftest import running_server
-from .media_util import PatternTrack, bar_position, drop_every_fifth, receive
+from .media_util import (
+    PatternTrack,
+    ToneTrack,
+    bar_position,
+    drop_every_fifth,
+    receive,
+    tone_level,
+)
 from .redis_server import RedisServer
 
 
@@ -25,7 +32,9 @@ async def test_loss_on_a_cascade_leg_is_repaired_from_the_origin(
         ex = await b.join(role=Role.EXPERT, identity="ex")  # relayed to a; media on b
         pub, sub_client = MediaClient(op), MediaClient(ex)
         try:
-            stream = await pub.publish([(PatternTrack(640, 480), "laparoscope", "")])
+            stream = await pub.publish(
+                [(PatternTrack(640, 480), "laparoscope", ""), (ToneTrack(), "microphone", "")]
+            )
             sub = await sub_client.subscribe(stream.id)
             track = sub.tracks[f"{stream.id}.0"]
             await receive(track, 5)
@@ -53,6 +62,13 @@ async def test_loss_on_a_cascade_leg_is_repaired_from_the_origin(
                     break
                 await asyncio.sleep(0.1)
             assert a.hub.sfu.ups[stream.id].tracks["0"].plis_sent > before
+            # The voice crosses the leg as redundant audio, unwrapped at b: the subscriber
+            # (which does not take RED) hears plain Opus.
+            (voice_leg,) = [t for t in leg.tracks if t.up.kind == "audio"]
+            assert voice_leg.sender.red is not None
+            assert b.hub.sfu.ups[stream.id].tracks["1"].receiver.red is not None
+            voice = await receive(sub.tracks[f"{stream.id}.1"], 100, timeout=10)
+            assert tone_level(voice[-50:]) > 1000 and voice_leg.sender.red.wrapped > 50
             # A moderator's statistics cover both nodes: the stream, its copy and the leg.
             mod = await b.join(role=Role.MODERATOR, identity="mod")
             for _ in range(100):  # until b has heard a's heartbeat

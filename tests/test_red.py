@@ -1,5 +1,6 @@
 """Redundant audio (RED, RFC 2198) from a publisher: agreed as a browser needs it, unwrapped at
-the relay, a voice packet lost on the publisher's link put back from the next one."""
+the relay, a voice packet lost on the publisher's link put back from the next one; and to a
+subscriber that takes it, each packet wrapped with the one before."""
 
 from __future__ import annotations
 
@@ -14,19 +15,28 @@ import av
 import numpy as np
 from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
 from aiortc.codecs.opus import OpusEncoder
-from aiortc.rtcrtpparameters import RTCRtpHeaderExtensionParameters, RTCRtpParameters
-from aiortc.rtp import HeaderExtensionsMap, RtpPacket
+from aiortc.rtp import RtpPacket
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from teleconsult.client.media import MediaClient
-from teleconsult.media.red import Unwrapper, answer_with_red, join, offered_red, split
+from teleconsult.media.aiortc_adapter import ForwardingReceiver, RelayPeerConnection
+from teleconsult.media.red import (
+    MAX_LENGTH,
+    MAX_OFFSET,
+    Unwrapper,
+    Wrapper,
+    answer_with_red,
+    join,
+    offer_red,
+    offered_red,
+    split,
+)
 from teleconsult.session.roles import Role
 
 from .conftest import Server
-from .media_util import receive, tone_level
+from .media_util import ToneTrack, connected, extension_map, receive, tone_level
 
-MID_URI = "urn:ietf:params:rtp-hdrext:sdes:mid"
 CHROMIUM_AUDIO = "\r\n".join(
     [
         "v=0",
@@ -165,15 +175,8 @@ class RedPublisher:
         )
 
     async def send(self) -> None:
-        transport = self.pc.getTransceivers()[0].sender.transport
-        for _ in range(200):
-            if transport.state == "connected":
-                break
-            await asyncio.sleep(0.05)
-        ids = HeaderExtensionsMap()
-        ids.configure(
-            RTCRtpParameters(headerExtensions=[RTCRtpHeaderExtensionParameters(id=1, uri=MID_URI)])
-        )
+        transport = await connected(self.pc)
+        ids = extension_map()
         start = time.monotonic()
         for n, data in enumerate(self.opus):
             blocks = [(self.opus_pt, 960, self.opus[n - 1])] if n else []
@@ -234,3 +237,129 @@ async def test_a_publishers_red_reaches_a_subscriber_as_whole_opus(server: Serve
             publisher.task.cancel()
         await ex.close()
         await publisher.pc.close()
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.integers(0, 0xFFFF),
+    st.integers(0, 0xFFFFFFFF),
+    st.lists(
+        st.tuples(st.binary(min_size=1, max_size=300), st.booleans()), min_size=2, max_size=60
+    ),
+)
+def test_a_subscriber_rebuilds_any_single_loss_from_what_the_relay_wraps(
+    first_seq: int, first_ts: int, sent: list[tuple[bytes, bool]]
+) -> None:
+    # The relay's wrapping, read by the same unwrapping a publisher's RED gets: every packet
+    # lost alone (not the last) comes back, across both wraps of the numbering.
+    wrapper, unwrapper = Wrapper(63, 111), Unwrapper(63, 111)
+    lost = {n for n, (_, drop) in enumerate(sent[:-1]) if drop and (n == 0 or not sent[n - 1][1])}
+    got = []
+    for n, (data, _) in enumerate(sent):
+        seq, ts = (first_seq + n) & 0xFFFF, (first_ts + 960 * n) & 0xFFFFFFFF
+        red = RtpPacket(payload_type=63, sequence_number=seq, timestamp=ts, ssrc=9)
+        red.payload = wrapper.wrap(seq, ts, data)
+        if n not in lost:
+            got += [(p.sequence_number, p.timestamp, p.payload) for p in unwrapper.unwrap(red)]
+    want = [
+        ((first_seq + n) & 0xFFFF, (first_ts + 960 * n) & 0xFFFFFFFF, data)
+        for n, (data, _) in enumerate(sent)
+    ]
+    assert got == want
+    assert unwrapper.recovered == len(lost) and unwrapper.malformed == 0
+
+
+def test_only_the_packet_just_before_goes_in_and_only_when_it_fits() -> None:
+    wrapper = Wrapper(63, 111)
+    assert split(wrapper.wrap(10, 0, b"a")) == ([], (111, b"a"))
+    assert split(wrapper.wrap(11, 960, b"b")) == ([(111, 960, b"a")], (111, b"b"))
+    # A gap in the subscriber's numbering (packets the publisher never delivered): the block
+    # would be taken for the packet just before, so there is none.
+    assert split(wrapper.wrap(13, 2880, b"c")) == ([], (111, b"c"))
+    # Too far back for the header (a long silence), or too long for it.
+    assert split(wrapper.wrap(14, 2880 + MAX_OFFSET + 1, b"x" * (MAX_LENGTH + 1))) == (
+        [],
+        (111, b"x" * (MAX_LENGTH + 1)),
+    )
+    assert split(wrapper.wrap(15, 2880 + MAX_OFFSET + 961, b"e"))[0] == []
+    assert wrapper.wrapped == 1
+
+
+AIORTC_OFFER = "\r\n".join(
+    [
+        "v=0",
+        "s=-",
+        "a=group:BUNDLE 0 1",
+        "m=video 9 UDP/TLS/RTP/SAVPF 97 98",
+        "a=mid:0",
+        "a=rtpmap:97 VP8/90000",
+        "a=rtpmap:98 rtx/90000",
+        "m=audio 9 UDP/TLS/RTP/SAVPF 96 0",
+        "a=mid:1",
+        "a=rtpmap:96 opus/48000/2",
+        "a=rtpmap:0 PCMU/8000",
+        "",
+    ]
+)
+
+
+def test_the_offer_to_a_subscriber_adds_red_after_opus_on_a_free_payload_type() -> None:
+    offer = offer_red(AIORTC_OFFER)
+    assert "m=audio 9 UDP/TLS/RTP/SAVPF 96 0 63\r\n" in offer
+    assert "m=video 9 UDP/TLS/RTP/SAVPF 97 98\r\n" in offer
+    assert offered_red(offer) == {"1": (63, 96)}
+    taken = offer_red(AIORTC_OFFER.replace("97 98", "97 63").replace("rtpmap:98", "rtpmap:63"))
+    assert offered_red(taken) == {"1": (98, 96)}  # the first free one
+    assert offer_red(AIORTC_OFFER.replace("opus/48000/2", "PCMA/8000")).count("red/") == 0
+
+
+async def test_a_subscriber_that_takes_red_loses_no_voice_packet_to_a_lossy_link(
+    server: Server,
+) -> None:
+    op = MediaClient(await server.join(role=Role.OPERATOR, identity="op"))
+    ex = await server.join(role=Role.EXPERT, identity="ex")
+    pc = RelayPeerConnection(RTCConfiguration(iceServers=[]))
+    try:
+        stream = await op.publish([(ToneTrack(), "microphone", "Sonographer")])
+        offer = await ex.request({"type": "subscribe", "stream": stream.id})
+        red = offered_red(offer["sdp"])
+        assert set(red) == {"0"}
+        await pc.setRemoteDescription(RTCSessionDescription(offer["sdp"], "offer"))
+        (t,) = pc.getTransceivers()
+        receiver = t.receiver
+        assert isinstance(receiver, ForwardingReceiver)
+        receiver.red = Unwrapper(*red["0"])
+        # The subscriber's link loses every fourth packet (none two in a row).
+        handle = receiver._handle_red
+        arrived = 0
+
+        async def lossy(packet: RtpPacket, unwrapper: Unwrapper) -> None:
+            nonlocal arrived
+            arrived += 1
+            if arrived % 4:
+                await handle(packet, unwrapper)
+
+        receiver._handle_red = lossy  # type: ignore[method-assign,assignment]
+        got: list[int] = []
+
+        async def on_packet(packet: RtpPacket, codec: object, layer: str = "") -> None:
+            got.append(packet.sequence_number)
+
+        receiver.on_packet = on_packet
+        await pc.setLocalDescription(await pc.createAnswer())
+        assert pc.localDescription is not None
+        answer = answer_with_red(pc.localDescription.sdp, red)
+        await ex.send({"type": "answer", "stream": offer["stream"], "sdp": answer})
+        for _ in range(100):
+            if len(got) >= 150:
+                break
+            await asyncio.sleep(0.05)
+        (down,) = server.hub.sfu.downs[offer["stream"]].tracks
+        assert down.sender.red is not None and down.sender.red.wrapped >= 140
+    finally:
+        await pc.close()
+        await op.close()
+    # Every voice packet, in order, though a quarter of them were lost on the way.
+    assert len(got) >= 150 and arrived >= 150
+    assert got == [(got[0] + n) & 0xFFFF for n in range(len(got))]
+    assert receiver.red.recovered >= len(got) // 4 - 2 and receiver.red.malformed == 0

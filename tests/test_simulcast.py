@@ -4,12 +4,14 @@ switching at keyframes without its decoder noticing, the recorder on the best la
 from __future__ import annotations
 
 import asyncio
+import json
 import re
 import time
 import urllib.request
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
+import av
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -20,6 +22,7 @@ from teleconsult.session.roles import Role
 from .conftest import Server
 from .media_util import receive
 from .simulcast_util import LAYERS, SimulcastPublisher
+from .test_recording import start_recording
 
 
 def fetch(url: str) -> str:
@@ -135,6 +138,38 @@ async def test_a_subscriber_follows_its_path_across_layers_without_a_decoder_res
             assert up.recorded == "hi"
         finally:
             await ex.close()
+
+
+async def test_the_recording_has_the_top_layer_while_a_viewer_gets_the_lowest(
+    server: Server,
+) -> None:
+    mod = await server.join(role=Role.MODERATOR, identity="mod")
+    async with publishing(server) as (publisher, stream_id):
+        ex = MediaClient(await server.join(role=Role.EXPERT, identity="ex"))
+        try:
+            sub = await ex.subscribe(stream_id)
+            track = sub.tracks[f"{stream_id}.0"]
+            (down,) = server.hub.sfu.ups[stream_id].tracks["0"].downs
+            down.sender.on_remb = None
+            down.remb = 120_000  # a narrow path: the lowest layer only
+            sizes = [(f.width, f.height) for f in await receive(track, 45, timeout=10)]
+            assert sizes[-1] == LAYERS["lo"], sizes
+            await start_recording(mod, publisher.signaling)
+            # Frames decoded by the viewer meanwhile: it stays on its layer.
+            during = [(f.width, f.height) for f in await receive(track, 90, timeout=10)]
+            await mod.send({"type": "record", "action": "stop"})
+            await mod.wait_for("recording", where=lambda e: e["active"] is False)
+        finally:
+            await ex.close()
+    assert set(during) == {LAYERS["lo"]}, during
+    (room,) = (server.hub.settings.data_dir / "recordings").iterdir()
+    (folder,) = room.iterdir()
+    (video,) = json.loads((folder / "manifest.json").read_text())["tracks"]
+    assert (video["width"], video["height"]) == LAYERS["hi"]
+    # Every recorded frame decodes, at the top layer's size, whatever the viewer was sent.
+    with av.open(str(folder / video["file"])) as container:
+        decoded = [(f.width, f.height) for f in container.decode(video=0)]
+    assert len(decoded) >= 75 and set(decoded) == {LAYERS["hi"]}, decoded[:5]
 
 
 @settings(max_examples=300, deadline=None)
