@@ -113,6 +113,19 @@ async def journaled(redis: RedisServer, room: str, count: int, timeout: float = 
         await store.close()
 
 
+async def registered(redis: RedisServer, room: str, session: str, timeout: float = 10.0) -> None:
+    """Wait (bounded) until a recorded session is in the cluster's registry."""
+    store = RedisStore(redis.url)
+    try:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while session not in {e["session_id"] for e in await store.recordings(room)}:
+            assert loop.time() < deadline, "timed out waiting for the registry"
+            await asyncio.sleep(0.05)
+    finally:
+        await store.close()
+
+
 async def join(
     made: list[SignalingClient | MediaClient], n: Node, room: str, role: Role, identity: str
 ) -> SignalingClient:
@@ -253,6 +266,8 @@ async def test_a_killed_host_hands_its_room_to_another_node(
                 "session_id"
             ]
             await journaled(redis, "ward-3", last["seq"])
+            # The manifest is registered a moment after the start: the kill comes after it.
+            await registered(redis, "ward-3", session_id)
 
             os.kill(a.proc.pid, signal.SIGKILL)
             a.proc.wait(5)
