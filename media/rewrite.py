@@ -22,19 +22,33 @@ class Rewriter:
         self.ts_offset = 0
         self.start: int | None = None
         self.highest: int | None = None
+        # Incoming timestamps given other times (frames replayed from a keyframe cache), and
+        # the last incoming number they apply to: late packets of such a frame match it.
+        self._squeezed: dict[int, int] = {}
+        self._squeeze_until = 0
 
-    def rebase(self, ext_seq: int, in_ts: int, now: float) -> None:
-        """Start (or restart, after a source change) with this incoming packet."""
+    def rebase(self, ext_seq: int, in_ts: int, now: float, ahead: int = 0) -> None:
+        """Start (or restart, after a source change) with this incoming packet; its timestamp
+        goes `ahead` ticks further, leaving room for that many before it."""
         if self.last_time is None:
-            out_ts = (self.last_ts + 1) % TS_MOD
+            out_ts = (self.last_ts + 1 + ahead) % TS_MOD
         else:
             # Advance the clock by the time that passed, so players keep pace across the gap.
             elapsed = max(1, int((now - self.last_time) * self.clock_rate))
-            out_ts = (self.last_ts + elapsed) % TS_MOD
+            out_ts = (self.last_ts + max(elapsed, 1 + ahead)) % TS_MOD
         self.seq_offset = self.next_seq - ext_seq
         self.ts_offset = (out_ts - in_ts) % TS_MOD
         self.start = ext_seq
         self.highest = ext_seq
+        self._squeezed = {}
+
+    def squeeze(self, frames: list[int], until: int) -> None:
+        """Give the frames before the last of `frames` (incoming timestamps, in order) one tick
+        each just before it, for packets numbered up to `until`."""
+        last = (frames[-1] + self.ts_offset) % TS_MOD
+        n = len(frames) - 1
+        self._squeezed = {ts: (last - (n - i)) % TS_MOD for i, ts in enumerate(frames[:-1])}
+        self._squeeze_until = until
 
     def map(self, ext_seq: int, in_ts: int, now: float) -> tuple[int, int] | None:
         """Return the subscriber's (sequence, timestamp), or None for a packet before the start."""
@@ -44,6 +58,11 @@ class Rewriter:
             return None
         out_seq = ext_seq + self.seq_offset
         out_ts = (in_ts + self.ts_offset) % TS_MOD
+        if self._squeezed:
+            if ext_seq > self._squeeze_until:
+                self._squeezed = {}
+            else:
+                out_ts = self._squeezed.get(in_ts, out_ts)
         if ext_seq >= self.highest:
             self.highest = ext_seq
             self.next_seq = out_seq + 1

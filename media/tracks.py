@@ -33,6 +33,9 @@ REMB_INTERVAL = 1.0
 # Packets kept after forwarding, for a subscriber that starts at a keyframe whose later packets
 # overtook its first one (reordering, or a retransmission that arrived before the original).
 RECENT = 256
+# The most packets a layer keeps from its latest keyframe on (a 2 s GOP of 1080p at 4 Mbit/s
+# is about 800): past it, a new subscriber waits for the next keyframe as before.
+SINCE_KEY_MAX = 2048
 # Video that stops for this long and comes back has lost frames no NACK will bring back (a
 # network outage): every subscriber waits for the keyframe asked for at once, instead of
 # decoding garbage until the encoder's next one.
@@ -52,6 +55,9 @@ class Layer:
         self.retired: list[int] = []  # earlier sources, whose late packets are dropped
         self.epoch = 0
         self.recent: deque[tuple[int, RtpPacket]] = deque(maxlen=RECENT)
+        # The latest keyframe and every packet since, in arrival order: a subscriber starting
+        # now decodes the live picture at once, whether or not the publisher honours a PLI.
+        self.since_key: list[tuple[int, RtpPacket]] = []
         self.last_at: float | None = None
         self.rate = 0  # bits/s, over the latest RATE_WINDOW
         self._bytes = 0
@@ -87,6 +93,21 @@ class Layer:
     def after(self, ext: int) -> list[tuple[int, RtpPacket]]:
         """Return the packets of this epoch already taken that come after `ext`, in order."""
         return sorted((e, p) for e, p in self.recent if e > ext)
+
+    def keep(self, ext: int, packet: RtpPacket, key: bool) -> None:
+        """Keep a video packet for subscribers that start later (from its keyframe on)."""
+        if key:
+            self.since_key = [(ext, packet)]
+        elif self.since_key:
+            if len(self.since_key) < SINCE_KEY_MAX:
+                self.since_key.append((ext, packet))
+            else:
+                self.since_key = []  # too long to replay: wait for the next keyframe
+
+    def replay(self) -> list[tuple[int, RtpPacket]]:
+        """Return the kept packets from the keyframe on, once each, in order."""
+        first = self.since_key[0][0] if self.since_key else 0
+        return sorted({e: p for e, p in self.since_key if e >= first}.items())
 
 
 class UpTrack:
@@ -163,15 +184,18 @@ class UpTrack:
         if verdict is Verdict.RESTART or (gap and self._starts_key is not None):
             layer.epoch += 1
             layer.recent.clear()
+            layer.since_key = []
             if verdict is not Verdict.RESTART:
                 self.request_keyframe(name)
         layer.recent.append((ext, packet))
         layer.count(len(packet.payload), now)
         key = True if self._starts_key is None else self._starts_key(packet.payload)
-        if key and self._starts_key is not None:
-            self.keyframes += 1
-            if name and layer.rate:
-                self._choose_recorded(now)
+        if self._starts_key is not None:
+            layer.keep(ext, packet, key)
+            if key:
+                self.keyframes += 1
+                if name and layer.rate:
+                    self._choose_recorded(now)
         if not self.muted:
             arrived = self.receiver.arrived
             for down in self.downs:
@@ -361,8 +385,13 @@ class DownTrack:
             self.waiting = True
         if self.waiting:
             if not key:
-                self.dropped_waiting += 1
+                # A fresh keyframe is still asked for; meanwhile the latest one and what came
+                # after it give the live picture now, not at the publisher's next keyframe.
                 self.up.request_keyframe(name)
+                if layer.since_key:
+                    await self._start_cached(layer, now)
+                    return True
+                self.dropped_waiting += 1
                 return False
             await self._start(packet, ext, layer, now)
             return True
@@ -380,6 +409,30 @@ class DownTrack:
         if self.started_at is None:
             self.started_at = now
         for e, p in [(ext, packet), *layer.after(ext)]:
+            mapped = self.rewriter.map(e, p.timestamp, now)
+            if mapped is not None:
+                await self.sender.forward(p, *mapped)
+
+    async def _start_cached(self, layer: Layer, now: float) -> None:
+        """Start from the layer's latest keyframe and every packet since, sent at once.
+
+        The live frame keeps the time it would have had; each frame before it is given one
+        tick less than the next, so that the subscriber decodes them straight through and
+        shows the live one, instead of playing them out and lagging by as much.
+        """
+        cached = layer.replay()
+        frames: list[int] = []  # the cached frames' timestamps, in order
+        for _, p in cached:
+            if not frames or frames[-1] != p.timestamp:
+                frames.append(p.timestamp)
+        # Room before the live frame for the others, after whatever the subscriber had; late
+        # packets of a cached frame (reordering) get its new time too.
+        self.rewriter.rebase(cached[0][0], frames[-1], now, ahead=len(frames))
+        self.rewriter.squeeze(frames, cached[-1][0] + RECENT)
+        self.waiting = False
+        if self.started_at is None:
+            self.started_at = now
+        for e, p in cached:
             mapped = self.rewriter.map(e, p.timestamp, now)
             if mapped is not None:
                 await self.sender.forward(p, *mapped)
