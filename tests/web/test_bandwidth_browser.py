@@ -20,8 +20,9 @@ FULL = (1920, 1080)
 AT_LEAST = 1_500_000
 WITHIN = 15
 
-# Samples, once a second for `seconds`, what the sender was allowed and sent and what the
-# receiver decoded: from both ends' getStats.
+# Samples, once a second for `seconds`, what the sender was allowed and sent (its largest
+# layer, and which simulcast layers went) and what the receiver decoded: from both ends'
+# getStats.
 SAMPLE = """
 async function sample(sender, receiver, seconds) {
   const out = [];
@@ -30,11 +31,13 @@ async function sample(sender, receiver, seconds) {
     await new Promise((r) => setTimeout(r, 1000));
     const s = { t: i + 1 };
     for (const r of (await sender.getStats()).values()) {
-      if (r.type === "outbound-rtp" && r.kind === "video") {
-        s.sentWidth = r.frameWidth; s.sentHeight = r.frameHeight; s.target = r.targetBitrate;
-      }
       if (r.type === "candidate-pair" && r.nominated && r.availableOutgoingBitrate)
         s.allowed = r.availableOutgoingBitrate;
+      if (r.type !== "outbound-rtp" || r.kind !== "video") continue;
+      if ((r.frameWidth || 0) >= (s.sentWidth || 0)) {
+        s.sentWidth = r.frameWidth; s.sentHeight = r.frameHeight; s.target = r.targetBitrate;
+      }
+      if (r.rid && r.bytesSent > 0) s.layers = [...(s.layers || []), r.rid].sort();
     }
     for (const r of (await receiver.getStats()).values()) {
       if (r.type === "inbound-rtp" && r.kind === "video") {
@@ -137,3 +140,5 @@ async def test_a_probe_feed_through_the_relay_gets_what_the_path_carries(
     assert reached(direct) is not None, direct
     when = reached(relayed)
     assert when is not None and when <= WITHIN, relayed
+    # Through the relay the page sent the three simulcast layers, the full size among them.
+    assert relayed[-1].get("layers") == ["f", "h", "q"], relayed

@@ -43,6 +43,15 @@ async def test_browser_shows_a_published_probe_feed(
         )
         (down,) = [d for d in server.hub.sfu.stats()["down"] if d["feed"].endswith(".0")]
         assert down["packets"] > 30
+        # Chromium took the redundant audio offered beside Opus, and plays the voice from it.
+        await page.wait_for_function(
+            "() => Number(document.getElementById('health').dataset.samplesReceived || 0) > 20000",
+            timeout=15000,
+        )
+        (voice,) = [
+            t for d in server.hub.sfu.downs.values() for t in d.tracks if t.up.kind == "audio"
+        ]
+        assert voice.sender.red is not None and voice.sender.red.wrapped > 50
     finally:
         await op.close()
 
@@ -84,6 +93,9 @@ async def test_browser_publishes_to_python_subscriber(
         assert (frames[-1].width, frames[-1].height) == (640, 480)
         audio_feed = next(f for f in stream.feeds if f.kind == "audio")
         await receive(sub.tracks[audio_feed.id], 20)
+        # Chromium's voice comes as RED (each packet again in the next), unwrapped at the relay.
+        red = server.hub.sfu.ups[stream_id].tracks[audio_feed.mid].receiver.red
+        assert red is not None and red.malformed == 0
         if profile:
             up = server.hub.sfu.ups[stream_id].tracks[video_feed.mid]
             got = str(up.codec.parameters.get("profile-level-id", "")).lower()

@@ -132,6 +132,22 @@ async def test_a_consultation_across_the_four_pages(server: Server, chromium: Br
 
     # The moderator removes the trainee.
     mod = await open_page(chromium, server, Role.MODERATOR, "mod", "Moderator")
+    # The moderator opens "Connections": the operator's feed arriving, and each viewer's copy
+    # leaving, with what flows (kbit/s, from two answers) and the viewer's loss and RTT.
+    await mod.click("#links summary")
+    flowing = re.compile(r"^[1-9]\d*$")
+    up = mod.locator(f'#links-table tr[data-kind="up"][data-feed="{feed["id"]}"]')
+    await expect(up).to_contain_text("Sonographer ↑", timeout=10000)
+    await expect(up.locator("td").nth(3)).to_have_text(flowing, timeout=10000)
+    for viewer in ("Dr. Li", "Trainee"):
+        down = mod.locator(
+            f'#links-table tr[data-kind="down"][data-feed="{feed["id"]}"]', has_text=f"{viewer} ↓"
+        )
+        await expect(down).to_have_count(1)
+        await expect(down.locator("td").nth(3)).to_have_text(flowing, timeout=10000)
+        await expect(down.locator("td").nth(5)).to_have_text(re.compile(r"^\d+(\.\d)?%$"))
+    assert await mod.locator("#links").is_visible()
+    assert not await ex.locator("#links").is_visible()  # a moderator's tool only
     for page, name in ((op, "operator"), (ex, "expert"), (aud, "audience"), (mod, "moderator")):
         await shot(page, name)
     trainee = mod.locator('#participants li[data-role="audience"]', has_text="Trainee")

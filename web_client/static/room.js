@@ -2,6 +2,7 @@
 // the token grants (operator feeds, expert tools and talk-back, audience chat, moderation).
 
 import { mountChat } from "./chat.js";
+import { mountConnections } from "./connections.js";
 import { Stage } from "./feeds.js";
 import { LANGUAGES, pickLanguage, setLanguage, t, translate } from "./i18n.js";
 import { Devices } from "./operator.js";
@@ -96,6 +97,7 @@ function setUpRole() {
     devices.build();
     $("refresh").addEventListener("click", () => devices?.build());
   }
+  $("links").hidden = role !== "moderator";
   const talks = role === "expert" || role === "moderator";
   $("talk").hidden = !talks;
   if (talks && !talk) talk = new TalkBack(session);
@@ -104,6 +106,7 @@ function setUpRole() {
 new Toolbar(session, stage);
 mountPeople(session);
 mountChat(session);
+mountConnections(session, $("links"), $("links-table"));
 watchHealth(stage, $("health"));
 for (const b of document.querySelectorAll("#layout button[data-layout]")) {
   b.addEventListener("click", () => stage.setLayout(/** @type {HTMLElement} */ (b).dataset.layout || "spotlight"));
