@@ -1,0 +1,1 @@
+"""Viewers on shaped links of their own under one simulcast stream."""
