@@ -17,7 +17,7 @@ from .estimator import RateAggregator, Throttle
 from .histogram import Histogram
 from .keyframe import KEYFRAME_START
 from .layers import LayerChooser
-from .rewrite import Rewriter
+from .rewrite import SQUEEZE, TS_MOD, Rewriter
 from .seqnum import SequenceTracker, Verdict
 from .simulcast import MAX_LAYERS
 from .taps import Tap
@@ -97,7 +97,8 @@ class Layer:
     def keep(self, ext: int, packet: RtpPacket, key: bool) -> None:
         """Keep a video packet for subscribers that start later (from its keyframe on)."""
         if key:
-            self.since_key = [(ext, packet)]
+            # With what overtook the keyframe's first packet (reordering), kept already.
+            self.since_key = [(ext, packet), *self.after(ext)]
         elif self.since_key:
             if len(self.since_key) < SINCE_KEY_MAX:
                 self.since_key.append((ext, packet))
@@ -416,19 +417,17 @@ class DownTrack:
     async def _start_cached(self, layer: Layer, now: float) -> None:
         """Start from the layer's latest keyframe and every packet since, sent at once.
 
-        The live frame keeps the time it would have had; each frame before it is given one
-        tick less than the next, so that the subscriber decodes them straight through and
-        shows the live one, instead of playing them out and lagging by as much.
+        The live frame keeps the time it would have had; the frames before it are put 256
+        times closer together just before it, so that the subscriber decodes them straight
+        through and shows the live one, instead of playing them out and lagging by as much.
         """
         cached = layer.replay()
-        frames: list[int] = []  # the cached frames' timestamps, in order
-        for _, p in cached:
-            if not frames or frames[-1] != p.timestamp:
-                frames.append(p.timestamp)
+        first_ts, live_ts = cached[0][1].timestamp, cached[-1][1].timestamp
+        span = (live_ts - first_ts) % TS_MOD
         # Room before the live frame for the others, after whatever the subscriber had; late
         # packets of a cached frame (reordering) get its new time too.
-        self.rewriter.rebase(cached[0][0], frames[-1], now, ahead=len(frames))
-        self.rewriter.squeeze(frames, cached[-1][0] + RECENT)
+        self.rewriter.rebase(cached[0][0], live_ts, now, ahead=-(-span // SQUEEZE) + 1)
+        self.rewriter.squeeze(first_ts, live_ts, cached[-1][0] + RECENT)
         self.waiting = False
         if self.started_at is None:
             self.started_at = now
