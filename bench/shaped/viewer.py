@@ -19,7 +19,9 @@ import argparse
 import asyncio
 import itertools
 import json
+import queue
 import random
+import threading
 import time
 from typing import Any
 
@@ -77,6 +79,21 @@ class Watcher:
         self.bytes: list[tuple[float, int]] = []
         self.width = 0
         self._last: tuple[int, int] | None = None  # (timestamp, frame number) of the last good
+        # Decoding and checking run on a thread of their own (PyAV lets go of the GIL while
+        # it decodes): done in the event loop they held back the packets behind each big
+        # frame, and the transport-wide feedback reported their late arrival as congestion.
+        self._frames: queue.SimpleQueue[tuple[int, bytes, bool, float] | None] = queue.SimpleQueue()
+        self._worker = threading.Thread(target=self._work, daemon=True)
+        self._worker.start()
+
+    def _work(self) -> None:
+        while (item := self._frames.get()) is not None:
+            self._check(*item)
+
+    def close(self) -> None:
+        """Stop the decoding thread once what it has is checked (bounded: 10 s)."""
+        self._frames.put(None)
+        self._worker.join(10)
 
     async def on_packet(
         self, packet: RtpPacket, codec: RTCRtpCodecParameters, layer: str = ""
@@ -89,7 +106,7 @@ class Watcher:
         for frame in self.assembler.push(
             packet.sequence_number, packet.timestamp, bool(packet.marker), packet.payload
         ):
-            self._check(frame.timestamp, frame.data, frame.keyframe, now)
+            self._frames.put((frame.timestamp, frame.data, frame.keyframe, now))
 
     def _check(self, timestamp: int, data: bytes, key: bool, now: float) -> None:
         try:
@@ -161,6 +178,7 @@ async def main() -> None:
     finally:
         await media.close()
         await client.close()
+        watcher.close()
 
 
 if __name__ == "__main__":
