@@ -55,7 +55,7 @@ class Layer:
         self.retired: list[int] = []  # earlier sources, whose late packets are dropped
         self.epoch = 0
         self.recent: deque[tuple[int, RtpPacket]] = deque(maxlen=RECENT)
-        # The latest keyframe and every packet since, in arrival order: a subscriber starting
+        # The latest keyframe and every packet since (sorted when replayed): a subscriber starting
         # now decodes the live picture at once, whether or not the publisher honours a PLI.
         self.since_key: list[tuple[int, RtpPacket]] = []
         self.last_at: float | None = None
@@ -99,16 +99,11 @@ class Layer:
         if key:
             # With what overtook the keyframe's first packet (reordering), kept already.
             self.since_key = [(ext, packet), *self.after(ext)]
-        elif self.since_key:
+        elif self.since_key and ext > self.since_key[0][0]:  # not a late one from before it
             if len(self.since_key) < SINCE_KEY_MAX:
                 self.since_key.append((ext, packet))
             else:
                 self.since_key = []  # too long to replay: wait for the next keyframe
-
-    def replay(self) -> list[tuple[int, RtpPacket]]:
-        """Return the kept packets from the keyframe on, once each, in order."""
-        first = self.since_key[0][0] if self.since_key else 0
-        return sorted({e: p for e, p in self.since_key if e >= first}.items())
 
 
 class UpTrack:
@@ -406,10 +401,14 @@ class DownTrack:
     async def _start(self, packet: RtpPacket, ext: int, layer: Layer, now: float) -> None:
         """Start at this keyframe packet, with what overtook it (dropped while waiting)."""
         self.rewriter.rebase(ext, packet.timestamp, now)
+        await self._send_first([(ext, packet), *layer.after(ext)], now)
+
+    async def _send_first(self, packets: list[tuple[int, RtpPacket]], now: float) -> None:
+        """Send the packets a start begins with, once the rewriter is rebased."""
         self.waiting = False
         if self.started_at is None:
             self.started_at = now
-        for e, p in [(ext, packet), *layer.after(ext)]:
+        for e, p in packets:
             mapped = self.rewriter.map(e, p.timestamp, now)
             if mapped is not None:
                 await self.sender.forward(p, *mapped)
@@ -421,20 +420,14 @@ class DownTrack:
         times closer together just before it, so that the subscriber decodes them straight
         through and shows the live one, instead of playing them out and lagging by as much.
         """
-        cached = layer.replay()
+        cached = sorted(layer.since_key)
         first_ts, live_ts = cached[0][1].timestamp, cached[-1][1].timestamp
         span = (live_ts - first_ts) % TS_MOD
         # Room before the live frame for the others, after whatever the subscriber had; late
         # packets of a cached frame (reordering) get its new time too.
         self.rewriter.rebase(cached[0][0], live_ts, now, ahead=-(-span // SQUEEZE) + 1)
         self.rewriter.squeeze(first_ts, live_ts, cached[-1][0] + RECENT)
-        self.waiting = False
-        if self.started_at is None:
-            self.started_at = now
-        for e, p in cached:
-            mapped = self.rewriter.map(e, p.timestamp, now)
-            if mapped is not None:
-                await self.sender.forward(p, *mapped)
+        await self._send_first(cached, now)
 
     def _choose(self, now: float) -> None:
         """Choose the simulcast layer this subscriber's path carries (and probe for a higher)."""

@@ -63,16 +63,24 @@ class Namespace:
     def cut(self) -> None:
         """Drop everything both ways without the OS seeing any change."""
         _ip("netns", "exec", self.name, "tc", "qdisc", "add", "dev", self.inner, "root", *SILENT)
+        self.shape(*SILENT)
+
+    def heal(self) -> None:
+        """Let traffic through again."""
+        _ip("netns", "exec", self.name, "tc", "qdisc", "del", "dev", self.inner, "root")
+        self.unshape()
+
+    def shape(self, *qdisc: str) -> None:
+        """Put a qdisc (e.g. `tbf rate 1mbit …`) on what the namespace receives."""
         subprocess.run(
-            [executable("tc"), "qdisc", "add", "dev", self.outer, "root", *SILENT],
+            [executable("tc"), "qdisc", "add", "dev", self.outer, "root", *qdisc],
             check=True,
             capture_output=True,
             timeout=10,
         )
 
-    def heal(self) -> None:
-        """Let traffic through again."""
-        _ip("netns", "exec", self.name, "tc", "qdisc", "del", "dev", self.inner, "root")
+    def unshape(self) -> None:
+        """Take the qdisc off what the namespace receives."""
         subprocess.run(
             [executable("tc"), "qdisc", "del", "dev", self.outer, "root"],
             check=True,

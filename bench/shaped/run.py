@@ -59,10 +59,6 @@ LOSS, DELAY = 0.10, 0.05
 CPU_VIEWERS, CPU_ROUNDS, SETTLE_S, MEASURE_S = (1, 8), 2, 6, 20
 
 
-def tc(*args: str) -> None:
-    subprocess.run(["tc", *args], check=True, capture_output=True, timeout=10)
-
-
 async def viewer(
     ns: Namespace, port: int, stream: str, who: str, t0: float, seconds: int, *shaping: str
 ) -> list[dict[str, Any]]:
@@ -174,16 +170,16 @@ async def run(scenario: str) -> dict[str, Any]:
             cpu0, wall0 = cpu_seconds(server.pid), time.monotonic()
             if scenario == "narrow":
                 await asyncio.sleep(t0 + BEFORE - time.time())
-                tc("qdisc", "add", "dev", first.outer, "root", *NARROW)
+                first.shape(*NARROW)
                 narrowed = True
                 await asyncio.sleep(t0 + BEFORE + NARROWED - time.time())
-                tc("qdisc", "del", "dev", first.outer, "root")
+                first.unshape()
                 narrowed = False
             results = await views
             cpu_pct = (cpu_seconds(server.pid) - cpu0) / (time.monotonic() - wall0) * 100
         finally:
             if narrowed:
-                tc("qdisc", "del", "dev", first.outer, "root")
+                first.unshape()
             await publisher.close()
             await sig.close()
             use_host_addresses(None)
