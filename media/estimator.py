@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import statistics
+from collections import deque
 
 
 class Throttle:
@@ -18,6 +19,33 @@ class Throttle:
             return False
         self.last = now
         return True
+
+
+class RateMeter:
+    """A stream's rate over a sliding window, counted in buckets: a window holding a few of a
+    GOP's keyframe bursts reads steady, where a short one swings with each keyframe."""
+
+    def __init__(self, window: float = 2.0, buckets: int = 8) -> None:
+        self.bucket = window / buckets
+        self._full: deque[int] = deque(maxlen=buckets)  # bytes of each completed bucket
+        self._bytes = 0
+        self._start: float | None = None
+        self.rate = 0  # bits/s; from two buckets on
+
+    def add(self, size: int, now: float) -> None:
+        """Count `size` bytes sent or received at `now` (seconds)."""
+        if self._start is None:
+            self._start = now
+        passed = int((now - self._start) / self.bucket)
+        if passed > 0:
+            # Bounded by the window: a longer silence only empties it.
+            for _ in range(min(passed, (self._full.maxlen or 1) + 1)):
+                self._full.append(self._bytes)
+                self._bytes = 0
+            self._start += passed * self.bucket
+            if len(self._full) >= 2:
+                self.rate = int(sum(self._full) * 8 / (len(self._full) * self.bucket))
+        self._bytes += size
 
 
 class RateAggregator:

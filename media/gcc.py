@@ -196,7 +196,7 @@ class Estimator:
         self._losses: deque[tuple[int, int, int]] = deque()  # (time, lost, reported)
         # The latest packets reported, for measuring what a probe's burst delivered.
         self._recent: deque[Result] = deque(maxlen=RECENT_RESULTS)
-        self._proven: tuple[int, int] | None = None  # a probe's rate, and until when it holds
+        self._seen_acked = False
 
     @property
     def target(self) -> int:
@@ -227,6 +227,11 @@ class Estimator:
         return self.target
 
     probes = True  # a probe's burst is measured from the feedback
+
+    @property
+    def ready(self) -> bool:
+        """Tell whether feedback has covered enough arrivals for the target to mean anything."""
+        return self._seen_acked
 
     @property
     def started(self) -> bool:
@@ -260,18 +265,23 @@ class Estimator:
         delivered = sum(size for _, size in got[1:]) * 8 * 1_000_000
         return int(delivered / max(span, sent_span, 1))
 
-    def carried(self, rate: int, now_us: int) -> None:
+    def carried(self, rate: int) -> None:
         """Note that the path was shown to carry `rate` (a probe arrived whole): go on from it,
-        until what arrives shows the new rate (or a queue says otherwise)."""
+        until a queue or loss says otherwise."""
         self.delay_rate = max(self.delay_rate, float(rate))
         self.loss_rate = max(self.loss_rate, float(rate))
         self._max_kbps = None
-        self._proven = (rate, now_us + 2 * ACKED_WINDOW_US)
 
     def _delay_based(self, usage: Usage, now_us: int) -> None:
         acked = self.acked.bitrate()
         since = 0.0 if self._last_change is None else (now_us - self._last_change) / 1e6
         self._last_change = now_us
+        if acked is not None and not self._seen_acked:
+            self._seen_acked = True
+            if usage is Usage.NORMAL:
+                # What already arrives, the path carries: the climb starts from where it
+                # would be bounded anyway, not from a guess a layer or two below.
+                self.delay_rate = max(self.delay_rate, 1.5 * acked + 10_000)
         if usage is Usage.OVERUSING:
             self.congested_at = now_us
             if acked is not None:
@@ -282,6 +292,7 @@ class Estimator:
             return
         if usage is Usage.UNDERUSING:
             return  # hold: queues are draining
+        before = self.delay_rate
         if self._near_max(acked):
             # Close to where the path broke before: creep, about a packet per 200 ms.
             self.delay_rate += 1200 * 8 * 5 * min(since, 1.0)
@@ -289,11 +300,12 @@ class Estimator:
             growth = INCREASE_PER_S if self.started else START_INCREASE_PER_S
             self.delay_rate *= growth ** min(since, 1.0)
         if acked is not None:
-            # Never ask for far more than the path has been shown to carry.
+            # No climb far past what the path has been shown to carry; but what less arrives
+            # (a lower layer sent, a keyframe-less second) is no reason to come down: only a
+            # queue or loss is.
             shown = 1.5 * acked + 10_000
-            if self._proven is not None and now_us < self._proven[1]:
-                shown = max(shown, self._proven[0])
-            self.delay_rate = min(self.delay_rate, shown)
+            if self.delay_rate > shown:
+                self.delay_rate = max(before, shown)
 
     def _note_max(self, acked: int) -> None:
         kbps = acked / 1000
@@ -329,5 +341,8 @@ class Estimator:
                 base = min(self.loss_rate, self.delay_rate)
                 self.loss_rate = base * (1 - 0.5 * self.loss)
                 self._last_loss_change = now_us
+                # The next decision reads the loss after this one: the window's older losses
+                # would cut the rate again for what it has just cut it for.
+                self._losses.clear()
         else:
             self.loss_rate = max(self.loss_rate, self.delay_rate)

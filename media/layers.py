@@ -15,8 +15,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Protocol
 
-# A layer is taken only if the estimate exceeds its rate by this much.
+# A layer is taken only if the estimate exceeds its rate by this much, and left once the
+# estimate falls below its rate: between the two, a probe's result (0.9 of the headroom) holds.
 HEADROOM = 1.15
+STAY = 1.0
 # A path that cannot be probed (REMB only) reports about what arrives, a little under or over
 # the layer's rate as the windows fall: it is left only when the figure falls clearly below
 # (a congested REMB receiver reports 0.85 of what arrives), since nothing brings it back up.
@@ -25,8 +27,8 @@ FOLLOWING_FLOOR = 0.8
 BURST_S, JUDGE_S = 0.12, 1.5
 ARRIVED_SHARE = 0.9
 # After a failed probe the next waits this long, doubling up to the maximum: a path that
-# widens again (a capped link released) is found within about ten seconds.
-RETRY_S, RETRY_MAX_S = 2.0, 8.0
+# widens again (a capped link released) is found within about seven seconds.
+RETRY_S, RETRY_MAX_S = 2.0, 6.0
 # After going down, no probe for this long: the path just said no.
 CALM_S = 3.0
 
@@ -85,7 +87,7 @@ class LayerChooser:
         if self._probe is not None:
             return self._probing(self._probe, rates, path, now)
         estimate = path.target
-        floor = HEADROOM if path.probes else FOLLOWING_FLOOR
+        floor = STAY if path.probes else FOLLOWING_FLOOR
         if self.layer not in live or (
             rates[self.layer] * floor > estimate and self.layer > live[0]
         ):

@@ -430,6 +430,7 @@ class Sfu:
                         "layer": dt.layer or None,
                         "target_layer": dt.target or None,
                         "switches": dt.switches,
+                        "shed": dt.shed,
                     }
                 )
         return {"up": ups, "down": downs}

@@ -13,7 +13,7 @@ from aiortc.rtcrtpparameters import RTCRtpCodecParameters
 from aiortc.rtp import RtpPacket
 
 from .aiortc_adapter import ForwardingReceiver, ForwardingSender
-from .estimator import RateAggregator, Throttle
+from .estimator import RateAggregator, RateMeter, Throttle
 from .histogram import Histogram
 from .keyframe import KEYFRAME_START
 from .layers import LayerChooser
@@ -24,8 +24,7 @@ from .taps import Tap
 
 # A PLI upstream at most this often: keyframes are expensive, and one serves every subscriber.
 KEYFRAME_INTERVAL = 0.3
-# A layer's rate is measured over this long; a subscriber's layer is chosen this often.
-RATE_WINDOW = 0.5
+# A subscriber's layer is chosen this often.
 CHOICE_INTERVAL = 0.1
 # A subscriber's path before it says anything: room for any layer.
 NO_WORD = 100_000_000
@@ -59,18 +58,14 @@ class Layer:
         # now decodes the live picture at once, whether or not the publisher honours a PLI.
         self.since_key: list[tuple[int, RtpPacket]] = []
         self.last_at: float | None = None
-        self.rate = 0  # bits/s, over the latest RATE_WINDOW
-        self._bytes = 0
-        self._since: float | None = None
+        # Over two seconds: a half-second window swung by half with each keyframe, and every
+        # subscriber's choice swung with it, all of them at once.
+        self.meter = RateMeter()
 
-    def count(self, size: int, now: float) -> None:
-        """Count a packet's bytes towards the layer's rate."""
-        if self._since is None:
-            self._since = now
-        self._bytes += size
-        if now - self._since >= RATE_WINDOW:
-            self.rate = int(self._bytes * 8 / (now - self._since))
-            self._bytes, self._since = 0, now
+    @property
+    def rate(self) -> int:
+        """The layer's rate (bits/s) over the last two seconds."""
+        return self.meter.rate
 
     def live(self, now: float) -> bool:
         """Tell whether the layer is being received (a packet within the last second)."""
@@ -184,7 +179,7 @@ class UpTrack:
             if verdict is not Verdict.RESTART:
                 self.request_keyframe(name)
         layer.recent.append((ext, packet))
-        layer.count(len(packet.payload), now)
+        layer.meter.add(len(packet.payload), now)
         key = True if self._starts_key is None else self._starts_key(packet.payload)
         if self._starts_key is not None:
             layer.keep(ext, packet, key)
@@ -345,6 +340,9 @@ class DownTrack:
         self.layer = ""
         self.target = ""
         self.switches = 0
+        # Going down, the higher layer's new frames are dropped until the lower one starts.
+        self.shedding = False
+        self.shed = 0
         self.remb: int | None = None
         self.chooser = LayerChooser()
         self._next_choice = 0.0
@@ -391,6 +389,11 @@ class DownTrack:
                 return False
             await self._start(packet, ext, layer, now)
             return True
+        if self.shedding and not self._same_frame(packet.timestamp):
+            # Going down: the path cannot carry this layer, so no new frame of it is sent
+            # while the lower one's keyframe is awaited.
+            self.shed += 1
+            return False
         # The path every copy takes: kept to one mapping and one send.
         mapped = self.rewriter.map(ext, packet.timestamp, now)
         if mapped is None:
@@ -398,8 +401,13 @@ class DownTrack:
         await self.sender.forward(packet, *mapped)
         return True
 
+    def _same_frame(self, timestamp: int) -> bool:
+        """Tell whether a packet belongs to the frame last sent (its later packets)."""
+        return (timestamp + self.rewriter.ts_offset) % TS_MOD == self.rewriter.last_ts
+
     async def _start(self, packet: RtpPacket, ext: int, layer: Layer, now: float) -> None:
         """Start at this keyframe packet, with what overtook it (dropped while waiting)."""
+        self.shedding = False
         self.rewriter.rebase(ext, packet.timestamp, now)
         await self._send_first([(ext, packet), *layer.after(ext)], now)
 
@@ -425,6 +433,7 @@ class DownTrack:
         span = (live_ts - first_ts) % TS_MOD
         # Room before the live frame for the others, after whatever the subscriber had; late
         # packets of a cached frame (reordering) get its new time too.
+        self.shedding = False
         self.rewriter.rebase(cached[0][0], live_ts, now, ahead=-(-span // SQUEEZE) + 1)
         self.rewriter.squeeze(first_ts, live_ts, cached[-1][0] + RECENT)
         await self._send_first(cached, now)
@@ -439,8 +448,9 @@ class DownTrack:
         if self.target in names:
             self.chooser.layer = names.index(self.target)
         congestion = self.sender.congestion
-        if congestion is not None and not congestion.feedbacks:
-            congestion = None  # agreed to transport-cc but sends no feedback (yet)
+        if congestion is not None and not congestion.estimator.ready:
+            # Agreed to transport-cc but no feedback yet, or too little to tell a rate by.
+            congestion = None
         path = congestion.estimator if congestion is not None else RembPath(self.remb)
         # The estimator's probe measurements run on the clock of the packets' send times.
         clock = time.perf_counter()
@@ -448,13 +458,18 @@ class DownTrack:
         self.target = names[min(choice.layer, len(names) - 1)]
         if self.target != self.layer:
             self.up.request_keyframe(self.target)
+        shedding = self.layer in names and names.index(self.target) < names.index(self.layer)
+        if self.shedding and not shedding and self.target == self.layer:
+            # Back up before the switch: the frames shed were references of the next ones.
+            self.waiting = True
+        self.shedding = shedding
         if choice.padding and (self._padding is None or self._padding.done()):
             # Beside the forwarding, not in its way: this packet and the other subscribers'
             # copies do not wait for a probe's burst.
             nbytes = int(choice.padding * CHOICE_INTERVAL / 8)
             self._padding = asyncio.ensure_future(self.sender.pad(nbytes))
         if choice.carried and congestion is not None:
-            congestion.estimator.carried(choice.carried, int(clock * 1e6))
+            congestion.estimator.carried(choice.carried)
 
     def pause(self, paused: bool) -> None:
         """Stop sending, or start again at the next keyframe (asked for at once)."""

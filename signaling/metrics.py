@@ -149,6 +149,11 @@ def _per_viewer(downs: list[dict[str, Any]], labels: list[str]) -> Iterator[Metr
         "Simulcast layer changes made for the subscriber",
         labels=labels,
     )
+    shed = CounterMetricFamily(
+        "teleconsult_media_down_shed_packets",
+        "Packets of a higher layer not sent while the subscriber went down to a lower one",
+        labels=labels,
+    )
     for s in downs:
         values = [s["stream"], s["feed"], s["subscriber_id"]]
         rate = s["estimate"] if s["estimate"] is not None else s["remb"]
@@ -159,7 +164,8 @@ def _per_viewer(downs: list[dict[str, Any]], labels: list[str]) -> Iterator[Metr
         if s["layer"] is not None:
             layer.add_metric([*values, s["layer"]], 1)
         switches.add_metric(values, s["switches"])
-    yield from (estimate, loss, layer, switches)
+        shed.add_metric(values, s["shed"])
+    yield from (estimate, loss, layer, switches, shed)
 
 
 def _per_layer(ups: list[dict[str, Any]]) -> Iterator[Metric]:

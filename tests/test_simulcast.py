@@ -119,6 +119,13 @@ async def test_a_subscriber_follows_its_path_across_layers_without_a_decoder_res
                 if line.startswith("teleconsult_media_down_layer{") and subscriber in line
             ]
             assert len(sent) == 1 and 'layer="lo"' in sent[0] and sent[0].endswith(" 1.0"), sent
+            shed = [
+                line
+                for line in metrics.splitlines()
+                if line.startswith("teleconsult_media_down_shed_packets_total{")
+                and subscriber in line
+            ]
+            assert len(shed) == 1 and float(shed[0].split()[-1]) == down.shed, shed
             rates = dict(
                 re.findall(
                     r'teleconsult_media_up_layer_bits_per_second{[^}]*layer="(\w+)"[^}]*} (\S+)',

@@ -104,6 +104,7 @@ def summary_narrow(views: list[list[dict[str, Any]]]) -> dict[str, Any]:
     return {
         "narrowed": {
             "decoded_share_while_narrowed": share(narrowed, cap, lift),
+            "decoded_share_from_3_s_after": share(narrowed, cap + 3, lift),
             "corrupted_while_narrowed": sum(x["corrupted"] for x in during),
             "corrupted_from_3_s_after": sum(x["corrupted"] for x in settled),
             "widths_from_3_s_after": sorted({x["width"] for x in settled}),
@@ -117,6 +118,7 @@ def summary_narrow(views: list[list[dict[str, Any]]]) -> dict[str, Any]:
                 "corrupted": sum(x["corrupted"] for x in v if x["t"] >= 2),
                 "widths": sorted({x["width"] for x in v if x["t"] >= 2}),
                 "kbps_mean": round(sum(x["kbps"] for x in v[2:]) / max(1, len(v[2:]))),
+                "kbps_min": min(x["kbps"] for x in v[2:]),
             }
             for v in others
         ],
