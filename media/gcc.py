@@ -248,18 +248,22 @@ class Estimator:
         return self.trendline.usage is Usage.OVERUSING
 
     def delivered(self, start_s: float, end_s: float) -> int | None:
-        """Return the rate at which the packets sent between two times arrived (bits/s), once
-        feedback covers them all; None before, or with too few to tell. Lost ones count as
-        not delivered."""
+        """Return the rate at which the later half of the packets sent between two times
+        arrived (bits/s), once feedback covers them all; None before, or with too few to
+        tell. Lost ones count as not delivered."""
         start, end = int(start_s * 1e6), int(end_s * 1e6)
         if not self._recent or self._recent[-1].sent_us < end:
             return None  # feedback has not reached the end of the window yet
-        burst = [r for r in self._recent if start <= r.sent_us <= end]
-        got = sorted((r.arrived_us, r.size) for r in burst if r.arrived_us is not None)
+        burst = sorted((r for r in self._recent if start <= r.sent_us <= end),
+                       key=lambda r: r.sent_us)  # fmt: skip
+        # Its later half only: a shaper's token bucket lets the first part of a burst through
+        # at once, whatever its rate; what comes after the bucket is empty shows the rate.
+        later = burst[len(burst) // 2 :]
+        got = sorted((r.arrived_us, r.size) for r in later if r.arrived_us is not None)
         if len(got) < 5:
             return None
         span = got[-1][0] - got[0][0]
-        sent_span = max(r.sent_us for r in burst) - min(r.sent_us for r in burst)
+        sent_span = later[-1].sent_us - later[0].sent_us
         # The first packet's bytes arrived before the span starts; a burst that arrives
         # faster than it left says nothing more than how fast it left.
         delivered = sum(size for _, size in got[1:]) * 8 * 1_000_000

@@ -2,12 +2,13 @@
 
 A subscriber goes down a layer as soon as its estimate falls below what its layer takes. It
 cannot show that its path carries a higher layer while it receives a lower one (the estimate
-follows what arrives), so before going up the sender probes: for an eighth of a second it adds
-padding up to the higher layer's rate, and reads in the feedback the rate at which that burst
-arrived. If it arrived at that rate the path carries it: up. If not, or if the delay starts to
-grow meanwhile, the probe ends, and the next one waits longer. A short burst costs a capped
-path tens of milliseconds of queue, not a freeze. No I/O: rates and time are passed in, `now`
-on the clock of the packets' send times.
+follows what arrives), so before going up the sender probes: for a quarter of a second it adds
+padding up to the higher layer's rate, and reads in the feedback the rate at which the later
+half of that burst arrived (a shaper's token bucket passes the first part at once). If it
+arrived at that rate the path carries it: up, on trial until the layer holds. If not, or if
+the delay starts to grow meanwhile, or the layer does not hold, the next probe waits longer.
+A burst costs a capped path a queue of a quarter of a second at most, not a freeze. No I/O:
+rates and time are passed in, `now` on the clock of the packets' send times.
 """
 
 from __future__ import annotations
@@ -24,13 +25,16 @@ STAY = 1.0
 # (a congested REMB receiver reports 0.85 of what arrives), since nothing brings it back up.
 FOLLOWING_FLOOR = 0.8
 # A probe's burst, and how long its feedback may take before it counts as failed.
-BURST_S, JUDGE_S = 0.12, 1.5
+BURST_S, JUDGE_S = 0.25, 1.5
 ARRIVED_SHARE = 0.9
 # After a failed probe the next waits this long, doubling up to the maximum: a path that
 # widens again (a capped link released) is found within about seven seconds.
 RETRY_S, RETRY_MAX_S = 2.0, 6.0
 # After going down, no probe for this long: the path just said no.
 CALM_S = 3.0
+# A layer a probe took the subscriber to is proven once it holds this long; left sooner (a
+# shaper's bucket let the burst through), the probe counts as failed.
+HOLD_S = 3.0
 
 
 class Path(Protocol):
@@ -77,6 +81,7 @@ class LayerChooser:
         self._probe: _Probe | None = None
         self._next_probe = 0.0
         self._retry = RETRY_S
+        self._trial: float | None = None  # when a probe last took it up, until the layer holds
 
     def choose(self, rates: list[int], path: Path, now: float) -> Choice:
         """Return what to send, given each layer's rate (bits/s, lowest first; 0 for a layer
@@ -94,8 +99,16 @@ class LayerChooser:
             # Its layer stopped, or the path no longer carries it: down at once, to what fits.
             fits = [i for i in live if rates[i] * HEADROOM <= estimate]
             self.layer = fits[-1] if fits else live[0]
-            self._next_probe = max(self._next_probe, now + CALM_S)
+            calm = CALM_S
+            if self._trial is not None and now - self._trial < HOLD_S:
+                # A probe that said yes and a layer that did not hold: as a failed probe.
+                calm = max(calm, self._retry)
+                self._retry = min(self._retry * 2, RETRY_MAX_S)
+            self._trial = None
+            self._next_probe = max(self._next_probe, now + calm)
             return Choice(self.layer)
+        if self._trial is not None and now - self._trial >= HOLD_S:
+            self._trial, self._retry = None, RETRY_S  # the layer a probe found held
         higher = [i for i in live if i > self.layer]
         if not higher:
             return Choice(self.layer)
@@ -119,7 +132,7 @@ class LayerChooser:
             return Choice(self.layer, max(0, probe.total - rates[self.layer]))
         arrived = path.delivered(probe.since, probe.since + BURST_S)
         if arrived is not None and arrived >= ARRIVED_SHARE * probe.total:
-            self.layer, self._probe, self._retry = probe.layer, None, RETRY_S
+            self.layer, self._probe, self._trial = probe.layer, None, now
             return Choice(self.layer, carried=arrived)
         if arrived is not None or elapsed >= JUDGE_S:
             return self._failed(now)
