@@ -71,6 +71,24 @@ def quick_consent() -> None:
     aioice.ice.CONSENT_FAILURES = CONSENT_FAILURES
 
 
+_original_send_data = aioice.ice.StunProtocol.send_data
+
+
+def send_datagram_now(connection: aioice.ice.Connection, data: bytes) -> bool:
+    """Send a datagram on the connection's nominated pair at once, when that pair is an
+    ordinary socket that sends it unchanged; tell whether it did (else use `send`)."""
+    pair = connection._nominated.get(1)
+    if pair is None:
+        raise ConnectionError("Cannot send data, not connected")
+    protocol = pair.protocol
+    if type(protocol) is not aioice.ice.StunProtocol or (
+        type(protocol).send_data is not _original_send_data
+    ):
+        return False
+    protocol.transport.sendto(data, pair.remote_addr)
+    return True
+
+
 _original_host_addresses = aioice.ice.get_host_addresses
 
 

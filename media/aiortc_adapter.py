@@ -24,6 +24,7 @@ from aiortc import (
 )
 from aiortc.codecs import is_rtx
 from aiortc.rate import RemoteBitrateEstimator
+from aiortc.rtcdtlstransport import RTCDtlsTransport
 from aiortc.rtcrtpparameters import (
     RTCRtpCodecParameters,
     RTCRtpReceiveParameters,
@@ -44,9 +45,11 @@ from aiortc.rtp import (
 )
 from aiortc.utils import uint16_add
 
+from .aioice_adapter import send_datagram_now
 from .failures import handled_failure
 from .packetcache import PacketCache
 from .red import Unwrapper, Wrapper
+from .rtpcopy import CopyHeader
 from .simulcast import MAX_LAYERS
 from .transport_cc import ARRIVALS, CONGESTION, OVERHEAD, TWCC_INTERVAL, Congestion
 from .twcc import TwccFeedback
@@ -73,6 +76,10 @@ _NTP = "_RTCRtpSender__ntp_timestamp"
 _RTP = "_RTCRtpSender__rtp_timestamp"
 _OCTETS = "_RTCRtpSender__octet_count"
 _PACKETS = "_RTCRtpSender__packet_count"
+
+# The DTLS transport's private counters of what it sent, for its stats.
+_TX_BYTES = "_RTCDtlsTransport__tx_bytes"
+_TX_PACKETS = "_RTCDtlsTransport__tx_packets"
 
 # Seconds from the NTP epoch (1900) to the Unix epoch (1970).
 NTP_UNIX_OFFSET = 2208988800
@@ -312,6 +319,37 @@ class ForwardingReceiver(RTCRtpReceiver):
         return lost, expected
 
 
+def send_rtp_now(dtls: RTCDtlsTransport, data: bytes) -> bool:
+    """Protect one RTP packet and hand it to the ICE socket at once, as aiortc's `_send_rtp`
+    does over three awaited layers; tell whether it went (False: not connected)."""
+    if dtls.state != "connected":
+        return False
+    protected = dtls._tx_srtp.protect(data)
+    try:
+        sent = send_datagram_now(dtls.transport._connection, protected)
+    except ConnectionError:
+        return False
+    if not sent:
+        # Not an ordinary socket (a TURN allocation, say): aioice's own way, in order.
+        task = asyncio.ensure_future(dtls.transport._send(protected))
+        task.add_done_callback(_sent)
+    setattr(dtls, _TX_BYTES, getattr(dtls, _TX_BYTES) + len(protected))
+    setattr(dtls, _TX_PACKETS, getattr(dtls, _TX_PACKETS) + 1)
+    return True
+
+
+def _sent(task: asyncio.Future[None]) -> None:
+    """Take a fallback send's outcome: a path that went away meanwhile is no error."""
+    if task.cancelled():
+        return
+    error = task.exception()
+    if error is not None and not isinstance(error, ConnectionError | OSError):
+        try:
+            raise error
+        except Exception:
+            handled_failure("sending a packet")
+
+
 class ForwardingSender(RTCRtpSender):
     """Sends RTP packets it is handed, keeping history for NACKs and counters for reports."""
 
@@ -322,7 +360,9 @@ class ForwardingSender(RTCRtpSender):
         self.ready = asyncio.Event()
         self.on_keyframe_request: Callable[[], None] | None = None
         self.on_remb: Callable[[int], None] | None = None
-        self.cache: PacketCache[RtpPacket] = PacketCache(1024)
+        # Each copy as sent (before protection), for retransmission.
+        self.cache: PacketCache[bytes] = PacketCache(1024)
+        self._headers: dict[bool, CopyHeader] = {}  # by whether copies carry an audio level
         self.nacks = 0
         self.retransmits = 0
         self.plis = 0
@@ -353,40 +393,45 @@ class ForwardingSender(RTCRtpSender):
             await asyncio.Event().wait()
         _get(self, "RTCRtpSender", "rtp_exited").set()
 
-    async def forward(self, source: RtpPacket, seq: int, timestamp: int) -> None:
-        """Send a copy of a packet renumbered for this subscriber."""
+    def forward(self, source: RtpPacket, seq: int, timestamp: int, now: float) -> None:
+        """Send a copy of a packet renumbered for this subscriber, at wall time `now`.
+
+        Made by patching a prepared header (`media/rtpcopy.py`), protected and handed to the
+        ICE socket in one synchronous step: no RtpPacket, no awaited layer per copy.
+        """
         assert self.codec is not None and self.codec.payloadType is not None
         payload_type, payload = self.codec.payloadType, source.payload
         red = self.red
         if red is not None and red.primary == payload_type:
             payload_type, payload = red.payload_type, red.wrap(seq, timestamp, payload)
-        packet = RtpPacket(
-            payload_type=payload_type,
-            marker=source.marker,
-            sequence_number=seq,
-            timestamp=timestamp,
-            ssrc=self._ssrc,
-            payload=payload,
-        )
-        packet.padding_size = 0
-        ntp = aiortc.clock.current_ntp_time()
-        ext = packet.extensions
-        ext.mid = self._mid
-        ext.abs_send_time = (ntp >> 14) & 0x00FFFFFF
-        ext.audio_level = source.extensions.audio_level
+        level = source.extensions.audio_level
+        header = self._headers.get(level is not None)
+        if header is None:
+            header = self._headers[level is not None] = CopyHeader(
+                self._extensions, self._ssrc, self._mid, self.congestion is not None,
+                level is not None,
+            )  # fmt: skip
+        ntp = int((now + NTP_UNIX_OFFSET) * (1 << 32))
+        number = None
         if self.congestion is not None:
-            ext.transport_sequence_number = self.congestion.number(len(packet.payload) + OVERHEAD)
-        self.cache.put(seq, packet)
+            number = self.congestion.number(len(payload) + OVERHEAD)
+        data = header.make(
+            (source.marker << 7) | payload_type, seq, timestamp, (ntp >> 14) & 0x00FFFFFF,
+            number, level, payload,
+        )  # fmt: skip
+        self.cache.put(seq, data)
         self._last_seq = seq
-        try:
-            await self.transport._send_rtp(packet.serialize(self._extensions))
-        except ConnectionError:
+        if not self._send(data):
             return
         # The counters aiortc's RTCP loop puts in sender reports.
         setattr(self, _NTP, ntp)
         setattr(self, _RTP, timestamp)
-        setattr(self, _OCTETS, getattr(self, _OCTETS) + len(packet.payload))
+        setattr(self, _OCTETS, getattr(self, _OCTETS) + len(payload))
         setattr(self, _PACKETS, getattr(self, _PACKETS) + 1)
+
+    def _send(self, data: bytes) -> bool:
+        """Protect and send one RTP packet now; tell whether the transport took it."""
+        return send_rtp_now(self.transport, data)
 
     async def pad(self, nbytes: int) -> None:
         """Send about `nbytes` more, as retransmissions of the latest packets (which the
@@ -397,12 +442,11 @@ class ForwardingSender(RTCRtpSender):
         for _ in range(MAX_PADDING_PACKETS):
             if sent >= nbytes:
                 break
-            packet = self.cache.get(seq)
+            data = self.cache.get(seq)
+            if data is not None:
+                await self._retransmit(seq, padding=True)
+                sent += len(data)
             seq = uint16_add(seq, -1)
-            if packet is None:
-                continue
-            await self._retransmit(packet.sequence_number, padding=True)
-            sent += len(packet.payload) + OVERHEAD
         self.padded += sent
 
     @property
@@ -424,9 +468,10 @@ class ForwardingSender(RTCRtpSender):
     async def _retransmit(self, sequence_number: int, padding: bool = False) -> None:
         if not padding:
             self.nacks += 1
-        packet = self.cache.get(sequence_number)
-        if packet is None:
+        data = self.cache.get(sequence_number)
+        if data is None:
             return
+        packet = RtpPacket.parse(data, self._extensions)
         if self.rtx_payload_type is not None:
             packet = wrap_rtx(
                 packet,

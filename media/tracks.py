@@ -190,7 +190,7 @@ class UpTrack:
         if not self.muted:
             arrived = self.receiver.arrived
             for down in self.downs:
-                if await down.write(packet, ext, layer, key, now) and self.delays is not None:
+                if down.write(packet, ext, layer, key, now) and self.delays is not None:
                     # Packet in to packet out, for each subscriber's copy.
                     self.delays.record(time.perf_counter() - arrived)
             # A muted microphone is not recorded either; of simulcast, only the best layer.
@@ -350,7 +350,7 @@ class DownTrack:
         sender.on_keyframe_request = lambda: up.request_keyframe(self.layer)
         sender.on_remb = self._on_remb
 
-    async def write(self, packet: RtpPacket, ext: int, layer: Layer, key: bool, now: float) -> bool:
+    def write(self, packet: RtpPacket, ext: int, layer: Layer, key: bool, now: float) -> bool:
         """Send a publisher's packet on, starting only at a keyframe; tell whether it was sent.
 
         `ext` is the packet's extended sequence number in its `layer`.
@@ -371,7 +371,7 @@ class DownTrack:
             self.layer = name
             self.switches += 1
             self.epoch = layer.epoch
-            await self._start(packet, ext, layer, now)
+            self._start(packet, ext, layer, now)
             return True
         if layer.epoch != self.epoch:
             # A new source (the publisher restarted its encoder) needs a fresh start point.
@@ -383,11 +383,11 @@ class DownTrack:
                 # after it give the live picture now, not at the publisher's next keyframe.
                 self.up.request_keyframe(name)
                 if layer.since_key:
-                    await self._start_cached(layer, now)
+                    self._start_cached(layer, now)
                     return True
                 self.dropped_waiting += 1
                 return False
-            await self._start(packet, ext, layer, now)
+            self._start(packet, ext, layer, now)
             return True
         if self.shedding and not self._same_frame(packet.timestamp):
             # Going down: the path cannot carry this layer, so no new frame of it is sent
@@ -398,20 +398,20 @@ class DownTrack:
         mapped = self.rewriter.map(ext, packet.timestamp, now)
         if mapped is None:
             return False
-        await self.sender.forward(packet, *mapped)
+        self.sender.forward(packet, *mapped, now)
         return True
 
     def _same_frame(self, timestamp: int) -> bool:
         """Tell whether a packet belongs to the frame last sent (its later packets)."""
         return (timestamp + self.rewriter.ts_offset) % TS_MOD == self.rewriter.last_ts
 
-    async def _start(self, packet: RtpPacket, ext: int, layer: Layer, now: float) -> None:
+    def _start(self, packet: RtpPacket, ext: int, layer: Layer, now: float) -> None:
         """Start at this keyframe packet, with what overtook it (dropped while waiting)."""
         self.shedding = False
         self.rewriter.rebase(ext, packet.timestamp, now)
-        await self._send_first([(ext, packet), *layer.after(ext)], now)
+        self._send_first([(ext, packet), *layer.after(ext)], now)
 
-    async def _send_first(self, packets: list[tuple[int, RtpPacket]], now: float) -> None:
+    def _send_first(self, packets: list[tuple[int, RtpPacket]], now: float) -> None:
         """Send the packets a start begins with, once the rewriter is rebased."""
         self.waiting = False
         if self.started_at is None:
@@ -419,9 +419,9 @@ class DownTrack:
         for e, p in packets:
             mapped = self.rewriter.map(e, p.timestamp, now)
             if mapped is not None:
-                await self.sender.forward(p, *mapped)
+                self.sender.forward(p, *mapped, now)
 
-    async def _start_cached(self, layer: Layer, now: float) -> None:
+    def _start_cached(self, layer: Layer, now: float) -> None:
         """Start from the layer's latest keyframe and every packet since, sent at once.
 
         The live frame keeps the time it would have had; the frames before it are put 256
@@ -436,7 +436,7 @@ class DownTrack:
         self.shedding = False
         self.rewriter.rebase(cached[0][0], live_ts, now, ahead=-(-span // SQUEEZE) + 1)
         self.rewriter.squeeze(first_ts, live_ts, cached[-1][0] + RECENT)
-        await self._send_first(cached, now)
+        self._send_first(cached, now)
 
     def _choose(self, now: float) -> None:
         """Choose the simulcast layer this subscriber's path carries (and probe for a higher)."""

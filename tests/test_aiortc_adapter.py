@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 
 import pytest
 from aiortc import RTCConfiguration, RTCSessionDescription
@@ -98,24 +99,22 @@ async def test_relay_pair_forwards_packets_and_repairs_a_loss() -> None:
         # No decoder thread was started for the forwarding receiver.
         assert not [th for th in threading.enumerate() if th.name.endswith("-decoder")]
 
-        send = sender.transport._send_rtp
+        send = sender._send
         lose = {1003}
 
-        async def lossy(data: bytes) -> None:
+        def lossy(data: bytes) -> bool:
             seq = int.from_bytes(data[2:4], "big")
-            if 200 <= data[1] <= 206 or int.from_bytes(data[8:12], "big") != sender._ssrc:
-                await send(data)
-            elif seq in lose:
+            if seq in lose:
                 lose.discard(seq)
-            else:
-                await send(data)
+                return True  # gone on the way
+            return send(data)
 
-        sender.transport._send_rtp = lossy  # type: ignore[method-assign]
+        sender._send = lossy  # type: ignore[method-assign]
         source = RtpPacket(payload_type=96, payload=b"")
         for i in range(10):
             source.payload = bytes([0x10, 0x00]) + bytes([i]) * 100  # VP8 descriptor + data
             source.marker = 1
-            await sender.forward(source, 1000 + i, 90000 + 3000 * i)
+            sender.forward(source, 1000 + i, 90000 + 3000 * i, time.time())
             await asyncio.sleep(0.02)
         for _ in range(100):
             if len(got) == 10:

@@ -33,7 +33,7 @@ class Sender:
     on_remb: object = None
     sent: list[tuple[int, int, int, int, bool]] = field(default_factory=list)
 
-    async def forward(self, packet: RtpPacket, seq: int, timestamp: int) -> None:
+    def forward(self, packet: RtpPacket, seq: int, timestamp: int, now: float) -> None:
         layer, frame, part = struct.unpack_from("!BII", packet.payload, 2)
         self.sent.append((seq, layer, frame, part, packet.payload[1] == 0x00 and part == 0))
 

@@ -47,7 +47,7 @@ class FakeSender:
     on_remb: object = None
     sent: list[tuple[int, int, int, int]] = field(default_factory=list)  # (seq, ts, src, index)
 
-    async def forward(self, packet: RtpPacket, seq: int, timestamp: int) -> None:
+    def forward(self, packet: RtpPacket, seq: int, timestamp: int, now: float) -> None:
         source, index = struct.unpack_from("!II", packet.payload, 2)
         self.sent.append((seq, timestamp, source, index))
 
