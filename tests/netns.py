@@ -46,6 +46,11 @@ class Namespace:
         _ip("netns", "add", self.name)
         _ip("link", "add", self.outer, "type", "veth", "peer", "name", self.inner)
         _ip("link", "set", self.inner, "netns", self.name)
+        # IPv4 only inside: an IPv6 link-local address arriving a second after the link is up
+        # (duplicate address detection) is a network change to a Chromium started meanwhile,
+        # which aborts the page's loads with ERR_NETWORK_CHANGED.
+        for scope in ("all", "default", self.inner):
+            self.inside("sysctl", "-q", "-w", f"net.ipv6.conf.{scope}.disable_ipv6=1")
         _ip("addr", "add", f"{self.host}/24", "dev", self.outer)
         _ip("link", "set", self.outer, "up")
         self.inside("ip", "addr", "add", f"{self.address}/24", "dev", self.inner)

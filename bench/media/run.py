@@ -337,7 +337,7 @@ def machine() -> dict[str, Any]:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true", help="shorter windows, fewer points")
-    scenarios = "cpu,capacity,record,cascade,late,late-clip,latency"
+    scenarios = "cpu,fullhd,capacity,record,cascade,late,late-clip,latency"
     ap.add_argument("--only", help=f"comma-separated: {scenarios}")
     args = ap.parse_args()
     window = 8.0 if args.quick else 15.0
@@ -355,6 +355,10 @@ def main() -> None:
             record(run("teleconsult", n, "1280x720", 1_500_000, window))
         for n in (1, 4):
             record(run("mediarelay", n, "1280x720", 1_500_000, window))
+    if "fullhd" in only:
+        # Issue 16's points: 1080p at 4 Mbit/s (about 400 packets/s in) to 1, 8 and 16.
+        for n in (1, 8, 16):
+            record(run("teleconsult", n, "1920x1080", 4_000_000, window))
     if "capacity" in only:
         record(run("teleconsult", 30, "1920x1080", 4_000_000, window, audio=True, procs=2))
     if "record" in only:

@@ -128,12 +128,20 @@ async def room_page(ns: Namespace, port: int, tmp: Path, role: Role) -> AsyncIte
     async with browser_in(ns, origin, tmp) as context:
         await context.add_init_script(STAMPS)
         page = await context.new_page()
+        said: list[str] = []
+        page.on("console", lambda m: said.append(f"console {m.type}: {m.text}"))
+        page.on("pageerror", lambda e: said.append(f"page error: {e}"))
+        page.on("requestfailed", lambda r: said.append(f"failed: {r.url} {r.failure}"))
+        page.on("response", lambda r: r.status >= 400 and said.append(f"{r.status}: {r.url}"))
         await page.goto(join_url(origin, "van", token(role, role.value)))
         # Joining is not what these tests time (a fresh Chromium in a namespace, its modules
         # loading, on a busy machine took over Playwright's default 5 s twice in CI runs).
-        await expect(page.locator("#state")).to_have_attribute(
-            "data-state", "joined", timeout=JOIN_WITHIN * 1000
-        )
+        try:
+            await expect(page.locator("#state")).to_have_attribute(
+                "data-state", "joined", timeout=JOIN_WITHIN * 1000
+            )
+        except AssertionError as e:
+            raise AssertionError(f"{e}\nwhat the page said: {said}") from None
         yield page
 
 
