@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from playwright.async_api import Page, expect
+from playwright.async_api import Page, Response, expect
 
 from teleconsult.client.media import MediaClient
 from teleconsult.client.signaling import SignalingClient
@@ -132,7 +132,12 @@ async def room_page(ns: Namespace, port: int, tmp: Path, role: Role) -> AsyncIte
         page.on("console", lambda m: said.append(f"console {m.type}: {m.text}"))
         page.on("pageerror", lambda e: said.append(f"page error: {e}"))
         page.on("requestfailed", lambda r: said.append(f"failed: {r.url} {r.failure}"))
-        page.on("response", lambda r: r.status >= 400 and said.append(f"{r.status}: {r.url}"))
+
+        def answered(r: Response) -> None:
+            if r.status >= 400:
+                said.append(f"{r.status}: {r.url}")
+
+        page.on("response", answered)
         await page.goto(join_url(origin, "van", token(role, role.value)))
         # Joining is not what these tests time (a fresh Chromium in a namespace, its modules
         # loading, on a busy machine took over Playwright's default 5 s twice in CI runs).
