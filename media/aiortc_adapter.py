@@ -331,23 +331,25 @@ def send_rtp_now(dtls: RTCDtlsTransport, data: bytes) -> bool:
         return False
     if not sent:
         # Not an ordinary socket (a TURN allocation, say): aioice's own way, in order.
-        task = asyncio.ensure_future(dtls.transport._send(protected))
-        task.add_done_callback(_sent)
+        task = asyncio.ensure_future(_send_later(dtls.transport._send, protected))
+        _LATER.add(task)  # the loop keeps only a weak reference to a task
+        task.add_done_callback(_LATER.discard)
     setattr(dtls, _TX_BYTES, getattr(dtls, _TX_BYTES) + len(protected))
     setattr(dtls, _TX_PACKETS, getattr(dtls, _TX_PACKETS) + 1)
     return True
 
 
-def _sent(task: asyncio.Future[None]) -> None:
-    """Take a fallback send's outcome: a path that went away meanwhile is no error."""
-    if task.cancelled():
-        return
-    error = task.exception()
-    if error is not None and not isinstance(error, ConnectionError | OSError):
-        try:
-            raise error
-        except Exception:
-            handled_failure("sending a packet")
+_LATER: set[asyncio.Future[None]] = set()
+
+
+async def _send_later(send: Callable[[bytes], Awaitable[None]], data: bytes) -> None:
+    """Send through aioice's awaited path: a path that went away meanwhile is no error."""
+    try:
+        await send(data)
+    except (ConnectionError, OSError):
+        pass
+    except Exception:
+        handled_failure("sending a packet")
 
 
 class ForwardingSender(RTCRtpSender):

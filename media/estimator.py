@@ -27,6 +27,7 @@ class RateMeter:
 
     def __init__(self, window: float = 2.0, buckets: int = 8) -> None:
         self.bucket = window / buckets
+        self._buckets = buckets
         self._full: deque[int] = deque(maxlen=buckets)  # bytes of each completed bucket
         self._bytes = 0
         self._start: float | None = None
@@ -39,7 +40,7 @@ class RateMeter:
         passed = int((now - self._start) / self.bucket)
         if passed > 0:
             # Bounded by the window: a longer silence only empties it.
-            for _ in range(min(passed, (self._full.maxlen or 1) + 1)):
+            for _ in range(min(passed, self._buckets + 1)):
                 self._full.append(self._bytes)
                 self._bytes = 0
             self._start += passed * self.bucket

@@ -407,13 +407,12 @@ class DownTrack:
 
     def _start(self, packet: RtpPacket, ext: int, layer: Layer, now: float) -> None:
         """Start at this keyframe packet, with what overtook it (dropped while waiting)."""
-        self.shedding = False
         self.rewriter.rebase(ext, packet.timestamp, now)
         self._send_first([(ext, packet), *layer.after(ext)], now)
 
     def _send_first(self, packets: list[tuple[int, RtpPacket]], now: float) -> None:
         """Send the packets a start begins with, once the rewriter is rebased."""
-        self.waiting = False
+        self.waiting = self.shedding = False
         if self.started_at is None:
             self.started_at = now
         for e, p in packets:
@@ -433,7 +432,6 @@ class DownTrack:
         span = (live_ts - first_ts) % TS_MOD
         # Room before the live frame for the others, after whatever the subscriber had; late
         # packets of a cached frame (reordering) get its new time too.
-        self.shedding = False
         self.rewriter.rebase(cached[0][0], live_ts, now, ahead=-(-span // SQUEEZE) + 1)
         self.rewriter.squeeze(first_ts, live_ts, cached[-1][0] + RECENT)
         self._send_first(cached, now)

@@ -84,6 +84,15 @@ class Namespace:
             timeout=10,
         )
 
+    @contextmanager
+    def shaped(self, *qdisc: str) -> Iterator[None]:
+        """Shape what the namespace receives for the length of a `with` block."""
+        self.shape(*qdisc)
+        try:
+            yield
+        finally:
+            self.unshape()
+
     def unshape(self) -> None:
         """Take the qdisc off what the namespace receives."""
         subprocess.run(

@@ -21,6 +21,14 @@ from teleconsult.media.synthetic import UltrasoundTrack
 from .media_util import connected, extension_map
 
 LAYERS = {"lo": (160, 120), "mid": (320, 240), "hi": (640, 480)}
+# A probe feed's layers at the rates a browser sends them (rid: width, height, bits/s), and a
+# link the full size does not fit: the shaped bench and the Chromium test use both.
+RATED_LAYERS: dict[str, tuple[int, int, int | None]] = {
+    "q": (320, 180, 150_000),
+    "h": (640, 360, 500_000),
+    "f": (1280, 720, 1_800_000),
+}
+NARROW_LINK = ("tbf", "rate", "1mbit", "burst", "16kb", "latency", "300ms")
 FPS = 30
 PAYLOAD = 1000  # bytes of a frame per packet
 

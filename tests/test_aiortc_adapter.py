@@ -5,7 +5,9 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
+from typing import Any
 
+import aioice.ice
 import pytest
 from aiortc import RTCConfiguration, RTCSessionDescription
 from aiortc.rtcrtpparameters import RTCRtpCodecParameters
@@ -70,7 +72,21 @@ def test_offered_media_refuses_unusable_sdp() -> None:
         assert e.value.code == "bad_sdp"
 
 
-async def test_relay_pair_forwards_packets_and_repairs_a_loss() -> None:
+@pytest.mark.parametrize("path", ["socket", "awaited"])
+async def test_relay_pair_forwards_packets_and_repairs_a_loss(
+    path: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # "socket": copies go straight to the ICE socket. "awaited": aioice's send is replaced (as
+    # a TURN allocation's is another), so copies take aioice's own awaited way, in order.
+    through_aioice: list[bytes] = []
+    if path == "awaited":
+        original = aioice.ice.StunProtocol.send_data
+
+        async def send_data(self: Any, data: bytes, addr: tuple[str, int]) -> None:
+            through_aioice.append(data)
+            await original(self, data, addr)
+
+        monkeypatch.setattr(aioice.ice.StunProtocol, "send_data", send_data)
     use_host_addresses(["127.0.0.1"])
     a = RelayPeerConnection(RTCConfiguration(iceServers=[]))
     b = RelayPeerConnection(RTCConfiguration(iceServers=[]))
@@ -127,6 +143,9 @@ async def test_relay_pair_forwards_packets_and_repairs_a_loss() -> None:
         assert [s for s, _ in got].index(1003) > [s for s, _ in got].index(1004)
         assert sender.retransmits == 1 and receiver.nacks_sent >= 1
         assert sender.packets_sent == 10
+        if path == "awaited":
+            rtp = [d for d in through_aioice if 128 <= d[0] <= 191 and not 200 <= d[1] <= 206]
+            assert len(rtp) >= 10, len(rtp)
     finally:
         await a.close()
         await b.close()

@@ -36,21 +36,15 @@ from teleconsult.media.aioice_adapter import use_host_addresses
 from teleconsult.session.roles import Role
 from teleconsult.signaling.tokens import mint
 from tests.netns import Namespace, namespace
-from tests.simulcast_util import FPS, SimulcastPublisher
+from tests.simulcast_util import FPS, NARROW_LINK, RATED_LAYERS, SimulcastPublisher
 
 from ..common import cpu_seconds, free_port, serve
 
 SECRET = "shaped-secret-shaped-secret-shaped-0123"
 ROOM = "shaped"
 RESULTS = Path(__file__).resolve().parent.parent / "results"
-LAYERS: dict[str, tuple[int, int, int | None]] = {
-    "q": (320, 180, 150_000),
-    "h": (640, 360, 500_000),
-    "f": (1280, 720, 1_800_000),
-}
 CLIP = 90  # frames: 3 s, looped
 GOP = 30
-NARROW = ["tbf", "rate", "1mbit", "burst", "16kb", "latency", "300ms"]
 # The narrow scenario: seconds of a good link, narrowed, and good again.
 BEFORE, NARROWED, AFTER = 10, 30, 20
 LOSSY_S = 60
@@ -150,14 +144,13 @@ async def run(scenario: str) -> dict[str, Any]:
             ns.inside("ip", "route", "add", "default", "via", ns.host)
         # Every viewer reaches the one announced address through its own link.
         server = serve(port, SECRET, tmp / "data", "--host", "0.0.0.0", "--announce", first.host)
-        narrowed = False
         use_host_addresses([first.host])
         sig = SignalingClient(
             f"ws://{first.host}:{port}/ws",
             mint(SECRET, ROOM, Role.OPERATOR, "op", 3600, "op"),
             ROOM,
         )
-        publisher = SimulcastPublisher(sig, layers=LAYERS, frames=CLIP, gop=GOP)
+        publisher = SimulcastPublisher(sig, layers=RATED_LAYERS, frames=CLIP, gop=GOP)
         try:
             await sig.connect()
             stream = await publisher.publish()
@@ -172,16 +165,11 @@ async def run(scenario: str) -> dict[str, Any]:
             cpu0, wall0 = cpu_seconds(server.pid), time.monotonic()
             if scenario == "narrow":
                 await asyncio.sleep(t0 + BEFORE - time.time())
-                first.shape(*NARROW)
-                narrowed = True
-                await asyncio.sleep(t0 + BEFORE + NARROWED - time.time())
-                first.unshape()
-                narrowed = False
+                with first.shaped(*NARROW_LINK):
+                    await asyncio.sleep(t0 + BEFORE + NARROWED - time.time())
             results = await views
             cpu_pct = (cpu_seconds(server.pid) - cpu0) / (time.monotonic() - wall0) * 100
         finally:
-            if narrowed:
-                first.unshape()
             await publisher.close()
             await sig.close()
             use_host_addresses(None)
@@ -203,7 +191,7 @@ async def cpu_point(server: int, port: int, simulcast: bool, viewers: int) -> di
     sig = SignalingClient(
         f"ws://127.0.0.1:{port}/ws", mint(SECRET, ROOM, Role.OPERATOR, "op", 3600, "op"), ROOM
     )
-    layers = LAYERS if simulcast else {"f": LAYERS["f"]}
+    layers = RATED_LAYERS if simulcast else {"f": RATED_LAYERS["f"]}
     publisher = SimulcastPublisher(sig, layers=layers, frames=CLIP, gop=GOP, simulcast=simulcast)
     log = Path(tempfile.mkdtemp(prefix="tc-shaped-cpu-")) / "viewers.json"
     tokens = ",".join(mint(SECRET, ROOM, Role.AUDIENCE, f"v{i}", 3600, f"v{i}")

@@ -17,18 +17,11 @@ from teleconsult.signaling.tokens import mint
 
 from ..conftest import SECRET, server_process
 from ..netns import namespace
-from ..simulcast_util import FPS, SimulcastPublisher
+from ..simulcast_util import FPS, NARROW_LINK, RATED_LAYERS, SimulcastPublisher
 from .conftest import browser_in
 
 ROOM = "van"
-# The bench's layers (bench/shaped/run.py): the full size does not fit a 1 Mbit/s link.
-LAYERS: dict[str, tuple[int, int, int | None]] = {
-    "q": (320, 180, 150_000),
-    "h": (640, 360, 500_000),
-    "f": (1280, 720, 1_800_000),
-}
 FULL = 1280
-NARROW = ["tbf", "rate", "1mbit", "burst", "16kb", "latency", "300ms"]
 NARROWED_S = 15
 DOWN_WITHIN, SETTLED_AFTER, UP_WITHIN = 5.0, 5.0, 10.0
 
@@ -87,8 +80,7 @@ async def test_a_viewer_behind_a_narrowed_link_goes_down_and_back_up_decoding_th
         sig = SignalingClient(
             f"ws://{ns.host}:{port}/ws", mint(SECRET, ROOM, Role.OPERATOR, "op", 3600, "op"), ROOM
         )
-        publisher = SimulcastPublisher(sig, layers=LAYERS, frames=90, gop=30)
-        narrowed = False
+        publisher = SimulcastPublisher(sig, layers=RATED_LAYERS, frames=90, gop=30)
         try:
             await sig.connect()
             stream = await publisher.publish()
@@ -102,18 +94,13 @@ async def test_a_viewer_behind_a_narrowed_link_goes_down_and_back_up_decoding_th
                 assert full is not None, (await samples(page))[-5:]
                 await asyncio.sleep(2)
                 cap = time.time()
-                ns.shape(*NARROW)
-                narrowed = True
-                down = await until_width(page, lambda w: 0 < w < FULL, cap, DOWN_WITHIN + 5)
-                await asyncio.sleep(max(0.0, cap + NARROWED_S - time.time()))
-                lift = time.time()
-                ns.unshape()
-                narrowed = False
+                with ns.shaped(*NARROW_LINK):
+                    down = await until_width(page, lambda w: 0 < w < FULL, cap, DOWN_WITHIN + 5)
+                    await asyncio.sleep(max(0.0, cap + NARROWED_S - time.time()))
+                    lift = time.time()
                 up = await until_width(page, lambda w: w == FULL, lift, UP_WITHIN + 5)
                 rows = await samples(page)
         finally:
-            if narrowed:
-                ns.unshape()
             await publisher.close()
             await sig.close()
             use_host_addresses(None)
