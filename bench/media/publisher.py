@@ -14,14 +14,16 @@ from pathlib import Path
 from typing import Any
 
 import av
+from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
 from aiortc.mediastreams import MediaStreamTrack
 
-from teleconsult.client.media import MediaClient
+from teleconsult.client.media import MediaClient, prefer_codec
 from teleconsult.client.signaling import SignalingClient
 from teleconsult.client.tools import publish
 from teleconsult.media.aioice_adapter import use_host_addresses
 from teleconsult.media.synthetic import UltrasoundTrack
 
+from ..janus.client import Janus
 from .clip import opus_clip, vp8_clip
 
 KEY = 32  # bytes of frame data that identify a frame in both logs
@@ -66,6 +68,27 @@ class ReplayTrack(MediaStreamTrack):
         return packet
 
 
+async def publish_to_janus(
+    url: str, tracks: list[tuple[MediaStreamTrack, str, str]], duration: float
+) -> None:
+    """Publish the same tracks into Janus's VideoRoom, for the side-by-side runs."""
+    janus = Janus(url)
+    await janus.connect()
+    pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+    for track, _, _ in tracks:
+        t = pc.addTransceiver(track, direction="sendonly")
+        if track.kind == "video":
+            prefer_codec(t, "video", "VP8")
+    await pc.setLocalDescription(await pc.createOffer())
+    assert pc.localDescription is not None
+    feed, answer = await janus.publish(pc.localDescription.sdp)
+    await pc.setRemoteDescription(RTCSessionDescription(answer, "answer"))
+    print(json.dumps({"stream": str(feed)}), flush=True)
+    await asyncio.sleep(duration)
+    await pc.close()
+    await janus.close()
+
+
 async def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("url")
@@ -80,6 +103,7 @@ async def main() -> None:
     ap.add_argument("--source", default="probe", help="probe needs consent to be recorded")
     ap.add_argument("--duration", type=float, default=60)
     ap.add_argument("--heal", action="store_true", help="reconnect and publish again when lost")
+    ap.add_argument("--janus", action="store_true", help="URL is Janus's WebSocket API")
     args = ap.parse_args()
     use_host_addresses(["127.0.0.1"])
     w, h = (int(x) for x in args.size.split("x"))
@@ -106,6 +130,10 @@ async def main() -> None:
             "VP8",
             args.duration,
         )
+        await asyncio.to_thread(Path(args.log).write_text, json.dumps(sends))
+        return
+    if args.janus:
+        await publish_to_janus(args.url, tracks, args.duration)
         await asyncio.to_thread(Path(args.log).write_text, json.dumps(sends))
         return
     client = SignalingClient(args.url, args.token, args.room)

@@ -23,6 +23,7 @@ from teleconsult.session.roles import Role
 from teleconsult.signaling.tokens import mint
 
 from ..common import TELECONSULT, cpu_seconds, free_port, serve, start_redis, wait_http
+from ..janus.server import start_janus
 from .clip import vp8_clip
 
 SECRET = "bench-secret-bench-secret-bench-secret-01"
@@ -73,7 +74,7 @@ def run(
     ports = [free_port() for _ in range(nodes)]
     port = ports[0]
     url = f"ws://127.0.0.1:{port}/ws"
-    started: list[subprocess.Popen[str]] = []
+    started: list[subprocess.Popen[Any]] = []
     redis_proc = None
 
     def spawn(*args: str, out: bool = False) -> subprocess.Popen[str]:
@@ -91,20 +92,28 @@ def run(
         if nodes > 1:
             redis_url, redis_proc = start_redis(tmp / "redis")
             cluster = [redis_url]
-        relays = [
-            spawn(
-                "bench.media.relay_server",
-                mode,
-                str(p),
-                SECRET,
-                str(tmp / f"data{i}"),
-                *([*cluster, f"n{i}"] if cluster else []),
-            )
-            for i, p in enumerate(ports)
-        ]
+        janus = mode == "janus"
+        if janus:
+            # Janus's VideoRoom over its WebSocket API: the same publisher and viewers.
+            relays: list[subprocess.Popen[Any]] = [start_janus(tmp / "janus", port)]
+            started.append(relays[0])
+            url = f"ws://127.0.0.1:{port}"
+        else:
+            relays = [
+                spawn(
+                    "bench.media.relay_server",
+                    mode,
+                    str(p),
+                    SECRET,
+                    str(tmp / f"data{i}"),
+                    *([*cluster, f"n{i}"] if cluster else []),
+                )
+                for i, p in enumerate(ports)
+            ]
+            for port_of_node in ports:
+                wait_http(f"http://127.0.0.1:{port_of_node}/healthz")
         relay = relays[0]
-        for port_of_node in ports:
-            wait_http(f"http://127.0.0.1:{port_of_node}/healthz")
+        via = ["--janus"] if janus else []
         if nodes > 1:
             time.sleep(2.0)  # every node has beaten once: placement sees them all
         total = 20 + window + subscribers * 0.4 + subscribers * stagger
@@ -127,6 +136,7 @@ def run(
             *(["--live"] if live else []),
             # A camera, not a probe: recording it needs no operator's consent.
             *(["--source", "camera"] if record else []),
+            *via,
             out=True,
         )
         assert pub.stdout is not None
@@ -148,7 +158,7 @@ def run(
             subs.append(
                 spawn(
                     "bench.media.subscribers",
-                    f"ws://127.0.0.1:{ports[1 if edge_only else i % nodes]}/ws",
+                    url if janus else f"ws://127.0.0.1:{ports[1 if edge_only else i % nodes]}/ws",
                     "b",
                     stream,
                     str(tmp / f"subs{i}.json"),
@@ -158,6 +168,7 @@ def run(
                     str(stagger),
                     "--duration",
                     str(window + 8),
+                    *via,
                     out=True,
                 )
             )
@@ -195,6 +206,10 @@ def run(
         # A replayed clip repeats every 10 s: a frame is (content, the send it followed).
         window_sends = [(k, t) for k, t in sends if t0 <= t <= t1 - 0.5]
         fps, delivered, delays, first, aps = [], [], [], [], []
+        whole = range(int(t0) + 1, int(t1))  # the seconds wholly inside the window
+        packets_out = sum(r["per_second"].get(str(sec), 0) for r in results for sec in whole) / max(
+            1, len(whole)
+        )
         for r in results:
             arrivals = r["arrivals"]
             fps.append(sum(1 for _, t in arrivals if t0 <= t <= t1) / (t1 - t0))
@@ -202,7 +217,7 @@ def run(
                 aps.append(sum(1 for t in r["audio_arrivals"] if t0 <= t <= t1) / (t1 - t0))
             if r["connected_to_first_frame"] is not None:
                 first.append(r["connected_to_first_frame"] * 1000)
-            if window_sends and mode == "teleconsult":
+            if window_sends and mode != "mediarelay":
                 seen: dict[str, list[float]] = {}
                 for k, t in arrivals:
                     seen.setdefault(k, []).append(t)
@@ -228,6 +243,11 @@ def run(
             "subscribers_on": "second node" if edge_only else "spread",
             "relay_cpu_per_node": per_node,
             "relay_cpu_idle_publisher_only": round(idle_cpu * 100, 1),
+            "video_packets_out_per_s": round(packets_out),
+            # Relay CPU over the packets it sent: what each forwarded copy cost (all of it,
+            # receiving, RTCP and timers included).
+            "cpu_us_per_packet_out": round(cpu / packets_out * 1e6, 1) if packets_out else None,
+            "load1": round(os.getloadavg()[0], 2),
             "fps_min": round(min(fps), 1) if fps else None,
             "fps_mean": round(statistics.mean(fps), 1) if fps else None,
         }
@@ -237,6 +257,7 @@ def run(
             out["audio_packets_per_s_min"] = round(min(aps), 1)
         if delays:
             out["frame_delay_ms_p50"] = round(delays[len(delays) // 2], 2)
+            out["frame_delay_ms_p95"] = round(delays[int(len(delays) * 0.95)], 2)
             out["frame_delay_ms_p99"] = round(delays[int(len(delays) * 0.99)], 2)
         if hist:
             out["forward_delay_p50_le_s"] = quantile_bound(hist, 0.5)
@@ -248,7 +269,7 @@ def run(
         return out
     finally:
         if redis_proc is not None:
-            started.append(redis_proc)  # type: ignore[arg-type]
+            started.append(redis_proc)
         for p in started:
             if p.poll() is None:
                 p.terminate()
@@ -337,7 +358,7 @@ def machine() -> dict[str, Any]:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true", help="shorter windows, fewer points")
-    scenarios = "cpu,fullhd,capacity,record,cascade,late,late-clip,latency"
+    scenarios = "cpu,fullhd,janus,capacity,record,cascade,late,late-clip,latency"
     ap.add_argument("--only", help=f"comma-separated: {scenarios}")
     args = ap.parse_args()
     window = 8.0 if args.quick else 15.0
@@ -359,6 +380,15 @@ def main() -> None:
         # Issue 16's points: 1080p at 4 Mbit/s (about 400 packets/s in) to 1, 8 and 16.
         for n in (1, 8, 16):
             record(run("teleconsult", n, "1920x1080", 4_000_000, window))
+    if "janus" in only:
+        # Issue 16's comparison: the same publisher and viewers through Janus's VideoRoom and
+        # through teleconsult, interleaved, at 1080p 4 Mbit/s; then a late joiner to a
+        # publisher that ignores PLI (the replayed clip), where Janus's figure is its GOP.
+        for n in (1, 16) if args.quick else (1, 16, 32):
+            for mode in ("janus", "teleconsult"):
+                record(run(mode, n, "1920x1080", 4_000_000, window, procs=(n + 15) // 16))
+        for mode in ("janus", "teleconsult"):
+            record(run(mode, 10, "1280x720", 1_500_000, window, stagger=1.0))
     if "capacity" in only:
         record(run("teleconsult", 30, "1920x1080", 4_000_000, window, audio=True, procs=2))
     if "record" in only:

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from aiortc import RTCConfiguration
+from aiortc import RTCConfiguration, RTCSessionDescription
 from aiortc.rtcrtpparameters import RTCRtpCodecParameters
 from aiortc.rtp import RtpPacket
 
@@ -21,8 +21,9 @@ from teleconsult.client.media import MediaClient
 from teleconsult.client.signaling import SignalingClient
 from teleconsult.media.aioice_adapter import use_host_addresses
 from teleconsult.media.aiortc_adapter import ForwardingReceiver, RelayPeerConnection
-from teleconsult.media.keyframe import vp8_frame_offset
+from teleconsult.media.keyframe import vp8_frame_offset, vp8_keyframe_start
 
+from ..janus.client import Janus
 from .publisher import KEY
 
 
@@ -36,7 +37,10 @@ class Counter:
     first_frame_at: float | None = None
     arrivals: list[tuple[str, float]] = field(default_factory=list)
     heads: dict[int, str] = field(default_factory=dict)
+    keys: set[int] = field(default_factory=set)
     audio_arrivals: list[float] = field(default_factory=list)
+    # Video packets received in each whole second of wall time: the relay's output rate.
+    per_second: dict[int, int] = field(default_factory=dict)
 
     async def on_packet(
         self, packet: RtpPacket, codec: RTCRtpCodecParameters, layer: str = ""
@@ -46,9 +50,13 @@ class Counter:
             self.audio_packets += 1
             self.audio_arrivals.append(now)
             return
+        second = int(now)
+        self.per_second[second] = self.per_second.get(second, 0) + 1
         start = vp8_frame_offset(packet.payload)
         if start is not None:
             self.heads[packet.timestamp] = packet.payload[start : start + KEY].hex()
+            if self.first_frame_at is None and vp8_keyframe_start(packet.payload):
+                self.keys.add(packet.timestamp)
         if packet.marker:
             # The frame is complete: key it by its first bytes, seen in its first packet.
             self.video_frames += 1
@@ -56,13 +64,43 @@ class Counter:
             self.arrivals.append((head, now))
             if len(self.heads) > 64:
                 self.heads.clear()
-            if self.first_frame_at is None:
+            # The first frame a decoder can show: a keyframe, whole (a relay that starts a
+            # viewer mid-GOP delivers frames before it that cannot be decoded).
+            if self.first_frame_at is None and packet.timestamp in self.keys:
                 self.first_frame_at = time.monotonic()
 
 
+class JanusViewer:
+    """A viewer of a Janus VideoRoom feed, with the same raw receiver as ours."""
+
+    def __init__(self, url: str, feed: int, pc: RelayPeerConnection, on_packet: Any) -> None:
+        self.janus = Janus(url)
+        self.feed = feed
+        self.pc = pc
+        self.on_packet = on_packet
+
+    async def start(self) -> None:
+        """Join as subscriber, answer Janus's offer and count what arrives."""
+        await self.janus.connect()
+        offer = await self.janus.subscribe(self.feed)
+        await self.pc.setRemoteDescription(RTCSessionDescription(offer, "offer"))
+        await self.pc.setLocalDescription(await self.pc.createAnswer())
+        assert self.pc.localDescription is not None
+        for t in self.pc.getTransceivers():
+            receiver = t.receiver
+            assert isinstance(receiver, ForwardingReceiver)
+            receiver.on_packet = self.on_packet
+        await self.janus.start(self.pc.localDescription.sdp)
+
+    async def close(self) -> None:
+        """Leave: close the peer connection and the Janus session."""
+        await self.pc.close()
+        await self.janus.close()
+
+
 async def subscribe_one(
-    url: str, room: str, stream: str, token: str
-) -> tuple[Counter, tuple[SignalingClient, MediaClient]]:
+    url: str, room: str, stream: str, token: str, janus: bool = False
+) -> tuple[Counter, Any]:
     """Join as a viewer and count what arrives, without decoding."""
     counter = Counter()
     pc = RelayPeerConnection(RTCConfiguration(iceServers=[]))
@@ -72,6 +110,10 @@ async def subscribe_one(
         if pc.connectionState == "connected" and counter.connected_at is None:
             counter.connected_at = time.monotonic()
 
+    if janus:
+        viewer = JanusViewer(url, int(stream), pc, counter.on_packet)
+        await viewer.start()
+        return counter, viewer
     return counter, await receive_raw(url, room, stream, token, pc, counter.on_packet)
 
 
@@ -99,11 +141,12 @@ async def main() -> None:
     ap.add_argument("--tokens", required=True)
     ap.add_argument("--stagger", type=float, default=0.0, help="seconds between joins")
     ap.add_argument("--duration", type=float, default=30)
+    ap.add_argument("--janus", action="store_true", help="URL is Janus's WebSocket API")
     args = ap.parse_args()
     use_host_addresses(["127.0.0.1"])
-    joined: list[tuple[Counter, tuple[SignalingClient, MediaClient]]] = []
+    joined: list[tuple[Counter, Any]] = []
     for token in args.tokens.split(","):
-        joined.append(await subscribe_one(args.url, args.room, args.stream, token))
+        joined.append(await subscribe_one(args.url, args.room, args.stream, token, args.janus))
         if args.stagger:
             await asyncio.sleep(args.stagger)
     print(json.dumps({"subscribed": len(joined)}), flush=True)
@@ -120,10 +163,15 @@ async def main() -> None:
                 "audio_arrivals": counter.audio_arrivals,
                 "connected_to_first_frame": first,
                 "arrivals": counter.arrivals,
+                "per_second": counter.per_second,
             }
         )
     await asyncio.to_thread(Path(args.log).write_text, json.dumps(out))
-    for _, (client, media) in joined:
+    for _, peer in joined:
+        if isinstance(peer, JanusViewer):
+            await peer.close()
+            continue
+        client, media = peer
         await media.close()
         await client.close()
 
