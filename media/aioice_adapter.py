@@ -74,12 +74,33 @@ def quick_consent() -> None:
 _original_send_data = aioice.ice.StunProtocol.send_data
 
 
-def send_datagram_now(connection: aioice.ice.Connection, data: bytes) -> bool:
-    """Send a datagram on the connection's nominated pair at once, when that pair is an
-    ordinary socket that sends it unchanged; tell whether it did (else use `send`)."""
+def nominated_pair(connection: aioice.ice.Connection) -> Any:
+    """Return the connection's nominated candidate pair (its identity changes with the path)."""
     pair = connection._nominated.get(1)
     if pair is None:
         raise ConnectionError("Cannot send data, not connected")
+    return pair
+
+
+def plain_socket(pair: Any) -> tuple[int, tuple[str, int]] | None:
+    """Return (file descriptor, remote address) when the pair is an ordinary socket that sends
+    datagrams unchanged (not a TURN allocation, not a test's replaced send), else None."""
+    protocol = pair.protocol
+    if type(protocol) is not aioice.ice.StunProtocol or (
+        type(protocol).send_data is not _original_send_data
+    ):
+        return None
+    sock = protocol.transport.get_extra_info("socket")
+    if sock is None:
+        return None
+    host, port = pair.remote_addr[:2]
+    return sock.fileno(), (host, port)
+
+
+def send_datagram_now(connection: aioice.ice.Connection, data: bytes) -> bool:
+    """Send a datagram on the connection's nominated pair at once, when that pair is an
+    ordinary socket that sends it unchanged; tell whether it did (else use `send`)."""
+    pair = nominated_pair(connection)
     protocol = pair.protocol
     if type(protocol) is not aioice.ice.StunProtocol or (
         type(protocol).send_data is not _original_send_data

@@ -24,7 +24,7 @@ from aiortc import (
 )
 from aiortc.codecs import is_rtx
 from aiortc.rate import RemoteBitrateEstimator
-from aiortc.rtcdtlstransport import RTCDtlsTransport
+from aiortc.rtcdtlstransport import RTCDtlsTransport, State
 from aiortc.rtcrtpparameters import (
     RTCRtpCodecParameters,
     RTCRtpReceiveParameters,
@@ -45,11 +45,12 @@ from aiortc.rtp import (
 )
 from aiortc.utils import uint16_add
 
-from .aioice_adapter import send_datagram_now
+from .aioice_adapter import nominated_pair, plain_socket, send_datagram_now
 from .failures import handled_failure
+from .fastcopy import FAST, session_address
 from .packetcache import PacketCache
 from .red import Unwrapper, Wrapper
-from .rtpcopy import CopyHeader
+from .rtpcopy import CopyHeader, vad_byte
 from .simulcast import MAX_LAYERS
 from .transport_cc import ARRIVALS, CONGESTION, OVERHEAD, TWCC_INTERVAL, Congestion
 from .twcc import TwccFeedback
@@ -76,6 +77,9 @@ _NTP = "_RTCRtpSender__ntp_timestamp"
 _RTP = "_RTCRtpSender__rtp_timestamp"
 _OCTETS = "_RTCRtpSender__octet_count"
 _PACKETS = "_RTCRtpSender__packet_count"
+
+# `RTCDtlsTransport.state` formats an enum into a string each time it is read.
+_CONNECTED = State.CONNECTED
 
 # The DTLS transport's private counters of what it sent, for its stats.
 _TX_BYTES = "_RTCDtlsTransport__tx_bytes"
@@ -322,7 +326,7 @@ class ForwardingReceiver(RTCRtpReceiver):
 def send_rtp_now(dtls: RTCDtlsTransport, data: bytes) -> bool:
     """Protect one RTP packet and hand it to the ICE socket at once, as aiortc's `_send_rtp`
     does over three awaited layers; tell whether it went (False: not connected)."""
-    if dtls.state != "connected":
+    if dtls._state is not _CONNECTED:
         return False
     protected = dtls._tx_srtp.protect(data)
     try:
@@ -340,6 +344,37 @@ def send_rtp_now(dtls: RTCDtlsTransport, data: bytes) -> bool:
 
 
 _LATER: set[asyncio.Future[None]] = set()
+
+
+class Wire:
+    """Where a DTLS transport's copies go for the compiled path: socket, address, SRTP session.
+
+    Read from aioice's nominated pair and aiortc's session, and read again when either changes
+    (a new path after a network change, new keys after a DTLS restart).
+    """
+
+    def __init__(self, pair: Any, session: Any, fd: int, addr: bytes) -> None:
+        self.pair = pair
+        self.session = session
+        self.fd = fd
+        self.addr = addr
+        self.srtp = session_address(session)
+
+
+def current_wire(dtls: RTCDtlsTransport, wire: Wire | None) -> Wire | None:
+    """Return where the compiled path sends now (`wire` while still true), or None when only the
+    Python path can (not connected, or not an ordinary socket: a TURN allocation)."""
+    if dtls._state is not _CONNECTED:
+        return None
+    pair = nominated_pair(dtls.transport._connection)
+    session = dtls._tx_srtp
+    if wire is not None and wire.pair is pair and wire.session is session:
+        return wire
+    plain = plain_socket(pair)
+    if plain is None:
+        return None
+    fd, (host, port) = plain
+    return Wire(pair, session, fd, FAST.sockaddr(host, port))
 
 
 async def _send_later(send: Callable[[bytes], Awaitable[None]], data: bytes) -> None:
@@ -377,6 +412,7 @@ class ForwardingSender(RTCRtpSender):
         self.loss: float | None = None  # share lost, as the subscriber's latest report says
         # Redundant audio, when the subscriber's answer took it.
         self.red: Wrapper | None = None
+        self._wire: Wire | None = None
 
     async def _run_rtp(self, codec: RTCRtpCodecParameters) -> None:
         # Replaces aiortc's read-encode-send loop: packets arrive through forward().
@@ -417,14 +453,34 @@ class ForwardingSender(RTCRtpSender):
         number = None
         if self.congestion is not None:
             number = self.congestion.number(len(payload) + OVERHEAD)
-        data = header.make(
-            (source.marker << 7) | payload_type, seq, timestamp, (ntp >> 14) & 0x00FFFFFF,
-            number, level, payload,
-        )  # fmt: skip
-        self.cache.put(seq, data)
-        self._last_seq = seq
-        if not self._send(data):
-            return
+        marker_pt, abs_send_time = (source.marker << 7) | payload_type, (ntp >> 14) & 0x00FFFFFF
+        wire = None
+        # The compiled path, unless it was not built or a test replaced the send to lose copies.
+        if FAST is not None and "_send" not in self.__dict__:
+            try:
+                wire = self._wire = current_wire(self.transport, self._wire)
+            except ConnectionError:
+                return
+        if wire is not None:
+            data, sent = FAST.copy(
+                wire.fd, wire.addr, wire.srtp, header.template, marker_pt, seq, timestamp,
+                header.abs_at, abs_send_time, header.tcc_at, number, header.vad_at,
+                None if level is None else vad_byte(level), payload,
+            )  # fmt: skip
+            if sent > 0:
+                dtls = self.transport
+                setattr(dtls, _TX_BYTES, getattr(dtls, _TX_BYTES) + sent)
+                setattr(dtls, _TX_PACKETS, getattr(dtls, _TX_PACKETS) + 1)
+            self.cache.put(seq, data)
+            self._last_seq = seq
+        else:
+            data = header.make(
+                marker_pt, seq, timestamp, abs_send_time, number, level, payload
+            )  # fmt: skip
+            self.cache.put(seq, data)
+            self._last_seq = seq
+            if not self._send(data):
+                return
         # The counters aiortc's RTCP loop puts in sender reports.
         setattr(self, _NTP, ntp)
         setattr(self, _RTP, timestamp)

@@ -23,6 +23,11 @@ def _first_change(a: bytes, b: bytes) -> int | None:
     return next((i for i, (x, y) in enumerate(zip(a, b, strict=True)) if x != y), None)
 
 
+def vad_byte(level: tuple[bool, int]) -> int:
+    """Return the audio-level extension's byte (RFC 6464): voice flag and level."""
+    return (0x80 if level[0] else 0) | (level[1] & 0x7F)
+
+
 class CopyHeader:
     """The fixed part of a sender's RTP header, and where its per-copy values go."""
 
@@ -36,9 +41,9 @@ class CopyHeader:
         self._level = level
         self.template = self._sample(0, 0, (False, 0))
         # Where each value goes: the bytes that change when that value alone changes.
-        self._abs = _first_change(self.template, self._sample(0xFFFFFF, 0, (False, 0)))
-        self._tcc = _first_change(self.template, self._sample(0, 0xFFFF, (False, 0)))
-        self._vad = _first_change(self.template, self._sample(0, 0, (True, 127)))
+        self.abs_at = _first_change(self.template, self._sample(0xFFFFFF, 0, (False, 0)))
+        self.tcc_at = _first_change(self.template, self._sample(0, 0xFFFF, (False, 0)))
+        self.vad_at = _first_change(self.template, self._sample(0, 0, (True, 127)))
         # Checked once against aiortc's own header for other values: a template that would
         # differ from it is never used.
         sample = self.make(0x80 | 111, 0x1234, 0x89ABCDEF, 0x0A0B0C, 0x0D0E, (True, 42), b"x")
@@ -86,11 +91,11 @@ class CopyHeader:
         buf = bytearray(self.template)
         buf[1] = marker_pt
         _SEQ_TS.pack_into(buf, 2, seq, timestamp)
-        if self._abs is not None:
-            buf[self._abs : self._abs + 3] = abs_send_time.to_bytes(3, "big")
-        if self._tcc is not None and number is not None:
-            _U16.pack_into(buf, self._tcc, number)
-        if self._vad is not None and level is not None:
-            buf[self._vad] = (0x80 if level[0] else 0) | (level[1] & 0x7F)
+        if self.abs_at is not None:
+            buf[self.abs_at : self.abs_at + 3] = abs_send_time.to_bytes(3, "big")
+        if self.tcc_at is not None and number is not None:
+            _U16.pack_into(buf, self.tcc_at, number)
+        if self.vad_at is not None and level is not None:
+            buf[self.vad_at] = vad_byte(level)
         buf += payload
         return bytes(buf)

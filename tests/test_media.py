@@ -11,7 +11,7 @@ import pytest
 
 from teleconsult.client.media import MediaClient
 from teleconsult.client.signaling import RequestFailed, SignalingClient
-from teleconsult.media import stamp
+from teleconsult.media import aiortc_adapter, fastcopy, stamp
 from teleconsult.session.roles import Role
 
 from .conftest import Server
@@ -43,6 +43,25 @@ async def peers(server: Server) -> AsyncIterator[list[Peer]]:
         await p.media.close()
 
 
+@pytest.fixture(params=["compiled", "python"])
+def copy_path(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Run a test with the compiled per-copy path (media/_fastcopy.c) and with its fallback."""
+    if request.param == "python":
+        # The name the sender reads, as the fallback sees it when the module was not built.
+        monkeypatch.setattr(aiortc_adapter, "FAST", None)
+    else:
+        assert fastcopy.FAST is not None, "the compiled path was not built"
+    return str(request.param)
+
+
+def copies_went(server: Server, copy_path: str) -> None:
+    """Check that every subscriber's copies took the path under test."""
+    for down in server.hub.sfu.downs.values():
+        for track in down.tracks:
+            wire = track.sender._wire
+            assert (wire is not None) == (copy_path == "compiled"), copy_path
+
+
 async def join(server: Server, peers: list[Peer], role: Role, identity: str) -> Peer:
     p = Peer(await server.join(role=role, identity=identity, name=identity))
     peers.append(p)
@@ -51,7 +70,7 @@ async def join(server: Server, peers: list[Peer], role: Role, identity: str) -> 
 
 @pytest.mark.parametrize("codec", ["VP8", "H264", "H264/640c1f"])
 async def test_video_reaches_every_subscriber_undecoded(
-    server: Server, peers: list[Peer], codec: str
+    server: Server, peers: list[Peer], codec: str, copy_path: str
 ) -> None:
     op = await join(server, peers, Role.OPERATOR, "op")
     ex = await join(server, peers, Role.EXPERT, "ex")
@@ -81,15 +100,17 @@ async def test_video_reaches_every_subscriber_undecoded(
             sender = down.tracks[0].sender
             assert sender.codec is not None
             assert sender.codec.parameters["profile-level-id"] == codec.split("/")[1]
+    copies_went(server, copy_path)
 
 
-async def test_opus_audio_is_heard(server: Server, peers: list[Peer]) -> None:
+async def test_opus_audio_is_heard(server: Server, peers: list[Peer], copy_path: str) -> None:
     ex = await join(server, peers, Role.EXPERT, "ex")
     op = await join(server, peers, Role.OPERATOR, "op")
     stream = await ex.media.publish([(ToneTrack(), "microphone", "Expert voice")])
     sub = await op.media.subscribe(stream.id)
     frames = await receive(sub.tracks[f"{stream.id}.0"], 50)
     assert tone_level(frames[-25:]) > 1000  # a 0.3 full-scale tone, not silence
+    copies_went(server, copy_path)
 
 
 async def test_late_joiner_gets_a_picture_within_a_second(
