@@ -6,6 +6,8 @@ consent freshness is checked more often, and host candidates can be pinned to ad
 
 from __future__ import annotations
 
+import weakref
+from collections.abc import Callable
 from typing import Any
 
 import aioice.ice
@@ -15,6 +17,52 @@ from .datagrams import STUN, DropCounter, broken, kind_of
 
 # Datagrams dropped on this process's ICE ports before aioice or aiortc saw them, by kind.
 INGRESS = DropCounter()
+
+# Connections whose media datagrams are offered straight from the socket to a taker (it tells
+# whether it took the datagram), instead of waiting in the connection's queue for a task.
+_TAKERS: weakref.WeakKeyDictionary[aioice.ice.Connection, Callable[[bytes], bool]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def take_datagrams_now(connection: aioice.ice.Connection, taker: Callable[[bytes], bool]) -> None:
+    """Offer this connection's non-STUN datagrams to `taker` as they arrive (it must not hold
+    a strong reference to the connection: the registry holds it weakly)."""
+    _TAKERS[connection] = taker
+
+
+def taker_of(connection: aioice.ice.Connection) -> Callable[[bytes], bool] | None:
+    """Return what takes this connection's datagrams as they arrive, if anything does."""
+    return _TAKERS.get(connection)
+
+
+# The most datagrams read from one ICE socket per readiness event (see `_drained`).
+DRAIN = 32
+
+
+def _drained(protocol: aioice.ice.StunProtocol, data: bytes | str, addr: tuple[Any, ...]) -> None:
+    """Take a datagram asyncio read, then the ones already waiting on the same socket.
+
+    asyncio reads one datagram per readiness event, so each costs a pass of the event loop
+    and an epoll_wait besides its recvfrom; a frame arrives as a burst of packets, and
+    reading the burst at once saves most of those system calls.
+    """
+    _guarded_datagram_received(protocol, data, addr)
+    transport = protocol.transport
+    sock = getattr(transport, "_sock", None)
+    if sock is None:
+        return
+    for _ in range(DRAIN - 1):
+        if transport.is_closing():
+            return
+        try:
+            data, addr = sock.recvfrom(65536)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError as exc:  # an ICMP error, say: as asyncio itself hands it on
+            protocol.error_received(exc)
+            return
+        _guarded_datagram_received(protocol, data, addr)
 
 
 def _guarded_datagram_received(
@@ -32,7 +80,11 @@ def _guarded_datagram_received(
         return
     if kind_of(data) != STUN:
         # DTLS and SRTP authenticate what they accept; aioice would only try STUN on it.
-        protocol.receiver.data_received(data, protocol.local_candidate.component)
+        connection = protocol.receiver
+        taker = _TAKERS.get(connection)
+        # Taken now only with nothing queued before it, so that the order stays the arrival's.
+        if taker is None or not connection._queue.empty() or not taker(data):
+            connection.data_received(data, protocol.local_candidate.component)
         return
     try:
         message = aioice.stun.parse_message(data)
@@ -56,7 +108,7 @@ def _guarded_datagram_received(
 
 def guard_ice_ports() -> None:
     """Make every ICE port of this process drop broken datagrams before aioice sees them."""
-    aioice.ice.StunProtocol.datagram_received = _guarded_datagram_received  # type: ignore[method-assign,assignment]
+    aioice.ice.StunProtocol.datagram_received = _drained  # type: ignore[method-assign,assignment]
 
 
 # Consent freshness (RFC 7675) checked every second, lost after four unanswered checks: a dead

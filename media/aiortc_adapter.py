@@ -13,14 +13,18 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Awaitable, Callable
+import weakref
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import replace
 from typing import Any
 
 import aiortc
+import pylibsrtp
 from aiortc import (
+    RTCConfiguration,
     RTCPeerConnection,
     RTCRtpTransceiver,
+    clock,
 )
 from aiortc.codecs import is_rtx
 from aiortc.rate import RemoteBitrateEstimator
@@ -38,6 +42,7 @@ from aiortc.rtp import (
     RtcpRrPacket,
     RtcpSrPacket,
     RtpPacket,
+    is_rtcp,
     pack_remb_fci,
     unpack_remb_fci,
     unwrap_rtx,
@@ -45,7 +50,14 @@ from aiortc.rtp import (
 )
 from aiortc.utils import uint16_add
 
-from .aioice_adapter import nominated_pair, plain_socket, send_datagram_now
+from .aioice_adapter import (
+    guard_ice_ports,
+    nominated_pair,
+    plain_socket,
+    send_datagram_now,
+    take_datagrams_now,
+    taker_of,
+)
 from .failures import handled_failure
 from .fastcopy import FAST, session_address
 from .packetcache import PacketCache
@@ -82,6 +94,8 @@ _PACKETS = "_RTCRtpSender__packet_count"
 _CONNECTED = State.CONNECTED
 
 # The DTLS transport's private counters of what it sent, for its stats.
+_RX_BYTES = "_RTCDtlsTransport__rx_bytes"
+_RX_PACKETS = "_RTCDtlsTransport__rx_packets"
 _TX_BYTES = "_RTCDtlsTransport__tx_bytes"
 _TX_PACKETS = "_RTCDtlsTransport__tx_packets"
 
@@ -91,7 +105,8 @@ NTP_UNIX_OFFSET = 2208988800
 # Called with each packet, its codec, and its simulcast layer (its rid; "" without simulcast).
 # A probe's padding is sent this many packets at most at a time.
 MAX_PADDING_PACKETS = 40
-PacketHandler = Callable[[RtpPacket, RTCRtpCodecParameters, str], Awaitable[None]]
+# Called for every packet a publisher sends, synchronously: it must not block.
+PacketHandler = Callable[[RtpPacket, RTCRtpCodecParameters, str], None]
 
 log = logging.getLogger("teleconsult.media")
 
@@ -170,6 +185,11 @@ class ForwardingReceiver(RTCRtpReceiver):
         _set(self, "RTCRtpReceiver", "started", True)
 
     async def _handle_rtp_packet(self, packet: RtpPacket, arrival_time_ms: int) -> None:
+        # aiortc's own path (a packet that waited in the transport's queue).
+        self.handle_rtp_now(packet, arrival_time_ms)
+
+    def handle_rtp_now(self, packet: RtpPacket, arrival_time_ms: int) -> None:
+        """Take one RTP packet from the publisher and hand it on, without awaiting anything."""
         # aiortc's DTLS transport ends (and the peer connection fails) on any exception raised
         # here: one bad packet must cost that packet, not the publisher's stream. One try, no
         # extra call: this runs for every packet a publisher sends.
@@ -196,7 +216,7 @@ class ForwardingReceiver(RTCRtpReceiver):
             codec = self.codecs.get(packet.payload_type)
             red = self.red
             if red is not None and packet.payload_type == red.payload_type:
-                await self._handle_red(packet, red)
+                self._handle_red(packet, red)
                 return
             if codec is None:
                 return
@@ -222,15 +242,22 @@ class ForwardingReceiver(RTCRtpReceiver):
             nack = self._nack if not layer else self._nacks.setdefault(packet.ssrc, NackGenerator())
             if nack is not None and nack.add(packet):
                 self.nacks_sent += 1
-                await self._send_rtcp_nack(packet.ssrc, sorted(nack.missing))
+                # Beside the forwarding: the packet goes on now, the NACK as soon as it can.
+                self._spawn(self._send_rtcp_nack(packet.ssrc, sorted(nack.missing)))
             self.packets += 1
             self.bytes += len(packet.payload)
             if self.on_packet is not None:
-                await self.on_packet(packet, codec, layer)
+                self.on_packet(packet, codec, layer)
         except Exception:
             handled_failure("handling a publisher's RTP packet")
 
-    async def _handle_red(self, packet: RtpPacket, red: Unwrapper) -> None:
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        """Run an RTCP send beside the packet path, keeping its task referenced."""
+        task = asyncio.ensure_future(_quietly(coro))
+        _LATER.add(task)
+        task.add_done_callback(_LATER.discard)
+
+    def _handle_red(self, packet: RtpPacket, red: Unwrapper) -> None:
         """Hand on the Opus packets a RED packet holds (those lost before it put back)."""
         codec = self.codecs.get(red.primary)
         if codec is None:
@@ -245,7 +272,7 @@ class ForwardingReceiver(RTCRtpReceiver):
             self.packets += 1
             self.bytes += len(inner.payload)
             if self.on_packet is not None:
-                await self.on_packet(inner, codec, "")
+                self.on_packet(inner, codec, "")
 
     async def _handle_rtcp_packet(self, packet: AnyRtcpPacket) -> None:
         try:
@@ -379,8 +406,13 @@ def current_wire(dtls: RTCDtlsTransport, wire: Wire | None) -> Wire | None:
 
 async def _send_later(send: Callable[[bytes], Awaitable[None]], data: bytes) -> None:
     """Send through aioice's awaited path: a path that went away meanwhile is no error."""
+    await _quietly(send(data))
+
+
+async def _quietly(send: Awaitable[None]) -> None:
+    """Await a send beside the packet path: a path that went away meanwhile is no error."""
     try:
-        await send(data)
+        await send
     except (ConnectionError, OSError):
         pass
     except Exception:
@@ -569,8 +601,68 @@ class ForwardingSender(RTCRtpSender):
             handled_failure("handling a subscriber's RTCP packet")
 
 
+def receive_rtp_now(dtls: RTCDtlsTransport, data: bytes) -> bool:
+    """Take an SRTP packet straight from the socket into its forwarding receiver, as aiortc's
+    DTLS transport would after a queue, a task wake-up and three awaited layers; tell whether
+    it was taken (False: aiortc's own path takes it, as it does DTLS and RTCP)."""
+    if dtls._state is not _CONNECTED or not 127 < data[0] < 192 or is_rtcp(data):
+        return False
+    srtp = dtls._rx_srtp
+    if srtp is None:
+        return False
+    setattr(dtls, _RX_BYTES, getattr(dtls, _RX_BYTES) + len(data))
+    setattr(dtls, _RX_PACKETS, getattr(dtls, _RX_PACKETS) + 1)
+    arrival_time_ms = clock.current_ms()
+    try:
+        packet = RtpPacket.parse(srtp.unprotect(data), dtls._rtp_header_extensions_map)
+    except (pylibsrtp.Error, ValueError):
+        return True  # not authentic, a replay, or not RTP: dropped, as aiortc drops it
+    receiver = dtls._rtp_router.route_rtp(packet)
+    if isinstance(receiver, ForwardingReceiver):
+        receiver.handle_rtp_now(packet, arrival_time_ms)
+    elif receiver is not None:  # pragma: no cover - a relay connection has no other kind
+        task = asyncio.ensure_future(
+            _quietly(receiver._handle_rtp_packet(packet, arrival_time_ms=arrival_time_ms))
+        )
+        _LATER.add(task)
+        task.add_done_callback(_LATER.discard)
+    return True
+
+
+class _Taker:
+    """Hands a connection's datagrams to `receive_rtp_now` while its DTLS transport lives."""
+
+    __slots__ = ("dtls", "taken")
+
+    def __init__(self, dtls: RTCDtlsTransport) -> None:
+        self.dtls = weakref.ref(dtls)
+        self.taken = 0
+
+    def __call__(self, data: bytes) -> bool:
+        dtls = self.dtls()
+        try:
+            if dtls is None or not receive_rtp_now(dtls, data):
+                return False
+        except Exception:
+            # Raised into the socket's callback it would close the socket: it costs the packet.
+            handled_failure("taking a publisher's packet")
+        self.taken += 1
+        return True
+
+
+def packets_taken_now(dtls: RTCDtlsTransport) -> int:
+    """Return how many SRTP packets a relay connection's transport took straight from its socket."""
+    taker = taker_of(dtls.transport._connection)
+    return taker.taken if isinstance(taker, _Taker) else 0
+
+
 class RelayPeerConnection(RTCPeerConnection):
     """A peer connection whose transceivers forward instead of decoding and encoding."""
+
+    def __init__(self, configuration: RTCConfiguration | None = None) -> None:
+        # Its ports drop broken datagrams, and hand SRTP to the forwarding as it arrives.
+        guard_ice_ports()
+        super().__init__(configuration)
 
     def _RTCPeerConnection__createTransceiver(
         self, direction: str, kind: str, sender_track: Any = None
@@ -580,6 +672,8 @@ class RelayPeerConnection(RTCPeerConnection):
             direction, kind, sender_track
         )
         transport = t.receiver.transport
+        # The publisher's packets go from the socket to the forwarding in one call.
+        take_datagrams_now(transport.transport._connection, _Taker(transport))
         receiver = ForwardingReceiver(kind, transport)
         sender = ForwardingSender(kind, transport)
         sender._stream_id = t.sender._stream_id

@@ -149,9 +149,7 @@ class UpTrack:
         """Return the layers being received, from the lowest rate up."""
         return sorted((x for x in self.layers.values() if x.live(now)), key=lambda x: x.rate)
 
-    async def on_packet(
-        self, packet: RtpPacket, codec: RTCRtpCodecParameters, name: str = ""
-    ) -> None:
+    def on_packet(self, packet: RtpPacket, codec: RTCRtpCodecParameters, name: str = "") -> None:
         """Forward one packet from the publisher to every subscriber."""
         now = self.clock()
         layer = self.layers.get(name)
@@ -200,7 +198,7 @@ class UpTrack:
         if self.kind == "video" and self._remb_throttle.ready(now):
             target = self.publisher_target(now)
             if target is not None:
-                await self.receiver.send_remb(target)
+                self._spawn(self.receiver.send_remb(target))
 
     def publisher_target(self, now: float) -> int | None:
         """Return the rate to ask of the publisher (its REMB), or None to leave it be.

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import socket
 import threading
 import time
 from typing import Any
@@ -13,11 +14,12 @@ from aiortc import RTCConfiguration, RTCSessionDescription
 from aiortc.rtcrtpparameters import RTCRtpCodecParameters
 from aiortc.rtp import RtpPacket
 
-from teleconsult.media.aioice_adapter import use_host_addresses
+from teleconsult.media.aioice_adapter import DRAIN, guard_ice_ports, use_host_addresses
 from teleconsult.media.aiortc_adapter import (
     ForwardingReceiver,
     ForwardingSender,
     RelayPeerConnection,
+    packets_taken_now,
 )
 from teleconsult.media.aiortc_codecs import codec_preferences, same_codec
 from teleconsult.media.sfu import offered_media, rewrite_host_candidates
@@ -105,7 +107,7 @@ async def test_relay_pair_forwards_packets_and_repairs_a_loss(
         assert isinstance(receiver, ForwardingReceiver)
         got: list[tuple[int, bytes]] = []
 
-        async def on_packet(packet: RtpPacket, codec: RTCRtpCodecParameters, layer: str) -> None:
+        def on_packet(packet: RtpPacket, codec: RTCRtpCodecParameters, layer: str) -> None:
             got.append((packet.sequence_number, packet.payload))
 
         receiver.on_packet = on_packet
@@ -143,6 +145,9 @@ async def test_relay_pair_forwards_packets_and_repairs_a_loss(
         assert [s for s, _ in got].index(1003) > [s for s, _ in got].index(1004)
         assert sender.retransmits == 1 and receiver.nacks_sent >= 1
         assert sender.packets_sent == 10
+        # The subscriber's side took them from its socket in one call each, not via a queue.
+        # (all but any that came while an RTCP packet waited in the queue: that order is kept)
+        assert packets_taken_now(receiver.transport) >= 8
         if path == "awaited":
             rtp = [d for d in through_aioice if 128 <= d[0] <= 191 and not 200 <= d[1] <= 206]
             assert len(rtp) >= 10, len(rtp)
@@ -168,3 +173,43 @@ def test_receiver_statistics_across_the_rtp_clock_wrap(monkeypatch: pytest.Monke
         now[0] += 1 / 30
     assert worst < 90  # under a millisecond; the raw difference reported 2**28 (49 minutes)
     assert stats.packets_expected == 2000 and stats.packets_lost == 0
+
+
+async def test_a_burst_on_an_ice_port_is_read_in_one_pass() -> None:
+    # A frame arrives as a burst of packets: they are read together, each handed on once and
+    # in order, instead of one per pass of the event loop.
+    guard_ice_ports()
+    got: list[bytes] = []
+
+    class Receiver:
+        _queue: asyncio.Queue[object] = asyncio.Queue()
+
+        def data_received(self, data: bytes, component: int) -> None:
+            got.append(data)
+
+    loop = asyncio.get_running_loop()
+    transport, protocol = await loop.create_datagram_endpoint(
+        lambda: aioice.ice.StunProtocol(Receiver()),  # type: ignore[arg-type]
+        local_addr=("127.0.0.1", 0),
+    )
+    protocol.local_candidate = type("C", (), {"component": 1})()
+    calls = 0
+    wrapped = protocol.datagram_received
+
+    def counted(data: bytes, addr: tuple[str, int]) -> None:
+        nonlocal calls
+        calls += 1
+        wrapped(data, addr)
+
+    protocol.datagram_received = counted  # type: ignore[method-assign,assignment]
+    burst = [bytes([20 + i % 40]) + i.to_bytes(2, "big") * 10 for i in range(100)]
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as out:
+        for d in burst:
+            out.sendto(d, transport.get_extra_info("sockname"))
+        for _ in range(50):
+            if len(got) == len(burst):
+                break
+            await asyncio.sleep(0.01)
+    transport.close()
+    assert got == burst
+    assert calls <= len(burst) // DRAIN + 2, calls

@@ -67,7 +67,7 @@ class Feed:
         for _ in range(count):
             for layer in (LO, HI):
                 for part in range(PACKETS):
-                    await self.up.on_packet(packet(layer, self.frame, part), VP8, f"l{layer}")
+                    self.up.on_packet(packet(layer, self.frame, part), VP8, f"l{layer}")
             self.frame += 1
             self.clock += 1 / FPS
 

@@ -333,16 +333,16 @@ async def test_a_subscriber_that_takes_red_loses_no_voice_packet_to_a_lossy_link
         handle = receiver._handle_red
         arrived = 0
 
-        async def lossy(packet: RtpPacket, unwrapper: Unwrapper) -> None:
+        def lossy(packet: RtpPacket, unwrapper: Unwrapper) -> None:
             nonlocal arrived
             arrived += 1
             if arrived % 4:
-                await handle(packet, unwrapper)
+                handle(packet, unwrapper)
 
         receiver._handle_red = lossy  # type: ignore[method-assign,assignment]
         got: list[int] = []
 
-        async def on_packet(packet: RtpPacket, codec: object, layer: str = "") -> None:
+        def on_packet(packet: RtpPacket, codec: object, layer: str = "") -> None:
             got.append(packet.sequence_number)
 
         receiver.on_packet = on_packet

@@ -113,7 +113,7 @@ async def forward_all(
         if k >= join_at:
             seen_after_join.append((n, i))
         clock[0] += 0.001
-        await up.on_packet(sources[n].packet(n, i), VP8)
+        up.on_packet(sources[n].packet(n, i), VP8)
     return up, sender, seen_after_join
 
 

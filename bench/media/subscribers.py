@@ -42,9 +42,7 @@ class Counter:
     # Video packets received in each whole second of wall time: the relay's output rate.
     per_second: dict[int, int] = field(default_factory=dict)
 
-    async def on_packet(
-        self, packet: RtpPacket, codec: RTCRtpCodecParameters, layer: str = ""
-    ) -> None:
+    def on_packet(self, packet: RtpPacket, codec: RTCRtpCodecParameters, layer: str = "") -> None:
         now = time.time()
         if codec.name == "opus":
             self.audio_packets += 1

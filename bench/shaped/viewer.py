@@ -95,9 +95,7 @@ class Watcher:
         self._frames.put(None)
         self._worker.join(10)
 
-    async def on_packet(
-        self, packet: RtpPacket, codec: RTCRtpCodecParameters, layer: str = ""
-    ) -> None:
+    def on_packet(self, packet: RtpPacket, codec: RTCRtpCodecParameters, layer: str = "") -> None:
         """Take a packet the relay receiver hands on."""
         now = time.time()
         self.bytes.append((now, len(packet.payload) + packet.padding_size))

@@ -32,9 +32,7 @@ class Counter:
         self.audio_packets = 0
         self._seen: dict[int, None] = {}  # recent frame timestamps, oldest first
 
-    async def on_packet(
-        self, packet: RtpPacket, codec: RTCRtpCodecParameters, layer: str = ""
-    ) -> None:
+    def on_packet(self, packet: RtpPacket, codec: RTCRtpCodecParameters, layer: str = "") -> None:
         """Count a packet the viewer's relay receiver hands on."""
         if codec.name == "opus":
             self.audio_packets += 1
