@@ -14,7 +14,7 @@ from pylibsrtp import Policy, Session
 from teleconsult.media import fastcopy
 from teleconsult.media.rtpcopy import CopyHeader, vad_byte
 
-from .test_rtpcopy import URIS, extensions_map
+from .test_rtpcopy import COPIES, extensions_map
 
 KEY = bytes(range(30))  # AES_CM_128_HMAC_SHA1_80: 16 bytes of key, 14 of salt
 
@@ -47,21 +47,7 @@ def test_the_compiled_path_is_built_and_used() -> None:
 
 
 @settings(max_examples=200, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(
-    ids=st.permutations([1, 2, 3, 4, 10, 14, 15, 200]).map(
-        lambda p: dict(zip(URIS, p[:4], strict=True))
-    ),
-    mid=st.sampled_from(["0", "1", "a" * 16]),
-    numbered=st.booleans(),
-    level=st.none() | st.tuples(st.booleans(), st.integers(0, 127)),
-    marker=st.integers(0, 1),
-    pt=st.integers(0, 127),
-    seq=st.integers(0, 0xFFFF),
-    ts=st.integers(0, 0xFFFFFFFF),
-    abs_send_time=st.integers(0, 0xFFFFFF),
-    number=st.integers(0, 0xFFFF),
-    payload=st.binary(max_size=1300),
-)
+@given(**COPIES, payload=st.binary(max_size=1300))
 def test_a_compiled_copy_is_the_python_copy_and_decrypts(
     link: tuple[socket.socket, socket.socket, bytes],
     ids: dict[str, int],
