@@ -68,6 +68,37 @@ class ReplayTrack(MediaStreamTrack):
         return packet
 
 
+async def exchange(folder: Path, mine: str, sdp: str, theirs: str) -> str:
+    """Write our SDP into a folder and wait for the other side's: signaling for a direct run."""
+    tmp = folder / f"{mine}.tmp"
+    await asyncio.to_thread(tmp.write_text, sdp)
+    tmp.rename(folder / mine)  # whole or not at all, for the reader
+    other = folder / theirs
+    for _ in range(600):
+        if other.exists():
+            return other.read_text()
+        await asyncio.sleep(0.05)
+    raise TimeoutError(f"no {theirs} in {folder}")
+
+
+async def publish_direct(
+    folder: Path, tracks: list[tuple[MediaStreamTrack, str, str]], duration: float
+) -> None:
+    """Send the tracks straight to one viewer, no server between: the delay baseline."""
+    pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+    for track, _, _ in tracks:
+        t = pc.addTransceiver(track, direction="sendonly")
+        if track.kind == "video":
+            prefer_codec(t, "video", "VP8")
+    await pc.setLocalDescription(await pc.createOffer())
+    assert pc.localDescription is not None
+    print(json.dumps({"stream": "direct"}), flush=True)
+    answer = await exchange(folder, "offer.sdp", pc.localDescription.sdp, "answer.sdp")
+    await pc.setRemoteDescription(RTCSessionDescription(answer, "answer"))
+    await asyncio.sleep(duration)
+    await pc.close()
+
+
 async def publish_to_janus(
     url: str, tracks: list[tuple[MediaStreamTrack, str, str]], duration: float
 ) -> None:
@@ -104,6 +135,7 @@ async def main() -> None:
     ap.add_argument("--duration", type=float, default=60)
     ap.add_argument("--heal", action="store_true", help="reconnect and publish again when lost")
     ap.add_argument("--janus", action="store_true", help="URL is Janus's WebSocket API")
+    ap.add_argument("--direct", action="store_true", help="URL is a folder to trade SDP in")
     args = ap.parse_args()
     use_host_addresses(["127.0.0.1"])
     w, h = (int(x) for x in args.size.split("x"))
@@ -132,8 +164,11 @@ async def main() -> None:
         )
         await asyncio.to_thread(Path(args.log).write_text, json.dumps(sends))
         return
-    if args.janus:
-        await publish_to_janus(args.url, tracks, args.duration)
+    if args.janus or args.direct:
+        if args.direct:
+            await publish_direct(Path(args.url), tracks, args.duration)
+        else:
+            await publish_to_janus(args.url, tracks, args.duration)
         await asyncio.to_thread(Path(args.log).write_text, json.dumps(sends))
         return
     client = SignalingClient(args.url, args.token, args.room)

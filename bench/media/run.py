@@ -93,9 +93,15 @@ def run(
             redis_url, redis_proc = start_redis(tmp / "redis")
             cluster = [redis_url]
         janus = mode == "janus"
-        if janus:
+        if mode == "direct":
+            # No server: the publisher and one viewer connect to each other (SDP through
+            # files), the baseline for what a server adds to a frame's delay.
+            relays: list[subprocess.Popen[Any]] = []
+            url = str(tmp / "direct")
+            Path(url).mkdir()
+        elif janus:
             # Janus's VideoRoom over its WebSocket API: the same publisher and viewers.
-            relays: list[subprocess.Popen[Any]] = [start_janus(tmp / "janus", port)]
+            relays = [start_janus(tmp / "janus", port)]
             started.append(relays[0])
             url = f"ws://127.0.0.1:{port}"
         else:
@@ -112,8 +118,14 @@ def run(
             ]
             for port_of_node in ports:
                 wait_http(f"http://127.0.0.1:{port_of_node}/healthz")
-        relay = relays[0]
-        via = ["--janus"] if janus else []
+        via = ["--janus"] if janus else ["--direct"] if mode == "direct" else []
+
+        def node_url(i: int) -> str:
+            return f"ws://127.0.0.1:{ports[i]}/ws"
+
+        def relay_cpu() -> float:
+            return cpu_seconds(relays[0].pid) if relays else 0.0
+
         if nodes > 1:
             time.sleep(2.0)  # every node has beaten once: placement sees them all
         total = 20 + window + subscribers * 0.4 + subscribers * stagger
@@ -142,9 +154,9 @@ def run(
         assert pub.stdout is not None
         stream = json.loads(pub.stdout.readline())["stream"]
         time.sleep(1.0)
-        idle0, idle_t0 = cpu_seconds(relay.pid), time.monotonic()
+        idle0, idle_t0 = relay_cpu(), time.monotonic()
         time.sleep(3.0)
-        idle_cpu = (cpu_seconds(relay.pid) - idle0) / (time.monotonic() - idle_t0)
+        idle_cpu = (relay_cpu() - idle0) / (time.monotonic() - idle_t0)
         subs = []
         per = [subscribers // procs + (1 if i < subscribers % procs else 0) for i in range(procs)]
         k = 0
@@ -158,7 +170,9 @@ def run(
             subs.append(
                 spawn(
                     "bench.media.subscribers",
-                    url if janus else f"ws://127.0.0.1:{ports[1 if edge_only else i % nodes]}/ws",
+                    url
+                    if janus or not relays
+                    else f"ws://127.0.0.1:{ports[1 if edge_only else i % nodes]}/ws",
                     "b",
                     stream,
                     str(tmp / f"subs{i}.json"),
@@ -187,10 +201,10 @@ def run(
             assert toggle.stdout is not None
             toggle.stdout.readline()
         time.sleep(3.0)  # the first keyframe (at most 2 s away in a replayed clip)
-        t0, c0 = time.time(), cpu_seconds(relay.pid)
+        t0, c0 = time.time(), relay_cpu()
         per0 = [cpu_seconds(r.pid) for r in relays]
         time.sleep(window)
-        t1, c1 = time.time(), cpu_seconds(relay.pid)
+        t1, c1 = time.time(), relay_cpu()
         per_node = [
             round((cpu_seconds(r.pid) - c) / (t1 - t0) * 100, 1)
             for r, c in zip(relays, per0, strict=True)
@@ -385,7 +399,9 @@ def main() -> None:
         # through teleconsult, interleaved, at 1080p 4 Mbit/s; then a late joiner to a
         # publisher that ignores PLI (the replayed clip), where Janus's figure is its GOP.
         for n in (1, 16) if args.quick else (1, 16, 32):
-            for mode in ("janus", "teleconsult"):
+            # At one viewer, the same viewer straight from the publisher too: what each server
+            # adds to a frame's delay is its figure less this one.
+            for mode in ("direct", "janus", "teleconsult") if n == 1 else ("janus", "teleconsult"):
                 record(run(mode, n, "1920x1080", 4_000_000, window, procs=(n + 15) // 16))
         for mode in ("janus", "teleconsult"):
             record(run(mode, 10, "1280x720", 1_500_000, window, stagger=1.0))

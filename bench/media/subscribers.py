@@ -24,7 +24,7 @@ from teleconsult.media.aiortc_adapter import ForwardingReceiver, RelayPeerConnec
 from teleconsult.media.keyframe import vp8_frame_offset, vp8_keyframe_start
 
 from ..janus.client import Janus
-from .publisher import KEY
+from .publisher import KEY, exchange
 
 
 @dataclass
@@ -96,8 +96,35 @@ class JanusViewer:
         await self.janus.close()
 
 
+class DirectViewer:
+    """A viewer connected straight to the publisher (SDP traded through a folder)."""
+
+    def __init__(self, folder: str, pc: RelayPeerConnection, on_packet: Any) -> None:
+        self.folder = Path(folder)
+        self.pc = pc
+        self.on_packet = on_packet
+
+    async def start(self) -> None:
+        """Answer the publisher's offer and count what arrives."""
+        offer = await exchange(self.folder, "viewer.ready", "", "offer.sdp")
+        await self.pc.setRemoteDescription(RTCSessionDescription(offer, "offer"))
+        await self.pc.setLocalDescription(await self.pc.createAnswer())
+        assert self.pc.localDescription is not None
+        for t in self.pc.getTransceivers():
+            receiver = t.receiver
+            assert isinstance(receiver, ForwardingReceiver)
+            receiver.on_packet = self.on_packet
+        answer = self.folder / "answer.sdp"
+        (self.folder / "answer.tmp").write_text(self.pc.localDescription.sdp)
+        (self.folder / "answer.tmp").rename(answer)
+
+    async def close(self) -> None:
+        """Close the peer connection."""
+        await self.pc.close()
+
+
 async def subscribe_one(
-    url: str, room: str, stream: str, token: str, janus: bool = False
+    url: str, room: str, stream: str, token: str, janus: bool = False, direct: bool = False
 ) -> tuple[Counter, Any]:
     """Join as a viewer and count what arrives, without decoding."""
     counter = Counter()
@@ -108,8 +135,12 @@ async def subscribe_one(
         if pc.connectionState == "connected" and counter.connected_at is None:
             counter.connected_at = time.monotonic()
 
-    if janus:
-        viewer = JanusViewer(url, int(stream), pc, counter.on_packet)
+    if janus or direct:
+        viewer: JanusViewer | DirectViewer = (
+            DirectViewer(url, pc, counter.on_packet)
+            if direct
+            else JanusViewer(url, int(stream), pc, counter.on_packet)
+        )
         await viewer.start()
         return counter, viewer
     return counter, await receive_raw(url, room, stream, token, pc, counter.on_packet)
@@ -140,11 +171,14 @@ async def main() -> None:
     ap.add_argument("--stagger", type=float, default=0.0, help="seconds between joins")
     ap.add_argument("--duration", type=float, default=30)
     ap.add_argument("--janus", action="store_true", help="URL is Janus's WebSocket API")
+    ap.add_argument("--direct", action="store_true", help="URL is a folder to trade SDP in")
     args = ap.parse_args()
     use_host_addresses(["127.0.0.1"])
     joined: list[tuple[Counter, Any]] = []
     for token in args.tokens.split(","):
-        joined.append(await subscribe_one(args.url, args.room, args.stream, token, args.janus))
+        joined.append(
+            await subscribe_one(args.url, args.room, args.stream, token, args.janus, args.direct)
+        )
         if args.stagger:
             await asyncio.sleep(args.stagger)
     print(json.dumps({"subscribed": len(joined)}), flush=True)
@@ -166,7 +200,7 @@ async def main() -> None:
         )
     await asyncio.to_thread(Path(args.log).write_text, json.dumps(out))
     for _, peer in joined:
-        if isinstance(peer, JanusViewer):
+        if isinstance(peer, JanusViewer | DirectViewer):
             await peer.close()
             continue
         client, media = peer
