@@ -243,19 +243,13 @@ class ForwardingReceiver(RTCRtpReceiver):
             if nack is not None and nack.add(packet):
                 self.nacks_sent += 1
                 # Beside the forwarding: the packet goes on now, the NACK as soon as it can.
-                self._spawn(self._send_rtcp_nack(packet.ssrc, sorted(nack.missing)))
+                _beside(self._send_rtcp_nack(packet.ssrc, sorted(nack.missing)))
             self.packets += 1
             self.bytes += len(packet.payload)
             if self.on_packet is not None:
                 self.on_packet(packet, codec, layer)
         except Exception:
             handled_failure("handling a publisher's RTP packet")
-
-    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
-        """Run an RTCP send beside the packet path, keeping its task referenced."""
-        task = asyncio.ensure_future(_quietly(coro))
-        _LATER.add(task)
-        task.add_done_callback(_LATER.discard)
 
     def _handle_red(self, packet: RtpPacket, red: Unwrapper) -> None:
         """Hand on the Opus packets a RED packet holds (those lost before it put back)."""
@@ -362,9 +356,7 @@ def send_rtp_now(dtls: RTCDtlsTransport, data: bytes) -> bool:
         return False
     if not sent:
         # Not an ordinary socket (a TURN allocation, say): aioice's own way, in order.
-        task = asyncio.ensure_future(_send_later(dtls.transport._send, protected))
-        _LATER.add(task)  # the loop keeps only a weak reference to a task
-        task.add_done_callback(_LATER.discard)
+        _beside(dtls.transport._send(protected))
     setattr(dtls, _TX_BYTES, getattr(dtls, _TX_BYTES) + len(protected))
     setattr(dtls, _TX_PACKETS, getattr(dtls, _TX_PACKETS) + 1)
     return True
@@ -404,9 +396,11 @@ def current_wire(dtls: RTCDtlsTransport, wire: Wire | None) -> Wire | None:
     return Wire(pair, session, fd, FAST.sockaddr(host, port))
 
 
-async def _send_later(send: Callable[[bytes], Awaitable[None]], data: bytes) -> None:
-    """Send through aioice's awaited path: a path that went away meanwhile is no error."""
-    await _quietly(send(data))
+def _beside(send: Coroutine[Any, Any, None]) -> None:
+    """Run a send beside the packet path (kept referenced: the loop holds tasks weakly)."""
+    task = asyncio.ensure_future(_quietly(send))
+    _LATER.add(task)
+    task.add_done_callback(_LATER.discard)
 
 
 async def _quietly(send: Awaitable[None]) -> None:
@@ -503,16 +497,12 @@ class ForwardingSender(RTCRtpSender):
                 dtls = self.transport
                 setattr(dtls, _TX_BYTES, getattr(dtls, _TX_BYTES) + sent)
                 setattr(dtls, _TX_PACKETS, getattr(dtls, _TX_PACKETS) + 1)
-            self.cache.put(seq, data)
-            self._last_seq = seq
         else:
-            data = header.make(
-                marker_pt, seq, timestamp, abs_send_time, number, level, payload
-            )  # fmt: skip
-            self.cache.put(seq, data)
-            self._last_seq = seq
-            if not self._send(data):
-                return
+            data = header.make(marker_pt, seq, timestamp, abs_send_time, number, level, payload)
+        self.cache.put(seq, data)
+        self._last_seq = seq
+        if wire is None and not self._send(data):
+            return
         # The counters aiortc's RTCP loop puts in sender reports.
         setattr(self, _NTP, ntp)
         setattr(self, _RTP, timestamp)
@@ -621,11 +611,7 @@ def receive_rtp_now(dtls: RTCDtlsTransport, data: bytes) -> bool:
     if isinstance(receiver, ForwardingReceiver):
         receiver.handle_rtp_now(packet, arrival_time_ms)
     elif receiver is not None:  # pragma: no cover - a relay connection has no other kind
-        task = asyncio.ensure_future(
-            _quietly(receiver._handle_rtp_packet(packet, arrival_time_ms=arrival_time_ms))
-        )
-        _LATER.add(task)
-        task.add_done_callback(_LATER.discard)
+        _beside(receiver._handle_rtp_packet(packet, arrival_time_ms=arrival_time_ms))
     return True
 
 

@@ -68,32 +68,43 @@ class ReplayTrack(MediaStreamTrack):
         return packet
 
 
-async def exchange(folder: Path, mine: str, sdp: str, theirs: str) -> str:
-    """Write our SDP into a folder and wait for the other side's: signaling for a direct run."""
-    tmp = folder / f"{mine}.tmp"
-    await asyncio.to_thread(tmp.write_text, sdp)
-    tmp.rename(folder / mine)  # whole or not at all, for the reader
-    other = folder / theirs
+def put_sdp(path: Path, sdp: str) -> None:
+    """Write an SDP for the other side of a direct run, whole or not at all."""
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(sdp)
+    tmp.rename(path)
+
+
+async def get_sdp(path: Path) -> str:
+    """Wait (at most 30 s) for the other side's SDP in a direct run."""
     for _ in range(600):
-        if other.exists():
-            return other.read_text()
-        await asyncio.sleep(0.05)
-    raise TimeoutError(f"no {theirs} in {folder}")
+        try:
+            return await asyncio.to_thread(path.read_text)
+        except FileNotFoundError:
+            await asyncio.sleep(0.05)
+    raise TimeoutError(f"no {path}")
 
 
-async def publish_direct(
-    folder: Path, tracks: list[tuple[MediaStreamTrack, str, str]], duration: float
-) -> None:
-    """Send the tracks straight to one viewer, no server between: the delay baseline."""
+async def offer_tracks(tracks: list[tuple[MediaStreamTrack, str, str]]) -> RTCPeerConnection:
+    """A peer connection sending the tracks (VP8 first), its offer made."""
     pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
     for track, _, _ in tracks:
         t = pc.addTransceiver(track, direction="sendonly")
         if track.kind == "video":
             prefer_codec(t, "video", "VP8")
     await pc.setLocalDescription(await pc.createOffer())
+    return pc
+
+
+async def publish_direct(
+    folder: Path, tracks: list[tuple[MediaStreamTrack, str, str]], duration: float
+) -> None:
+    """Send the tracks straight to one viewer, no server between: the delay baseline."""
+    pc = await offer_tracks(tracks)
     assert pc.localDescription is not None
     print(json.dumps({"stream": "direct"}), flush=True)
-    answer = await exchange(folder, "offer.sdp", pc.localDescription.sdp, "answer.sdp")
+    put_sdp(folder / "offer.sdp", pc.localDescription.sdp)
+    answer = await get_sdp(folder / "answer.sdp")
     await pc.setRemoteDescription(RTCSessionDescription(answer, "answer"))
     await asyncio.sleep(duration)
     await pc.close()
@@ -105,12 +116,7 @@ async def publish_to_janus(
     """Publish the same tracks into Janus's VideoRoom, for the side-by-side runs."""
     janus = Janus(url)
     await janus.connect()
-    pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
-    for track, _, _ in tracks:
-        t = pc.addTransceiver(track, direction="sendonly")
-        if track.kind == "video":
-            prefer_codec(t, "video", "VP8")
-    await pc.setLocalDescription(await pc.createOffer())
+    pc = await offer_tracks(tracks)
     assert pc.localDescription is not None
     feed, answer = await janus.publish(pc.localDescription.sdp)
     await pc.setRemoteDescription(RTCSessionDescription(answer, "answer"))

@@ -24,7 +24,7 @@ from teleconsult.media.aiortc_adapter import ForwardingReceiver, RelayPeerConnec
 from teleconsult.media.keyframe import vp8_frame_offset, vp8_keyframe_start
 
 from ..janus.client import Janus
-from .publisher import KEY, exchange
+from .publisher import KEY, get_sdp, put_sdp
 
 
 @dataclass
@@ -68,6 +68,23 @@ class Counter:
                 self.first_frame_at = time.monotonic()
 
 
+def count_with(pc: RelayPeerConnection, on_packet: Any) -> None:
+    """Hand every packet the connection's receivers get to `on_packet`, undecoded."""
+    for t in pc.getTransceivers():
+        receiver = t.receiver
+        assert isinstance(receiver, ForwardingReceiver)
+        receiver.on_packet = on_packet
+
+
+async def answer_counting(pc: RelayPeerConnection, offer: str, on_packet: Any) -> str:
+    """Answer an offer with a counting viewer's connection; returns the answer SDP."""
+    await pc.setRemoteDescription(RTCSessionDescription(offer, "offer"))
+    await pc.setLocalDescription(await pc.createAnswer())
+    assert pc.localDescription is not None
+    count_with(pc, on_packet)
+    return str(pc.localDescription.sdp)
+
+
 class JanusViewer:
     """A viewer of a Janus VideoRoom feed, with the same raw receiver as ours."""
 
@@ -81,14 +98,7 @@ class JanusViewer:
         """Join as subscriber, answer Janus's offer and count what arrives."""
         await self.janus.connect()
         offer = await self.janus.subscribe(self.feed)
-        await self.pc.setRemoteDescription(RTCSessionDescription(offer, "offer"))
-        await self.pc.setLocalDescription(await self.pc.createAnswer())
-        assert self.pc.localDescription is not None
-        for t in self.pc.getTransceivers():
-            receiver = t.receiver
-            assert isinstance(receiver, ForwardingReceiver)
-            receiver.on_packet = self.on_packet
-        await self.janus.start(self.pc.localDescription.sdp)
+        await self.janus.start(await answer_counting(self.pc, offer, self.on_packet))
 
     async def close(self) -> None:
         """Leave: close the peer connection and the Janus session."""
@@ -106,17 +116,8 @@ class DirectViewer:
 
     async def start(self) -> None:
         """Answer the publisher's offer and count what arrives."""
-        offer = await exchange(self.folder, "viewer.ready", "", "offer.sdp")
-        await self.pc.setRemoteDescription(RTCSessionDescription(offer, "offer"))
-        await self.pc.setLocalDescription(await self.pc.createAnswer())
-        assert self.pc.localDescription is not None
-        for t in self.pc.getTransceivers():
-            receiver = t.receiver
-            assert isinstance(receiver, ForwardingReceiver)
-            receiver.on_packet = self.on_packet
-        answer = self.folder / "answer.sdp"
-        (self.folder / "answer.tmp").write_text(self.pc.localDescription.sdp)
-        (self.folder / "answer.tmp").rename(answer)
+        offer = await get_sdp(self.folder / "offer.sdp")
+        put_sdp(self.folder / "answer.sdp", await answer_counting(self.pc, offer, self.on_packet))
 
     async def close(self) -> None:
         """Close the peer connection."""
@@ -154,10 +155,7 @@ async def receive_raw(
     await client.connect()
     media = MediaClient(client)
     await media.subscribe(stream, pc=pc)
-    for t in pc.getTransceivers():
-        receiver = t.receiver
-        assert isinstance(receiver, ForwardingReceiver)
-        receiver.on_packet = on_packet
+    count_with(pc, on_packet)
     return client, media
 
 
