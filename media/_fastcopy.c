@@ -1,10 +1,11 @@
-/* One subscriber's copy of an RTP packet, patched, protected and sent in one call.
+/* The two per-packet steps of a forwarding unit in C: a publisher's SRTP packet verified and
+ * parsed in one call, and each subscriber's copy patched, protected and sent in one call.
  *
- * The pure-Python path (media/rtpcopy.py, media/aiortc_adapter.py) does the same in several
- * calls and copies; this is its twin for the per-copy cost of a forwarding unit. The SRTP
- * session is the one aiortc's DTLS transport made (libsrtp inside pylibsrtp): its address and
- * the address of libsrtp's srtp_protect are handed over from Python, so this module links to
- * no library and the session's state (rollover counter, replay list) stays one.
+ * The pure-Python path (aiortc's RtpPacket.parse, media/rtpcopy.py, media/aiortc_adapter.py)
+ * does the same in several calls and copies; this is its twin. The SRTP sessions are the ones
+ * aiortc's DTLS transport made (libsrtp inside pylibsrtp): their addresses and those of
+ * libsrtp's srtp_protect and srtp_unprotect are handed over from Python, so this module links
+ * to no library and each session's state (rollover counter, replay list) stays one.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -23,7 +24,11 @@ typedef int (*protect_fn)(void *ctx, void *rtp, int *len);
 #define BUFFER 4096
 #define TRAILER 144
 
+/* pylibsrtp's own limit on what it unprotects: a longer datagram is refused there too. */
+#define RECEIVED 1500
+
 static protect_fn protect = NULL;
+static protect_fn unprotect = NULL;
 
 static PyObject *bind_protect(PyObject *self, PyObject *arg) {
     unsigned long long address = PyLong_AsUnsignedLongLong(arg);
@@ -141,8 +146,268 @@ static PyObject *copy(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
     return Py_BuildValue("(Nn)", plain, (Py_ssize_t)(sent < 0 ? -1 : length));
 }
 
+/* The receive side: aiortc's RtpPacket and HeaderExtensions, made as its parser makes them. */
+static PyTypeObject *packet_type = NULL;
+static PyTypeObject *extensions_type = NULL;
+static PyObject *no_args = NULL;
+
+/* RtpPacket's attributes, in the order its __init__ sets them. */
+enum { A_VERSION, A_MARKER, A_PT, A_SEQ, A_TS, A_SSRC, A_CSRC, A_EXT, A_PAYLOAD, A_PADDING, A_N };
+static const char *a_names[A_N] = {
+    "version", "marker", "payload_type", "sequence_number", "timestamp",
+    "ssrc", "csrc", "extensions", "payload", "padding_size",
+};
+/* The extensions aiortc's map reads, in the order it tries their ids. */
+enum { X_MID, X_RRID, X_RID, X_ABS, X_TOFFSET, X_LEVEL, X_TCC, X_N };
+static const char *x_names[X_N] = {
+    "mid", "repaired_rtp_stream_id", "rtp_stream_id", "abs_send_time",
+    "transmission_offset", "audio_level", "transport_sequence_number",
+};
+static PyObject *a_interned[A_N];
+static PyObject *x_interned[X_N];
+
+static PyObject *bind_receive(PyObject *self, PyObject *args) {
+    unsigned long long address;
+    PyObject *packet, *extensions;
+    if (!PyArg_ParseTuple(args, "KO!O!", &address, &PyType_Type, &packet, &PyType_Type,
+                          &extensions))
+        return NULL;
+    for (int i = 0; i < A_N; i++)
+        if (a_interned[i] == NULL && (a_interned[i] = PyUnicode_InternFromString(a_names[i])) == NULL)
+            return NULL;
+    for (int i = 0; i < X_N; i++)
+        if (x_interned[i] == NULL && (x_interned[i] = PyUnicode_InternFromString(x_names[i])) == NULL)
+            return NULL;
+    if (no_args == NULL && (no_args = PyTuple_New(0)) == NULL)
+        return NULL;
+    Py_INCREF(packet);
+    Py_INCREF(extensions);
+    Py_XSETREF(packet_type, (PyTypeObject *)packet);
+    Py_XSETREF(extensions_type, (PyTypeObject *)extensions);
+    unprotect = (protect_fn)(uintptr_t)address;
+    Py_RETURN_NONE;
+}
+
+/* An extension's value as aiortc's map decodes it; NULL with no error set when its length
+ * does not fit its kind (aiortc raises there, and the packet is dropped). */
+static PyObject *extension_value(int kind, const unsigned char *v, int n) {
+    switch (kind) {
+    case X_MID:
+        return PyUnicode_DecodeUTF8((const char *)v, n, NULL);
+    case X_RRID:
+    case X_RID:
+        return PyUnicode_DecodeASCII((const char *)v, n, NULL);
+    case X_ABS:
+        return n == 3 ? PyLong_FromLong(((long)v[0] << 16) | (v[1] << 8) | v[2]) : NULL;
+    case X_TOFFSET:
+        /* A signed 24-bit value. */
+        return n == 3 ? PyLong_FromLong((long)(int32_t)(((uint32_t)v[0] << 24) | (v[1] << 16) |
+                                                        (v[2] << 8)) >> 8)
+                      : NULL;
+    case X_LEVEL:
+        return n == 1 ? Py_BuildValue("(Oi)", (v[0] & 0x80) ? Py_True : Py_False, v[0] & 0x7F)
+                      : NULL;
+    default: /* X_TCC */
+        return n == 2 ? PyLong_FromLong((v[0] << 8) | v[1]) : NULL;
+    }
+}
+
+/* Read the one-byte (0xBEDE) or two-byte (0x1000) extensions into values[]; -1 when malformed. */
+static int read_extensions(int profile, const unsigned char *b, int n, const long *ids,
+                           PyObject **values) {
+    int two = profile == 0x1000;
+    if (profile != 0xBEDE && !two)
+        return 0;
+    int q = 0;
+    while (q < n) {
+        if (b[q] == 0) { /* padding */
+            q++;
+            continue;
+        }
+        int id, length;
+        if (two) {
+            if (n < q + 2)
+                return -1;
+            id = b[q];
+            length = b[q + 1];
+            q += 2;
+        } else {
+            id = b[q] >> 4;
+            length = (b[q] & 0x0F) + 1;
+            q += 1;
+        }
+        if (n < q + length)
+            return -1;
+        for (int k = 0; k < X_N; k++) {
+            if (ids[k] != id)
+                continue;
+            PyObject *value = extension_value(k, b + q, length);
+            if (value == NULL) {
+                PyErr_Clear();
+                return -1;
+            }
+            Py_XSETREF(values[k], value);
+            break;
+        }
+        q += length;
+    }
+    return 0;
+}
+
+static int set_attributes(PyObject *obj, PyObject **names, PyObject **values, int n) {
+    for (int i = 0; i < n; i++)
+        if (PyObject_SetAttr(obj, names[i], values[i] ? values[i] : Py_None) < 0)
+            return -1;
+    return 0;
+}
+
+/* The RtpPacket aiortc's RtpPacket.parse makes of b, or None where it would raise. */
+static PyObject *parsed(const unsigned char *b, int n, const long *ids) {
+    if (n < 12 || b[0] >> 6 != 2)
+        Py_RETURN_NONE;
+    int padding = (b[0] >> 5) & 1, extension = (b[0] >> 4) & 1, cc = b[0] & 0x0F;
+    int pos = 12 + 4 * cc;
+    if (n < pos)
+        Py_RETURN_NONE;
+    PyObject *x[X_N] = {NULL};
+    PyObject *a[A_N] = {NULL};
+    PyObject *result = NULL, *packet = NULL, *ext = NULL;
+    if (extension) {
+        if (n < pos + 4)
+            goto none;
+        int profile = (b[pos] << 8) | b[pos + 1];
+        int length = ((b[pos + 2] << 8) | b[pos + 3]) * 4;
+        pos += 4;
+        if (n < pos + length || read_extensions(profile, b + pos, length, ids, x) < 0)
+            goto none;
+        pos += length;
+    }
+    int end = n, pad = 0;
+    if (padding) {
+        pad = b[n - 1];
+        if (pad == 0 || pad > n - pos)
+            goto none;
+        end = n - pad;
+    }
+    if ((ext = PyBaseObject_Type.tp_new(extensions_type, no_args, NULL)) == NULL ||
+        set_attributes(ext, x_interned, x, X_N) < 0)
+        goto done;
+    if ((a[A_CSRC] = PyList_New(cc)) == NULL)
+        goto done;
+    for (int i = 0; i < cc; i++) {
+        const unsigned char *c = b + 12 + 4 * i;
+        PyObject *v = PyLong_FromUnsignedLong(((unsigned long)c[0] << 24) | ((unsigned long)c[1] << 16) | ((unsigned long)c[2] << 8) | c[3]);
+        if (v == NULL)
+            goto done;
+        PyList_SET_ITEM(a[A_CSRC], i, v);
+    }
+    a[A_VERSION] = PyLong_FromLong(2);
+    a[A_MARKER] = PyLong_FromLong(b[1] >> 7);
+    a[A_PT] = PyLong_FromLong(b[1] & 0x7F);
+    a[A_SEQ] = PyLong_FromLong((b[2] << 8) | b[3]);
+    a[A_TS] = PyLong_FromUnsignedLong(((unsigned long)b[4] << 24) | ((unsigned long)b[5] << 16) | ((unsigned long)b[6] << 8) | b[7]);
+    a[A_SSRC] = PyLong_FromUnsignedLong(((unsigned long)b[8] << 24) | ((unsigned long)b[9] << 16) | ((unsigned long)b[10] << 8) | b[11]);
+    a[A_EXT] = ext;
+    ext = NULL;
+    a[A_PAYLOAD] = PyBytes_FromStringAndSize((const char *)b + pos, end - pos);
+    a[A_PADDING] = PyLong_FromLong(pad);
+    for (int i = 0; i < A_N; i++)
+        if (a[i] == NULL)
+            goto done;
+    if ((packet = PyBaseObject_Type.tp_new(packet_type, no_args, NULL)) == NULL ||
+        set_attributes(packet, a_interned, a, A_N) < 0)
+        goto done;
+    result = packet;
+    packet = NULL;
+    goto done;
+none:
+    result = Py_None;
+    Py_INCREF(result);
+done:
+    for (int i = 0; i < X_N; i++)
+        Py_XDECREF(x[i]);
+    for (int i = 0; i < A_N; i++)
+        Py_XDECREF(a[i]);
+    Py_XDECREF(ext);
+    Py_XDECREF(packet);
+    return result;
+}
+
+/* The ids an aiortc HeaderExtensionsMap gave each extension (its HeaderExtensions of ids). */
+static int read_ids(PyObject *map_ids, long *ids) {
+    for (int k = 0; k < X_N; k++) {
+        PyObject *v = PyObject_GetAttr(map_ids, x_interned[k]);
+        if (v == NULL)
+            return -1;
+        ids[k] = v == Py_None ? -1 : PyLong_AsLong(v);
+        Py_DECREF(v);
+        if (ids[k] == -1 && PyErr_Occurred())
+            return -1;
+    }
+    return 0;
+}
+
+/* parse(data, ids) -> RtpPacket | None: RtpPacket.parse(data, map), None where it raises. */
+static PyObject *parse(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 2) {
+        PyErr_SetString(PyExc_TypeError, "parse() takes 2 arguments");
+        return NULL;
+    }
+    if (packet_type == NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "bind_receive() first");
+        return NULL;
+    }
+    char *data;
+    Py_ssize_t n;
+    long ids[X_N];
+    if (PyBytes_AsStringAndSize(args[0], &data, &n) < 0 || read_ids(args[1], ids) < 0)
+        return NULL;
+    if (n > BUFFER)
+        Py_RETURN_NONE;
+    return parsed((const unsigned char *)data, (int)n, ids);
+}
+
+/* receive(session, data, ids) -> RtpPacket | None
+ *
+ * A publisher's SRTP packet verified with its session (libsrtp's srtp_unprotect) and parsed
+ * as `parse` does; None when it is not authentic, a replay, too long or not RTP: dropped, as
+ * aiortc drops it.
+ */
+static PyObject *receive(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 3) {
+        PyErr_SetString(PyExc_TypeError, "receive() takes 3 arguments");
+        return NULL;
+    }
+    if (unprotect == NULL || packet_type == NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "bind_receive() first");
+        return NULL;
+    }
+    long long session = PyLong_AsLongLong(args[0]);
+    if (PyErr_Occurred())
+        return NULL;
+    char *data;
+    Py_ssize_t n;
+    long ids[X_N];
+    if (PyBytes_AsStringAndSize(args[1], &data, &n) < 0 || read_ids(args[2], ids) < 0)
+        return NULL;
+    if (n > RECEIVED)
+        Py_RETURN_NONE;
+    unsigned char buf[BUFFER];
+    memcpy(buf, data, (size_t)n);
+    int length = (int)n;
+    if (unprotect((void *)(uintptr_t)session, buf, &length) != 0)
+        Py_RETURN_NONE;
+    return parsed(buf, length, ids);
+}
+
 static PyMethodDef methods[] = {
     {"bind_protect", bind_protect, METH_O, "Use the srtp_protect at this address."},
+    {"bind_receive", bind_receive, METH_VARARGS,
+     "Use the srtp_unprotect at this address, and make these RtpPacket and HeaderExtensions."},
+    {"parse", (PyCFunction)(void (*)(void))parse, METH_FASTCALL,
+     "Parse an RTP packet as aiortc does; None where aiortc raises."},
+    {"receive", (PyCFunction)(void (*)(void))receive, METH_FASTCALL,
+     "Verify and parse a publisher's SRTP packet; None when it is dropped."},
     {"sockaddr", sockaddr, METH_VARARGS, "Return a numeric address and port as a sockaddr."},
     {"copy", (PyCFunction)(void (*)(void))copy, METH_FASTCALL,
      "Patch, protect and send one subscriber's copy of an RTP packet."},

@@ -24,7 +24,6 @@ from aiortc import (
     RTCConfiguration,
     RTCPeerConnection,
     RTCRtpTransceiver,
-    clock,
 )
 from aiortc.codecs import is_rtx
 from aiortc.rate import RemoteBitrateEstimator
@@ -591,7 +590,7 @@ class ForwardingSender(RTCRtpSender):
             handled_failure("handling a subscriber's RTCP packet")
 
 
-def receive_rtp_now(dtls: RTCDtlsTransport, data: bytes) -> bool:
+def receive_rtp_now(dtls: RTCDtlsTransport, data: bytes, rx: _Rx) -> bool:
     """Take an SRTP packet straight from the socket into its forwarding receiver, as aiortc's
     DTLS transport would after a queue, a task wake-up and three awaited layers; tell whether
     it was taken (False: aiortc's own path takes it, as it does DTLS and RTCP)."""
@@ -602,11 +601,19 @@ def receive_rtp_now(dtls: RTCDtlsTransport, data: bytes) -> bool:
         return False
     setattr(dtls, _RX_BYTES, getattr(dtls, _RX_BYTES) + len(data))
     setattr(dtls, _RX_PACKETS, getattr(dtls, _RX_PACKETS) + 1)
-    arrival_time_ms = clock.current_ms()
-    try:
-        packet = RtpPacket.parse(srtp.unprotect(data), dtls._rtp_header_extensions_map)
-    except (pylibsrtp.Error, ValueError):
-        return True  # not authentic, a replay, or not RTP: dropped, as aiortc drops it
+    # aiortc's clock.current_ms, without making a datetime for every packet.
+    arrival_time_ms = int((time.time() + NTP_UNIX_OFFSET) * 1000)
+    extensions = dtls._rtp_header_extensions_map
+    if FAST is not None:
+        ids = _get(extensions, "HeaderExtensionsMap", "ids")
+        packet = FAST.receive(rx.address_of(srtp), data, ids)
+        if packet is None:
+            return True  # not authentic, a replay, or not RTP: dropped, as aiortc drops it
+    else:
+        try:
+            packet = RtpPacket.parse(srtp.unprotect(data), extensions)
+        except (pylibsrtp.Error, ValueError):
+            return True
     receiver = dtls._rtp_router.route_rtp(packet)
     if isinstance(receiver, ForwardingReceiver):
         receiver.handle_rtp_now(packet, arrival_time_ms)
@@ -615,19 +622,36 @@ def receive_rtp_now(dtls: RTCDtlsTransport, data: bytes) -> bool:
     return True
 
 
+class _Rx:
+    """A connection's receiving SRTP session and its address, for the compiled path."""
+
+    __slots__ = ("address", "session")
+
+    def __init__(self) -> None:
+        self.session: pylibsrtp.Session | None = None
+        self.address = 0
+
+    def address_of(self, session: pylibsrtp.Session) -> int:
+        """Return the session's address: read once, and again after a DTLS restart."""
+        if session is not self.session:
+            self.session, self.address = session, session_address(session)
+        return self.address
+
+
 class _Taker:
     """Hands a connection's datagrams to `receive_rtp_now` while its DTLS transport lives."""
 
-    __slots__ = ("dtls", "taken")
+    __slots__ = ("dtls", "rx", "taken")
 
     def __init__(self, dtls: RTCDtlsTransport) -> None:
         self.dtls = weakref.ref(dtls)
         self.taken = 0
+        self.rx = _Rx()
 
     def __call__(self, data: bytes) -> bool:
         dtls = self.dtls()
         try:
-            if dtls is None or not receive_rtp_now(dtls, data):
+            if dtls is None or not receive_rtp_now(dtls, data, self.rx):
                 return False
         except Exception:
             # Raised into the socket's callback it would close the socket: it costs the packet.

@@ -12,15 +12,19 @@ class PacketCache(Generic[T]):
 
     def __init__(self, size: int = 512) -> None:
         self.size = size
-        self._slots: list[tuple[int, T] | None] = [None] * size
+        # Two rings, not one of (seq, packet) tuples: a put for every copy sent would make a
+        # tuple that lives on, and each such object brings Python's cyclic collector closer
+        # to a pass (a pause on the forwarding path).
+        self._seqs: list[int] = [-1] * size
+        self._packets: list[T | None] = [None] * size
 
     def put(self, seq: int, packet: T) -> None:
         """Remember a packet sent with this sequence number."""
-        self._slots[seq % self.size] = (seq, packet)
+        slot = seq % self.size
+        self._seqs[slot] = seq
+        self._packets[slot] = packet
 
     def get(self, seq: int) -> T | None:
         """Return the packet sent with this sequence number, if still kept."""
-        slot = self._slots[seq % self.size]
-        if slot is not None and slot[0] == seq:
-            return slot[1]
-        return None
+        slot = seq % self.size
+        return self._packets[slot] if self._seqs[slot] == seq else None

@@ -45,7 +45,7 @@ async def peers(server: Server) -> AsyncIterator[list[Peer]]:
 
 @pytest.fixture(params=["compiled", "python"])
 def copy_path(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
-    """Run a test with the compiled per-copy path (media/_fastcopy.c) and with its fallback."""
+    """Run a test with the compiled per-packet path (media/_fastcopy.c) and with its fallback."""
     if request.param == "python":
         # The name the sender reads, as the fallback sees it when the module was not built.
         monkeypatch.setattr(aiortc_adapter, "FAST", None)
