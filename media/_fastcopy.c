@@ -16,6 +16,7 @@
 #include <stdint.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <time.h>
 
 /* libsrtp 2: srtp_err_status_t srtp_protect(srtp_t ctx, void *rtp_hdr, int *len_ptr). */
 typedef int (*protect_fn)(void *ctx, void *rtp, int *len);
@@ -400,12 +401,115 @@ static PyObject *receive(PyObject *self, PyObject *const *args, Py_ssize_t nargs
     return parsed(buf, length, ids);
 }
 
+/* stamp(fd): have the kernel stamp each datagram's arrival on this socket (SO_TIMESTAMPNS). */
+static PyObject *stamp(PyObject *self, PyObject *arg) {
+    long fd = PyLong_AsLong(arg);
+    if (PyErr_Occurred())
+        return NULL;
+    int on = 1;
+    if (setsockopt((int)fd, SOL_SOCKET, SO_TIMESTAMPNS, &on, sizeof on) < 0)
+        return PyErr_SetFromErrno(PyExc_OSError);
+    Py_RETURN_NONE;
+}
+
+/* drain(fd, most) -> [(data, address, waited), ...]
+ *
+ * The datagrams already waiting on a socket, up to `most`, read with one recvmmsg; `address`
+ * as socket.recvfrom gives it, `waited` the seconds each spent in the socket's queue (from the
+ * kernel's arrival stamp, SO_TIMESTAMPNS; -1.0 without one). Empty when none waits. An error
+ * other than "nothing waits" is raised as OSError, as recvfrom raises it.
+ */
+#define MOST 64
+static PyObject *drain(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 2) {
+        PyErr_SetString(PyExc_TypeError, "drain() takes 2 arguments");
+        return NULL;
+    }
+    long fd = PyLong_AsLong(args[0]);
+    long most = PyLong_AsLong(args[1]);
+    if (PyErr_Occurred())
+        return NULL;
+    if (most < 1 || most > MOST) {
+        PyErr_SetString(PyExc_ValueError, "most must be 1 to 64");
+        return NULL;
+    }
+    /* 64 KiB each, as asyncio reads: 4 MiB for a burst, allocated once. */
+    static unsigned char (*bufs)[65536] = NULL;
+    if (bufs == NULL && (bufs = PyMem_RawMalloc((size_t)MOST * 65536)) == NULL)
+        return PyErr_NoMemory();
+    struct mmsghdr msgs[MOST];
+    struct iovec iov[MOST];
+    struct sockaddr_storage from[MOST];
+    char control[MOST][CMSG_SPACE(sizeof(struct timespec))];
+    memset(msgs, 0, sizeof msgs);
+    for (int i = 0; i < most; i++) {
+        iov[i].iov_base = bufs[i];
+        iov[i].iov_len = 65536;
+        msgs[i].msg_hdr.msg_iov = &iov[i];
+        msgs[i].msg_hdr.msg_iovlen = 1;
+        msgs[i].msg_hdr.msg_name = &from[i];
+        msgs[i].msg_hdr.msg_namelen = sizeof from[i];
+        msgs[i].msg_hdr.msg_control = control[i];
+        msgs[i].msg_hdr.msg_controllen = sizeof control[i];
+    }
+    int got;
+    Py_BEGIN_ALLOW_THREADS
+    got = recvmmsg((int)fd, msgs, (unsigned int)most, MSG_DONTWAIT, NULL);
+    Py_END_ALLOW_THREADS
+    if (got < 0) {
+        if (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR)
+            return PyList_New(0);
+        return PyErr_SetFromErrno(PyExc_OSError);
+    }
+    struct timespec now;
+    clock_gettime(CLOCK_REALTIME, &now);
+    PyObject *out = PyList_New(got);
+    if (out == NULL)
+        return NULL;
+    for (int i = 0; i < got; i++) {
+        double waited = -1.0;
+        struct msghdr *h = &msgs[i].msg_hdr;
+        for (struct cmsghdr *c = CMSG_FIRSTHDR(h); c != NULL; c = CMSG_NXTHDR(h, c)) {
+            if (c->cmsg_level == SOL_SOCKET && c->cmsg_type == SCM_TIMESTAMPNS) {
+                struct timespec at;
+                memcpy(&at, CMSG_DATA(c), sizeof at);
+                waited = (double)(now.tv_sec - at.tv_sec) + (now.tv_nsec - at.tv_nsec) / 1e9;
+            }
+        }
+        char host[INET6_ADDRSTRLEN];
+        PyObject *address;
+        if (from[i].ss_family == AF_INET6) {
+            struct sockaddr_in6 *a = (struct sockaddr_in6 *)&from[i];
+            inet_ntop(AF_INET6, &a->sin6_addr, host, sizeof host);
+            address = Py_BuildValue("(siII)", host, ntohs(a->sin6_port),
+                                    ntohl(a->sin6_flowinfo), a->sin6_scope_id);
+        } else {
+            struct sockaddr_in *a = (struct sockaddr_in *)&from[i];
+            inet_ntop(AF_INET, &a->sin_addr, host, sizeof host);
+            address = Py_BuildValue("(si)", host, ntohs(a->sin_port));
+        }
+        PyObject *item = address == NULL ? NULL
+                                         : Py_BuildValue("(y#Nd)", (const char *)bufs[i],
+                                                         (Py_ssize_t)msgs[i].msg_len, address,
+                                                         waited);
+        if (item == NULL) {
+            Py_DECREF(out);
+            return NULL;
+        }
+        PyList_SET_ITEM(out, i, item);
+    }
+    return out;
+}
+
 static PyMethodDef methods[] = {
     {"bind_protect", bind_protect, METH_O, "Use the srtp_protect at this address."},
     {"bind_receive", bind_receive, METH_VARARGS,
      "Use the srtp_unprotect at this address, and make these RtpPacket and HeaderExtensions."},
     {"parse", (PyCFunction)(void (*)(void))parse, METH_FASTCALL,
      "Parse an RTP packet as aiortc does; None where aiortc raises."},
+    {"stamp", stamp, METH_O, "Have the kernel stamp each datagram's arrival on this socket."},
+    {"drain", (PyCFunction)(void (*)(void))drain, METH_FASTCALL,
+     "Read the datagrams waiting on a socket in one call, with how long each waited."},
     {"receive", (PyCFunction)(void (*)(void))receive, METH_FASTCALL,
      "Verify and parse a publisher's SRTP packet; None when it is dropped."},
     {"sockaddr", sockaddr, METH_VARARGS, "Return a numeric address and port as a sockaddr."},

@@ -6,6 +6,9 @@ consent freshness is checked more often, and host candidates can be pinned to ad
 
 from __future__ import annotations
 
+import socket
+import struct
+import time
 import weakref
 from collections.abc import Callable
 from typing import Any
@@ -14,6 +17,8 @@ import aioice.ice
 import aioice.stun
 
 from .datagrams import STUN, DropCounter, broken, kind_of
+from .fastcopy import FAST
+from .overload import LOAD
 
 # Datagrams dropped on this process's ICE ports before aioice or aiortc saw them, by kind.
 INGRESS = DropCounter()
@@ -38,6 +43,11 @@ def taker_of(connection: aioice.ice.Connection) -> Callable[[bytes], bool] | Non
 
 # The most datagrams read from one ICE socket per readiness event (see `_drained`).
 DRAIN = 32
+# Linux's SO_TIMESTAMPNS (and SCM_TIMESTAMPNS), which the socket module does not name.
+SO_TIMESTAMPNS = 35
+_STAMP_SPACE = socket.CMSG_SPACE(16)  # a struct timespec
+# The ICE sockets whose datagrams the kernel stamps with their arrival.
+_STAMPED: weakref.WeakSet[aioice.ice.StunProtocol] = weakref.WeakSet()
 
 
 def _drained(protocol: aioice.ice.StunProtocol, data: bytes | str, addr: tuple[Any, ...]) -> None:
@@ -45,24 +55,58 @@ def _drained(protocol: aioice.ice.StunProtocol, data: bytes | str, addr: tuple[A
 
     asyncio reads one datagram per readiness event, so each costs a pass of the event loop
     and an epoll_wait besides its recvfrom; a frame arrives as a burst of packets, and
-    reading the burst at once saves most of those system calls.
+    reading the burst at once saves most of those system calls. How long each of those
+    waited in the queue tells the node whether it keeps up (`media/overload.py`).
     """
     _guarded_datagram_received(protocol, data, addr)
     transport = protocol.transport
     sock = getattr(transport, "_sock", None)
     if sock is None:
         return
-    for _ in range(DRAIN - 1):
+    try:
+        if protocol not in _STAMPED:
+            _STAMPED.add(protocol)
+            sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
+        waiting = _waiting(sock)
+    except OSError as exc:  # an ICMP error, say: as asyncio itself hands it on
+        protocol.error_received(exc)
+        return
+    # The node's load shows in how long its publishers' media waited: they send at their own
+    # pace, where RTCP comes now and then (and a client in the same process would come only
+    # when the node's loop lets it). The oldest datagram of the read tells how far behind the
+    # loop is; the newest may have just come.
+    if protocol.receiver in _TAKERS:
+        oldest = max((w for d, _, w in waiting if is_rtp(d)), default=-1.0)
+        if oldest >= 0:
+            LOAD.waited(oldest)
+    for data, addr, _waited in waiting:
         if transport.is_closing():
             return
-        try:
-            data, addr = sock.recvfrom(65536)
-        except (BlockingIOError, InterruptedError):
-            return
-        except OSError as exc:  # an ICMP error, say: as asyncio itself hands it on
-            protocol.error_received(exc)
-            return
         _guarded_datagram_received(protocol, data, addr)
+
+
+def is_rtp(data: bytes) -> bool:
+    """Tell whether a datagram on an ICE port is (S)RTP: version 2, not an RTCP packet type."""
+    return len(data) > 1 and 127 < data[0] < 192 and not 191 < data[1] < 224
+
+
+def _waiting(sock: socket.socket) -> list[tuple[bytes, tuple[Any, ...], float]]:
+    """Read what waits on a socket (up to DRAIN - 1), with the seconds each waited."""
+    if FAST is not None:
+        return FAST.drain(sock.fileno(), DRAIN - 1)  # type: ignore[no-any-return]
+    out = []
+    for _ in range(DRAIN - 1):
+        try:
+            data, ancillary, _flags, addr = sock.recvmsg(65536, _STAMP_SPACE)
+        except (BlockingIOError, InterruptedError):
+            break
+        waited = -1.0
+        for level, kind, value in ancillary:
+            if level == socket.SOL_SOCKET and kind == SO_TIMESTAMPNS and len(value) >= 16:
+                seconds, nanoseconds = struct.unpack("qq", value[:16])
+                waited = time.time() - (seconds + nanoseconds / 1e9)
+        out.append((data, addr, waited))
+    return out
 
 
 def _guarded_datagram_received(

@@ -19,7 +19,9 @@ from aiortc.rtcrtpparameters import RTCRtpCodecParameters
 from .aioice_adapter import guard_ice_ports, quick_consent
 from .aiortc_adapter import ForwardingReceiver, ForwardingSender, RelayPeerConnection
 from .aiortc_codecs import add_relay_codecs, codec_preferences, negotiated_codec, same_codec
+from .failures import handled_failure
 from .histogram import Histogram
+from .overload import LOAD, WINDOW, Overload
 from .red import Unwrapper, Wrapper, answer_with_red, offer_red, offered_red
 from .simulcast import answer_with_layers, offered_layers
 from .tracks import DownTrack, UpTrack
@@ -159,7 +161,9 @@ class Sfu:
         self.ups: dict[str, UpStream] = {}
         self.forward_delay = Histogram()
         self.downs: dict[str, DownStream] = {}
+        self.load: Overload = LOAD
         self._tasks: set[asyncio.Task[Any]] = set()
+        self._balancing: asyncio.Task[None] | None = None
 
     # -- publishing --------------------------------------------------------------------------
 
@@ -277,6 +281,9 @@ class Sfu:
         pc = RelayPeerConnection(RTCConfiguration(iceServers=[]))
         down = DownStream(down_id, subscriber_id, up, pc)
         self.downs[down_id] = down
+        if self._balancing is None or self._balancing.done():
+            self._balancing = asyncio.ensure_future(self._balance_forever())
+            self._tasks.add(self._balancing)
         up.downs.add(down_id)
         pairs = []
         for track in chosen:
@@ -363,6 +370,40 @@ class Sfu:
         for up in [u for u in self.ups.values() if u.participant_id == participant_id]:
             await up.pc.close()  # _watch_up takes it from there
 
+    def balance(self, now: float) -> int:
+        """Hold back video copies while the node cannot keep up, the slowest paths first;
+        return how many are held.
+
+        Among paths alike (or of unknown rate) the latest subscriber goes first, and those held
+        stay held before others are: a choice that does not move from viewer to viewer.
+        """
+        tracks = [
+            dt
+            for down in self.downs.values()
+            for dt in down.tracks
+            if dt.up.kind == "video" and not dt.paused
+        ]
+        sent = sum(1 for dt in tracks if not dt.held)
+        held = min(self.load.step(now, sent), len(tracks))
+        self.load.held = held
+
+        def slowest_first(dt: DownTrack) -> tuple[bool, float, float]:
+            rate = dt.path_rate()
+            return (not dt.held, float("inf") if rate is None else rate, -dt.attached_at)
+
+        tracks.sort(key=slowest_first)
+        for i, dt in enumerate(tracks):
+            dt.hold(i < held)
+        return held
+
+    async def _balance_forever(self) -> None:
+        while True:
+            await asyncio.sleep(WINDOW)
+            try:
+                self.balance(time.monotonic())
+            except Exception:
+                handled_failure("balancing the node's load")
+
     async def close(self) -> None:
         """Close every peer connection."""
         for down_id in list(self.downs):
@@ -424,6 +465,8 @@ class Sfu:
                         "rtt": s.rtt,
                         "waiting_keyframe": dt.waiting,
                         "paused": dt.paused,
+                        "held": dt.held,
+                        "held_packets": dt.held_packets,
                         "estimate": None if s.congestion is None else s.congestion.estimator.target,
                         "remb": dt.remb,
                         "loss": s.loss,
@@ -433,7 +476,12 @@ class Sfu:
                         "shed": dt.shed,
                     }
                 )
-        return {"up": ups, "down": downs}
+        load = {
+            "held": self.load.held,
+            "queue_wait": self.load.last_floor,
+            "queue_wait_worst": self.load.last_worst,
+        }
+        return {"up": ups, "down": downs, "load": load}
 
     # -- helpers -----------------------------------------------------------------------------
 

@@ -334,6 +334,10 @@ class DownTrack:
         self.started_at: float | None = None
         self.dropped_waiting = 0
         self.paused = False  # the subscriber does not show it: nothing is sent
+        # The node cannot keep up and holds this copy back (`media/overload.py`): from the end
+        # of the frame being sent, until it keeps up again.
+        self.held = False
+        self.held_packets = 0
         # Simulcast: the layer sent, and the one wanted (another while awaiting its keyframe).
         self.layer = ""
         self.target = ""
@@ -354,6 +358,9 @@ class DownTrack:
         `ext` is the packet's extended sequence number in its `layer`.
         """
         if self.sender.codec is None or self.paused:
+            return False
+        if self.held and (self.waiting or not self._same_frame(packet.timestamp)):
+            self.held_packets += 1
             return False
         name = layer.name
         if name and now >= self._next_choice:
@@ -476,6 +483,23 @@ class DownTrack:
             # Frames were skipped: the decoder needs a keyframe; the numbering goes on.
             self.waiting = True
             self.up.request_keyframe(self.layer)
+
+    def hold(self, held: bool) -> None:
+        """Hold this copy back after the frame being sent, or send it again from a keyframe
+        (the cached one at once, a fresh one asked for)."""
+        if held == self.held:
+            return
+        self.held = held
+        if not held:
+            self.waiting = True
+            self.up.request_keyframe(self.layer)
+
+    def path_rate(self) -> int | None:
+        """Return what this subscriber's path is estimated to carry (bits/s), if known."""
+        congestion = self.sender.congestion
+        if congestion is not None and congestion.estimator.ready:
+            return int(congestion.estimator.target)
+        return self.remb
 
     def _on_remb(self, bitrate: int) -> None:
         self.remb = bitrate

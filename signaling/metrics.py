@@ -124,6 +124,7 @@ _DOWN = [
     ("nacks", "NACKed packets reported by the subscriber"),
     ("retransmits", "Packets retransmitted to the subscriber"),
     ("plis", "Keyframe requests from the subscriber"),
+    ("held_packets", "Packets not sent to the subscriber while the node could not keep up"),
 ]
 
 
@@ -213,6 +214,17 @@ class MediaCollector(Collector):
         for kind, n in sorted(INGRESS.dropped.items()):
             dropped.add_metric([kind], n)
         yield dropped
+        load = stats.get("load", {})
+        yield GaugeMetricFamily(
+            "teleconsult_media_held_copies",
+            "Video copies held back because the node cannot keep up (slowest paths first)",
+            value=load.get("held", 0),
+        )
+        yield GaugeMetricFamily(
+            "teleconsult_media_queue_wait_seconds",
+            "The least wait of a packet read from a backed-up socket queue, last half second",
+            value=load.get("queue_wait", 0.0),
+        )
         up_labels = ["stream", "feed", "kind", "codec"]
         for key, doc in _UP:
             family = CounterMetricFamily(f"teleconsult_media_up_{key}", doc, labels=up_labels)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import socket
+import time
 from collections.abc import Iterator
 
 import pylibsrtp
@@ -14,7 +15,7 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 from pylibsrtp import Policy, Session
 
-from teleconsult.media import fastcopy
+from teleconsult.media import aioice_adapter, fastcopy
 from teleconsult.media.rtpcopy import CopyHeader, vad_byte
 
 from .test_rtpcopy import COPIES, extensions_map
@@ -296,3 +297,31 @@ def test_receive_refuses_what_is_too_long_or_wrongly_called() -> None:
         fastcopy.FAST.parse("text", map_ids(m))
     with pytest.raises(AttributeError):  # not a map's ids
         fastcopy.FAST.parse(b"\x80" + bytes(20), object())
+
+
+@pytest.mark.parametrize("compiled", [True, False])
+def test_a_burst_is_read_at_once_in_order_with_how_long_it_waited(
+    compiled: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # What waits on an ICE socket is read in one call (recvmmsg), oldest first, each with the
+    # time it spent in the queue from the kernel's stamp: how the node tells it is behind.
+    if not compiled:
+        monkeypatch.setattr(aioice_adapter, "FAST", None)
+    with (
+        socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as out,
+        socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as into,
+    ):
+        into.bind(("127.0.0.1", 0))
+        out.bind(("127.0.0.1", 0))
+        into.setblocking(False)
+        into.setsockopt(socket.SOL_SOCKET, aioice_adapter.SO_TIMESTAMPNS, 1)
+        assert aioice_adapter._waiting(into) == []
+        for i in range(40):
+            out.sendto(i.to_bytes(2, "big") * 300, into.getsockname())
+        time.sleep(0.2)
+        got = aioice_adapter._waiting(into)
+        assert [d[:2] for d, _, _ in got] == [i.to_bytes(2, "big") for i in range(31)]
+        assert all(a == out.getsockname() for _, a, _ in got)
+        assert all(0.19 < w < 5 for _, _, w in got)
+        rest = aioice_adapter._waiting(into)
+        assert [d[:2] for d, _, _ in rest] == [i.to_bytes(2, "big") for i in range(31, 40)]

@@ -11,7 +11,7 @@ import pytest
 
 from teleconsult.client.media import MediaClient
 from teleconsult.client.signaling import RequestFailed, SignalingClient
-from teleconsult.media import aiortc_adapter, fastcopy, stamp
+from teleconsult.media import aioice_adapter, aiortc_adapter, fastcopy, stamp
 from teleconsult.session.roles import Role
 
 from .conftest import Server
@@ -49,6 +49,7 @@ def copy_path(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -
     if request.param == "python":
         # The name the sender reads, as the fallback sees it when the module was not built.
         monkeypatch.setattr(aiortc_adapter, "FAST", None)
+        monkeypatch.setattr(aioice_adapter, "FAST", None)
     else:
         assert fastcopy.FAST is not None, "the compiled path was not built"
     return str(request.param)
