@@ -348,20 +348,29 @@ static int read_ids(PyObject *map_ids, long *ids) {
     return 0;
 }
 
+/* The arguments parse and receive share: the packet's bytes and the map's ids; -1 on error. */
+static int packet_args(Py_ssize_t nargs, Py_ssize_t want, const char *name, PyObject *data_obj,
+                       PyObject *ids_obj, char **data, Py_ssize_t *n, long *ids) {
+    if (nargs != want) {
+        PyErr_Format(PyExc_TypeError, "%s() takes %zd arguments", name, want);
+        return -1;
+    }
+    if (packet_type == NULL || unprotect == NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "bind_receive() first");
+        return -1;
+    }
+    if (PyBytes_AsStringAndSize(data_obj, data, n) < 0 || read_ids(ids_obj, ids) < 0)
+        return -1;
+    return 0;
+}
+
 /* parse(data, ids) -> RtpPacket | None: RtpPacket.parse(data, map), None where it raises. */
 static PyObject *parse(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
-    if (nargs != 2) {
-        PyErr_SetString(PyExc_TypeError, "parse() takes 2 arguments");
-        return NULL;
-    }
-    if (packet_type == NULL) {
-        PyErr_SetString(PyExc_RuntimeError, "bind_receive() first");
-        return NULL;
-    }
     char *data;
     Py_ssize_t n;
     long ids[X_N];
-    if (PyBytes_AsStringAndSize(args[0], &data, &n) < 0 || read_ids(args[1], ids) < 0)
+    if (packet_args(nargs, 2, "parse", nargs > 0 ? args[0] : NULL, nargs > 1 ? args[1] : NULL,
+                    &data, &n, ids) < 0)
         return NULL;
     if (n > BUFFER)
         Py_RETURN_NONE;
@@ -375,21 +384,14 @@ static PyObject *parse(PyObject *self, PyObject *const *args, Py_ssize_t nargs) 
  * aiortc drops it.
  */
 static PyObject *receive(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
-    if (nargs != 3) {
-        PyErr_SetString(PyExc_TypeError, "receive() takes 3 arguments");
-        return NULL;
-    }
-    if (unprotect == NULL || packet_type == NULL) {
-        PyErr_SetString(PyExc_RuntimeError, "bind_receive() first");
-        return NULL;
-    }
-    long long session = PyLong_AsLongLong(args[0]);
-    if (PyErr_Occurred())
-        return NULL;
     char *data;
     Py_ssize_t n;
     long ids[X_N];
-    if (PyBytes_AsStringAndSize(args[1], &data, &n) < 0 || read_ids(args[2], ids) < 0)
+    if (packet_args(nargs, 3, "receive", nargs > 1 ? args[1] : NULL, nargs > 2 ? args[2] : NULL,
+                    &data, &n, ids) < 0)
+        return NULL;
+    long long session = PyLong_AsLongLong(args[0]);
+    if (PyErr_Occurred())
         return NULL;
     if (n > RECEIVED)
         Py_RETURN_NONE;

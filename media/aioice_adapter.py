@@ -15,8 +15,9 @@ from typing import Any
 
 import aioice.ice
 import aioice.stun
+from aiortc.rtp import is_rtcp
 
-from .datagrams import STUN, DropCounter, broken, kind_of
+from .datagrams import RTP, STUN, DropCounter, broken, kind_of
 from .fastcopy import FAST
 from .overload import LOAD
 
@@ -76,18 +77,15 @@ def _drained(protocol: aioice.ice.StunProtocol, data: bytes | str, addr: tuple[A
     # when the node's loop lets it). The oldest datagram of the read tells how far behind the
     # loop is; the newest may have just come.
     if protocol.receiver in _TAKERS:
-        oldest = max((w for d, _, w in waiting if is_rtp(d)), default=-1.0)
+        oldest = max(
+            (w for d, _, w in waiting if kind_of(d) == RTP and not is_rtcp(d)), default=-1.0
+        )
         if oldest >= 0:
             LOAD.waited(oldest)
     for data, addr, _waited in waiting:
         if transport.is_closing():
             return
         _guarded_datagram_received(protocol, data, addr)
-
-
-def is_rtp(data: bytes) -> bool:
-    """Tell whether a datagram on an ICE port is (S)RTP: version 2, not an RTCP packet type."""
-    return len(data) > 1 and 127 < data[0] < 192 and not 191 < data[1] < 224
 
 
 def _waiting(sock: socket.socket) -> list[tuple[bytes, tuple[Any, ...], float]]:

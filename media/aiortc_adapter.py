@@ -97,6 +97,8 @@ _RX_BYTES = "_RTCDtlsTransport__rx_bytes"
 _RX_PACKETS = "_RTCDtlsTransport__rx_packets"
 _TX_BYTES = "_RTCDtlsTransport__tx_bytes"
 _TX_PACKETS = "_RTCDtlsTransport__tx_packets"
+# The ids a header-extension map gave each extension (read for every packet received).
+_IDS = "_HeaderExtensionsMap__ids"
 
 # Seconds from the NTP epoch (1900) to the Unix epoch (1970).
 NTP_UNIX_OFFSET = 2208988800
@@ -605,8 +607,7 @@ def receive_rtp_now(dtls: RTCDtlsTransport, data: bytes, rx: _Rx) -> bool:
     arrival_time_ms = int((time.time() + NTP_UNIX_OFFSET) * 1000)
     extensions = dtls._rtp_header_extensions_map
     if FAST is not None:
-        ids = _get(extensions, "HeaderExtensionsMap", "ids")
-        packet = FAST.receive(rx.address_of(srtp), data, ids)
+        packet = FAST.receive(rx.address_of(srtp), data, getattr(extensions, _IDS))
         if packet is None:
             return True  # not authentic, a replay, or not RTP: dropped, as aiortc drops it
     else:

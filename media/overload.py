@@ -53,8 +53,11 @@ class Overload:
         if seconds > self.worst:
             self.worst = seconds
 
-    def step(self, now: float, sent: int) -> int:
-        """Close the window; return how many copies to hold, given `sent` copies still sent."""
+    def step(self, now: float, copies: int) -> int:
+        """Close the window; return how many of the node's `copies` (video, not paused by their
+        subscriber) to hold."""
+        self.held = min(self.held, copies)  # subscribers left
+        sent = copies - self.held
         floor = self.floor or 0.0
         self.last_floor, self.last_worst = floor, self.worst
         self.floor, self.worst = None, 0.0
@@ -66,7 +69,7 @@ class Overload:
                     # The last copy sent again brought this: wait longer before the next.
                     self.restore_after = min(self.restore_after * 2, RESTORE_MOST)
                 self._restored_at = None
-                self.held += max(1, math.ceil(sent * STEP))
+                self.held = min(copies, self.held + max(1, math.ceil(sent * STEP)))
                 # The next step waits for this one's effect to show.
                 self.behind = 0
             return self.held

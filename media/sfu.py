@@ -383,9 +383,7 @@ class Sfu:
             for dt in down.tracks
             if dt.up.kind == "video" and not dt.paused
         ]
-        sent = sum(1 for dt in tracks if not dt.held)
-        held = min(self.load.step(now, sent), len(tracks))
-        self.load.held = held
+        held = self.load.step(now, len(tracks))
 
         def slowest_first(dt: DownTrack) -> tuple[bool, float, float]:
             rate = dt.path_rate()

@@ -480,9 +480,7 @@ class DownTrack:
             return
         self.paused = paused
         if not paused:
-            # Frames were skipped: the decoder needs a keyframe; the numbering goes on.
-            self.waiting = True
-            self.up.request_keyframe(self.layer)
+            self._from_keyframe()
 
     def hold(self, held: bool) -> None:
         """Hold this copy back after the frame being sent, or send it again from a keyframe
@@ -491,8 +489,13 @@ class DownTrack:
             return
         self.held = held
         if not held:
-            self.waiting = True
-            self.up.request_keyframe(self.layer)
+            self._from_keyframe()
+
+    def _from_keyframe(self) -> None:
+        # Frames were skipped: the decoder needs a keyframe (the cached one, and a fresh one
+        # asked for); the numbering goes on.
+        self.waiting = True
+        self.up.request_keyframe(self.layer)
 
     def path_rate(self) -> int | None:
         """Return what this subscriber's path is estimated to carry (bits/s), if known."""

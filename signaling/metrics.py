@@ -214,16 +214,16 @@ class MediaCollector(Collector):
         for kind, n in sorted(INGRESS.dropped.items()):
             dropped.add_metric([kind], n)
         yield dropped
-        load = stats.get("load", {})
+        load = stats["load"]
         yield GaugeMetricFamily(
             "teleconsult_media_held_copies",
             "Video copies held back because the node cannot keep up (slowest paths first)",
-            value=load.get("held", 0),
+            value=load["held"],
         )
         yield GaugeMetricFamily(
             "teleconsult_media_queue_wait_seconds",
             "The least wait of a packet read from a backed-up socket queue, last half second",
-            value=load.get("queue_wait", 0.0),
+            value=load["queue_wait"],
         )
         up_labels = ["stream", "feed", "kind", "codec"]
         for key, doc in _UP:

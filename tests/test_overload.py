@@ -19,13 +19,13 @@ from .test_media import Peer, join, peers  # noqa: F401 - the fixture
 from .test_media_process import TELECONSULT
 
 
-def windows(load: Overload, floors: list[float], sent: int, start: float = 0.0) -> list[int]:
+def windows(load: Overload, floors: list[float], copies: int, start: float = 0.0) -> list[int]:
     """Step through windows whose least wait is each of `floors`; return the held counts."""
     out = []
     for i, floor in enumerate(floors):
         load.waited(floor)
         load.waited(floor + 0.2)  # a keyframe's burst in the same window
-        out.append(load.step(start + i * WINDOW, sent - load.held))
+        out.append(load.step(start + i * WINDOW, copies))
     return out
 
 

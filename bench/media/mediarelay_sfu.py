@@ -76,7 +76,11 @@ class MediaRelaySfu:
         pass
 
     def stats(self) -> dict[str, Any]:
-        return {"up": [], "down": []}
+        return {
+            "up": [],
+            "down": [],
+            "load": {"held": 0, "queue_wait": 0.0, "queue_wait_worst": 0.0},
+        }
 
     async def close(self) -> None:
         for d in list(self.downs):
