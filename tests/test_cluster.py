@@ -546,7 +546,10 @@ async def test_a_node_stopped_for_an_upgrade_hands_its_rooms_over(
             await aud.request({"type": "raise_hand", "raised": True})
             last = await ex.request({"type": "chat", "text": "the last word before the upgrade"})
             a.proc.terminate()  # SIGTERM at once: nothing may be lost
-            assert await aud.wait_closed(timeout=15) == 1001
+            # The audience is on b, piped to a: b relays a's 1001, or, when it sees a gone
+            # before that frame arrives (under load), closes with 1012 itself. Both say
+            # "reconnect" (docs/protocol.md); what matters is what the reconnect finds.
+            assert await aud.wait_closed(timeout=15) in (1001, 1012)
             a.proc.wait(15)
             again = await join(made, b, "ward-3", Role.AUDIENCE, "aud")
             chat = again.welcome["channel"]["chat"]
