@@ -16,7 +16,7 @@ from aiortc import RTCConfiguration, RTCRtpTransceiver, RTCSessionDescription
 from aiortc import sdp as aiortc_sdp
 from aiortc.rtcrtpparameters import RTCRtpCodecParameters
 
-from .aioice_adapter import guard_ice_ports, quick_consent
+from .aioice_adapter import guard_ice_ports, quick_consent, use_host_addresses
 from .aiortc_adapter import ForwardingReceiver, ForwardingSender, RelayPeerConnection
 from .aiortc_codecs import add_relay_codecs, codec_preferences, negotiated_codec, same_codec
 from .failures import handled_failure
@@ -175,13 +175,16 @@ class Sfu:
         feed_ids: dict[str, str],
         replace: bool = False,
         resumable: bool = True,
+        nearby: bool = False,
     ) -> tuple[str, dict[str, str]]:
         """Accept a publisher's offer; return the answer and each mid's codec name.
 
         With `replace`, the offer brings new media for a stream the participant publishes (its
         path was lost: a new address, a long cut): a new peer connection feeds the same tracks,
         and every subscriber goes on in its own numbering from the next keyframe. A stream that
-        is not `resumable` (a cascade leg between nodes) ends when its connection does.
+        is not `resumable` (a cascade leg between nodes) ends when its connection does; one
+        from `nearby` (a media worker on this machine) is answered with the candidates as
+        gathered, never the announced public address.
         """
         if replace:
             return await self._replace(stream_id, participant_id, offer)
@@ -205,7 +208,7 @@ class Sfu:
             await self.unpublish(stream_id, "refused")
             raise
         self._watch_up(up, pc)
-        return self._answer(pc, offer), codecs
+        return self._answer(pc, offer, not nearby), codecs
 
     async def _replace(
         self, stream_id: str, participant_id: str, offer: str
@@ -269,9 +272,17 @@ class Sfu:
     # -- subscribing -------------------------------------------------------------------------
 
     async def subscribe(
-        self, down_id: str, subscriber_id: str, stream_id: str, feeds: list[str] | None = None
+        self,
+        down_id: str,
+        subscriber_id: str,
+        stream_id: str,
+        feeds: list[str] | None = None,
+        nearby: bool = False,
     ) -> tuple[str, dict[str, str]]:
-        """Make an offer carrying an up stream's tracks to a subscriber; return it and mid→feed."""
+        """Make an offer carrying an up stream's tracks to a subscriber; return it and mid→feed.
+
+        A subscriber `nearby` (a media worker on this machine) gets the candidates as gathered.
+        """
         up = self.ups.get(stream_id)
         if up is None:
             raise MediaError("no_such_stream", "no such stream")
@@ -305,7 +316,7 @@ class Sfu:
         self._watch(pc, lambda: self.unsubscribe(down_id, "failed"))
         self._spawn(self._expire_unanswered(down_id))
         # RED offered beside Opus: aiortc knows nothing of it, so it is added to the text.
-        return offer_red(self._local_sdp(pc)), mids
+        return offer_red(self._local_sdp(pc, not nearby)), mids
 
     async def answer(self, down_id: str, subscriber_id: str, sdp: str) -> None:
         """Take a subscriber's answer to our offer."""
@@ -517,18 +528,18 @@ class Sfu:
             if pc.connectionState in ("failed", "closed"):
                 self._spawn(on_failure())
 
-    def _local_sdp(self, pc: RelayPeerConnection) -> str:
+    def _local_sdp(self, pc: RelayPeerConnection, rewrite: bool = True) -> str:
         assert pc.localDescription is not None
         sdp: str = pc.localDescription.sdp
-        if self.rewrite_to:
+        if self.rewrite_to and rewrite:
             sdp = rewrite_host_candidates(sdp, self.rewrite_to)
         return sdp
 
-    def _answer(self, pc: RelayPeerConnection, offer: str) -> str:
+    def _answer(self, pc: RelayPeerConnection, offer: str, rewrite: bool = True) -> str:
         """The answer to a publisher: aiortc's, with the simulcast layers it will receive and
         RED preferred where the publisher's codec was agreed and it offered RED over it."""
         layers = offered_layers(offer)
-        sdp = self._local_sdp(pc)
+        sdp = self._local_sdp(pc, rewrite)
         sdp = answer_with_layers(sdp, layers) if layers else sdp
         red = {
             t.mid: (t.receiver.red.payload_type, t.receiver.red.primary)
@@ -580,6 +591,18 @@ def rewrite_host_candidates(sdp: str, address: str) -> str:
     sdp = _CANDIDATE.sub(lambda m: m.group(1) + address + m.group(3), sdp)
     family = "IP6" if ":" in address else "IP4"
     return re.sub(r"^c=IN IP[46] [^\s]+", f"c=IN {family} {address}", sdp, flags=re.M)
+
+
+def gather_on(announce: str | None) -> str | None:
+    """Gather ICE candidates for an announced address; return the address to rewrite host
+    candidates to (a 1:1 NAT's public one), or None."""
+    if not announce:
+        return None
+    if local_address(announce):
+        # Gather on exactly this address (aioice never offers loopback on its own).
+        use_host_addresses([announce])
+        return None
+    return announce
 
 
 def local_address(address: str) -> bool:

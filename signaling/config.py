@@ -141,6 +141,12 @@ class Settings(BaseSettings):
     )
     turn_tls_key: Path | None = Field(default=None, description="its private key (PEM)")
     turn_tls_port: int = Field(default=5349, description="TCP port of TURN over TLS")
+    media_workers: int | None = Field(
+        default=None,
+        ge=0,
+        description="processes that forward media, publishers placed on the least loaded: one "
+        "per core when not set; 0 forwards in the server's own process (as a cluster node does)",
+    )
     log_level: Literal["debug", "info", "warning", "error"] = Field(
         default="info", description="least severe log level written"
     )

@@ -215,6 +215,7 @@ class AdminApi:
 
     async def metrics(self, request: Request) -> Response:
         self.hub.refresh_gauges()
+        await self.hub.plane.stats()  # the media workers' counters, read now
         return Response(self.hub.metrics.render(), media_type="text/plain; version=0.0.4")
 
     async def list_rooms(self, request: Request) -> Response:

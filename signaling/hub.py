@@ -11,8 +11,8 @@ import time
 from collections.abc import Callable, Coroutine
 from typing import Any
 
-from teleconsult.media.aioice_adapter import use_host_addresses
-from teleconsult.media.sfu import Sfu, local_address
+from teleconsult.media.sfu import Sfu, gather_on
+from teleconsult.media.workers import Workers, default_count
 from teleconsult.session.channel import Channel
 from teleconsult.session.participant import Event
 from teleconsult.session.room import Room, RoomConfig
@@ -68,20 +68,29 @@ class Hub:
         self._tasks: set[asyncio.Task[Any]] = set()
         self._encoded: dict[int, tuple[Event, str]] = {}
         self.recordings = Recordings(self)
-        rewrite_to = None
-        if settings.announce:
-            if local_address(settings.announce):
-                # Gather on exactly this address (aioice never offers loopback on its own).
-                use_host_addresses([settings.announce])
-            else:
-                rewrite_to = settings.announce
+        rewrite_to = gather_on(settings.announce)
         self.plane = MediaPlane(self.rooms, self.node, self.now)
         self.plane.sfu = Sfu(clock, rewrite_to, self.plane.up_closed, self.plane.down_closed)
         self.turn_secret = turn_secret(settings, keys)
         self.turn = ice.builtin_turn(settings, self.turn_secret, clock)
         if self.turn is not None:
             self.metrics.watch_turn(self.turn)
-        self.metrics.watch_media(self.sfu.stats, self.sfu.forward_delay)
+        workers = settings.media_workers
+        if workers is None:
+            workers = default_count()
+        if settings.redis:
+            # A cluster node's cascades and heartbeat read its SFU directly: not yet workers.
+            workers = 0
+        if workers:
+            argv = ["--log-level", settings.log_level, "--log-format", settings.log_format]
+            if settings.announce:
+                argv += ["--announce", settings.announce]
+            self.plane.workers = Workers(
+                workers, self.sfu, self.plane.up_closed, self.plane.down_closed, argv
+            )
+            self.metrics.watch_media(self.plane.workers.stats, self.plane.workers.forward_delay)
+        else:
+            self.metrics.watch_media(self.sfu.stats, self.sfu.forward_delay)
         self.cluster: ClusterLink | None = None  # joined by the app, when settings.redis is set
 
     @property
@@ -287,6 +296,8 @@ class Hub:
         """Start background work (and the built-in TURN server)."""
         self.loop = asyncio.get_running_loop()
         self.journaled.start()
+        if self.plane.workers is not None:
+            await self.plane.workers.start()
         if self.turn is not None:
             await self.turn.start()
         if self.cluster is not None:
@@ -347,6 +358,8 @@ class Hub:
                 await self._sweeper
         await self.journaled.stop()
         await self.sfu.close()
+        if self.plane.workers is not None:
+            await self.plane.workers.close()
         if self.turn is not None:
             await self.turn.stop()
         await self.store.close()

@@ -64,8 +64,9 @@ async def on_publish(conn: Conn, msg: m.Publish) -> None:
     hub = conn.hub
     node = conn.media_node if hub.cluster is not None else ""
     room.add_stream(Stream(stream_id, me.id, feeds, node))
-    if room.recording.active and node not in ("", hub.node):
-        hub.spawn(hub.recordings.record_remote(room))  # the recorder runs on the room's host
+    if room.recording.active and not hub.plane.in_process(room.streams[stream_id]):
+        # The recorder runs in the room's host's own process.
+        hub.spawn(hub.recordings.record_remote(room))
     conn.audit("publish", code=",".join(f.source.value for f in feeds), target=stream_id)
 
 
@@ -162,7 +163,7 @@ async def on_get_stats(conn: Conn, msg: m.GetStats) -> None:
     assert room is not None and me is not None
     room.check(me.id, Action.VIEW_STATS)
     hub = conn.hub
-    by_node = {hub.node: hub.sfu.stats()}
+    by_node = {hub.node: await hub.plane.stats()}
     if hub.cluster is not None:
         # The room's media may be on every node: ask them all (one that does not answer in
         # time is left out rather than holding the answer).

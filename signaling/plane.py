@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 from teleconsult.media.sfu import INTERRUPTED, RESUMED, Media, Sfu
+from teleconsult.media.workers import Workers
 from teleconsult.session.participant import Participant
 from teleconsult.session.room import Room
 from teleconsult.session.rooms import Rooms
@@ -23,11 +25,19 @@ class MediaPlane:
         self.now = now
         self.cluster: ClusterLink | None = None
         self.sfu: Sfu  # set by the hub, which makes the SFU with this plane's callbacks
+        # This node's media workers, when it has them; the SFU above then takes in only the
+        # streams brought to the recorder.
+        self.workers: Workers | None = None
+
+    @property
+    def local(self) -> Media:
+        """Return this node's media: its workers, or the SFU of this process."""
+        return self.sfu if self.workers is None else self.workers
 
     def at(self, node: str | None) -> Media:
-        """Return the media of a node: this one's SFU, or another's over the cluster bus."""
+        """Return the media of a node: this one's, or another's over the cluster bus."""
         if node is None or node == self.node or self.cluster is None:
-            return self.sfu
+            return self.local
         return self.cluster.media_at(node)
 
     def of_stream(self, stream: Stream) -> Media:
@@ -36,8 +46,29 @@ class MediaPlane:
 
     def of(self, participant: Participant) -> Media:
         """Return the media serving a participant's connection."""
-        media: Media = getattr(participant.client, "media", self.sfu)
+        media: Media = getattr(participant.client, "media", self.local)
         return media
+
+    def in_process(self, stream: Stream) -> bool:
+        """Tell whether a stream's packets reach this process (for the recorder's taps)."""
+        return stream.node in ("", self.node) and self.workers is None
+
+    async def bring_here(self, room: Room, stream_id: str) -> None:
+        """Bring a stream into this process's SFU, from another node or a media worker."""
+        stream = room.streams.get(stream_id)
+        if stream is None:
+            return
+        if stream.node not in ("", self.node):
+            await self.pull(self.node, room, stream_id)
+        elif self.workers is not None:
+            await self.workers.bring_here(stream_id)
+
+    async def stats(self) -> dict[str, Any]:
+        """Return this node's media counters, read now."""
+        if self.workers is None:
+            return self.sfu.stats()
+        await self.workers.read_stats()
+        return self.workers.stats()
 
     async def pull(self, node: str, room: Room, stream_id: str) -> None:
         """Make a published stream available on a node's SFU, cascading it if it is elsewhere."""

@@ -83,7 +83,7 @@ class Recordings:
         room.recording.segment = segment
         room.recording_started(recorder.session_id, hub.now())
         hub.persist(room)
-        if any(s.node not in ("", hub.node) for s in room.streams.values()):
+        if not all(hub.plane.in_process(s) for s in room.streams.values()):
             hub.spawn(self.record_remote(room))
         return recorder.session_id
 
@@ -93,14 +93,15 @@ class Recordings:
         self.hub.audit.record("record_start", room=room.id, actor="server", code="resumed")
 
     async def record_remote(self, room: Room) -> None:
-        """Bring the streams published on other nodes here for the recorder, then record them."""
+        """Bring the streams published on other nodes, or forwarded by media workers, here for
+        the recorder, then record them."""
         hub = self.hub
         for stream in list(room.streams.values()):
-            if stream.node not in ("", hub.node):
+            if not hub.plane.in_process(stream):
                 try:
-                    await hub.plane.pull(hub.node, room, stream.id)
+                    await hub.plane.bring_here(room, stream.id)
                 except Exception:
-                    log.warning("a stream on another node could not be brought here to record")
+                    log.warning("a stream could not be brought to the recorder")
         recorder = self.recorders.get(room.id)
         if recorder is not None:
             recorder.refresh()

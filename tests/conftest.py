@@ -127,6 +127,9 @@ async def running_server(data_dir: Path, **overrides: Any) -> AsyncIterator[Serv
     port = sock.getsockname()[1]
     # The built-in TURN server listens on a free port of its own.
     overrides.setdefault("turn_port", 0)
+    # In-process servers forward in the test's own process, where tests look at the SFU;
+    # media workers are tested on their own and by every server started as a process.
+    overrides.setdefault("media_workers", 0)
     settings = Settings(host="127.0.0.1", port=port, data_dir=data_dir, **overrides)
     app = create_app(settings, Secrets(SECRET, ADMIN_KEY))
     config = uvicorn.Config(

@@ -1,0 +1,489 @@
+"""A node's media in worker processes: publishers placed on workers, rooms spanning them."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import socket
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from .histogram import Histogram
+from .ipc import LEG, Args, Channel, MediaCall, frames
+from .sfu import MediaError, Sfu
+
+log = logging.getLogger("teleconsult.media")
+
+# A subscription goes to a worker already carrying its stream unless that worker carries this
+# many more copies than the least loaded one: then the stream is brought there as well.
+SPAN = 4
+# Seconds a worker has to answer a request, and a request for its stats.
+CALL_TIMEOUT = 30.0
+STATS_TIMEOUT = 2.0
+# Seconds before a worker that stopped is started again.
+RESTART_AFTER = 1.0
+
+
+def default_count() -> int:
+    """Return how many workers use every core this process may run on."""
+    return len(os.sched_getaffinity(0))
+
+
+class Worker:
+    """One media worker process, driven over a socket pair."""
+
+    def __init__(self, name: str, proc: asyncio.subprocess.Process, channel: Channel) -> None:
+        self.name = name
+        self.proc = proc
+        self.channel = channel
+        self.copies = 0  # subscriber tracks placed here (legs to other workers included)
+        self.ups = 0  # streams published here, brought copies included
+
+    @property
+    def load(self) -> int:
+        """How busy the worker is, for placement."""
+        return self.copies + self.ups
+
+    async def call(self, method: str, timeout: float = CALL_TIMEOUT, **args: Any) -> Any:
+        """Ask the worker's SFU to act and return its result."""
+        return await self.channel.call(method, args, timeout)
+
+    def tell(self, method: str, **args: Any) -> None:
+        """Ask the worker's SFU to act, without waiting."""
+        self.channel.spawn_call(method, args, CALL_TIMEOUT)
+
+
+class Here:
+    """The SFU of the server's own process, where the recorder takes its streams from."""
+
+    name = "main"
+
+    def __init__(self, sfu: Sfu) -> None:
+        self.sfu = sfu
+        self.copies = 0
+        self.ups = 0
+
+    async def call(self, method: str, **args: Any) -> Any:
+        """Ask the SFU to act, the way a worker is asked."""
+        return await MediaCall(self.sfu).serve(method, args)
+
+    def tell(self, method: str, **args: Any) -> None:
+        """Ask the SFU to act, without waiting."""
+        task = asyncio.ensure_future(self.call(method, **args))
+        task.add_done_callback(_log_failure)
+
+
+Place = Worker | Here
+
+
+@dataclass
+class Placed:
+    """Where a stream is published, and where copies of it were brought."""
+
+    origin: Worker
+    participant_id: str
+    copies: dict[str, asyncio.Future[None]] = field(default_factory=dict)  # place -> leg ready
+
+
+@dataclass
+class Leg:
+    """A subscription of one place to a stream of another, so that the stream spans both."""
+
+    stream_id: str
+    origin: Worker
+    target: Place
+    tracks: int = 0
+
+
+class Workers:
+    """The media of one node, forwarded by worker processes (the Media the rooms use)."""
+
+    def __init__(
+        self,
+        count: int,
+        here: Sfu,
+        on_up_closed: Callable[[str, str], None],
+        on_down_closed: Callable[[str, str], None],
+        argv: list[str],
+    ) -> None:
+        self.count = count
+        self.here = Here(here)
+        # The server's own SFU receives nothing but legs brought for the recorder: their ends
+        # are this pool's business, not the rooms'.
+        here.on_up_closed = self._here_closed
+        here.on_down_closed = None
+        self.on_up_closed = on_up_closed
+        self.on_down_closed = on_down_closed
+        self.argv = argv  # the worker's own options (announce, logging)
+        self.workers: list[Worker] = []
+        self.streams: dict[str, Placed] = {}
+        self.downs: dict[str, tuple[Worker, int]] = {}  # subscription -> its worker, tracks
+        self.legs: dict[str, Leg] = {}
+        self.forward_delay = Histogram()
+        self.restarts = 0
+        self._stats: dict[str, dict[str, Any]] = {}
+        self._closing = False
+        self._tasks: set[asyncio.Task[Any]] = set()
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Start every worker."""
+        self.workers = list(await asyncio.gather(*(self._spawn(i) for i in range(self.count))))
+
+    async def close(self) -> None:
+        """Close every worker's peer connections, then stop the workers by their PIDs."""
+        self._closing = True
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*(self._stop(w) for w in self.workers), return_exceptions=True)
+
+    def pids(self) -> list[int]:
+        """Return the workers' process ids."""
+        return [w.proc.pid for w in self.workers]
+
+    async def _spawn(self, index: int) -> Worker:
+        ours, theirs = socket.socketpair()
+        try:
+            proc = await asyncio.create_subprocess_exec(
+                sys.executable,
+                "-m",
+                "teleconsult.worker",
+                "--fd",
+                str(theirs.fileno()),
+                *self.argv,
+                pass_fds=(theirs.fileno(),),
+                stdin=asyncio.subprocess.DEVNULL,
+            )
+        finally:
+            theirs.close()
+        reader, writer = await asyncio.open_unix_connection(sock=ours)
+        name = f"w{index}"
+        worker = Worker(name, proc, Channel(reader, writer))
+        self._background(self._read(worker))
+        return worker
+
+    async def _stop(self, worker: Worker) -> None:
+        with contextlib.suppress(MediaError, OSError):
+            await asyncio.wait_for(worker.call("close"), 5.0)
+        worker.channel.close()
+        with contextlib.suppress(ProcessLookupError):
+            worker.proc.send_signal(signal.SIGTERM)
+        try:
+            await asyncio.wait_for(worker.proc.wait(), 5.0)
+        except TimeoutError:
+            with contextlib.suppress(ProcessLookupError):
+                worker.proc.kill()
+            await worker.proc.wait()
+
+    async def _read(self, worker: Worker) -> None:
+        async for event in frames(worker.channel):
+            try:
+                self._event(worker, event)
+            except Exception:
+                log.exception("an event of media worker %s was not handled", worker.name)
+        if not self._closing:
+            await self._lost(worker)
+
+    async def _lost(self, worker: Worker) -> None:
+        """A worker stopped: end what it carried, then start another in its place."""
+        code = await worker.proc.wait()
+        log.error("media worker %s (pid %d) stopped with %s", worker.name, worker.proc.pid, code)
+        for stream_id, placed in list(self.streams.items()):
+            if placed.origin is worker:
+                self._ended(stream_id)
+                self.on_up_closed(stream_id, "node_lost")
+            else:
+                placed.copies.pop(worker.name, None)
+        for down_id, (w, _) in list(self.downs.items()):
+            if w is worker:
+                del self.downs[down_id]
+                self.on_down_closed(down_id, "failed")
+        for down_id, leg in list(self.legs.items()):
+            if leg.target is worker:
+                del self.legs[down_id]
+                leg.origin.copies -= leg.tracks
+                leg.origin.tell("unsubscribe", down_id=down_id, reason="failed")
+        await asyncio.sleep(RESTART_AFTER)
+        if self._closing:
+            return
+        index = self.workers.index(worker)
+        self.workers[index] = await self._spawn(index)
+        self.restarts += 1
+
+    def _background(self, coro: Any) -> None:
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    # -- what workers report -----------------------------------------------------------------
+
+    def _event(self, worker: Worker, event: Args) -> None:
+        what, item, reason = event["closed"], event["id"], event["reason"]
+        if what == "up":
+            if event.get("leg"):
+                worker.ups -= 1
+                self._copy_gone(item, worker)
+                return
+            placed = self.streams.get(item)
+            if placed is not None and reason not in ("interrupted", "resumed"):
+                self._ended(item)
+            self.on_up_closed(item, reason)
+            return
+        leg = self.legs.pop(item, None)
+        if leg is not None:
+            leg.origin.copies -= leg.tracks
+            self._copy_gone(leg.stream_id, leg.target)
+            return
+        got = self.downs.pop(item, None)
+        if got is not None:
+            got[0].copies -= got[1]
+        self.on_down_closed(item, reason)
+
+    def _here_closed(self, stream_id: str, reason: str) -> None:
+        self.here.ups -= 1
+        self._copy_gone(stream_id, self.here)
+
+    def _copy_gone(self, stream_id: str, place: Place) -> None:
+        placed = self.streams.get(stream_id)
+        if placed is not None:
+            placed.copies.pop(place.name, None)
+
+    def _ended(self, stream_id: str) -> None:
+        """A stream ended at its origin: the copies brought elsewhere go too."""
+        placed = self.streams.pop(stream_id, None)
+        if placed is None:
+            return
+        placed.origin.ups -= 1
+        for name in placed.copies:
+            self._place(name).tell("unpublish", stream_id=stream_id, reason="unpublished")
+
+    def _place(self, name: str) -> Place:
+        if name == self.here.name:
+            return self.here
+        return next(w for w in self.workers if w.name == name)
+
+    # -- the Media protocol ------------------------------------------------------------------
+
+    async def publish(
+        self,
+        stream_id: str,
+        participant_id: str,
+        offer: str,
+        feed_ids: dict[str, str],
+        replace: bool = False,
+    ) -> tuple[str, dict[str, str]]:
+        """Accept a publisher's offer on the least loaded worker (a replacement on its own)."""
+        if replace:
+            placed = self.streams.get(stream_id)
+            if placed is None:
+                raise MediaError("no_such_stream", "you publish no stream with this id")
+            got = await placed.origin.call(
+                "publish",
+                stream_id=stream_id,
+                participant_id=participant_id,
+                offer=offer,
+                feed_ids=feed_ids,
+                replace=True,
+            )
+            return str(got[0]), dict(got[1])
+        if stream_id in self.streams:
+            raise MediaError("stream_exists", "a stream with this id is published")
+        worker = min(self.workers, key=lambda w: w.load)
+        self.streams[stream_id] = Placed(worker, participant_id)
+        worker.ups += 1
+        try:
+            got = await worker.call(
+                "publish",
+                stream_id=stream_id,
+                participant_id=participant_id,
+                offer=offer,
+                feed_ids=feed_ids,
+            )
+        except MediaError:
+            if self.streams.get(stream_id) is not None:
+                self.streams.pop(stream_id)
+                worker.ups -= 1
+            raise
+        return str(got[0]), dict(got[1])
+
+    async def unpublish(self, stream_id: str, reason: str) -> None:
+        """Close a stream where it is published, and its copies on other workers."""
+        placed = self.streams.get(stream_id)
+        if placed is not None:
+            placed.origin.tell("unpublish", stream_id=stream_id, reason=reason)
+
+    async def subscribe(
+        self, down_id: str, subscriber_id: str, stream_id: str, feeds: list[str] | None = None
+    ) -> tuple[str, dict[str, str]]:
+        """Offer a stream from a worker that carries it, bringing it to a less loaded worker
+        first when those that carry it are busier than it by SPAN copies."""
+        placed = self.streams.get(stream_id)
+        if placed is None:
+            raise MediaError("no_such_stream", "no such stream")
+        carrying = [placed.origin] + [
+            w for w in self.workers if w.name in placed.copies and w is not placed.origin
+        ]
+        worker = min(carrying, key=lambda w: w.load)
+        idlest = min(self.workers, key=lambda w: w.load)
+        if idlest.load + SPAN < worker.load:
+            await self._bring(stream_id, placed, idlest)
+            worker = idlest
+        got = await worker.call(
+            "subscribe",
+            down_id=down_id,
+            subscriber_id=subscriber_id,
+            stream_id=stream_id,
+            feeds=feeds,
+        )
+        offer, mids = str(got[0]), dict(got[1])
+        self.downs[down_id] = (worker, len(mids))
+        worker.copies += len(mids)
+        return offer, mids
+
+    async def answer(self, down_id: str, subscriber_id: str, sdp: str) -> None:
+        """Pass a subscriber's answer to the worker of its subscription."""
+        await self._worker_of(down_id).call(
+            "answer", down_id=down_id, subscriber_id=subscriber_id, sdp=sdp
+        )
+
+    async def unsubscribe(self, down_id: str, reason: str) -> None:
+        """Close a subscription on its worker."""
+        got = self.downs.get(down_id)
+        if got is not None:
+            got[0].tell("unsubscribe", down_id=down_id, reason=reason)
+
+    async def pause(
+        self, down_id: str, subscriber_id: str, feeds: list[str] | None, paused: bool
+    ) -> None:
+        """Pause or resume feeds of a subscription on its worker."""
+        await self._worker_of(down_id).call(
+            "pause", down_id=down_id, subscriber_id=subscriber_id, feeds=feeds, paused=paused
+        )
+
+    async def close_participant(self, participant_id: str, reason: str) -> None:
+        """Close what a participant publishes or receives, on every worker."""
+        for w in self.workers:
+            w.tell("close_participant", participant_id=participant_id, reason=reason)
+
+    async def lost(self, participant_id: str) -> None:
+        """Drop a participant's media paths on every worker."""
+        for w in self.workers:
+            w.tell("lost", participant_id=participant_id)
+
+    def mute(self, participant_id: str, kind: str, muted: bool) -> None:
+        """Mute a participant's tracks on every worker."""
+        for w in self.workers:
+            w.tell("mute", participant_id=participant_id, kind=kind, muted=muted)
+
+    def _worker_of(self, down_id: str) -> Worker:
+        got = self.downs.get(down_id)
+        if got is None:
+            raise MediaError("no_such_stream", "no such subscription")
+        return got[0]
+
+    # -- streams spanning workers ------------------------------------------------------------
+
+    async def bring_here(self, stream_id: str) -> None:
+        """Bring a stream into the server's own SFU, for the recorder."""
+        placed = self.streams.get(stream_id)
+        if placed is not None:
+            await self._bring(stream_id, placed, self.here)
+
+    async def _bring(self, stream_id: str, placed: Placed, target: Place) -> None:
+        pending = placed.copies.get(target.name)
+        if pending is None:
+            # Subscribers arriving together share one leg.
+            pending = asyncio.ensure_future(self._leg(stream_id, placed.origin, target))
+            placed.copies[target.name] = pending
+            pending.add_done_callback(_log_failure)
+        try:
+            await asyncio.shield(pending)
+        except MediaError:
+            if placed.copies.get(target.name) is pending:
+                del placed.copies[target.name]
+            raise
+
+    async def _leg(self, stream_id: str, origin: Worker, target: Place) -> None:
+        # The origin subscribes the target like any subscriber; the target takes the leg in
+        # like a publisher's stream, under the same id, and fans it out to its subscribers.
+        down_id = Sfu.new_id("d")
+        offer, mids = await origin.call(
+            "subscribe",
+            down_id=down_id,
+            subscriber_id=LEG + target.name,
+            stream_id=stream_id,
+            feeds=None,
+            nearby=True,
+        )
+        leg = Leg(stream_id, origin, target, len(mids))
+        self.legs[down_id] = leg
+        origin.copies += leg.tracks
+        try:
+            answer, _ = await target.call(
+                "publish",
+                stream_id=stream_id,
+                participant_id=LEG + origin.name,
+                offer=offer,
+                feed_ids=mids,
+                resumable=False,
+                nearby=True,
+            )
+        except MediaError:
+            origin.tell("unsubscribe", down_id=down_id, reason="refused")
+            raise
+        target.ups += 1
+        await origin.call(
+            "answer", down_id=down_id, subscriber_id=LEG + target.name, sdp=str(answer)
+        )
+
+    # -- statistics --------------------------------------------------------------------------
+
+    def stats(self) -> dict[str, Any]:
+        """Return every worker's counters as last read (`read_stats`)."""
+        ups: list[dict[str, Any]] = []
+        downs: list[dict[str, Any]] = []
+        held, wait, worst = 0, 0.0, 0.0
+        for name, s in sorted(self._stats.items()):
+            # A leg is the pool's own business: each stream and subscriber is shown once.
+            ups += [
+                {**u, "worker": name} for u in s["up"] if not u["participant_id"].startswith(LEG)
+            ]
+            downs += [
+                {**d, "worker": name} for d in s["down"] if not d["subscriber_id"].startswith(LEG)
+            ]
+            held += s["load"]["held"]
+            wait = max(wait, s["load"]["queue_wait"] or 0.0)
+            worst = max(worst, s["load"]["queue_wait_worst"] or 0.0)
+        load = {"held": held, "queue_wait": wait, "queue_wait_worst": worst}
+        return {"up": ups, "down": downs, "load": load, "workers": len(self.workers)}
+
+    async def read_stats(self) -> None:
+        """Read every worker's counters now."""
+        got = await asyncio.gather(
+            *(w.call("stats", STATS_TIMEOUT) for w in self.workers), return_exceptions=True
+        )
+        counts = [0] * len(self.forward_delay.counts)
+        total, n = 0.0, 0
+        for w, s in zip(self.workers, got, strict=True):
+            if isinstance(s, dict):
+                self._stats[w.name] = s
+            delay = self._stats.get(w.name, {}).get("forward_delay")
+            if delay is not None:
+                counts = [a + b for a, b in zip(counts, delay["counts"], strict=True)]
+                total += delay["total"]
+                n += delay["n"]
+        self.forward_delay.counts, self.forward_delay.total, self.forward_delay.n = counts, total, n
+
+
+def _log_failure(task: asyncio.Future[Any]) -> None:
+    if task.cancelled():
+        return
+    e = task.exception()
+    if e is not None and not isinstance(e, MediaError):
+        log.error("a media request failed: %r", e)

@@ -1,0 +1,42 @@
+"""`python -m teleconsult.worker`: one media worker process, started by the server."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import ctypes
+import signal
+import socket
+import sys
+
+from teleconsult.media.ipc import Channel, serve
+from teleconsult.media.sfu import Sfu, gather_on
+from teleconsult.signaling.logs import configure_logging
+
+PR_SET_PDEATHSIG = 1
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Forward the media the server places here until the server goes."""
+    parser = argparse.ArgumentParser(prog="teleconsult.worker")
+    parser.add_argument("--fd", type=int, required=True, help="the socket to the server")
+    parser.add_argument("--announce", default=None)
+    parser.add_argument("--log-level", default="info")
+    parser.add_argument("--log-format", default="text")
+    args = parser.parse_args(argv)
+    configure_logging(args.log_level, args.log_format)
+    # The server stops its workers; a worker outliving a killed server would hold its ports.
+    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # a terminal's ^C is the server's to handle
+    sock = socket.socket(fileno=args.fd)
+    asyncio.run(_run(sock, args.announce))
+    return 0
+
+
+async def _run(sock: socket.socket, announce: str | None) -> None:
+    reader, writer = await asyncio.open_unix_connection(sock=sock)
+    await serve(Sfu(announce=gather_on(announce)), Channel(reader, writer))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
