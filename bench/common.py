@@ -27,6 +27,24 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / TICK
 
 
+def tree_cpu_seconds(pid: int) -> float:
+    """Return the CPU time so far of a process and every live process under it (its media
+    workers)."""
+    total = 0.0
+    todo = [pid]
+    for _ in range(1000):  # bounded: a tree of a server and its workers is small
+        if not todo:
+            break
+        p = todo.pop()
+        try:
+            total += cpu_seconds(p)
+            for task in Path(f"/proc/{p}/task").iterdir():
+                todo += [int(c) for c in (task / "children").read_text().split()]
+        except (FileNotFoundError, ProcessLookupError):
+            continue  # ended between the two reads
+    return total
+
+
 def wait_http(url: str, seconds: float = 20) -> None:
     """Wait until a URL answers, or raise TimeoutError."""
     deadline = time.monotonic() + seconds

@@ -9,6 +9,7 @@ import os
 import signal
 import socket
 import sys
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -27,6 +28,9 @@ CALL_TIMEOUT = 30.0
 STATS_TIMEOUT = 2.0
 # Seconds before a worker that stopped is started again.
 RESTART_AFTER = 1.0
+# A copy of a stream that nobody on its worker watches (or nobody records, in the server's own
+# process) is closed after this many seconds, as an idle cascade leg between nodes is.
+IDLE_LEG = 10.0
 
 
 def default_count() -> int:
@@ -91,6 +95,15 @@ class Placed:
 
 
 @dataclass
+class Down:
+    """Where a subscription is served."""
+
+    worker: Worker
+    stream_id: str
+    tracks: int
+
+
+@dataclass
 class Leg:
     """A subscription of one place to a stream of another, so that the stream spans both."""
 
@@ -122,11 +135,12 @@ class Workers:
         self.argv = argv  # the worker's own options (announce, logging)
         self.workers: list[Worker] = []
         self.streams: dict[str, Placed] = {}
-        self.downs: dict[str, tuple[Worker, int]] = {}  # subscription -> its worker, tracks
+        self.downs: dict[str, Down] = {}
         self.legs: dict[str, Leg] = {}
         self.forward_delay = Histogram()
         self.restarts = 0
         self._stats: dict[str, dict[str, Any]] = {}
+        self._idle_since: dict[tuple[str, str], float] = {}
         self._closing = False
         self._tasks: set[asyncio.Task[Any]] = set()
 
@@ -135,13 +149,15 @@ class Workers:
     async def start(self) -> None:
         """Start every worker."""
         self.workers = list(await asyncio.gather(*(self._spawn(i) for i in range(self.count))))
+        self._background(self._close_idle_copies_forever())
 
     async def close(self) -> None:
         """Close every worker's peer connections, then stop the workers by their PIDs."""
         self._closing = True
+        # The readers stay until the workers are stopped: they carry the replies to "close".
+        await asyncio.gather(*(self._stop(w) for w in self.workers), return_exceptions=True)
         for task in list(self._tasks):
             task.cancel()
-        await asyncio.gather(*(self._stop(w) for w in self.workers), return_exceptions=True)
 
     def pids(self) -> list[int]:
         """Return the workers' process ids."""
@@ -200,8 +216,8 @@ class Workers:
                 self.on_up_closed(stream_id, "node_lost")
             else:
                 placed.copies.pop(worker.name, None)
-        for down_id, (w, _) in list(self.downs.items()):
-            if w is worker:
+        for down_id, down in list(self.downs.items()):
+            if down.worker is worker:
                 del self.downs[down_id]
                 self.on_down_closed(down_id, "failed")
         for down_id, leg in list(self.legs.items()):
@@ -240,9 +256,9 @@ class Workers:
             leg.origin.copies -= leg.tracks
             self._copy_gone(leg.stream_id, leg.target)
             return
-        got = self.downs.pop(item, None)
-        if got is not None:
-            got[0].copies -= got[1]
+        down = self.downs.pop(item, None)
+        if down is not None:
+            down.worker.copies -= down.tracks
         self.on_down_closed(item, reason)
 
     def _here_closed(self, stream_id: str, reason: str) -> None:
@@ -342,7 +358,7 @@ class Workers:
             feeds=feeds,
         )
         offer, mids = str(got[0]), dict(got[1])
-        self.downs[down_id] = (worker, len(mids))
+        self.downs[down_id] = Down(worker, stream_id, len(mids))
         worker.copies += len(mids)
         return offer, mids
 
@@ -354,9 +370,9 @@ class Workers:
 
     async def unsubscribe(self, down_id: str, reason: str) -> None:
         """Close a subscription on its worker."""
-        got = self.downs.get(down_id)
-        if got is not None:
-            got[0].tell("unsubscribe", down_id=down_id, reason=reason)
+        down = self.downs.get(down_id)
+        if down is not None:
+            down.worker.tell("unsubscribe", down_id=down_id, reason=reason)
 
     async def pause(
         self, down_id: str, subscriber_id: str, feeds: list[str] | None, paused: bool
@@ -382,10 +398,10 @@ class Workers:
             w.tell("mute", participant_id=participant_id, kind=kind, muted=muted)
 
     def _worker_of(self, down_id: str) -> Worker:
-        got = self.downs.get(down_id)
-        if got is None:
+        down = self.downs.get(down_id)
+        if down is None:
             raise MediaError("no_such_stream", "no such subscription")
-        return got[0]
+        return down.worker
 
     # -- streams spanning workers ------------------------------------------------------------
 
@@ -441,6 +457,37 @@ class Workers:
         await origin.call(
             "answer", down_id=down_id, subscriber_id=LEG + target.name, sdp=str(answer)
         )
+
+    def close_idle_copies(self, now: float) -> None:
+        """Close the copies of streams that nobody where they were brought has used for
+        IDLE_LEG seconds: each costs its origin a copy."""
+        watched = {(d.stream_id, d.worker.name) for d in self.downs.values()}
+        recorded = {
+            u.id for u in self.here.sfu.ups.values() if any(t.taps for t in u.tracks.values())
+        }
+        for stream_id, placed in self.streams.items():
+            for name, ready in list(placed.copies.items()):
+                used = (stream_id, name) in watched or (
+                    name == self.here.name and stream_id in recorded
+                )
+                key = (stream_id, name)
+                if used or not ready.done():
+                    self._idle_since.pop(key, None)
+                elif now - self._idle_since.setdefault(key, now) >= IDLE_LEG:
+                    del self._idle_since[key]
+                    del placed.copies[name]
+                    self._place(name).tell("unpublish", stream_id=stream_id, reason="idle_leg")
+        live = {(s, n) for s, p in self.streams.items() for n in p.copies}
+        for key in set(self._idle_since) - live:
+            del self._idle_since[key]
+
+    async def _close_idle_copies_forever(self) -> None:
+        while True:
+            await asyncio.sleep(IDLE_LEG / 4)
+            try:
+                self.close_idle_copies(time.monotonic())
+            except Exception:
+                log.exception("idle copies of streams were not closed")
 
     # -- statistics --------------------------------------------------------------------------
 

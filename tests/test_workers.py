@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from teleconsult.client.media import MediaClient
-from teleconsult.media.workers import SPAN, Workers
+from teleconsult.media.workers import IDLE_LEG, SPAN, Worker, Workers
 from teleconsult.session.roles import Role
 
 from .conftest import Server, running_server, server_process, stop
@@ -79,7 +79,7 @@ async def test_a_room_spans_both_workers_and_every_viewer_decodes(server: Server
             assert video[-1].width == 320 and tone_level(audio[-10:]) > 1000
         # The origin took subscribers until it carried SPAN copies more than the other
         # worker; then the stream was brought there too, and the rest went there.
-        placed = {workers.downs[s.id][0].name for s in subs}
+        placed = {workers.downs[s.id].worker.name for s in subs}
         assert placed == {"w0", "w1"}
         loads = [w.load for w in workers.workers]
         assert max(loads) - min(loads) <= SPAN
@@ -98,10 +98,26 @@ async def test_a_room_spans_both_workers_and_every_viewer_decodes(server: Server
         assert len(downs) == 2 * VIEWERS
         assert {d["worker"] for d in downs} == {"w0", "w1"}
         assert all(d["packets"] > 0 for d in downs)
-        # The publisher stops: every viewer is told, the leg goes, the counts come back.
+        # The viewers served by the copy leave: once it has been idle IDLE_LEG, the copy and
+        # its leg close, and the others still see the picture.
+        (leg,) = workers.legs.values()
+        target = leg.target
+        assert isinstance(target, Worker)
+        away = [i for i, sub in enumerate(subs) if workers.downs[sub.id].worker is target]
+        for i in away:
+            await viewers[i].send({"type": "unsubscribe", "stream": subs[i].id})
+        await until(lambda: all(subs[i].id not in workers.downs for i in away))
+        workers.close_idle_copies(time.monotonic())
+        assert workers.legs
+        workers.close_idle_copies(time.monotonic() + IDLE_LEG)
+        await until(lambda: not workers.legs and target.load == 0)
+        stay = [i for i in range(VIEWERS) if i not in away]
+        for i in stay:
+            await receive(subs[i].tracks[f"{stream.id}.0"], 5)
+        # The publisher stops: every viewer is told, the counts come back.
         await publisher.unpublish(stream.id)
-        for v in viewers:
-            gone = await v.wait_for("unsubscribed")
+        for i in stay:
+            gone = await viewers[i].wait_for("unsubscribed")
             assert gone["reason"] == "unpublished"
         await until(lambda: not workers.streams and not workers.legs and not workers.downs)
         await until(lambda: all(w.load == 0 for w in workers.workers))

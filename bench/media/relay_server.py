@@ -31,6 +31,8 @@ def main() -> None:
         turn_port=0,
         redis=redis,
         node=node,
+        # MediaRelay replaces the SFU of the server's own process.
+        media_workers=0 if mode == "mediarelay" else Settings().media_workers,
     )
     app = create_app(settings, Secrets(secret, "bench-admin-key"))
     if mode == "mediarelay":

@@ -22,7 +22,7 @@ from typing import Any
 from teleconsult.session.roles import Role
 from teleconsult.signaling.tokens import mint
 
-from ..common import TELECONSULT, cpu_seconds, free_port, serve, start_redis, wait_http
+from ..common import TELECONSULT, free_port, serve, start_redis, tree_cpu_seconds, wait_http
 from ..janus.server import start_janus
 from .clip import vp8_clip
 
@@ -63,12 +63,14 @@ def run(
     record: bool = False,
     nodes: int = 1,
     edge_only: bool = False,
+    workers: int | None = None,
 ) -> dict[str, Any]:
     """One scenario: relay, publisher and subscriber processes; returns what was measured.
 
     With nodes > 1 the relays form a cluster on a redis-server; the publisher reaches the
     first node and subscriber process i the node i % nodes (a cascaded room), or with edge_only
-    every subscriber the second node.
+    every subscriber the second node. `workers` is teleconsult's `--media-workers` (one per
+    core when None).
     """
     tmp = Path(tempfile.mkdtemp(prefix="tc-bench-"))
     ports = [free_port() for _ in range(nodes)]
@@ -77,12 +79,15 @@ def run(
     started: list[subprocess.Popen[Any]] = []
     redis_proc = None
 
-    def spawn(*args: str, out: bool = False) -> subprocess.Popen[str]:
+    def spawn(
+        *args: str, out: bool = False, env: dict[str, str] | None = None
+    ) -> subprocess.Popen[str]:
         p = subprocess.Popen(
             [PY, "-m", *args],
             stdout=subprocess.PIPE if out else subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
             text=True,
+            env=None if env is None else {**os.environ, **env},
         )
         started.append(p)
         return p
@@ -113,6 +118,7 @@ def run(
                     SECRET,
                     str(tmp / f"data{i}"),
                     *([*cluster, f"n{i}"] if cluster else []),
+                    env=None if workers is None else {"TELECONSULT_MEDIA_WORKERS": str(workers)},
                 )
                 for i, p in enumerate(ports)
             ]
@@ -124,7 +130,7 @@ def run(
             return f"ws://127.0.0.1:{ports[i]}/ws"
 
         def relay_cpu() -> float:
-            return cpu_seconds(relays[0].pid) if relays else 0.0
+            return tree_cpu_seconds(relays[0].pid) if relays else 0.0
 
         if nodes > 1:
             time.sleep(2.0)  # every node has beaten once: placement sees them all
@@ -202,11 +208,11 @@ def run(
             toggle.stdout.readline()
         time.sleep(3.0)  # the first keyframe (at most 2 s away in a replayed clip)
         t0, c0 = time.time(), relay_cpu()
-        per0 = [cpu_seconds(r.pid) for r in relays]
+        per0 = [tree_cpu_seconds(r.pid) for r in relays]
         time.sleep(window)
         t1, c1 = time.time(), relay_cpu()
         per_node = [
-            round((cpu_seconds(r.pid) - c) / (t1 - t0) * 100, 1)
+            round((tree_cpu_seconds(r.pid) - c) / (t1 - t0) * 100, 1)
             for r, c in zip(relays, per0, strict=True)
         ]
         hist = delay_histogram(port) if mode == "teleconsult" else {}
@@ -254,6 +260,9 @@ def run(
             "recording": record,
             "relay_cpu": round(cpu * 100, 1),
             "nodes": nodes,
+            "workers": (workers if workers is not None else len(os.sched_getaffinity(0)))
+            if mode == "teleconsult" and nodes == 1
+            else None,
             "subscribers_on": "second node" if edge_only else "spread",
             "relay_cpu_per_node": per_node,
             "relay_cpu_idle_publisher_only": round(idle_cpu * 100, 1),
@@ -372,7 +381,7 @@ def machine() -> dict[str, Any]:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true", help="shorter windows, fewer points")
-    scenarios = "cpu,fullhd,janus,capacity,record,cascade,late,late-clip,latency"
+    scenarios = "cpu,fullhd,janus,capacity,viewers,record,cascade,late,late-clip,latency"
     ap.add_argument("--only", help=f"comma-separated: {scenarios}")
     args = ap.parse_args()
     window = 8.0 if args.quick else 15.0
@@ -398,15 +407,24 @@ def main() -> None:
         # Issue 16's comparison: the same publisher and viewers through Janus's VideoRoom and
         # through teleconsult, interleaved, at 1080p 4 Mbit/s; then a late joiner to a
         # publisher that ignores PLI (the replayed clip), where Janus's figure is its GOP.
+        # teleconsult with its media workers (one per core) and in its own process alone.
         for n in (1, 16) if args.quick else (1, 16, 32):
             # At one viewer, the same viewer straight from the publisher too: what each server
             # adds to a frame's delay is its figure less this one.
-            for mode in ("direct", "janus", "teleconsult") if n == 1 else ("janus", "teleconsult"):
-                record(run(mode, n, "1920x1080", 4_000_000, window, procs=(n + 15) // 16))
+            modes: list[tuple[str, int | None]] = [("janus", None), ("teleconsult", None)]
+            modes += [("direct", None)] if n == 1 else [("teleconsult", 0)]
+            for mode, workers in modes:
+                procs = (n + 15) // 16
+                record(run(mode, n, "1920x1080", 4_000_000, window, procs=procs, workers=workers))
         for mode in ("janus", "teleconsult"):
             record(run(mode, 10, "1280x720", 1_500_000, window, stagger=1.0))
     if "capacity" in only:
         record(run("teleconsult", 30, "1920x1080", 4_000_000, window, audio=True, procs=2))
+    if "viewers" in only:
+        # How many viewers of one 1080p feed get every frame, Janus and teleconsult in turn.
+        for n in (32, 48, 64):
+            for mode in ("janus", "teleconsult"):
+                record(run(mode, n, "1920x1080", 4_000_000, window, procs=(n + 15) // 16))
     if "record" in only:
         # The same stream with and without the recorder, in one run.
         for on in (False, True):
