@@ -348,18 +348,25 @@ class Workers:
         worker = min(carrying, key=lambda w: w.load)
         idlest = min(self.workers, key=lambda w: w.load)
         if idlest.load + SPAN < worker.load:
-            await self._bring(stream_id, placed, idlest)
             worker = idlest
-        got = await worker.call(
-            "subscribe",
-            down_id=down_id,
-            subscriber_id=subscriber_id,
-            stream_id=stream_id,
-            feeds=feeds,
-        )
+        # Counted at once, so that subscribers arriving together are spread as they choose.
+        worker.copies += 1
+        try:
+            if worker is not placed.origin:
+                await self._bring(stream_id, placed, worker)  # or wait for the leg under way
+            got = await worker.call(
+                "subscribe",
+                down_id=down_id,
+                subscriber_id=subscriber_id,
+                stream_id=stream_id,
+                feeds=feeds,
+            )
+        except MediaError:
+            worker.copies -= 1
+            raise
         offer, mids = str(got[0]), dict(got[1])
         self.downs[down_id] = Down(worker, stream_id, len(mids))
-        worker.copies += len(mids)
+        worker.copies += len(mids) - 1
         return offer, mids
 
     async def answer(self, down_id: str, subscriber_id: str, sdp: str) -> None:
@@ -429,17 +436,25 @@ class Workers:
         # The origin subscribes the target like any subscriber; the target takes the leg in
         # like a publisher's stream, under the same id, and fans it out to its subscribers.
         down_id = Sfu.new_id("d")
-        offer, mids = await origin.call(
-            "subscribe",
-            down_id=down_id,
-            subscriber_id=LEG + target.name,
-            stream_id=stream_id,
-            feeds=None,
-            nearby=True,
-        )
+        # Counted at once, as a subscription is; set right once the offer says how many tracks.
+        origin.copies += 1
+        target.ups += 1
+        try:
+            offer, mids = await origin.call(
+                "subscribe",
+                down_id=down_id,
+                subscriber_id=LEG + target.name,
+                stream_id=stream_id,
+                feeds=None,
+                nearby=True,
+            )
+        except MediaError:
+            origin.copies -= 1
+            target.ups -= 1
+            raise
         leg = Leg(stream_id, origin, target, len(mids))
         self.legs[down_id] = leg
-        origin.copies += leg.tracks
+        origin.copies += leg.tracks - 1
         try:
             answer, _ = await target.call(
                 "publish",
@@ -451,9 +466,9 @@ class Workers:
                 nearby=True,
             )
         except MediaError:
+            target.ups -= 1
             origin.tell("unsubscribe", down_id=down_id, reason="refused")
             raise
-        target.ups += 1
         await origin.call(
             "answer", down_id=down_id, subscriber_id=LEG + target.name, sdp=str(answer)
         )

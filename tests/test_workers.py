@@ -72,7 +72,9 @@ async def test_a_room_spans_both_workers_and_every_viewer_decodes(server: Server
         stream = await publisher.publish(
             [(PatternTrack(), "probe", "Ultrasound"), (ToneTrack(), "microphone", "")]
         )
-        subs = [await c.subscribe(stream.id) for c in clients]
+        # Together, as a room's viewers arrive at a case's start: the first ones make the
+        # stream span both workers while the others are still being placed.
+        subs = list(await asyncio.gather(*(c.subscribe(stream.id) for c in clients)))
         for sub in subs:
             video = await receive(sub.tracks[f"{stream.id}.0"], 10)
             audio = await receive(sub.tracks[f"{stream.id}.1"], 25)

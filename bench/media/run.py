@@ -85,7 +85,7 @@ def run(
         p = subprocess.Popen(
             [PY, "-m", *args],
             stdout=subprocess.PIPE if out else subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
+            stderr=None if os.environ.get("BENCH_STDERR") else subprocess.DEVNULL,
             text=True,
             env=None if env is None else {**os.environ, **env},
         )
