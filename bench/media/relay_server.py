@@ -29,6 +29,7 @@ def main() -> None:
         rate=1000,
         burst=1000,
         turn_port=0,
+        max_participants=200,  # the viewers scenario goes past a room's default 50
         redis=redis,
         node=node,
         # MediaRelay replaces the SFU of the server's own process.

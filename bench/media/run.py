@@ -32,13 +32,16 @@ RESULTS = Path(__file__).resolve().parent.parent / "results"
 
 
 def delay_histogram(port: int) -> dict[str, float]:
-    """Read the relay's forward-delay histogram as {upper bound: cumulative count}."""
+    """Read the relay's forward-delay histogram as {upper bound: cumulative count}, and the
+    video copies it holds back (under "held")."""
     text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
     out = {}
     for line in text.splitlines():
         if line.startswith("teleconsult_media_forward_delay_seconds_bucket"):
             le = line.split('le="')[1].split('"')[0]
             out[le] = float(line.split()[-1])
+        elif line.startswith("teleconsult_media_held_copies "):
+            out["held"] = float(line.split()[-1])
     return out
 
 
@@ -276,6 +279,11 @@ def run(
         }
         if delivered:
             out["frames_delivered_min"] = round(min(delivered), 4)
+            out["frames_delivered_median"] = round(statistics.median(delivered), 4)
+            # The viewers that saw every frame of the window (a frame or two at its edges aside).
+            out["viewers_every_frame"] = sum(1 for d in delivered if d >= 0.99)
+        if "held" in hist:
+            out["held_copies_at_end"] = int(hist.pop("held"))
         if aps:
             out["audio_packets_per_s_min"] = round(min(aps), 1)
         if delays:
@@ -422,7 +430,7 @@ def main() -> None:
         record(run("teleconsult", 30, "1920x1080", 4_000_000, window, audio=True, procs=2))
     if "viewers" in only:
         # How many viewers of one 1080p feed get every frame, Janus and teleconsult in turn.
-        for n in (32, 48, 64):
+        for n in (32, 64, 96, 128):
             for mode in ("janus", "teleconsult"):
                 record(run(mode, n, "1920x1080", 4_000_000, window, procs=(n + 15) // 16))
     if "record" in only:
