@@ -16,13 +16,17 @@ from typing import Any
 
 from .histogram import Histogram
 from .ipc import LEG, Args, Channel, MediaCall, frames
-from .sfu import MediaError, Sfu
+from .sfu import MediaError, Sfu, offered_media
 
 log = logging.getLogger("teleconsult.media")
 
 # A subscription goes to a worker already carrying its stream unless that worker carries this
-# many more copies than the least loaded one: then the stream is brought there as well.
-SPAN = 4
+# many more video copies than the least loaded one: then the stream is brought there as well.
+# Below it a room stays on one worker: a leg costs each packet a receive more, which 16 viewers
+# of 1080p (about a tenth of a core) do not repay.
+SPAN = 16
+# What an audio copy weighs against a video copy: about its share of the packets.
+AUDIO = 0.125
 # Seconds a worker has to answer a request, and a request for its stats.
 CALL_TIMEOUT = 30.0
 STATS_TIMEOUT = 2.0
@@ -45,11 +49,11 @@ class Worker:
         self.name = name
         self.proc = proc
         self.channel = channel
-        self.copies = 0  # subscriber tracks placed here (legs to other workers included)
+        self.copies = 0.0  # subscriber tracks placed here, weighed (legs included)
         self.ups = 0  # streams published here, brought copies included
 
     @property
-    def load(self) -> int:
+    def load(self) -> float:
         """How busy the worker is, for placement."""
         return self.copies + self.ups
 
@@ -69,7 +73,7 @@ class Here:
 
     def __init__(self, sfu: Sfu) -> None:
         self.sfu = sfu
-        self.copies = 0
+        self.copies = 0.0
         self.ups = 0
 
     async def call(self, method: str, **args: Any) -> Any:
@@ -91,7 +95,12 @@ class Placed:
 
     origin: Worker
     participant_id: str
+    weights: dict[str, float]  # feed -> what a copy of it weighs
     copies: dict[str, asyncio.Future[None]] = field(default_factory=dict)  # place -> leg ready
+
+    def weight(self, feeds: list[str] | None) -> float:
+        """Return what a subscription to some feeds (all when None) weighs."""
+        return sum(w for f, w in self.weights.items() if feeds is None or f in feeds)
 
 
 @dataclass
@@ -100,7 +109,7 @@ class Down:
 
     worker: Worker
     stream_id: str
-    tracks: int
+    weight: float
 
 
 @dataclass
@@ -110,7 +119,7 @@ class Leg:
     stream_id: str
     origin: Worker
     target: Place
-    tracks: int = 0
+    weight: float
 
 
 class Workers:
@@ -223,7 +232,7 @@ class Workers:
         for down_id, leg in list(self.legs.items()):
             if leg.target is worker:
                 del self.legs[down_id]
-                leg.origin.copies -= leg.tracks
+                leg.origin.copies -= leg.weight
                 leg.origin.tell("unsubscribe", down_id=down_id, reason="failed")
         await asyncio.sleep(RESTART_AFTER)
         if self._closing:
@@ -253,12 +262,12 @@ class Workers:
             return
         leg = self.legs.pop(item, None)
         if leg is not None:
-            leg.origin.copies -= leg.tracks
+            leg.origin.copies -= leg.weight
             self._copy_gone(leg.stream_id, leg.target)
             return
         down = self.downs.pop(item, None)
         if down is not None:
-            down.worker.copies -= down.tracks
+            down.worker.copies -= down.weight
         self.on_down_closed(item, reason)
 
     def _here_closed(self, stream_id: str, reason: str) -> None:
@@ -311,7 +320,9 @@ class Workers:
         if stream_id in self.streams:
             raise MediaError("stream_exists", "a stream with this id is published")
         worker = min(self.workers, key=lambda w: w.load)
-        self.streams[stream_id] = Placed(worker, participant_id)
+        kinds = {m.mid: m.kind for m in offered_media(offer)}
+        weights = {f: 1.0 if kinds.get(mid) == "video" else AUDIO for mid, f in feed_ids.items()}
+        self.streams[stream_id] = Placed(worker, participant_id, weights)
         worker.ups += 1
         try:
             got = await worker.call(
@@ -350,7 +361,8 @@ class Workers:
         if idlest.load + SPAN < worker.load:
             worker = idlest
         # Counted at once, so that subscribers arriving together are spread as they choose.
-        worker.copies += 1
+        weight = placed.weight(feeds)
+        worker.copies += weight
         try:
             if worker is not placed.origin:
                 await self._bring(stream_id, placed, worker)  # or wait for the leg under way
@@ -362,12 +374,10 @@ class Workers:
                 feeds=feeds,
             )
         except MediaError:
-            worker.copies -= 1
+            worker.copies -= weight
             raise
-        offer, mids = str(got[0]), dict(got[1])
-        self.downs[down_id] = Down(worker, stream_id, len(mids))
-        worker.copies += len(mids) - 1
-        return offer, mids
+        self.downs[down_id] = Down(worker, stream_id, weight)
+        return str(got[0]), dict(got[1])
 
     async def answer(self, down_id: str, subscriber_id: str, sdp: str) -> None:
         """Pass a subscriber's answer to the worker of its subscription."""
@@ -422,7 +432,7 @@ class Workers:
         pending = placed.copies.get(target.name)
         if pending is None:
             # Subscribers arriving together share one leg.
-            pending = asyncio.ensure_future(self._leg(stream_id, placed.origin, target))
+            pending = asyncio.ensure_future(self._leg(stream_id, placed, target))
             placed.copies[target.name] = pending
             pending.add_done_callback(_log_failure)
         try:
@@ -432,12 +442,14 @@ class Workers:
                 del placed.copies[target.name]
             raise
 
-    async def _leg(self, stream_id: str, origin: Worker, target: Place) -> None:
+    async def _leg(self, stream_id: str, placed: Placed, target: Place) -> None:
         # The origin subscribes the target like any subscriber; the target takes the leg in
         # like a publisher's stream, under the same id, and fans it out to its subscribers.
         down_id = Sfu.new_id("d")
-        # Counted at once, as a subscription is; set right once the offer says how many tracks.
-        origin.copies += 1
+        origin = placed.origin
+        # Counted at once, as a subscription is.
+        leg = Leg(stream_id, origin, target, placed.weight(None))
+        origin.copies += leg.weight
         target.ups += 1
         try:
             offer, mids = await origin.call(
@@ -449,12 +461,10 @@ class Workers:
                 nearby=True,
             )
         except MediaError:
-            origin.copies -= 1
+            origin.copies -= leg.weight
             target.ups -= 1
             raise
-        leg = Leg(stream_id, origin, target, len(mids))
         self.legs[down_id] = leg
-        origin.copies += leg.tracks - 1
         try:
             answer, _ = await target.call(
                 "publish",
