@@ -21,13 +21,13 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
-from teleconsult.media.sfu import MediaError
+from teleconsult.media.sfu import CASCADE, MediaError
 from teleconsult.session.placement import Load, choose
 from teleconsult.signaling.connection import Socket
 
 from .bus import Bus, Call, CloseClient, Down, Gone, Message, Open, Reply, Up
 from .pipes import Pipes
-from .remote import CASCADE, MediaRequests, RemoteMedia
+from .remote import MediaRequests, RemoteMedia
 
 if TYPE_CHECKING:
     from teleconsult.signaling.hub import Hub

@@ -7,7 +7,7 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, Protocol
 
-from teleconsult.media.sfu import MediaError
+from teleconsult.media.sfu import CASCADE, MediaError
 from teleconsult.signaling.access import Link
 from teleconsult.signaling.http_api import admin_op
 from teleconsult.signaling.recordings_api import find_session, with_links
@@ -17,8 +17,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("teleconsult.cluster")
 
-# The participant id a cascaded stream is published under on the node it was pulled to.
-CASCADE = "cascade:"
 
 Args = dict[str, Any]
 

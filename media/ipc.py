@@ -11,7 +11,7 @@ import struct
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
-from .sfu import MediaError, Sfu
+from .sfu import CASCADE, MediaError, Sfu
 
 log = logging.getLogger("teleconsult.media")
 
@@ -22,7 +22,7 @@ _LENGTH = struct.Struct("!I")
 MAX_FRAME = 64 * 1024 * 1024
 # Ids of streams a worker received from another worker, and of subscriptions that carry a
 # stream to another worker, start with this.
-LEG = "cascade:"
+LEG = CASCADE
 
 
 class Channel:

@@ -34,6 +34,9 @@ ANSWER_TIMEOUT = 30.0
 # its publisher brought new media for it.
 INTERRUPTED = "interrupted"
 RESUMED = "resumed"
+# The participant id of a leg: a subscription carrying a stream to another node or media
+# worker, and the stream it becomes there.
+CASCADE = "cascade:"
 
 
 class Media(Protocol):
@@ -391,6 +394,8 @@ class Sfu:
         tracks = [
             dt
             for down in self.downs.values()
+            # A leg is never held: it carries every viewer of the stream where it leads.
+            if not down.subscriber_id.startswith(CASCADE)
             for dt in down.tracks
             if dt.up.kind == "video" and not dt.paused
         ]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -11,6 +12,7 @@ import pytest
 from teleconsult.media import overload
 from teleconsult.media.aiortc_adapter import ForwardingSender
 from teleconsult.media.overload import BEHIND, LOAD, WINDOW, Overload
+from teleconsult.media.sfu import Sfu
 from teleconsult.session.roles import Role
 
 from .conftest import Server
@@ -142,3 +144,32 @@ async def until(condition: Any, seconds: float) -> None:
     while not condition():
         assert time.monotonic() < deadline, "not within the time"
         await asyncio.sleep(0.1)
+
+
+def test_a_leg_to_another_worker_or_node_is_never_held() -> None:
+    # A leg carries every viewer of the stream where it leads: holding it would take the
+    # picture from all of them at once, the opposite of holding back the slowest.
+    class Track:
+        def __init__(self, rate: float) -> None:
+            self.up = SimpleNamespace(kind="video")
+            self.paused = self.held = False
+            self.rate = rate
+            self.attached_at = 0.0
+
+        def path_rate(self) -> float:
+            return self.rate
+
+        def hold(self, held: bool) -> None:
+            self.held = held
+
+    sfu = Sfu()
+    leg, slow, fast = Track(1_000.0), Track(100_000.0), Track(5_000_000.0)
+    downs: dict[str, Any] = {
+        "d-leg": SimpleNamespace(subscriber_id="cascade:w1", tracks=[leg]),
+        "d-slow": SimpleNamespace(subscriber_id="p-1", tracks=[slow]),
+        "d-fast": SimpleNamespace(subscriber_id="p-2", tracks=[fast]),
+    }
+    load: Any = SimpleNamespace(step=lambda now, copies: copies)
+    sfu.downs, sfu.load = downs, load
+    assert sfu.balance(0.0) == 2  # as far behind as can be: every copy it may hold
+    assert (leg.held, slow.held, fast.held) == (False, True, True)
