@@ -178,9 +178,11 @@ async def test_the_page_reconnects_and_catches_up(server: Server, chromium: Brow
         await record_states(ex)
         await drop(server, "ex")
         await op.request(annotation("ellipse", "during", feed, [[0.4, 0.4], [0.6, 0.6]]))
+        # The page may hear of the close after this line: "joined" is what it showed before.
+        shown = "window.__shown.some(([state, banner]) => state === 'reconnecting' && banner)"
+        await ex.wait_for_function(shown, timeout=15000)
         await expect(ex.locator("#state")).to_have_attribute("data-state", "joined", timeout=15000)
         await expect(ex.locator("#banner")).to_be_hidden()
-        assert ["reconnecting", True] in await ex.evaluate("window.__shown")
         await expect(ex.locator(f'video[data-feed="{feed}"]')).to_be_visible(timeout=10000)
         # What was drawn while it was away is there, and nothing twice.
         await expect(overlay.locator('g[data-id="during"]')).to_have_count(1)
