@@ -158,6 +158,7 @@ class Workers:
     async def start(self) -> None:
         """Start every worker."""
         self.workers = list(await asyncio.gather(*(self._spawn(i) for i in range(self.count))))
+        log.info("media forwarded by %d worker processes (pids %s)", self.count, self.pids())
         self._background(self._close_idle_copies_forever())
 
     async def close(self) -> None:
