@@ -73,12 +73,13 @@ class Here:
 
     def __init__(self, sfu: Sfu) -> None:
         self.sfu = sfu
+        self.calls = MediaCall(sfu)
         self.copies = 0.0
         self.ups = 0
 
     async def call(self, method: str, **args: Any) -> Any:
         """Ask the SFU to act, the way a worker is asked."""
-        return await MediaCall(self.sfu).serve(method, args)
+        return await self.calls.serve(method, args)
 
     def tell(self, method: str, **args: Any) -> None:
         """Ask the SFU to act, without waiting."""
