@@ -13,7 +13,6 @@ next node a client reaches, and rebuilt there from the store.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import os
 import secrets
@@ -24,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 from teleconsult.media.sfu import CASCADE, MediaError
 from teleconsult.session.placement import Load, choose
 from teleconsult.signaling.connection import Socket
+from teleconsult.signaling.tasks import cancel_and_wait
 
 from .bus import Bus, Call, CloseClient, Down, Gone, Message, Open, Reply, Up
 from .pipes import Pipes
@@ -96,9 +96,7 @@ class Cluster:
     async def hand_over(self) -> None:
         """Stop beating and free this node's rooms; the bus stays up to close its clients."""
         if self._beat is not None:
-            self._beat.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await self._beat
+            await cancel_and_wait([self._beat])
         try:
             # Other nodes need not wait for the heartbeat to expire to take these rooms on.
             await self.hub.store.depart(self.node, [r.id for r in self.hub.rooms.live()])
@@ -115,11 +113,7 @@ class Cluster:
             if self.bus.idle() and not self.carried.pipes:
                 break
             await asyncio.sleep(0.05)
-        for task in [*self._tasks, *self._spawned]:
-            task.cancel()
-        for task in [*self._tasks, *self._spawned]:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+        await cancel_and_wait([*self._tasks, *self._spawned])
         await self.hand_over()
         await self.redis.aclose()
 

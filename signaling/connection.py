@@ -20,6 +20,7 @@ from .handlers import HANDLERS, PRE_HANDSHAKE
 from .hub import Hub
 from .messages import parse
 from .ratelimit import TokenBucket
+from .tasks import cancel_and_wait
 from .tokens import Grant
 
 log = logging.getLogger("teleconsult.signaling")
@@ -49,11 +50,7 @@ async def until_one_ends(*loops: Coroutine[Any, Any, None]) -> None:
     try:
         await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
     finally:
-        for t in tasks:
-            t.cancel()
-        for t in tasks:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await t
+        await cancel_and_wait(tasks)
 
 
 class Socket(Protocol):

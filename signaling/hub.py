@@ -28,6 +28,7 @@ from .links import Attached, ClusterLink
 from .metrics import Metrics
 from .plane import MediaPlane
 from .recordings import CLOSE_WAIT, Recordings
+from .tasks import cancel_and_wait
 
 log = logging.getLogger("teleconsult.hub")
 
@@ -353,9 +354,7 @@ class Hub:
         """Drain if not yet done, then stop background work, media, TURN and the store."""
         await self.drain()
         if self._sweeper is not None:
-            self._sweeper.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._sweeper
+            await cancel_and_wait([self._sweeper])
         await self.journaled.stop()
         await self.sfu.close()
         if self.plane.workers is not None:

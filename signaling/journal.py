@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -13,6 +12,8 @@ from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, wai
 from teleconsult.session.participant import Event
 from teleconsult.session.room import Room
 from teleconsult.session.store import Store
+
+from .tasks import cancel_and_wait
 
 log = logging.getLogger("teleconsult.hub")
 
@@ -81,9 +82,7 @@ class Journal:
     async def stop(self) -> None:
         """Stop writing (what is still queued is not written)."""
         if self._writer is not None:
-            self._writer.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._writer
+            await cancel_and_wait([self._writer])
 
     async def _write_forever(self) -> None:
         while True:
