@@ -6,6 +6,8 @@ consent freshness is checked more often, and host candidates can be pinned to ad
 
 from __future__ import annotations
 
+import asyncio
+import random
 import socket
 import struct
 import time
@@ -163,6 +165,47 @@ def quick_consent() -> None:
     """Make ICE in this process notice a dead media path within about four seconds."""
     aioice.ice.CONSENT_INTERVAL = CONSENT_INTERVAL  # type: ignore[assignment]
     aioice.ice.CONSENT_FAILURES = CONSENT_FAILURES
+    aioice.ice.Connection.query_consent = _query_consent  # type: ignore[method-assign,assignment]
+
+
+async def _answered(connection: aioice.ice.Connection, pair: Any, retransmissions: int) -> bool:
+    """Send one consent check on a pair; tell whether it was answered."""
+    assert connection.remote_password is not None
+    request = connection.build_request(pair, nominate=False)
+    try:
+        await pair.protocol.request(
+            request,
+            pair.remote_addr,
+            integrity_key=connection.remote_password.encode("utf8"),
+            retransmissions=retransmissions,
+        )
+    except aioice.stun.TransactionError:
+        return False
+    return True
+
+
+async def _query_consent(connection: aioice.ice.Connection) -> None:
+    """Check consent (RFC 7675) as aioice does, with one last check before it expires.
+
+    A check sent while the path was down times out up to half a second after the path came
+    back (a link down for 5 s, say); taken for the last of the misses, it ended a path that
+    worked again, and the client had to subscribe anew. One more check, sent then, tells.
+    """
+    failures = 0
+    while True:
+        await asyncio.sleep(CONSENT_INTERVAL * (0.8 + 0.4 * random.random()))
+        for pair in list(connection._nominated.values()):
+            failures = 0 if await _answered(connection, pair, 0) else failures + 1
+        if failures < CONSENT_FAILURES:
+            continue
+        pairs = list(connection._nominated.values())
+        if pairs and all([await _answered(connection, pair, 0) for pair in pairs]):
+            failures = 0
+            continue
+        # As aioice: the task is done before close(), which would otherwise cancel it.
+        connection._query_consent_task = None
+        await connection.close()
+        return
 
 
 _original_send_data = aioice.ice.StunProtocol.send_data

@@ -33,8 +33,9 @@ BACK_WITHIN = 2.0
 # macOS's delay is 0.5 s. What the page itself adds must stay under a second.
 CHROMIUM_NETWORK_DELAY = {"handover": 2.0, "link_down_5s": 2.0, "silent_cut_30s": 0.0}
 OWN_PART = 1.0
-# A viewing page whose subscription the server gave up just after the link returned.
-RESUBSCRIBE_LATE = 1.0
+# A viewing page after a 5 s link down: its keyframes decode 0.1-0.65 s after the link returns,
+# but a frame taken after it shows only with the publisher's next one (kf counts from getStats).
+STALLED_PLAYOUT = 1.0
 JOIN_WITHIN = 15.0
 
 # In the page: the camera is a canvas that burns the wall time into each frame (media/stamp.py's
@@ -217,11 +218,10 @@ async def test_the_room_page_views_through_a_network_change(tmp_path: Path, chan
             await sig.close()
             use_host_addresses(None)
         print(f"page viewing, {change}: picture back {back:.2f} s after the network")
-        # After a 5 s outage the server's ICE consent (4 misses, jittered) expires about when
-        # the link returns; when it expires just after, the page makes its subscription again
-        # a second later than otherwise (3.05-3.23 s in 5 of 14 runs on 2026-12-05, with and
-        # without media workers; 0.7-2.5 s in the rest). Allowed here until that second is
-        # found and taken out (issue 16's notes), so that the rest of the test keeps its watch.
-        bound = within(change) + (RESUBSCRIBE_LATE if change == "link_down_5s" else 0.0)
+        # The server's subscription now goes on through a 5 s outage (its consent makes one last
+        # check: tests/test_consent.py), yet 2.95-3.03 s were seen in 3 of 22 runs on 2026-12-05
+        # (0.70-2.63 s in the rest). Allowed here until that playout stall is understood
+        # (issue 16's notes), so that the rest of the test keeps its watch.
+        bound = within(change) + (STALLED_PLAYOUT if change == "link_down_5s" else 0.0)
         assert back <= bound, f"picture back {back:.2f} s after the network"
         assert fresh >= 15  # and the picture goes on: a second's frames at 15 fps
