@@ -396,7 +396,7 @@ def machine() -> dict[str, Any]:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true", help="shorter windows, fewer points")
-    scenarios = "cpu,fullhd,janus,capacity,viewers,record,cascade,late,late-clip,latency"
+    scenarios = "cpu,fullhd,janus,added,capacity,viewers,record,cascade,late,late-clip,latency"
     ap.add_argument("--only", help=f"comma-separated: {scenarios}")
     args = ap.parse_args()
     window = 8.0 if args.quick else 15.0
@@ -433,6 +433,22 @@ def main() -> None:
                 record(run(mode, n, "1920x1080", 4_000_000, window, procs=procs, workers=workers))
         for mode in ("janus", "teleconsult"):
             record(run(mode, 10, "1280x720", 1_500_000, window, stagger=1.0))
+    if "added" in only:
+        # What each server adds to a frame's delay at one viewer of 1080p: the same viewer
+        # straight from the publisher, then through teleconsult (with its media workers and
+        # in one process) and Janus, interleaved, three rounds; each round's figure less its
+        # own direct one.
+        for round_ in range(3):
+            base: float | None = None
+            for mode, workers in (("direct", None), ("teleconsult", None), ("teleconsult", 0),
+                                  ("janus", None)):  # fmt: skip
+                r = run(mode, 1, "1920x1080", 4_000_000, window, workers=workers)
+                p50 = r.get("frame_delay_ms_p50")
+                if mode == "direct":
+                    base = p50
+                elif base is not None and p50 is not None:
+                    r["added_ms_p50"] = round(p50 - base, 2)
+                record({**r, "round": round_})
     if "capacity" in only:
         record(run("teleconsult", 30, "1920x1080", 4_000_000, window, audio=True, procs=2))
     if "viewers" in only:
