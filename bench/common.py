@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import subprocess
@@ -27,21 +28,33 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / TICK
 
 
-def tree_cpu_seconds(pid: int) -> float:
-    """Return the CPU time so far of a process and every live process under it (its media
-    workers)."""
-    total = 0.0
+def tree_pids(pid: int) -> list[int]:
+    """Return a process and every live process under it (a server and its media workers)."""
+    found: list[int] = []
     todo = [pid]
     for _ in range(1000):  # bounded: a tree of a server and its workers is small
         if not todo:
             break
         p = todo.pop()
         try:
-            total += cpu_seconds(p)
-            for task in Path(f"/proc/{p}/task").iterdir():
-                todo += [int(c) for c in (task / "children").read_text().split()]
+            children = [
+                int(c)
+                for task in Path(f"/proc/{p}/task").iterdir()
+                for c in (task / "children").read_text().split()
+            ]
         except (FileNotFoundError, ProcessLookupError):
             continue  # ended between the two reads
+        found.append(p)
+        todo += children
+    return found
+
+
+def tree_cpu_seconds(pid: int) -> float:
+    """Return the CPU time so far of a process and every live process under it."""
+    total = 0.0
+    for p in tree_pids(pid):
+        with contextlib.suppress(FileNotFoundError, ProcessLookupError):
+            total += cpu_seconds(p)
     return total
 
 

@@ -6,8 +6,9 @@ Usage: python -m bench.soak.run [--minutes 10] [--subscribers 8] [--size 1920x10
 One `teleconsult serve`, a publisher replaying a pre-encoded VP8 clip with Opus audio, viewers
 that count frames without decoding, an expert drawing, a moderator recording; all processes of
 their own on 127.0.0.1. Every minute: frames each viewer got against frames sent, the server's
-RSS, open files and CPU, and the machine's load. Exits 1 if a minute lost frames or the
-server's RSS or open files grew by 10 % or more after the fifth minute.
+RSS, open files and CPU (its media workers included), and the machine's load. Exits 1 if a
+minute lost frames or the server's RSS or open files grew by 10 % or more after the fifth
+minute.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ from typing import Any
 from teleconsult.session.roles import Role
 from teleconsult.signaling.tokens import mint
 
-from ..common import cpu_seconds, free_port, serve
+from ..common import free_port, serve, tree_cpu_seconds, tree_pids
 from ..media.clip import vp8_clip
 
 SECRET = "soak-secret-soak-secret-soak-secret-0123"
@@ -44,16 +45,23 @@ EDGE = 2
 
 
 def rss_kib(pid: int) -> int:
-    """Return a process's resident set in KiB."""
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1])
-    return 0
+    """Return the resident set in KiB of a process and its children (the media workers)."""
+    total = 0
+    for p in tree_pids(pid):
+        with contextlib.suppress(OSError):
+            for line in Path(f"/proc/{p}/status").read_text().splitlines():
+                if line.startswith("VmRSS:"):
+                    total += int(line.split()[1])
+    return total
 
 
 def open_files(pid: int) -> int:
-    """Return how many file descriptors a process holds."""
-    return len(os.listdir(f"/proc/{pid}/fd"))
+    """Return how many file descriptors a process and its children (the media workers) hold."""
+    total = 0
+    for p in tree_pids(pid):
+        with contextlib.suppress(OSError):
+            total += len(os.listdir(f"/proc/{p}/fd"))
+    return total
 
 
 def udp_drops(pids: dict[str, int]) -> dict[str, int]:
@@ -63,13 +71,14 @@ def udp_drops(pids: dict[str, int]) -> dict[str, int]:
     its buffer: this tells whose moment it was.
     """
     owner: dict[str, str] = {}
-    for name, pid in pids.items():
-        with contextlib.suppress(OSError):
-            for fd in os.listdir(f"/proc/{pid}/fd"):
-                with contextlib.suppress(OSError):
-                    link = os.readlink(f"/proc/{pid}/fd/{fd}")
-                    if link.startswith("socket:["):
-                        owner[link[8:-1]] = name
+    for name, top in pids.items():
+        for pid in tree_pids(top):  # the server's media sockets are its workers'
+            with contextlib.suppress(OSError):
+                for fd in os.listdir(f"/proc/{pid}/fd"):
+                    with contextlib.suppress(OSError):
+                        link = os.readlink(f"/proc/{pid}/fd/{fd}")
+                        if link.startswith("socket:["):
+                            owner[link[8:-1]] = name
     drops = dict.fromkeys(pids, 0)
     for table in ("/proc/net/udp", "/proc/net/udp6"):
         with contextlib.suppress(OSError):
@@ -195,14 +204,14 @@ def main() -> int:
         samples = []
         pids = {"server": server.pid, "publisher": pub.pid, "viewers": viewers.pid}
         metrics = f"http://127.0.0.1:{port}/metrics"
-        cpu0 = {k: cpu_seconds(p) for k, p in pids.items()}
+        cpu0 = {k: tree_cpu_seconds(p) for k, p in pids.items()}
         drops0, lag0, kernel0 = udp_drops(pids), lag_buckets(metrics), rcvbuf_errors()
         # Wall clock against the monotonic one: a jump says the machine itself was paused
         # (a virtual machine snapshotted, say), which every connection sees as a silence.
         skew0 = time.time() - time.monotonic()
         for minute in range(int(args.minutes)):
             time.sleep(max(0.0, t0 + (minute + 1) * 60 - time.time()))
-            cpu1 = {k: cpu_seconds(p) for k, p in pids.items()}
+            cpu1 = {k: tree_cpu_seconds(p) for k, p in pids.items()}
             drops1, lag1, kernel1 = udp_drops(pids), lag_buckets(metrics), rcvbuf_errors()
             sample = {
                 "minute": minute,
