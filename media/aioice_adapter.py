@@ -168,8 +168,9 @@ def quick_consent() -> None:
     aioice.ice.Connection.query_consent = _query_consent  # type: ignore[method-assign,assignment]
 
 
-async def _answered(connection: aioice.ice.Connection, pair: Any, retransmissions: int) -> bool:
-    """Send one consent check on a pair; tell whether it was answered."""
+async def _answered(connection: aioice.ice.Connection, pair: Any) -> bool:
+    """Send one consent check on a pair (no retransmission, as aioice); tell whether it was
+    answered."""
     assert connection.remote_password is not None
     request = connection.build_request(pair, nominate=False)
     try:
@@ -177,7 +178,7 @@ async def _answered(connection: aioice.ice.Connection, pair: Any, retransmission
             request,
             pair.remote_addr,
             integrity_key=connection.remote_password.encode("utf8"),
-            retransmissions=retransmissions,
+            retransmissions=0,
         )
     except aioice.stun.TransactionError:
         return False
@@ -195,11 +196,12 @@ async def _query_consent(connection: aioice.ice.Connection) -> None:
     while True:
         await asyncio.sleep(CONSENT_INTERVAL * (0.8 + 0.4 * random.random()))
         for pair in list(connection._nominated.values()):
-            failures = 0 if await _answered(connection, pair, 0) else failures + 1
+            failures = 0 if await _answered(connection, pair) else failures + 1
         if failures < CONSENT_FAILURES:
             continue
         pairs = list(connection._nominated.values())
-        if pairs and all([await _answered(connection, pair, 0) for pair in pairs]):
+        answered = [await _answered(connection, pair) for pair in pairs]
+        if pairs and all(answered):
             failures = 0
             continue
         # As aioice: the task is done before close(), which would otherwise cancel it.

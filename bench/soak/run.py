@@ -49,9 +49,8 @@ def rss_kib(pid: int) -> int:
     total = 0
     for p in tree_pids(pid):
         with contextlib.suppress(OSError):
-            for line in Path(f"/proc/{p}/status").read_text().splitlines():
-                if line.startswith("VmRSS:"):
-                    total += int(line.split()[1])
+            status = Path(f"/proc/{p}/status").read_text().splitlines()
+            total += sum(int(line.split()[1]) for line in status if line.startswith("VmRSS:"))
     return total
 
 
