@@ -24,6 +24,7 @@ from tenacity import (
 from teleconsult.media import stamp
 from teleconsult.media.synthetic import UltrasoundTrack
 
+from .file_source import file_tracks
 from .media import MediaClient, Published, Subscription
 from .signaling import FINAL_CLOSES, RequestFailed, SignalingClient
 
@@ -32,16 +33,15 @@ def open_source(source: str, size: tuple[int, int], fps: float) -> list[MediaStr
     """Return the tracks of a source: "synthetic", a video file, or a capture device path."""
     if source == "synthetic":
         return [UltrasoundTrack(size[0], size[1], fps)]
+    if not source.startswith("/dev/video"):
+        return file_tracks(source)
     from aiortc.contrib.media import MediaPlayer
 
-    if source.startswith("/dev/video"):
-        player = MediaPlayer(
-            source,
-            format="v4l2",
-            options={"video_size": f"{size[0]}x{size[1]}", "framerate": str(fps)},
-        )
-    else:
-        player = MediaPlayer(source, loop=True)
+    player = MediaPlayer(
+        source,
+        format="v4l2",
+        options={"video_size": f"{size[0]}x{size[1]}", "framerate": str(fps)},
+    )
     return [t for t in (player.video, player.audio) if t is not None]
 
 

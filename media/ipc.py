@@ -180,9 +180,7 @@ async def serve(sfu: Sfu, channel: Channel) -> None:
         reply: Args = {"reply": message.get("id")}
         try:
             args = message.get("args") or {}
-            if message.get("call") == "publish" and str(args.get("participant_id")).startswith(
-                LEG
-            ):
+            if message.get("call") == "publish" and str(args.get("participant_id")).startswith(LEG):
                 legs.add(str(args.get("stream_id")))
             result = await calls.serve(str(message.get("call")), args)
             reply["result"] = list(result) if isinstance(result, tuple) else result

@@ -29,6 +29,9 @@ CHOICE_INTERVAL = 0.1
 # A subscriber's path before it says anything: room for any layer.
 NO_WORD = 100_000_000
 REMB_INTERVAL = 1.0
+# How often the recorder's layer is looked at again, and how much better another must be.
+RECORD_CHOICE_INTERVAL = 0.5
+RECORD_SWITCH_RATIO = 1.5
 # Packets kept after forwarding, for a subscriber that starts at a keyframe whose later packets
 # overtook its first one (reordering, or a retransmission that arrived before the original).
 RECENT = 256
@@ -130,7 +133,11 @@ class UpTrack:
         self.plis_sent = 0
         # Its encodings by name: "" alone, or a publisher's simulcast layers by rid.
         self.layers: dict[str, Layer] = {}
-        self.recorded = ""  # the layer the recorder takes: the best one, once it is known
+        # Simulcast: the layer the recorder takes (the best one being received), and the one it
+        # moves to at that layer's next keyframe.
+        self.recorded = ""
+        self.record_target = ""
+        self._next_record_choice = 0.0
         self.duplicates = 0
         self.stale = 0
         # Counts of the receivers this track had before the current one (publisher reconnects).
@@ -183,8 +190,6 @@ class UpTrack:
             layer.keep(ext, packet, key)
             if key:
                 self.keyframes += 1
-                if name and layer.rate:
-                    self._choose_recorded(now)
         if not self.muted:
             arrived = self.receiver.arrived
             for down in self.downs:
@@ -192,6 +197,10 @@ class UpTrack:
                     # Packet in to packet out, for each subscriber's copy.
                     self.delays.record(time.perf_counter() - arrived)
             # A muted microphone is not recorded either; of simulcast, only the best layer.
+            if name and now >= self._next_record_choice:
+                self._choose_recorded(now)
+            if name != self.recorded and name == self.record_target and key:
+                self.recorded = name  # a keyframe: the file goes on at this layer's size
             if name == self.recorded:
                 for tap in self.taps:
                     tap(packet, codec, key)
@@ -249,13 +258,28 @@ class UpTrack:
         return {k: v + self._earlier[k] for k, v in now.items()}
 
     def _choose_recorded(self, now: float) -> None:
-        """Record the best layer: chosen once all have a rate, kept while it is received."""
-        current = self.layers.get(self.recorded)
-        if current is not None and current.live(now) and self.recorded:
+        """Aim the recording at the best layer received (the publisher's encoder drops and adds
+        layers as its CPU and uplink allow); the move waits for that layer's keyframe."""
+        self._next_record_choice = now + RECORD_CHOICE_INTERVAL
+        ranked = [x for x in self.ranked(now) if x.rate]
+        if not ranked:
             return
-        best = self.ranked(now)
-        if best and all(x.rate for x in best):
-            self.recorded = best[-1].name
+        best = ranked[-1]
+        current = self.layers.get(self.recorded)
+        # Rates swing with keyframes: move only to a layer clearly better than this one.
+        if (
+            current is not None
+            and self.recorded
+            and current.live(now)
+            and (best.name == self.recorded or best.rate < RECORD_SWITCH_RATIO * current.rate)
+        ):
+            self.record_target = self.recorded
+            return
+        self.record_target = best.name
+        if not self.taps:
+            self.recorded = best.name  # nobody records: no keyframe to wait for
+        elif self.record_target != self.recorded:
+            self.request_keyframe(best.name)
 
     def tap(self, tap: Tap) -> Callable[[], None]:
         """Call `tap` with every packet forwarded (not while muted); returns what stops it."""
@@ -275,6 +299,7 @@ class UpTrack:
     def request_keyframe(self, layer: str = "") -> None:
         """Ask the publisher for a keyframe (of one layer), at most once per KEYFRAME_INTERVAL
         for each."""
+        layer = layer or self.recorded  # the recorder's own asks are for the layer it takes
         throttle = self._key_throttles.get(layer)
         if throttle is None:
             throttle = self._key_throttles[layer] = Throttle(KEYFRAME_INTERVAL)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import math
+import os
 import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -20,32 +22,58 @@ PATIENT = {s.value for s in PATIENT_SOURCES}
 POINTER_HOLD = 1.0  # seconds a pointer stays on screen after its last move
 
 
+class ExportError(ValueError):
+    """An export that cannot be made, said in one line."""
+
+
 @dataclass(frozen=True)
 class Mask:
-    """A rectangle (pixels of the main feed) blacked out, e.g. the patient details header."""
+    """A rectangle blacked out (the patient details header), in fractions of the picture, so
+    that it covers the same part of it whatever size the browser sent at the time."""
 
-    x: int
-    y: int
-    w: int
-    h: int
+    x: float
+    y: float
+    w: float
+    h: float
 
     @classmethod
-    def parse(cls, text: str) -> Mask:
-        """Parse "x,y,w,h"."""
+    def parse(cls, text: str, native: tuple[int, int] | None = None) -> Mask:
+        """Parse "x,y,w,h": fractions of the picture (0.0-1.0, with a decimal point), or pixels
+        of the source's native size (`native`, its largest picture), as whole numbers."""
+        parts = text.split(",")
         try:
-            x, y, w, h = (int(v) for v in text.split(","))
+            if len(parts) != 4:
+                raise ValueError
+            if any("." in p for p in parts):
+                x, y, w, h = (float(p) for p in parts)
+            else:
+                if native is None:
+                    raise ExportError(f"a mask in pixels needs the picture's size: {text!r}")
+                px, py, pw, ph = (int(p) for p in parts)
+                x, y, w, h = px / native[0], py / native[1], pw / native[0], ph / native[1]
+        except ExportError:
+            raise
         except ValueError:
-            raise ValueError(f"a mask is x,y,w,h in pixels, not {text!r}") from None
-        if w <= 0 or h <= 0 or x < 0 or y < 0:
-            raise ValueError(f"a mask needs a positive size inside the picture: {text!r}")
-        return cls(x, y, w, h)
+            raise ExportError(
+                f"a mask is x,y,w,h as fractions (0,0,1,0.2) or pixels (0,0,640,100): {text!r}"
+            ) from None
+        if w <= 0 or h <= 0 or x < 0 or y < 0 or x >= 1 or y >= 1:
+            raise ExportError(f"a mask needs a positive size inside the picture: {text!r}")
+        return cls(x, y, min(w, 1 - x), min(h, 1 - y))
+
+    def box(self, width: int, height: int) -> tuple[int, int, int, int]:
+        """Return the rectangle in pixels of a picture of this size, rounded outwards."""
+        x0, y0 = math.floor(self.x * width), math.floor(self.y * height)
+        x1 = math.ceil((self.x + self.w) * width)
+        y1 = math.ceil((self.y + self.h) * height)
+        return x0, y0, x1 - x0, y1 - y0
 
 
 def find_session(data_dir: Path, session: str) -> Path:
     """Return the folder of a recorded session by its id."""
     for manifest in (data_dir / "recordings").glob(f"*/{session}/manifest.json"):
         return manifest.parent
-    raise ValueError(f"no recorded session {session!r} under {data_dir / 'recordings'}")
+    raise ExportError(f"no recorded session {session!r} under {data_dir / 'recordings'}")
 
 
 def main_track(manifest: dict[str, Any], feed: str | None) -> dict[str, Any]:
@@ -54,7 +82,7 @@ def main_track(manifest: dict[str, Any], feed: str | None) -> dict[str, Any]:
     if feed is not None:
         videos = [t for t in videos if t["feed"] == feed]
     if not videos:
-        raise ValueError("the session has no such recorded video feed")
+        raise ExportError("the session has no such recorded video feed")
     return next((t for t in videos if t["source"] in PATIENT), videos[0])
 
 
@@ -73,6 +101,12 @@ class Annotations:
         while self.next < len(self.log) and self.log[self.next]["t"] <= t:
             e = self.log[self.next]
             self.next += 1
+            if e.get("type") == "snapshot":  # what the room showed when the recording began
+                channel = e.get("channel") or {}
+                self.shapes = {
+                    a["id"]: a for a in channel.get("annotations", []) if a.get("feed") == self.feed
+                }
+                continue
             if e.get("type") == "pointer":
                 self.pointers[e["author"]] = (e["t"], e)
                 continue
@@ -149,22 +183,114 @@ def draw(img: np.ndarray, shapes: list[dict[str, Any]], pointers: list[dict[str,
 def export(
     folder: Path,
     out: Path,
-    masks: list[Mask],
+    masks: list[str],
     feed: str | None = None,
     progress: Callable[[float], None] | None = None,
 ) -> dict[str, Any]:
-    """Write an MP4 of the main feed with annotations burned in and masks applied."""
-    manifest = json.loads((folder / "manifest.json").read_text())
-    track = main_track(manifest, feed)
+    """Write an MP4 of the main feed with annotations burned in and masks applied.
+
+    It is written beside `out` and renamed at the end: a failed export leaves nothing there.
+    """
+    manifest, track = _open_manifest(folder, feed)
+    size = _native_size(folder / track["file"], track)
+    boxes = [Mask.parse(m, size) for m in masks]
+    part = out.with_name(f".{out.name}.part")
+    try:
+        result = _export(folder, part, manifest, track, size, boxes, progress)
+        os.replace(part, out)
+    except (av.FFmpegError, OSError) as e:
+        part.unlink(missing_ok=True)
+        raise ExportError(f"export failed: {_one_line(e)}") from None
+    except BaseException:
+        part.unlink(missing_ok=True)
+        raise
+    return {"out": str(out), **result}
+
+
+def preview(
+    folder: Path, out: Path, masks: list[str], at: float, feed: str | None = None
+) -> dict[str, Any]:
+    """Write one PNG of the export as it would look `at` seconds into the feed, the masks
+    outlined: a check of the masks before a long export."""
+    manifest, track = _open_manifest(folder, feed)
+    size = _native_size(folder / track["file"], track)
+    boxes = [Mask.parse(m, size) for m in masks]
     notes = Annotations(_channel_log(folder, manifest), track["feed"])
-    total = max(track["duration"], 1e-6)
+    shown = None
+    try:
+        with av.open(str(folder / track["file"])) as source:
+            for frame in _frames(source):
+                shown = frame
+                if float(frame.time or 0.0) >= at:
+                    break
+    except av.FFmpegError as e:
+        raise ExportError(f"preview failed: {_one_line(e)}") from None
+    if shown is None:
+        raise ExportError("the recorded feed has no picture to show")
+    t = float(shown.time or 0.0)
+    img = _burned(shown, notes.at(track["start"] + t), boxes, size)
+    for box in boxes:
+        x, y, w, h = box.box(*size)
+        cv2.rectangle(img, (x, y), (x + w - 1, y + h - 1), (0, 0, 255), 2)
+    if not cv2.imwrite(str(out), img):
+        raise ExportError(f"could not write {out}")
+    return {"out": str(out), "feed": track["feed"], "time": round(t, 3), "size": list(size)}
+
+
+def _open_manifest(folder: Path, feed: str | None) -> tuple[dict[str, Any], dict[str, Any]]:
+    try:
+        manifest = json.loads((folder / "manifest.json").read_text())
+    except (OSError, ValueError) as e:
+        raise ExportError(f"the session's manifest cannot be read: {_one_line(e)}") from None
+    return manifest, main_track(manifest, feed)
+
+
+def _one_line(error: BaseException) -> str:
+    return " ".join(str(error).split()) or type(error).__name__
+
+
+def _native_size(path: Path, track: dict[str, Any]) -> tuple[int, int]:
+    """The picture size of the export: the largest the source sent (the recording notes it;
+    an older recording is read for it)."""
+    if track.get("sizes") and track.get("width") and track.get("height"):
+        return int(track["width"]), int(track["height"])
+    best = (0, 0)
+    try:
+        with av.open(str(path)) as source:
+            for frame in _frames(source):
+                if frame.width * frame.height > best[0] * best[1]:
+                    best = (frame.width, frame.height)
+                if track.get("width") and frame.time and frame.time > 2.0:
+                    break  # a recording that notes no changes: its first pictures say it
+    except av.FFmpegError as e:
+        raise ExportError(f"the recorded feed cannot be read: {_one_line(e)}") from None
+    if best == (0, 0):
+        raise ExportError("the recorded feed has no picture")
+    return best[0] // 2 * 2, best[1] // 2 * 2  # libx264 wants even sizes
+
+
+def _export(
+    folder: Path,
+    out: Path,
+    manifest: dict[str, Any],
+    track: dict[str, Any],
+    size: tuple[int, int],
+    masks: list[Mask],
+    progress: Callable[[float], None] | None,
+) -> dict[str, Any]:
+    notes = Annotations(_channel_log(folder, manifest), track["feed"])
+    total = max(float(track.get("duration") or 0.0), 1e-6)
     frames = 0
+    last_pts = -1
+    voices: list[_Voice] = []
     with (
         av.open(str(folder / track["file"])) as source,
         av.open(str(out), "w", format="mp4", options={"movflags": "+faststart"}) as sink,
     ):
         stream: Any = sink.add_stream("libx264", rate=30)
         stream.pix_fmt = "yuv420p"
+        stream.width, stream.height = size
+        stream.time_base = Fraction(1, 1000)
         stream.options = {"crf": "20", "preset": "veryfast"}
         voices = _voices(folder, manifest, track)
         mixer = Mixer(voices) if voices else None
@@ -172,33 +298,38 @@ def export(
         if mixer is not None:
             sound = sink.add_stream("aac", rate=RATE)
             sound.layout = "stereo"
-        sized = False
-        for frame in _frames(source):
-            if not sized:
-                # libx264 wants even sizes.
-                stream.width, stream.height = frame.width // 2 * 2, frame.height // 2 * 2
-                sized = True
-            at = track["start"] + float(frame.time or 0.0)
-            out_frame = _burned(frame, notes.at(at), masks, stream.width, stream.height)
-            for packet in stream.encode(out_frame):
+        try:
+            for frame in _frames(source):
+                t = float(frame.time or 0.0)
+                # Milliseconds, each frame after the last: a browser sends frames 1 ms apart.
+                pts = max(round(t * 1000), last_pts + 1)
+                last_pts = pts
+                img = _burned(frame, notes.at(track["start"] + t), masks, size)
+                out_frame = av.VideoFrame.from_ndarray(img, format="bgr24")
+                out_frame.pts, out_frame.time_base = pts, Fraction(1, 1000)
+                for packet in stream.encode(out_frame):
+                    sink.mux(packet)
+                if mixer is not None:
+                    for chunk in mixer.until(t):
+                        sink.mux(sound.encode(chunk))
+                frames += 1
+                if progress is not None:
+                    progress(min(0.99, t / total))
+            if not frames:
+                raise ExportError("the recorded feed has no picture")
+            for packet in stream.encode(None):
                 sink.mux(packet)
             if mixer is not None:
-                for chunk in mixer.until(float(frame.time or 0.0)):
-                    sink.mux(sound.encode(chunk))
-            frames += 1
-            if progress is not None:
-                progress(min(1.0, float(frame.time or 0.0) / total))
-        for packet in stream.encode(None):
-            sink.mux(packet)
-        if mixer is not None:
-            sink.mux(sound.encode(None))
-            mixer.close()
+                sink.mux(sound.encode(None))
+        finally:
+            if mixer is not None:
+                mixer.close()
     if progress is not None:
         progress(1.0)
     return {
-        "out": str(out),
         "feed": track["feed"],
         "frames": frames,
+        "size": list(size),
         "masks": len(masks),
         "voices": len(voices),
     }
@@ -223,18 +354,30 @@ def _voices(folder: Path, manifest: dict[str, Any], track: dict[str, Any]) -> li
 
 
 def _burned(
-    frame: av.VideoFrame, shown: tuple[Any, ...], masks: list[Mask], width: int, height: int
-) -> av.VideoFrame:
-    """Return a picture with the annotations shown at its time drawn and the masks blacked."""
-    img = frame.to_ndarray(format="bgr24")
-    draw(img, *shown)
+    frame: av.VideoFrame, shown: tuple[Any, ...], masks: list[Mask], size: tuple[int, int]
+) -> np.ndarray:
+    """Return the picture at the export's size (fitted, its shape kept) with the annotations
+    shown at its time drawn and the masks blacked, as BGR."""
+    width, height = size
+    img: np.ndarray = frame.to_ndarray(format="bgr24")
+    h, w = img.shape[:2]
+    if (w, h) != (width, height):
+        # A smaller picture (the browser lowered its size) scaled up into the same place.
+        scale = min(width / w, height / h)
+        fw, fh = max(2, round(w * scale)), max(2, round(h * scale))
+        fitted = cv2.resize(img, (fw, fh), interpolation=cv2.INTER_LINEAR)
+        img = np.zeros((height, width, 3), np.uint8)
+        x0, y0 = (width - fw) // 2, (height - fh) // 2
+        img[y0 : y0 + fh, x0 : x0 + fw] = fitted
+        view = img[y0 : y0 + fh, x0 : x0 + fw]
+    else:
+        view = img
+    draw(view, *shown)
+    vh, vw = view.shape[:2]
     for m in masks:
-        img[m.y : m.y + m.h, m.x : m.x + m.w] = 0
-    img = img[:height, :width]
-    out = av.VideoFrame.from_ndarray(np.ascontiguousarray(img, dtype=np.uint8), format="bgr24")
-    out.pts = round(float(frame.time or 0.0) * 30)
-    out.time_base = Fraction(1, 30)
-    return out
+        x, y, mw, mh = m.box(vw, vh)
+        view[y : y + mh, x : x + mw] = 0
+    return np.ascontiguousarray(img, dtype=np.uint8)
 
 
 RATE = 48000
@@ -310,13 +453,19 @@ class Mixer:
 
 
 def _frames(source: av.container.InputContainer) -> Iterator[av.VideoFrame]:
+    """Decode the video, skipping what cannot be (a damaged frame) and frames out of time."""
     last = -1.0
-    for frame in source.decode(video=0):
-        t = float(frame.time or 0.0)
-        if t <= last:  # one frame per output tick; drop duplicates a restart may leave
-            continue
-        last = t
-        yield frame
+    for packet in source.demux(video=0):
+        try:
+            decoded = packet.decode()
+        except av.FFmpegError:
+            continue  # the decoder picks up again at the next frame it can read
+        for frame in decoded:
+            t = float(frame.time or 0.0)
+            if t <= last:  # one frame per time; a restart may leave one twice
+                continue
+            last = t
+            yield frame
 
 
 def bar(stream: TextIO = sys.stderr) -> Callable[[float], None]:

@@ -33,6 +33,8 @@ from .frames import Frame, FrameAssembler
 from .track_file import TrackFile, extension
 
 SAFE = re.compile(r"[^A-Za-z0-9_.-]+")
+# How much earlier than its arrival a sender report may place a track's start.
+SR_TRUST = 0.5
 
 
 def safe_name(text: str, limit: int = 40) -> str:
@@ -55,6 +57,8 @@ class Recorded:
     first_arrival: float | None = None
     first_ts: int | None = None
     ended_at: float | None = None
+    ssrc: int | None = None  # the source being written: another one starts again at a keyframe
+    restart: bool = False  # the next frame written is a new source's
 
 
 class Recorder:
@@ -112,9 +116,16 @@ class Recorder:
         for p in self.room.joined():
             self.participants[p.id] = {
                 "identity": p.identity,
+                "name": p.name,
                 "role": p.role.value,
                 "joined": self._t(self.clock()),
             }
+        # What the room shows now (annotations, recent chat) starts the log, so that a replay
+        # from time 0 shows the arrow the first words refer to.
+        snapshot = copy.deepcopy(self.room.channel.snapshot())  # named below: the room's own stay
+        for entry in (*snapshot["annotations"], *snapshot["chat"]):
+            self._name_author(entry)
+        self._append({"t": 0.0, "type": "snapshot", "channel": snapshot})
         for stream in self.room.streams.values():
             self._add_stream(stream)
         self.write_manifest()
@@ -162,11 +173,15 @@ class Recorder:
                     self._end_track(rec)
             self.write_manifest()
         elif kind in ("op", "pointer"):
-            self._append({"t": round(self._t(self.clock()), 3), **event})
+            entry = {"t": round(self._t(self.clock()), 3), **event}
+            if kind == "op":
+                self._name_author(entry)
+            self._append(entry)
         elif kind == "joined":
             p = event["participant"]
             self.participants[p["id"]] = {
                 "identity": p["identity"],
+                "name": p["name"],
                 "role": p["role"],
                 "joined": self._t(self.clock()),
             }
@@ -176,6 +191,12 @@ class Recorder:
             self.participants[event["participant_id"]]["role"] = event["role"]
         elif kind == "consent_given":
             self.write_manifest()
+
+    def _name_author(self, entry: Event) -> None:
+        """Add the author's name and role as the room shows them now."""
+        shown = self.room.authors.get(str(entry.get("author")))
+        if shown is not None:
+            entry["author_name"], entry["author_role"] = shown["name"], shown["role"]
 
     def kick(self, code: int, reason: str) -> None:
         """The room ended: finish."""
@@ -225,6 +246,16 @@ class Recorder:
         def tap(packet: RtpPacket, codec: RTCRtpCodecParameters, key: bool) -> None:
             if self.failed:
                 return
+            if packet.ssrc != rec.ssrc:
+                # Another source (a simulcast layer taking over, a publisher's new connection):
+                # its numbering and clock are its own; go on from its keyframe.
+                if rec.ssrc is not None:
+                    rec.restart = True
+                    if rec.assembler is not None:
+                        rec.assembler = FrameAssembler(
+                            codec.name, codec.clockRate, _depayloader(codec)
+                        )
+                rec.ssrc = packet.ssrc
             if rec.assembler is None:
                 frames = [Frame(packet.payload, packet.timestamp, True)]
             else:
@@ -233,14 +264,17 @@ class Recorder:
                 )
                 if rec.assembler.need_keyframe and rec.assembler.dropped:
                     rec.track.request_keyframe()
+            now = self.clock()
             for frame in frames:
                 if rec.first_ts is None and not frame.keyframe:
                     continue  # a file starts at a keyframe
                 assert self.disk is not None
-                if not self.disk.put(partial(rec.file.write, frame), len(frame.data)):
+                write = partial(rec.file.write, frame, now, rec.restart)
+                if not self.disk.put(write, len(frame.data)):
                     return
+                rec.restart = False
                 if rec.first_ts is None:
-                    rec.first_arrival = self.clock()
+                    rec.first_arrival = now
                     rec.first_ts = frame.timestamp
                     # Where the track starts must survive a crash along with its file.
                     self.write_manifest()
@@ -280,12 +314,18 @@ class Recorder:
         """Session time of a track's first frame, from the publisher's sender report if any."""
         if rec.first_arrival is None or rec.first_ts is None:
             return None
+        arrived = self._t(rec.first_arrival)
         sr = rec.track.last_sr
         if sr is not None:
             wall, rtp = sr
             delta = ((rec.first_ts - rtp + (1 << 31)) % (1 << 32) - (1 << 31)) / rec.file.clock_rate
-            return round(self._t(wall + delta), 4)
-        return round(self._t(rec.first_arrival), 4)
+            sent = self._t(wall + delta)
+            # A sender report aligns a publisher's tracks to within a frame, when its clock is
+            # ours and it speaks of this source: a browser's clock may be hours off, and a
+            # report may be of another simulcast layer. Else the arrival says it.
+            if arrived - SR_TRUST <= sent <= arrived:
+                return round(sent, 4)
+        return round(arrived, 4)
 
     def _session(self) -> Event:
         """The description as the event loop knows it: the room, the people, the tracks (a
@@ -330,6 +370,8 @@ class Recorder:
         for entry, rec in zip(session["tracks"], self.tracks, strict=False):
             f = rec.file
             entry.update(width=f.width, height=f.height, frames=f.frames)
+            if f.sizes:
+                entry["sizes"] = [list(size) for size in f.sizes]
             entry["duration"] = round(f.duration, 4)
         return session
 

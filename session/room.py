@@ -14,6 +14,9 @@ from .recording_state import Recording
 from .roles import PERSON_ROLES, Action, Role, Source, may, may_publish
 from .streams import Feed, Published, Stream
 
+# Past authors kept by name: far more people than a session has.
+MAX_AUTHORS = 10_000
+
 
 @dataclass(frozen=True)
 class RoomConfig:
@@ -48,6 +51,9 @@ class Room(Members):
         # Counts changes to what `export` returns, so the edge writes it only when it changed.
         self.revision = 0
         self.recording = Recording()
+        # Everyone who has been in the room, by participant id, as last shown (name and role):
+        # a recording names the authors of what it starts with, some of whom may have left.
+        self.authors: dict[str, Event] = {}
 
     # -- queries ---------------------------------------------------------------------------
 
@@ -109,6 +115,7 @@ class Room(Members):
             p.may_annotate, p.floor = bool(known["may_annotate"]), bool(known["floor"])
             p.muted = bool(known.get("muted", False))  # a moderator's mute holds too
         self.participants[p.id] = p
+        self._shown(p)
         self.revision += 1
         self.empty_since = None
         if state is State.JOINED:
@@ -124,6 +131,7 @@ class Room(Members):
         old.client.kick(Close.REPLACED, "replaced by a newer connection")
         old.client = client
         old.name = name
+        self._shown(old)
         if old.away_since is not None:
             old.away_since = None
             self._broadcast(
@@ -134,7 +142,15 @@ class Room(Members):
             self.revision += 1
             changed = {"type": "role_changed", "participant_id": old.id, "role": role.value}
             self._broadcast({**changed, "by": None}, skip=old.id)
+            self._shown(old)
         return old
+
+    def _shown(self, p: Participant) -> None:
+        """Remember how a participant is shown to the others now."""
+        self.authors.pop(p.id, None)
+        self.authors[p.id] = {"name": p.name, "role": p.role.value}
+        if len(self.authors) > MAX_AUTHORS:
+            del self.authors[next(iter(self.authors))]  # the longest unchanged
 
     def leave(
         self, participant_id: str, reason: str, now: float, client: Client | None = None
@@ -222,6 +238,7 @@ class Room(Members):
             raise SessionError(Code.FORBIDDEN, f"the {role.value} role belongs to the server")
         p = self._target(target_id)
         p.role = role
+        self._shown(p)
         self.revision += 1
         self._broadcast(
             {"type": "role_changed", "participant_id": p.id, "role": role.value, "by": actor.id}

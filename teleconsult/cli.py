@@ -153,13 +153,20 @@ def _media_commands(sub: Commands) -> None:
         _settings_args(p)
     exp = sub.add_parser("export", help="export a recorded session as an MP4 for teaching")
     exp.add_argument("session", help="the recorded session's id")
-    exp.add_argument("--out", required=True, help="the MP4 to write")
+    exp.add_argument("--out", required=True, help="the MP4 to write (or the PNG, with --preview)")
     exp.add_argument(
         "--mask",
         action="append",
         default=[],
-        help="x,y,w,h in pixels to black out (patient details); repeatable",
+        help="x,y,w,h to black out (patient details): fractions of the picture (0,0,1,0.2) "
+        "or pixels of its largest size (0,0,640,100); repeatable",
     )
+    exp.add_argument(
+        "--preview",
+        action="store_true",
+        help="write one PNG of the export at --at seconds, masks outlined, and stop",
+    )
+    exp.add_argument("--at", type=float, default=0.0, help="seconds into the feed, for --preview")
     exp.add_argument("--feed", help="feed id to export (default: the first patient image)")
     exp.add_argument("--data-dir", default=env("DATA_DIR", DATA_DIR))
     pub = sub.choices["publish"]
@@ -404,11 +411,13 @@ def _drain(args: argparse.Namespace) -> int:
 
 
 def _export(args: argparse.Namespace) -> int:
-    from teleconsult.recording.export import Mask, bar, export, find_session
+    from teleconsult.recording.export import bar, export, find_session, preview
 
-    masks = [Mask.parse(m) for m in args.mask]
     folder = find_session(Path(args.data_dir), args.session)
-    result = export(folder, Path(args.out), masks, args.feed, bar())
+    if args.preview:
+        result = preview(folder, Path(args.out), args.mask, args.at, args.feed)
+    else:
+        result = export(folder, Path(args.out), args.mask, args.feed, bar())
     print(json.dumps(result))
     return 0
 

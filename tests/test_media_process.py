@@ -10,6 +10,7 @@ import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
+import av
 import pytest
 
 from teleconsult.client.media import MediaClient
@@ -150,3 +151,65 @@ def test_publish_and_subscribe_commands_report_latency(relay: int, tmp_path: Pat
         publisher.wait(10)
         if publisher.stdout:
             publisher.stdout.close()
+
+
+def short_clip(path: Path, frames: int = 15) -> None:
+    """A half-second clip of a real ultrasound image, written by ffmpeg's own tools (PyAV)."""
+    from .web.browser_recording import ultrasound_y4m
+
+    y4m = path.with_suffix(".y4m")
+    ultrasound_y4m(y4m, frames)
+    if path.suffix == ".y4m":
+        return
+    with av.open(str(y4m)) as src, av.open(str(path), "w") as out:
+        stream = out.add_stream("libx264", rate=30)
+        stream.width, stream.height, stream.pix_fmt = 640, 480, "yuv420p"
+        for frame in src.decode(video=0):
+            frame.pts = None
+            for packet in stream.encode(frame):
+                out.mux(packet)
+        for packet in stream.encode(None):
+            out.mux(packet)
+
+
+@pytest.mark.parametrize("suffix", [".mp4", ".y4m"])
+def test_publish_file_sends_its_frames_looped(relay: int, tmp_path: Path, suffix: str) -> None:
+    clip = tmp_path / f"clip{suffix}"
+    short_clip(clip)
+    common = ["--server", f"http://127.0.0.1:{relay}", "--room", "cli", "--secret", SECRET]
+    common += ["--data-dir", str(tmp_path)]
+    publisher = subprocess.Popen(
+        [TELECONSULT, "publish", *common, "--file", str(clip), "--duration", "12"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+    try:
+        assert publisher.stdout is not None
+        assert '"published"' in publisher.stdout.readline()
+        out = subprocess.run(
+            [TELECONSULT, "subscribe", *common, "--duration", "4"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert out.returncode == 0, out.stderr
+        (feed,) = json.loads(out.stdout.splitlines()[-1])["summary"].values()
+        # A half-second clip seen for 4 s: looped, at its own 30 frames a second.
+        assert feed["frames"] >= 90, feed
+    finally:
+        publisher.terminate()
+        publisher.wait(10)
+        if publisher.stdout:
+            publisher.stdout.close()
+    garbage = tmp_path / "broken.mp4"
+    garbage.write_bytes(b"not a video" * 100)
+    for bad, says in ((garbage, "cannot read"), (tmp_path / "missing.mp4", "no such file")):
+        refused = subprocess.run(
+            [TELECONSULT, "publish", *common, "--file", str(bad), "--duration", "5"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert refused.returncode == 2 and says in refused.stderr, refused.stderr
+        assert "Traceback" not in refused.stderr

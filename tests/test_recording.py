@@ -468,11 +468,11 @@ async def test_a_slow_disk_delays_no_packet(
     real_write = TrackFile.write
     slow: list[float] = []
 
-    def write(self: TrackFile, frame: Frame) -> None:
+    def write(self: TrackFile, frame: Frame, arrival: float, restart: bool = False) -> None:
         if self.frames % 10 == 9:
             time.sleep(0.3)  # in the recorder's writer thread: not the event loop's
             slow.append(time.monotonic())
-        real_write(self, frame)
+        real_write(self, frame, arrival, restart)
 
     monkeypatch.setattr(TrackFile, "write", write)
     op = await server.join(role=Role.OPERATOR, identity="op")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import fractions
+import itertools
 import random
 import struct
 import threading
@@ -89,7 +90,7 @@ def test_track_files_play_and_open_no_encoder(tmp_path: Path, codec: str) -> Non
             sent.append(payload)
             from teleconsult.recording.frames import Frame
 
-            tf.write(Frame(payload, i * 960, True))
+            tf.write(Frame(payload, i * 960, True), i * 0.02)
     else:
         from teleconsult.recording.frames import Frame
 
@@ -99,7 +100,7 @@ def test_track_files_play_and_open_no_encoder(tmp_path: Path, codec: str) -> Non
         for i, f in enumerate(video(30)):
             data = b"".join(dep(p) for p in enc.encode(f, i == 0)[0])
             sent.append(data)
-            tf.write(Frame(data, i * 3000, i == 0))
+            tf.write(Frame(data, i * 3000, i == 0), i / 30)
     assert tf.stream is not None and not tf.stream.codec_context.is_open  # muxed, never encoded
     tf.close()
     with av.open(str(path)) as c:
@@ -111,6 +112,43 @@ def test_track_files_play_and_open_no_encoder(tmp_path: Path, codec: str) -> Non
         assert got == sent
     assert len(decoded) >= len(sent) - 1
     assert tf.duration == pytest.approx(29 / 30 if codec != "OPUS" else 49 * 960 / 48000)
+    # Closed cleanly, the file says how long it is (players show it and seek by its cues).
+    with av.open(str(path)) as c:
+        assert c.duration is not None
+        assert c.duration / 1e6 == pytest.approx(tf.duration, abs=0.05)
+
+
+def test_a_track_file_goes_on_across_a_new_source_and_a_new_size(tmp_path: Path) -> None:
+    from teleconsult.recording.frames import Frame
+
+    path = tmp_path / "t.webm"
+    tf = TrackFile(path, "VP8", 90000)
+    enc = Vp8Encoder()
+    for i, f in enumerate(video(10, 640, 480)):
+        tf.write(
+            Frame(
+                b"".join(vp8_depayload(p) for p in enc.encode(f, i == 0)[0]),
+                5000 + i * 3000,
+                i == 0,
+            ),
+            i / 30,
+        )
+    # Another simulcast layer takes over at its keyframe: smaller, its clock elsewhere, and
+    # 0.5 s on by arrival (its first timestamp is the same as the last frame's).
+    small = Vp8Encoder()
+    for i, f in enumerate(video(10, 320, 240)):
+        data = b"".join(vp8_depayload(p) for p in small.encode(f, i == 0)[0])
+        tf.write(Frame(data, 5000 + 9 * 3000 + i * 3000, i == 0), 9 / 30 + 0.5 + i / 30, i == 0)
+    tf.close()
+    assert (tf.width, tf.height) == (640, 480)  # the largest
+    assert [s[1:] for s in tf.sizes] == [(640, 480), (320, 240)]
+    assert tf.sizes[1][0] == pytest.approx(9 / 30 + 0.5, abs=0.01)
+    with av.open(str(path)) as c:
+        frames = list(c.decode(video=0))
+    assert [(f.width, f.height) for f in frames] == [(640, 480)] * 10 + [(320, 240)] * 10
+    times = [float(f.time or 0) for f in frames]
+    assert all(b > a for a, b in itertools.pairwise(times))
+    assert times[10] - times[9] == pytest.approx(0.5, abs=0.01)
 
 
 def test_h264_reassembly_finds_access_units_and_waits_after_loss() -> None:
@@ -245,3 +283,27 @@ async def test_disk_queue_still_finishes_files_after_a_failure() -> None:
     await asyncio.sleep(0)
     assert ran == ["close"] and len(errors) == 1
     assert not disk.put(lambda: ran.append("late"), finishing=True)  # closed: nothing more
+
+
+def test_an_audio_track_silent_for_a_while_plays_for_its_whole_span(tmp_path: Path) -> None:
+    from teleconsult.recording.frames import Frame
+
+    path = tmp_path / "a.webm"
+    tf, opus = TrackFile(path, "OPUS", 48000), OpusEncoder()
+    tone = (np.sin(np.arange(960) * 2 * np.pi * 440 / 48000) * 8000).astype(np.int16)
+    for i in [*range(25), *range(125, 150)]:  # half a second, 2 s of nothing, half a second
+        a = av.AudioFrame.from_ndarray(np.repeat(tone, 2)[None, :], format="s16", layout="stereo")
+        a.sample_rate, a.pts, a.time_base = 48000, i * 960, fractions.Fraction(1, 48000)
+        tf.write(Frame(opus.encode(a)[0][0], i * 960, True), i * 0.02)
+    tf.close()
+    assert tf.duration == pytest.approx(149 * 0.02)
+    with av.open(str(path)) as c:
+        packets = [p for p in c.demux(audio=0) if p.size]
+    with av.open(str(path)) as c:
+        samples = [f.to_ndarray() for f in c.decode(audio=0)]
+    # Packets cover the span back to back (as a browser plays them), the gap filled silent.
+    assert len(packets) == 150
+    pts = [int(p.pts or 0) for p in packets]
+    steps = {float((b - a) * packets[0].time_base) for a, b in itertools.pairwise(pts)}
+    assert steps == {0.02}
+    assert np.abs(samples[60]).max() < 0.01 and np.abs(samples[140]).max() > 0.05

@@ -36,7 +36,7 @@ class Replay {
   constructor(log) {
     this.log = log;
     this.channel = new ChannelState();
-    /** @type {Map<string, {name: string}>} */
+    /** @type {Map<string, {name: string, role: string}>} */
     this.participants = new Map();
     this.next = 0;
     this.at = 0;
@@ -55,6 +55,7 @@ class Replay {
       const e = this.log[this.next++];
       if (e.type === "op") this.channel.apply(e);
       else if (e.type === "pointer") this.channel.point(e);
+      else if (e.type === "snapshot") this.channel.load(e.channel); // the room when recording began
       changed = true;
     }
     return changed;
@@ -80,7 +81,10 @@ async function open(session) {
   const logText = await (await fetch(manifest.links[manifest.channel_log])).text();
   const log = logText.split("\n").filter(Boolean).map((l) => JSON.parse(l));
   const replay = new Replay(log);
-  for (const [id, p] of Object.entries(manifest.participants)) replay.participants.set(id, { name: /** @type {any} */ (p).identity });
+  for (const [id, p] of Object.entries(manifest.participants)) {
+    const person = /** @type {any} */ (p);
+    replay.participants.set(id, { name: person.name || person.identity, role: person.role });
+  }
   /** @type {{track: any, media: HTMLMediaElement, figure: HTMLElement | null, overlay: Overlay | null}[]} */
   const players = [];
   $("feeds").replaceChildren();
@@ -121,9 +125,17 @@ async function open(session) {
     $("messages").replaceChildren(...replay.channel.chat.map((m) => {
       const li = document.createElement("li");
       li.dataset.seq = String(m.seq);
+      // The name and role the room showed when it was said; a recording made before they
+      // were written has the people of its manifest.
+      const said = /** @type {any} */ (m);
+      const known = replay.participants.get(m.author);
       const who = document.createElement("b");
-      who.textContent = replay.participants.get(m.author)?.name || "—";
-      li.append(who, document.createTextNode(m.text || ""));
+      who.textContent = said.author_name || known?.name || "—";
+      const role = said.author_role || known?.role;
+      const badge = document.createElement("small");
+      badge.className = "role";
+      badge.textContent = role ? t(`role.${role}`) : "";
+      li.append(who, badge, document.createTextNode(m.text || ""));
       return li;
     }));
   };
