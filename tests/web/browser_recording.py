@@ -25,6 +25,8 @@ HEADER_BAND = (0.0, 0.0, 1.0, 100 / 480)
 # starts (it must be in the recording from its first frame), one during it.
 BEFORE = [[0.30, 0.70], [0.55, 0.45]]
 DURING = [[0.70, 0.40], [0.85, 0.75]]
+# A colour no ultrasound picture has, to find the arrows in exported frames.
+GREEN = {"color": "#00ff00", "width": 5}
 # Keep every camera and microphone track a page opens, to change its constraints later.
 KEEP_TRACKS = """
 (() => {
@@ -97,14 +99,14 @@ async def record_from_chromium(server: Server, tmp: Path, seconds: float = 8.0) 
         await expert.wait_for(
             "stream_added", where=lambda e: e["stream"]["feeds"][0]["kind"] == "audio"
         )
-        await expert.request(annotation("arrow", "before", feed, BEFORE))
+        await expert.request({**annotation("arrow", "before", feed, BEFORE), "style": GREEN})
         await expert.request({"type": "chat", "id": "c-before", "text": "Look at the arrow"})
         await mod.send({"type": "record", "action": "start"})
         await page.click("#consent-yes")
         started = await mod.wait_for("recording", where=lambda e: e["active"] is True)
         started_at = asyncio.get_running_loop().time()
         await asyncio.sleep(seconds / 3)
-        await expert.request(annotation("arrow", "during", feed, DURING))
+        await expert.request({**annotation("arrow", "during", feed, DURING), "style": GREEN})
         await expert.request({"type": "chat", "id": "c-during", "text": "And this one"})
         await asyncio.sleep(seconds / 6)
         resized_at = asyncio.get_running_loop().time() - started_at

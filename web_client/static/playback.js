@@ -165,7 +165,10 @@ async function open(session) {
     const now = performance.now();
     if (state.playing) {
       state.time = Math.min(duration, state.time + ((now - state.last) / 1000) * state.speed);
-      if (state.time >= duration) state.playing = false;
+      if (state.time >= duration) {
+        state.playing = false;
+        $("play").textContent = t("playback.play");
+      }
       sync(false);
     }
     state.last = now;
