@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import shutil
 import subprocess
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -39,8 +41,16 @@ async def recorded(
 
 def ffprobe(path: Path) -> dict[str, object]:
     out = subprocess.run(
-        [executable("ffprobe"), "-v", "error", "-show_format", "-show_streams", "-of", "json"]
-        + [str(path)],
+        [
+            executable("ffprobe"),
+            "-v",
+            "error",
+            "-show_format",
+            "-show_streams",
+            "-of",
+            "json",
+            str(path),
+        ],
         capture_output=True,
         text=True,
         timeout=60,
@@ -77,9 +87,10 @@ async def test_the_recording_is_seekable_and_follows_the_browser(
         # Written at stop: a player shows the length and seeks by the cues.
         assert duration == pytest.approx(track["duration"], abs=0.1), track
         assert track["start"] is not None and 0 <= track["start"] < 2.0
-        assert track["start"] + duration > rec.manifest["stopped_at"] - rec.manifest[
-            "started_at"
-        ] - 1.5, track
+        assert (
+            track["start"] + duration
+            > rec.manifest["stopped_at"] - rec.manifest["started_at"] - 1.5
+        ), track
     # The log starts with what the room showed: the arrow and the words drawn and said before.
     first = rec.log[0]
     assert (first["t"], first["type"]) == (0.0, "snapshot")
@@ -100,20 +111,30 @@ async def test_the_export_burns_in_both_arrows_and_masks_the_header(
     mask = ",".join(f"{v:.4f}" for v in HEADER_BAND)
     done = await asyncio.to_thread(
         subprocess.run,
-        [TELECONSULT, "export", rec.session_id, "--out", str(out), "--mask", mask]
-        + ["--data-dir", data_dir],
+        [
+            TELECONSULT,
+            "export",
+            rec.session_id,
+            "--out",
+            str(out),
+            "--mask",
+            mask,
+            "--data-dir",
+            data_dir,
+        ],
         capture_output=True,
         text=True,
         timeout=120,
     )
     assert done.returncode == 0, done.stderr
     assert "100%" in done.stderr
-    assert [p.name for p in tmp_path.iterdir()] == ["teaching.mp4"]  # no temporary file left
+    assert await asyncio.to_thread(os.listdir, tmp_path) == ["teaching.mp4"]  # no part left
     probe = ffprobe(out)
     kinds = sorted(s["codec_name"] for s in probe["streams"])  # type: ignore[attr-defined]
     assert kinds == ["aac", "h264"]
     (video,) = [t for t in rec.manifest["tracks"] if t["kind"] == "video"]
-    assert float(probe["format"]["duration"]) == pytest.approx(video["duration"], abs=0.3)  # type: ignore[index]
+    length = float(probe["format"]["duration"])  # type: ignore[index]
+    assert length == pytest.approx(video["duration"], abs=0.3)
     drawn = next(e["t"] for e in rec.log if e.get("id") == "during")
     with av.open(str(out)) as c:
         frames = [(float(f.time or 0), f.to_ndarray(format="bgr24")) for f in c.decode(video=0)]
@@ -137,8 +158,20 @@ async def test_the_export_burns_in_both_arrows_and_masks_the_header(
     preview = ARTIFACTS / "export-preview.png"
     looked = await asyncio.to_thread(
         subprocess.run,
-        [TELECONSULT, "export", rec.session_id, "--out", str(preview), "--preview"]
-        + ["--at", "1", "--mask", "0,0,640,100", "--data-dir", data_dir],
+        [
+            TELECONSULT,
+            "export",
+            rec.session_id,
+            "--out",
+            str(preview),
+            "--preview",
+            "--at",
+            "1",
+            "--mask",
+            "0,0,640,100",
+            "--data-dir",
+            data_dir,
+        ],
         capture_output=True,
         text=True,
         timeout=60,
@@ -154,24 +187,23 @@ async def test_the_export_burns_in_both_arrows_and_masks_the_header(
 async def test_an_export_that_fails_says_why_and_leaves_nothing(
     recorded: tuple[Server, BrowserRecording], tmp_path: Path
 ) -> None:
-    server, rec = recorded
-    (video,) = [t for t in rec.manifest["tracks"] if t["kind"] == "video"]
-    broken = tmp_path / "broken"
-    broken.mkdir()
-    for f in rec.folder.iterdir():
-        (broken / f.name).write_bytes(f.read_bytes())
-    (broken / video["file"]).write_bytes(b"\x1a\x45\xdf\xa3" + bytes(4000))  # a ruined file
     from teleconsult.recording.export import ExportError, export
 
+    _server, rec = recorded
+    (video,) = [t for t in rec.manifest["tracks"] if t["kind"] == "video"]
+    broken = tmp_path / "broken"
+    await asyncio.to_thread(shutil.copytree, rec.folder, broken)
+    # A ruined picture file: a Matroska header and nothing readable after it.
+    await asyncio.to_thread((broken / video["file"]).write_bytes, b"\x1a\x45\xdf\xa3" + bytes(4000))
     out = tmp_path / "teaching.mp4"
     with pytest.raises(ExportError) as failed:
         await asyncio.to_thread(export, broken, out, [])
     assert "\n" not in str(failed.value)
-    assert not out.exists() and not list(tmp_path.glob("*.part")) and not list(tmp_path.glob(".*"))
+    assert await asyncio.to_thread(os.listdir, tmp_path) == ["broken"]  # nothing at the target
     for bad in ("0,0,640", "0,0,1.5,x", "0.5,0.5,0,0.1"):
         with pytest.raises(ExportError):
             await asyncio.to_thread(export, rec.folder, out, [bad])
-    assert not out.exists()
+    assert await asyncio.to_thread(os.listdir, tmp_path) == ["broken"]
 
 
 async def test_playback_starts_with_the_room_and_plays_every_track_to_its_end(
