@@ -290,7 +290,9 @@ def _export(
         stream: Any = sink.add_stream("libx264", rate=30)
         stream.pix_fmt = "yuv420p"
         stream.width, stream.height = size
-        stream.time_base = Fraction(1, 1000)
+        # Milliseconds in the encoder too: at its default 1/30 s, frames of a browser's
+        # variable rate fall on one tick and the muxer refuses them.
+        stream.time_base = stream.codec_context.time_base = Fraction(1, 1000)
         stream.options = {"crf": "20", "preset": "veryfast"}
         voices = _voices(folder, manifest, track)
         mixer = Mixer(voices) if voices else None

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import fractions
+import itertools
 import json
 import subprocess
 from pathlib import Path
@@ -150,3 +151,58 @@ async def test_export_burns_in_annotations_and_masks_the_header(
         timeout=60,
     )
     assert bad.returncode == 2 and "no recorded session" in bad.stderr
+
+
+def test_export_takes_frames_1_ms_apart_a_new_source_and_a_new_size(tmp_path: Path) -> None:
+    """What a browser's recording holds: each of these stopped an export before."""
+    from aiortc.codecs.vpx import Vp8Encoder, vp8_depayload
+
+    from teleconsult.recording.export import export
+    from teleconsult.recording.frames import Frame
+    from teleconsult.recording.track_file import TrackFile
+
+    def vp8(encoder: Vp8Encoder, img: np.ndarray, n: int, key: bool) -> bytes:
+        frame = av.VideoFrame.from_ndarray(img, format="bgr24")
+        frame.pts, frame.time_base = n * 3000, fractions.Fraction(1, 90000)
+        return b"".join(vp8_depayload(p) for p in encoder.encode(frame, force_keyframe=key)[0])
+
+    big, small = Vp8Encoder(), Vp8Encoder()
+    tf = TrackFile(tmp_path / "01-probe-video.webm", "VP8", 90000)
+    img = np.full((480, 640, 3), 90, np.uint8)
+    ts, at = 1000, 0.0
+    for n in range(30):
+        tf.write(Frame(vp8(big, img, n, n == 0), ts, n == 0), at)
+        # Every tenth frame is followed 1 ms later by another (a browser's duplicate).
+        ts, at = ts + (90 if n % 10 == 3 else 3000), at + (0.001 if n % 10 == 3 else 1 / 30)
+    for n in range(30):  # a new source at half the size, its clock elsewhere
+        data = vp8(small, np.full((240, 320, 3), 90, np.uint8), n, n == 0)
+        tf.write(Frame(data, 7_000_000 + n * 3000, n == 0), at + 0.2 + n / 30, restart=n == 0)
+    tf.close()
+    manifest = {
+        "tracks": [
+            {
+                "file": tf.path.name,
+                "feed": "s-1.0",
+                "kind": "video",
+                "source": "probe",
+                "start": 0.5,
+                "duration": tf.duration,
+                "frames": tf.frames,
+                "width": tf.width,
+                "height": tf.height,
+                "sizes": tf.sizes,
+            }
+        ],
+        "channel_log": "channel.jsonl",
+    }
+    (tmp_path / "manifest.json").write_text(json.dumps(manifest))
+    out = tmp_path / "out.mp4"
+    result = export(tmp_path, out, ["0,0,1,0.25"])
+    assert result["frames"] == 60 and result["size"] == [640, 480]
+    with av.open(str(out)) as c:
+        frames = [(float(f.time or 0), f.to_ndarray(format="bgr24")) for f in c.decode(video=0)]
+    times = [t for t, _ in frames]
+    assert len(frames) == 60 and all(b > a for a, b in itertools.pairwise(times))
+    assert {img.shape for _, img in frames} == {(480, 640, 3)}
+    for _, picture in frames:  # the band is black at both sizes; the rest is the picture
+        assert picture[:120].mean() < 3 and picture[130:].mean() > 60
