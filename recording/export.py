@@ -15,11 +15,13 @@ from typing import Any, TextIO
 import av
 import cv2
 import numpy as np
+from tqdm import tqdm
 
 from teleconsult.session.roles import PATIENT_SOURCES
 
 PATIENT = {s.value for s in PATIENT_SOURCES}
 POINTER_HOLD = 1.0  # seconds a pointer stays on screen after its last move
+BAR_FORMAT = "{desc} {bar} {percentage:3.0f}% [{elapsed}<{remaining}]"
 
 
 class ExportError(ValueError):
@@ -471,17 +473,14 @@ def _frames(source: av.container.InputContainer) -> Iterator[av.VideoFrame]:
 
 
 def bar(stream: TextIO = sys.stderr) -> Callable[[float], None]:
-    """Return a progress callback drawing a bar on a terminal."""
-    shown = [-1]
+    """Return a progress callback drawing a bar on a terminal (percent of the feed exported)."""
+    meter = tqdm(total=100, desc="exporting", unit="%", file=stream, bar_format=BAR_FORMAT)
 
     def show(done: float) -> None:
         pct = int(done * 100)
-        if pct != shown[0]:
-            shown[0] = pct
-            filled = pct * 30 // 100
-            stream.write(f"\rexporting [{'#' * filled}{'.' * (30 - filled)}] {pct:3d}%")
-            if pct >= 100:
-                stream.write("\n")
-            stream.flush()
+        if pct > meter.n:
+            meter.update(pct - meter.n)
+        if pct >= 100:
+            meter.close()
 
     return show

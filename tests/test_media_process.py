@@ -9,6 +9,7 @@ import sys
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import av
 import pytest
@@ -113,19 +114,16 @@ async def test_codec_counter_sees_a_peer_that_does_transcode() -> None:
         use_host_addresses(None)
 
 
-def test_publish_and_subscribe_commands_report_latency(relay: int, tmp_path: Path) -> None:
-    common = [
-        "--server",
-        f"http://127.0.0.1:{relay}",
-        "--room",
-        "cli",
-        "--secret",
-        SECRET,
-        "--data-dir",
-        str(tmp_path),
-    ]
+def cli_args(relay: int, tmp_path: Path) -> list[str]:
+    """What `publish` and `subscribe` need to reach the relay's room "cli"."""
+    server = ["--server", f"http://127.0.0.1:{relay}", "--room", "cli"]
+    return [*server, "--secret", SECRET, "--data-dir", str(tmp_path)]
+
+
+def published_and_seen(common: list[str], source: list[str]) -> dict[str, Any]:
+    """Run `publish` with a source and `subscribe` for 4 s beside it; return what it saw."""
     publisher = subprocess.Popen(
-        [TELECONSULT, "publish", *common, "--synthetic", "--size", "320x240", "--duration", "12"],
+        [TELECONSULT, "publish", *common, *source, "--duration", "12"],
         stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL,
         text=True,
@@ -141,16 +139,20 @@ def test_publish_and_subscribe_commands_report_latency(relay: int, tmp_path: Pat
             timeout=60,
         )
         assert out.returncode == 0, out.stderr
-        summary = json.loads(out.stdout.splitlines()[-1])["summary"]
-        (feed,) = summary.values()
-        assert feed["frames"] >= 60
-        assert 0 < feed["latency_ms_p50"] < 500
-        assert feed["first_frame_ms"] < 3000
+        (feed,) = json.loads(out.stdout.splitlines()[-1])["summary"].values()
+        return dict(feed)
     finally:
         publisher.terminate()
         publisher.wait(10)
         if publisher.stdout:
             publisher.stdout.close()
+
+
+def test_publish_and_subscribe_commands_report_latency(relay: int, tmp_path: Path) -> None:
+    feed = published_and_seen(cli_args(relay, tmp_path), ["--synthetic", "--size", "320x240"])
+    assert feed["frames"] >= 60
+    assert 0 < feed["latency_ms_p50"] < 500
+    assert feed["first_frame_ms"] < 3000
 
 
 def short_clip(path: Path, frames: int = 15) -> None:
@@ -176,32 +178,10 @@ def short_clip(path: Path, frames: int = 15) -> None:
 def test_publish_file_sends_its_frames_looped(relay: int, tmp_path: Path, suffix: str) -> None:
     clip = tmp_path / f"clip{suffix}"
     short_clip(clip)
-    common = ["--server", f"http://127.0.0.1:{relay}", "--room", "cli", "--secret", SECRET]
-    common += ["--data-dir", str(tmp_path)]
-    publisher = subprocess.Popen(
-        [TELECONSULT, "publish", *common, "--file", str(clip), "--duration", "12"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-        text=True,
-    )
-    try:
-        assert publisher.stdout is not None
-        assert '"published"' in publisher.stdout.readline()
-        out = subprocess.run(
-            [TELECONSULT, "subscribe", *common, "--duration", "4"],
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
-        assert out.returncode == 0, out.stderr
-        (feed,) = json.loads(out.stdout.splitlines()[-1])["summary"].values()
-        # A half-second clip seen for 4 s: looped, at its own 30 frames a second.
-        assert feed["frames"] >= 90, feed
-    finally:
-        publisher.terminate()
-        publisher.wait(10)
-        if publisher.stdout:
-            publisher.stdout.close()
+    common = cli_args(relay, tmp_path)
+    feed = published_and_seen(common, ["--file", str(clip)])
+    # A half-second clip seen for 4 s: looped, at its own 30 frames a second.
+    assert feed["frames"] >= 90, feed
     garbage = tmp_path / "broken.mp4"
     garbage.write_bytes(b"not a video" * 100)
     for bad, says in ((garbage, "cannot read"), (tmp_path / "missing.mp4", "no such file")):

@@ -59,6 +59,13 @@ def ffprobe(path: Path) -> dict[str, object]:
     return dict(json.loads(out.stdout))
 
 
+async def teleconsult(*args: str) -> subprocess.CompletedProcess[str]:
+    """Run the command line, off the loop."""
+    return await asyncio.to_thread(
+        subprocess.run, [TELECONSULT, *args], capture_output=True, text=True, timeout=120
+    )
+
+
 def middle(points: list[list[float]], width: int, height: int) -> tuple[int, int]:
     return (
         round((points[0][0] + points[1][0]) / 2 * width),
@@ -109,22 +116,8 @@ async def test_the_export_burns_in_both_arrows_and_masks_the_header(
     data_dir = str(server.hub.settings.data_dir)
     out = tmp_path / "teaching.mp4"
     mask = ",".join(f"{v:.4f}" for v in HEADER_BAND)
-    done = await asyncio.to_thread(
-        subprocess.run,
-        [
-            TELECONSULT,
-            "export",
-            rec.session_id,
-            "--out",
-            str(out),
-            "--mask",
-            mask,
-            "--data-dir",
-            data_dir,
-        ],
-        capture_output=True,
-        text=True,
-        timeout=120,
+    done = await teleconsult(
+        "export", rec.session_id, "--out", str(out), "--mask", mask, "--data-dir", data_dir
     )
     assert done.returncode == 0, done.stderr
     assert "100%" in done.stderr
@@ -156,26 +149,10 @@ async def test_the_export_burns_in_both_arrows_and_masks_the_header(
         assert img[y : y + h, x : x + w].mean() < 3, t
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     preview = ARTIFACTS / "export-preview.png"
-    looked = await asyncio.to_thread(
-        subprocess.run,
-        [
-            TELECONSULT,
-            "export",
-            rec.session_id,
-            "--out",
-            str(preview),
-            "--preview",
-            "--at",
-            "1",
-            "--mask",
-            "0,0,640,100",
-            "--data-dir",
-            data_dir,
-        ],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    looked = await teleconsult(
+        "export", rec.session_id, "--out", str(preview), "--preview", "--at", "1",
+        "--mask", "0,0,640,100", "--data-dir", data_dir,
+    )  # fmt: skip
     assert looked.returncode == 0, looked.stderr
     with av.open(str(preview)) as c:
         (picture,) = [f.to_ndarray(format="bgr24") for f in c.decode(video=0)]

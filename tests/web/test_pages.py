@@ -179,7 +179,9 @@ async def test_the_page_reconnects_and_catches_up(server: Server, chromium: Brow
         await drop(server, "ex")
         await op.request(annotation("ellipse", "during", feed, [[0.4, 0.4], [0.6, 0.6]]))
         # The page may hear of the close after this line: "joined" is what it showed before.
-        shown = "window.__shown.some(([state, banner]) => state === 'reconnecting' && banner)"
+        # A function, not an expression: polling an expression evals it, which the page's
+        # content security policy refuses (it did, when the page was not back at once).
+        shown = "() => window.__shown.some(([state, banner]) => state === 'reconnecting' && banner)"
         await ex.wait_for_function(shown, timeout=15000)
         await expect(ex.locator("#state")).to_have_attribute("data-state", "joined", timeout=15000)
         await expect(ex.locator("#banner")).to_be_hidden()
