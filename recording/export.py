@@ -231,9 +231,10 @@ def preview(
         raise ExportError("the recorded feed has no picture to show")
     t = float(shown.time or 0.0)
     img = _burned(shown, notes.at(track["start"] + t), boxes, size)
-    for box in boxes:
-        x, y, w, h = box.box(*size)
-        cv2.rectangle(img, (x, y), (x + w - 1, y + h - 1), (0, 0, 255), 2)
+    x0, y0, fw, fh = _fit(shown.width, shown.height, size)
+    for box in boxes:  # on the picture, wherever it was fitted
+        x, y, w, h = box.box(fw, fh)
+        cv2.rectangle(img, (x0 + x, y0 + y), (x0 + x + w - 1, y0 + y + h - 1), (0, 0, 255), 2)
     if not cv2.imwrite(str(out), img):
         raise ExportError(f"could not write {out}")
     return {"out": str(out), "feed": track["feed"], "time": round(t, 3), "size": list(size)}
@@ -357,29 +358,32 @@ def _voices(folder: Path, manifest: dict[str, Any], track: dict[str, Any]) -> li
     ]
 
 
+def _fit(width: int, height: int, size: tuple[int, int]) -> tuple[int, int, int, int]:
+    """Where a picture of this size goes in the export's (x, y, w, h): scaled, shape kept."""
+    scale = min(size[0] / width, size[1] / height)
+    fw, fh = max(2, round(width * scale)), max(2, round(height * scale))
+    return (size[0] - fw) // 2, (size[1] - fh) // 2, fw, fh
+
+
 def _burned(
     frame: av.VideoFrame, shown: tuple[Any, ...], masks: list[Mask], size: tuple[int, int]
 ) -> np.ndarray:
     """Return the picture at the export's size (fitted, its shape kept) with the annotations
     shown at its time drawn and the masks blacked, as BGR."""
-    width, height = size
-    img: np.ndarray = frame.to_ndarray(format="bgr24")
-    h, w = img.shape[:2]
-    if (w, h) != (width, height):
-        # A smaller picture (the browser lowered its size) scaled up into the same place.
-        scale = min(width / w, height / h)
-        fw, fh = max(2, round(w * scale)), max(2, round(h * scale))
-        fitted = cv2.resize(img, (fw, fh), interpolation=cv2.INTER_LINEAR)
-        img = np.zeros((height, width, 3), np.uint8)
-        x0, y0 = (width - fw) // 2, (height - fh) // 2
-        img[y0 : y0 + fh, x0 : x0 + fw] = fitted
-        view = img[y0 : y0 + fh, x0 : x0 + fw]
+    picture: np.ndarray = frame.to_ndarray(format="bgr24")
+    x0, y0, fw, fh = _fit(frame.width, frame.height, size)
+    if (fw, fh) == (frame.width, frame.height) and (x0, y0) == (0, 0):
+        img = picture
     else:
-        view = img
+        # A smaller picture (the browser lowered its size) scaled up into the same place.
+        img = np.zeros((size[1], size[0], 3), np.uint8)
+        img[y0 : y0 + fh, x0 : x0 + fw] = cv2.resize(
+            picture, (fw, fh), interpolation=cv2.INTER_LINEAR
+        )
+    view = img[y0 : y0 + fh, x0 : x0 + fw]
     draw(view, *shown)
-    vh, vw = view.shape[:2]
     for m in masks:
-        x, y, mw, mh = m.box(vw, vh)
+        x, y, mw, mh = m.box(fw, fh)
         view[y : y + mh, x : x + mw] = 0
     return np.ascontiguousarray(img, dtype=np.uint8)
 

@@ -206,3 +206,15 @@ def test_export_takes_frames_1_ms_apart_a_new_source_and_a_new_size(tmp_path: Pa
     assert {img.shape for _, img in frames} == {(480, 640, 3)}
     for _, picture in frames:  # the band is black at both sizes; the rest is the picture
         assert picture[:120].mean() < 3 and picture[130:].mean() > 60
+
+
+def test_a_picture_of_another_shape_is_fitted_and_masked_in_its_own_place() -> None:
+    from teleconsult.recording.export import Mask, _burned
+
+    wide = av.VideoFrame.from_ndarray(np.full((180, 320, 3), 200, np.uint8), format="bgr24")
+    img = _burned(wide, ([], []), [Mask.parse("0,0,1,0.25")], (640, 480))
+    assert img.shape == (480, 640, 3)
+    # 16:9 into 4:3: bars above and below, the picture between rows 60 and 420.
+    assert img[:58].max() == 0 and img[422:].max() == 0
+    # The mask covers the top quarter of the picture itself (90 rows), not of the frame.
+    assert img[62:148].max() == 0 and img[155:415].min() > 150
