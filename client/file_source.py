@@ -38,7 +38,6 @@ class FileTrack(MediaStreamTrack):
             raise ValueError(f"no frame of {path} could be decoded")
         self._sent = 0
         self._start: float | None = None
-        self.loops = 0
 
     def _decode(self) -> Iterator[av.VideoFrame]:
         """Every frame of the file, from the start again after the last."""
@@ -55,7 +54,6 @@ class FileTrack(MediaStreamTrack):
                         yield frame
             if not decoded:
                 return
-            self.loops += 1
 
     async def recv(self) -> av.VideoFrame:
         """Return the next frame when its time comes."""
