@@ -106,12 +106,14 @@ class _Station:
         label: str,
         codec: str | None,
         deadline: float | None,
+        consented: bool = False,
     ) -> None:
         self.open_tracks = open_tracks
         self.video_source = video_source
         self.label = label
         self.codec = codec
         self.deadline = deadline
+        self.consented = consented
         self.stream_id: str | None = None
         self.kept = False  # the server still knows our stream
         self.media: MediaClient | None = None
@@ -126,7 +128,9 @@ class _Station:
         try:
             while self.running():
                 published = await self._published(media)
-                if not await _until_lost(client, published.pc, published.id, self.deadline):
+                if not await _until_lost(
+                    client, published.pc, published.id, self.deadline, self.consented
+                ):
                     break  # the signaling connection is gone: make it again
                 if client.stale:
                     # The media path died and the server is late too: the network went.
@@ -181,6 +185,7 @@ async def publish(
     label: str,
     codec: str | None,
     duration: float | None,
+    consented: bool = False,
 ) -> None:
     """Publish until the duration passes, healing every loss of the way by itself.
 
@@ -189,10 +194,11 @@ async def publish(
     (noticed within the server's ping timeout, or at once when this machine's address goes)
     is made again; media whose path was lost is published again under the same stream id,
     so viewers keep their subscription and see a pause. Only a final close (FINAL_CLOSES)
-    ends it; a refusal raises JoinRefused.
+    ends it; a refusal raises JoinRefused. With `consented`, the person who started it said the
+    patient consented to recording, and a moderator's request to record is answered yes.
     """
     deadline = None if duration is None else time.monotonic() + duration
-    station = _Station(open_tracks, video_source, label, codec, deadline)
+    station = _Station(open_tracks, video_source, label, codec, deadline, consented)
     try:
         while station.running():
             client = await connect_again(new_client, deadline)
@@ -207,12 +213,17 @@ async def publish(
 
 
 async def _until_lost(
-    client: SignalingClient, pc: RTCPeerConnection, stream_id: str, deadline: float | None
+    client: SignalingClient,
+    pc: RTCPeerConnection,
+    stream_id: str,
+    deadline: float | None,
+    consented: bool = False,
 ) -> bool:
     """Wait until the media path is lost (True), or the signaling one or the time (False).
 
     The server saying it lost the stream's media counts as lost: this side may not have
-    noticed yet. Events are read as they come, so none pile up over hours.
+    noticed yet. Events are read as they come, so none pile up over hours; a request for
+    the patient's consent is answered as the station was told at its start.
     """
     lost = watch_connection(pc)
     while not lost.is_set():
@@ -224,6 +235,8 @@ async def _until_lost(
             continue
         except ConnectionError:
             return False
+        if event.get("type") == "consent_requested":
+            await client.send({"type": "consent", "confirmed": consented})
         if (
             event.get("type") == "stream_state"
             and event.get("stream_id") == stream_id

@@ -70,6 +70,9 @@ class Members:
                 p.client.push(event)
 
     def _to_moderators(self, event: Event) -> None:
+        self._to_roles(event, Role.MODERATOR)
+
+    def _to_roles(self, event: Event, *roles: Role) -> None:
         for p in self.joined():
-            if p.role is Role.MODERATOR:
+            if p.role in roles:
                 p.client.push(event)

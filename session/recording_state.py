@@ -27,6 +27,7 @@ class Recording:
             "session_id": self.session_id or None,
             "since": self.since if self.active else None,
             "consent": self.consent,
+            "pending": bool(self.pending_by) and not self.active,
         }
 
     def export(self) -> Event:

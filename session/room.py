@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 from .channel import Channel, FeedGeometry, Limits
@@ -262,6 +262,20 @@ class Room(Members):
         self._broadcast({"type": "muted", "participant_id": p.id, "muted": muted, "by": p.id})
         return p
 
+    def set_scale(self, participant_id: str, feed_id: object, spacing: float | None) -> Feed:
+        """Set the millimetres per pixel of one's own video feed (the operator changed the
+        depth); rulers drawn from now on measure with it, those drawn before keep their length."""
+        p = self._self(participant_id)
+        feed = self._feed(feed_id)
+        stream = next((s for s in self.streams.of(p.id) if feed in s.feeds), None)
+        if stream is None or feed.kind != "video":
+            raise SessionError(Code.FORBIDDEN, "only the publisher of a video feed sets its scale")
+        feed = replace(feed, pixel_spacing_mm=spacing)
+        stream.feeds = [feed if f.id == feed.id else f for f in stream.feeds]
+        self.revision += 1
+        self._broadcast({"type": "feed_changed", "feed": feed.describe(), "by": p.id})
+        return feed
+
     def remove(self, actor_id: str, target_id: str, now: float) -> Participant:
         """Remove a participant for the rest of the session."""
         actor = self._require(actor_id, Action.REMOVE)
@@ -466,9 +480,10 @@ class Room(Members):
                     "recording a patient feed needs the operator's confirmation",
                 )
             self.recording.pending_by = actor.id
+            self.revision += 1
+            self._to_consent_parties(actor.id)
             for p in operators:
                 p.client.push({"type": "consent_requested", "by": actor.id})
-            actor.client.push({"type": "recording", **self.recording.describe(), "pending": True})
             return False
         self.recording.pending_by = actor.id
         return True
@@ -485,7 +500,24 @@ class Room(Members):
         self._require(participant_id, Action.CONSENT)
         pending, self.recording.pending_by = self.recording.pending_by, ""
         self.revision += 1
+        if pending:
+            self._to_consent_parties(participant_id)
         return pending
+
+    def cancel_recording(self, actor_id: str) -> bool:
+        """Take back a start that waits for consent; False when none waits."""
+        self._require(actor_id, Action.RECORD)
+        if self.recording.active or not self.recording.pending_by:
+            return False
+        self.recording.pending_by = ""
+        self.revision += 1
+        self._to_consent_parties(actor_id)
+        return True
+
+    def _to_consent_parties(self, by: str) -> None:
+        """Tell the moderators and operators that a start waits for consent, or no longer."""
+        event = {"type": "recording", **self.recording.describe(), "by": by}
+        self._to_roles(event, Role.MODERATOR, Role.OPERATOR)
 
     def recording_started(self, session_id: str, now: float) -> None:
         """Tell everyone the session is now recorded."""

@@ -196,6 +196,13 @@ async def on_set_muted(conn: Conn, msg: m.SetMuted) -> None:
     conn.media.mute(me.id, "audio", msg.muted)
 
 
+async def on_set_scale(conn: Conn, msg: m.SetScale) -> None:
+    """Set the scale of one's own video feed (the operator changed the depth)."""
+    room, me = conn.room, conn.participant
+    assert room is not None and me is not None
+    room.set_scale(me.id, msg.feed, msg.pixel_spacing_mm)
+
+
 async def on_remove(conn: Conn, msg: m.Remove) -> None:
     """Remove a participant for the rest of the session (moderator)."""
     room, me = conn.room, conn.participant
@@ -282,6 +289,9 @@ async def on_record(conn: Conn, msg: m.Record) -> None:
     assert room is not None and me is not None
     hub = conn.hub
     if msg.action == "stop":
+        if room.cancel_recording(me.id):
+            conn.audit("record_start", "cancelled")
+            return
         hub.recordings.stop(room, me.id)
         conn.audit("record_stop", code=room.recording.session_id)
         return
@@ -326,6 +336,7 @@ HANDLERS: dict[str, Handler] = {
     "set_role": on_set_role,
     "mute": on_mute,
     "set_muted": on_set_muted,
+    "set_scale": on_set_scale,
     "remove": on_remove,
     "admit": on_admit,
     "deny": on_deny,

@@ -86,6 +86,14 @@ class SetMuted(Message):
     muted: bool
 
 
+class SetScale(Message):
+    """Set the millimetres per pixel of one's own video feed (null: not known)."""
+
+    type: Literal["set_scale"]
+    feed: Annotated[str, Field(min_length=1, max_length=64)]
+    pixel_spacing_mm: Annotated[float, Field(strict=False, gt=0, le=100)] | None
+
+
 class Remove(Message):
     """Moderator: remove a participant for the rest of the session."""
 
@@ -255,6 +263,7 @@ MODELS: dict[str, type[Message]] = {
     "set_role": SetRole,
     "mute": Mute,
     "set_muted": SetMuted,
+    "set_scale": SetScale,
     "remove": Remove,
     "admit": Admit,
     "deny": Deny,

@@ -179,6 +179,12 @@ def _media_commands(sub: Commands) -> None:
     pub.add_argument("--codec", choices=["VP8", "H264"], help="video codec (default: VP8)")
     pub.add_argument("--size", default="1280x720")
     pub.add_argument("--fps", type=float, default=30.0)
+    pub.add_argument(
+        "--patient-consented",
+        action="store_true",
+        help="the patient consented to recording: answer a moderator's request to record yes "
+        "(without it, the request is declined: nobody is at this station to answer)",
+    )
     sub.choices["subscribe"].add_argument(
         "--stats", action="store_true", help="print statistics every second"
     )
@@ -457,6 +463,7 @@ def _publish(args: argparse.Namespace) -> int:
                 args.label,
                 args.codec,
                 args.duration,
+                args.patient_consented,
             )
         )
     except JoinRefused as e:

@@ -289,3 +289,32 @@ def test_slow_reader_gets_the_latest_pointer_and_every_operation(tmp_path: Path)
     assert isinstance(queued[0], _PointerSlot)
     assert conn.pointers["a"]["points"] == [[0.99, 0]]  # only the newest is sent
     assert [x["seq"] for x in queued if isinstance(x, dict)] == [0, 40, 80]
+
+
+async def test_the_publisher_sets_a_feeds_scale_and_later_rulers_use_it(
+    room: tuple[Server, SignalingClient, str],
+) -> None:
+    server, op, feed = room
+    ex = await server.join(role=Role.EXPERT, identity="ex")
+    await ex.send(annotation("ruler", "before", feed, [[0.0, 0.0], [0.0, 1.0]]))
+    assert (await ops_until(op, 1))[0]["length"]["unit"] == "frame"  # no size was declared
+    # Only the feed's publisher sets its scale, on a video feed that exists, to a sane value.
+    for who, message, code in (
+        (ex, {"feed": feed, "pixel_spacing_mm": 0.1}, "forbidden"),
+        (op, {"feed": "s-nope.0", "pixel_spacing_mm": 0.1}, "no_such_feed"),
+        (op, {"feed": feed, "pixel_spacing_mm": 0}, "invalid_field"),
+        (op, {"feed": feed, "pixel_spacing_mm": 1000}, "invalid_field"),
+        (op, {"feed": feed, "pixel_spacing_mm": "deep"}, "invalid_field"),
+    ):
+        with pytest.raises(RequestFailed) as e:
+            await who.request({"type": "set_scale", **message})
+        assert e.value.code == code, message
+    await op.send({"type": "set_scale", "feed": feed, "pixel_spacing_mm": 0.25})
+    changed = await ex.wait_for("feed_changed", timeout=5)
+    assert changed["feed"]["id"] == feed and changed["feed"]["pixel_spacing_mm"] == 0.25
+    late = await server.join(role=Role.AUDIENCE, identity="late")
+    (described,) = late.welcome["streams"][0]["feeds"]
+    assert described["pixel_spacing_mm"] == 0.25  # the room keeps it for whoever comes
+    await op.send({"type": "set_scale", "feed": feed, "pixel_spacing_mm": None})
+    assert (await ex.wait_for("feed_changed", timeout=5))["feed"].get("pixel_spacing_mm") is None
+    assert server.room().channel.seq == 1  # a scale is not an operation of the channel

@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -184,3 +185,45 @@ def test_cluster_commands_say_when_redis_is_out_of_reach() -> None:
         )
         assert out.returncode == 2 and "cannot reach Redis" in out.stderr, out.stderr
         assert "Traceback" not in out.stderr
+
+
+def test_the_run_script_keeps_its_join_links_on_screen(tmp_path: Path) -> None:
+    """`./scripts/run` prints the links and nothing after them: the server's log goes to a file."""
+    sock = free_socket()
+    port = sock.getsockname()[1]
+    sock.close()
+    log = tmp_path / "server.log"
+    env = {**os.environ, "TELECONSULT_PORT": str(port), "TELECONSULT_LOG": str(log)}
+    env["TELECONSULT_DEMO_FEED"] = "0"
+    script = Path(__file__).resolve().parents[1] / "scripts" / "run"
+    proc = subprocess.Popen(
+        [str(script), "--data-dir", str(tmp_path / "data"), "--turn-port", "0"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=env,
+        start_new_session=True,  # stopped below as a group: the script and its server
+    )
+    lines: list[str] = []
+    try:
+        assert proc.stdout is not None
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and not any("Ctrl+C" in x for x in lines):
+            line = proc.stdout.readline()
+            if not line:
+                break
+            lines.append(line)
+        assert any("Ctrl+C" in x for x in lines), lines
+        for path in ("/healthz", "/room/demo"):
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as r:
+                assert r.status == 200
+        time.sleep(0.5)
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(15)
+    rest = proc.stdout.read() if proc.stdout else ""
+    proc.stdout.close() if proc.stdout else None
+    shown = "".join(lines) + rest
+    assert len(re.findall(r"#token=", shown)) == 4
+    assert "GET /" not in shown and "uvicorn" not in shown, shown
+    assert "GET /room/demo" in log.read_text()

@@ -193,3 +193,36 @@ def test_publish_file_sends_its_frames_looped(relay: int, tmp_path: Path, suffix
         )
         assert refused.returncode == 2 and says in refused.stderr, refused.stderr
         assert "Traceback" not in refused.stderr
+
+
+@pytest.mark.parametrize("consented", [True, False])
+async def test_a_station_answers_the_request_to_record_as_it_was_started(
+    relay: int, tmp_path: Path, consented: bool
+) -> None:
+    """Nobody sits at a CLI station: it answers from its `--patient-consented` flag."""
+    flag = ["--patient-consented"] if consented else []
+    args = [*cli_args(relay, tmp_path), "--synthetic", "--size", "320x240", "--duration", "20"]
+    publisher = await asyncio.create_subprocess_exec(
+        TELECONSULT, "publish", *args, *flag, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL
+    )
+    token = mint(SECRET, "cli", Role.MODERATOR, "Moderator", 600, "mod")
+    mod = SignalingClient(f"ws://127.0.0.1:{relay}/ws", token, "cli")
+    try:
+        assert publisher.stdout is not None
+        assert b'"published"' in await asyncio.wait_for(publisher.stdout.readline(), 30)
+        await mod.connect()
+        await mod.send({"type": "record", "action": "start"})
+        assert (await mod.wait_for("recording", timeout=5))["pending"] is True
+        if consented:
+            started = await mod.wait_for("recording", timeout=10, where=lambda e: e["active"])
+            assert started["consent"]["identity"]
+            await mod.send({"type": "record", "action": "stop"})
+            await mod.wait_for("recording", timeout=10, where=lambda e: not e["active"])
+        else:
+            over = await mod.wait_for("recording", timeout=10)
+            assert not over["pending"] and not over["active"]
+            await mod.wait_for("consent_declined", timeout=5)
+    finally:
+        await mod.close()
+        publisher.terminate()
+        await asyncio.wait_for(publisher.wait(), 10)

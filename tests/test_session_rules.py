@@ -296,6 +296,31 @@ def test_only_the_operator_answers_on_consent() -> None:
     room.recording.consent = None
     assert room.start_recording(mod, 4.0) is False
     assert room.decline_consent(op) == mod and room.recording.pending_by == ""
+    assert op_inbox.events[-1] == {"type": "recording", **room.recording.describe(), "by": op}
+
+
+def test_a_start_waiting_for_consent_is_taken_back_by_the_moderator() -> None:
+    from teleconsult.session.streams import Feed, Stream
+
+    room = Room("r", RoomConfig(), 0.0)
+    op, op_inbox = join(room, "op", Role.OPERATOR)
+    mod, mod_inbox = join(room, "mod", Role.MODERATOR)
+    ex, ex_inbox = join(room, "ex", Role.EXPERT)
+    room.add_stream(Stream("s1", op, [Feed("s1.0", "0", "video", Source.PROBE, "", "VP8")]))
+    assert room.cancel_recording(mod) is False  # nothing waits
+    assert room.start_recording(mod, 1.0) is False
+    assert mod_inbox.events[-1]["pending"] is True
+    with pytest.raises(SessionError) as e:
+        room.cancel_recording(ex)
+    assert e.value.code is Code.FORBIDDEN
+    assert room.cancel_recording(mod) is True
+    assert room.recording.pending_by == "" and not room.recording.active
+    # The moderators and the operators (whose question is over) are told; nobody else.
+    for inbox in (mod_inbox, op_inbox):
+        assert inbox.events[-1]["type"] == "recording" and inbox.events[-1]["pending"] is False
+    assert "recording" not in ex_inbox.types()
+    # The operator's late yes then starts nothing.
+    assert room.give_consent(op, 2.0) is False
 
 
 ROW_ACTIONS = {

@@ -108,3 +108,12 @@ async def chromium_filming(clip: Path) -> AsyncIterator[Browser]:
             yield browser
         finally:
             await browser.close()
+
+
+@pytest.fixture
+async def chromium(tmp_path: Path) -> AsyncIterator[Browser]:
+    """A real Chromium whose camera films the synthetic ultrasound clip."""
+    clip = tmp_path / "probe.y4m"
+    write_y4m(clip)
+    async with chromium_filming(clip) as browser:
+        yield browser

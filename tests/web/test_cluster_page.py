@@ -19,9 +19,8 @@ from ..media_util import PatternTrack
 from ..redis_server import RedisServer
 from ..test_cluster import node
 from .conftest import LOOPBACK_ONLY
-from .test_pages import chromium, record_states, shot
-
-__all__ = ["chromium"]
+from .pages import shot
+from .test_pages import record_states
 
 
 async def frames(page: object) -> int:

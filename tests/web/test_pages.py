@@ -6,7 +6,6 @@ import json
 import re
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from pathlib import Path
 
 import pytest
 from playwright.async_api import Browser, Page, expect
@@ -16,28 +15,8 @@ from teleconsult.session.roles import Role
 from teleconsult.signaling.http_api import join_url
 
 from ..conftest import Server, annotation
-from .conftest import LOOPBACK_ONLY, chromium_filming, write_y4m
-
-ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts" / "web"
-
-
-@pytest.fixture
-async def chromium(tmp_path: Path) -> AsyncIterator[Browser]:
-    clip = tmp_path / "probe.y4m"
-    write_y4m(clip)
-    async with chromium_filming(clip) as browser:
-        yield browser
-
-
-async def open_page(browser: Browser, server: Server, role: Role, identity: str, name: str) -> Page:
-    context = await browser.new_context(viewport={"width": 1024, "height": 768}, locale="en-US")
-    await context.add_init_script(LOOPBACK_ONLY)
-    page = await context.new_page()
-    await page.goto(
-        join_url(server.http, "r1", server.token(role=role, identity=identity, name=name))
-    )
-    await expect(page.locator("#state")).to_have_attribute("data-state", "joined")
-    return page
+from .conftest import LOOPBACK_ONLY
+from .pages import open_page, shot
 
 
 async def record_states(page: Page) -> None:
@@ -52,11 +31,6 @@ async def record_states(page: Page) -> None:
                  !document.getElementById("banner").hidden]))
                .observe(document.getElementById("state"), { attributes: true }); }"""
     )
-
-
-async def shot(page: Page, name: str) -> None:
-    ARTIFACTS.mkdir(parents=True, exist_ok=True)
-    await page.screenshot(path=str(ARTIFACTS / f"{name}.png"))
 
 
 async def rising(page: Page, attribute: str, above: int) -> None:
@@ -152,7 +126,7 @@ async def test_a_consultation_across_the_four_pages(server: Server, chromium: Br
         await shot(page, name)
     trainee = mod.locator('#participants li[data-role="audience"]', has_text="Trainee")
     await trainee.locator('button[data-action="mod.remove"]').click()
-    await expect(aud.locator("#problem")).to_contain_text("removed")
+    await expect(aud.locator("#ended")).to_contain_text("removed")
     await expect(
         mod.locator('#participants li[data-role="audience"]', has_text="Trainee")
     ).to_have_count(0)

@@ -38,14 +38,14 @@ async def test_join_link_shows_presence_live(server: Server, browser: Browser) -
     await page.click("#leave")
     me = await op.wait_for("left", where=lambda e: e["reason"] != "disconnected")
     assert me["reason"] == "left"
-    await expect(page.locator("#problem")).to_contain_text("You left")
+    await expect(page.locator("#ended")).to_contain_text("You left")
 
 
 async def test_expired_link_says_what_to_do(server: Server, browser: Browser) -> None:
     page = await browser.new_page()
     token = mint(SECRET, "r1", Role.EXPERT, "Late", 60, "late", now=time.time() - 120)
     await page.goto(join_url(server.http, "r1", token))
-    await expect(page.locator("#problem")).to_contain_text("expired")
+    await expect(page.locator("#ended")).to_contain_text("expired")
     await expect(page.locator("#state")).to_have_attribute("data-state", "closed")
     room = server.hub.rooms.get("r1")
     assert room is None or not room.participants

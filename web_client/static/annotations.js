@@ -168,6 +168,16 @@ export class Overlay {
   }
 }
 
+/**
+ * A ruler's length with its unit: millimetres when the feed's scale is known, else pixels of the
+ * picture, else a share of the picture's diagonal. @param {{value: number, unit: string} | undefined} length
+ */
+export function rulerText(length) {
+  if (!length) return "";
+  if (length.unit === "frame") return t("ruler.frame", { pct: Math.round(length.value * 100) });
+  return t(`ruler.${length.unit === "mm" ? "mm" : "px"}`, { value: length.value });
+}
+
 /** @param {number} v */
 function round(v) {
   return Math.round(v * 10000) / 10000;
@@ -201,7 +211,7 @@ export function draw(shape, box) {
     const [[x0, y0], [x1, y1]] = pts;
     g.append(el("line", { x1: x0, y1: y0, x2: x1, y2: y1, "stroke-dasharray": "6 4" }));
     const label = el("text", { x: (x0 + x1) / 2 + 6, y: (y0 + y1) / 2 - 6, fill: color, stroke: "none" });
-    label.textContent = shape.length ? `${shape.length.value} ${shape.length.unit === "frame" ? "" : shape.length.unit}`.trim() : "";
+    label.textContent = rulerText(shape.length);
     g.append(label);
   } else if (shape.op === "ellipse") {
     const [[x0, y0], [x1, y1]] = pts;

@@ -21,7 +21,8 @@ export function mountChat(session) {
     }));
     list.scrollTop = list.scrollHeight;
     const raised = session.channel.hands.has(session.me);
-    hand.textContent = t(raised ? "hand.lower" : "hand.raise");
+    hand.dataset.i18n = raised ? "hand.lower" : "hand.raise"; // kept when the page is translated
+    hand.textContent = t(hand.dataset.i18n);
     hand.setAttribute("aria-pressed", String(raised));
   };
   session.channel.addEventListener("change", render);

@@ -11,9 +11,13 @@ export function mountPeople(session) {
   const list = /** @type {HTMLElement} */ (document.getElementById("participants"));
   const waitingBox = /** @type {HTMLElement} */ (document.getElementById("waiting"));
   const waitingList = /** @type {HTMLElement} */ (document.getElementById("waiting-list"));
+  const moderation = /** @type {HTMLElement} */ (document.getElementById("moderation"));
   const end = /** @type {HTMLButtonElement} */ (document.getElementById("end"));
   const record = /** @type {HTMLButtonElement} */ (document.getElementById("record"));
+  const recordWait = /** @type {HTMLElement} */ (document.getElementById("record-wait"));
   let recording = false;
+  // A start waiting for the operator's answer on the patient's consent.
+  let pending = false;
   /** @type {Map<string, any>} */
   const waiting = new Map();
 
@@ -36,6 +40,7 @@ export function mountPeople(session) {
       name.textContent = p.name + (p.id === session.me ? ` (${t("you")})` : "") + (p.muted ? ` · ${t("muted")}` : "");
       const role = document.createElement("span");
       role.className = "role";
+      role.dataset.i18n = `role.${p.role}`;
       role.textContent = t(`role.${p.role}`);
       li.append(name, role);
       if (session.channel.hands.has(p.id)) {
@@ -44,7 +49,8 @@ export function mountPeople(session) {
         hand.textContent = `✋ ${t("hand.raised")}`;
         li.append(hand);
       }
-      if (moderator && p.id !== session.me) {
+      // The recorder is the server's own participant: nothing to mute, grant or remove.
+      if (moderator && p.id !== session.me && p.role !== "recorder") {
         const controls = document.createElement("div");
         controls.className = "controls";
         const select = document.createElement("select");
@@ -71,10 +77,11 @@ export function mountPeople(session) {
         button("mod.deny", () => session.send({ type: "deny", participant: p.id })));
       return li;
     }));
-    end.hidden = !moderator;
-    record.hidden = !moderator;
-    record.textContent = t(recording ? "mod.record_stop" : "mod.record");
-    record.setAttribute("aria-pressed", String(recording));
+    moderation.hidden = !moderator;
+    record.dataset.i18n = recording ? "mod.record_stop" : pending ? "mod.record_cancel" : "mod.record";
+    record.textContent = t(record.dataset.i18n);
+    record.setAttribute("aria-pressed", String(recording || pending));
+    recordWait.hidden = !pending;
   };
 
   session.addEventListener("message", (ev) => {
@@ -83,12 +90,17 @@ export function mountPeople(session) {
     if (msg.type === "knock") waiting.set(msg.participant.id, msg.participant);
     if (msg.type === "joined" || msg.type === "left") waiting.delete(msg.participant ? msg.participant.id : msg.participant_id);
     if (msg.type === "welcome" && msg.recording) recording = msg.recording.active;
-    if (msg.type === "recording") recording = msg.active;
+    if (msg.type === "recording") {
+      recording = msg.active;
+      pending = !msg.active && Boolean(msg.pending);
+    }
+    if (msg.type === "consent_declined") pending = false;
     render();
   });
   session.addEventListener("state", render);
   session.channel.addEventListener("change", render);
-  record.addEventListener("click", () => session.send({ type: "record", action: recording ? "stop" : "start" }));
+  // Stop also takes back a start that waits for consent.
+  record.addEventListener("click", () => session.send({ type: "record", action: recording || pending ? "stop" : "start" }));
   end.addEventListener("click", () => {
     if (confirm(t("mod.end_confirm"))) session.send({ type: "end_room" });
   });

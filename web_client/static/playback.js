@@ -4,12 +4,13 @@
 import { Overlay } from "./annotations.js";
 import { ChannelState } from "./channel.js";
 import { LANGUAGES, pickLanguage, setLanguage, t } from "./i18n.js";
+import { tabToken } from "./tab.js";
 
 const $ = (/** @type {string} */ id) => /** @type {HTMLElement} */ (document.getElementById(id));
 const room = decodeURIComponent(location.pathname.split("/").filter(Boolean).pop() || "");
+// Kept for this tab only, so that a reload keeps the library open; never in the address bar.
+const token = tabToken();
 const params = new URLSearchParams(location.hash.slice(1));
-const token = params.get("token") || "";
-history.replaceState(null, "", location.pathname + (params.get("session") ? `#session=${params.get("session")}` : ""));
 
 await setLanguage(pickLanguage());
 const lang = /** @type {HTMLSelectElement} */ ($("lang"));

@@ -50,7 +50,8 @@ export const SEND_POLICY = {
  * @typedef {{type: string, [key: string]: any}} Message
  * @typedef {{id: string, identity: string, name: string, role: string, muted: boolean,
  *            joined_at: number, may_annotate?: boolean, floor?: boolean, connected?: boolean}} ParticipantInfo
- * @typedef {{track: MediaStreamTrack, source: string, label?: string}} Feed
+ * @typedef {{track: MediaStreamTrack, source: string, label?: string, pixelSpacingMm?: number | null}} Feed
+ *   pixelSpacingMm: millimetres per pixel of a video picture at its full size, for rulers
  * @typedef {{videoCodec?: string, h264Profile?: string, simulcast?: boolean}} PublishOptions
  * @typedef {{id: string, pc: RTCPeerConnection, feeds: Map<MediaStreamTrack, string>}} Publication
  * @typedef {{id: string, of: string, pc: RTCPeerConnection, tracks: Map<string, MediaStreamTrack>}} Subscription
@@ -90,6 +91,20 @@ async function keep(sender, preference) {
   } catch (err) {
     console.warn("cannot set the degradation preference", err); // the browser's default applies
   }
+}
+
+/**
+ * A video feed's size and scale, so that rulers on it measure in pixels or millimetres.
+ * @param {Feed} feed
+ */
+function geometry(feed) {
+  if (feed.track.kind !== "video") return {};
+  const { width, height } = feed.track.getSettings();
+  /** @type {{width?: number, height?: number, pixel_spacing_mm?: number}} */
+  const out = {};
+  if (width && height) Object.assign(out, { width: Math.round(width), height: Math.round(height) });
+  if (feed.pixelSpacingMm) out.pixel_spacing_mm = feed.pixelSpacingMm;
+  return out;
 }
 
 /** Whether a peer connection's media path is gone. @param {RTCPeerConnection} pc */
@@ -547,7 +562,7 @@ export class Session extends EventTarget {
       const msg = {
         type: "publish",
         sdp: /** @type {RTCSessionDescription} */ (pc.localDescription).sdp,
-        feeds: added.map((a) => ({ mid: a.transceiver.mid, source: a.source, label: a.label || "" })),
+        feeds: added.map((a) => ({ mid: a.transceiver.mid, source: a.source, label: a.label || "", ...geometry(a) })),
       };
       if (streamId) msg.stream = streamId;
       const reply = await this.request(msg);

@@ -6,16 +6,18 @@ import { mountConnections } from "./connections.js";
 import { Stage } from "./feeds.js";
 import { LANGUAGES, pickLanguage, setLanguage, t, translate } from "./i18n.js";
 import { Devices } from "./operator.js";
+import { Notices, mountPresence } from "./notices.js";
 import { mountPeople } from "./people.js";
 import { Session } from "./protocol.js";
+import { followPastedLinks, tabToken } from "./tab.js";
 import { TalkBack, Toolbar, watchHealth } from "./tools.js";
 
 const $ = (/** @type {string} */ id) => /** @type {HTMLElement} */ (document.getElementById(id));
 
 const room = decodeURIComponent(location.pathname.split("/").filter(Boolean).pop() || "");
-const params = new URLSearchParams(location.hash.slice(1) || location.search.slice(1));
-const token = params.get("token") || "";
-history.replaceState(null, "", location.pathname); // keep the token out of the address bar and history
+// Kept for this tab only, so that a reload stays in the session; never in the address bar.
+const token = tabToken();
+followPastedLinks();
 
 await setLanguage(pickLanguage());
 const lang = /** @type {HTMLSelectElement} */ ($("lang"));
@@ -29,20 +31,40 @@ const stage = new Stage(session, $("feeds"));
 let devices = null;
 /** @type {TalkBack | null} */
 let talk = null;
-let problemKey = "";
+let endedKey = "";
+const notices = new Notices($("notices"));
+const presence = mountPresence(session, notices, $("nofeeds"));
 
-/** @param {string} key a locale key */
-function showProblem(key) {
-  problemKey = key;
-  $("problem").textContent = t(key);
-  $("problem").hidden = false;
+/**
+ * The session is over for this page: say why, stop every camera and microphone and show nothing
+ * of the room any more (a reconnect is not an end: the session makes again what the network
+ * took). @param {string} key a locale key @param {boolean} [rejoin] whether joining again may work
+ */
+function end(key, rejoin = false) {
+  if (endedKey) return;
+  endedKey = key;
+  stage.dropAll();
+  devices?.reset(!rejoin);
+  talk?.reset();
+  notices.clearAll();
+  $("problem").hidden = true;
+  $("main").hidden = true;
+  $("consent").hidden = true;
+  $("leave").hidden = true;
+  $("banner").hidden = true;
+  $("rejoin").hidden = !rejoin;
+  $("ended-title").textContent = t(key);
+  $("ended").hidden = false;
+  document.body.dataset.ended = key;
 }
 
 function refresh() {
   translate(document);
   $("state").textContent = t(`state.${session.state}`);
-  if (problemKey) $("problem").textContent = t(problemKey);
+  if (endedKey) $("ended-title").textContent = t(endedKey);
   $("watching").textContent = t("watching", { count: Math.max(0, session.participants.size - 1) });
+  notices.translate();
+  presence.render();
 }
 
 session.addEventListener("state", (ev) => {
@@ -50,14 +72,23 @@ session.addEventListener("state", (ev) => {
   $("state").dataset.state = state;
   $("state").textContent = t(`state.${state}`);
   $("banner").hidden = state !== "reconnecting";
-  $("main").hidden = state !== "joined" && state !== "reconnecting";
-  if (state === "closed") {
-    // The session is over: what it received and published ended with it. A reconnect keeps
-    // both; the session makes again whatever the network took (protocol.js).
-    stage.dropAll();
-    devices?.reset();
-    talk?.reset();
-  }
+  $("main").hidden = Boolean(endedKey) || (state !== "joined" && state !== "reconnecting");
+});
+
+// Why a joined session ended, by the server's close code (docs/protocol.md, "Close codes").
+/** @type {Record<number, [string, boolean]>} */
+const ENDINGS = {
+  4001: ["problem.token_revoked", false],
+  4005: ["problem.left", true],
+  4009: ["problem.removed", false],
+  4010: ["problem.replaced", true],
+  4011: ["problem.room_ended", false],
+  4012: ["problem.denied", false],
+};
+session.addEventListener("closed", (ev) => {
+  const { code } = /** @type {CustomEvent} */ (ev).detail;
+  const [key, rejoin] = ENDINGS[code] || ["problem.connection_failed", true];
+  end(key, rejoin);
 });
 
 session.addEventListener("message", (ev) => {
@@ -70,22 +101,27 @@ session.addEventListener("message", (ev) => {
   if (msg.type === "stream_added") stage.receive(msg.stream);
   if (msg.type === "stream_removed") stage.drop(msg.stream_id);
   if (msg.type === "stream_state") stage.mark(msg.stream_id, msg.state);
-  if (msg.type === "room_ended") showProblem("problem.room_ended");
-  if (msg.type === "removed") showProblem("problem.removed");
-  if (msg.type === "denied") showProblem("problem.denied");
-  if (msg.type === "role_changed" && msg.participant_id === session.me) setUpRole();
+  if (msg.type === "room_ended") end("problem.room_ended");
+  if (msg.type === "removed") end("problem.removed");
+  if (msg.type === "denied") end("problem.denied");
+  if (msg.type === "role_changed" && msg.participant_id === session.me) {
+    setUpRole();
+    notices.show("role", "notice.role", { role: t(`role.${msg.role}`) });
+  }
+  if (msg.type === "granted" && msg.participant_id === session.me) setUpRole();
   if ((msg.type === "welcome" || msg.type === "admitted") && msg.recording) $("recording").hidden = !msg.recording.active;
-  if (msg.type === "recording") $("recording").hidden = !msg.active;
+  if (msg.type === "recording") {
+    $("recording").hidden = !msg.active;
+    // Answered, taken back or declined: the question is over.
+    if (!msg.pending) $("consent").hidden = true;
+  }
   if (msg.type === "consent_requested") $("consent").hidden = false;
   refresh();
 });
 
-let roleReady = "";
-/** Show what this participant's role uses; once per role. */
+/** Show what this participant's role (and the moderator's grants) let it use. */
 function setUpRole() {
   const role = session.role;
-  if (role === roleReady) return;
-  roleReady = role;
   document.body.dataset.role = role;
   const publishes = role === "operator";
   $("operator").hidden = !publishes;
@@ -98,7 +134,9 @@ function setUpRole() {
     $("refresh").addEventListener("click", () => devices?.build());
   }
   $("links").hidden = role !== "moderator";
-  const talks = role === "expert" || role === "moderator";
+  const floor = Boolean(session.participants.get(session.me)?.floor);
+  const talks = role === "expert" || role === "moderator" || floor;
+  if (!talks && talk?.on()) talk.set(false);
   $("talk").hidden = !talks;
   if (talks && !talk) talk = new TalkBack(session);
 }
@@ -119,14 +157,12 @@ for (const [id, confirmed] of /** @type {[string, boolean][]} */ ([["consent-yes
 }
 $("leave").addEventListener("click", () => {
   session.leave();
-  showProblem("problem.left");
+  end("problem.left", true);
+  devices?.reset(true); // joining again starts no camera by itself
 });
+$("rejoin").addEventListener("click", () => location.reload());
 
 session.connect().catch((/** @type {{code: string, message: string}} */ err) => {
   const key = `problem.${err.code}`;
-  if (t(key) !== key) showProblem(key);
-  else {
-    $("problem").textContent = err.message;
-    $("problem").hidden = false;
-  }
+  end(t(key) !== key ? key : "problem.connection_failed", err.code === "connection_failed");
 });

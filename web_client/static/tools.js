@@ -91,7 +91,14 @@ function isTyping(ev) {
   return Boolean(target && (target.tagName === "INPUT" || target.tagName === "TEXTAREA" || target.tagName === "SELECT"));
 }
 
-/** Talk-back: the microphone as its own stream, muted by default, with push-to-talk on Space. */
+// A press on the talk button longer than this is push-to-talk (released, the microphone goes
+// off); a shorter one is a tap that switches it on or off.
+const HOLD_MS = 300;
+
+/**
+ * Talk-back: the microphone as its own stream, muted by default; push-to-talk by holding Space
+ * (a USB foot pedal sends a key) or the button itself (a touch screen, a gloved hand).
+ */
 export class TalkBack {
   /** @param {Session} session */
   constructor(session) {
@@ -99,8 +106,25 @@ export class TalkBack {
     /** @type {MediaStreamTrack | null} */
     this.track = null;
     this.stream = "";
+    this.ptt = false;
+    /** @type {ReturnType<typeof setTimeout> | null} a press not yet long enough to be a hold */
+    this.press = null;
+    this.swallowClick = false;
     this.button = /** @type {HTMLButtonElement} */ (document.getElementById("talk-button"));
-    this.button.addEventListener("click", () => this.set(!this.on()));
+    this.button.addEventListener("click", () => {
+      if (this.swallowClick) this.swallowClick = false;
+      else this.set(!this.on());
+    });
+    this.button.addEventListener("pointerdown", () => {
+      if (this.on()) return;
+      this.press = setTimeout(() => {
+        this.press = null;
+        this.ptt = true;
+        this.set(true);
+      }, HOLD_MS);
+    });
+    for (const name of ["pointerup", "pointercancel", "pointerleave"]) this.button.addEventListener(name, () => this._release(name === "pointerup"));
+    this.button.addEventListener("contextmenu", (ev) => ev.preventDefault()); // a long touch is a hold, not a menu
     document.addEventListener("keydown", (ev) => {
       if (ev.code === "Space" && !ev.repeat && !isTyping(ev) && !this.on()) {
         ev.preventDefault();
@@ -114,12 +138,23 @@ export class TalkBack {
         this.set(false);
       }
     });
-    this.ptt = false;
     // Published again under a new id (the room had dropped it while the network was away).
     session.addEventListener("published", (ev) => {
       const p = /** @type {CustomEvent} */ (ev).detail;
       if (p.previous === this.stream) this.stream = p.id;
     });
+  }
+
+  /** A press on the button ended. @param {boolean} clicks whether a click event follows */
+  _release(clicks) {
+    if (this.press) {
+      clearTimeout(this.press);
+      this.press = null;
+    } else if (this.ptt) {
+      this.ptt = false;
+      this.swallowClick = clicks;
+      this.set(false);
+    }
   }
 
   on() {
@@ -135,13 +170,21 @@ export class TalkBack {
         const published = await this.session.publish([{ track: this.track, source: "microphone", label: "" }]);
         this.stream = published.id;
       } catch {
+        this.track?.stop();
         this.track = null;
         return;
       }
     }
     if (this.track) this.track.enabled = on;
     this.session.send({ type: "set_muted", muted: !on });
-    this.button.textContent = t(on ? "talk.on" : "talk.off");
+    this._show(on);
+  }
+
+  /** @param {boolean} on */
+  _show(on) {
+    // The key stays on the element, so that translating the page keeps the state it shows.
+    this.button.dataset.i18n = on ? "talk.on" : "talk.off";
+    this.button.textContent = t(this.button.dataset.i18n);
     this.button.setAttribute("aria-pressed", String(on));
   }
 
@@ -149,8 +192,7 @@ export class TalkBack {
   reset() {
     if (this.track) this.track.stop();
     this.track = null;
-    this.button.textContent = t("talk.off");
-    this.button.setAttribute("aria-pressed", "false");
+    this._show(false);
   }
 }
 
