@@ -30,6 +30,8 @@ export class Overlay {
     this.enabled = false;
     /** RTP timestamp of the frame on screen, from requestVideoFrameCallback. */
     this.mediaTs = /** @type {number | undefined} */ (undefined);
+    /** RTP timestamp of a frame held still on screen (freeze-frame): what drawings name. */
+    this.frozenTs = /** @type {number | undefined} */ (undefined);
     /** @type {{points: number[][], el: SVGElement} | null} */
     this.drag = null;
     this.lastPointer = 0;
@@ -134,7 +136,7 @@ export class Overlay {
         const now = performance.now();
         if (now - this.lastPointer >= 1000 / 60) {
           this.lastPointer = now;
-          this.session.point(this.feed, [p], this.mediaTs);
+          this.session.point(this.feed, [p], this.frozenTs ?? this.mediaTs);
         }
         return;
       }
@@ -163,7 +165,8 @@ export class Overlay {
   _send(op) {
     /** @type {any} */
     const msg = { ...op, feed: this.feed, style: { color: this.color, width: 3 } };
-    if (this.mediaTs !== undefined) msg.media_ts = this.mediaTs;
+    const ts = this.frozenTs ?? this.mediaTs;
+    if (ts !== undefined) msg.media_ts = ts;
     this.session.annotate(msg).catch(() => {});
   }
 }

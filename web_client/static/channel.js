@@ -9,6 +9,9 @@
  * @typedef {{type: string, author: string, feed?: string, points: number[][], server_ts?: number}} Pointer
  */
 
+/** What a "change" event carries when only pointers moved. */
+export const POINTER = Object.freeze({ op: "pointer" });
+
 /** Live annotations, pointers, chat and raised hands, kept in sequence order. */
 export class ChannelState extends EventTarget {
   constructor() {
@@ -73,12 +76,12 @@ export class ChannelState extends EventTarget {
   point(pointer) {
     if (pointer.points.length) this.pointers.set(pointer.author, pointer);
     else this.pointers.delete(pointer.author);
-    this._changed();
+    this._changed(POINTER);
   }
 
   /** Drop a departed participant's pointer. @param {string} author */
   forget(author) {
-    if (this.pointers.delete(author)) this._changed();
+    if (this.pointers.delete(author)) this._changed(POINTER);
   }
 
   /** The live shapes drawn on one feed, oldest first. @param {string} feed */
@@ -86,7 +89,10 @@ export class ChannelState extends EventTarget {
     return [...this.shapes.values()].filter((s) => s.feed === feed).sort((a, b) => a.seq - b.seq);
   }
 
-  /** @param {Op} [op] */
+  /**
+   * Tell listeners what changed: an operation, POINTER for pointers only, nothing for everything.
+   * @param {Op | typeof POINTER} [op]
+   */
   _changed(op) {
     this.dispatchEvent(new CustomEvent("change", { detail: op }));
   }

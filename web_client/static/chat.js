@@ -25,7 +25,11 @@ export function mountChat(session) {
     hand.textContent = t(hand.dataset.i18n);
     hand.setAttribute("aria-pressed", String(raised));
   };
-  session.channel.addEventListener("change", render);
+  // Not for pointers, which move sixty times a second.
+  session.channel.addEventListener("change", (ev) => {
+    const op = /** @type {CustomEvent} */ (ev).detail;
+    if (!op || op.op === "chat" || op.op === "hand") render();
+  });
   form.addEventListener("submit", (ev) => {
     ev.preventDefault();
     const text = input.value.trim();

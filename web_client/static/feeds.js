@@ -3,8 +3,13 @@
 
 import { Overlay } from "./annotations.js";
 import { t } from "./i18n.js";
+import { TileView } from "./viewer.js";
 
-/** @typedef {import("./protocol.js").Session} Session */
+/**
+ * @typedef {import("./protocol.js").Session} Session
+ * @typedef {{figure: HTMLElement, overlay: Overlay | null, media: HTMLMediaElement, source: string,
+ *            participant: string, tile: TileView | null}} View one shown feed, whose it is, and how it is looked at
+ */
 
 /** Shows feeds on the stage and keeps one Overlay per video feed. */
 export class Stage extends EventTarget {
@@ -15,9 +20,9 @@ export class Stage extends EventTarget {
     this.root = root;
     // A subscription made again after a network change: the same feeds, new tracks.
     session.addEventListener("subscribed", (ev) => this._renew(/** @type {CustomEvent} */ (ev).detail));
-    /** @type {Map<string, {figure: HTMLElement, overlay: Overlay | null, media: HTMLMediaElement, source: string}>} feed id → view */
+    /** @type {Map<string, View>} feed id → view */
     this.views = new Map();
-    /** @type {Map<string, {subscription: string, feeds: string[], pc: RTCPeerConnection | null}>} stream id → subscription */
+    /** @type {Map<string, {subscription: string, feeds: string[], pc: RTCPeerConnection | null, participant: string}>} stream id → subscription */
     this.streams = new Map();
     this.main = "";
     // A received picture nobody can see (its tile out of view, the page hidden) is paused on the
@@ -57,13 +62,13 @@ export class Stage extends EventTarget {
   /** Receive a published stream and show its feeds. @param {any} stream */
   async receive(stream) {
     if (this.streams.has(stream.id) || stream.participant_id === this.session.me) return;
-    this.streams.set(stream.id, { subscription: "", feeds: [], pc: null });
+    this.streams.set(stream.id, { subscription: "", feeds: [], pc: null, participant: stream.participant_id });
     try {
       const sub = await this.session.subscribe(stream.id);
-      this.streams.set(stream.id, { subscription: sub.id, feeds: stream.feeds.map((/** @type {any} */ f) => f.id), pc: sub.pc });
+      this.streams.set(stream.id, { subscription: sub.id, feeds: stream.feeds.map((/** @type {any} */ f) => f.id), pc: sub.pc, participant: stream.participant_id });
       for (const feed of stream.feeds) {
         const track = sub.tracks.get(feed.id);
-        if (track) this.show(feed, new MediaStream([track]), false);
+        if (track) this.show(feed, new MediaStream([track]), false, stream.participant_id);
       }
       this.mark(stream.id, stream.state || "live");
     } catch {
@@ -129,8 +134,9 @@ export class Stage extends EventTarget {
   /**
    * Show one feed. @param {{id: string, kind: string, source: string, label: string}} feed
    * @param {MediaStream} media @param {boolean} local the operator's own preview
+   * @param {string} [participant] whose feed it is (this page's own when local)
    */
-  show(feed, media, local) {
+  show(feed, media, local, participant = this.session.me) {
     this.hide(feed.id);
     const el = /** @type {HTMLMediaElement} */ (document.createElement(feed.kind === "video" ? "video" : "audio"));
     el.autoplay = true;
@@ -140,7 +146,8 @@ export class Stage extends EventTarget {
     el.dataset.source = feed.source;
     if (feed.kind === "audio") {
       this.root.append(el);
-      this.views.set(feed.id, { figure: el, overlay: null, media: el, source: feed.source });
+      this.views.set(feed.id, { figure: el, overlay: null, media: el, source: feed.source, participant, tile: null });
+      this.dispatchEvent(new CustomEvent("change"));
       return;
     }
     el.muted = true; // the picture never carries sound; autoplay policies allow muted video
@@ -160,10 +167,16 @@ export class Stage extends EventTarget {
     swap.textContent = t("swap");
     swap.addEventListener("click", () => this.spotlight(feed.id));
     caption.append(label, pause, swap);
-    figure.append(el, caption);
+    // The picture and its drawings sit in one element, so that zoom and pan move them together.
+    const zoom = document.createElement("div");
+    zoom.className = "zoom";
+    zoom.append(el);
+    figure.append(zoom, caption);
     this.root.append(figure);
     const overlay = new Overlay(/** @type {HTMLVideoElement} */ (el), feed.id, this.session);
-    this.views.set(feed.id, { figure, overlay, media: el, source: feed.source });
+    const tile = new TileView(figure, zoom, /** @type {HTMLVideoElement} */ (el), overlay, caption);
+    figure.dataset.participant = participant;
+    this.views.set(feed.id, { figure, overlay, media: el, source: feed.source, participant, tile });
     if (!local) this.watcher.observe(figure);
     if (!this.main || (isPatientSource(feed.source) && !isPatientSource(this.views.get(this.main)?.source || ""))) {
       this.spotlight(feed.id);
@@ -178,6 +191,7 @@ export class Stage extends EventTarget {
     const view = this.views.get(feedId);
     if (!view) return;
     if (view.overlay) view.overlay.dispose();
+    view.tile?.dispose();
     this.watcher.unobserve(view.figure);
     view.figure.remove();
     this.views.delete(feedId);
@@ -202,6 +216,11 @@ export class Stage extends EventTarget {
   setLayout(layout) {
     this.root.dataset.layout = layout;
     this._arrange();
+  }
+
+  /** How the main feed is looked at (zoom, freeze, fullscreen), if one is shown. */
+  mainTile() {
+    return this.views.get(this.main)?.tile || null;
   }
 
   /** The overlays of every shown video feed. */

@@ -41,9 +41,10 @@ export function t(key, params = {}) {
   return text.replace(/\{(\w+)\}/g, (_, k) => String(params[k] ?? `{${k}}`));
 }
 
-/** Translate elements marked data-i18n (text), data-i18n-title and data-i18n-placeholder. @param {ParentNode} root */
+/** Translate elements marked data-i18n (text), data-i18n-title, -label and -placeholder. @param {ParentNode} root */
 export function translate(root) {
   for (const el of root.querySelectorAll("[data-i18n]")) el.textContent = t(/** @type {HTMLElement} */ (el).dataset.i18n || "");
   for (const el of root.querySelectorAll("[data-i18n-title]")) el.setAttribute("title", t(/** @type {HTMLElement} */ (el).dataset.i18nTitle || ""));
+  for (const el of root.querySelectorAll("[data-i18n-label]")) el.setAttribute("aria-label", t(/** @type {HTMLElement} */ (el).dataset.i18nLabel || ""));
   for (const el of root.querySelectorAll("[data-i18n-placeholder]")) el.setAttribute("placeholder", t(/** @type {HTMLElement} */ (el).dataset.i18nPlaceholder || ""));
 }

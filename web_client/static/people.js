@@ -5,6 +5,8 @@ import { t } from "./i18n.js";
 /** @typedef {import("./protocol.js").Session} Session */
 
 const ROLES = ["operator", "expert", "audience", "moderator"];
+// The messages that change who is listed, how, or the moderator's controls.
+const LIST_CHANGES = new Set(["welcome", "admitted", "joined", "left", "presence", "knock", "role_changed", "muted", "granted", "recording", "consent_declined"]);
 
 /** @param {Session} session */
 export function mountPeople(session) {
@@ -95,10 +97,15 @@ export function mountPeople(session) {
       pending = !msg.active && Boolean(msg.pending);
     }
     if (msg.type === "consent_declined") pending = false;
-    render();
+    if (LIST_CHANGES.has(msg.type)) render();
   });
   session.addEventListener("state", render);
-  session.channel.addEventListener("change", render);
+  // Hands only: pointers move sixty times a second, and a list rebuilt under the moderator's
+  // hand loses the menu they are opening.
+  session.channel.addEventListener("change", (ev) => {
+    const op = /** @type {CustomEvent} */ (ev).detail;
+    if (!op || op.op === "hand") render();
+  });
   // Stop also takes back a start that waits for consent.
   record.addEventListener("click", () => session.send({ type: "record", action: recording || pending ? "stop" : "start" }));
   end.addEventListener("click", () => {

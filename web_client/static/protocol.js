@@ -576,6 +576,19 @@ export class Session extends EventTarget {
     }
   }
 
+  /**
+   * Send another track in place of one (another microphone or camera), without a new offer;
+   * a stream published again after a network change sends the new one.
+   * @param {string} streamId @param {MediaStreamTrack} old @param {MediaStreamTrack} track
+   */
+  async replaceTrack(streamId, old, track) {
+    const pub = this.published.get(streamId);
+    if (!pub) return;
+    const sender = pub.pc.getSenders().find((x) => x.track === old);
+    if (sender) await sender.replaceTrack(track);
+    for (const f of pub.feeds) if (f.track === old) f.track = track;
+  }
+
   /** Stop publishing a stream. @param {string} streamId */
   unpublish(streamId) {
     this._send({ type: "unpublish", stream: streamId });

@@ -1,16 +1,19 @@
 // The room page a join link opens. One page for every role: what it shows follows the role
 // the token grants (operator feeds, expert tools and talk-back, audience chat, moderation).
 
+import { mountAudio } from "./audio.js";
 import { mountChat } from "./chat.js";
 import { mountConnections } from "./connections.js";
 import { Stage } from "./feeds.js";
 import { LANGUAGES, pickLanguage, setLanguage, t, translate } from "./i18n.js";
+import { watchIndicators } from "./indicators.js";
 import { Devices } from "./operator.js";
 import { Notices, mountPresence } from "./notices.js";
 import { mountPeople } from "./people.js";
 import { Session } from "./protocol.js";
+import { ScreenShare } from "./share.js";
 import { followPastedLinks, tabToken } from "./tab.js";
-import { TalkBack, Toolbar, watchHealth } from "./tools.js";
+import { TalkBack, Toolbar, watchHealth, watchViewKeys } from "./tools.js";
 
 const $ = (/** @type {string} */ id) => /** @type {HTMLElement} */ (document.getElementById(id));
 
@@ -31,6 +34,8 @@ const stage = new Stage(session, $("feeds"));
 let devices = null;
 /** @type {TalkBack | null} */
 let talk = null;
+/** @type {ScreenShare | null} */
+let share = null;
 let endedKey = "";
 const notices = new Notices($("notices"));
 const presence = mountPresence(session, notices, $("nofeeds"));
@@ -46,6 +51,7 @@ function end(key, rejoin = false) {
   stage.dropAll();
   devices?.reset(!rejoin);
   talk?.reset();
+  share?.stop();
   notices.clearAll();
   $("problem").hidden = true;
   $("main").hidden = true;
@@ -139,6 +145,11 @@ function setUpRole() {
   if (!talks && talk?.on()) talk.set(false);
   $("talk").hidden = !talks;
   if (talks && !talk) talk = new TalkBack(session);
+  // Experts and moderators share a screen of their own; the operator's panel has it as a source.
+  const shares = role === "expert" || role === "moderator";
+  $("share").hidden = !shares;
+  if (!shares) share?.stop();
+  if (shares && !share) share = new ScreenShare(session, stage, /** @type {HTMLButtonElement} */ ($("share")));
 }
 
 new Toolbar(session, stage);
@@ -146,6 +157,12 @@ mountPeople(session);
 mountChat(session);
 mountConnections(session, $("links"), $("links-table"));
 watchHealth(stage, $("health"));
+watchViewKeys(stage);
+watchIndicators(session, stage, $("participants"), $("speaker"));
+const audio = mountAudio(stage, /** @type {HTMLSelectElement} */ ($("mic-choice")), /** @type {HTMLSelectElement} */ ($("speaker-choice")), $("participants"), (id) => {
+  talk?.useMicrophone(id).catch(() => {});
+});
+$("settings").addEventListener("toggle", () => audio.list().catch(() => {}));
 for (const b of document.querySelectorAll("#layout button[data-layout]")) {
   b.addEventListener("click", () => stage.setLayout(/** @type {HTMLElement} */ (b).dataset.layout || "spotlight"));
 }

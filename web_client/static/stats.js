@@ -62,3 +62,64 @@ export class HealthMeter {
     };
   }
 }
+
+/**
+ * How good a link is from its loss, round trip and jitter: thresholds where a voice starts to
+ * break up (fair) and where a picture stalls or talk-back becomes hard (poor).
+ * @param {{lossPct: number, rttMs: number, jitterMs: number}} link
+ * @returns {"good" | "fair" | "poor"}
+ */
+export function grade({ lossPct, rttMs, jitterMs }) {
+  if (lossPct >= 5 || rttMs >= 600 || jitterMs >= 80) return "poor";
+  if (lossPct >= 1.5 || rttMs >= 250 || jitterMs >= 30) return "fair";
+  return "good";
+}
+
+/**
+ * @typedef {{lossPct: number, rttMs: number, jitterMs: number, levels: Map<string, number>}} LinkReading
+ *   a connection's loss since the last reading, round trip, jitter, and the audio level (0..1)
+ *   of each received track by its id
+ */
+
+/** Reads one peer connection's link, sending or receiving, between calls. */
+export class LinkMeter {
+  /** @param {RTCPeerConnection} pc */
+  constructor(pc) {
+    this.pc = pc;
+    this.lost = 0;
+    this.received = 0;
+  }
+
+  /** @returns {Promise<LinkReading>} */
+  async read() {
+    const report = await this.pc.getStats();
+    let lost = 0;
+    let received = 0;
+    let rtt = 0;
+    let jitter = 0;
+    let remoteLoss = -1;
+    /** @type {Map<string, number>} */
+    const levels = new Map();
+    report.forEach((/** @type {any} */ s) => {
+      if (s.type === "inbound-rtp") {
+        lost += Math.max(0, s.packetsLost || 0);
+        received += s.packetsReceived || 0;
+        jitter = Math.max(jitter, s.jitter || 0);
+        if (s.kind === "audio" && s.trackIdentifier) levels.set(s.trackIdentifier, s.audioLevel || 0);
+      }
+      if (s.type === "remote-inbound-rtp") {
+        // What the server says of what this page sends.
+        remoteLoss = Math.max(remoteLoss, s.fractionLost || 0);
+        jitter = Math.max(jitter, s.jitter || 0);
+        if (s.roundTripTime) rtt = Math.max(rtt, s.roundTripTime);
+      }
+      if (s.type === "candidate-pair" && s.nominated && s.currentRoundTripTime) rtt = Math.max(rtt, s.currentRoundTripTime);
+    });
+    const newLost = Math.max(0, lost - this.lost);
+    const newReceived = Math.max(0, received - this.received);
+    this.lost = lost;
+    this.received = received;
+    const lossPct = remoteLoss >= 0 ? 100 * remoteLoss : newLost + newReceived ? (100 * newLost) / (newLost + newReceived) : 0;
+    return { lossPct, rttMs: 1000 * rtt, jitterMs: 1000 * jitter, levels };
+  }
+}

@@ -2,6 +2,7 @@
 // health line of the main feed.
 
 import { TOOLS } from "./annotations.js";
+import { chosenMicrophone } from "./audio.js";
 import { t } from "./i18n.js";
 import { HealthMeter } from "./stats.js";
 
@@ -85,6 +86,35 @@ export class Toolbar {
   }
 }
 
+/**
+ * Keys for looking at the main picture, for every role (docs/web_client.md, "Keys"): H holds the
+ * frame, M fills the screen, + and − zoom, 0 shows the whole picture, the arrows pan.
+ * @param {Stage} stage
+ */
+export function watchViewKeys(stage) {
+  /** @type {Record<string, (tile: import("./viewer.js").TileView) => void>} */
+  const actions = {
+    h: (tile) => tile.toggleFreeze(),
+    m: (tile) => tile.fullscreen(),
+    "+": (tile) => tile.zoomBy(1.25),
+    "=": (tile) => tile.zoomBy(1.25),
+    "-": (tile) => tile.zoomBy(0.8),
+    0: (tile) => tile.reset(),
+    ArrowLeft: (tile) => tile.pan(40, 0),
+    ArrowRight: (tile) => tile.pan(-40, 0),
+    ArrowUp: (tile) => tile.pan(0, 40),
+    ArrowDown: (tile) => tile.pan(0, -40),
+  };
+  document.addEventListener("keydown", (ev) => {
+    if (isTyping(ev) || ev.ctrlKey || ev.metaKey || ev.altKey) return;
+    const action = actions[ev.key.length === 1 ? ev.key.toLowerCase() : ev.key];
+    const tile = stage.mainTile();
+    if (!action || !tile || (ev.key.startsWith("Arrow") && tile.scale === 1)) return;
+    ev.preventDefault();
+    action(tile);
+  });
+}
+
 /** @param {KeyboardEvent} ev */
 function isTyping(ev) {
   const target = /** @type {HTMLElement | null} */ (ev.target);
@@ -165,8 +195,7 @@ export class TalkBack {
   async set(on) {
     if (on && !this.track) {
       try {
-        const media = await navigator.mediaDevices.getUserMedia({ audio: { echoCancellation: true } });
-        this.track = media.getAudioTracks()[0];
+        this.track = await microphone(chosenMicrophone());
         const published = await this.session.publish([{ track: this.track, source: "microphone", label: "" }]);
         this.stream = published.id;
       } catch {
@@ -178,6 +207,16 @@ export class TalkBack {
     if (this.track) this.track.enabled = on;
     this.session.send({ type: "set_muted", muted: !on });
     this._show(on);
+  }
+
+  /** Talk through another microphone from now on, without a pause. @param {string} deviceId */
+  async useMicrophone(deviceId) {
+    if (!this.track) return;
+    const track = await microphone(deviceId);
+    track.enabled = this.track.enabled;
+    await this.session.replaceTrack(this.stream, this.track, track);
+    this.track.stop();
+    this.track = track;
   }
 
   /** @param {boolean} on */
@@ -194,6 +233,20 @@ export class TalkBack {
     this.track = null;
     this._show(false);
   }
+}
+
+/** A microphone's track: the chosen one, else (unplugged since) the default. @param {string} deviceId */
+async function microphone(deviceId) {
+  const audio = { echoCancellation: true, noiseSuppression: true };
+  /** @type {MediaStream} */
+  let media;
+  try {
+    media = await navigator.mediaDevices.getUserMedia({ audio: deviceId ? { ...audio, deviceId: { exact: deviceId } } : audio });
+  } catch (err) {
+    if (!deviceId || /** @type {Error} */ (err).name !== "OverconstrainedError") throw err;
+    media = await navigator.mediaDevices.getUserMedia({ audio });
+  }
+  return media.getAudioTracks()[0];
 }
 
 /** Shows delay, bitrate, frame rate and loss of the main received feed once a second. */

@@ -1,0 +1,191 @@
+// How one video tile is looked at: fullscreen, zoom and pan, and freeze-frame (the current
+// frame held still to draw and measure on, the live picture going on in a corner).
+
+import { t } from "./i18n.js";
+
+/** @typedef {import("./annotations.js").Overlay} Overlay */
+
+const MAX_ZOOM = 8;
+const STEP = 1.25;
+
+/** The controls and state of one video tile. */
+export class TileView {
+  /**
+   * @param {HTMLElement} figure the tile @param {HTMLElement} zoom the element scaled (the video
+   * and its overlay) @param {HTMLVideoElement} video @param {Overlay} overlay
+   * @param {HTMLElement} caption where the tile's buttons go
+   */
+  constructor(figure, zoom, video, overlay, caption) {
+    this.figure = figure;
+    this.zoom = zoom;
+    this.video = video;
+    this.overlay = overlay;
+    this.scale = 1;
+    this.x = 0;
+    this.y = 0;
+    /** @type {{canvas: HTMLCanvasElement, live: HTMLVideoElement} | null} */
+    this.frozen = null;
+    /** @type {{x: number, y: number, px: number, py: number} | null} a pan under way */
+    this.drag = null;
+    const buttons = [
+      button("view.zoom_in", "+", () => this.zoomBy(STEP)),
+      button("view.zoom_out", "−", () => this.zoomBy(1 / STEP)),
+      button("view.zoom_reset", "1:1", () => this.reset()),
+      button("view.freeze", "❚❚", () => this.toggleFreeze(), "freeze"),
+      button("view.fullscreen", "⛶", () => this.fullscreen()),
+    ];
+    caption.append(...buttons);
+    this.freezeButton = /** @type {HTMLButtonElement} */ (buttons[3]);
+    figure.addEventListener("wheel", (ev) => {
+      if (!ev.ctrlKey) return; // a plain wheel scrolls the page; Ctrl+wheel (and a pinch) zooms
+      ev.preventDefault();
+      this.zoomBy(ev.deltaY < 0 ? STEP : 1 / STEP, ev);
+    }, { passive: false });
+    // Dragging pans a zoomed picture: with the middle button, with Shift held, or wherever
+    // nothing is being drawn.
+    zoom.addEventListener("pointerdown", (ev) => {
+      const drawing = this.overlay.enabled && this.overlay.tool !== "pointer";
+      if (this.scale === 1 || (drawing && ev.button !== 1 && !ev.shiftKey)) return;
+      ev.preventDefault();
+      ev.stopPropagation();
+      zoom.setPointerCapture(ev.pointerId);
+      this.drag = { x: this.x, y: this.y, px: ev.clientX, py: ev.clientY };
+    }, { capture: true });
+    zoom.addEventListener("pointermove", (ev) => {
+      if (!this.drag) return;
+      this.x = this.drag.x + (ev.clientX - this.drag.px) / this.scale;
+      this.y = this.drag.y + (ev.clientY - this.drag.py) / this.scale;
+      this._apply();
+    });
+    for (const name of ["pointerup", "pointercancel"]) zoom.addEventListener(name, () => (this.drag = null));
+    new ResizeObserver(() => this._place()).observe(video);
+  }
+
+  /**
+   * Zoom in or out, keeping the point under the cursor (or the middle) where it is.
+   * @param {number} factor @param {{clientX: number, clientY: number}} [at]
+   */
+  zoomBy(factor, at) {
+    const scale = Math.min(MAX_ZOOM, Math.max(1, this.scale * factor));
+    if (at) {
+      const r = this.figure.getBoundingClientRect();
+      // The point under the cursor, in the picture's unscaled coordinates from its centre.
+      const cx = (at.clientX - r.left - r.width / 2) / this.scale - this.x;
+      const cy = (at.clientY - r.top - r.height / 2) / this.scale - this.y;
+      this.x += cx * (this.scale / scale - 1);
+      this.y += cy * (this.scale / scale - 1);
+    }
+    this.scale = scale;
+    if (scale === 1) this.x = this.y = 0;
+    this._apply();
+  }
+
+  /** Pan by pixels of the screen. @param {number} dx @param {number} dy */
+  pan(dx, dy) {
+    if (this.scale === 1) return;
+    this.x += dx / this.scale;
+    this.y += dy / this.scale;
+    this._apply();
+  }
+
+  /** Back to the whole picture. */
+  reset() {
+    this.scale = 1;
+    this.x = this.y = 0;
+    this._apply();
+  }
+
+  _apply() {
+    // Never further than the picture's edge.
+    const w = this.zoom.clientWidth / 2;
+    const h = this.zoom.clientHeight / 2;
+    const limitX = w - w / this.scale;
+    const limitY = h - h / this.scale;
+    this.x = Math.max(-limitX, Math.min(limitX, this.x));
+    this.y = Math.max(-limitY, Math.min(limitY, this.y));
+    this.zoom.style.transform = this.scale === 1 ? "" : `scale(${this.scale}) translate(${this.x}px, ${this.y}px)`;
+    this.figure.dataset.zoom = String(Math.round(this.scale * 100) / 100);
+  }
+
+  /** Show the tile alone on the screen, or come back. */
+  fullscreen() {
+    if (document.fullscreenElement === this.figure) document.exitFullscreen().catch(() => {});
+    else this.figure.requestFullscreen().catch(() => {});
+  }
+
+  /** Hold the frame on screen (to draw and measure on it), or go back to the live picture. */
+  toggleFreeze() {
+    if (this.frozen) this.unfreeze();
+    else this.freeze();
+  }
+
+  /** Hold the current frame; drawings made on it are anchored to it. */
+  freeze() {
+    const v = this.video;
+    if (this.frozen || !v.videoWidth) return;
+    const canvas = document.createElement("canvas");
+    canvas.className = "frozen";
+    canvas.width = v.videoWidth;
+    canvas.height = v.videoHeight;
+    /** @type {CanvasRenderingContext2D} */ (canvas.getContext("2d")).drawImage(v, 0, 0);
+    // The frame's own time: whatever is drawn on it names this frame, not the live one.
+    canvas.dataset.mediaTs = String(this.overlay.mediaTs ?? "");
+    v.after(canvas);
+    const live = document.createElement("video");
+    live.className = "live-corner";
+    live.muted = true;
+    live.autoplay = true;
+    live.setAttribute("playsinline", "");
+    live.srcObject = v.srcObject;
+    live.title = t("view.live");
+    live.addEventListener("click", () => this.unfreeze());
+    this.figure.append(live);
+    this.frozen = { canvas, live };
+    this.overlay.frozenTs = this.overlay.mediaTs;
+    this.figure.classList.add("is-frozen");
+    this.freezeButton.setAttribute("aria-pressed", "true");
+    this._place();
+  }
+
+  /** Back to the live picture. */
+  unfreeze() {
+    if (!this.frozen) return;
+    this.frozen.canvas.remove();
+    this.frozen.live.remove();
+    this.frozen = null;
+    this.overlay.frozenTs = undefined;
+    this.figure.classList.remove("is-frozen");
+    this.freezeButton.setAttribute("aria-pressed", "false");
+  }
+
+  /** Lay the held frame exactly over the picture. */
+  _place() {
+    if (!this.frozen) return;
+    const box = this.overlay.contentBox();
+    Object.assign(this.frozen.canvas.style, { left: `${box.left}px`, top: `${box.top}px`, width: `${box.width}px`, height: `${box.height}px` });
+  }
+
+  /** Take the tile's controls away. */
+  dispose() {
+    this.unfreeze();
+    if (document.fullscreenElement === this.figure) document.exitFullscreen().catch(() => {});
+  }
+}
+
+/**
+ * A caption button with a symbol and a translated name.
+ * @param {string} key @param {string} symbol @param {() => void} action @param {string} [name]
+ */
+function button(key, symbol, action, name = key.split(".")[1]) {
+  const b = document.createElement("button");
+  b.type = "button";
+  b.className = "tile-action";
+  b.dataset.action = name;
+  b.dataset.i18nTitle = key;
+  b.dataset.i18nLabel = key;
+  b.title = t(key);
+  b.setAttribute("aria-label", t(key));
+  b.textContent = symbol;
+  b.addEventListener("click", action);
+  return b;
+}
