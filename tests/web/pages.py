@@ -47,19 +47,20 @@ async def open_page(
     locale: str = "en-US",
     room: str = "r1",
     joined: bool = True,
+    token: str | None = None,
 ) -> Page:
-    """Open one person's join link in a context of its own, and wait until it has joined."""
+    """Open one person's join link in a context of its own, and wait until it has joined.
+
+    The context lets tests add axe-core's script past the page's Content-Security-Policy.
+    """
     context = await browser.new_context(
-        viewport=viewport or DESKTOP, locale=locale, has_touch=viewport == PHONE
+        viewport=viewport or DESKTOP, locale=locale, has_touch=viewport == PHONE, bypass_csp=True
     )
     await context.add_init_script(LOOPBACK_ONLY)
     await context.add_init_script(WATCH_CAPTURE)
     page = await context.new_page()
-    await page.goto(
-        join_url(
-            server.http, room, server.token(role=role, identity=identity, name=name, room=room)
-        )
-    )
+    token = token or server.token(role=role, identity=identity, name=name, room=room)
+    await page.goto(join_url(server.http, room, token))
     if joined:
         await expect(page.locator("#state")).to_have_attribute("data-state", "joined")
     return page
@@ -70,6 +71,22 @@ async def capturing(page: Page) -> int:
     return int(
         await page.evaluate("() => window.__captured.filter((t) => t.readyState === 'live').length")
     )
+
+
+AXE = Path(__file__).resolve().parents[2] / "node_modules" / "axe-core" / "axe.min.js"
+
+
+async def accessibility_faults(page: Page) -> list[str]:
+    """The serious and critical violations axe-core finds on the page as it is now."""
+    if not await page.evaluate("() => Boolean(window.axe)"):
+        await page.add_script_tag(path=str(AXE))
+    found = await page.evaluate(
+        """async () => (await axe.run(document, { resultTypes: ["violations"] })).violations
+             .filter((v) => v.impact === "serious" || v.impact === "critical")
+             .map((v) => `${v.id} (${v.impact}): ` +
+                  v.nodes.slice(0, 3).map((n) => n.target.join(" ")).join(", "))"""
+    )
+    return list(found)
 
 
 async def shot(page: Page, name: str) -> None:

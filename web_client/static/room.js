@@ -115,6 +115,11 @@ session.addEventListener("message", (ev) => {
     notices.show("role", "notice.role", { role: t(`role.${msg.role}`) });
   }
   if (msg.type === "granted" && msg.participant_id === session.me) setUpRole();
+  if (msg.type === "muted" && msg.participant_id === session.me && msg.muted && msg.by !== session.me) {
+    // A moderator muted this page: its microphone goes off here too, and it says so.
+    if (talk?.on()) talk.set(false);
+    notices.show("muted", "notice.muted");
+  }
   if ((msg.type === "welcome" || msg.type === "admitted") && msg.recording) $("recording").hidden = !msg.recording.active;
   if (msg.type === "recording") {
     $("recording").hidden = !msg.active;

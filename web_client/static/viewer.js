@@ -6,6 +6,12 @@ import { t } from "./i18n.js";
 /** @typedef {import("./annotations.js").Overlay} Overlay */
 
 const MAX_ZOOM = 8;
+// Drawn, not typed: symbol fonts differ from one machine to the next, and a missing one shows a box.
+const ICONS = {
+  whole: "M3 5h18v14H3zM5 7v10h14V7z",
+  freeze: "M6 4h4v16H6zM14 4h4v16h-4z",
+  fullscreen: "M3 3h7v2H5v5H3zM14 3h7v7h-2V5h-5zM3 14h2v5h5v2H3zM19 14h2v7h-7v-2h5z",
+};
 const STEP = 1.25;
 
 /** The controls and state of one video tile. */
@@ -30,9 +36,9 @@ export class TileView {
     const buttons = [
       button("view.zoom_in", "+", () => this.zoomBy(STEP)),
       button("view.zoom_out", "−", () => this.zoomBy(1 / STEP)),
-      button("view.zoom_reset", "1:1", () => this.reset()),
-      button("view.freeze", "❚❚", () => this.toggleFreeze(), "freeze"),
-      button("view.fullscreen", "⛶", () => this.fullscreen()),
+      button("view.zoom_reset", ICONS.whole, () => this.reset()),
+      button("view.freeze", ICONS.freeze, () => this.toggleFreeze(), "freeze"),
+      button("view.fullscreen", ICONS.fullscreen, () => this.fullscreen()),
     ];
     caption.append(...buttons);
     this.freezeButton = /** @type {HTMLButtonElement} */ (buttons[3]);
@@ -172,8 +178,10 @@ export class TileView {
   }
 }
 
+const SVG = "http://www.w3.org/2000/svg";
+
 /**
- * A caption button with a symbol and a translated name.
+ * A caption button with a symbol (a character, or an SVG path) and a translated name.
  * @param {string} key @param {string} symbol @param {() => void} action @param {string} [name]
  */
 function button(key, symbol, action, name = key.split(".")[1]) {
@@ -185,7 +193,19 @@ function button(key, symbol, action, name = key.split(".")[1]) {
   b.dataset.i18nLabel = key;
   b.title = t(key);
   b.setAttribute("aria-label", t(key));
-  b.textContent = symbol;
+  if (symbol.startsWith("M")) {
+    const svg = document.createElementNS(SVG, "svg");
+    svg.setAttribute("viewBox", "0 0 24 24");
+    svg.setAttribute("aria-hidden", "true");
+    svg.classList.add("icon");
+    const path = document.createElementNS(SVG, "path");
+    path.setAttribute("d", symbol);
+    path.setAttribute("fill-rule", "evenodd");
+    svg.append(path);
+    b.append(svg);
+  } else {
+    b.textContent = symbol;
+  }
   b.addEventListener("click", action);
   return b;
 }
