@@ -83,10 +83,26 @@ async def test_every_page_state(server: Server, chromium: Browser, size: str, la
     states = States(size, lang)
     viewport, locale = SIZES[size], LANGUAGES[lang]
 
-    async def page(role: Role, identity: str, name: str, **kw: object) -> Page:
+    async def page(
+        role: Role,
+        identity: str,
+        name: str,
+        room: str = "r1",
+        joined: bool = True,
+        token: str | None = None,
+    ) -> Page:
         return await open_page(
-            chromium, server, role, identity, name, viewport=viewport, locale=locale, **kw
-        )  # type: ignore[arg-type]
+            chromium,
+            server,
+            role,
+            identity,
+            name,
+            viewport=viewport,
+            locale=locale,
+            room=room,
+            joined=joined,
+            token=token,
+        )
 
     # A link that has expired.
     expired = mint(SECRET, "r1", Role.EXPERT, "Late", 60, "late", now=time.time() - 120)
