@@ -181,49 +181,63 @@ def server_process(
 
     It listens on `host`, and its media too (`--announce`).
     """
-    sock = free_socket()
-    port = sock.getsockname()[1]
-    sock.close()
     exe = str(Path(sys.executable).parent / "teleconsult")
     data_dir.mkdir(parents=True, exist_ok=True)
     # The server's own warnings, for whoever reads a failed test's folder.
-    log = (data_dir / "server.log").open("ab")
-    proc = subprocess.Popen(
-        [
-            exe,
-            "serve",
-            "--host",
-            host,
-            "--port",
-            str(port),
-            "--announce",
-            host,
-            "--secret",
-            SECRET,
-            "--data-dir",
-            str(data_dir),
-            "--log-level",
-            "warning",
-            "--turn-port",
-            "0",
-            *extra,
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=log,
-        preexec_fn=preexec_fn,
-    )
+    log_path = data_dir / "server.log"
+    log = log_path.open("ab")
+    # A port found free may be taken (an outgoing connection's local port) before the server
+    # binds it: then the server exits at once, and another port is tried.
+    for _attempt in range(5):
+        sock = free_socket()
+        port = sock.getsockname()[1]
+        sock.close()
+        proc = subprocess.Popen(
+            [
+                exe,
+                "serve",
+                "--host",
+                host,
+                "--port",
+                str(port),
+                "--announce",
+                host,
+                "--secret",
+                SECRET,
+                "--data-dir",
+                str(data_dir),
+                "--log-level",
+                "warning",
+                "--turn-port",
+                "0",
+                *extra,
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=log,
+            preexec_fn=preexec_fn,
+        )
+        if _serving(host, port, proc) or proc.poll() is None:
+            break
+        if "address already in use" not in log_path.read_text(errors="replace"):
+            break
     try:
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            try:
-                urllib.request.urlopen(f"http://{host}:{port}/healthz", timeout=1).close()
-                break
-            except OSError:
-                time.sleep(0.1)
+        assert proc.poll() is None, f"the server did not start: see {log_path}"
         yield port, proc
     finally:
         stop(proc)
         log.close()
+
+
+def _serving(host: str, port: int, proc: subprocess.Popen[bytes]) -> bool:
+    """Wait until the server answers /healthz (True), or exits or 30 s pass (False)."""
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and proc.poll() is None:
+        try:
+            urllib.request.urlopen(f"http://{host}:{port}/healthz", timeout=1).close()
+            return proc.poll() is None
+        except OSError:
+            time.sleep(0.1)
+    return False
 
 
 @pytest.fixture
