@@ -303,3 +303,18 @@ async def test_a_revoked_link_is_told_why(server: Server, chromium: Browser) -> 
     await page.reload()
     await expect(page.locator("#ended")).to_contain_text("Your link was withdrawn")
     await context.close()
+
+
+async def test_an_operator_made_expert_stops_sending(server: Server, chromium: Browser) -> None:
+    observer = await server.join(role=Role.AUDIENCE, identity="observer")
+    op = await open_page(chromium, server, Role.OPERATOR, "op", "Sonographer")
+    await start(op, "source")
+    added = await observer.wait_for("stream_added", timeout=10)
+    mod = await server.join(role=Role.MODERATOR, identity="mod")
+    me = next(p["id"] for p in mod.welcome["participants"] if p["identity"] == "op")
+    await mod.send({"type": "set_role", "participant": me, "role": "expert"})
+    removed = await observer.wait_for("stream_removed", timeout=10)
+    assert removed["stream_id"] == added["stream"]["id"]
+    await expect(op.locator("#operator")).to_be_hidden()
+    await expect(op.locator("#notices")).to_contain_text("Your role is now: expert")
+    assert await capturing(op) == 0

@@ -236,6 +236,11 @@ export class Devices {
     this._keep();
   }
 
+  /** Stop sending every feed (this participant is no longer the operator). */
+  async stopAll() {
+    for (const key of [...this.live.keys()]) await this.toggle(key);
+  }
+
   /**
    * The session is over: the server dropped our streams; stop every capture and mark every feed
    * stopped. @param {boolean} forget whether a reload should not start them again

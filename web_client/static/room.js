@@ -127,7 +127,7 @@ session.addEventListener("message", (ev) => {
     if (!msg.pending) $("consent").hidden = true;
   }
   if (msg.type === "consent_requested") $("consent").hidden = false;
-  refresh();
+  if (msg.type !== "pointer") refresh(); // pointers come sixty times a second and change no text
 });
 
 /** Show what this participant's role (and the moderator's grants) let it use. */
@@ -136,6 +136,8 @@ function setUpRole() {
   document.body.dataset.role = role;
   const publishes = role === "operator";
   $("operator").hidden = !publishes;
+  // No longer the operator: its feeds stop (the page unpublishes them; the server does not yet).
+  if (!publishes) devices?.stopAll();
   if (publishes && !devices) {
     devices = new Devices(session, stage, $("devices"), (text) => {
       $("problem").textContent = text;
