@@ -307,14 +307,19 @@ class Room(Members):
         """Refuse unless the participant's role may publish every one of these sources."""
         p = self._self(participant_id)
         for source in sources:
-            # The floor lets a conference audience member speak.
-            if source is Source.MICROPHONE and p.floor:
-                continue
-            if not may_publish(p.role, source):
+            if not _may_send(p, source):
                 raise SessionError(
                     Code.FORBIDDEN, f"the {p.role.value} role may not publish {source.value}"
                 )
         return p
+
+    def withdraw_forbidden(self, participant_id: str) -> list[Stream]:
+        """Withdraw the streams a participant's role (changed since) may no longer publish."""
+        p = self._participant(participant_id)
+        banned = [
+            s.id for s in self.streams.of(p.id) if not all(_may_send(p, f.source) for f in s.feeds)
+        ]
+        return [s for s in (self.remove_stream(i, "role_changed") for i in banned) if s]
 
     def add_stream(self, stream: Stream) -> None:
         """Announce a published stream to everyone in the room."""
@@ -581,3 +586,8 @@ class Room(Members):
         if self.journal is not None:
             self.journal(event)
         self._broadcast(event)
+
+
+def _may_send(p: Participant, source: Source) -> bool:
+    """Whether a participant may publish a source now (the floor lets the audience speak)."""
+    return (source is Source.MICROPHONE and p.floor) or may_publish(p.role, source)

@@ -177,6 +177,10 @@ async def on_set_role(conn: Conn, msg: m.SetRole) -> None:
     assert room is not None and me is not None
     target = room.set_role(me.id, msg.participant, msg.role)
     conn.audit("set_role", target=target.identity, code=msg.role.value)
+    # What the new role may not publish ends with the old one (an operator made audience no
+    # longer sends the patient's image).
+    for stream in room.withdraw_forbidden(target.id):
+        await conn.hub.plane.of(target).unpublish(stream.id, "role_changed")
 
 
 async def on_mute(conn: Conn, msg: m.Mute) -> None:
@@ -281,6 +285,9 @@ async def on_grant(conn: Conn, msg: m.Grant) -> None:
     conn.audit(
         "grant", target=target.identity, code=f"annotate={target.may_annotate},floor={target.floor}"
     )
+    # The floor taken back: the audience member's microphone stops.
+    for stream in room.withdraw_forbidden(target.id):
+        await conn.hub.plane.of(target).unpublish(stream.id, "role_changed")
 
 
 async def on_record(conn: Conn, msg: m.Record) -> None:

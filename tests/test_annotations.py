@@ -318,3 +318,17 @@ async def test_the_publisher_sets_a_feeds_scale_and_later_rulers_use_it(
     await op.send({"type": "set_scale", "feed": feed, "pixel_spacing_mm": None})
     assert (await ex.wait_for("feed_changed", timeout=5))["feed"].get("pixel_spacing_mm") is None
     assert server.room().channel.seq == 1  # a scale is not an operation of the channel
+
+
+async def test_an_operator_made_expert_no_longer_sends_the_probe(
+    room: tuple[Server, SignalingClient, str],
+) -> None:
+    server, op, feed = room
+    viewer = await server.join(role=Role.AUDIENCE, identity="viewer")
+    mod = await server.join(role=Role.MODERATOR, identity="mod")
+    stream = feed.split(".")[0]
+    await mod.send({"type": "set_role", "participant": op.participant_id, "role": "expert"})
+    removed = await viewer.wait_for("stream_removed", timeout=5)
+    assert removed == {"type": "stream_removed", "stream_id": stream, "reason": "role_changed"}
+    assert stream not in server.room().streams
+    assert stream not in server.hub.sfu.ups  # its media ended too

@@ -382,3 +382,30 @@ def test_the_role_table_of_the_protocol_is_what_the_server_enforces() -> None:
             assert may_publish(role, source) is (cell == "yes"), (name, role, source)
     assert {a for _, a in allowed_by_table()} == set(Action), "every action has its row"
     assert {r for _, r in table} == {r for r in Role if r is not Role.RECORDER}
+
+
+def test_what_a_new_role_may_not_publish_is_withdrawn() -> None:
+    from teleconsult.session.streams import Feed, Stream
+
+    room = Room("r", RoomConfig(), 0.0)
+    op, _ = join(room, "op", Role.OPERATOR)
+    mod, _ = join(room, "mod", Role.MODERATOR)
+    aud, aud_inbox = join(room, "aud", Role.AUDIENCE)
+    room.add_stream(Stream("s1", op, [Feed("s1.0", "0", "video", Source.PROBE, "", "VP8")]))
+    room.add_stream(Stream("s2", op, [Feed("s2.0", "0", "audio", Source.MICROPHONE, "", "opus")]))
+    assert room.withdraw_forbidden(op) == []  # the operator may publish both
+    room.set_role(mod, op, Role.EXPERT)
+    # An expert may talk, not send the patient's image.
+    assert [s.id for s in room.withdraw_forbidden(op)] == ["s1"]
+    assert list(room.streams) == ["s2"]
+    assert aud_inbox.events[-1] == {
+        "type": "stream_removed",
+        "stream_id": "s1",
+        "reason": "role_changed",
+    }
+    # The audience speaks only with the floor: taken back, the microphone is withdrawn.
+    room.grant(mod, aud, 1.0, floor=True)
+    room.add_stream(Stream("s3", aud, [Feed("s3.0", "0", "audio", Source.MICROPHONE, "", "opus")]))
+    assert room.withdraw_forbidden(aud) == []
+    room.grant(mod, aud, 2.0, floor=False)
+    assert [s.id for s in room.withdraw_forbidden(aud)] == ["s3"]
