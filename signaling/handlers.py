@@ -177,9 +177,14 @@ async def on_set_role(conn: Conn, msg: m.SetRole) -> None:
     assert room is not None and me is not None
     target = room.set_role(me.id, msg.participant, msg.role)
     conn.audit("set_role", target=target.identity, code=msg.role.value)
-    # What the new role may not publish ends with the old one (an operator made audience no
-    # longer sends the patient's image).
-    for stream in room.withdraw_forbidden(target.id):
+    await _withdraw_forbidden(conn, target)
+
+
+async def _withdraw_forbidden(conn: Conn, target: Participant) -> None:
+    """End the streams a changed role (or a floor taken back) no longer allows: an operator
+    made audience stops sending the patient's image."""
+    assert conn.room is not None
+    for stream in conn.room.withdraw_forbidden(target.id):
         await conn.hub.plane.of(target).unpublish(stream.id, "role_changed")
 
 
@@ -285,9 +290,7 @@ async def on_grant(conn: Conn, msg: m.Grant) -> None:
     conn.audit(
         "grant", target=target.identity, code=f"annotate={target.may_annotate},floor={target.floor}"
     )
-    # The floor taken back: the audience member's microphone stops.
-    for stream in room.withdraw_forbidden(target.id):
-        await conn.hub.plane.of(target).unpublish(stream.id, "role_changed")
+    await _withdraw_forbidden(conn, target)
 
 
 async def on_record(conn: Conn, msg: m.Record) -> None:

@@ -12,6 +12,7 @@ from teleconsult.session.participant import State
 from teleconsult.session.roles import Action, Role, Source, may, may_publish
 from teleconsult.session.room import Room, RoomConfig
 from teleconsult.session.rooms import Rooms
+from teleconsult.session.streams import Feed, Stream
 
 
 class Inbox:
@@ -223,8 +224,6 @@ def test_a_room_carried_to_another_node_keeps_its_rules_and_people() -> None:
 
 
 def test_a_dropped_participant_is_kept_for_the_grace_with_its_streams() -> None:
-    from teleconsult.session.streams import Feed, Stream
-
     room = Room("r", RoomConfig(), 0.0)
     op, op_inbox = join(room, "op", Role.OPERATOR)
     ex, ex_inbox = join(room, "ex", Role.EXPERT)
@@ -251,12 +250,10 @@ def test_a_dropped_participant_is_kept_for_the_grace_with_its_streams() -> None:
 
 
 def test_a_stream_not_published_again_within_the_grace_is_removed() -> None:
-    from teleconsult.session.streams import Feed, Stream
-
     room = Room("r", RoomConfig(), 0.0)
     op, _ = join(room, "op", Role.OPERATOR)
     _, ex_inbox = join(room, "ex", Role.EXPERT)
-    room.add_stream(Stream("s1", op, [Feed("s1.0", "0", "video", Source.PROBE, "", "VP8")]))
+    publish(room, op, "s1")
     room.stream_state("s1", False, 5.0)
     assert room.interrupted_stream(op, [Source.PROBE]) is room.streams["s1"]
     assert room.interrupted_stream(op, [Source.CAMERA]) is None
@@ -272,16 +269,20 @@ def test_a_stream_not_published_again_within_the_grace_is_removed() -> None:
     assert room.away(op, "lost", 70.0, stale) is None
 
 
-def test_only_the_operator_answers_on_consent() -> None:
-    from teleconsult.session.streams import Feed, Stream
+def publish(room: Room, who: str, stream: str, source: Source = Source.PROBE) -> None:
+    """Add a stream of one feed of this source, as the media edge would."""
+    kind, codec = ("audio", "opus") if source is Source.MICROPHONE else ("video", "VP8")
+    room.add_stream(Stream(stream, who, [Feed(f"{stream}.0", "0", kind, source, "", codec)]))
 
+
+def test_only_the_operator_answers_on_consent() -> None:
     room = Room("r", RoomConfig(), 0.0)
     op, op_inbox = join(room, "op", Role.OPERATOR)
     mod, _ = join(room, "mod", Role.MODERATOR)
     others = [
         join(room, who, role)[0] for who, role in (("ex", Role.EXPERT), ("aud", Role.AUDIENCE))
     ]
-    room.add_stream(Stream("s1", op, [Feed("s1.0", "0", "video", Source.PROBE, "", "VP8")]))
+    publish(room, op, "s1")
     assert room.start_recording(mod, 1.0) is False  # waits for the operator
     assert op_inbox.types()[-1] == "consent_requested"
     for someone in [mod, *others]:
@@ -300,13 +301,11 @@ def test_only_the_operator_answers_on_consent() -> None:
 
 
 def test_a_start_waiting_for_consent_is_taken_back_by_the_moderator() -> None:
-    from teleconsult.session.streams import Feed, Stream
-
     room = Room("r", RoomConfig(), 0.0)
     op, op_inbox = join(room, "op", Role.OPERATOR)
     mod, mod_inbox = join(room, "mod", Role.MODERATOR)
     ex, ex_inbox = join(room, "ex", Role.EXPERT)
-    room.add_stream(Stream("s1", op, [Feed("s1.0", "0", "video", Source.PROBE, "", "VP8")]))
+    publish(room, op, "s1")
     assert room.cancel_recording(mod) is False  # nothing waits
     assert room.start_recording(mod, 1.0) is False
     assert mod_inbox.events[-1]["pending"] is True
@@ -385,14 +384,12 @@ def test_the_role_table_of_the_protocol_is_what_the_server_enforces() -> None:
 
 
 def test_what_a_new_role_may_not_publish_is_withdrawn() -> None:
-    from teleconsult.session.streams import Feed, Stream
-
     room = Room("r", RoomConfig(), 0.0)
     op, _ = join(room, "op", Role.OPERATOR)
     mod, _ = join(room, "mod", Role.MODERATOR)
     aud, aud_inbox = join(room, "aud", Role.AUDIENCE)
-    room.add_stream(Stream("s1", op, [Feed("s1.0", "0", "video", Source.PROBE, "", "VP8")]))
-    room.add_stream(Stream("s2", op, [Feed("s2.0", "0", "audio", Source.MICROPHONE, "", "opus")]))
+    publish(room, op, "s1")
+    publish(room, op, "s2", Source.MICROPHONE)
     assert room.withdraw_forbidden(op) == []  # the operator may publish both
     room.set_role(mod, op, Role.EXPERT)
     # An expert may talk, not send the patient's image.
@@ -405,7 +402,7 @@ def test_what_a_new_role_may_not_publish_is_withdrawn() -> None:
     }
     # The audience speaks only with the floor: taken back, the microphone is withdrawn.
     room.grant(mod, aud, 1.0, floor=True)
-    room.add_stream(Stream("s3", aud, [Feed("s3.0", "0", "audio", Source.MICROPHONE, "", "opus")]))
+    publish(room, aud, "s3", Source.MICROPHONE)
     assert room.withdraw_forbidden(aud) == []
     room.grant(mod, aud, 2.0, floor=False)
     assert [s.id for s in room.withdraw_forbidden(aud)] == ["s3"]

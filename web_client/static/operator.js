@@ -43,6 +43,24 @@ export class Devices {
     this.controls = new Map();
     this.restored = false;
     session.addEventListener("published", (ev) => this._renew(/** @type {CustomEvent} */ (ev).detail));
+    // The server ended one of our streams (a role that may no longer send it): stop capturing
+    // it and say so on its row, rather than show "Stop" over a camera that sends nowhere.
+    session.addEventListener("message", (ev) => {
+      const msg = /** @type {CustomEvent} */ (ev).detail;
+      if (msg.type !== "stream_removed" || msg.reason === "unpublished") return;
+      for (const [key, running] of this.live) if (running.stream === msg.stream_id) this._stopped(key);
+    });
+  }
+
+  /** A row's feed is no longer sent: stop its capture and preview, and mark it. @param {string} key */
+  _stopped(key) {
+    const running = this.live.get(key);
+    if (!running) return;
+    running.media.getTracks().forEach((tr) => tr.stop());
+    this.stage.hide(running.feed);
+    this.live.delete(key);
+    this._mark(key);
+    this._keep();
   }
 
   /**
@@ -182,11 +200,7 @@ export class Devices {
     const running = this.live.get(key);
     if (running) {
       this.session.unpublish(running.stream);
-      running.media.getTracks().forEach((tr) => tr.stop());
-      this.stage.hide(running.feed);
-      this.live.delete(key);
-      this._mark(key);
-      this._keep();
+      this._stopped(key);
       return;
     }
     c.button.disabled = true;
@@ -228,17 +242,20 @@ export class Devices {
   _rescale() {
     const c = this.controls.get("source");
     const running = this.live.get("source");
-    if (!c || !c.depth) return;
-    if (!running) return;
+    if (!c?.depth || !running) return;
     running.depth = c.depth.value;
     const height = running.media.getVideoTracks()[0]?.getSettings().height;
     this.session.send({ type: "set_scale", feed: running.feed, pixel_spacing_mm: spacing(running.depth, height) });
     this._keep();
   }
 
-  /** Stop sending every feed (this participant is no longer the operator). */
+  /** Stop sending every feed still sent (this participant is no longer the operator). */
   async stopAll() {
-    for (const key of [...this.live.keys()]) await this.toggle(key);
+    for (const [key, running] of [...this.live]) {
+      // One the server already ended is only stopped here (see the stream_removed follower).
+      if (this.session.published.has(running.stream)) await this.toggle(key);
+      else this._stopped(key);
+    }
   }
 
   /**

@@ -6,7 +6,7 @@ import { t } from "./i18n.js";
 
 const ROLES = ["operator", "expert", "audience", "moderator"];
 // The messages that change who is listed, how, or the moderator's controls.
-const LIST_CHANGES = new Set(["welcome", "admitted", "joined", "left", "presence", "knock", "role_changed", "muted", "granted", "recording", "consent_declined"]);
+const LIST_CHANGES = new Set(["welcome", "admitted", "joined", "left", "knock", "role_changed", "muted", "granted", "recording", "consent_declined"]);
 
 /** @param {Session} session */
 export function mountPeople(session) {

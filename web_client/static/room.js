@@ -136,7 +136,8 @@ function setUpRole() {
   document.body.dataset.role = role;
   const publishes = role === "operator";
   $("operator").hidden = !publishes;
-  // No longer the operator: its feeds stop (the page unpublishes them; the server does not yet).
+  // No longer the operator: the server ends what the new role may not send; what it still may
+  // (a microphone) stops too, as its controls are gone with the panel.
   if (!publishes) devices?.stopAll();
   if (publishes && !devices) {
     devices = new Devices(session, stage, $("devices"), (text) => {
