@@ -97,6 +97,7 @@ class PacketTrack(MediaStreamTrack):
         self.n = 0
         self.start: float | None = None
         self.sent: list[tuple[int, float]] = []  # (index into frames, wall time)
+        self.lags: list[float] = []  # seconds each send came after its scheduled time
 
     async def recv(self) -> av.Packet[Any]:
         if self.start is None:
@@ -107,8 +108,14 @@ class PacketTrack(MediaStreamTrack):
         packet.pts = int(self.n * self.clock / self.rate)
         packet.time_base = fractions.Fraction(1, self.clock)
         self.sent.append((index, time.time()))
+        self.lags.append(time.monotonic() - (self.start + self.n / self.rate))
         self.n += 1
         return packet
+
+    def lateness(self, since: float, until: float) -> float:
+        """How much, in seconds, the sender's lag behind its schedule varied in a wall-clock window."""
+        lags = [lag for (_, t), lag in zip(self.sent, self.lags, strict=True) if since <= t <= until]
+        return max(lags) - min(lags) if lags else 0.0
 
 
 def vp8_frames(count: int, keyframe_every: int, width: int = 320, height: int = 240) -> list[bytes]:

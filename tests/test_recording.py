@@ -99,8 +99,10 @@ async def test_recording_keeps_the_publishers_frames_byte_for_byte(server: Serve
     assert got == expected
     assert len(got) >= 0.95 * (len(sent_during) - 30)  # less the wait for the first keyframe
     assert v["duration"] == pytest.approx(len(got) / 30, abs=0.05)
-    # The file's own clock agrees with the wall clock it was recorded over.
-    assert v["duration"] == pytest.approx(v["end"] - v["start"], rel=0.05)
+    # The file's own clock agrees with the wall clock it was recorded over, short of any time
+    # this loaded machine held the sender back (a late first keyframe starts the file late).
+    held_back = video.lateness(t0, t0 + wall)
+    assert abs(v["duration"] - (v["end"] - v["start"])) <= 0.05 * v["duration"] + held_back
     with av.open(str(folder / a["file"])) as container:
         decoded = list(container.decode(audio=0))
     assert tone_level(decoded) > 1000  # the operator's voice is there, not silence
