@@ -113,8 +113,9 @@ class PacketTrack(MediaStreamTrack):
         return packet
 
     def lateness(self, since: float, until: float) -> float:
-        """How much, in seconds, the sender's lag behind its schedule varied in a wall-clock window."""
-        lags = [lag for (_, t), lag in zip(self.sent, self.lags, strict=True) if since <= t <= until]
+        """How much the sender's lag behind its schedule varied in a wall-clock window, seconds."""
+        sent = zip(self.sent, self.lags, strict=True)
+        lags = [lag for (_, t), lag in sent if since <= t <= until]
         return max(lags) - min(lags) if lags else 0.0
 
 
