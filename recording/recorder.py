@@ -6,6 +6,7 @@ so that a slow or full disk delays no packet of any room.
 
 from __future__ import annotations
 
+import base64
 import copy
 import json
 import os
@@ -93,6 +94,7 @@ class Recorder:
         self.tracks: list[Recorded] = []
         self.participant_id = ""
         self.participants: dict[str, Event] = {}
+        self.held: list[Event] = []  # frames held up for everyone, each kept as a JPEG file
         self._log: IO[str] | None = None  # the writer thread's, like every file
         self.disk: DiskQueue | None = None
         self.failed = ""
@@ -126,6 +128,8 @@ class Recorder:
         for entry in (*snapshot["annotations"], *snapshot["chat"]):
             self._name_author(entry)
         self._append({"t": 0.0, "type": "snapshot", "channel": snapshot})
+        if self.room.held is not None:
+            self._keep_held(self.room.held)
         for stream in self.room.streams.values():
             self._add_stream(stream)
         self.write_manifest()
@@ -177,6 +181,11 @@ class Recorder:
             if kind == "op":
                 self._name_author(entry)
             self._append(entry)
+        elif kind == "frame_held":
+            self._keep_held(event)
+            self.write_manifest()
+        elif kind == "frame_released":
+            self._append({"t": round(self._t(self.clock()), 3), **event})
         elif kind == "joined":
             p = event["participant"]
             self.participants[p["id"]] = {
@@ -191,6 +200,26 @@ class Recorder:
             self.participants[event["participant_id"]]["role"] = event["role"]
         elif kind == "consent_given":
             self.write_manifest()
+
+    def _keep_held(self, event: Event) -> None:
+        """Write a held frame to its own file and log it by name (the log stays small)."""
+        feed = self.room.streams.feed(event["feed"])
+        if feed is None or (
+            feed.source in PATIENT_SOURCES and self.room.recording.consent is None
+        ):
+            return  # a patient's picture is kept only with consent, like the feed it is from
+        name = f"held-{len(self.held) + 1}.jpg"
+        data = base64.b64decode(event["image"])
+        entry = {k: v for k, v in event.items() if k not in ("image", "ref")}
+        entry.update(t=round(self._t(self.clock()), 3), file=name)
+        self._name_author(entry)
+        assert self.disk is not None
+        if self.disk.put(partial(self._write_file, name, data), len(data)):
+            self.held.append({k: entry[k] for k in ("id", "file", "t", "feed", "width", "height")})
+            self._append(entry)
+
+    def _write_file(self, name: str, data: bytes) -> None:
+        (self.dir / name).write_bytes(data)
 
     def _name_author(self, entry: Event) -> None:
         """Add the author's name and role as the room shows them now."""
@@ -361,6 +390,7 @@ class Recorder:
                 for rec in self.tracks
             ],
             "channel_log": "channel.jsonl",
+            "held_frames": self.held,
             "error": self.failed or None,
         }
         return copy.deepcopy(session)

@@ -29,6 +29,7 @@ class Code(StrEnum):
     CONSENT_REQUIRED = "consent_required"
     NOT_RECORDING = "not_recording"
     ALREADY_RECORDING = "already_recording"
+    NOTHING_HELD = "nothing_held"
 
 
 class SessionError(Exception):

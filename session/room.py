@@ -54,6 +54,10 @@ class Room(Members):
         # Everyone who has been in the room, by participant id, as last shown (name and role):
         # a recording names the authors of what it starts with, some of whom may have left.
         self.authors: dict[str, Event] = {}
+        # The frame an annotator holds up for everyone (a JPEG), if any: kept here, not in the
+        # channel's log, as it is large and only the latest one matters.
+        self.held: Event | None = None
+        self.held_count = 0
 
     # -- queries ---------------------------------------------------------------------------
 
@@ -74,6 +78,7 @@ class Room(Members):
             "participants": [p.describe() for p in self.joined()],
             "streams": [s.describe() for s in self.streams.values()],
             "recording": self.recording.describe(),
+            "held": self.held,
         }
         if viewer.role is Role.MODERATOR:
             snap["waiting"] = [p.describe() for p in self.waiting()]
@@ -160,6 +165,8 @@ class Room(Members):
         if p is None or (client is not None and p.client is not client):
             return None
         self.remove_streams_of(p.id, reason)
+        if self.held is not None and self.held["author"] == p.id:
+            self._release(None)
         del self.participants[participant_id]
         self.revision += 1
         for gone in self.channel.forget(p.id):
@@ -390,6 +397,49 @@ class Room(Members):
         moderator = p.role is Role.MODERATOR
         event = self.channel.apply(p.id, op, now, moderator, self._geometry)
         self._order(event)
+
+    def check_hold(self, participant_id: str, feed_id: object) -> Participant:
+        """Check that a participant may hold up a frame of a feed for everyone."""
+        p = self._self(participant_id)
+        if not (may(p.role, Action.ANNOTATE) or p.may_annotate):
+            raise SessionError(Code.FORBIDDEN, f"the {p.role.value} role may not hold up frames")
+        if self._feed(feed_id).kind != "video":
+            raise SessionError(Code.NO_SUCH_FEED, "a frame is held from a video feed")
+        return p
+
+    def hold_frame(self, participant_id: str, frame: Event, now: float, ref: str | None) -> Event:
+        """Show everyone a still frame (`feed`, `width`, `height`, `image`, maybe `media_ts`)
+        in place of any held before; its author sees it under `ref`."""
+        p = self.check_hold(participant_id, frame["feed"])
+        self.held_count += 1
+        self.held = {
+            "type": "frame_held",
+            "id": f"held-{self.held_count}",
+            "author": p.id,
+            "server_ts": now,
+            **frame,
+        }
+        self._broadcast(self.held, skip=p.id)
+        p.client.push({**self.held, "ref": ref})
+        return self.held
+
+    def release_frame(self, participant_id: str, ref: str | None) -> Event:
+        """Stop showing the held frame: its author, or a moderator."""
+        p = self._self(participant_id)
+        if self.held is None:
+            raise SessionError(Code.NOTHING_HELD, "no frame is held up")
+        if self.held["author"] != p.id and p.role is not Role.MODERATOR:
+            raise SessionError(Code.FORBIDDEN, "only its author or a moderator releases a frame")
+        return self._release(p, ref)
+
+    def _release(self, by: Participant | None, ref: str | None = None) -> Event:
+        assert self.held is not None
+        event = {"type": "frame_released", "id": self.held["id"], "by": by.id if by else None}
+        self.held = None
+        self._broadcast(event, skip=by.id if by else None)
+        if by is not None:
+            by.client.push({**event, "ref": ref})
+        return event
 
     def chat(self, participant_id: str, op_id: str, text: str, now: float) -> None:
         """Post a chat message to everyone."""

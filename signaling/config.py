@@ -88,6 +88,13 @@ class Settings(BaseSettings):
         default=10.0, description="seconds a connection has to say hello"
     )
     max_message: int = Field(default=64 * 1024, description="largest signaling message, in bytes")
+    max_held_frame: int = Field(
+        default=768 * 1024,
+        description="largest hold_frame message, in bytes (a JPEG of the held frame in base64)",
+    )
+    held_frame_rate: float = Field(
+        default=1.0, description="frames a second one connection may hold up for everyone"
+    )
     rate: float = Field(default=100.0, description="signaling messages a second per connection")
     burst: float = Field(default=200.0, description="burst of signaling messages per connection")
     queue_size: int = Field(

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 from teleconsult.session.participant import Event, Participant
 from teleconsult.session.room import Room
@@ -39,7 +39,7 @@ class Conn(Protocol):
     def error(self, code: str, message: str, ref: str | None = None, **details: Any) -> None:
         """Send an error event."""
 
-    def allow_op(self, pointer: bool) -> bool:
+    def allow_op(self, kind: Literal["pointer", "op", "frame"]) -> bool:
         """Take a channel operation from the rate limits (False: refused, and said)."""
 
     def audit(self, action: str, outcome: str = "ok", **fields: Any) -> None:

@@ -7,7 +7,7 @@ import contextlib
 import logging
 from collections.abc import Coroutine
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
 from teleconsult.media.sfu import MediaError
 from teleconsult.session.errors import Code as SessionCode
@@ -38,10 +38,11 @@ class _CloseRequest:
 
 
 @dataclass(frozen=True)
-class _PointerSlot:
-    """Stands in the queue for an author's latest pointer, sent when its turn comes."""
+class _LatestSlot:
+    """Stands in the queue for the latest of a kind of event (an author's pointer, the held
+    frame), sent when its turn comes: a slow reader gets the newest only."""
 
-    author: str
+    key: str
 
 
 async def until_one_ends(*loops: Coroutine[Any, Any, None]) -> None:
@@ -96,13 +97,14 @@ class Connection:
         self.media_node = relayed_from or hub.node
         s = hub.settings
         now = hub.now()
-        self.out: asyncio.Queue[Event | _CloseRequest | _PointerSlot] = asyncio.Queue()
+        self.out: asyncio.Queue[Event | _CloseRequest | _LatestSlot] = asyncio.Queue()
         self.bucket = TokenBucket(s.rate, s.burst, now)
         # Pointers are accepted at up to 60 Hz; drawings, chat and hands at a human pace.
         self.pointer_bucket = TokenBucket(s.pointer_rate, s.pointer_rate, now)
         self.op_bucket = TokenBucket(s.op_rate, s.op_burst, now)
-        # The latest pointer of each author not yet sent: a slow reader gets the newest only.
-        self.pointers: dict[str, Event] = {}
+        self.frame_bucket = TokenBucket(s.held_frame_rate, 2 * s.held_frame_rate, now)
+        # The latest pointer of each author, and the latest held frame, not yet sent.
+        self.latest: dict[str, Event] = {}
         self.opened_at = now
         self.last_heard = now
         self.last_ping = now
@@ -120,11 +122,13 @@ class Connection:
         """Queue an event for the writer; a client that cannot keep up is disconnected."""
         if self.closing is not None:
             return
-        if event.get("type") == "pointer":
-            author = event["author"]
-            if author not in self.pointers:
-                self.out.put_nowait(_PointerSlot(author))
-            self.pointers[author] = event
+        kind = event.get("type")
+        if kind in ("pointer", "frame_held") and "ref" not in event:
+            # A held frame is up to a few hundred KiB: only the newest is worth its bytes.
+            key = f"pointer:{event['author']}" if kind == "pointer" else "frame_held"
+            if key not in self.latest:
+                self.out.put_nowait(_LatestSlot(key))
+            self.latest[key] = event
             return
         if self.out.qsize() >= self.hub.settings.queue_size:
             self.leave_reason = "too_slow"
@@ -149,20 +153,21 @@ class Connection:
         event.update({k: v for k, v in details.items() if v is not None})
         self.push(event)
 
-    def allow_op(self, pointer: bool) -> bool:
+    def allow_op(self, kind: Literal["pointer", "op", "frame"]) -> bool:
         """Apply the per-connection limit on annotation operations; False drops this one."""
         now = self.hub.now()
-        if (self.pointer_bucket if pointer else self.op_bucket).take(now):
+        bucket = {"pointer": self.pointer_bucket, "op": self.op_bucket, "frame": self.frame_bucket}
+        if bucket[kind].take(now):
             return True
         self.hub.metrics.messages.labels(type="dropped").inc()
         if now - self.last_rate_error >= 1.0:
             self.last_rate_error = now
-            what = (
-                "pointer updates are limited to 60 a second"
-                if pointer
-                else ("too many annotations, messages or hands a second")
-            )
-            self.error(Code.RATE_LIMITED, what)
+            what = {
+                "pointer": "pointer updates are limited to 60 a second",
+                "op": "too many annotations, messages or hands a second",
+                "frame": "a frame can be held up for everyone about once a second",
+            }
+            self.error(Code.RATE_LIMITED, what[kind])
         return False
 
     def freeze(self) -> None:
@@ -209,11 +214,11 @@ class Connection:
                 with contextlib.suppress(Exception):
                     await self.ws.close(item.code, item.reason)
                 return
-            if isinstance(item, _PointerSlot):
-                pointer = self.pointers.pop(item.author, None)
-                if pointer is None:
+            if isinstance(item, _LatestSlot):
+                latest = self.latest.pop(item.key, None)
+                if latest is None:
                     continue
-                item = pointer
+                item = latest
             await self.ws.send_text(self.hub.encode(item))
 
     async def _keepalive(self) -> None:
@@ -246,14 +251,17 @@ class Connection:
         try:
             if text is None:
                 raise ProtocolError(Code.BINARY_NOT_SUPPORTED, "binary frames are not accepted")
-            if len(text) > self.hub.settings.max_message or (
-                len(text.encode()) > self.hub.settings.max_message
-            ):
+            s = self.hub.settings
+            # A held frame (a JPEG) may be larger than any other message, and nothing else.
+            cap = max(s.max_message, s.max_held_frame)
+            size = len(text) if len(text) > cap else len(text.encode())  # bytes ≥ characters
+            if size > cap:
                 raise ProtocolError(
-                    Code.MESSAGE_TOO_LARGE,
-                    f"messages are limited to {self.hub.settings.max_message} bytes",
+                    Code.MESSAGE_TOO_LARGE, f"messages are limited to {s.max_message} bytes"
                 )
-            message = parse(text)
+            message = parse(
+                text, size, lambda t: s.max_held_frame if t == "hold_frame" else s.max_message
+            )
         except ProtocolError as e:
             self.hub.metrics.messages.labels(type="invalid").inc()
             self.error(e.code, e.message, ref=e.ref, **e.details)

@@ -15,6 +15,7 @@ class Code(StrEnum):
     RATE_LIMITED = "rate_limited"
     UNKNOWN_TYPE = "unknown_type"
     INVALID_FIELD = "invalid_field"
+    INVALID_IMAGE = "invalid_image"
     HANDSHAKE_REQUIRED = "handshake_required"
     ALREADY_JOINED = "already_joined"
     UNSUPPORTED_VERSION = "unsupported_version"

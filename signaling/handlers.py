@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import TYPE_CHECKING, Any
 
 from teleconsult.session.errors import Close as SessionClose
@@ -13,7 +14,8 @@ from teleconsult.session.room import Room
 from . import messages as m
 from .access import Refused, grant_for
 from .conn import Conn, Handler
-from .errors import Close, Code
+from .errors import Close, Code, ProtocolError
+from .held import picture_size
 from .media_handlers import (
     on_answer,
     on_get_stats,
@@ -140,7 +142,12 @@ def _welcome(conn: Conn, msg: m.Hello, room: Room, p: Participant) -> Event:
         "ice_servers": conn.hub.ice_servers(conn.grant.identity, conn.ice_urls),
         "ping_interval": s.ping_interval,
         "ping_timeout": s.ping_timeout,
-        "limits": {"max_message": s.max_message, "rate": s.rate, "burst": s.burst},
+        "limits": {
+            "max_message": s.max_message,
+            "max_held_frame": s.max_held_frame,
+            "rate": s.rate,
+            "burst": s.burst,
+        },
     }
     if p.state is State.JOINED:
         welcome.update(room.snapshot(p))
@@ -256,17 +263,43 @@ async def on_annotate(conn: Conn, msg: m.Annotate) -> None:
     """Apply an annotation operation; the room orders it and sends it on."""
     room, me = conn.room, conn.participant
     assert room is not None and me is not None
-    if not conn.allow_op(msg.op == "pointer"):
+    if not conn.allow_op("pointer" if msg.op == "pointer" else "op"):
         return
     op = msg.model_dump(exclude={"type"}, exclude_none=True)
     room.annotate(me.id, op, conn.hub.now())
+
+
+async def on_hold_frame(conn: Conn, msg: m.HoldFrame) -> None:
+    """Show everyone a still frame of a feed; the image is checked off the event loop."""
+    room, me = conn.room, conn.participant
+    assert room is not None and me is not None
+    room.check_hold(me.id, msg.feed)  # refused before the decoding is paid for
+    if not conn.allow_op("frame"):
+        return
+    try:
+        width, height = await asyncio.to_thread(picture_size, msg.image)
+    except ProtocolError as e:
+        conn.error(e.code, e.message, ref=msg.id)
+        return
+    frame = {"feed": msg.feed, "width": width, "height": height, "image": msg.image}
+    if msg.media_ts is not None:
+        frame["media_ts"] = msg.media_ts
+    held = room.hold_frame(me.id, frame, conn.hub.now(), ref=msg.id)
+    conn.audit("hold_frame", code=held["id"])
+
+
+async def on_release_frame(conn: Conn, msg: m.ReleaseFrame) -> None:
+    """Stop showing the held frame."""
+    room, me = conn.room, conn.participant
+    assert room is not None and me is not None
+    room.release_frame(me.id, ref=msg.id)
 
 
 async def on_chat(conn: Conn, msg: m.Chat) -> None:
     """Post a chat message."""
     room, me = conn.room, conn.participant
     assert room is not None and me is not None
-    if not conn.allow_op(False):
+    if not conn.allow_op("op"):
         return
     room.chat(me.id, _op_id(msg), msg.text, conn.hub.now())
 
@@ -275,7 +308,7 @@ async def on_raise_hand(conn: Conn, msg: m.RaiseHand) -> None:
     """Raise or lower one's hand."""
     room, me = conn.room, conn.participant
     assert room is not None and me is not None
-    if not conn.allow_op(False):
+    if not conn.allow_op("op"):
         return
     room.raise_hand(me.id, _op_id(msg), msg.raised, conn.hub.now())
 
@@ -360,6 +393,8 @@ HANDLERS: dict[str, Handler] = {
     "get_stats": on_get_stats,
     "annotate": on_annotate,
     "chat": on_chat,
+    "hold_frame": on_hold_frame,
+    "release_frame": on_release_frame,
     "raise_hand": on_raise_hand,
     "grant": on_grant,
     "record": on_record,

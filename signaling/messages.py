@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
@@ -145,6 +146,23 @@ class Annotate(Message):
     style: Style | None = None
 
 
+class HoldFrame(Message):
+    """Show everyone a still frame of a video feed (a JPEG), in place of any frame held before."""
+
+    type: Literal["hold_frame"]
+    feed: Annotated[str, Field(min_length=1, max_length=100)]
+    # The frame's RTP timestamp: drawings made on it carry the same one.
+    media_ts: Annotated[int, Field(ge=0, lt=2**32)] | None = None
+    # Base64; its size is bounded by the connection (settings.max_held_frame).
+    image: Annotated[str, Field(min_length=1)]
+
+
+class ReleaseFrame(Message):
+    """Stop showing the held frame (its author, or a moderator)."""
+
+    type: Literal["release_frame"]
+
+
 class Chat(Message):
     """A chat message to the room."""
 
@@ -278,14 +296,17 @@ MODELS: dict[str, type[Message]] = {
     "annotate": Annotate,
     "chat": Chat,
     "raise_hand": RaiseHand,
+    "hold_frame": HoldFrame,
+    "release_frame": ReleaseFrame,
     "grant": Grant,
     "record": Record,
     "consent": Consent,
 }
 
 
-def parse(text: str) -> Message:
-    """Turn one JSON text frame into a typed message or raise ProtocolError."""
+def parse(text: str, size: int = 0, limit: Callable[[str], int] | None = None) -> Message:
+    """Turn one JSON text frame into a typed message or raise ProtocolError; `limit` gives
+    the largest `size` (in bytes) of a message of a type."""
     try:
         raw: Any = json.loads(text)
     except (ValueError, RecursionError):  # ValueError: also an integer of over 4,300 digits
@@ -299,6 +320,12 @@ def parse(text: str) -> Message:
     if model is None:
         raise ProtocolError(
             Code.UNKNOWN_TYPE, f"unknown message type {raw['type'][:40]!r}", ref=ref
+        )
+    if limit is not None and size > limit(raw["type"]):
+        raise ProtocolError(
+            Code.MESSAGE_TOO_LARGE,
+            f"{raw['type']} messages are limited to {limit(raw['type'])} bytes",
+            ref=ref,
         )
     try:
         return model.model_validate(raw)

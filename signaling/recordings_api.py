@@ -47,6 +47,7 @@ def with_links(hub: Hub, folder: Path, base: str, holder: Link) -> dict[str, Any
     ttl = int(hub.settings.recording_link_ttl)
     expires = int(hub.now()) + ttl
     names = [t["file"] for t in data["tracks"]] + [data.get("channel_log", "channel.jsonl")]
+    names += [h["file"] for h in data.get("held_frames", [])]
     query = urlencode({"tid": holder.token_id, "who": holder.identity})
     data["links"] = {
         name: f"{base}/{name}?exp={expires}&{query}"
@@ -251,6 +252,7 @@ class RecordingsApi:
             ".mkv": "video/x-matroska",
             ".jsonl": "application/x-ndjson",
             ".json": "application/json",
+            ".jpg": "image/jpeg",
         }
         response = FileResponse(path, media_type=media.get(path.suffix, "application/octet-stream"))
         if "sig" in request.query_params:

@@ -233,7 +233,7 @@ def _serve(args: argparse.Namespace) -> int:
         port=settings.port,
         log_level=settings.log_level,
         log_config=None,  # logging is configured once, above
-        ws_max_size=1024 * 1024,
+        ws_max_size=max(1024 * 1024, 2 * settings.max_held_frame),  # the app says what is too large
         ws_ping_interval=None,
         lifespan="on",
     )

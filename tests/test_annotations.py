@@ -268,7 +268,7 @@ async def test_hand_floor_and_chat(room: tuple[Server, SignalingClient, str]) ->
 
 def test_slow_reader_gets_the_latest_pointer_and_every_operation(tmp_path: Path) -> None:
     from teleconsult.signaling.config import Secrets, Settings
-    from teleconsult.signaling.connection import Connection, _PointerSlot
+    from teleconsult.signaling.connection import Connection, _LatestSlot
     from teleconsult.signaling.hub import Hub
 
     hub = Hub(Settings(data_dir=tmp_path), Secrets("s" * 40, "k"))
@@ -280,14 +280,14 @@ def test_slow_reader_gets_the_latest_pointer_and_every_operation(tmp_path: Path)
             conn.push({"type": "op", "seq": i, "op": "stroke"})
     queued = list(conn.out._queue)  # type: ignore[attr-defined]
     assert [type(x).__name__ for x in queued] == [
-        "_PointerSlot",
-        "_PointerSlot",
+        "_LatestSlot",
+        "_LatestSlot",
         "dict",
         "dict",
         "dict",
     ]
-    assert isinstance(queued[0], _PointerSlot)
-    assert conn.pointers["a"]["points"] == [[0.99, 0]]  # only the newest is sent
+    assert isinstance(queued[0], _LatestSlot)
+    assert conn.latest["pointer:a"]["points"] == [[0.99, 0]]  # only the newest is sent
     assert [x["seq"] for x in queued if isinstance(x, dict)] == [0, 40, 80]
 
 

@@ -60,7 +60,7 @@ class FakeConn:
     def error(self, code: str, message: str, ref: str | None = None, **details: Any) -> None:
         self.sent.append({"type": "error", "code": code, "ref": ref, **details})
 
-    def allow_op(self, pointer: bool) -> bool:
+    def allow_op(self, kind: str) -> bool:
         return True
 
     def audit(self, action: str, outcome: str = "ok", **fields: Any) -> None:
