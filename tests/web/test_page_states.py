@@ -28,6 +28,7 @@ STATES = [
     "live",
     "drawing",
     "frozen",
+    "held",
     "consent",
     "recording",
     "ended",
@@ -150,7 +151,13 @@ async def test_every_page_state(server: Server, chromium: Browser, size: str, la
     await ex.keyboard.press("h")
     await expect(ex.locator("#feeds figure.main")).to_have_class(re.compile("is-frozen"))
     await states.take(ex, "frozen")
-    await ex.keyboard.press("h")
+    # Shown to everyone: the operator sees on its own preview what the expert points at.
+    await ex.keyboard.press("g")
+    await expect(op.locator("#feeds figure.is-held")).to_have_count(1, timeout=10000)
+    await states.take(op, "held")
+    await ex.keyboard.press("g")  # taken down: every page, the expert's too, goes live again
+    await expect(op.locator("#feeds figure.is-held")).to_have_count(0, timeout=10000)
+    await expect(ex.locator("#feeds figure.main")).not_to_have_class(re.compile("is-frozen"))
 
     # The moderator asks to record; the operator confirms the patient's consent.
     mod = await page(Role.MODERATOR, "mod", "主持人" if lang == "zh" else "Moderator")

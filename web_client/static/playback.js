@@ -41,6 +41,8 @@ class Replay {
     this.participants = new Map();
     this.next = 0;
     this.at = 0;
+    /** @type {any} the frame held up for everyone at this time (its log entry), if any */
+    this.held = null;
   }
 
   /** Bring the state to session time `time`, replaying from the start after a seek back. @param {number} time */
@@ -48,6 +50,7 @@ class Replay {
     if (time < this.at) {
       this.channel = new ChannelState();
       this.next = 0;
+      this.held = null;
       this.onReset();
     }
     this.at = time;
@@ -57,6 +60,8 @@ class Replay {
       if (e.type === "op") this.channel.apply(e);
       else if (e.type === "pointer") this.channel.point(e);
       else if (e.type === "snapshot") this.channel.load(e.channel); // the room when recording began
+      else if (e.type === "frame_held") this.held = e;
+      else if (e.type === "frame_released" && this.held?.id === e.id) this.held = null;
       changed = true;
     }
     return changed;
@@ -141,9 +146,43 @@ async function open(session) {
     }));
   };
 
+  /** @type {Map<string, Promise<string>>} held frame file → its picture, fetched once */
+  const stills = new Map();
+  /** Show, over its feed's video, the frame held up for everyone at this time. @param {{track: any, media: HTMLMediaElement, figure: HTMLElement | null, overlay: Overlay | null}} p */
+  const showHeld = (p) => {
+    if (!p.figure || !p.overlay) return;
+    const held = replay.held && replay.held.feed === p.track.feed ? replay.held : null;
+    let img = /** @type {HTMLImageElement | null} */ (p.figure.querySelector("img.held"));
+    p.figure.classList.toggle("is-held", Boolean(held));
+    if (!held) {
+      if (img) img.hidden = true;
+      return;
+    }
+    if (!img) {
+      img = document.createElement("img");
+      img.className = "held";
+      img.alt = t("playback.held");
+      p.media.after(img);
+    }
+    const box = p.overlay.contentBox();
+    Object.assign(img.style, { left: `${box.left}px`, top: `${box.top}px`, width: `${box.width}px`, height: `${box.height}px` });
+    img.hidden = false;
+    if (img.dataset.held === held.id) return;
+    img.dataset.held = held.id;
+    if (!stills.has(held.file)) {
+      // Fetched, not linked: the file may be on another node, which pictures may not load from.
+      stills.set(held.file, fetch(manifest.links[held.file]).then((r) => r.blob()).then((b) => URL.createObjectURL(b)));
+    }
+    const shown = img;
+    stills.get(held.file)?.then((url) => {
+      if (shown.dataset.held === held.id) shown.src = url;
+    }).catch(() => {});
+  };
+
   /** Put every player where the session clock says. @param {boolean} hard after a seek */
   const sync = (hard) => {
     if (replay.seek(state.time) || hard) chat();
+    for (const p of players) showHeld(p);
     for (const p of players) {
       const local = state.time - p.track.start;
       const inside = local >= 0 && local <= p.track.duration;
@@ -198,6 +237,7 @@ async function open(session) {
       try {
         const fresh = await api(`/api/recordings/${room}/${session}`);
         for (const p of players) p.media.src = fresh.links[p.track.file];
+        manifest.links = fresh.links; // for held frames not fetched yet
         sync(true);
         renewIn(fresh.links_valid_for);
       } catch {

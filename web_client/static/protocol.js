@@ -68,6 +68,8 @@ export class Session extends EventTarget {
     this.welcome = null;
     /** @type {Map<string, ParticipantInfo>} */
     this.participants = new Map();
+    /** @type {Message | null} the frame held up for everyone now (its frame_held event) */
+    this.held = null;
     this.state = "idle";
     this.attempt = 0;
     this.leaving = false;
@@ -272,6 +274,7 @@ export class Session extends EventTarget {
       told.refusal = msg;
       return;
     }
+    this._followHeld(msg); // before the waiter: its author's own copy answers a request
     const waiter = msg.ref ? this.pending.get(msg.ref) : undefined;
     if (waiter && msg.type !== "welcome") {
       this.pending.delete(msg.ref);
@@ -311,6 +314,35 @@ export class Session extends EventTarget {
       this._track(msg);
     }
     this.dispatchEvent(new CustomEvent("message", { detail: msg }));
+  }
+
+  /** Keep the held frame in step; a "held" event says when it changed. @param {Message} msg */
+  _followHeld(msg) {
+    let held = this.held;
+    if ((msg.type === "welcome" && msg.state === "joined") || msg.type === "admitted") held = msg.held || null;
+    else if (msg.type === "frame_held") held = msg;
+    // A slow reader is sent only the newest held frame: a release of an older one is not for it.
+    else if (msg.type === "frame_released" && this.held && this.held.id === msg.id) held = null;
+    if (held === this.held) return;
+    this.held = held;
+    this.dispatchEvent(new CustomEvent("held", { detail: held }));
+  }
+
+  /**
+   * Hold a still frame of a feed up for everyone (docs/protocol.md, "hold_frame").
+   * @param {string} feed @param {string} image a JPEG in base64 @param {number} [mediaTs] the frame's RTP time
+   * @returns {Promise<Message>} the frame_held event
+   */
+  holdFrame(feed, image, mediaTs) {
+    /** @type {Message} */
+    const msg = { type: "hold_frame", feed, image };
+    if (mediaTs !== undefined) msg.media_ts = mediaTs;
+    return this.request(msg);
+  }
+
+  /** Stop showing the held frame (its author, or a moderator). @returns {Promise<Message>} */
+  releaseFrame() {
+    return this.request({ type: "release_frame" });
   }
 
   /** Keep what this participant publishes and receives in step with the server's events. @param {Message} msg */

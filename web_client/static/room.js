@@ -5,6 +5,7 @@ import { mountAudio } from "./audio.js";
 import { mountChat } from "./chat.js";
 import { mountConnections } from "./connections.js";
 import { Stage } from "./feeds.js";
+import { mountHeldFrames } from "./held.js";
 import { LANGUAGES, pickLanguage, setLanguage, t, translate } from "./i18n.js";
 import { watchIndicators } from "./indicators.js";
 import { Devices } from "./operator.js";
@@ -160,7 +161,8 @@ function setUpRole() {
   if (shares && !share) share = new ScreenShare(session, stage, /** @type {HTMLButtonElement} */ ($("share")));
 }
 
-new Toolbar(session, stage);
+const toolbar = new Toolbar(session, stage);
+mountHeldFrames(session, stage, notices, () => toolbar.allowed());
 mountPeople(session);
 mountChat(session);
 mountConnections(session, $("links"), $("links-table"));

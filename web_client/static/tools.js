@@ -88,13 +88,17 @@ export class Toolbar {
 
 /**
  * Keys for looking at the main picture, for every role (docs/web_client.md, "Keys"): H holds the
- * frame, M fills the screen, + and − zoom, 0 shows the whole picture, the arrows pan.
+ * frame, G shows the held frame to everyone (or takes it down), M fills the screen, + and −
+ * zoom, 0 shows the whole picture, the arrows pan.
  * @param {Stage} stage
  */
 export function watchViewKeys(stage) {
   /** @type {Record<string, (tile: import("./viewer.js").TileView) => void>} */
   const actions = {
     h: (tile) => tile.toggleFreeze(),
+    g: (tile) => {
+      if (!tile.holdButton.hidden) tile.holdButton.click();
+    },
     m: (tile) => tile.fullscreen(),
     "+": (tile) => tile.zoomBy(1.25),
     "=": (tile) => tile.zoomBy(1.25),

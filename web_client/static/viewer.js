@@ -1,5 +1,6 @@
 // How one video tile is looked at: fullscreen, zoom and pan, and freeze-frame (the current
-// frame held still to draw and measure on, the live picture going on in a corner).
+// frame held still to draw and measure on, the live picture going on in a corner; or a frame
+// someone held up for everyone).
 
 import { t } from "./i18n.js";
 
@@ -11,6 +12,8 @@ const ICONS = {
   whole: "M3 5h18v14H3zM5 7v10h14V7z",
   freeze: "M6 4h4v16H6zM14 4h4v16h-4z",
   fullscreen: "M3 3h7v2H5v5H3zM14 3h7v7h-2V5h-5zM3 14h2v5h5v2H3zM19 14h2v7h-7v-2h5z",
+  // A frame with rays: shown to everyone.
+  hold: "M6 7h12v10H6zM8 9v6h8V9zM1 11h3v2H1zM20 11h3v2h-3zM11 1h2v3h-2zM11 20h2v3h-2z",
 };
 const STEP = 1.25;
 
@@ -31,6 +34,14 @@ export class TileView {
     this.y = 0;
     /** @type {{canvas: HTMLCanvasElement, live: HTMLVideoElement} | null} */
     this.frozen = null;
+    /** The id of the frame held up for everyone this tile shows ("" if none). */
+    this.heldId = "";
+    /** Called when the hold button is pressed (set by whoever may hold frames up). @type {(() => void) | null} */
+    this.onHold = null;
+    /** Called when this page goes back to the live picture. @type {((heldId: string) => void) | null} */
+    this.onUnfreeze = null;
+    /** Called whenever the tile freezes or goes live. @type {(() => void) | null} */
+    this.changed = null;
     /** @type {{x: number, y: number, px: number, py: number} | null} a pan under way */
     this.drag = null;
     const buttons = [
@@ -39,9 +50,12 @@ export class TileView {
       button("view.zoom_reset", ICONS.whole, () => this.reset()),
       button("view.freeze", ICONS.freeze, () => this.toggleFreeze(), "freeze"),
       button("view.fullscreen", ICONS.fullscreen, () => this.fullscreen()),
+      button("view.hold", ICONS.hold, () => this.onHold?.(), "hold"),
     ];
     caption.append(...buttons);
     this.freezeButton = /** @type {HTMLButtonElement} */ (buttons[3]);
+    this.holdButton = /** @type {HTMLButtonElement} */ (buttons[5]);
+    this.holdButton.hidden = true;
     figure.addEventListener("wheel", (ev) => {
       if (!ev.ctrlKey) return; // a plain wheel scrolls the page; Ctrl+wheel (and a pinch) zooms
       ev.preventDefault();
@@ -129,13 +143,48 @@ export class TileView {
   freeze() {
     const v = this.video;
     if (this.frozen || !v.videoWidth) return;
+    this._still(v, v.videoWidth, v.videoHeight, this.overlay.mediaTs);
+  }
+
+  /**
+   * Show a frame someone held up for everyone, in place of the live picture (or of a frame
+   * frozen here). @param {string} id @param {HTMLImageElement} image decoded @param {number} [mediaTs]
+   */
+  showHeld(id, image, mediaTs) {
+    this._still(image, image.naturalWidth, image.naturalHeight, mediaTs);
+    this.heldId = id;
+    this.figure.dataset.held = id;
+    this.figure.classList.add("is-held");
+  }
+
+  /** The frame held up for everyone is released: back to the live picture if this tile shows it. @param {string} id */
+  endHeld(id) {
+    if (this.heldId === id) this.unfreeze(false);
+  }
+
+  /**
+   * Draw a still picture over the live one. @param {CanvasImageSource} picture
+   * @param {number} width @param {number} height @param {number} [mediaTs]
+   */
+  _still(picture, width, height, mediaTs) {
+    const v = this.video;
+    if (this.frozen) {
+      this.frozen.canvas.width = width;
+      this.frozen.canvas.height = height;
+      /** @type {CanvasRenderingContext2D} */ (this.frozen.canvas.getContext("2d")).drawImage(picture, 0, 0, width, height);
+      this.frozen.canvas.dataset.mediaTs = String(mediaTs ?? "");
+      this.overlay.frozenTs = mediaTs;
+      this.overlay.render();
+      this.changed?.();
+      return;
+    }
     const canvas = document.createElement("canvas");
     canvas.className = "frozen";
-    canvas.width = v.videoWidth;
-    canvas.height = v.videoHeight;
-    /** @type {CanvasRenderingContext2D} */ (canvas.getContext("2d")).drawImage(v, 0, 0);
+    canvas.width = width;
+    canvas.height = height;
+    /** @type {CanvasRenderingContext2D} */ (canvas.getContext("2d")).drawImage(picture, 0, 0, width, height);
     // The frame's own time: whatever is drawn on it names this frame, not the live one.
-    canvas.dataset.mediaTs = String(this.overlay.mediaTs ?? "");
+    canvas.dataset.mediaTs = String(mediaTs ?? "");
     v.after(canvas);
     const live = document.createElement("video");
     live.className = "live-corner";
@@ -147,21 +196,32 @@ export class TileView {
     live.addEventListener("click", () => this.unfreeze());
     this.figure.append(live);
     this.frozen = { canvas, live };
-    this.overlay.frozenTs = this.overlay.mediaTs;
+    this.overlay.frozenTs = mediaTs;
     this.figure.classList.add("is-frozen");
     this.freezeButton.setAttribute("aria-pressed", "true");
     this._place();
+    this.changed?.();
   }
 
-  /** Back to the live picture. */
-  unfreeze() {
+  /** Back to the live picture. @param {boolean} [asked] by this page's user (not a release) */
+  unfreeze(asked = true) {
     if (!this.frozen) return;
     this.frozen.canvas.remove();
     this.frozen.live.remove();
     this.frozen = null;
     this.overlay.frozenTs = undefined;
-    this.figure.classList.remove("is-frozen");
+    const held = this.heldId;
+    this.heldId = "";
+    delete this.figure.dataset.held;
+    this.figure.classList.remove("is-frozen", "is-held");
     this.freezeButton.setAttribute("aria-pressed", "false");
+    if (asked) this.onUnfreeze?.(held);
+    this.changed?.();
+  }
+
+  /** The frame frozen here, for holding it up. @returns {HTMLCanvasElement | null} */
+  still() {
+    return this.frozen ? this.frozen.canvas : null;
   }
 
   /** Lay the held frame exactly over the picture. */
@@ -173,7 +233,7 @@ export class TileView {
 
   /** Take the tile's controls away. */
   dispose() {
-    this.unfreeze();
+    this.unfreeze(false);
     if (document.fullscreenElement === this.figure) document.exitFullscreen().catch(() => {});
   }
 }
