@@ -196,7 +196,7 @@ class Pipes:
 
     async def _pipe_up(self, cid: str, pipe: Pipe) -> None:
         s = self.hub.settings
-        limit = s.max_message
+        limit = max(s.max_message, s.max_held_frame)  # a held frame is the largest message
         # The host limits the client's rate and says so; a flood beyond twice that limit is
         # dropped here rather than carried through Redis to be dropped there.
         bucket = TokenBucket(2 * s.rate, 2 * s.burst, self.hub.now())

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import json
 import os
@@ -26,6 +27,7 @@ from teleconsult.signaling.tokens import mint
 from .conftest import ADMIN_KEY, SECRET, annotation, server_process
 from .media_util import PatternTrack, receive
 from .redis_server import RedisServer
+from .test_held_frame import hold, probe_jpeg
 
 TTL = "1.5"
 
@@ -183,6 +185,11 @@ async def test_clients_on_two_nodes_share_one_room(tmp_path: Path, redis: RedisS
             said = await op.request({"type": "chat", "text": "Probe a little lower."})
             heard = await ex.wait_for("op", where=lambda e: e.get("op") == "chat")
             assert heard["seq"] == said["seq"] == drawn["seq"] + 1
+            # A held frame (larger than any other message) crosses the relay whole.
+            jpeg = probe_jpeg(width=1280, height=720)
+            mine = await ex.request(hold(feed, jpeg))
+            shown = await op.wait_for("frame_held")
+            assert shown["id"] == mine["id"] and base64.b64decode(shown["image"]) == jpeg
             # A bad message through the relay gets its code; the connection goes on.
             await ex.send_raw("{not json")
             assert (await ex.wait_for("error"))["code"] == "bad_json"
