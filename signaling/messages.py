@@ -306,26 +306,29 @@ MODELS: dict[str, type[Message]] = {
 
 def parse(text: str, size: int = 0, limit: Callable[[str], int] | None = None) -> Message:
     """Turn one JSON text frame into a typed message or raise ProtocolError; `limit` gives
-    the largest `size` (in bytes) of a message of a type."""
+    the largest `size` (in bytes) of a message of a type ("" for one of no known type)."""
+    # Over the limit of a message of no known type: only a larger kind's own limit can admit it.
+    oversized = limit is not None and size > limit("")
     try:
         raw: Any = json.loads(text)
     except (ValueError, RecursionError):  # ValueError: also an integer of over 4,300 digits
+        if oversized:
+            raise ProtocolError(Code.MESSAGE_TOO_LARGE, _too_large(limit, "")) from None
         raise ProtocolError(Code.BAD_JSON, "the message is not valid JSON") from None
     if not isinstance(raw, dict) or not isinstance(raw.get("type"), str):
+        if oversized:
+            raise ProtocolError(Code.MESSAGE_TOO_LARGE, _too_large(limit, ""))
         raise ProtocolError(
             Code.BAD_MESSAGE, "a message must be a JSON object with a string 'type'"
         )
     ref = raw.get("id") if isinstance(raw.get("id"), str) and len(raw["id"]) <= 64 else None
     model = MODELS.get(raw["type"])
+    kind = raw["type"] if model is not None else ""
+    if limit is not None and size > limit(kind):
+        raise ProtocolError(Code.MESSAGE_TOO_LARGE, _too_large(limit, kind), ref=ref)
     if model is None:
         raise ProtocolError(
             Code.UNKNOWN_TYPE, f"unknown message type {raw['type'][:40]!r}", ref=ref
-        )
-    if limit is not None and size > limit(raw["type"]):
-        raise ProtocolError(
-            Code.MESSAGE_TOO_LARGE,
-            f"{raw['type']} messages are limited to {limit(raw['type'])} bytes",
-            ref=ref,
         )
     try:
         return model.model_validate(raw)
@@ -337,3 +340,8 @@ def parse(text: str, size: int = 0, limit: Callable[[str], int] | None = None) -
         raise ProtocolError(
             Code.INVALID_FIELD, "a field is missing or has the wrong type", fields=fields, ref=ref
         ) from None
+
+
+def _too_large(limit: Callable[[str], int] | None, kind: str) -> str:
+    assert limit is not None
+    return f"{kind or 'these'} messages are limited to {limit(kind)} bytes"

@@ -18,6 +18,7 @@ import pytest
 import uvicorn
 
 from teleconsult.app import create_app
+from teleconsult.client.media import MediaClient
 from teleconsult.client.signaling import SignalingClient
 from teleconsult.session.roles import Role
 from teleconsult.session.room import Room
@@ -26,6 +27,8 @@ from teleconsult.signaling.connection import Connection
 from teleconsult.signaling.hub import Hub
 from teleconsult.signaling.server import NodeServer
 from teleconsult.signaling.tokens import mint
+
+from .media_util import PatternTrack
 
 if TYPE_CHECKING:
     from .redis_server import RedisServer
@@ -158,6 +161,19 @@ async def server(tmp_path: Path) -> AsyncIterator[Server]:
     # Media on loopback: the SFU gathers ICE candidates on 127.0.0.1 only.
     async with running_server(tmp_path, announce="127.0.0.1") as srv:
         yield srv
+
+
+@pytest.fixture
+async def room(tmp_path: Path) -> AsyncIterator[tuple[Server, SignalingClient, str]]:
+    """A server whose room r1 has an operator publishing a probe feed; yields the feed id."""
+    async with running_server(tmp_path, announce="127.0.0.1") as server:
+        op = await server.join(role=Role.OPERATOR, identity="op", name="Sonographer")
+        media = MediaClient(op)
+        stream = await media.publish([(PatternTrack(), "probe", "Ultrasound")])
+        try:
+            yield server, op, f"{stream.id}.0"
+        finally:
+            await media.close()
 
 
 def stop(proc: subprocess.Popen[Any], wait: float = 10) -> None:

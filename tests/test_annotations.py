@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -14,21 +13,8 @@ from teleconsult.client.media import MediaClient
 from teleconsult.client.signaling import RequestFailed, SignalingClient
 from teleconsult.session.roles import Role
 
-from .conftest import Server, annotation, running_server
-from .media_util import PatternTrack, ToneTrack
-
-
-@pytest.fixture
-async def room(tmp_path: Path) -> AsyncIterator[tuple[Server, SignalingClient, str]]:
-    """A server whose room r1 has an operator publishing a probe feed; yields the feed id."""
-    async with running_server(tmp_path, announce="127.0.0.1") as server:
-        op = await server.join(role=Role.OPERATOR, identity="op", name="Sonographer")
-        media = MediaClient(op)
-        stream = await media.publish([(PatternTrack(), "probe", "Ultrasound")])
-        try:
-            yield server, op, f"{stream.id}.0"
-        finally:
-            await media.close()
+from .conftest import Server, annotation
+from .media_util import ToneTrack
 
 
 def stroke(op_id: str, feed: str, n: int = 4, **extra: Any) -> dict[str, Any]:

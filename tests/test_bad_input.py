@@ -50,6 +50,8 @@ BAD_FRAMES = [
     ('{"type": "end_room"}', "forbidden"),
     ('{"type": "consent", "confirmed": false}', "forbidden"),  # only the operator answers
     ("[" * 100000 + "]" * 100000, "message_too_large"),
+    (json.dumps({"type": "no_such_type", "pad": "x" * 70000}), "message_too_large"),
+    (json.dumps({"type": "chat", "text": "x" * 70000}), "message_too_large"),
     ('"' + "x" * 70000 + '"', "message_too_large"),
 ]
 

@@ -6,7 +6,6 @@ import asyncio
 import base64
 import json
 import urllib.request
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -35,19 +34,6 @@ def hold(feed: str, jpeg: bytes, **extra: Any) -> dict[str, Any]:
     return {"type": "hold_frame", "feed": feed, "image": base64.b64encode(jpeg).decode(), **extra}
 
 
-@pytest.fixture
-async def room(tmp_path: Path) -> AsyncIterator[tuple[Server, SignalingClient, str]]:
-    """A server whose room r1 has an operator publishing a probe feed; yields the feed id."""
-    async with running_server(tmp_path, announce="127.0.0.1") as server:
-        op = await server.join(role=Role.OPERATOR, identity="op", name="Sonographer")
-        media = MediaClient(op)
-        stream = await media.publish([(PatternTrack(), "probe", "Ultrasound")])
-        try:
-            yield server, op, f"{stream.id}.0"
-        finally:
-            await media.close()
-
-
 async def test_everyone_sees_the_frame_an_expert_holds_up_until_it_is_released(
     room: tuple[Server, SignalingClient, str],
 ) -> None:
@@ -70,8 +56,14 @@ async def test_everyone_sees_the_frame_an_expert_holds_up_until_it_is_released(
     assert base64.b64decode(late.welcome["held"]["image"]) == jpeg
     # Drawings on the held frame carry its time, like any other drawing on a frozen frame.
     await ex.send(
-        {"type": "annotate", "op": "arrow", "id": "a1", "feed": feed, "media_ts": 4_294_000_000,
-         "points": [[0.2, 0.2], [0.5, 0.5]]}
+        {
+            "type": "annotate",
+            "op": "arrow",
+            "id": "a1",
+            "feed": feed,
+            "media_ts": 4_294_000_000,
+            "points": [[0.2, 0.2], [0.5, 0.5]],
+        }
     )
     assert (await aud.wait_for("op"))["media_ts"] == 4_294_000_000
     # Another expert may not take it down; its author may.
@@ -80,8 +72,12 @@ async def test_everyone_sees_the_frame_an_expert_holds_up_until_it_is_released(
         await ex2.request({"type": "release_frame"})
     assert e.value.code == "forbidden"
     released = await ex.request({"type": "release_frame"})
-    assert released == {"type": "frame_released", "id": mine["id"], "by": ex.participant_id,
-                        "ref": released["ref"]}
+    assert released == {
+        "type": "frame_released",
+        "id": mine["id"],
+        "by": ex.participant_id,
+        "ref": released["ref"],
+    }
     for c in (op, aud, late):
         assert (await c.wait_for("frame_released"))["id"] == mine["id"]
     assert (await server.join(role=Role.AUDIENCE, identity="after")).welcome["held"] is None
@@ -114,8 +110,12 @@ async def test_a_new_frame_replaces_the_last_and_the_authors_leaving_releases_it
     [
         ("not base64!", "invalid_image"),
         (base64.b64encode(b"GIF89a" + bytes(100)).decode(), "invalid_image"),
-        (base64.b64encode(cv2.imencode(".png", np.zeros((8, 8), np.uint8))[1].tobytes()).decode(),
-         "invalid_image"),
+        (
+            base64.b64encode(
+                cv2.imencode(".png", np.zeros((8, 8), np.uint8))[1].tobytes()
+            ).decode(),
+            "invalid_image",
+        ),
         (base64.b64encode(probe_jpeg()[:200]).decode(), "invalid_image"),  # cut short
         (base64.b64encode(bytes(600 * 1024)).decode(), "message_too_large"),
     ],
@@ -212,6 +212,7 @@ async def test_a_held_frame_is_recorded_as_a_file_and_in_the_log(tmp_path: Path)
         assert (held["media_ts"], held["author_name"]) == (123, "Dr. Wang")
         released = next(e for e in log if e["type"] == "frame_released")
         assert released["id"] == during["id"] and released["t"] > held["t"]
+
         # The file is served to a holder of the recording like its other files, as a JPEG.
         def get(url: str, key: str | None = None) -> tuple[str, bytes]:
             req = urllib.request.Request(url if "://" in url else server.http + url)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from playwright.async_api import Browser, Page, ViewportSize, expect
+from playwright.async_api import Browser, Locator, Page, ViewportSize, expect
 
 from teleconsult.session.roles import Role
 from teleconsult.signaling.http_api import join_url
@@ -93,3 +93,17 @@ async def shot(page: Page, name: str) -> None:
     """Keep a screenshot of the page as a test artefact."""
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     await page.screenshot(path=str(ARTIFACTS / f"{name}.png"))
+
+
+async def drag_across(
+    page: Page, target: Locator, start: tuple[float, float], end: tuple[float, float]
+) -> None:
+    """Drag the mouse over an element, between points given as fractions of its box."""
+    box = await target.bounding_box()
+    assert box is not None
+    await page.mouse.move(box["x"] + start[0] * box["width"], box["y"] + start[1] * box["height"])
+    await page.mouse.down()
+    await page.mouse.move(
+        box["x"] + end[0] * box["width"], box["y"] + end[1] * box["height"], steps=4
+    )
+    await page.mouse.up()

@@ -18,7 +18,7 @@ from teleconsult.session.roles import Role
 from ..conftest import Server
 from ..media_util import PacketTrack, ToneTrack, vp8_frames
 from ..test_held_frame import hold, probe_jpeg
-from .pages import open_page
+from .pages import drag_across, open_page
 from .test_meeting_features import tile_of_probe
 
 
@@ -73,12 +73,7 @@ async def test_everyone_sees_the_frame_the_expert_holds_up(
         await expect(theirs.locator('button[data-action="hold"]')).to_be_hidden()
         # What the expert draws on it reaches the trainee on it, naming the frame.
         await ex.keyboard.press("a")
-        box = await mine.locator("svg.overlay").bounding_box()
-        assert box is not None
-        await ex.mouse.move(box["x"] + 0.3 * box["width"], box["y"] + 0.3 * box["height"])
-        await ex.mouse.down()
-        await ex.mouse.move(box["x"] + 0.6 * box["width"], box["y"] + 0.6 * box["height"], steps=4)
-        await ex.mouse.up()
+        await drag_across(ex, mine.locator("svg.overlay"), (0.3, 0.3), (0.6, 0.6))
         arrow = await observer.wait_for("op", timeout=10, where=lambda e: e["op"] == "arrow")
         assert arrow["media_ts"] == held["media_ts"]
         await expect(theirs.locator(f'svg.overlay g[data-id="{arrow["id"]}"]')).to_have_count(1)

@@ -13,7 +13,7 @@ from teleconsult.session.roles import Role
 
 from ..conftest import Server
 from ..media_util import PatternTrack
-from .pages import open_page
+from .pages import drag_across, open_page
 
 
 async def expert_talking(chromium: Browser, server: Server) -> Page:
@@ -151,12 +151,7 @@ async def test_freeze_frame_holds_the_frame_and_drawings_name_it(
         assert await corner.evaluate("(v) => v.currentTime") > first
         # An arrow drawn on the held frame names it, not the live one of now.
         await ex.keyboard.press("a")
-        box = await figure.locator("svg.overlay").bounding_box()
-        assert box is not None
-        await ex.mouse.move(box["x"] + 0.3 * box["width"], box["y"] + 0.3 * box["height"])
-        await ex.mouse.down()
-        await ex.mouse.move(box["x"] + 0.6 * box["width"], box["y"] + 0.6 * box["height"], steps=4)
-        await ex.mouse.up()
+        await drag_across(ex, figure.locator("svg.overlay"), (0.3, 0.3), (0.6, 0.6))
         arrow = await observer.wait_for("op", timeout=10, where=lambda e: e["op"] == "arrow")
         assert arrow["media_ts"] == held
         # The held frame is still on screen, under the arrow; the live picture has moved on.

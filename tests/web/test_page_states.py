@@ -15,7 +15,15 @@ from teleconsult.session.room import RoomConfig
 from teleconsult.signaling.tokens import mint
 
 from ..conftest import SECRET, Server
-from .pages import ARTIFACTS, DESKTOP, PHONE, TABLET, accessibility_faults, open_page
+from .pages import (
+    ARTIFACTS,
+    DESKTOP,
+    PHONE,
+    TABLET,
+    accessibility_faults,
+    drag_across,
+    open_page,
+)
 
 SHEET = ARTIFACTS / "states"
 SIZES: dict[str, ViewportSize] = {"desktop": DESKTOP, "tablet": TABLET, "phone": PHONE}
@@ -138,14 +146,7 @@ async def test_every_page_state(server: Server, chromium: Browser, size: str, la
     overlay = ex.locator("#feeds figure.main svg.overlay")
     for key, (a, b) in (("a", ((0.2, 0.3), (0.5, 0.6))), ("r", ((0.3, 0.2), (0.3, 0.8)))):
         await ex.keyboard.press(key)
-        box = await overlay.bounding_box()
-        assert box is not None
-        await ex.mouse.move(box["x"] + a[0] * box["width"], box["y"] + a[1] * box["height"])
-        await ex.mouse.down()
-        await ex.mouse.move(
-            box["x"] + b[0] * box["width"], box["y"] + b[1] * box["height"], steps=4
-        )
-        await ex.mouse.up()
+        await drag_across(ex, overlay, a, b)
     await expect(overlay.locator('g[data-op="ruler"] text')).to_contain_text("mm")
     await states.take(ex, "drawing")
     await ex.keyboard.press("h")

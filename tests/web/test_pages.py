@@ -16,7 +16,7 @@ from teleconsult.signaling.http_api import join_url
 
 from ..conftest import Server, annotation
 from .conftest import LOOPBACK_ONLY
-from .pages import open_page, shot
+from .pages import drag_across, open_page, shot
 
 
 async def record_states(page: Page) -> None:
@@ -66,15 +66,8 @@ async def test_a_consultation_across_the_four_pages(server: Server, chromium: Br
     # The expert draws an arrow; the operator sees it on its own preview of that feed.
     await ex.keyboard.press("a")
     await expect(ex.locator('button[data-tool="arrow"]')).to_have_attribute("aria-pressed", "true")
-    box = await ex.locator(f'svg.overlay[data-feed="{feed["id"]}"]').bounding_box()
-    assert box is not None
     start, end = (0.25, 0.4), (0.6, 0.7)
-    await ex.mouse.move(box["x"] + start[0] * box["width"], box["y"] + start[1] * box["height"])
-    await ex.mouse.down()
-    await ex.mouse.move(
-        box["x"] + end[0] * box["width"], box["y"] + end[1] * box["height"], steps=5
-    )
-    await ex.mouse.up()
+    await drag_across(ex, ex.locator(f'svg.overlay[data-feed="{feed["id"]}"]'), start, end)
     arrow = await observer.wait_for("op", timeout=10, where=lambda e: e["op"] == "arrow")
     assert arrow["feed"] == feed["id"]
     assert arrow["points"][0] == pytest.approx(list(start), abs=0.02)
