@@ -167,39 +167,34 @@ export class TileView {
    * @param {number} width @param {number} height @param {number} [mediaTs]
    */
   _still(picture, width, height, mediaTs) {
-    const v = this.video;
-    if (this.frozen) {
-      this.frozen.canvas.width = width;
-      this.frozen.canvas.height = height;
-      /** @type {CanvasRenderingContext2D} */ (this.frozen.canvas.getContext("2d")).drawImage(picture, 0, 0, width, height);
-      this.frozen.canvas.dataset.mediaTs = String(mediaTs ?? "");
-      this.overlay.frozenTs = mediaTs;
-      this.overlay.render();
-      this.changed?.();
-      return;
+    if (!this.frozen) {
+      const v = this.video;
+      const canvas = document.createElement("canvas");
+      canvas.className = "frozen";
+      v.after(canvas);
+      const live = document.createElement("video");
+      live.className = "live-corner";
+      live.muted = true;
+      live.autoplay = true;
+      live.setAttribute("playsinline", "");
+      live.srcObject = v.srcObject;
+      live.title = t("view.live");
+      live.addEventListener("click", () => this.unfreeze());
+      this.figure.append(live);
+      this.frozen = { canvas, live };
+      this.figure.classList.add("is-frozen");
+      this.freezeButton.setAttribute("aria-pressed", "true");
     }
-    const canvas = document.createElement("canvas");
-    canvas.className = "frozen";
+    // A frame held up by someone may replace one frozen here: the same canvas takes it.
+    const canvas = this.frozen.canvas;
     canvas.width = width;
     canvas.height = height;
     /** @type {CanvasRenderingContext2D} */ (canvas.getContext("2d")).drawImage(picture, 0, 0, width, height);
     // The frame's own time: whatever is drawn on it names this frame, not the live one.
     canvas.dataset.mediaTs = String(mediaTs ?? "");
-    v.after(canvas);
-    const live = document.createElement("video");
-    live.className = "live-corner";
-    live.muted = true;
-    live.autoplay = true;
-    live.setAttribute("playsinline", "");
-    live.srcObject = v.srcObject;
-    live.title = t("view.live");
-    live.addEventListener("click", () => this.unfreeze());
-    this.figure.append(live);
-    this.frozen = { canvas, live };
     this.overlay.frozenTs = mediaTs;
-    this.figure.classList.add("is-frozen");
-    this.freezeButton.setAttribute("aria-pressed", "true");
     this._place();
+    this.overlay.render();
     this.changed?.();
   }
 
