@@ -176,6 +176,12 @@ async def serve(sfu: Sfu, channel: Channel) -> None:
 
     sfu.on_up_closed, sfu.on_down_closed = closed("up"), closed("down")
 
+    def speaking(stream_id: str, feed: str, on: bool) -> None:
+        with contextlib.suppress(MediaError):
+            channel.send({"speaking": stream_id, "feed": feed, "on": on})
+
+    sfu.on_speaking = speaking
+
     async def answer(message: Args) -> None:
         reply: Args = {"reply": message.get("id")}
         try:

@@ -5,10 +5,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import re
 import secrets
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -21,6 +22,7 @@ from .aiortc_adapter import ForwardingReceiver, ForwardingSender, RelayPeerConne
 from .aiortc_codecs import add_relay_codecs, codec_preferences, negotiated_codec, same_codec
 from .failures import handled_failure
 from .histogram import Histogram
+from .loudness import Choice, Voice, chosen_for
 from .overload import LOAD, WINDOW, Overload
 from .red import Unwrapper, Wrapper, answer_with_red, offer_red, offered_red
 from .simulcast import answer_with_layers, offered_layers
@@ -37,6 +39,10 @@ RESUMED = "resumed"
 # The participant id of a leg: a subscription carrying a stream to another node or media
 # worker, and the stream it becomes there.
 CASCADE = "cascade:"
+# Seconds between choices of the voices heard: well within the 300 ms a new speaker may take.
+VOICE_TICK = 0.05
+# Seconds between two changes told of one microphone's speaking: a few a second at most.
+SPEAKING_EVERY = 0.3
 
 
 class Media(Protocol):
@@ -150,6 +156,7 @@ class Sfu:
         announce: str | None = None,
         on_up_closed: Callable[[str, str], None] | None = None,
         on_down_closed: Callable[[str, str], None] | None = None,
+        loudest: int = 3,
     ) -> None:
         add_relay_codecs()
         read_transport_feedback()
@@ -167,6 +174,14 @@ class Sfu:
         self.load: Overload = LOAD
         self._tasks: set[asyncio.Task[Any]] = set()
         self._balancing: asyncio.Task[None] | None = None
+        # Each listener hears the `loudest` voices speaking among those it subscribes to (0:
+        # every voice); listeners who can hear the same voices share one choice.
+        self.loudest = loudest
+        self._choices: dict[frozenset[Hashable], Choice] = {}
+        self._choosing: asyncio.Task[None] | None = None
+        # Told when a microphone starts or stops speaking: (stream id, feed id, speaking).
+        self.on_speaking: Callable[[str, str, bool], None] | None = None
+        self._told: dict[UpTrack, tuple[bool, float]] = {}  # what was last told, and when
 
     # -- publishing --------------------------------------------------------------------------
 
@@ -211,6 +226,7 @@ class Sfu:
             await self.unpublish(stream_id, "refused")
             raise
         self._watch_up(up, pc)
+        self._listen()
         return self._answer(pc, offer, not nearby), codecs
 
     async def _replace(
@@ -298,6 +314,7 @@ class Sfu:
         if self._balancing is None or self._balancing.done():
             self._balancing = asyncio.ensure_future(self._balance_forever())
             self._tasks.add(self._balancing)
+        self._listen()
         up.downs.add(down_id)
         pairs = []
         for track in chosen:
@@ -417,6 +434,66 @@ class Sfu:
                 self.balance(time.monotonic())
             except Exception:
                 handled_failure("balancing the node's load")
+
+    def _listen(self) -> None:
+        """Start choosing voices and telling who speaks, if not started."""
+        if self._choosing is None or self._choosing.done():
+            self._choosing = asyncio.ensure_future(self._choose_voices_forever())
+            self._tasks.add(self._choosing)
+
+    def tell_speaking(self, now: float) -> None:
+        """Tell who started or stopped speaking, at most every SPEAKING_EVERY per microphone;
+        a copy of another worker's or node's stream is told of there."""
+        told: dict[UpTrack, tuple[bool, float]] = {}
+        for up in self.ups.values():
+            if up.participant_id.startswith(CASCADE):
+                continue
+            for track in up.tracks.values():
+                if track.voice is None:
+                    continue
+                was, at = self._told.get(track, (False, -math.inf))
+                speaking = not track.muted and track.voice.speaking(now)
+                if speaking != was and now - at >= SPEAKING_EVERY:
+                    was, at = speaking, now
+                    if self.on_speaking is not None:
+                        self.on_speaking(up.id, track.feed_id, speaking)
+                told[track] = (was, at)
+        self._told = told
+
+    def choose_voices(self, now: float) -> None:
+        """Let each listener hear only the loudest voices speaking among those it subscribes
+        to; a leg to another worker or node carries every voice (the far side chooses)."""
+        if not self.loudest:
+            return
+        listening: dict[str, list[DownTrack]] = {}
+        for down in self.downs.values():
+            if down.subscriber_id.startswith(CASCADE):
+                continue
+            for dt in down.tracks:
+                # A publisher that writes no audio levels cannot be ranked: it is always heard.
+                if dt.up.voice is not None and dt.up.voice.heard_at is not None:
+                    listening.setdefault(down.subscriber_id, []).append(dt)
+                elif dt.quiet:
+                    dt.quieten(False)
+        used: dict[frozenset[Hashable], Choice] = {}
+        for tracks in listening.values():
+            voices: dict[Hashable, Voice] = {dt.up: dt.up.voice for dt in tracks if dt.up.voice}
+            chosen = chosen_for(self._choices, voices, voices, self.loudest, now)
+            key = frozenset(voices)
+            used[key] = self._choices[key]
+            for dt in tracks:
+                dt.quieten(dt.up not in chosen)
+        self._choices = used  # a set of voices nobody hears any more is forgotten
+
+    async def _choose_voices_forever(self) -> None:
+        while True:
+            await asyncio.sleep(VOICE_TICK)
+            try:
+                now = self.clock()
+                self.choose_voices(now)
+                self.tell_speaking(now)
+            except Exception:
+                handled_failure("choosing the voices heard")
 
     async def close(self) -> None:
         """Close every peer connection."""

@@ -17,6 +17,7 @@ from .estimator import RateAggregator, RateMeter, Throttle
 from .histogram import Histogram
 from .keyframe import KEYFRAME_START
 from .layers import LayerChooser
+from .loudness import Voice
 from .rewrite import SQUEEZE, TS_MOD, Rewriter
 from .seqnum import SequenceTracker, Verdict
 from .simulcast import MAX_LAYERS
@@ -128,6 +129,8 @@ class UpTrack:
         # Local consumers of the publisher's packets (the recorder), called after forwarding.
         self.taps: list[Tap] = []
         self.muted = False
+        # A microphone's loudness, from the audio levels its publisher writes (RFC 6464).
+        self.voice: Voice | None = Voice() if kind == "audio" else None
         self.rates = RateAggregator()
         self.keyframes = 0
         self.plis_sent = 0
@@ -191,6 +194,9 @@ class UpTrack:
             if key:
                 self.keyframes += 1
         if not self.muted:
+            level = packet.extensions.audio_level
+            if self.voice is not None and level is not None:
+                self.voice.hear(level[1], now)
             arrived = self.receiver.arrived
             for down in self.downs:
                 if down.write(packet, ext, layer, key, now) and self.delays is not None:
@@ -359,6 +365,8 @@ class DownTrack:
         self.started_at: float | None = None
         self.dropped_waiting = 0
         self.paused = False  # the subscriber does not show it: nothing is sent
+        # A voice not among the loudest this subscriber hears: nothing is sent.
+        self.quiet = False
         # The node cannot keep up and holds this copy back (`media/overload.py`): from the end
         # of the frame being sent, until it keeps up again.
         self.held = False
@@ -382,7 +390,7 @@ class DownTrack:
 
         `ext` is the packet's extended sequence number in its `layer`.
         """
-        if self.sender.codec is None or self.paused:
+        if self.sender.codec is None or self.paused or self.quiet:
             return False
         if self.held and (self.waiting or not self._same_frame(packet.timestamp)):
             self.held_packets += 1
@@ -506,6 +514,15 @@ class DownTrack:
         self.paused = paused
         if not paused:
             self._from_keyframe()
+
+    def quieten(self, quiet: bool) -> None:
+        """Stop sending a voice that is not among the loudest, or send it again: its numbering
+        goes on without a gap, its clock by the time that passed."""
+        if quiet == self.quiet:
+            return
+        self.quiet = quiet
+        if not quiet:
+            self.waiting = True  # every audio packet starts: the next one rebases
 
     def hold(self, held: bool) -> None:
         """Hold this copy back after the frame being sent, or send it again from a keyframe

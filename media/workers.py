@@ -140,6 +140,9 @@ class Workers:
         # are this pool's business, not the rooms'.
         here.on_up_closed = self._here_closed
         here.on_down_closed = None
+        here.on_speaking = None
+        # Who speaks, as the worker carrying a microphone's stream tells (set by the plane).
+        self.on_speaking: Callable[[str, str, bool], None] | None = None
         self.on_up_closed = on_up_closed
         self.on_down_closed = on_down_closed
         self.argv = argv  # the worker's own options (announce, logging)
@@ -251,6 +254,10 @@ class Workers:
     # -- what workers report -----------------------------------------------------------------
 
     def _event(self, worker: Worker, event: Args) -> None:
+        if "speaking" in event:
+            if self.on_speaking is not None:
+                self.on_speaking(str(event["speaking"]), str(event["feed"]), bool(event["on"]))
+            return
         what, item, reason = event["closed"], event["id"], event["reason"]
         if what == "up":
             if event.get("leg"):

@@ -58,6 +58,8 @@ class Room(Members):
         # channel's log, as it is large and only the latest one matters.
         self.held: Event | None = None
         self.held_count = 0
+        # Microphones speaking now, as (participant id, feed id), from the media layer.
+        self.speakers: set[tuple[str, str]] = set()
 
     # -- queries ---------------------------------------------------------------------------
 
@@ -79,6 +81,7 @@ class Room(Members):
             "streams": [s.describe() for s in self.streams.values()],
             "recording": self.recording.describe(),
             "held": self.held,
+            "speaking": [{"participant_id": p, "feed": f} for p, f in sorted(self.speakers)],
         }
         if viewer.role is Role.MODERATOR:
             snap["waiting"] = [p.describe() for p in self.waiting()]
@@ -340,6 +343,8 @@ class Room(Members):
         """Withdraw a stream; everyone is told."""
         stream = self.streams.pop(stream_id, None)
         if stream is not None:
+            # A microphone that ends speaking as it goes: nobody is told it stopped.
+            self.speakers -= {(stream.participant_id, f.id) for f in stream.feeds}
             self._broadcast({"type": "stream_removed", "stream_id": stream_id, "reason": reason})
         return stream
 
@@ -397,6 +402,28 @@ class Room(Members):
         moderator = p.role is Role.MODERATOR
         event = self.channel.apply(p.id, op, now, moderator, self._geometry)
         self._order(event)
+
+    def speaking(self, stream_id: str, feed_id: str, speaking: bool) -> None:
+        """A microphone started or stopped speaking: everyone is told (the media layer says it
+        a few times a second at most)."""
+        stream = self.streams.get(stream_id)
+        if stream is None:
+            return
+        key = (stream.participant_id, feed_id)
+        if speaking == (key in self.speakers):
+            return
+        if speaking:
+            self.speakers.add(key)
+        else:
+            self.speakers.discard(key)
+        self._broadcast(
+            {
+                "type": "speaking",
+                "participant_id": stream.participant_id,
+                "feed": feed_id,
+                "speaking": speaking,
+            }
+        )
 
     def check_hold(self, participant_id: str, feed_id: object) -> Participant:
         """Check that a participant may hold up a frame of a feed for everyone."""

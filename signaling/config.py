@@ -92,6 +92,12 @@ class Settings(BaseSettings):
         default=768 * 1024,
         description="largest hold_frame message, in bytes (a JPEG of the held frame in base64)",
     )
+    loudest_voices: int = Field(
+        default=3,
+        ge=0,
+        le=50,
+        description="voices each listener hears at once, the loudest speaking (0: every voice)",
+    )
     held_frame_rate: float = Field(
         default=1.0, description="frames a second one connection may hold up for everyone"
     )

@@ -71,7 +71,14 @@ class Hub:
         self.recordings = Recordings(self)
         rewrite_to = gather_on(settings.announce)
         self.plane = MediaPlane(self.rooms, self.node, self.now)
-        self.plane.sfu = Sfu(clock, rewrite_to, self.plane.up_closed, self.plane.down_closed)
+        self.plane.sfu = Sfu(
+            clock,
+            rewrite_to,
+            self.plane.up_closed,
+            self.plane.down_closed,
+            loudest=settings.loudest_voices,
+        )
+        self.plane.sfu.on_speaking = self.plane.speaking
         self.turn_secret = turn_secret(settings, keys)
         self.turn = ice.builtin_turn(settings, self.turn_secret, clock)
         if self.turn is not None:
@@ -84,11 +91,13 @@ class Hub:
             workers = 0
         if workers:
             argv = ["--log-level", settings.log_level, "--log-format", settings.log_format]
+            argv += ["--loudest", str(settings.loudest_voices)]
             if settings.announce:
                 argv += ["--announce", settings.announce]
             self.plane.workers = Workers(
                 workers, self.sfu, self.plane.up_closed, self.plane.down_closed, argv
             )
+            self.plane.workers.on_speaking = self.plane.speaking
             self.metrics.watch_media(self.plane.workers.stats, self.plane.workers.forward_delay)
         else:
             self.metrics.watch_media(self.sfu.stats, self.sfu.forward_delay)

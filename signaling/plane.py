@@ -101,6 +101,12 @@ class MediaPlane:
         elif self.cluster is not None:
             self.cluster.closed("up", stream_id, reason)
 
+    def speaking(self, stream_id: str, feed_id: str, speaking: bool) -> None:
+        """A microphone started or stopped speaking (the SFU's callback): its room is told."""
+        room = self.room_of_stream(stream_id)
+        if room is not None:
+            room.speaking(stream_id, feed_id, speaking)
+
     def down_closed(self, down_id: str, reason: str) -> None:
         """A subscription ended (the SFU's callback): its subscriber is told."""
         if reason in ("unsubscribed",):

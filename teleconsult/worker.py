@@ -23,19 +23,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--announce", default=None)
     parser.add_argument("--log-level", default="info")
     parser.add_argument("--log-format", default="text")
+    parser.add_argument("--loudest", type=int, default=3, help="voices each listener hears")
     args = parser.parse_args(argv)
     configure_logging(args.log_level, args.log_format)
     # The server stops its workers; a worker outliving a killed server would hold its ports.
     ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # a terminal's ^C is the server's to handle
     sock = socket.socket(fileno=args.fd)
-    asyncio.run(_run(sock, args.announce))
+    asyncio.run(_run(sock, args.announce, args.loudest))
     return 0
 
 
-async def _run(sock: socket.socket, announce: str | None) -> None:
+async def _run(sock: socket.socket, announce: str | None, loudest: int) -> None:
     reader, writer = await asyncio.open_unix_connection(sock=sock)
-    await serve(Sfu(announce=gather_on(announce)), Channel(reader, writer))
+    await serve(Sfu(announce=gather_on(announce), loudest=loudest), Channel(reader, writer))
 
 
 if __name__ == "__main__":

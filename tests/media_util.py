@@ -37,10 +37,11 @@ class PatternTrack(VideoStreamTrack):
 
 
 class ToneTrack(AudioStreamTrack):
-    """A 440 Hz tone, 20 ms frames of 48 kHz mono."""
+    """A 440 Hz tone, 20 ms frames of 48 kHz mono; `amplitude` (of full scale) may change."""
 
-    def __init__(self) -> None:
+    def __init__(self, amplitude: float = 0.3) -> None:
         super().__init__()
+        self.amplitude = amplitude
         self.sample = 0
         self.start: float | None = None
 
@@ -51,7 +52,7 @@ class ToneTrack(AudioStreamTrack):
         else:
             await asyncio.sleep(max(0.0, self.start + self.sample / 48000 - time.monotonic()))
         t = (np.arange(n) + self.sample) / 48000
-        tone = (0.3 * 32767 * np.sin(2 * math.pi * 440 * t)).astype(np.int16)
+        tone = (self.amplitude * 32767 * np.sin(2 * math.pi * 440 * t)).astype(np.int16)
         out = av.AudioFrame.from_ndarray(tone.reshape(1, -1), format="s16", layout="mono")
         out.sample_rate = 48000
         out.pts, out.time_base = self.sample, fractions.Fraction(1, 48000)

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import math
 import shlex
+import wave
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -34,6 +36,32 @@ CHROMIUM_ARGS = [
     "--autoplay-policy=no-user-gesture-required",
 ]
 
+
+def voice_wav() -> Path:
+    """A microphone's sound that counts as speech: talk at about -18 dBov for 1.6 s, a 0.4 s
+    pause, looped by Chromium. Its own fake microphone only beeps for 20 ms twice a second,
+    which the server rightly never takes for a speaker (media/loudness.py)."""
+    path = Path(__file__).resolve().parents[2] / "test-artifacts" / "web" / "voice.wav"
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        t = np.arange(96000) / 48000
+        # A voice's fundamental and harmonics, its loudness moving with the syllables.
+        pitch = sum(np.sin(2 * math.pi * 140 * k * t) / k for k in range(1, 6))
+        syllables = 0.6 + 0.4 * np.sin(2 * math.pi * 4 * t) ** 2
+        talk = 0.12 * 32767 * pitch / 2.3 * syllables * (t < 1.6)
+        with wave.open(str(path), "wb") as f:
+            f.setnchannels(1)
+            f.setsampwidth(2)
+            f.setframerate(48000)
+            f.writeframes(talk.astype(np.int16).tobytes())
+    return path
+
+
+def chromium_args() -> list[str]:
+    """Chromium's options, its fake microphone speaking."""
+    return [*CHROMIUM_ARGS, f"--use-file-for-fake-audio-capture={voice_wav()}"]
+
+
 # Tests talk to 127.0.0.1 only: keep the browser's other host candidates out of its SDP.
 LOOPBACK_ONLY = """
 (() => {
@@ -55,7 +83,7 @@ LOOPBACK_ONLY = """
 async def browser() -> AsyncIterator[BrowserContext]:
     path = executable("chromium", "chromium-browser")
     async with async_playwright() as pw:
-        b = await pw.chromium.launch(executable_path=path, headless=True, args=CHROMIUM_ARGS)
+        b = await pw.chromium.launch(executable_path=path, headless=True, args=chromium_args())
         context = await b.new_context()
         await context.add_init_script(LOOPBACK_ONLY)
         try:
@@ -76,7 +104,7 @@ async def browser_in(ns: Namespace, origin: str, tmp: Path) -> AsyncIterator[Bro
     argv = " ".join(shlex.quote(a) for a in ns.command([chromium]))
     launcher.write_text(f'#!/bin/sh\nexec {argv} "$@"\n')
     launcher.chmod(0o755)
-    args = [*CHROMIUM_ARGS, f"--unsafely-treat-insecure-origin-as-secure={origin}"]
+    args = [*chromium_args(), f"--unsafely-treat-insecure-origin-as-secure={origin}"]
     async with async_playwright() as pw:
         b = await pw.chromium.launch(executable_path=str(launcher), headless=True, args=args)
         try:
@@ -102,7 +130,7 @@ async def chromium_filming(clip: Path) -> AsyncIterator[Browser]:
         browser = await pw.chromium.launch(
             executable_path=executable("chromium", "chromium-browser"),
             headless=True,
-            args=[*CHROMIUM_ARGS, f"--use-file-for-fake-video-capture={clip}"],
+            args=[*chromium_args(), f"--use-file-for-fake-video-capture={clip}"],
         )
         try:
             yield browser

@@ -1,6 +1,7 @@
-// Who is speaking and how good each participant's connection is, from the received tracks'
-// statistics: a ring on the speaker's name and picture, the active speaker in the header, and
-// quality bars beside every name (this page's own from what it sends).
+// Who is speaking and how good each participant's connection is: a ring on the name and
+// picture of each participant the server hears speaking, the active speaker in the header (the
+// loudest of them this page receives, else the latest to start), and quality bars beside every
+// name from the received tracks' statistics (this page's own from what it sends).
 
 import { t } from "./i18n.js";
 import { LinkMeter, grade } from "./stats.js";
@@ -9,10 +10,8 @@ import { LinkMeter, grade } from "./stats.js";
 
 // Often enough that a ring follows a voice, rarely enough to cost nothing.
 const EVERY_MS = 300;
-// An audio level (0..1, 1 = full scale) above which a voice is heard, and how long a speaker
-// stays marked after falling quiet, so that pauses between words do not make it flicker.
+// An audio level (0..1, 1 = full scale) above which a received voice is heard.
 const SPEAKING_LEVEL = 0.02;
-const HOLD_MS = 1200;
 
 /**
  * Mark speakers and connection quality on the page.
@@ -22,8 +21,8 @@ const HOLD_MS = 1200;
 export function watchIndicators(session, stage, people, speaker) {
   /** @type {Map<RTCPeerConnection, LinkMeter>} */
   const meters = new Map();
-  /** @type {Map<string, number>} participant → when it last spoke */
-  const spoke = new Map();
+  /** @type {string[]} who speaks, as the server hears it, the latest to start last */
+  let speakers = [];
   /** @type {Map<string, "good" | "fair" | "poor">} */
   let quality = new Map();
   let active = "";
@@ -36,7 +35,6 @@ export function watchIndicators(session, stage, people, speaker) {
 
   const tick = async () => {
     if (document.visibilityState !== "visible") return;
-    const now = performance.now();
     /** @type {Map<string, string>} received track id → whose */
     const owner = new Map();
     for (const view of stage.views.values()) {
@@ -57,8 +55,7 @@ export function watchIndicators(session, stage, people, speaker) {
       worse(entry.participant, grade(reading));
       for (const [track, level] of reading.levels) {
         const who = owner.get(track);
-        if (!who || level < SPEAKING_LEVEL) continue;
-        spoke.set(who, now);
+        if (!who || level < SPEAKING_LEVEL || !session.speaking.has(who)) continue;
         if (level > loudest.level) loudest = { who, level };
       }
     }
@@ -70,13 +67,13 @@ export function watchIndicators(session, stage, people, speaker) {
     for (const pc of [...meters.keys()]) if (pc.connectionState === "closed") meters.delete(pc);
     quality = next;
     if (loudest.who) active = loudest.who;
-    else if (active && now - (spoke.get(active) || 0) > HOLD_MS) active = "";
-    show(now);
+    show();
   };
 
-  /** Put the marks on the page. @param {number} now */
-  const show = (now) => {
-    const speaking = new Set([...spoke].filter(([, at]) => now - at <= HOLD_MS).map(([who]) => who));
+  /** Put the marks on the page. */
+  const show = () => {
+    const speaking = new Set(speakers);
+    if (!speaking.has(active)) active = speakers[speakers.length - 1] || "";
     for (const li of /** @type {NodeListOf<HTMLElement>} */ (people.querySelectorAll("li[data-participant]"))) {
       const who = li.dataset.participant || "";
       li.classList.toggle("speaking", speaking.has(who));
@@ -91,9 +88,14 @@ export function watchIndicators(session, stage, people, speaker) {
     speaker.textContent = p ? t("speaking", { name: p.name }) : "";
   };
 
+  session.addEventListener("speaking", () => {
+    // Kept in the order they started: the latest to start is the active one, until a reading.
+    speakers = [...speakers.filter((who) => session.speaking.has(who)), ...[...session.speaking.keys()].filter((who) => !speakers.includes(who))];
+    show();
+  });
   setInterval(() => tick().catch(() => {}), EVERY_MS);
   // A re-rendered list gets its marks back at once, not at the next reading.
-  new MutationObserver(() => show(performance.now())).observe(people, { childList: true });
+  new MutationObserver(() => show()).observe(people, { childList: true });
 }
 
 /**

@@ -70,6 +70,8 @@ export class Session extends EventTarget {
     this.participants = new Map();
     /** @type {Message | null} the frame held up for everyone now (its frame_held event) */
     this.held = null;
+    /** @type {Map<string, Set<string>>} who speaks now, as the server hears it: participant → microphone feeds */
+    this.speaking = new Map();
     this.state = "idle";
     this.attempt = 0;
     this.leaving = false;
@@ -274,6 +276,7 @@ export class Session extends EventTarget {
       told.refusal = msg;
       return;
     }
+    this._followSpeaking(msg);
     this._followHeld(msg); // before the waiter: its author's own copy answers a request
     const waiter = msg.ref ? this.pending.get(msg.ref) : undefined;
     if (waiter && msg.type !== "welcome") {
@@ -314,6 +317,36 @@ export class Session extends EventTarget {
       this._track(msg);
     }
     this.dispatchEvent(new CustomEvent("message", { detail: msg }));
+  }
+
+  /** Keep who speaks in step with the server; a "speaking" event says when it changed. @param {Message} msg */
+  _followSpeaking(msg) {
+    if ((msg.type === "welcome" && msg.state === "joined") || msg.type === "admitted") {
+      this.speaking = new Map();
+      for (const s of msg.speaking || []) this._speaks(s.participant_id, s.feed, true);
+    } else if (msg.type === "speaking") {
+      this._speaks(msg.participant_id, msg.feed, Boolean(msg.speaking));
+    } else if (msg.type === "left") {
+      this.speaking.delete(msg.participant_id);
+    } else if (msg.type === "stream_removed") {
+      const prefix = `${msg.stream_id}.`;
+      for (const [who, feeds] of this.speaking) {
+        for (const f of [...feeds]) if (f.startsWith(prefix)) feeds.delete(f);
+        if (!feeds.size) this.speaking.delete(who);
+      }
+    } else {
+      return;
+    }
+    this.dispatchEvent(new CustomEvent("speaking", { detail: this.speaking }));
+  }
+
+  /** @param {string} who @param {string} feed @param {boolean} on */
+  _speaks(who, feed, on) {
+    const feeds = this.speaking.get(who) || new Set();
+    if (on) feeds.add(feed);
+    else feeds.delete(feed);
+    if (feeds.size) this.speaking.set(who, feeds);
+    else this.speaking.delete(who);
   }
 
   /** Keep the held frame in step; a "held" event says when it changed. @param {Message} msg */
