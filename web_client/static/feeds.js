@@ -1,9 +1,15 @@
 // The stage: every received feed (and the operator's own previews), spotlight or grid, each
-// with its annotation overlay.
+// with its annotation overlay. In a conference (more cameras than the strip holds) the patient
+// feeds and the operator's camera are always shown, the cameras of those who spoke last fill
+// the strip, and the rest are names: their pictures are paused on the server until needed.
 
 import { Overlay } from "./annotations.js";
 import { t } from "./i18n.js";
 import { TileView } from "./viewer.js";
+
+// Cameras shown beside the patient feeds: enough to see who talks, few enough that a conference
+// of fifteen does not send fifteen pictures to every page.
+export const STRIP = 4;
 
 /**
  * @typedef {import("./protocol.js").Session} Session
@@ -31,6 +37,11 @@ export class Stage extends EventTarget {
     this.onScreen = new Set();
     /** @type {Set<string>} feed ids paused on the server */
     this.paused = new Set();
+    /** @type {string[]} participants by when they last started speaking, the latest first */
+    this.recent = [];
+    /** @type {Set<string>} camera feeds set aside as names (a conference with more cameras than the strip) */
+    this.aside = new Set();
+    session.addEventListener("speaking", () => this._heard());
     this.watcher = new IntersectionObserver((entries) => {
       for (const e of entries) {
         const feed = /** @type {HTMLElement} */ (e.target).dataset.feed || "";
@@ -50,7 +61,7 @@ export class Stage extends EventTarget {
       for (const feed of entry.feeds) {
         const view = this.views.get(feed);
         if (!view || !view.overlay || view.figure.classList.contains("local")) continue; // video received only
-        const hidden = !visible || !this.onScreen.has(feed);
+        const hidden = !visible || !this.onScreen.has(feed) || this.aside.has(feed);
         if (hidden === this.paused.has(feed)) continue;
         if (hidden) this.paused.add(feed);
         else this.paused.delete(feed);
@@ -239,18 +250,75 @@ export class Stage extends EventTarget {
     return null;
   }
 
+  /** Keep those who spoke last in the strip: a new speaker comes in, the longest quiet goes. */
+  _heard() {
+    const now = [...this.session.speaking.keys()].filter((who) => !this.recent.includes(who) || this.recent.indexOf(who) >= STRIP);
+    if (!now.length) return;
+    this.recent = [...now, ...this.recent.filter((who) => !now.includes(who))];
+    this._arrange();
+  }
+
+  /** The camera feeds shown as names only: beyond the strip, the longest quiet first. */
+  _setAside() {
+    /** @type {string[]} */
+    const cameras = [];
+    for (const [id, view] of this.views) {
+      if (!view.overlay || view.figure.classList.contains("local") || id === this.main) continue;
+      if (isPatientSource(view.source)) continue;
+      if (this.session.participants.get(view.participant)?.role === "operator") continue;
+      cameras.push(id);
+    }
+    if (cameras.length <= STRIP) return new Set();
+    const rank = (/** @type {string} */ id) => {
+      const i = this.recent.indexOf(this.views.get(id)?.participant || "");
+      return i < 0 ? Infinity : i;
+    };
+    cameras.sort((a, b) => rank(a) - rank(b));
+    return new Set(cameras.slice(STRIP));
+  }
+
   _arrange() {
     const spotlight = this.root.dataset.layout === "spotlight";
+    this.aside = this._setAside();
     for (const [id, view] of this.views) {
       if (!view.overlay) continue;
       view.figure.classList.toggle("main", spotlight && id === this.main);
       view.figure.classList.toggle("thumb", spotlight && id !== this.main);
+      view.figure.classList.toggle("aside", this.aside.has(id));
       if (spotlight && id === this.main) this.root.prepend(view.figure);
     }
+    this._names();
+    this._pauseUnseen();
     for (const o of this.overlays()) o.render();
     const empty = !this.overlays().length;
     const none = document.getElementById("nofeeds");
     if (none) none.hidden = !empty;
+  }
+
+  /** List the cameras set aside by name; choosing one makes it the large picture. */
+  _names() {
+    let list = /** @type {HTMLElement | null} */ (this.root.querySelector(".names"));
+    if (!this.aside.size) {
+      list?.remove();
+      return;
+    }
+    if (!list) {
+      list = document.createElement("p");
+      list.className = "names";
+    }
+    this.root.append(list); // last, after the strip
+    list.replaceChildren(
+      ...[...this.aside].map((id) => {
+        const view = /** @type {View} */ (this.views.get(id));
+        const b = document.createElement("button");
+        b.type = "button";
+        b.dataset.feed = id;
+        b.textContent = this.session.participants.get(view.participant)?.name || t(`source.${view.source}`);
+        b.title = t("swap");
+        b.addEventListener("click", () => this.spotlight(id));
+        return b;
+      }),
+    );
   }
 }
 
