@@ -264,6 +264,24 @@ class Room(Members):
         self._broadcast({"type": "muted", "participant_id": p.id, "muted": True, "by": actor.id})
         return p
 
+    def mute_all(self, actor_id: str, keep_id: str | None) -> list[Participant]:
+        """Mute every microphone but one participant's (and the moderator's own): a speaker
+        given the room; return those muted now."""
+        actor = self._require(actor_id, Action.MUTE)
+        keep = self._target(keep_id).id if keep_id is not None else actor.id
+        muted = [
+            p
+            for p in self.joined()
+            if p.id not in (actor.id, keep) and p.role is not Role.RECORDER and not p.muted
+        ]
+        for p in muted:
+            p.muted = True
+            event = {"type": "muted", "participant_id": p.id, "muted": True, "by": actor.id}
+            self._broadcast(event)
+        if muted:
+            self.revision += 1
+        return muted
+
     def set_muted(self, participant_id: str, muted: bool) -> Participant:
         """Record a participant muting or unmuting itself."""
         p = self._self(participant_id)

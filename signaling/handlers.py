@@ -204,6 +204,16 @@ async def on_mute(conn: Conn, msg: m.Mute) -> None:
     conn.audit("mute", target=target.identity)
 
 
+async def on_mute_all(conn: Conn, msg: m.MuteAll) -> None:
+    """Mute everyone but one participant (moderator), who then has the room."""
+    room, me = conn.room, conn.participant
+    assert room is not None and me is not None
+    for target in room.mute_all(me.id, msg.keep):
+        conn.hub.plane.of(target).mute(target.id, "audio", True)
+    kept = room.participants.get(msg.keep) if msg.keep else me
+    conn.audit("mute_all", target=kept.identity if kept else "")
+
+
 async def on_set_muted(conn: Conn, msg: m.SetMuted) -> None:
     """Mute or unmute oneself."""
     room, me = conn.room, conn.participant
@@ -378,6 +388,7 @@ HANDLERS: dict[str, Handler] = {
     "leave": on_leave,
     "set_role": on_set_role,
     "mute": on_mute,
+    "mute_all": on_mute_all,
     "set_muted": on_set_muted,
     "set_scale": on_set_scale,
     "remove": on_remove,

@@ -80,6 +80,13 @@ class Mute(Message):
     participant: ParticipantId
 
 
+class MuteAll(Message):
+    """Moderator: mute every microphone but one participant's (and one's own)."""
+
+    type: Literal["mute_all"]
+    keep: ParticipantId | None = None
+
+
 class SetMuted(Message):
     """Mute or unmute one's own microphone."""
 
@@ -280,6 +287,7 @@ MODELS: dict[str, type[Message]] = {
     "leave": Leave,
     "set_role": SetRole,
     "mute": Mute,
+    "mute_all": MuteAll,
     "set_muted": SetMuted,
     "set_scale": SetScale,
     "remove": Remove,

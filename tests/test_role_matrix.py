@@ -26,7 +26,7 @@ MESSAGES: dict[Action, list[dict[str, Any]]] = {
         {"type": "admit", "participant": "p-000000000000"},
         {"type": "deny", "participant": "p-000000000000"},
     ],
-    Action.MUTE: [{"type": "mute", "participant": "p-000000000000"}],
+    Action.MUTE: [{"type": "mute", "participant": "p-000000000000"}, {"type": "mute_all"}],
     Action.REMOVE: [{"type": "remove", "participant": "p-000000000000"}],
     Action.SET_ROLE: [
         {"type": "set_role", "participant": "p-000000000000", "role": "expert"},

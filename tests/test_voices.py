@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from pathlib import Path
 
+import pytest
 from aiortc import RTCPeerConnection
 
 from teleconsult.client.media import MediaClient
-from teleconsult.client.signaling import SignalingClient
+from teleconsult.client.signaling import RequestFailed, SignalingClient
 from teleconsult.session.roles import Role
 
 from .conftest import Server, running_server
@@ -163,6 +165,65 @@ async def test_a_voice_without_audio_levels_is_always_heard(server: Server) -> N
         heard = await heard_over(subs, 1.0)
         assert heard[streams[-1]] >= 35, heard
         assert sum(heard[s] >= 35 for s in streams[:4]) == 3, heard
+    finally:
+        for c in clients:
+            await c.close()
+
+
+async def test_the_moderator_gives_a_raised_hand_the_floor_and_the_room(server: Server) -> None:
+    """Hands queue in the order raised; the first given the floor speaks; muting everyone but
+    them leaves listeners hearing that voice alone."""
+    mod = await server.join(role=Role.MODERATOR, identity="mod")
+    clients: list[MediaClient] = []
+    streams: dict[str, str] = {}
+    try:
+        for name in "ab":
+            media = MediaClient(await server.join(role=Role.EXPERT, identity=name, name=name))
+            clients.append(media)
+            streams[name] = (await media.publish([(ToneTrack(LOUD), "microphone", name)])).id
+        asking = {n: await server.join(role=Role.AUDIENCE, identity=n, name=n) for n in "xy"}
+        await asking["y"].request({"type": "raise_hand", "raised": True})
+        await asking["x"].request({"type": "raise_hand", "raised": True})
+        late = await server.join(role=Role.MODERATOR, identity="mod2")
+        queue = [h["author"] for h in late.welcome["channel"]["hands"]]
+        assert queue == [asking["y"].participant_id, asking["x"].participant_id]
+        # Without the floor an audience member may not speak; with it, it may.
+        y = MediaClient(asking["y"])
+        clients.append(y)
+        with pytest.raises(RequestFailed) as refused:
+            await y.publish([(ToneTrack(LOUD), "microphone", "y")])
+        assert refused.value.code == "forbidden"
+        await mod.send({"type": "grant", "participant": asking["y"].participant_id, "floor": True})
+        await asking["y"].wait_for("granted")
+        streams["y"] = (await y.publish([(ToneTrack(LOUD), "microphone", "y")])).id
+        listener = MediaClient(await server.join(role=Role.AUDIENCE, identity="listener"))
+        clients.append(listener)
+        subs = {n: (await listener.subscribe(s)).pc for n, s in streams.items()}
+        await asyncio.sleep(1.0)
+        heard = await heard_over(subs, 1.0)
+        assert all(heard[n] >= 35 for n in "aby"), heard
+
+        mod.drain()
+        await mod.send({"type": "mute_all", "keep": asking["y"].participant_id})
+        experts = {p.id for p in server.room().participants.values() if p.identity in ("a", "b")}
+        for _ in range(2):  # each expert told muted, once
+            event = await mod.wait_for("muted", where=lambda e: e["participant_id"] in experts)
+            experts.discard(event["participant_id"])
+        assert not experts
+        await asyncio.sleep(0.5)
+        heard = await heard_over(subs, 1.0)
+        assert heard["a"] == heard["b"] == 0 and heard["y"] >= 35, heard
+        room = server.room()
+        assert not room.participants[asking["y"].participant_id].muted
+        assert not room.participants[mod.participant_id].muted
+        # An unknown participant to keep is refused, and nobody else is muted by it.
+        with pytest.raises(RequestFailed) as bad:
+            await mod.request({"type": "mute_all", "keep": "p-000000000000"})
+        assert bad.value.code == "no_such_participant"
+        assert not room.participants[asking["y"].participant_id].muted
+        lines = (server.hub.settings.data_dir / "audit.jsonl").read_text().splitlines()
+        audit = [json.loads(line) for line in lines]
+        assert [a["target"] for a in audit if a["action"] == "mute_all"] == ["y"]
     finally:
         for c in clients:
             await c.close()

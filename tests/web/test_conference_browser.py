@@ -4,6 +4,7 @@ whose pictures the server does not send."""
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 from playwright.async_api import Browser, expect
 
@@ -39,14 +40,14 @@ async def test_a_conference_shows_who_speaks_and_pauses_the_cameras_set_aside(
         await expect(page.locator("figure.aside")).to_have_count(1)
         await expect(page.locator("#feeds .names button")).to_have_count(1)
 
-        def down(participant: int) -> dict[str, object]:
+        def down(participant: int) -> dict[str, Any]:
             """The server's copy of one expert's camera to the page."""
             (d,) = [
                 d
                 for d in server.hub.sfu.stats()["down"]
                 if d["feed"].endswith(".0") and d["of"] in of[participant]
             ]
-            return d
+            return dict(d)
 
         of = {
             n: {u["stream"] for u in server.hub.sfu.stats()["up"] if u["participant_id"] == p}
@@ -97,3 +98,37 @@ async def test_a_conference_shows_who_speaks_and_pauses_the_cameras_set_aside(
     finally:
         for c in clients:
             await c.close()
+
+
+async def test_the_moderator_sees_the_hands_in_order_and_gives_the_floor(
+    server: Server, chromium: Browser
+) -> None:
+    experts = [await server.join(role=Role.EXPERT, identity=f"e{n}", name=f"Dr. {n}") for n in "12"]
+    asking = [await server.join(role=Role.AUDIENCE, identity=n, name=f"Student {n}") for n in "yx"]
+    mod = await open_page(chromium, server, Role.MODERATOR, "mod", "Chair")
+    for who in asking:
+        await who.request({"type": "raise_hand", "raised": True})
+    queue = mod.locator("#hands-list li")
+    await expect(queue).to_have_count(2)
+    await expect(queue.first).to_contain_text("Student y")  # the first to raise it
+    await queue.first.locator("button[data-action='mod.floor']").click()
+    granted = await asking[0].wait_for("granted")
+    assert granted["floor"] is True
+    await expect(queue).to_have_count(1)  # given the floor, the hand comes down
+    await expect(queue.first).to_contain_text("Student x")
+    # The one with the floor keeps the room: everyone else is muted.
+    await mod.locator(
+        f"#participants li[data-participant='{asking[0].participant_id}'] "
+        "button[data-action='mod.mute_others']"
+    ).click()
+    for who in experts:
+
+        def mine(e: dict[str, Any], me: str = who.participant_id) -> bool:
+            return bool(e["participant_id"] == me)
+
+        assert (await who.wait_for("muted", where=mine))["muted"] is True
+    room = server.room()
+    assert not room.participants[asking[0].participant_id].muted
+    await expect(
+        mod.locator(f"#participants li[data-participant='{experts[0].participant_id}']")
+    ).to_contain_text("muted")

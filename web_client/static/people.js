@@ -17,6 +17,9 @@ export function mountPeople(session) {
   const end = /** @type {HTMLButtonElement} */ (document.getElementById("end"));
   const record = /** @type {HTMLButtonElement} */ (document.getElementById("record"));
   const recordWait = /** @type {HTMLElement} */ (document.getElementById("record-wait"));
+  const handsBox = /** @type {HTMLElement} */ (document.getElementById("hands"));
+  const handsList = /** @type {HTMLElement} */ (document.getElementById("hands-list"));
+  const muteAll = /** @type {HTMLButtonElement} */ (document.getElementById("mute-all"));
   let recording = false;
   // A start waiting for the operator's answer on the patient's consent.
   let pending = false;
@@ -62,7 +65,8 @@ export function mountPeople(session) {
         controls.append(select,
           button("mod.mute", () => session.send({ type: "mute", participant: p.id })),
           button(p.may_annotate ? "mod.revoke" : "mod.grant", () => session.send({ type: "grant", participant: p.id, annotate: !p.may_annotate })),
-          button("mod.floor", () => session.send({ type: "grant", participant: p.id, floor: !p.floor })),
+          button(p.floor ? "mod.unfloor" : "mod.floor", () => session.send({ type: "grant", participant: p.id, floor: !p.floor })),
+          button("mod.mute_others", () => session.send({ type: "mute_all", keep: p.id })),
           button("mod.remove", () => session.send({ type: "remove", participant: p.id })));
         li.append(controls);
       }
@@ -77,6 +81,22 @@ export function mountPeople(session) {
       li.append(name,
         button("mod.admit", () => session.send({ type: "admit", participant: p.id })),
         button("mod.deny", () => session.send({ type: "deny", participant: p.id })));
+      return li;
+    }));
+    // The raised hands in the order they were raised: the moderator gives the floor from the top.
+    const queue = [...session.channel.hands].sort((a, b) => a[1] - b[1]).flatMap(([id]) => {
+      const p = session.participants.get(id);
+      return p ? [p] : [];
+    });
+    handsBox.hidden = !moderator || !queue.length;
+    handsList.replaceChildren(...queue.map((p) => {
+      const li = document.createElement("li");
+      li.dataset.participant = p.id;
+      const name = document.createElement("span");
+      name.textContent = `${p.name} · ${t(`role.${p.role}`)}`;
+      li.append(name,
+        button("mod.floor", () => session.send({ type: "grant", participant: p.id, floor: true })),
+        button("mod.mute_others", () => session.send({ type: "mute_all", keep: p.id })));
       return li;
     }));
     moderation.hidden = !moderator;
@@ -108,6 +128,7 @@ export function mountPeople(session) {
   });
   // Stop also takes back a start that waits for consent.
   record.addEventListener("click", () => session.send({ type: "record", action: recording || pending ? "stop" : "start" }));
+  muteAll.addEventListener("click", () => session.send({ type: "mute_all" }));
   end.addEventListener("click", () => {
     if (confirm(t("mod.end_confirm"))) session.send({ type: "end_room" });
   });
