@@ -66,7 +66,12 @@ class RemoteMedia:
         self.caller.tell(self.node, "unpublish", stream_id=stream_id, reason=reason)
 
     async def subscribe(
-        self, down_id: str, subscriber_id: str, stream_id: str, feeds: list[str] | None = None
+        self,
+        down_id: str,
+        subscriber_id: str,
+        stream_id: str,
+        feeds: list[str] | None = None,
+        voices: int | None = None,
     ) -> tuple[str, dict[str, str]]:
         """Offer a stream to a subscriber from the subscriber's node."""
         offer, mids = await self.caller.call(
@@ -76,6 +81,7 @@ class RemoteMedia:
             subscriber_id=subscriber_id,
             stream_id=stream_id,
             feeds=feeds,
+            voices=voices,
             host=self.caller.node,
         )
         return str(offer), dict(mids)
@@ -176,7 +182,7 @@ class MediaRequests:
     async def _subscribe(self, a: Args) -> list[Any]:
         self.routes[a["down_id"]] = a["host"]
         got = await self.hub.sfu.subscribe(
-            a["down_id"], a["subscriber_id"], a["stream_id"], a["feeds"]
+            a["down_id"], a["subscriber_id"], a["stream_id"], a["feeds"], a.get("voices")
         )
         return list(got)
 

@@ -132,6 +132,7 @@ class MediaCall:
                 a["subscriber_id"],
                 a["stream_id"],
                 a["feeds"],
+                a.get("voices"),
                 bool(a.get("nearby", False)),
             ),
             "answer": lambda a: sfu.answer(a["down_id"], a["subscriber_id"], a["sdp"]),

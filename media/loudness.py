@@ -95,16 +95,16 @@ class Choice:
 
 
 def chosen_for(
-    choices: dict[frozenset[Hashable], Choice],
+    choices: dict[tuple[int, frozenset[Hashable]], Choice],
     heard: Iterable[Hashable],
     voices: dict[Hashable, Voice],
     count: int,
     now: float,
 ) -> list[Hashable]:
-    """Return the voices chosen for listeners who can hear `heard` (listeners hearing the same
-    voices share one choice, kept in `choices`)."""
-    key = frozenset(heard)
-    choice = choices.get(key)
-    if choice is None or choice.count != count:
-        choice = choices[key] = Choice(count)
-    return choice.update({k: voices[k] for k in key if k in voices}, now)
+    """Return the `count` voices chosen for listeners who can hear `heard` (listeners hearing
+    the same voices, as many at once, share one choice, kept in `choices`)."""
+    heard = frozenset(heard)
+    choice = choices.get((count, heard))
+    if choice is None:
+        choice = choices[(count, heard)] = Choice(count)
+    return choice.update({k: voices[k] for k in heard if k in voices}, now)

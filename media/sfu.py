@@ -62,9 +62,15 @@ class Media(Protocol):
         """Close a published stream."""
 
     async def subscribe(
-        self, down_id: str, subscriber_id: str, stream_id: str, feeds: list[str] | None = None
+        self,
+        down_id: str,
+        subscriber_id: str,
+        stream_id: str,
+        feeds: list[str] | None = None,
+        voices: int | None = None,
     ) -> tuple[str, dict[str, str]]:
-        """Offer a stream to a subscriber; return the offer and mid→feed."""
+        """Offer a stream to a subscriber; return the offer and mid→feed. `voices`: how many
+        of the loudest voices it hears (0 all; None the node's default)."""
 
     async def answer(self, down_id: str, subscriber_id: str, sdp: str) -> None:
         """Take a subscriber's answer."""
@@ -145,6 +151,7 @@ class DownStream:
     pc: RelayPeerConnection
     tracks: list[DownTrack] = field(default_factory=list)
     answered: bool = False
+    voices: int | None = None  # the loudest voices its subscriber hears (0 all; None default)
 
 
 class Sfu:
@@ -177,7 +184,7 @@ class Sfu:
         # Each listener hears the `loudest` voices speaking among those it subscribes to (0:
         # every voice); listeners who can hear the same voices share one choice.
         self.loudest = loudest
-        self._choices: dict[frozenset[Hashable], Choice] = {}
+        self._choices: dict[tuple[int, frozenset[Hashable]], Choice] = {}
         self._choosing: asyncio.Task[None] | None = None
         # Told when a microphone starts or stops speaking: (stream id, feed id, speaking).
         self.on_speaking: Callable[[str, str, bool], None] | None = None
@@ -296,6 +303,7 @@ class Sfu:
         subscriber_id: str,
         stream_id: str,
         feeds: list[str] | None = None,
+        voices: int | None = None,
         nearby: bool = False,
     ) -> tuple[str, dict[str, str]]:
         """Make an offer carrying an up stream's tracks to a subscriber; return it and mid→feed.
@@ -309,7 +317,7 @@ class Sfu:
         if not chosen:
             raise MediaError("no_such_feed", "none of the requested feeds is in this stream")
         pc = RelayPeerConnection(RTCConfiguration(iceServers=[]))
-        down = DownStream(down_id, subscriber_id, up, pc)
+        down = DownStream(down_id, subscriber_id, up, pc, voices=voices)
         self.downs[down_id] = down
         if self._balancing is None or self._balancing.done():
             self._balancing = asyncio.ensure_future(self._balance_forever())
@@ -463,23 +471,28 @@ class Sfu:
     def choose_voices(self, now: float) -> None:
         """Let each listener hear only the loudest voices speaking among those it subscribes
         to; a leg to another worker or node carries every voice (the far side chooses)."""
-        if not self.loudest:
-            return
         listening: dict[str, list[DownTrack]] = {}
+        count: dict[str, int] = {}  # voices each listener hears, as its room says
         for down in self.downs.values():
             if down.subscriber_id.startswith(CASCADE):
                 continue
+            n = self.loudest if down.voices is None else down.voices
+            count[down.subscriber_id] = min(n, count.get(down.subscriber_id, n))
             for dt in down.tracks:
                 # A publisher that writes no audio levels cannot be ranked: it is always heard.
-                if dt.up.voice is not None and dt.up.voice.heard_at is not None:
+                if n and dt.up.voice is not None and dt.up.voice.heard_at is not None:
                     listening.setdefault(down.subscriber_id, []).append(dt)
                 elif dt.quiet:
                     dt.quieten(False)
-        used: dict[frozenset[Hashable], Choice] = {}
-        for tracks in listening.values():
+        used: dict[tuple[int, frozenset[Hashable]], Choice] = {}
+        for listener, tracks in listening.items():
             voices: dict[Hashable, Voice] = {dt.up: dt.up.voice for dt in tracks if dt.up.voice}
-            chosen = chosen_for(self._choices, voices, voices, self.loudest, now)
-            key = frozenset(voices)
+            key = (count[listener], frozenset(voices))
+            if not key[0]:  # hears every voice
+                for dt in tracks:
+                    dt.quieten(False)
+                continue
+            chosen = chosen_for(self._choices, voices, voices, key[0], now)
             used[key] = self._choices[key]
             for dt in tracks:
                 dt.quieten(dt.up not in chosen)

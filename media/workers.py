@@ -355,7 +355,12 @@ class Workers:
             placed.origin.tell("unpublish", stream_id=stream_id, reason=reason)
 
     async def subscribe(
-        self, down_id: str, subscriber_id: str, stream_id: str, feeds: list[str] | None = None
+        self,
+        down_id: str,
+        subscriber_id: str,
+        stream_id: str,
+        feeds: list[str] | None = None,
+        voices: int | None = None,
     ) -> tuple[str, dict[str, str]]:
         """Offer a stream from a worker that carries it, bringing it to a less loaded worker
         first when those that carry it are busier than it by SPAN copies."""
@@ -381,6 +386,7 @@ class Workers:
                 subscriber_id=subscriber_id,
                 stream_id=stream_id,
                 feeds=feeds,
+                voices=voices,
             )
         except MediaError:
             worker.copies -= weight

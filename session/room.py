@@ -27,6 +27,7 @@ class RoomConfig:
     lobby: bool = False
     idle_timeout: float = 600.0
     chat_history: int = 200
+    loudest_voices: int | None = None  # voices each listener hears (0 all; None the node's)
 
 
 class Room(Members):
@@ -65,13 +66,16 @@ class Room(Members):
 
     def describe(self) -> Event:
         """Return the room's public description."""
-        return {
+        view: Event = {
             "id": self.id,
             "title": self.config.title,
             "created_at": self.created_at,
             "lobby": self.config.lobby,
             "max_participants": self.config.max_participants,
         }
+        if self.config.loudest_voices is not None:
+            view["loudest_voices"] = self.config.loudest_voices
+        return view
 
     def snapshot(self, viewer: Participant) -> Event:
         """Return what a participant sees on entering: the room, who is in it and who waits."""

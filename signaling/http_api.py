@@ -34,6 +34,7 @@ class NewRoom(BaseModel):
     max_participants: Annotated[int, Field(ge=1, le=1000)] | None = None
     lobby: bool = False
     idle_timeout: Annotated[float, Field(gt=0, le=7 * 86400)] | None = None
+    loudest_voices: Annotated[int, Field(ge=0, le=32)] | None = None
 
 
 class Revocation(BaseModel):
@@ -103,6 +104,7 @@ def admin_op(hub: Hub, op: str, room_id: str, data: dict[str, Any]) -> tuple[int
                 max_participants=data["max_participants"] or default.max_participants,
                 lobby=data["lobby"],
                 idle_timeout=data["idle_timeout"] or default.idle_timeout,
+                loudest_voices=data.get("loudest_voices"),
             )
             room = hub.rooms.create(room_id, hub.now(), config)
             hub.persist(room)  # its rules outlive this node

@@ -108,7 +108,8 @@ async def on_subscribe(conn: Conn, msg: m.Subscribe) -> None:
     await conn.hub.plane.pull(conn.media_node, room, stream.id)
     sfu = conn.media
     down_id = Sfu.new_id("d")
-    offer, mids = await sfu.subscribe(down_id, me.id, stream.id, msg.feeds)
+    voices = room.config.loudest_voices
+    offer, mids = await sfu.subscribe(down_id, me.id, stream.id, msg.feeds, voices)
     if conn.participant is not me or me.id not in room.participants:
         await sfu.unsubscribe(down_id, "unsubscribed")
         return

@@ -16,6 +16,7 @@ from teleconsult.session.roles import Role
 
 from .conftest import Server, running_server
 from .media_util import PacketTrack, ToneTrack
+from .test_http_api import api
 from .test_red import opus_packets
 
 LOUD, LOUDER, QUIET = 0.1, 0.9, 0.0005  # about -20, -1 and -66 dBov
@@ -224,6 +225,41 @@ async def test_the_moderator_gives_a_raised_hand_the_floor_and_the_room(server: 
         lines = (server.hub.settings.data_dir / "audit.jsonl").read_text().splitlines()
         audit = [json.loads(line) for line in lines]
         assert [a["target"] for a in audit if a["action"] == "mute_all"] == ["y"]
+    finally:
+        for c in clients:
+            await c.close()
+
+
+async def test_a_room_sets_how_many_voices_each_listener_hears(server: Server) -> None:
+    """A room made to hear one voice forwards the loudest only; a room made to hear all
+    forwards every microphone (the node's default is three)."""
+    for room_id, voices in (("one-voice", 1), ("all-voices", 0)):
+        status, body = await api(
+            server, "POST", "/api/rooms", {"id": room_id, "loudest_voices": voices}
+        )
+        assert status == 201 and body["loudest_voices"] == voices
+    status, body = await api(server, "POST", "/api/rooms", {"id": "x", "loudest_voices": -1})
+    assert status == 422 and body["error"]["fields"][0]["field"] == "loudest_voices", body
+    clients: list[MediaClient] = []
+    try:
+        for room_id, voices in (("one-voice", 1), ("all-voices", 0)):
+            streams = {}
+            for name, level in (("a", LOUDER), ("b", LOUD), ("c", LOUD), ("d", LOUD)):
+                expert = await server.join(role=Role.EXPERT, identity=name, room=room_id)
+                media = MediaClient(expert)
+                clients.append(media)
+                streams[name] = (await media.publish([(ToneTrack(level), "microphone", "")])).id
+            listener = MediaClient(
+                await server.join(role=Role.AUDIENCE, identity="listener", room=room_id)
+            )
+            clients.append(listener)
+            subs = {n: (await listener.subscribe(s)).pc for n, s in streams.items()}
+            await asyncio.sleep(1.0)
+            heard = await heard_over(subs, 1.0)
+            if voices == 1:
+                assert heard["a"] >= 35 and heard["b"] == heard["c"] == heard["d"] == 0, heard
+            else:
+                assert all(n >= 35 for n in heard.values()), heard
     finally:
         for c in clients:
             await c.close()

@@ -36,7 +36,12 @@ class MediaRelaySfu:
         return pc.localDescription.sdp, codecs  # type: ignore[return-value]
 
     async def subscribe(
-        self, down_id: str, subscriber_id: str, stream_id: str, feeds: list[str] | None = None
+        self,
+        down_id: str,
+        subscriber_id: str,
+        stream_id: str,
+        feeds: list[str] | None = None,
+        voices: int | None = None,
     ) -> tuple[str, dict[str, str]]:
         _, tracks, _ = self.ups[stream_id]
         pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
