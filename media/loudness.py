@@ -40,13 +40,14 @@ class Voice:
         # Packets of one frame come together; the first of a new voice counts in full.
         self.loudness += max(alpha, 0.2) * (loud - self.loudness)
         self.heard_at = now
-        if self.loudness >= SPEECH:
-            if self.above_since is None:
-                self.above_since = now
-            if now - self.above_since >= ONSET:
-                self.speaking_until = now + HANGOVER
-        else:
+        if self.loudness < SPEECH:
             self.above_since = None
+        elif self.above_since is None:
+            self.above_since = now
+        # Only a loud packet makes one speak: the smoothed tail of a short noise, heard after
+        # it ended, must not carry it past ONSET.
+        if loud >= SPEECH and self.above_since is not None and now - self.above_since >= ONSET:
+            self.speaking_until = now + HANGOVER
 
     def _decay(self, now: float) -> None:
         # Nothing heard (DTX sends nothing in silence, a muted microphone nothing at all): the

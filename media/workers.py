@@ -111,6 +111,7 @@ class Down:
     worker: Worker
     stream_id: str
     weight: float
+    subscriber_id: str
 
 
 @dataclass
@@ -363,7 +364,11 @@ class Workers:
         voices: int | None = None,
     ) -> tuple[str, dict[str, str]]:
         """Offer a stream from a worker that carries it, bringing it to a less loaded worker
-        first when those that carry it are busier than it by SPAN copies."""
+        first when those that carry it are busier than it by SPAN copies.
+
+        A subscriber's later subscriptions go where its first is (the stream brought there),
+        so that one worker sees every voice it hears and sends it only the loudest.
+        """
         placed = self.streams.get(stream_id)
         if placed is None:
             raise MediaError("no_such_stream", "no such stream")
@@ -374,6 +379,11 @@ class Workers:
         idlest = min(self.workers, key=lambda w: w.load)
         if idlest.load + SPAN < worker.load:
             worker = idlest
+        home = next(
+            (d.worker for d in self.downs.values() if d.subscriber_id == subscriber_id), None
+        )
+        if home is not None and home in self.workers:
+            worker = home
         # Counted at once, so that subscribers arriving together are spread as they choose.
         weight = placed.weight(feeds)
         worker.copies += weight
@@ -391,7 +401,7 @@ class Workers:
         except MediaError:
             worker.copies -= weight
             raise
-        self.downs[down_id] = Down(worker, stream_id, weight)
+        self.downs[down_id] = Down(worker, stream_id, weight, subscriber_id)
         return str(got[0]), dict(got[1])
 
     async def answer(self, down_id: str, subscriber_id: str, sdp: str) -> None:

@@ -37,11 +37,13 @@ class PatternTrack(VideoStreamTrack):
 
 
 class ToneTrack(AudioStreamTrack):
-    """A 440 Hz tone, 20 ms frames of 48 kHz mono; `amplitude` (of full scale) may change."""
+    """A 440 Hz tone, 20 ms frames of 48 kHz mono; `amplitude` (of full scale) may change, or
+    `burst` it for an exact number of frames (however late the sender runs)."""
 
     def __init__(self, amplitude: float = 0.3) -> None:
         super().__init__()
         self.amplitude = amplitude
+        self.bursts: list[float] = []  # the amplitudes of the next frames, before `amplitude`
         self.sample = 0
         self.start: float | None = None
 
@@ -52,7 +54,8 @@ class ToneTrack(AudioStreamTrack):
         else:
             await asyncio.sleep(max(0.0, self.start + self.sample / 48000 - time.monotonic()))
         t = (np.arange(n) + self.sample) / 48000
-        tone = (self.amplitude * 32767 * np.sin(2 * math.pi * 440 * t)).astype(np.int16)
+        amplitude = self.bursts.pop(0) if self.bursts else self.amplitude
+        tone = (amplitude * 32767 * np.sin(2 * math.pi * 440 * t)).astype(np.int16)
         out = av.AudioFrame.from_ndarray(tone.reshape(1, -1), format="s16", layout="mono")
         out.sample_rate = 48000
         out.pts, out.time_base = self.sample, fractions.Fraction(1, 48000)

@@ -89,3 +89,24 @@ def test_a_speaker_pausing_keeps_its_place_unless_another_talks_meanwhile() -> N
     room.loud.update(a=None, b=-24)
     room.run(0.6)
     assert room.history[-1] == ["b"]
+
+
+def test_a_noise_shorter_than_the_onset_never_speaks_however_its_packets_arrive() -> None:
+    """The smoothed loudness of a 100 ms bang stays high after it: that tail must not count."""
+    for gap in (FRAME, 0.002):  # packets as sent, or a late burst arriving together
+        voice, now = Voice(), 0.0
+        for _ in range(50):  # a quiet microphone, about -66 dBov
+            now += FRAME
+            voice.hear(66, now)
+        for _ in range(5):  # 100 ms of sound at -1 dBov
+            now += gap
+            voice.hear(1, now)
+        for _ in range(50):
+            now += FRAME
+            voice.hear(66, now)
+            assert not voice.speaking(now), (gap, now)
+    # The same sound for 300 ms is speech.
+    for _ in range(15):
+        now += FRAME
+        voice.hear(1, now)
+    assert voice.speaking(now)
