@@ -164,7 +164,7 @@ async def test_every_page_state(server: Server, chromium: Browser, size: str, la
     mod = await page(Role.MODERATOR, "mod", "主持人" if lang == "zh" else "Moderator")
     mod.on("dialog", lambda d: d.accept())
     await mod.click("#record")
-    await expect(op.locator("#consent")).to_be_visible()
+    await expect(op.locator("#consent")).to_be_visible(timeout=10000)
     await states.take(op, "consent")
     await op.click("#consent-yes")
     await expect(mod.locator("#recording")).to_be_visible(timeout=10000)

@@ -1,0 +1,205 @@
+"""A case conference on one node: voices by loudness and video by need, beside the same room
+forwarding every track, in one run.
+
+Usage: python -m bench.conference.run [--audience 100] [--experts 15] [--cameras 3]
+       [--minutes 2] [--procs 4] [--phases need,all] [--out FILE]
+
+Each phase starts its own `teleconsult serve` (the "all" phase with `--loudest-voices 0`, its
+listeners pausing nothing), the speakers (bench.conference.speakers: the operator's 1080p probe,
+720p room camera and microphone; the experts' microphones and cameras, talking to a script) and
+the audience (bench.conference.audience, --procs processes). Measured from the script's start:
+the server's CPU (its media workers included), what it sent (the bytes the listeners received
+on loopback), the probe's frame rate at every listener, whether each listener got exactly the
+three loudest voices midway through every step, and how soon a new speaker reached it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from teleconsult.session.roles import Role
+from teleconsult.signaling.tokens import mint
+
+from ..common import free_port, serve, tree_cpu_seconds
+
+SECRET = "conference-secret-conference-secret-0123"
+PY = sys.executable
+RESULTS = Path(__file__).resolve().parent.parent / "results"
+ROOM = "case-conference"
+
+
+def percentile(values: list[float], q: float) -> float:
+    """The q-th percentile (nearest rank) of values, inf if none."""
+    if not values:
+        return float("inf")
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q / 100 * len(ordered)))]
+
+
+def read_lines(proc: subprocess.Popen[str], into: list[dict[str, Any]]) -> threading.Thread:
+    """Collect a child's JSON lines as they come."""
+
+    def read() -> None:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            if line.startswith("{"):
+                into.append(json.loads(line))
+
+    thread = threading.Thread(target=read, daemon=True)
+    thread.start()
+    return thread
+
+
+def wait_for(lines: list[dict[str, Any]], key: str, count: int, seconds: float) -> None:
+    """Wait until `count` lines carry `key`, or raise TimeoutError."""
+    deadline = time.time() + seconds
+    while sum(key in x for x in lines) < count:
+        if time.time() > deadline:
+            raise TimeoutError(f"{key}: {sum(key in x for x in lines)} of {count}")
+        time.sleep(0.2)
+
+
+def phase(args: argparse.Namespace, name: str, tmp: Path) -> dict[str, Any]:
+    """Run one room for the script's length; return what was measured."""
+    port = free_port()
+    url = f"ws://127.0.0.1:{port}/ws"
+    extra = ["--loudest-voices", "0"] if name == "all" else []
+    started: list[subprocess.Popen[Any]] = []
+
+    def token(role: Role, who: str) -> str:
+        return mint(SECRET, ROOM, role, who, 24 * 3600, who)
+
+    def spawn(*argv: str) -> subprocess.Popen[str]:
+        p = subprocess.Popen(
+            [PY, "-m", *argv], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True
+        )
+        started.append(p)
+        return p
+
+    server = serve(port, SECRET, tmp / name, *extra, log=tmp / f"{name}.log")
+    started.append(server)
+    seconds = args.minutes * 60
+    # Time to publish, then for every listener to subscribe to every stream.
+    lead = 20 + args.audience * (args.experts + 1) * 0.03
+    t0 = time.time() + lead
+    try:
+        tokens = [token(Role.OPERATOR, "op")]
+        tokens += [token(Role.EXPERT, f"e{i}") for i in range(args.experts)]
+        speakers = spawn(
+            "bench.conference.speakers", url, ROOM, str(t0), "--tokens", ",".join(tokens),
+            "--cameras", str(args.cameras), "--duration", str(seconds),
+        )  # fmt: skip
+        said: list[dict[str, Any]] = []
+        read_lines(speakers, said)
+        wait_for(said, "streams", 1, 60)
+        heard: list[dict[str, Any]] = []
+        procs = []
+        for k in range(args.procs):
+            names = [f"a{i}" for i in range(k, args.audience, args.procs)]
+            if not names:
+                continue
+            listeners = spawn(
+                "bench.conference.audience", url, ROOM, str(t0),
+                "--tokens", ",".join(token(Role.AUDIENCE, n) for n in names),
+                "--duration", str(seconds), "--experts", str(args.experts),
+                *(["--all"] if name == "all" else []),
+            )  # fmt: skip
+            procs.append(listeners)
+            read_lines(procs[-1], heard)
+        wait_for(heard, "joined", len(procs), lead + 60)
+        joined_late = max(x["at"] for x in heard if "joined" in x) - t0
+        time.sleep(max(0.0, t0 - time.time()))
+        cpu0, load0 = tree_cpu_seconds(server.pid), os.getloadavg()[0]
+        clients0 = sum(tree_cpu_seconds(p.pid) for p in [speakers, *procs])
+        time.sleep(max(0.0, t0 + seconds - time.time()))
+        cpu1, load1 = tree_cpu_seconds(server.pid), os.getloadavg()[0]
+        clients1 = sum(tree_cpu_seconds(p.pid) for p in [speakers, *procs])
+        wait_for(heard, "listeners", len(procs), 120)
+        wait_for(said, "sent", 1, 60)
+    finally:
+        for p in reversed(started):
+            if p.poll() is None:
+                p.terminate()
+                try:
+                    p.wait(15)
+                except subprocess.TimeoutExpired:
+                    p.kill()
+                    p.wait(5)
+    found = [x for line in heard if "listeners" in line for x in line["listeners"]]
+    latencies = [v for f in found for v in f["onset_latency"]]
+    reached = [v for v in latencies if v != float("inf")]
+    steps = sum(f["steps"] for f in found)
+    return {
+        "phase": name,
+        "listeners": len(found),
+        "joined_after_start_s": round(joined_late, 1),
+        "server_cpu_pct": round((cpu1 - cpu0) / seconds * 100, 1),
+        "clients_cpu_pct": round((clients1 - clients0) / seconds * 100, 1),
+        "load1_start": round(load0, 2),
+        "load1_end": round(load1, 2),
+        "sent_mbit_s": round(sum(f["bytes"] for f in found) * 8 / seconds / 1e6, 1),
+        "voice_packets_s": round(sum(f["voice_packets"] for f in found) / seconds),
+        "probe_fps_min": min((f["probe_fps_min"] for f in found), default=0),
+        "probe_frames_mean": round(sum(f["probe_frames"] for f in found) / max(1, len(found))),
+        "exact_top3": f"{sum(f['exact_top3'] for f in found)}/{steps}",
+        "third_voice_packets": sum(f["third_packets"] for f in found),
+        "most_voices_at_once": max((f["most_voices_at_once"] for f in found), default=0),
+        "new_speaker_ms_p50": round(percentile(reached, 50) * 1000),
+        "new_speaker_ms_p95": round(percentile(reached, 95) * 1000),
+        "new_speaker_ms_max": round(max(reached, default=float("inf")) * 1000),
+        "new_speaker_missed": len(latencies) - len(reached),
+        "voices_sent": next((x["sent"] for x in said if "sent" in x), {}),
+    }
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--audience", type=int, default=100)
+    ap.add_argument("--experts", type=int, default=15)
+    ap.add_argument("--cameras", type=int, default=3)
+    ap.add_argument("--minutes", type=float, default=2)
+    ap.add_argument("--procs", type=int, default=4, help="processes the audience is packed in")
+    ap.add_argument("--phases", default="need,all")
+    ap.add_argument("--out", type=Path, default=None)
+    args = ap.parse_args()
+    commit = subprocess.run(
+        ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=False
+    ).stdout.strip()
+    out = args.out or RESULTS / f"conference-{int(time.time())}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    results = []
+    with tempfile.TemporaryDirectory(prefix="tc-conference-") as tmp:
+        for name in args.phases.split(","):
+            results.append(phase(args, name, Path(tmp)))
+            print(json.dumps(results[-1]), flush=True)
+    report = {
+        "command": "python -m bench.conference.run " + " ".join(sys.argv[1:]),
+        "commit": commit,
+        "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores",
+        "audience": args.audience,
+        "experts": args.experts,
+        "cameras": args.cameras,
+        "minutes": args.minutes,
+        "phases": results,
+    }
+    out.write_text(json.dumps(report, indent=1))
+    keys = [k for k in results[0] if k not in ("phase", "voices_sent")]
+    print(f"{'':28}" + "".join(f"{r['phase']:>14}" for r in results))
+    for k in keys:
+        print(f"{k:28}" + "".join(f"{r[k]!s:>14}" for r in results))
+    print(f"written to {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
