@@ -14,9 +14,9 @@ SMOOTHING = 0.15
 # At or above this smoothed loudness (about -50 dBov) a microphone is heard as speaking: above
 # a quiet room's noise, below soft speech.
 SPEECH = 127 - 50
-# Seconds a microphone must stay above SPEECH before it counts as speaking: a cough, a chair
-# or a door does not take a speaker's place.
-ONSET = 0.15
+# Seconds from a microphone's first loud packet, its loudness staying above SPEECH, before it
+# counts as speaking: a cough, a chair or a door does not take a speaker's place.
+ONSET = 0.12
 # Seconds one goes on counting as speaking after falling quiet: the pauses of a sentence.
 HANGOVER = 1.5
 # A voice that is not chosen replaces a chosen one only if it is this much louder (dB).
@@ -31,6 +31,7 @@ class Voice:
     heard_at: float | None = None
     above_since: float | None = None  # since when it has stayed above SPEECH
     speaking_until: float = -math.inf  # it counts as speaking until then
+    bare: bool = False  # packets came without a level: it cannot be ranked
 
     def hear(self, level: int, now: float) -> None:
         """Take one packet's audio level (0 loudest … 127 silent)."""
@@ -40,14 +41,15 @@ class Voice:
         # Packets of one frame come together; the first of a new voice counts in full.
         self.loudness += max(alpha, 0.2) * (loud - self.loudness)
         self.heard_at = now
-        if self.loudness < SPEECH:
-            self.above_since = None
-        elif self.above_since is None:
-            self.above_since = now
-        # Only a loud packet makes one speak: the smoothed tail of a short noise, heard after
-        # it ended, must not carry it past ONSET.
-        if loud >= SPEECH and self.above_since is not None and now - self.above_since >= ONSET:
-            self.speaking_until = now + HANGOVER
+        if loud >= SPEECH:
+            if self.above_since is None:
+                self.above_since = now
+            # Only a loud packet makes one speak: the smoothed tail of a short noise, heard
+            # after it ended, must not carry it past ONSET.
+            if now - self.above_since >= ONSET:
+                self.speaking_until = now + HANGOVER
+        elif self.loudness < SPEECH:
+            self.above_since = None  # a pause between syllables, smoothed over, does not count
 
     def _decay(self, now: float) -> None:
         # Nothing heard (DTX sends nothing in silence, a muted microphone nothing at all): the

@@ -331,6 +331,9 @@ class Sfu:
             sender = t.sender
             assert isinstance(sender, ForwardingSender)
             dt = DownTrack(track, sender, subscriber_id, self.clock)
+            # A voice is sent once chosen: one that starts talking reaches nobody before then.
+            ranked = bool(self.loudest if voices is None else voices)
+            dt.quiet = track.kind == "audio" and ranked and not subscriber_id.startswith(CASCADE)
             down.tracks.append(dt)
             pairs.append((t, dt))
         offer = await pc.createOffer()
@@ -479,10 +482,13 @@ class Sfu:
             n = self.loudest if down.voices is None else down.voices
             count[down.subscriber_id] = min(n, count.get(down.subscriber_id, n))
             for dt in down.tracks:
-                # A publisher that writes no audio levels cannot be ranked: it is always heard.
-                if n and dt.up.voice is not None and dt.up.voice.heard_at is not None:
+                voice = dt.up.voice
+                if n and voice is not None and voice.heard_at is not None:
                     listening.setdefault(down.subscriber_id, []).append(dt)
+                elif n and voice is not None and not voice.bare:
+                    dt.quieten(True)  # nothing heard of it yet: it is not among the loudest
                 elif dt.quiet:
+                    # A publisher that writes no audio levels cannot be ranked: always heard.
                     dt.quieten(False)
         used: dict[tuple[int, frozenset[Hashable]], Choice] = {}
         for listener, tracks in listening.items():

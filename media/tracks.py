@@ -195,8 +195,11 @@ class UpTrack:
                 self.keyframes += 1
         if not self.muted:
             level = packet.extensions.audio_level
-            if self.voice is not None and level is not None:
-                self.voice.hear(level[1], now)
+            if self.voice is not None:
+                if level is not None:
+                    self.voice.hear(level[1], now)
+                else:
+                    self.voice.bare = True
             arrived = self.receiver.arrived
             for down in self.downs:
                 if down.write(packet, ext, layer, key, now) and self.delays is not None:

@@ -38,12 +38,12 @@ RESULTS = Path(__file__).resolve().parent.parent / "results"
 ROOM = "case-conference"
 
 
-def percentile(values: list[float], q: float) -> float:
-    """The q-th percentile (nearest rank) of values, inf if none."""
+def percentile_ms(values: list[float], q: float) -> int | None:
+    """The q-th percentile (nearest rank) of seconds, in milliseconds; None if none."""
     if not values:
-        return float("inf")
+        return None
     ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(q / 100 * len(ordered)))]
+    return round(ordered[min(len(ordered) - 1, int(q / 100 * len(ordered)))] * 1000)
 
 
 def read_lines(proc: subprocess.Popen[str], into: list[dict[str, Any]]) -> threading.Thread:
@@ -154,9 +154,9 @@ def phase(args: argparse.Namespace, name: str, tmp: Path) -> dict[str, Any]:
         "exact_top3": f"{sum(f['exact_top3'] for f in found)}/{steps}",
         "third_voice_packets": sum(f["third_packets"] for f in found),
         "most_voices_at_once": max((f["most_voices_at_once"] for f in found), default=0),
-        "new_speaker_ms_p50": round(percentile(reached, 50) * 1000),
-        "new_speaker_ms_p95": round(percentile(reached, 95) * 1000),
-        "new_speaker_ms_max": round(max(reached, default=float("inf")) * 1000),
+        "new_speaker_ms_p50": percentile_ms(reached, 50),
+        "new_speaker_ms_p95": percentile_ms(reached, 95),
+        "new_speaker_ms_max": percentile_ms(reached, 100),
         "new_speaker_missed": len(latencies) - len(reached),
         "voices_sent": next((x["sent"] for x in said if "sent" in x), {}),
     }
