@@ -273,6 +273,10 @@ class Cluster:
         """Pass the end of a stream or subscription served here to its room's host."""
         self.requests.closed(what, item_id, reason)
 
+    def speaking(self, stream_id: str, feed_id: str, speaking: bool) -> None:
+        """Pass a microphone served here starting or stopping speaking to its room's host."""
+        self.requests.speaking(stream_id, feed_id, speaking)
+
     async def _answer(self, msg: Call) -> None:
         try:
             result, error = await self.requests.serve(msg.method, msg.args), None

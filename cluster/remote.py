@@ -151,6 +151,7 @@ class MediaRequests:
             "offer_leg": self._offer_leg,
             "answer_leg": lambda a: hub.sfu.answer(a["down_id"], CASCADE + a["to"], a["sdp"]),
             "closed": lambda a: hub.plane.closed(a["what"], a["id"], a["reason"]),
+            "speaking": lambda a: hub.plane.speaking(a["stream_id"], a["feed_id"], a["speaking"]),
             "recording": self._recording,
             "stats": lambda a: hub.sfu.stats(),
             "revoked": lambda a: hub.cut_revoked(a["token_id"]),
@@ -170,6 +171,14 @@ class MediaRequests:
         host = self.routes.pop(item_id, None)
         if host is not None:
             self.caller.tell(host, "closed", what=what, id=item_id, reason=reason)
+
+    def speaking(self, stream_id: str, feed_id: str, speaking: bool) -> None:
+        """Pass a microphone served here starting or stopping speaking to its room's host."""
+        host = self.routes.get(stream_id)
+        if host is not None:
+            self.caller.tell(
+                host, "speaking", stream_id=stream_id, feed_id=feed_id, speaking=speaking
+            )
 
     async def _publish(self, a: Args) -> list[Any]:
         self.routes[a["stream_id"]] = a["host"]

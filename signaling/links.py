@@ -60,5 +60,8 @@ class ClusterLink(Protocol):
     def closed(self, what: str, item_id: str, reason: str) -> None:
         """Pass the end of a stream or subscription served here to its room's host."""
 
+    def speaking(self, stream_id: str, feed_id: str, speaking: bool) -> None:
+        """Pass a microphone served here starting or stopping speaking to its room's host."""
+
     def media_at(self, node: str) -> Media:
         """Return another node's media, driven over the bus."""

@@ -106,6 +106,8 @@ class MediaPlane:
         room = self.room_of_stream(stream_id)
         if room is not None:
             room.speaking(stream_id, feed_id, speaking)
+        elif self.cluster is not None:  # published here for a room another node hosts
+            self.cluster.speaking(stream_id, feed_id, speaking)
 
     def down_closed(self, down_id: str, reason: str) -> None:
         """A subscription ended (the SFU's callback): its subscriber is told."""

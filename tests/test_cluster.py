@@ -25,7 +25,7 @@ from teleconsult.session.roles import Role
 from teleconsult.signaling.tokens import mint
 
 from .conftest import ADMIN_KEY, SECRET, annotation, server_process
-from .media_util import PatternTrack, receive
+from .media_util import PatternTrack, ToneTrack, receive
 from .redis_server import RedisServer
 from .test_held_frame import hold, probe_jpeg
 
@@ -416,6 +416,22 @@ async def test_a_room_spans_nodes_with_one_leg_per_edge_node(
                 assert gone["stream_id"] == stream.id
             closed = {"a": (0, 0), "b": (0, 0), "c": (0, 0)}
             await until(lambda: tracks(redis) == closed, seen=lambda: tracks(redis))
+
+
+async def test_a_voice_published_on_another_node_is_told_speaking_to_the_room(
+    tmp_path: Path, redis: RedisServer
+) -> None:
+    """The microphone's node hears it speak; the room's host tells everyone."""
+    with node(tmp_path, redis, "a") as a, node(tmp_path, redis, "b") as b:
+        await until(lambda: set(nodes(redis)) == {"a", "b"})
+        async with clients() as made:
+            listener = await join(made, a, "board", Role.AUDIENCE, "student")  # a hosts it
+            expert = await join(made, b, "board", Role.EXPERT, "dr-b")
+            media = MediaClient(expert)
+            made.append(media)
+            await media.publish([(ToneTrack(0.1), "microphone", "")])
+            told = await listener.wait_for("speaking", timeout=10)
+            assert told["participant_id"] == expert.participant_id and told["speaking"]
 
 
 async def test_the_admin_api_of_any_node_reaches_every_room(

@@ -160,7 +160,7 @@ class Listener:
             "most_voices_at_once": most,
             "onset_latency": latencies,
             "probe_fps_min": min(seconds, default=0),
-            "probe_frames": sum(probe.frames.values()),
+            "probe_frames": sum(probe.frames.get(s, 0) for s in range(int(duration))),
             "bytes": sum(h.bytes for h in self.heard.values()),
             "voice_packets": sum(sum(h.buckets.values()) for h in voices.values()),
         }

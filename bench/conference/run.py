@@ -80,9 +80,10 @@ def phase(args: argparse.Namespace, name: str, tmp: Path) -> dict[str, Any]:
         return mint(SECRET, ROOM, role, who, 24 * 3600, who)
 
     def spawn(*argv: str) -> subprocess.Popen[str]:
-        p = subprocess.Popen(
-            [PY, "-m", *argv], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True
-        )
+        with (tmp / f"{name}-{len(started)}.err").open("w") as errors:
+            p = subprocess.Popen(
+                [PY, "-m", *argv], stdout=subprocess.PIPE, stderr=errors, text=True
+            )
         started.append(p)
         return p
 
@@ -116,7 +117,12 @@ def phase(args: argparse.Namespace, name: str, tmp: Path) -> dict[str, Any]:
             )  # fmt: skip
             procs.append(listeners)
             read_lines(procs[-1], heard)
-        wait_for(heard, "joined", len(procs), lead + 60)
+        try:
+            wait_for(heard, "joined", len(procs), lead + 60)
+        except TimeoutError:
+            for err in sorted(tmp.glob(f"{name}-*.err")):
+                print(err.name, err.read_text()[-2000:], file=sys.stderr)
+            raise
         joined_late = max(x["at"] for x in heard if "joined" in x) - t0
         time.sleep(max(0.0, t0 - time.time()))
         cpu0, load0 = tree_cpu_seconds(server.pid), os.getloadavg()[0]
@@ -150,7 +156,9 @@ def phase(args: argparse.Namespace, name: str, tmp: Path) -> dict[str, Any]:
         "sent_mbit_s": round(sum(f["bytes"] for f in found) * 8 / seconds / 1e6, 1),
         "voice_packets_s": round(sum(f["voice_packets"] for f in found) / seconds),
         "probe_fps_min": min((f["probe_fps_min"] for f in found), default=0),
-        "probe_frames_mean": round(sum(f["probe_frames"] for f in found) / max(1, len(found))),
+        # Of 30 a second sent over the script's length, at the listener that got fewest.
+        "probe_frames_min": min((f["probe_frames"] for f in found), default=0),
+        "probe_frames_sent": int(30 * seconds),
         "exact_top3": f"{sum(f['exact_top3'] for f in found)}/{steps}",
         "third_voice_packets": sum(f["third_packets"] for f in found),
         "most_voices_at_once": max((f["most_voices_at_once"] for f in found), default=0),
