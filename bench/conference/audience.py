@@ -42,6 +42,7 @@ class Heard:
     starts: list[float] = field(default_factory=list)  # when the voice came after a gap
     last: float = 0.0
     bytes: int = 0
+    seen: dict[int, None] = field(default_factory=dict)  # recent frames' timestamps
 
 
 class Listener:
@@ -63,7 +64,11 @@ class Listener:
             now = time.time()
             heard.bytes += len(packet.payload) + 12
             if video:
-                if packet.marker:
+                # A frame once, however often its last packet came (a retransmission).
+                if packet.marker and packet.timestamp not in heard.seen:
+                    heard.seen[packet.timestamp] = None
+                    if len(heard.seen) > 64:
+                        del heard.seen[next(iter(heard.seen))]
                     second = int(now - self.t0)
                     heard.frames[second] = heard.frames.get(second, 0) + 1
                 return
