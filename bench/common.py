@@ -10,6 +10,7 @@ import sys
 import time
 import urllib.request
 from pathlib import Path
+from typing import Any
 
 TELECONSULT = str(Path(sys.executable).parent / "teleconsult")
 TICK = os.sysconf("SC_CLK_TCK")
@@ -93,6 +94,18 @@ def start_redis(folder: Path) -> tuple[str, subprocess.Popen[bytes]]:
             time.sleep(0.05)
     proc.kill()
     raise TimeoutError("redis-server")
+
+
+def stop(started: list[subprocess.Popen[Any]]) -> None:
+    """Stop processes a benchmark started, the last first: asked, then killed after 15 s."""
+    for p in reversed(started):
+        if p.poll() is None:
+            p.terminate()
+            try:
+                p.wait(15)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait(5)
 
 
 def serve(

@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import math
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -69,7 +70,7 @@ class Listener:
                     heard.seen[packet.timestamp] = None
                     if len(heard.seen) > 64:
                         del heard.seen[next(iter(heard.seen))]
-                    second = int(now - self.t0)
+                    second = math.floor(now - self.t0)  # the second before t0 is -1
                     heard.frames[second] = heard.frames.get(second, 0) + 1
                 return
             window = int((now - self.t0) // WINDOW)

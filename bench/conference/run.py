@@ -30,7 +30,7 @@ from typing import Any
 from teleconsult.session.roles import Role
 from teleconsult.signaling.tokens import mint
 
-from ..common import free_port, serve, tree_cpu_seconds
+from ..common import free_port, serve, stop, tree_cpu_seconds
 
 SECRET = "conference-secret-conference-secret-0123"
 PY = sys.executable
@@ -133,14 +133,7 @@ def phase(args: argparse.Namespace, name: str, tmp: Path) -> dict[str, Any]:
         wait_for(heard, "listeners", len(procs), 120)
         wait_for(said, "sent", 1, 60)
     finally:
-        for p in reversed(started):
-            if p.poll() is None:
-                p.terminate()
-                try:
-                    p.wait(15)
-                except subprocess.TimeoutExpired:
-                    p.kill()
-                    p.wait(5)
+        stop(started)
     found = [x for line in heard if "listeners" in line for x in line["listeners"]]
     latencies = [v for f in found for v in f["onset_latency"]]
     reached = [v for v in latencies if v != float("inf")]

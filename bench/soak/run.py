@@ -32,7 +32,7 @@ from typing import Any
 from teleconsult.session.roles import Role
 from teleconsult.signaling.tokens import mint
 
-from ..common import free_port, serve, tree_cpu_seconds, tree_pids
+from ..common import free_port, serve, stop, tree_cpu_seconds, tree_pids
 from ..media.clip import vp8_clip
 
 SECRET = "soak-secret-soak-secret-soak-secret-0123"
@@ -238,14 +238,7 @@ def main() -> int:
         sends = json.loads((tmp / "pub.json").read_text())
         report = summarize(args, t0, sends, per_minute, samples, drawn, tmp / "data", out)
     finally:
-        for p in reversed(started):
-            if p.poll() is None:
-                p.terminate()
-                try:
-                    p.wait(15)
-                except subprocess.TimeoutExpired:
-                    p.kill()
-                    p.wait(5)
+        stop(started)
         if not args.keep:
             # A 2-hour run records gigabytes; the report holds what was measured of them.
             shutil.rmtree(tmp, ignore_errors=True)
