@@ -332,8 +332,8 @@ class Sfu:
             assert isinstance(sender, ForwardingSender)
             dt = DownTrack(track, sender, subscriber_id, self.clock)
             # A voice is sent once chosen: one that starts talking reaches nobody before then.
-            ranked = bool(self.loudest if voices is None else voices)
-            dt.quiet = track.kind == "audio" and ranked and not subscriber_id.startswith(CASCADE)
+            ranked = bool(self._heard(down)) and not subscriber_id.startswith(CASCADE)
+            dt.quiet = track.kind == "audio" and ranked
             down.tracks.append(dt)
             pairs.append((t, dt))
         offer = await pc.createOffer()
@@ -446,6 +446,10 @@ class Sfu:
             except Exception:
                 handled_failure("balancing the node's load")
 
+    def _heard(self, down: DownStream) -> int:
+        """How many of the loudest voices a subscription's listener hears (0: every voice)."""
+        return self.loudest if down.voices is None else down.voices
+
     def _listen(self) -> None:
         """Start choosing voices and telling who speaks, if not started."""
         if self._choosing is None or self._choosing.done():
@@ -475,12 +479,11 @@ class Sfu:
         """Let each listener hear only the loudest voices speaking among those it subscribes
         to; a leg to another worker or node carries every voice (the far side chooses)."""
         listening: dict[str, list[DownTrack]] = {}
-        count: dict[str, int] = {}  # voices each listener hears, as its room says
+        count: dict[str, int] = {}  # voices each listener hears: its room's, in each subscription
         for down in self.downs.values():
             if down.subscriber_id.startswith(CASCADE):
                 continue
-            n = self.loudest if down.voices is None else down.voices
-            count[down.subscriber_id] = min(n, count.get(down.subscriber_id, n))
+            n = count[down.subscriber_id] = self._heard(down)
             for dt in down.tracks:
                 voice = dt.up.voice
                 if n and voice is not None and voice.heard_at is not None:
@@ -494,10 +497,6 @@ class Sfu:
         for listener, tracks in listening.items():
             voices: dict[Hashable, Voice] = {dt.up: dt.up.voice for dt in tracks if dt.up.voice}
             key = (count[listener], frozenset(voices))
-            if not key[0]:  # hears every voice
-                for dt in tracks:
-                    dt.quieten(False)
-                continue
             chosen = chosen_for(self._choices, voices, voices, key[0], now)
             used[key] = self._choices[key]
             for dt in tracks:

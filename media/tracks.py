@@ -194,8 +194,8 @@ class UpTrack:
             if key:
                 self.keyframes += 1
         if not self.muted:
-            level = packet.extensions.audio_level
-            if self.voice is not None:
+            if self.voice is not None:  # audio only: video packets skip the header lookup
+                level = packet.extensions.audio_level
                 if level is not None:
                     self.voice.hear(level[1], now)
                 else:

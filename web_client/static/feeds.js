@@ -252,7 +252,8 @@ export class Stage extends EventTarget {
 
   /** Keep those who spoke last in the strip: a new speaker comes in, the longest quiet goes. */
   _heard() {
-    const now = [...this.session.speaking.keys()].filter((who) => !this.recent.includes(who) || this.recent.indexOf(who) >= STRIP);
+    const shown = new Set(this.recent.slice(0, STRIP));
+    const now = [...this.session.speaking.keys()].filter((who) => !shown.has(who));
     if (!now.length) return;
     this.recent = [...now, ...this.recent.filter((who) => !now.includes(who))];
     this._arrange();
