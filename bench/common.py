@@ -12,6 +12,8 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+from prometheus_client.parser import text_string_to_metric_families
+
 TELECONSULT = str(Path(sys.executable).parent / "teleconsult")
 TICK = os.sysconf("SC_CLK_TCK")
 
@@ -71,6 +73,18 @@ def wait_http(url: str, seconds: float = 20) -> None:
     raise TimeoutError(url)
 
 
+def metric_sums(base: str, *names: str) -> dict[str, float]:
+    """A node's counters from its /metrics, each summed over its labels."""
+    with urllib.request.urlopen(f"{base}/metrics", timeout=10) as answer:
+        text = answer.read().decode()
+    sums = dict.fromkeys(names, 0.0)
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name in sums:
+                sums[sample.name] += sample.value
+    return sums
+
+
 def start_redis(folder: Path) -> tuple[str, subprocess.Popen[bytes]]:
     """Start a redis-server (persistence off) on a free loopback port; returns its URL."""
     import shutil
@@ -109,18 +123,25 @@ def stop(started: list[subprocess.Popen[Any]]) -> None:
 
 
 def serve(
-    port: int, secret: str, data_dir: Path, *extra: str, log: Path | None = None
+    port: int,
+    secret: str,
+    data_dir: Path,
+    *extra: str,
+    log: Path | None = None,
+    host: str = "127.0.0.1",
 ) -> subprocess.Popen[bytes]:
-    """Start `teleconsult serve` on 127.0.0.1:port and wait until it answers (its log to `log`)."""
+    """Start `teleconsult serve` on host:port and wait until it answers (its log to `log`)."""
     errors = subprocess.DEVNULL if log is None else log.open("ab")
     server = subprocess.Popen(
         [
             TELECONSULT,
             "serve",
+            "--host",
+            host,
             "--port",
             str(port),
             "--announce",
-            "127.0.0.1",
+            host,
             "--secret",
             secret,
             "--data-dir",
@@ -137,7 +158,7 @@ def serve(
     if log is not None:
         errors.close()  # type: ignore[union-attr]
     try:
-        wait_http(f"http://127.0.0.1:{port}/healthz")
+        wait_http(f"http://{host}:{port}/healthz")
     except TimeoutError:
         server.kill()
         raise

@@ -61,6 +61,7 @@ from .failures import handled_failure
 from .fastcopy import FAST, session_address
 from .packetcache import PacketCache
 from .red import Unwrapper, Wrapper
+from .resend import ResendGuard
 from .rtpcopy import CopyHeader, vad_byte
 from .simulcast import MAX_LAYERS
 from .transport_cc import ARRIVALS, CONGESTION, OVERHEAD, TWCC_INTERVAL, Congestion
@@ -429,6 +430,7 @@ class ForwardingSender(RTCRtpSender):
         self._headers: dict[bool, CopyHeader] = {}  # by whether copies carry an audio level
         self.nacks = 0
         self.retransmits = 0
+        self.resends = ResendGuard()
         self.plis = 0
         self._rtx_seq = 0
         self._mid: str | None = None
@@ -551,6 +553,8 @@ class ForwardingSender(RTCRtpSender):
             self.nacks += 1
         data = self.cache.get(sequence_number)
         if data is None:
+            return
+        if not padding and not self.resends.allow(sequence_number, time.monotonic(), self.rtt):
             return
         packet = RtpPacket.parse(data, self._extensions)
         if self.rtx_payload_type is not None:

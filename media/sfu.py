@@ -570,6 +570,7 @@ class Sfu:
                         "bytes": s.bytes_sent,
                         "nacks": s.nacks,
                         "retransmits": s.retransmits,
+                        "repeats_ignored": s.resends.suppressed,
                         "plis": s.plis,
                         "rtt": s.rtt,
                         "waiting_keyframe": dt.waiting,

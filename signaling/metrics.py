@@ -123,6 +123,7 @@ _DOWN = [
     ("bytes", "Payload bytes sent to the subscriber"),
     ("nacks", "NACKed packets reported by the subscriber"),
     ("retransmits", "Packets retransmitted to the subscriber"),
+    ("repeats_ignored", "NACKs not answered: the packet was resent within the round trip"),
     ("plis", "Keyframe requests from the subscriber"),
     ("held_packets", "Packets not sent to the subscriber while the node could not keep up"),
 ]

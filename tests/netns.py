@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import subprocess
 import time
 from collections.abc import Iterator
@@ -92,6 +93,17 @@ class Namespace:
             yield
         finally:
             self.unshape()
+
+    def dropped(self) -> int:
+        """Packets the qdisc on what the namespace receives has dropped so far."""
+        out = subprocess.run(
+            [executable("tc"), "-s", "qdisc", "show", "dev", self.outer],
+            check=True,
+            capture_output=True,
+            text=True,
+            timeout=10,
+        ).stdout
+        return sum(int(m) for m in re.findall(r"dropped (\d+)", out))
 
     def unshape(self) -> None:
         """Take the qdisc off what the namespace receives."""

@@ -109,9 +109,7 @@ class Listener:
         """Read events until a wall time; with a strip, pause the cameras set aside."""
         assert self.sig is not None and self.media is not None
         recent: list[str] = []  # participants, the latest to start speaking first
-        ids = {
-            p["id"]: p["identity"] for p in (self.sig.welcome or {}).get("participants", [])
-        }
+        ids = {p["id"]: p["identity"] for p in (self.sig.welcome or {}).get("participants", [])}
         paused: set[str] = set()
         while time.time() < until:
             try:
@@ -189,8 +187,9 @@ async def main() -> None:
     ap.add_argument("--experts", type=int, default=15)
     ap.add_argument("--strip", type=int, default=4)
     ap.add_argument("--all", action="store_true", help="pause nothing (the forward-all room)")
+    ap.add_argument("--address", default="127.0.0.1", help="the address to send media from")
     args = ap.parse_args()
-    use_host_addresses(["127.0.0.1"])
+    use_host_addresses([args.address])
     listeners = [Listener(args.url, args.room, t, args.t0) for t in args.tokens.split(",")]
     gate = asyncio.Semaphore(4)  # joins at once: a burst of DTLS handshakes stalls the loop
 

@@ -2,7 +2,8 @@
 forwarding every track, in one run.
 
 Usage: python -m bench.conference.run [--audience 100] [--experts 15] [--cameras 3]
-       [--minutes 2] [--procs 4] [--phases need,all] [--out FILE]
+       [--minutes 2] [--procs 4] [--phases need,all] [--probe 1920x1080]
+       [--probe-bitrate 4000000] [--out FILE]
 
 Each phase starts its own `teleconsult serve` (the "all" phase with `--loudest-voices 0`, its
 listeners pausing nothing), the speakers (bench.conference.speakers: the operator's 1080p probe,
@@ -24,18 +25,20 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from teleconsult.session.roles import Role
 from teleconsult.signaling.tokens import mint
 
-from ..common import free_port, serve, stop, tree_cpu_seconds
+from ..common import free_port, metric_sums, serve, stop, tree_cpu_seconds
 
 SECRET = "conference-secret-conference-secret-0123"
 PY = sys.executable
 RESULTS = Path(__file__).resolve().parent.parent / "results"
 ROOM = "case-conference"
+DOWN = ("packets", "retransmits", "repeats_ignored", "plis", "held_packets")
 
 
 def percentile_ms(values: list[float], q: float) -> int | None:
@@ -69,25 +72,43 @@ def wait_for(lines: list[dict[str, Any]], key: str, count: int, seconds: float) 
         time.sleep(0.2)
 
 
-def phase(args: argparse.Namespace, name: str, tmp: Path) -> dict[str, Any]:
-    """Run one room for the script's length; return what was measured."""
+# Where audience process k runs: the command line that runs argv there, and its address.
+Place = Callable[[int, list[str]], tuple[list[str], str]]
+
+
+def phase(
+    args: argparse.Namespace,
+    name: str,
+    tmp: Path,
+    host: str = "127.0.0.1",
+    place: Place | None = None,
+) -> dict[str, Any]:
+    """Run one room for the script's length; return what was measured.
+
+    The server and the speakers use `host`; the audience too, unless `place` puts a process
+    elsewhere (a test's network namespace behind a narrow link).
+    """
     port = free_port()
-    url = f"ws://127.0.0.1:{port}/ws"
+    url = f"ws://{host}:{port}/ws"
     extra = ["--loudest-voices", "0"] if name == "all" else []
     started: list[subprocess.Popen[Any]] = []
+    readers: list[threading.Thread] = []
 
     def token(role: Role, who: str) -> str:
         return mint(SECRET, ROOM, role, who, 24 * 3600, who)
 
-    def spawn(*argv: str) -> subprocess.Popen[str]:
+    def spawn(*argv: str, k: int = -1) -> subprocess.Popen[str]:
+        command, address = [PY, "-m", *argv], host
+        if place is not None and k >= 0:
+            command, address = place(k, command)
         with (tmp / f"{name}-{len(started)}.err").open("w") as errors:
             p = subprocess.Popen(
-                [PY, "-m", *argv], stdout=subprocess.PIPE, stderr=errors, text=True
+                [*command, "--address", address], stdout=subprocess.PIPE, stderr=errors, text=True
             )
         started.append(p)
         return p
 
-    server = serve(port, SECRET, tmp / name, *extra, log=tmp / f"{name}.log")
+    server = serve(port, SECRET, tmp / name, *extra, log=tmp / f"{name}.log", host=host)
     started.append(server)
     seconds = args.minutes * 60
     # Time to publish, then for every listener to subscribe to every stream.
@@ -99,9 +120,10 @@ def phase(args: argparse.Namespace, name: str, tmp: Path) -> dict[str, Any]:
         speakers = spawn(
             "bench.conference.speakers", url, ROOM, str(t0), "--tokens", ",".join(tokens),
             "--cameras", str(args.cameras), "--duration", str(seconds),
+            "--probe", args.probe, "--probe-bitrate", str(args.probe_bitrate),
         )  # fmt: skip
         said: list[dict[str, Any]] = []
-        read_lines(speakers, said)
+        readers.append(read_lines(speakers, said))
         wait_for(said, "streams", 1, 60)
         heard: list[dict[str, Any]] = []
         procs = []
@@ -113,10 +135,10 @@ def phase(args: argparse.Namespace, name: str, tmp: Path) -> dict[str, Any]:
                 "bench.conference.audience", url, ROOM, str(t0),
                 "--tokens", ",".join(token(Role.AUDIENCE, n) for n in names),
                 "--duration", str(seconds), "--experts", str(args.experts),
-                *(["--all"] if name == "all" else []),
+                *(["--all"] if name == "all" else []), k=k,
             )  # fmt: skip
             procs.append(listeners)
-            read_lines(procs[-1], heard)
+            readers.append(read_lines(procs[-1], heard))
         try:
             wait_for(heard, "joined", len(procs), lead + 60)
         except TimeoutError:
@@ -127,6 +149,11 @@ def phase(args: argparse.Namespace, name: str, tmp: Path) -> dict[str, Any]:
         time.sleep(max(0.0, t0 - time.time()))
         cpu0, load0 = tree_cpu_seconds(server.pid), os.getloadavg()[0]
         clients0 = sum(tree_cpu_seconds(p.pid) for p in [speakers, *procs])
+        # The counters while every listener is still there (they leave at the end).
+        time.sleep(max(0.0, t0 + seconds - 1 - time.time()))
+        down = metric_sums(
+            f"http://{host}:{port}", *(f"teleconsult_media_down_{k}_total" for k in DOWN)
+        )
         time.sleep(max(0.0, t0 + seconds - time.time()))
         cpu1, load1 = tree_cpu_seconds(server.pid), os.getloadavg()[0]
         clients1 = sum(tree_cpu_seconds(p.pid) for p in [speakers, *procs])
@@ -134,6 +161,11 @@ def phase(args: argparse.Namespace, name: str, tmp: Path) -> dict[str, Any]:
         wait_for(said, "sent", 1, 60)
     finally:
         stop(started)
+        for reader in readers:
+            reader.join(10)  # the pipe's end came with the process's
+        for p in started:
+            if p.stdout is not None:
+                p.stdout.close()
     found = [x for line in heard if "listeners" in line for x in line["listeners"]]
     latencies = [v for f in found for v in f["onset_latency"]]
     reached = [v for v in latencies if v != float("inf")]
@@ -159,6 +191,9 @@ def phase(args: argparse.Namespace, name: str, tmp: Path) -> dict[str, Any]:
         "new_speaker_ms_p95": percentile_ms(reached, 95),
         "new_speaker_ms_max": percentile_ms(reached, 100),
         "new_speaker_missed": len(latencies) - len(reached),
+        # What the server sent its subscribers, all told: copies, retransmissions, keyframe
+        # requests, and copies held back while it could not keep up.
+        **{f"down_{k}": int(down[f"teleconsult_media_down_{k}_total"]) for k in DOWN},
         "voices_sent": next((x["sent"] for x in said if "sent" in x), {}),
     }
 
@@ -171,8 +206,12 @@ def main() -> int:
     ap.add_argument("--minutes", type=float, default=2)
     ap.add_argument("--procs", type=int, default=4, help="processes the audience is packed in")
     ap.add_argument("--phases", default="need,all")
+    ap.add_argument("--probe", default="1920x1080", help="the probe's size")
+    ap.add_argument("--probe-bitrate", type=int, default=4_000_000)
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args()
+    if args.experts < 7:
+        ap.error("--experts: at least 7, for three distinct speakers besides the chair")
     commit = subprocess.run(
         ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=False
     ).stdout.strip()

@@ -101,8 +101,9 @@ async def main() -> None:
     ap.add_argument("--duration", type=float, default=60)
     ap.add_argument("--probe", default="1920x1080")
     ap.add_argument("--probe-bitrate", type=int, default=4_000_000)
+    ap.add_argument("--address", default="127.0.0.1", help="the address to send media from")
     args = ap.parse_args()
-    use_host_addresses(["127.0.0.1"])
+    use_host_addresses([args.address])
     tokens = args.tokens.split(",")
     experts = len(tokens) - 1
     w, h = (int(x) for x in args.probe.split("x"))
