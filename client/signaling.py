@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import json
 import secrets
+import ssl
 from collections.abc import Callable
 from typing import Any
 
@@ -53,8 +54,17 @@ class RequestFailed(Exception):
 class SignalingClient:
     """Connects, performs the handshake, answers pings and hands out server events in order."""
 
-    def __init__(self, url: str, token: str, room: str, version: int = 1) -> None:
+    def __init__(
+        self,
+        url: str,
+        token: str,
+        room: str,
+        version: int = 1,
+        tls: ssl.SSLContext | None = None,
+    ) -> None:
         self.url = url
+        # For wss: whom to trust (the system's authorities when None).
+        self.tls = tls
         self.token = token
         self.room = room
         self.version = version
@@ -85,7 +95,10 @@ class SignalingClient:
 
     async def open(self, timeout: float = 10.0) -> None:
         """Open the WebSocket without sending anything."""
-        self.ws = await connect(self.url, max_size=2**22, ping_interval=None, open_timeout=timeout)
+        tls = self.tls if self.url.startswith("wss:") else None
+        self.ws = await connect(
+            self.url, max_size=2**22, ping_interval=None, open_timeout=timeout, ssl=tls
+        )
         self.last_heard = asyncio.get_running_loop().time()
         self._reader = asyncio.create_task(self._read())
 

@@ -1,25 +1,32 @@
 """Every use of aioice internals (aiortc's ICE), in one place, so an upgrade breaks here alone.
 
 Built against aioice 0.13.0: what reaches an ICE port is checked before aioice parses it,
-consent freshness is checked more often, and host candidates can be pinned to addresses.
+consent freshness is checked more often, host candidates can be pinned to addresses, and the
+connections of a process can share one UDP port.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import contextvars
 import random
 import socket
 import struct
 import time
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
+import aioice
 import aioice.ice
 import aioice.stun
+from aioice.candidate import candidate_foundation, candidate_priority
+from aioice.utils import random_string
 from aiortc.rtp import is_rtcp
 
 from .datagrams import RTP, STUN, DropCounter, broken, kind_of
+from .demux import Demux, request_username
 from .fastcopy import FAST
 from .overload import LOAD
 
@@ -266,3 +273,393 @@ def use_host_addresses(addresses: list[str] | None) -> None:
         return [a for a in chosen if (":" in a and use_ipv6) or (":" not in a and use_ipv4)]
 
     aioice.ice.get_host_addresses = host_addresses
+
+
+# -- one UDP port for the media of every connection ------------------------------------------
+
+# The port a process's connections share (None: each binds one of its own, as aioice does).
+_MEDIA_PORT: int | None = None
+# The shared sockets, by the address they are bound to.
+_SHARED: dict[str, SharedPort] = {}
+# Set while connecting to another server (a cascade leg, a media worker on this machine): its
+# connections come from one port too, so its address could not tell them apart here.
+_OWN_PORTS: contextvars.ContextVar[bool] = contextvars.ContextVar("own_ports", default=False)
+_original_component_candidates = aioice.ice.Connection.get_component_candidates
+
+
+# aioice's username fragments are 4 characters: on a shared port, where they tell connections
+# apart, two of a few hundred would clash now and then. Ours are 8, and never one in use.
+UFRAG_LENGTH = 8
+_LIVE: weakref.WeakValueDictionary[str, aioice.ice.Connection] = weakref.WeakValueDictionary()
+_original_connection_init = aioice.ice.Connection.__init__
+
+
+def _connection_init(self: aioice.ice.Connection, *args: Any, **kwargs: Any) -> None:
+    if kwargs.get("local_username") is None:
+        ufrag = random_string(UFRAG_LENGTH)
+        while ufrag in _LIVE:
+            ufrag = random_string(UFRAG_LENGTH)
+        kwargs["local_username"] = ufrag
+    _original_connection_init(self, *args, **kwargs)
+    _LIVE[self.local_username] = self
+
+
+def _share_ports() -> None:
+    """Gather through this module, with username fragments that tell connections apart."""
+    aioice.ice.Connection.__init__ = _connection_init  # type: ignore[method-assign]
+    aioice.ice.Connection.get_component_candidates = _component_candidates  # type: ignore[method-assign,assignment]
+
+
+def use_media_port(port: int | None) -> None:
+    """Give every connection of this process made from now on its host candidates on this one
+    UDP port (None: a port each, aioice's way)."""
+    global _MEDIA_PORT
+    _MEDIA_PORT = port
+    _share_ports()
+
+
+@contextlib.contextmanager
+def own_ports() -> Iterator[None]:
+    """Within the block, connections bind ports of their own although a shared one is set."""
+    token = _OWN_PORTS.set(True)
+    try:
+        yield
+    finally:
+        _OWN_PORTS.reset(token)
+
+
+async def open_media_port() -> None:
+    """Bind the shared port now on the addresses ICE gathers on: a port in use stops the start,
+    with why (an address that comes later is bound at its first use)."""
+    if _MEDIA_PORT is None:
+        return
+    for address in aioice.ice.get_host_addresses(use_ipv4=True, use_ipv6=True):
+        await SharedPort.on(address, _MEDIA_PORT)
+
+
+def _authentic(member: aioice.ice.StunProtocol, data: bytes) -> bool:
+    """Whether a STUN request carries the member connection's own integrity."""
+    try:
+        message = aioice.stun.parse_message(data)
+        return bool(message.check_message_integrity(member.receiver.local_password.encode("utf8")))
+    except Exception:
+        return False
+
+
+def _asked(member: aioice.ice.StunProtocol, transaction: bytes) -> bool:
+    """Whether a STUN response answers one of the member connection's own requests."""
+    return transaction in member.transactions
+
+
+class SharedPort(asyncio.DatagramProtocol):
+    """One UDP socket that the connections of this process share, each datagram handed to the
+    connection it is for (`media/demux.py`)."""
+
+    def __init__(self, address: str, port: int) -> None:
+        self.address, self.port = address, port
+        self.demux: Demux[aioice.ice.StunProtocol] = Demux(_authentic, _asked)
+        self.transport: asyncio.DatagramTransport | None = None
+        self.sock: socket.socket | None = None
+
+    @classmethod
+    async def on(cls, address: str, port: int) -> SharedPort:
+        """The shared port on an address, bound at first use."""
+        shared = _SHARED.get(address)
+        if shared is None or shared.transport is None or shared.transport.is_closing():
+            family = socket.AF_INET6 if ":" in address else socket.AF_INET
+            sock = socket.socket(family, socket.SOCK_DGRAM)
+            try:
+                sock.bind((address, port))
+            except OSError as e:
+                sock.close()
+                raise OSError(e.errno, f"media port {address}:{port}: {e.strerror}") from None
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, SHARED_BUFFER)
+            sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
+            sock.setblocking(False)
+            shared = cls(address, port)
+            shared.sock = sock
+            await asyncio.get_running_loop().create_datagram_endpoint(lambda: shared, sock=sock)
+            _SHARED[address] = shared
+        return shared
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def datagram_received(self, data: bytes, addr: tuple[Any, ...]) -> None:
+        """Hand a datagram, and those already waiting behind it, to their connections."""
+        self._take(data, (addr[0], addr[1]), self._route(data, addr))
+        assert self.sock is not None
+        try:
+            waiting = _waiting(self.sock)
+        except OSError:
+            return  # an ICMP error about one peer: nobody else's concern
+        routed = [(d, (a[0], a[1]), w, self._route(d, a)) for d, a, w in waiting]
+        # As on a connection's own port (`_drained`): how long publishers' media waited.
+        oldest = max(
+            (
+                w
+                for d, _, w, m in routed
+                if m is not None and m.receiver in _TAKERS and kind_of(d) == RTP
+                and not is_rtcp(d)
+            ),
+            default=-1.0,
+        )  # fmt: skip
+        if oldest >= 0:
+            LOAD.waited(oldest)
+        for data, address, _waited, member in routed:
+            self._take(data, address, member)
+
+    def _route(self, data: bytes, addr: tuple[Any, ...]) -> aioice.ice.StunProtocol | None:
+        if broken(data) is not None:
+            return None
+        return self.demux.route(data, (addr[0], addr[1]))
+
+    def _take(
+        self, data: bytes, address: tuple[str, int], member: aioice.ice.StunProtocol | None
+    ) -> None:
+        if member is None:
+            why = broken(data)
+            if why is not None:
+                INGRESS.drop(why, "too short, wrong version or not for this port")
+            else:
+                INGRESS.drop(kind_of(data), "from an address no check came from (shared port)")
+            return
+        if member.transport.is_closing():
+            return
+        _guarded_datagram_received(member, data, address)
+
+    def error_received(self, exc: Exception) -> None:
+        """An ICMP error about one peer: it concerns no other connection on the port."""
+
+
+# Receive buffer of a shared port: every connection's bursts queue on it (aioice gives each
+# of its own sockets the same size).
+SHARED_BUFFER = 8 * 1024 * 1024
+
+
+class _Share(asyncio.DatagramTransport):
+    """One connection's view of a shared port: it sends through it and leaves it on close."""
+
+    def __init__(self, shared: SharedPort, member: aioice.ice.StunProtocol) -> None:
+        super().__init__()
+        self._shared, self._member = shared, member
+        self._closing = False
+
+    def sendto(self, data: Any, addr: Any = None) -> None:
+        if self._closing or self._shared.transport is None:
+            return
+        self._shared.transport.sendto(data, addr)
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        if name == "socket":
+            return self._shared.sock
+        if name == "sockname":
+            return (self._shared.address, self._shared.port)
+        return default
+
+    def is_closing(self) -> bool:
+        return self._closing
+
+    def close(self) -> None:
+        if self._closing:
+            return
+        self._closing = True
+        self._shared.demux.leave(self._member)
+        asyncio.get_running_loop().call_soon(self._member.connection_lost, None)
+
+    def abort(self) -> None:
+        self.close()
+
+
+async def _component_candidates(
+    connection: aioice.ice.Connection, component: int, addresses: list[str], timeout: int = 5
+) -> list[aioice.Candidate]:
+    """aioice's gathering, with the host candidates on the shared port, and a passive TCP
+    candidate on the TCP media port."""
+    if _OWN_PORTS.get() or (_MEDIA_PORT is None and _MEDIA_TCP_PORT is None):
+        return await _original_component_candidates(connection, component, addresses, timeout)
+    tcp = []
+    if _MEDIA_TCP_PORT is not None:
+        for address in addresses:
+            await _tcp_server(address, _MEDIA_TCP_PORT)
+            tcp.append(_tcp_candidate(component, address, _MEDIA_TCP_PORT))
+    if _MEDIA_PORT is None:
+        found = await _original_component_candidates(connection, component, addresses, timeout)
+        return found + tcp
+    members = []
+    for address in addresses:
+        shared = await SharedPort.on(address, _MEDIA_PORT)
+        member = aioice.ice.StunProtocol(connection)
+        member.connection_made(_Share(shared, member))
+        member.local_candidate = aioice.Candidate(
+            foundation=candidate_foundation("host", "udp", address),
+            component=component,
+            transport="udp",
+            priority=candidate_priority(component, "host"),
+            host=address,
+            port=_MEDIA_PORT,
+            type="host",
+        )
+        shared.demux.join(connection.local_username, member)
+        members.append(member)
+    connection._protocols += members
+    # Relayed candidates (TURN), if any are configured, as aioice gathers them.
+    others = await _original_component_candidates(connection, component, [], timeout)
+    return [m.local_candidate for m in members] + tcp + others
+
+
+# -- ICE over TCP (RFC 6544), passive: for networks that let no UDP through -------------------
+
+# The TCP port a process's connections are offered on (None: UDP only).
+_MEDIA_TCP_PORT: int | None = None
+_TCP_SERVERS: dict[str, asyncio.Server] = {}
+# Bytes a TCP path may have waiting to be sent before datagrams are dropped, as a congested
+# UDP path would drop them: queued longer, media is only late.
+TCP_BACKLOG = 512 * 1024
+# Frames on a TCP connection before its first authenticated check: more, and it is closed.
+TCP_STRANGER_FRAMES = 4
+
+
+def use_media_tcp_port(port: int | None) -> None:
+    """Offer every connection made from now on a passive TCP candidate on this port (None:
+    none)."""
+    global _MEDIA_TCP_PORT
+    _MEDIA_TCP_PORT = port
+    _share_ports()
+
+
+async def open_media_tcp_port() -> None:
+    """Listen on the TCP media port on the addresses ICE gathers on."""
+    if _MEDIA_TCP_PORT is None:
+        return
+    for address in aioice.ice.get_host_addresses(use_ipv4=True, use_ipv6=True):
+        await _tcp_server(address, _MEDIA_TCP_PORT)
+
+
+async def _tcp_server(address: str, port: int) -> None:
+    server = _TCP_SERVERS.get(address)
+    if server is not None and server.is_serving():
+        return
+    try:
+        server = await asyncio.get_running_loop().create_server(
+            lambda: _TcpPath(address, port), host=address, port=port, reuse_address=True
+        )
+    except OSError as e:
+        raise OSError(e.errno, f"media TCP port {address}:{port}: {e.strerror}") from None
+    _TCP_SERVERS[address] = server
+
+
+def _tcp_candidate(component: int, address: str, port: int) -> aioice.Candidate:
+    """A passive TCP host candidate: below every UDP one, so it is the path of last resort
+    before TURN (RFC 6544 4.2: UDP preferred)."""
+    return aioice.Candidate(
+        foundation=candidate_foundation("host", "tcp", address),
+        component=component,
+        transport="tcp",
+        priority=candidate_priority(component, "host", local_pref=0) - (40 << 24),
+        host=address,
+        port=port,
+        type="host",
+        tcptype="passive",
+    )
+
+
+class _TcpPath(asyncio.Protocol):
+    """One TCP connection a browser opened to the media port, carrying one ICE connection's
+    STUN, DTLS and SRTP as RFC 4571 frames (a 16-bit length, then the datagram)."""
+
+    def __init__(self, address: str, port: int) -> None:
+        self.address, self.port = address, port
+        self.transport: asyncio.Transport | None = None
+        self.peer: tuple[str, int] = ("", 0)
+        self.member: aioice.ice.StunProtocol | None = None
+        self._buffer = bytearray()
+        self._strange = 0
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        peer = transport.get_extra_info("peername")
+        self.peer = (peer[0], peer[1])
+        transport.get_extra_info("socket").setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+    def data_received(self, data: bytes) -> None:
+        self._buffer += data
+        while len(self._buffer) >= 2:
+            size = int.from_bytes(self._buffer[:2], "big")
+            if len(self._buffer) < 2 + size:
+                return
+            frame = bytes(self._buffer[2 : 2 + size])
+            del self._buffer[: 2 + size]
+            self._frame(frame)
+            if self.transport is None or self.transport.is_closing():
+                return
+
+    def _frame(self, data: bytes) -> None:
+        if self.member is None and not self._adopt(data):
+            self._strange += 1
+            INGRESS.drop(kind_of(data), "on the TCP media port before a valid check")
+            if self._strange >= TCP_STRANGER_FRAMES and self.transport is not None:
+                self.transport.close()
+            return
+        assert self.member is not None
+        if broken(data) is not None:
+            INGRESS.drop(kind_of(data), "too short, wrong version or not for this port")
+            return
+        _guarded_datagram_received(self.member, data, self.peer)
+
+    def _adopt(self, data: bytes) -> bool:
+        """Tie this TCP connection to the ICE connection its first check is signed for."""
+        username = request_username(data) if kind_of(data) == STUN else None
+        if username is None:
+            return False
+        connection = _LIVE.get(username.split(":", 1)[0])
+        if connection is None or connection._closing:
+            return False
+        member = aioice.ice.StunProtocol(connection)
+        if not _authentic(member, data):
+            return False
+        member.connection_made(_TcpShare(self, member))
+        member.local_candidate = _tcp_candidate(1, self.address, self.port)
+        connection._protocols.append(member)
+        self.member = member
+        return True
+
+    def send(self, data: bytes) -> None:
+        """Send one datagram as a frame, or drop it while the path is backed up."""
+        if self.transport is None or self.transport.is_closing():
+            return
+        if self.transport.get_write_buffer_size() > TCP_BACKLOG:
+            INGRESS.drop(kind_of(data), "not sent: the TCP media path is backed up")
+            return
+        self.transport.write(len(data).to_bytes(2, "big") + data)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.member is not None:
+            self.member.connection_lost(exc)
+
+
+class _TcpShare(asyncio.DatagramTransport):
+    """A TCP path as the datagram transport its ICE connection sends on."""
+
+    def __init__(self, path: _TcpPath, member: aioice.ice.StunProtocol) -> None:
+        super().__init__()
+        self._path, self._member = path, member
+
+    def sendto(self, data: Any, addr: Any = None) -> None:
+        self._path.send(bytes(data))
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        if name == "sockname":
+            return (self._path.address, self._path.port)
+        return default  # no "socket": the compiled path sends datagrams, not frames
+
+    def is_closing(self) -> bool:
+        return self._path.transport is None or self._path.transport.is_closing()
+
+    def close(self) -> None:
+        if self._path.transport is not None:
+            self._path.transport.close()
+
+    def abort(self) -> None:
+        if self._path.transport is not None:
+            self._path.transport.abort()

@@ -17,7 +17,7 @@ from aiortc import RTCConfiguration, RTCRtpTransceiver, RTCSessionDescription
 from aiortc import sdp as aiortc_sdp
 from aiortc.rtcrtpparameters import RTCRtpCodecParameters
 
-from .aioice_adapter import guard_ice_ports, quick_consent, use_host_addresses
+from .aioice_adapter import guard_ice_ports, own_ports, quick_consent, use_host_addresses
 from .aiortc_adapter import ForwardingReceiver, ForwardingSender, RelayPeerConnection
 from .aiortc_codecs import add_relay_codecs, codec_preferences, negotiated_codec, same_codec
 from .failures import handled_failure
@@ -228,7 +228,10 @@ class Sfu:
             codecs[t.mid] = codec.name
 
         try:
-            await _accept(pc, offer, take)
+            # Another server's leg comes from one port for all its legs: ours get ports of their
+            # own, or their addresses would not tell them apart on the shared port.
+            with own_ports() if nearby or not resumable else contextlib.nullcontext():
+                await _accept(pc, offer, take)
         except MediaError:
             await self.unpublish(stream_id, "refused")
             raise
@@ -337,7 +340,9 @@ class Sfu:
             down.tracks.append(dt)
             pairs.append((t, dt))
         offer = await pc.createOffer()
-        await pc.setLocalDescription(offer)
+        server = nearby or subscriber_id.startswith(CASCADE)  # a leg (see `publish`)
+        with own_ports() if server else contextlib.nullcontext():
+            await pc.setLocalDescription(offer)
         mids = {}
         for t, dt in pairs:
             assert t.mid is not None

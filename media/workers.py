@@ -134,8 +134,14 @@ class Workers:
         on_up_closed: Callable[[str, str], None],
         on_down_closed: Callable[[str, str], None],
         argv: list[str],
+        media_port: int | None = None,
+        media_tcp_port: int | None = None,
     ) -> None:
         self.count = count
+        # Worker i takes its media on media_port + i (each process its own port), and over
+        # TCP on media_tcp_port + i.
+        self.media_port = media_port
+        self.media_tcp_port = media_tcp_port
         self.here = Here(here)
         # The server's own SFU receives nothing but legs brought for the recorder: their ends
         # are this pool's business, not the rooms'.
@@ -178,6 +184,15 @@ class Workers:
         """Return the workers' process ids."""
         return [w.proc.pid for w in self.workers]
 
+    def _ports(self, index: int) -> list[str]:
+        """The media ports of worker `index`, as its options."""
+        argv = []
+        if self.media_port is not None:
+            argv += ["--media-port", str(self.media_port + index)]
+        if self.media_tcp_port is not None:
+            argv += ["--media-tcp-port", str(self.media_tcp_port + index)]
+        return argv
+
     async def _spawn(self, index: int) -> Worker:
         ours, theirs = socket.socketpair()
         try:
@@ -188,6 +203,7 @@ class Workers:
                 "--fd",
                 str(theirs.fileno()),
                 *self.argv,
+                *self._ports(index),
                 pass_fds=(theirs.fileno(),),
                 stdin=asyncio.subprocess.DEVNULL,
             )

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlsplit, urlunsplit
 
-from pydantic import Field, ValidationError, field_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -51,9 +51,29 @@ class Settings(BaseSettings):
         description="address put in ICE candidates: needed behind NAT, and on loopback "
         "(aioice omits 127.0.0.1)",
     )
-    public_url: str | None = Field(
-        default=None, description="base URL printed in join links; http://host:port when not set"
+    media_port: int | None = Field(
+        default=None,
+        ge=1,
+        le=65535,
+        description="UDP port all media comes in on (ICE host candidates); with N media "
+        "workers, ports P to P+N-1; a port per connection from the ephemeral range when not set",
     )
+    media_tcp_port: int | None = Field(
+        default=None,
+        ge=1,
+        le=65535,
+        description="TCP port offered for ICE over TCP (RFC 6544), for networks that let no "
+        "UDP through; with N media workers, ports T to T+N-1; none when not set",
+    )
+    public_url: str | None = Field(
+        default=None,
+        description="base URL printed in join links; http(s)://host:port when not set",
+    )
+    tls_cert: Path | None = Field(
+        default=None,
+        description="certificate chain (PEM): serve HTTPS and WSS on the port; re-read on SIGHUP",
+    )
+    tls_key: Path | None = Field(default=None, description="its private key (PEM)")
     data_dir: Path = Field(
         default=Path("data"), description="state, secrets, audit trail and recordings"
     )
@@ -167,6 +187,12 @@ class Settings(BaseSettings):
         default="text", description="log lines as readable text, or as JSON lines for a collector"
     )
 
+    @model_validator(mode="after")
+    def _tls_pair(self) -> Settings:
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ValueError("tls_cert and tls_key go together: give both or neither")
+        return self
+
     @field_validator("turn_port")
     @classmethod
     def _no_turn(cls, port: int | None) -> int | None:
@@ -200,7 +226,7 @@ class Settings(BaseSettings):
         if self.public_url:
             return self.public_url.rstrip("/")
         host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"http://{host}:{self.port}"
+        return f"{'https' if self.tls_cert else 'http'}://{host}:{self.port}"
 
     def shown(self) -> dict[str, Any]:
         """Return the effective settings with secrets masked, as TOML keys and values."""

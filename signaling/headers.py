@@ -1,11 +1,16 @@
 """Security headers on every HTTP answer: pages load only their own scripts and styles, and no
-page can be framed, sniffed or leak its address (which may carry a token) as a referrer."""
+page can be framed, sniffed or leak its address (which may carry a token) as a referrer; over
+HTTPS, browsers are told to come back over HTTPS only (HSTS)."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+# A year: what browsers' preload lists ask for; subdomains are left alone (a hospital's other
+# hosts are not this server's to decide).
+HSTS = b"max-age=31536000"
 
 
 def policy(host: str, peers: list[str]) -> str:
@@ -52,6 +57,10 @@ class SecurityHeaders:
             (b"x-content-type-options", b"nosniff"),
             (b"referrer-policy", b"no-referrer"),
         ]
+        # The scheme is https when this node speaks TLS, or when a trusted proxy in front of it
+        # says it took the request over TLS (X-Forwarded-Proto).
+        if scope.get("scheme") == "https":
+            added.append((b"strict-transport-security", HSTS))
 
         async def with_headers(message: Message) -> None:
             if message["type"] == "http.response.start":

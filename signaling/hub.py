@@ -11,6 +11,12 @@ import time
 from collections.abc import Callable, Coroutine
 from typing import Any
 
+from teleconsult.media.aioice_adapter import (
+    open_media_port,
+    open_media_tcp_port,
+    use_media_port,
+    use_media_tcp_port,
+)
 from teleconsult.media.sfu import Sfu, gather_on
 from teleconsult.media.workers import Workers, default_count
 from teleconsult.session.channel import Channel
@@ -95,12 +101,22 @@ class Hub:
             if settings.announce:
                 argv += ["--announce", settings.announce]
             self.plane.workers = Workers(
-                workers, self.sfu, self.plane.up_closed, self.plane.down_closed, argv
+                workers,
+                self.sfu,
+                self.plane.up_closed,
+                self.plane.down_closed,
+                argv,
+                media_port=settings.media_port,
+                media_tcp_port=settings.media_tcp_port,
             )
             self.plane.workers.on_speaking = self.plane.speaking
             self.metrics.watch_media(self.plane.workers.stats, self.plane.workers.forward_delay)
         else:
             self.metrics.watch_media(self.sfu.stats, self.sfu.forward_delay)
+        # Shared by this process's connections when it forwards the media itself; with workers
+        # each takes a port of its own, and this process makes only legs to them.
+        use_media_port(None if workers else settings.media_port)
+        use_media_tcp_port(None if workers else settings.media_tcp_port)
         self.cluster: ClusterLink | None = None  # joined by the app, when settings.redis is set
 
     @property
@@ -308,6 +324,9 @@ class Hub:
         self.journaled.start()
         if self.plane.workers is not None:
             await self.plane.workers.start()
+        else:
+            await open_media_port()  # a port in use stops the start here
+            await open_media_tcp_port()
         if self.turn is not None:
             await self.turn.start()
         if self.cluster is not None:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import logging
+import signal
 import sys
 import time
 import urllib.error
@@ -21,6 +23,8 @@ from teleconsult.signaling.logs import configure_logging
 from teleconsult.signaling.tokens import mint, parse_ttl
 
 T = TypeVar("T")
+
+log = logging.getLogger("teleconsult.serve")
 
 if TYPE_CHECKING:
     from teleconsult.session.store import Store
@@ -219,6 +223,7 @@ def _serve(args: argparse.Namespace) -> int:
     from teleconsult.app import create_app
     from teleconsult.media.aiortc_codecs import count_codecs
     from teleconsult.signaling.server import NodeServer
+    from teleconsult.signaling.tls import server_context
 
     settings = _settings(args)
     configure_logging(settings.log_level, settings.log_format)
@@ -237,9 +242,19 @@ def _serve(args: argparse.Namespace) -> int:
         ws_ping_interval=None,
         lifespan="on",
     )
+    cert, key = settings.tls_cert, settings.tls_key
+    tls = None
+    if cert is not None and key is not None:
+        tls = server_context(cert, key)  # a bad file stops here
+        config.load()
+        config.ssl = tls
     server = NodeServer(config, app.state.hub)
 
     async def run() -> None:
+        if tls is not None and cert is not None and key is not None:
+            asyncio.get_running_loop().add_signal_handler(
+                signal.SIGHUP, _reload_tls, tls, cert, key
+            )
         task = asyncio.create_task(server.serve())
         # uvicorn offers no startup event; poll for at most a minute.
         for _ in range(1200):
@@ -252,6 +267,18 @@ def _serve(args: argparse.Namespace) -> int:
 
     asyncio.run(run())
     return 0
+
+
+def _reload_tls(context: Any, cert: Path, key: Path) -> None:
+    """Serve the certificate files as they are now (SIGHUP): a renewed certificate, no restart."""
+    from teleconsult.signaling.tls import reload
+
+    try:
+        reload(context, cert, key)
+    except ValueError as e:
+        log.error("certificate not reloaded, the old one is served: %s", e)
+    else:
+        log.info("certificate reloaded from %s", cert)
 
 
 def _open_demo_room(hub: Any, settings: Settings) -> None:

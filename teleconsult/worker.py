@@ -9,6 +9,12 @@ import signal
 import socket
 import sys
 
+from teleconsult.media.aioice_adapter import (
+    open_media_port,
+    open_media_tcp_port,
+    use_media_port,
+    use_media_tcp_port,
+)
 from teleconsult.media.ipc import Channel, serve
 from teleconsult.media.sfu import Sfu, gather_on
 from teleconsult.signaling.logs import configure_logging
@@ -24,19 +30,32 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--log-level", default="info")
     parser.add_argument("--log-format", default="text")
     parser.add_argument("--loudest", type=int, default=3, help="voices each listener hears")
+    parser.add_argument("--media-port", type=int, default=None, help="UDP port of all media")
+    parser.add_argument("--media-tcp-port", type=int, default=None, help="TCP port for ICE-TCP")
     args = parser.parse_args(argv)
     configure_logging(args.log_level, args.log_format)
     # The server stops its workers; a worker outliving a killed server would hold its ports.
     ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # a terminal's ^C is the server's to handle
     sock = socket.socket(fileno=args.fd)
-    asyncio.run(_run(sock, args.announce, args.loudest))
+    asyncio.run(_run(sock, args.announce, args.loudest, args.media_port, args.media_tcp_port))
     return 0
 
 
-async def _run(sock: socket.socket, announce: str | None, loudest: int) -> None:
+async def _run(
+    sock: socket.socket,
+    announce: str | None,
+    loudest: int,
+    media_port: int | None,
+    media_tcp_port: int | None,
+) -> None:
     reader, writer = await asyncio.open_unix_connection(sock=sock)
-    await serve(Sfu(announce=gather_on(announce), loudest=loudest), Channel(reader, writer))
+    sfu = Sfu(announce=gather_on(announce), loudest=loudest)
+    use_media_port(media_port)
+    use_media_tcp_port(media_tcp_port)
+    await open_media_port()  # a port in use ends the worker here, with why
+    await open_media_tcp_port()
+    await serve(sfu, Channel(reader, writer))
 
 
 if __name__ == "__main__":

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -232,7 +233,7 @@ def server_process(
             stderr=log,
             preexec_fn=preexec_fn,
         )
-        if _serving(host, port, proc) or proc.poll() is None:
+        if _serving(host, port, proc, "--tls-cert" in extra) or proc.poll() is None:
             break
         if "address already in use" not in log_path.read_text(errors="replace"):
             break
@@ -244,12 +245,16 @@ def server_process(
         log.close()
 
 
-def _serving(host: str, port: int, proc: subprocess.Popen[bytes]) -> bool:
+def _serving(host: str, port: int, proc: subprocess.Popen[bytes], tls: bool = False) -> bool:
     """Wait until the server answers /healthz (True), or exits or 30 s pass (False)."""
     deadline = time.monotonic() + 30
+    # Whether the server is up, not whom it claims to be: the TLS tests check that.
+    scheme, context = ("https", ssl._create_unverified_context()) if tls else ("http", None)
     while time.monotonic() < deadline and proc.poll() is None:
         try:
-            urllib.request.urlopen(f"http://{host}:{port}/healthz", timeout=1).close()
+            urllib.request.urlopen(
+                f"{scheme}://{host}:{port}/healthz", timeout=1, context=context
+            ).close()
             return proc.poll() is None
         except OSError:
             time.sleep(0.1)

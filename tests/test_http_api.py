@@ -208,6 +208,8 @@ async def test_every_answer_carries_the_security_headers(server: Server) -> None
         csp = dict(d.strip().split(" ", 1) for d in headers["content-security-policy"].split(";"))
         assert csp["frame-ancestors"] == "'none'" and csp["script-src"] == "'self'", path
         assert "unsafe" not in headers["content-security-policy"], path
+        # Plain HTTP (a local test, or TLS ended elsewhere without saying so): no HSTS.
+        assert "strict-transport-security" not in headers, path
 
 
 async def test_admin_bodies_are_bounded(server: Server) -> None:

@@ -93,18 +93,25 @@ async def browser() -> AsyncIterator[BrowserContext]:
 
 
 @asynccontextmanager
-async def browser_in(ns: Namespace, origin: str, tmp: Path) -> AsyncIterator[BrowserContext]:
+async def browser_in(
+    ns: Namespace, origin: str, tmp: Path, trusted_spki: str | None = None
+) -> AsyncIterator[BrowserContext]:
     """A real Chromium whose network is a namespace's: it reaches `origin` over the veth pair.
 
-    Playwright drives it over pipes, so only its traffic crosses the namespace. The origin is
-    not loopback, so it is declared secure for the camera and microphone.
+    Playwright drives it over pipes, so only its traffic crosses the namespace. An http origin
+    is not loopback, so it is declared secure for the camera and microphone; an https one is
+    secure on its own, its certificate trusted by its key's hash (`trusted_spki`), as a
+    hospital's browsers trust its CA.
     """
     launcher = tmp / "chromium-in-namespace"
     chromium = executable("chromium", "chromium-browser")
     argv = " ".join(shlex.quote(a) for a in ns.command([chromium]))
     launcher.write_text(f'#!/bin/sh\nexec {argv} "$@"\n')
     launcher.chmod(0o755)
-    args = [*chromium_args(), f"--unsafely-treat-insecure-origin-as-secure={origin}"]
+    if trusted_spki is not None:
+        args = [*chromium_args(), f"--ignore-certificate-errors-spki-list={trusted_spki}"]
+    else:
+        args = [*chromium_args(), f"--unsafely-treat-insecure-origin-as-secure={origin}"]
     async with async_playwright() as pw:
         b = await pw.chromium.launch(executable_path=str(launcher), headless=True, args=args)
         try:

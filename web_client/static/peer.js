@@ -80,6 +80,10 @@ export function dead(pc) {
 // are set), gathering is waited for only this much longer: a network whose TURN server cannot be
 // reached from every interface never finishes, and a reconnect must not wait seconds for it.
 const SETTLE_MS = 100;
+// With TURN servers set, a relayed candidate is waited for this long after the first host one: a
+// hospital firewall that opens the media port but not TURN's must not hold every start for the
+// whole timeout (an allocation takes two round trips, 1.2 s over a satellite link).
+const RELAY_AFTER_HOST_MS = 2000;
 
 /**
  * Wait until a connection has gathered its ICE candidates (version 1 sends whole SDP).
@@ -102,9 +106,12 @@ export function gathered(pc, timeoutMs = 5000) {
     const changed = () => {
       if (pc.iceGatheringState === "complete") finish();
     };
+    /** @type {ReturnType<typeof setTimeout> | null} */
+    let hostOnly = null;
     const found = (/** @type {RTCPeerConnectionIceEvent} */ ev) => {
       const type = ev.candidate ? ev.candidate.type : null;
       if (settle === null && (type === "relay" || (type === "host" && !relayed))) settle = setTimeout(finish, SETTLE_MS);
+      if (hostOnly === null && type === "host" && relayed) hostOnly = setTimeout(finish, RELAY_AFTER_HOST_MS);
     };
     pc.addEventListener("icegatheringstatechange", changed);
     pc.addEventListener("icecandidate", found);
