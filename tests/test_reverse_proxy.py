@@ -8,10 +8,13 @@ import json
 import ssl
 import subprocess
 import time
+import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+
+import pytest
 
 from teleconsult.client.media import MediaClient
 from teleconsult.client.signaling import SignalingClient
@@ -89,7 +92,7 @@ http {{
 
 
 def get(
-    url: str, trust: ssl.SSLContext, headers: dict[str, str] | None = None
+    url: str, trust: ssl.SSLContext | None, headers: dict[str, str] | None = None
 ) -> tuple[int, dict[str, str], bytes]:
     request = urllib.request.Request(url, headers=headers or {})
     with urllib.request.urlopen(request, timeout=5, context=trust) as answer:
@@ -120,6 +123,12 @@ async def test_a_session_through_nginx(tmp_path: Path) -> None:
         assert headers["strict-transport-security"] == "max-age=31536000"
         # The page's policy lets it open its WebSocket at the address the browser used.
         assert f"wss://{HOST}:{port}" in headers["content-security-policy"]
+        # The metrics are the node's, not the public address's.
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            await asyncio.to_thread(get, f"{public}/metrics", trust)
+        assert refused.value.code == 404
+        status, _, body = await asyncio.to_thread(get, f"http://{HOST}:{upstream}/metrics", None)
+        assert status == 200 and b"teleconsult_rooms" in body
         # Join links made by the admin API point at the proxy.
         key = json.loads((tmp_path / "data" / "secrets.json").read_text())["admin_key"]
         request = urllib.request.Request(
