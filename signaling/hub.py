@@ -85,16 +85,16 @@ class Hub:
             loudest=settings.loudest_voices,
         )
         self.plane.sfu.on_speaking = self.plane.speaking
-        self.turn_secret = turn_secret(settings, keys)
-        self.turn = ice.builtin_turn(settings, self.turn_secret, clock)
-        if self.turn is not None:
-            self.metrics.watch_turn(self.turn)
         workers = settings.media_workers
         if workers is None:
             workers = default_count()
         if settings.redis:
             # A cluster node's cascades and heartbeat read its SFU directly: not yet workers.
             workers = 0
+        self.turn_secret = turn_secret(settings, keys)
+        self.turn = ice.builtin_turn(settings, self.turn_secret, clock, workers)
+        if self.turn is not None:
+            self.metrics.watch_turn(self.turn)
         if workers:
             argv = ["--log-level", settings.log_level, "--log-format", settings.log_format]
             argv += ["--loudest", str(settings.loudest_voices)]

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import ssl
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -15,26 +16,52 @@ from teleconsult.turn.server import TurnServer
 from .config import Settings
 
 
-def builtin_turn(settings: Settings, secret: str, clock: Callable[[], float]) -> TurnServer | None:
-    """Return the built-in TURN server the settings ask for (None with external ones, or none)."""
+def ephemeral_ports() -> tuple[int, int]:
+    """The range the system gives ports from when a socket asks for any (Linux's, or its
+    default)."""
+    try:
+        low, high = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
+        return int(low), int(high)
+    except (OSError, ValueError):
+        return 32768, 60999
+
+
+def builtin_turn(
+    settings: Settings, secret: str, clock: Callable[[], float], workers: int = 0
+) -> TurnServer | None:
+    """Return the built-in TURN server the settings ask for (None with external ones, or none).
+
+    It may relay to the node's own addresses on their media ports only: `--media-port` and the
+    `workers` after it, or (without) the ephemeral range that aiortc's ports come from, less
+    the relay's own ports.
+    """
     if settings.turn_urls or settings.turn_port is None:
         return None
     # Clients whose networks block direct UDP reach the SFU through it.
     own = [a for a in (settings.host, settings.announce) if a and a != "0.0.0.0"]
+    server: TurnServer | None = None
+    low, high = ephemeral_ports()
+
+    def media(port: int) -> bool:
+        if settings.media_port is not None:
+            return settings.media_port <= port < settings.media_port + max(workers, 1)
+        return low <= port <= high and server is not None and not server.own_port(port)
+
     tls = None
     if settings.turn_tls_cert is not None:
         tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
         tls.load_cert_chain(settings.turn_tls_cert, settings.turn_tls_key)
-    return TurnServer(
+    server = TurnServer(
         secret,
         host=settings.host,
         port=settings.turn_port,
         relay_host=settings.host if settings.host != "0.0.0.0" else None,
-        policy=PeerPolicy(allow=settings.turn_allow, own=own),
+        policy=PeerPolicy(allow=settings.turn_allow, own=own, media=media),
         clock=clock,
         tls=tls,
         tls_port=settings.turn_tls_port,
     )
+    return server
 
 
 def turn_urls(settings: Settings, turn: TurnServer | None) -> list[str]:

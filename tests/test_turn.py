@@ -92,6 +92,20 @@ def test_peer_policy() -> None:
     assert PeerPolicy(allow=["100.64.0.0/10"]).permits("100.64.0.1")  # --turn-allow
 
 
+def test_the_relay_reaches_the_nodes_own_media_ports_only() -> None:
+    # A hospital node on a private address: its media is what the built-in relay is for.
+    p = PeerPolicy(own=["10.20.30.40"], media=lambda port: 40000 <= port <= 40001)
+    assert p.permits("10.20.30.40")
+    assert p.permits_port("10.20.30.40", 40000) and p.permits_port("10.20.30.40", 40001)
+    for other in (22, 53, 161, 3478, 8080, 39999, 40002):  # its other services, the relay
+        assert not p.permits_port("10.20.30.40", other), other
+    assert not p.permits("10.20.30.41")  # the rest of the hospital network stays out
+    # Allow-listed or not, the node's own address is held to its media ports.
+    q = PeerPolicy(allow=["10.0.0.0/8"], own=["10.20.30.40"], media=lambda port: port == 40000)
+    assert q.permits("10.1.1.1") and q.permits_port("10.1.1.1", 22)
+    assert not q.permits_port("10.20.30.40", 22) and q.permits_port("10.20.30.40", 40000)
+
+
 @pytest.mark.parametrize("transport", ["udp", "tcp"])
 async def test_relay_to_a_peer_and_back(turn: TurnServer, transport: str) -> None:
     loop = asyncio.get_running_loop()

@@ -99,6 +99,8 @@ class TurnServer:
         self.max_allocations = max_allocations
         self.clock = clock
         self.allocations: dict[tuple[str, Address], Allocation] = {}
+        # The relays' own ports: never a peer (a relay sending to a relay is a loop).
+        self.relay_ports: set[int] = set()
         self.stats = Stats()
         self._nonce_key = secrets.token_bytes(16)
         self._servers: list[Any] = []
@@ -282,6 +284,7 @@ class TurnServer:
                 return
             allocation.relay = relay
             allocation.relay_address = relay.get_extra_info("sockname")[:2]
+            self.relay_ports.add(allocation.relay_address[1])
             self.stats.allocations += 1
             self._reply(
                 send,
@@ -344,7 +347,7 @@ class TurnServer:
         ) != number:
             self._error(send, m, 400, "Bad Request", key)
             return
-        if not self.policy.permits(peer[0]):
+        if not self.policy.permits(peer[0]) or not self.policy.permits_port(*peer):
             self._error(send, m, 403, "Forbidden", key)
             return
         now = self.clock()
@@ -360,7 +363,9 @@ class TurnServer:
         peer, data = m.attributes.get("XOR-PEER-ADDRESS"), m.attributes.get("DATA")
         if allocation is None or allocation.relay is None or peer is None or data is None:
             return
-        if allocation.permissions.get(peer[0], 0) >= self.clock():
+        if allocation.permissions.get(peer[0], 0) >= self.clock() and self.policy.permits_port(
+            *peer
+        ):
             allocation.relay.sendto(data, peer)
             self.stats.relayed_bytes += len(data)
 
@@ -458,10 +463,17 @@ class TurnServer:
         if allocation is not None:
             self._release(allocation)
 
+    def own_port(self, port: int) -> bool:
+        """Tell whether a port of this host is the server's own: a listener or a relay."""
+        listening = (self.udp_address[1], self.tcp_address[1])
+        tls = () if self.tls_address is None else (self.tls_address[1],)
+        return port in listening or port in tls or port in self.relay_ports
+
     def _release(self, allocation: Allocation) -> None:
         self.allocations.pop(allocation.key, None)
         if allocation.relay is not None:
             allocation.relay.close()
+            self.relay_ports.discard(allocation.relay_address[1])
 
     async def _sweep_forever(self) -> None:
         while True:

@@ -46,7 +46,8 @@ KEEP_CONNECTIONS = """
   Object.setPrototypeOf(window.RTCPeerConnection, Original);
 })();
 """
-# The chosen path of each connected one: [local protocol, remote protocol, remote port].
+# The chosen path of each connected one: [local protocol, remote protocol, remote port, local
+# candidate type, and how a relayed one reaches its TURN server].
 PATHS = """async () => {
   const out = [];
   for (const pc of window.__pcs) {
@@ -55,7 +56,22 @@ PATHS = """async () => {
       if (s.type !== "transport" || !s.selectedCandidatePairId) return;
       const pair = stats.get(s.selectedCandidatePairId);
       const local = stats.get(pair.localCandidateId), remote = stats.get(pair.remoteCandidateId);
-      out.push([local.protocol, remote.protocol, remote.port]);
+      out.push([local.protocol, remote.protocol, remote.port, local.candidateType,
+                local.relayProtocol || null]);
+    });
+  }
+  return out;
+}"""
+
+
+# What each connection's ICE has: its state and every candidate, for a failure's message.
+CANDIDATES = """async () => {
+  const out = [];
+  for (const pc of window.__pcs) {
+    out.push(`${pc.connectionState} ${pc.iceConnectionState}`);
+    (await pc.getStats()).forEach((s) => {
+      if (s.type !== "local-candidate" && s.type !== "remote-candidate") return;
+      out.push([s.type, s.candidateType, s.protocol, s.address, s.port, s.relayProtocol]);
     });
   }
   return out;
@@ -123,21 +139,26 @@ async def watch_from_outside(ns: Namespace, port: int, trust: ssl.SSLContext, st
         use_host_addresses(None)
 
 
-@pytest.mark.parametrize("path", ["udp", "tcp"])
+@pytest.mark.parametrize("path", ["udp", "tcp", "turns"])
 async def test_the_operator_page_publishes_over_https_through_a_firewall(
     tmp_path: Path, path: str
 ) -> None:
-    udp, tcp = free_pair(), free_pair()
+    udp, tcp, turn, turns = free_pair(), free_pair(), free_pair(), free_pair()
     with namespace(8) as ns:
         ca = Authority(tmp_path / "pki")
         issued = ca.issue("node", [ns.host], serial=8)
         flags = [
             "--tls-cert", str(issued.cert), "--tls-key", str(issued.key), "--media-workers", "2",
-            "--media-port", str(udp), "--media-tcp-port", str(tcp),
+            "--media-port", str(udp), "--turn-port", str(turn),
+            "--turn-tls-cert", str(issued.cert), "--turn-tls-key", str(issued.key),
+            "--turn-tls-port", str(turns),
         ]  # fmt: skip
+        if path != "turns":  # with only TLS let through, ICE over TCP would be no use either
+            flags += ["--media-tcp-port", str(tcp)]
         with server_process(tmp_path / "data", *flags, host=ns.host) as (port, _):
-            media_ports = [udp, udp + 1] if path == "udp" else [tcp, tcp + 1]
-            udp_open, tcp_open = (media_ports, []) if path == "udp" else ([], media_ports)
+            media_ports = {"udp": [udp, udp + 1], "tcp": [tcp, tcp + 1], "turns": [turns]}[path]
+            udp_open = media_ports if path == "udp" else []
+            tcp_open = media_ports if path != "udp" else []
             firewall(ns, port, udp_open, tcp_open)
             # Anything else is refused: here a datagram to another port of the node.
             # (The local stack tells the sender: EPERM.)
@@ -171,8 +192,17 @@ async def test_the_operator_page_publishes_over_https_through_a_firewall(
                 feed = await page.locator("figure.local").get_attribute("data-feed")
                 assert feed is not None
                 trust = ssl.create_default_context(cafile=ca.path)
-                back = await watch_from_outside(ns, port, trust, feed.rsplit(".", 1)[0])
+                try:
+                    back = await watch_from_outside(ns, port, trust, feed.rsplit(".", 1)[0])
+                except TimeoutError:
+                    found = await page.evaluate(CANDIDATES)
+                    raise AssertionError(f"no picture; the page's ICE: {found}") from None
                 paths: Any = await page.evaluate(PATHS)
         print(f"{path}: picture at the expert {back:.2f} s after asking; paths {paths}")
         # The page's media went the one way the firewall left open.
-        assert paths and all(p[0] == path and p[2] in media_ports for p in paths), paths
+        if path == "turns":
+            # Relayed by the node's TURN server, reached over TLS, on to the media port.
+            assert paths and all(p[3] == "relay" and p[4] == "tls" for p in paths), paths
+            assert all(p[2] in (udp, udp + 1) for p in paths), paths
+        else:
+            assert paths and all(p[0] == path and p[2] in media_ports for p in paths), paths
