@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import os
 import secrets
 import time
 from collections.abc import Callable, Coroutine
@@ -113,11 +114,22 @@ class Hub:
             self.metrics.watch_media(self.plane.workers.stats, self.plane.workers.forward_delay)
         else:
             self.metrics.watch_media(self.sfu.stats, self.sfu.forward_delay)
+        self.metrics.watch_processes(self._processes)
         # Shared by this process's connections when it forwards the media itself; with workers
         # each takes a port of its own, and this process makes only legs to them.
         use_media_port(None if workers else settings.media_port)
         use_media_tcp_port(None if workers else settings.media_tcp_port)
         self.cluster: ClusterLink | None = None  # joined by the app, when settings.redis is set
+
+    def _processes(self) -> dict[str, int]:
+        """This node's processes by name: the server, and its media workers."""
+        found = {"server": os.getpid()}
+        if self.plane.workers is not None:
+            for name, pid in zip(
+                (w.name for w in self.plane.workers.workers), self.plane.workers.pids(), strict=True
+            ):
+                found[name] = pid
+        return found
 
     @property
     def sfu(self) -> Sfu:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
@@ -59,9 +61,44 @@ class Metrics:
         """Export the built-in TURN server's counters."""
         self.registry.register(TurnCollector(turn))
 
+    def watch_processes(self, pids: Callable[[], dict[str, int]]) -> None:
+        """Export the CPU time of the node's processes (the server, each media worker)."""
+        self.registry.register(ProcessCollector(pids))
+
     def render(self) -> bytes:
         """Return the exposition text."""
         return generate_latest(self.registry)
+
+
+TICK = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_seconds(pid: int) -> float | None:
+    """A process's user and system CPU time so far (Linux), or None once it is gone."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return (int(fields[11]) + int(fields[12])) / TICK
+
+
+class ProcessCollector(Collector):
+    """CPU seconds of each of the node's processes, read from /proc at every scrape."""
+
+    def __init__(self, pids: Callable[[], dict[str, int]]) -> None:
+        self.pids = pids
+
+    def collect(self) -> Iterator[Metric]:
+        cpu = CounterMetricFamily(
+            "teleconsult_process_cpu_seconds",
+            "CPU time (user and system) of the node's processes: the server and media workers",
+            labels=["process"],
+        )
+        for name, pid in self.pids().items():
+            seconds = cpu_seconds(pid)
+            if seconds is not None:
+                cpu.add_metric([name], seconds)
+        yield cpu
 
 
 class ClusterCollector(Collector):

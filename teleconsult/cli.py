@@ -63,7 +63,35 @@ def build_parser() -> argparse.ArgumentParser:
     _admin_commands(sub)
     _cluster_commands(sub)
     _media_commands(sub)
+    _loadtest_command(sub)
     return parser
+
+
+def _loadtest_command(sub: Commands) -> None:
+    """`loadtest`: what a node carries, before going live."""
+    p = sub.add_parser(
+        "loadtest",
+        help="load a running node with publishers and viewers that do not decode; report "
+        "frames delivered, delay, loss and the node's CPU (exit 1 when a threshold fails)",
+    )
+    p.add_argument("--server", default=env("SERVER", "http://127.0.0.1:8080"))
+    p.add_argument("--admin-key", default=env("ADMIN_KEY"), help="[TELECONSULT_ADMIN_KEY]")
+    p.add_argument("--data-dir", default=env("DATA_DIR", DATA_DIR), help="for the admin key")
+    p.add_argument("--rooms", type=int, default=1)
+    p.add_argument("--publishers", type=int, default=1, help="per room")
+    p.add_argument("--viewers", type=int, default=4, help="per room, each sees every publisher")
+    p.add_argument("--duration", type=float, default=30.0, help="seconds measured")
+    p.add_argument("--video", choices=["360p", "720p", "1080p"], default="720p")
+    p.add_argument(
+        "--annotations", type=float, default=0.0, help="pointer moves a second per viewer"
+    )
+    p.add_argument("--out", type=Path, default=Path("."), help="folder for the plot and raw data")
+    p.add_argument("--address", help="address to send media from (default: every one)")
+    p.add_argument("--ca-file", type=Path, help="CA certificate(s) to trust for an https server")
+    p.add_argument("--min-delivered", type=float, metavar="SHARE", help="e.g. 0.99")
+    p.add_argument("--max-delay-p95", type=float, metavar="MS")
+    p.add_argument("--max-loss", type=float, metavar="SHARE", help="e.g. 0.01")
+    p.add_argument("--max-cpu", type=float, metavar="PERCENT", help="of one core, mean")
 
 
 def _server_commands(sub: Commands) -> None:
@@ -208,6 +236,7 @@ def main(argv: list[str] | None = None) -> int:
         "nodes": _nodes,
         "revoke": _revoke,
         "drain": _drain,
+        "loadtest": _loadtest,
     }[args.command]
     try:
         return command(args)
@@ -348,6 +377,36 @@ def _admin(args: argparse.Namespace, path: str, body: Any = None) -> dict[str, A
         raise ValueError(f"server answered {e.code}: {e.read().decode(errors='replace')}") from None
     except urllib.error.URLError as e:
         raise ValueError(f"cannot reach {args.server}: {e.reason}") from None
+
+
+def _loadtest(args: argparse.Namespace) -> int:
+    import ssl
+
+    from teleconsult.client.loadtest import Plan, run
+
+    key = args.admin_key or resolve_secrets(Settings(data_dir=Path(args.data_dir))).admin_key
+    tls = None if args.ca_file is None else ssl.create_default_context(cafile=args.ca_file)
+    plan = Plan(
+        server=args.server.rstrip("/"),
+        admin_key=key,
+        rooms=args.rooms,
+        publishers=args.publishers,
+        viewers=args.viewers,
+        duration=args.duration,
+        video=args.video,
+        annotations=args.annotations,
+        out=args.out,
+        cache=Path(args.data_dir) / "cache",
+        tls=tls,
+        address=args.address,
+        min_delivered=args.min_delivered,
+        max_p95_ms=args.max_delay_p95,
+        max_loss=args.max_loss,
+        max_cpu=args.max_cpu,
+    )
+    text, passed = asyncio.run(run(plan))
+    print(text, flush=True)
+    return 0 if passed else 1
 
 
 def _revoke(args: argparse.Namespace) -> int:

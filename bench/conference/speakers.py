@@ -23,11 +23,11 @@ import numpy as np
 from aiortc.mediastreams import AudioStreamTrack, MediaStreamTrack
 
 from teleconsult.client.media import MediaClient
+from teleconsult.client.replay import ReplayTrack
 from teleconsult.client.signaling import SignalingClient
 from teleconsult.media.aioice_adapter import use_host_addresses
 
 from ..media.clip import vp8_clip
-from ..media.publisher import ReplayTrack
 
 # Seconds of one step of the script: a new main speaker each step.
 STEP = 8.0

@@ -7,17 +7,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import fractions
 import json
-import time
 from pathlib import Path
-from typing import Any
 
-import av
 from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
 from aiortc.mediastreams import MediaStreamTrack
 
 from teleconsult.client.media import MediaClient, prefer_codec
+from teleconsult.client.replay import ReplayTrack
 from teleconsult.client.signaling import SignalingClient
 from teleconsult.client.tools import publish
 from teleconsult.media.aioice_adapter import use_host_addresses
@@ -25,47 +22,6 @@ from teleconsult.media.synthetic import UltrasoundTrack
 
 from ..janus.client import Janus
 from .clip import opus_clip, vp8_clip
-
-KEY = 32  # bytes of frame data that identify a frame in both logs
-
-
-class ReplayTrack(MediaStreamTrack):
-    """Sends pre-encoded frames at their rate; aiortc packetizes them without encoding."""
-
-    def __init__(
-        self,
-        kind: str,
-        packets: list[bytes],
-        rate: float,
-        clock: int,
-        log: list[tuple[str, float]] | None,
-    ) -> None:
-        super().__init__()
-        self.kind = kind
-        self.packets = packets
-        self.rate = rate
-        self.clock = clock
-        self.log = log
-        self.n = 0
-        self.start: float | None = None
-
-    def again(self) -> ReplayTrack:
-        """A new track of the same clip, from its first frame (a keyframe): for new media."""
-        return ReplayTrack(self.kind, self.packets, self.rate, self.clock, self.log)
-
-    async def recv(self) -> av.Packet[Any]:
-        if self.start is None:
-            self.start = time.monotonic()
-        await asyncio.sleep(max(0.0, self.start + self.n / self.rate - time.monotonic()))
-        data = self.packets[self.n % len(self.packets)]
-        packet = av.Packet(data)
-        packet.pts = int(self.n * self.clock / self.rate)
-        packet.time_base = fractions.Fraction(1, self.clock)
-        self.n += 1
-        if self.log is not None:
-            # A frame's first bytes open its first RTP packet, whatever the packetization.
-            self.log.append((data[:KEY].hex(), time.time()))
-        return packet
 
 
 def put_sdp(path: Path, sdp: str) -> None:

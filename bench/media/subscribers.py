@@ -18,13 +18,14 @@ from aiortc.rtcrtpparameters import RTCRtpCodecParameters
 from aiortc.rtp import RtpPacket
 
 from teleconsult.client.media import MediaClient
+from teleconsult.client.replay import KEY
 from teleconsult.client.signaling import SignalingClient
 from teleconsult.media.aioice_adapter import use_host_addresses
 from teleconsult.media.aiortc_adapter import ForwardingReceiver, RelayPeerConnection
 from teleconsult.media.keyframe import vp8_frame_offset, vp8_keyframe_start
 
 from ..janus.client import Janus
-from .publisher import KEY, get_sdp, put_sdp
+from .publisher import get_sdp, put_sdp
 
 
 @dataclass
