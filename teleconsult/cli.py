@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import json
 import logging
+import os
 import signal
 import sys
 import time
@@ -396,7 +397,8 @@ def _loadtest(args: argparse.Namespace) -> int:
         video=args.video,
         annotations=args.annotations,
         out=args.out,
-        cache=Path(args.data_dir) / "cache",
+        # The clip, encoded once per size: where the user's programs keep caches.
+        cache=Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "teleconsult",
         tls=tls,
         address=args.address,
         min_delivered=args.min_delivered,

@@ -211,3 +211,37 @@ def extension_map(*extra: tuple[int, str]) -> HeaderExtensionsMap:
         )
     )
     return ids
+
+
+async def session_over(
+    url: str, room: str, operator: str, expert: str, tls: Any, hold: float = 0.0
+) -> float:
+    """An operator publishes a probe and an expert watches it, both signaling at `url` (wss://
+    with `tls` trusted); return the seconds until the expert's first picture. With `hold`, both
+    connections must still be open that many seconds later."""
+    from teleconsult.client.media import MediaClient
+    from teleconsult.client.signaling import SignalingClient
+    from teleconsult.media.synthetic import UltrasoundTrack
+
+    op = SignalingClient(url, operator, room, tls=tls)
+    ex = SignalingClient(url, expert, room, tls=tls)
+    publisher, watcher = MediaClient(op), MediaClient(ex)
+    viewer = StampViewer()
+    try:
+        await op.connect()
+        stream = await publisher.publish([(UltrasoundTrack(320, 240, 15), "probe", "")])
+        await ex.connect()
+        sub = await watcher.subscribe(stream.id)
+        watching = asyncio.ensure_future(viewer.watch(sub.tracks[f"{stream.id}.0"]))
+        try:
+            back = await viewer.back_after(time.time())
+            await asyncio.sleep(hold)
+            assert not ex.closed and not op.closed
+            return back
+        finally:
+            watching.cancel()
+    finally:
+        await watcher.close()
+        await publisher.close()
+        await ex.close()
+        await op.close()

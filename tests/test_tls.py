@@ -9,23 +9,20 @@ import socket
 import ssl
 import subprocess
 import sys
-import time
 import urllib.error
 import urllib.request
 from pathlib import Path
 
 import pytest
 
-from teleconsult.client.media import MediaClient
 from teleconsult.client.signaling import SignalingClient
 from teleconsult.media.aioice_adapter import use_host_addresses
-from teleconsult.media.synthetic import UltrasoundTrack
 from teleconsult.session.roles import Role
 from teleconsult.signaling.tokens import mint
 
 from .certs import Authority, serial_of
 from .conftest import SECRET, server_process
-from .media_util import StampViewer
+from .media_util import session_over
 
 HOST = "127.0.0.1"
 TELECONSULT = str(Path(sys.executable).parent / "teleconsult")
@@ -70,25 +67,11 @@ async def test_pages_signaling_and_media_over_https_and_wss(tmp_path: Path) -> N
             )
         # The operator publishes and the expert watches, both signaling over WSS.
         use_host_addresses([HOST])
-        op = SignalingClient(
-            f"wss://{HOST}:{port}/ws", token(Role.OPERATOR, "op"), "ward", tls=trust
-        )
-        ex = SignalingClient(f"wss://{HOST}:{port}/ws", token(Role.EXPERT, "ex"), "ward", tls=trust)
-        publisher, viewer_media = MediaClient(op), MediaClient(ex)
-        viewer = StampViewer()
         try:
-            await op.connect()
-            stream = await publisher.publish([(UltrasoundTrack(320, 240, 15), "probe", "")])
-            await ex.connect()
-            sub = await viewer_media.subscribe(stream.id)
-            watching = asyncio.ensure_future(viewer.watch(sub.tracks[f"{stream.id}.0"]))
-            assert await viewer.back_after(time.time()) < 10
-            watching.cancel()
+            url = f"wss://{HOST}:{port}/ws"
+            ops, ex = token(Role.OPERATOR, "op"), token(Role.EXPERT, "ex")
+            assert await session_over(url, "ward", ops, ex, trust) < 10
         finally:
-            await viewer_media.close()
-            await publisher.close()
-            await ex.close()
-            await op.close()
             use_host_addresses(None)
 
 
