@@ -26,7 +26,7 @@ from teleconsult.media.aiortc_adapter import ForwardingReceiver, RelayPeerConnec
 
 from .media import MediaClient
 from .replay import KEY, ReplayTrack, vp8_clip
-from .signaling import SignalingClient
+from .signaling import JoinRefused, SignalingClient
 
 FPS = 30
 # Frame size and bitrate of each --video choice (VP8, a keyframe every 2 s).
@@ -197,7 +197,15 @@ class Run:
         token = await asyncio.to_thread(mint, self.plan, room, role, name)
         sig = SignalingClient(self.ws, token, room, tls=self.plan.tls)
         self.signals.append(sig)
-        await sig.connect()
+        try:
+            await sig.connect()
+        except JoinRefused as e:
+            more = (
+                " (more --rooms, or the node's --max-participants)" if e.code == "room_full" else ""
+            )
+            raise ValueError(f"{name} of {room} was refused: {e.code}, {e.message}{more}") from None
+        except OSError as e:
+            raise ValueError(f"cannot reach {self.ws}: {e}") from None
         media = MediaClient(sig)
         self.clients.append(media)
         return sig, media

@@ -98,3 +98,13 @@ def test_the_start_of_a_vp8_frame_is_found_behind_its_descriptor() -> None:
     assert vp8_frame_start(bytes([0x00, 0x9D])) is None  # a later packet of the frame
     assert vp8_frame_start(bytes([0x11, 0x9D])) is None  # another partition
     assert vp8_frame_start(bytes([0x90, 0x80])) is None  # cut short
+
+
+def test_a_room_too_small_for_the_plan_is_said_plainly(tmp_path: Path) -> None:
+    data, out = tmp_path / "data", tmp_path / "out"
+    with server_process(data, "--max-participants", "3") as (port, _):
+        run = loadtest(port, data, out, "--viewers", "4", "--duration", "2")
+        stdout, stderr = run.communicate(timeout=120)
+    assert run.returncode == 2, stdout + stderr
+    assert "was refused: room_full" in stderr and "--rooms" in stderr, stderr
+    assert "Traceback" not in stderr, stderr
