@@ -28,6 +28,7 @@ from .conftest import ADMIN_KEY, SECRET, annotation, server_process
 from .media_util import PatternTrack, ToneTrack, receive
 from .redis_server import RedisServer
 from .test_held_frame import hold, probe_jpeg
+from .test_media_port import free_pair
 
 TTL = "1.5"
 
@@ -48,10 +49,10 @@ class Node:
 
 
 @contextlib.contextmanager
-def node(tmp_path: Path, redis: RedisServer, name: str) -> Iterator[Node]:
+def node(tmp_path: Path, redis: RedisServer, name: str, *more: str) -> Iterator[Node]:
     data = tmp_path / name
     extra = ("--redis", redis.url, "--node", name, "--node-ttl", TTL, "--admin-key", ADMIN_KEY)
-    with server_process(data, *extra) as (port, proc):
+    with server_process(data, *extra, *more) as (port, proc):
         yield Node(name, port, proc, data)
 
 
@@ -362,13 +363,19 @@ async def test_redis_restart_mid_session(tmp_path: Path, redis: RedisServer) -> 
             await receive(track, 5)
 
 
+@pytest.mark.parametrize("shared", [False, True])
 async def test_a_room_spans_nodes_with_one_leg_per_edge_node(
-    tmp_path: Path, redis: RedisServer
+    tmp_path: Path, redis: RedisServer, shared: bool
 ) -> None:
+    # Shared: each node's clients on its one media port, as behind a hospital firewall; the
+    # legs between nodes keep ports of their own (their addresses would not tell them apart).
+    def port() -> tuple[str, ...]:
+        return ("--media-port", str(free_pair())) if shared else ()
+
     with (
-        node(tmp_path, redis, "a") as a,
-        node(tmp_path, redis, "b") as b,
-        node(tmp_path, redis, "c") as c,
+        node(tmp_path, redis, "a", *port()) as a,
+        node(tmp_path, redis, "b", *port()) as b,
+        node(tmp_path, redis, "c", *port()) as c,
     ):
         await until(lambda: set(nodes(redis)) == {"a", "b", "c"})
         async with clients() as made:

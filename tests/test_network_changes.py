@@ -26,6 +26,7 @@ from teleconsult.signaling.tokens import mint
 
 from .conftest import SECRET, server_process, stop
 from .netns import CHANGES, Namespace, change_network, namespace, watch_through
+from .test_media_port import free_pair
 
 TELECONSULT = str(Path(sys.executable).parent / "teleconsult")
 BACK_WITHIN = 2.0
@@ -101,9 +102,14 @@ def token(role: Role, who: str) -> str:
     return mint(SECRET, "van", role, who, 3600, who)
 
 
-@pytest.mark.parametrize("change", CHANGES)
-async def test_the_publish_tool_heals_a_network_change(tmp_path: Path, change: str) -> None:
-    with namespace() as ns, server_process(tmp_path, host=ns.host) as (port, _):
+@pytest.mark.parametrize(("change", "shared"), [(c, False) for c in CHANGES] + [("handover", True)])
+async def test_the_publish_tool_heals_a_network_change(
+    tmp_path: Path, change: str, shared: bool
+) -> None:
+    # Shared: every connection on the node's one media port, where the phone's new address
+    # must be tied to its connection by its checks (media/demux.py).
+    extra = ["--media-port", str(free_pair()), "--media-workers", "2"] if shared else []
+    with namespace() as ns, server_process(tmp_path, *extra, host=ns.host) as (port, _):
         url = f"http://{ns.host}:{port}"
         with tool(
             ns, "publish", "--server", url, "--room", "van", "--token", token(Role.OPERATOR, "op"),
