@@ -1,6 +1,6 @@
 """A live session in a process of its own: a server, an operator publishing, an expert decoding.
 
-`python -m tests.live_session DIR` prints one JSON line (the server's UDP ports, the ICE
+`python -m tests.live_session DIR [UDP TCP]` prints one JSON line (the server's UDP ports, the ICE
 username fragments, the publisher's SSRCs), then answers each line read on stdin with one JSON
 line: whether the stream and subscription are still connected, frames decoded so far and
 datagrams dropped by kind. Its log goes to DIR/session.log. End it by closing stdin.
@@ -17,19 +17,24 @@ from pathlib import Path
 from typing import Any
 
 from teleconsult.client.media import MediaClient
-from teleconsult.media.aioice_adapter import INGRESS
+from teleconsult.media.aioice_adapter import INGRESS, own_ports
 from teleconsult.session.roles import Role
 
 from .conftest import running_server
 from .media_util import PatternTrack
 
 
-async def main(data_dir: Path) -> None:
-    async with running_server(data_dir, announce="127.0.0.1") as srv:
+async def main(data_dir: Path, shared: list[int]) -> None:
+    # Shared: the node's media on one UDP port and ICE-TCP on one TCP port. The clients here
+    # are in the server's process, so they keep ports of their own (`own_ports`): otherwise
+    # they would be on the node's port too, each side's peer at the same address.
+    shared_ports = {"media_port": shared[0], "media_tcp_port": shared[1]} if shared else {}
+    async with running_server(data_dir, announce="127.0.0.1", **shared_ports) as srv:
         op = MediaClient(await srv.join(role=Role.OPERATOR, identity="op", name="op"))
         ex = MediaClient(await srv.join(role=Role.EXPERT, identity="ex", name="ex"))
-        stream = await op.publish([(PatternTrack(), "probe", "")])
-        sub = await ex.subscribe(stream.id)
+        with own_ports():
+            stream = await op.publish([(PatternTrack(), "probe", "")])
+            sub = await ex.subscribe(stream.id)
         track = sub.tracks[f"{stream.id}.0"]
         frames = 0
 
@@ -52,6 +57,7 @@ async def main(data_dir: Path) -> None:
                     "ufrags": [_ufrag(up.pc), _ufrag(down.pc)],
                     "ssrcs": ssrcs,
                     "metrics": f"{srv.http}/metrics",
+                    "tcp": shared[1:],
                 }
             ),
             flush=True,
@@ -76,7 +82,8 @@ async def main(data_dir: Path) -> None:
 
 
 def _candidates(pc: Any) -> list[str]:
-    return re.findall(r"^a=candidate:.*$", pc.localDescription.sdp, re.M)
+    """A connection's UDP candidates (the TCP one is reported apart)."""
+    return re.findall(r"^a=candidate:\S+ \d+ udp .*$", pc.localDescription.sdp, re.M)
 
 
 def _port(candidate: str) -> int:
@@ -96,4 +103,4 @@ if __name__ == "__main__":
         level=logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s %(message)s",
     )
-    asyncio.run(main(folder))
+    asyncio.run(main(folder, [int(p) for p in sys.argv[2:4]]))

@@ -3,6 +3,7 @@ as a traceback, and what is dropped is counted."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import random
 import re
@@ -22,6 +23,8 @@ from aioice import stun
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
+from .test_media_port import free_pair
+
 # The datagram that cut a live ultrasound feed (issue 12): an empty UDP datagram to an ICE
 # port reached aiortc's DTLS transport, whose receive loop ended on `data[0]`; publisher and
 # subscriber legs failed at once and the stream was removed.
@@ -31,10 +34,10 @@ REGRESSION = b""
 class LiveSession:
     """tests/live_session.py in a process of its own, asked how it is after each batch."""
 
-    def __init__(self, folder: Path) -> None:
+    def __init__(self, folder: Path, shared: list[int]) -> None:
         self.folder = folder
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "tests.live_session", str(folder)],
+            [sys.executable, "-m", "tests.live_session", str(folder), *map(str, shared)],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             cwd=Path(__file__).parent.parent,
@@ -46,6 +49,7 @@ class LiveSession:
         self.ufrags: list[str] = info["ufrags"]
         self.ssrcs: list[int] = info["ssrcs"]
         self.metrics_url: str = info["metrics"]
+        self.tcp: list[int] = info["tcp"]  # the ICE-TCP port, when the node shares its ports
 
     def _line(self, timeout: float) -> str:
         assert self.proc.stdout is not None
@@ -89,9 +93,14 @@ class LiveSession:
         self.proc.stdout.close()
 
 
-@pytest.fixture(scope="module")
-def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveSession]:
-    session = LiveSession(tmp_path_factory.mktemp("fuzz"))
+@pytest.fixture(scope="module", params=["own", "shared"])
+def live(
+    tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest
+) -> Iterator[LiveSession]:
+    # "own": a port per connection; "shared": the node's one UDP media port (media/demux.py),
+    # and its ICE-TCP port.
+    shared = [free_pair(), free_pair()] if request.param == "shared" else []
+    session = LiveSession(tmp_path_factory.mktemp("fuzz"), shared)
     try:
         _, frames = session.frames_after(5, 10)
         assert frames >= 5, "no picture before the attack"
@@ -170,7 +179,8 @@ PER_EXAMPLE = 50  # 400 x 50 = 20,000 datagrams, each to every port
 
 def test_mutated_datagrams_on_every_port_leave_the_picture(live: LiveSession) -> None:
     corpus = seeds(live.ufrags, live.ssrcs)
-    assert len(live.ports) >= 3  # publisher's and subscriber's ICE ports, TURN
+    # The publisher's and subscriber's ICE ports (one, shared), and TURN's.
+    assert len(live.ports) >= (2 if live.tcp else 3)
     out = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     sent = 0
     first = live.ask()
@@ -214,7 +224,8 @@ def test_the_datagram_that_cut_the_feed_is_dropped(live: LiveSession) -> None:
         out.close()
     state = live.ask()
     assert state["healthy"]
-    assert state["dropped"]["empty"] >= before + 2  # both ICE ports; TURN drops its own
+    # Each ICE port (both, or the one shared) drops it; TURN drops its own.
+    assert state["dropped"]["empty"] >= before + len(live.ports) - 1
     mark, now = live.frames_after(10, 5)
     assert now >= mark + 10
     assert not live.tracebacks()
@@ -237,4 +248,38 @@ def test_random_datagrams_from_many_sources(live: LiveSession) -> None:
         for s in socks:
             s.close()
     assert live.ask()["healthy"]
+    assert not live.tracebacks()
+
+
+@pytest.mark.parametrize("live", ["shared"], indirect=True)
+def test_nonsense_on_the_tcp_media_port(live: LiveSession) -> None:
+    """Framed junk, forged checks naming the live connections, lengths past the end: each TCP
+    connection is closed or ignored, and the picture goes on."""
+    corpus = seeds(live.ufrags, live.ssrcs)
+    (port,) = live.tcp
+    first = live.ask()
+
+    @settings(
+        max_examples=100,
+        deadline=None,
+        phases=[Phase.generate],
+        suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+        database=None,
+    )
+    @given(st.lists(datagrams(corpus), min_size=1, max_size=8), st.integers(0, 3))
+    def attack(frames: list[bytes], cut: int) -> None:
+        stream = b"".join(len(f).to_bytes(2, "big") + f for f in frames)
+        if cut:  # a frame announced longer than what follows
+            stream += (1000 * cut).to_bytes(2, "big") + bytes(cut)
+        # Closed by the node mid-way (after four frames that are no valid check): as good.
+        with (
+            socket.create_connection(("127.0.0.1", port), timeout=5) as conn,
+            contextlib.suppress(OSError),
+        ):
+            conn.sendall(stream)
+        assert live.ask()["healthy"], "the stream or the subscription was removed"
+
+    attack()
+    mark, now = live.frames_after(30, 10)
+    assert now >= mark + 30 and mark > first["frames"]
     assert not live.tracebacks()
