@@ -337,6 +337,25 @@ async def open_media_port() -> None:
         await SharedPort.on(address, _MEDIA_PORT)
 
 
+def check_ports_free(udp: list[int], tcp: list[int]) -> None:
+    """Raise OSError, saying which, when one of these ports is taken on an address ICE gathers
+    on: media workers bind them, and a worker that cannot would only be started again."""
+    for address in aioice.ice.get_host_addresses(use_ipv4=True, use_ipv6=True):
+        family = socket.AF_INET6 if ":" in address else socket.AF_INET
+        for kind, ports, name in (
+            (socket.SOCK_DGRAM, udp, "media port"),
+            (socket.SOCK_STREAM, tcp, "media TCP port"),
+        ):
+            for port in ports:
+                with socket.socket(family, kind) as probe:
+                    if kind == socket.SOCK_STREAM:
+                        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                    try:
+                        probe.bind((address, port))
+                    except OSError as e:
+                        raise OSError(e.errno, f"{name} {address}:{port}: {e.strerror}") from None
+
+
 def _authentic(member: aioice.ice.StunProtocol, data: bytes) -> bool:
     """Whether a STUN request carries the member connection's own integrity."""
     try:

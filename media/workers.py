@@ -14,6 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from .aioice_adapter import check_ports_free
 from .histogram import Histogram
 from .ipc import LEG, Args, Channel, MediaCall, frames
 from .sfu import MediaError, Sfu, offered_media
@@ -167,7 +168,14 @@ class Workers:
     # -- lifecycle ---------------------------------------------------------------------------
 
     async def start(self) -> None:
-        """Start every worker."""
+        """Start every worker (a media port taken stops the start here, saying which)."""
+        udp = [] if self.media_port is None else [self.media_port + i for i in range(self.count)]
+        tcp = (
+            []
+            if self.media_tcp_port is None
+            else [self.media_tcp_port + i for i in range(self.count)]
+        )
+        check_ports_free(udp, tcp)
         self.workers = list(await asyncio.gather(*(self._spawn(i) for i in range(self.count))))
         log.info("media forwarded by %d worker processes (pids %s)", self.count, self.pids())
         self._background(self._close_idle_copies_forever())

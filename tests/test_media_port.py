@@ -9,8 +9,11 @@ import contextlib
 import re
 import socket
 import subprocess
+import sys
 import time
 from pathlib import Path
+
+import pytest
 
 from teleconsult.client.media import MediaClient
 from teleconsult.client.signaling import SignalingClient
@@ -141,16 +144,17 @@ async def test_one_port_per_media_process_carries_every_connection(tmp_path: Pat
             use_host_addresses(None)
 
 
-def test_a_media_port_in_use_stops_the_start_with_why(tmp_path: Path) -> None:
-    import sys
-
+@pytest.mark.parametrize("workers", ["0", "2"])
+def test_a_media_port_in_use_stops_the_start_with_why(tmp_path: Path, workers: str) -> None:
+    # With workers, the second one's port is the one taken: no worker left starting again.
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as taken:
         taken.bind((HOST, 0))
         port = taken.getsockname()[1]
+        first = port if workers == "0" else port - 1
         done = subprocess.run(
             [
                 str(Path(sys.executable).parent / "teleconsult"), "serve", "--port", "0",
-                "--announce", HOST, "--media-port", str(port), "--media-workers", "0",
+                "--announce", HOST, "--media-port", str(first), "--media-workers", workers,
                 "--turn-port", "-1", "--data-dir", str(tmp_path / "d"),
             ],
             capture_output=True, text=True, timeout=60,
