@@ -14,7 +14,6 @@ import time
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 from aiortc import RTCConfiguration
 from aiortc.rtcrtpparameters import RTCRtpCodecParameters
@@ -191,7 +190,6 @@ class Run:
         self.streams: list[Stream] = []
         self.seconds: list[Second] = []
         self.tasks: list[asyncio.Future[None]] = []
-        self.errors = 0
 
     async def _join(self, room: str, role: str, name: str) -> tuple[SignalingClient, MediaClient]:
         token = await asyncio.to_thread(mint, self.plan, room, role, name)
@@ -262,8 +260,6 @@ class Run:
                 share = None
                 if cpu is not None and last[1] is not None:
                     share = (cpu - last[1]) / (now - last[0]) * 100
-                if cpu is None:
-                    self.errors += 1
                 last = (now, cpu if cpu is not None else last[1])
                 latencies: list[float] = []
                 frames = lost = packets = 0
@@ -419,8 +415,3 @@ async def run(plan: Plan) -> tuple[str, bool]:
     )
     text = f"{title}, {int(plan.duration)} s\n{table(rows)}\nplot: {png}\nraw: {raw}"
     return text, all(r[3] != "FAIL" for r in rows)
-
-
-def measured(rows: list[Any]) -> dict[str, str]:
-    """The summary's values by name (for tests and tools reading the JSON)."""
-    return {r[0]: r[1] for r in rows}

@@ -279,6 +279,8 @@ def use_host_addresses(addresses: list[str] | None) -> None:
 
 # The port a process's connections share (None: each binds one of its own, as aioice does).
 _MEDIA_PORT: int | None = None
+# The TCP port a process's connections are offered on (None: UDP only).
+_MEDIA_TCP_PORT: int | None = None
 # The shared sockets, by the address they are bound to.
 _SHARED: dict[str, SharedPort] = {}
 # Set while connecting to another server (a cascade leg, a media worker on this machine): its
@@ -310,12 +312,14 @@ def _share_ports() -> None:
     aioice.ice.Connection.get_component_candidates = _component_candidates  # type: ignore[method-assign,assignment]
 
 
-def use_media_port(port: int | None) -> None:
-    """Give every connection of this process made from now on its host candidates on this one
-    UDP port (None: a port each, aioice's way)."""
-    global _MEDIA_PORT
-    _MEDIA_PORT = port
-    _share_ports()
+def use_media_ports(udp: int | None, tcp: int | None) -> None:
+    """Give every connection of this process made from now on its host candidates on the one
+    UDP port `udp`, and a passive TCP candidate on `tcp` (None: a port each, aioice's way; no
+    TCP)."""
+    global _MEDIA_PORT, _MEDIA_TCP_PORT
+    _MEDIA_PORT, _MEDIA_TCP_PORT = udp, tcp
+    if udp is not None or tcp is not None:
+        _share_ports()
 
 
 @contextlib.contextmanager
@@ -328,13 +332,14 @@ def own_ports() -> Iterator[None]:
         _OWN_PORTS.reset(token)
 
 
-async def open_media_port() -> None:
-    """Bind the shared port now on the addresses ICE gathers on: a port in use stops the start,
+async def open_media_ports() -> None:
+    """Bind the shared ports now on the addresses ICE gathers on: a port in use stops the start,
     with why (an address that comes later is bound at its first use)."""
-    if _MEDIA_PORT is None:
-        return
     for address in aioice.ice.get_host_addresses(use_ipv4=True, use_ipv6=True):
-        await SharedPort.on(address, _MEDIA_PORT)
+        if _MEDIA_PORT is not None:
+            await SharedPort.on(address, _MEDIA_PORT)
+        if _MEDIA_TCP_PORT is not None:
+            await _tcp_server(address, _MEDIA_TCP_PORT)
 
 
 def check_ports_free(udp: list[int], tcp: list[int]) -> None:
@@ -429,8 +434,6 @@ class SharedPort(asyncio.DatagramProtocol):
             self._take(data, address, member)
 
     def _route(self, data: bytes, addr: tuple[Any, ...]) -> aioice.ice.StunProtocol | None:
-        if broken(data) is not None:
-            return None
         return self.demux.route(data, (addr[0], addr[1]))
 
     def _take(
@@ -443,9 +446,9 @@ class SharedPort(asyncio.DatagramProtocol):
             else:
                 INGRESS.drop(kind_of(data), "from an address no check came from (shared port)")
             return
-        if member.transport.is_closing():
-            return
-        _guarded_datagram_received(member, data, address)
+        if not member.transport.is_closing():
+            # Its guard drops what is broken, as on a connection's own port.
+            _guarded_datagram_received(member, data, address)
 
     def error_received(self, exc: Exception) -> None:
         """An ICMP error about one peer: it concerns no other connection on the port."""
@@ -529,30 +532,12 @@ async def _component_candidates(
 
 # -- ICE over TCP (RFC 6544), passive: for networks that let no UDP through -------------------
 
-# The TCP port a process's connections are offered on (None: UDP only).
-_MEDIA_TCP_PORT: int | None = None
 _TCP_SERVERS: dict[str, asyncio.Server] = {}
 # Bytes a TCP path may have waiting to be sent before datagrams are dropped, as a congested
 # UDP path would drop them: queued longer, media is only late.
 TCP_BACKLOG = 512 * 1024
 # Frames on a TCP connection before its first authenticated check: more, and it is closed.
 TCP_STRANGER_FRAMES = 4
-
-
-def use_media_tcp_port(port: int | None) -> None:
-    """Offer every connection made from now on a passive TCP candidate on this port (None:
-    none)."""
-    global _MEDIA_TCP_PORT
-    _MEDIA_TCP_PORT = port
-    _share_ports()
-
-
-async def open_media_tcp_port() -> None:
-    """Listen on the TCP media port on the addresses ICE gathers on."""
-    if _MEDIA_TCP_PORT is None:
-        return
-    for address in aioice.ice.get_host_addresses(use_ipv4=True, use_ipv6=True):
-        await _tcp_server(address, _MEDIA_TCP_PORT)
 
 
 async def _tcp_server(address: str, port: int) -> None:
@@ -621,10 +606,7 @@ class _TcpPath(asyncio.Protocol):
                 self.transport.close()
             return
         assert self.member is not None
-        if broken(data) is not None:
-            INGRESS.drop(kind_of(data), "too short, wrong version or not for this port")
-            return
-        _guarded_datagram_received(self.member, data, self.peer)
+        _guarded_datagram_received(self.member, data, self.peer)  # drops what is broken
 
     def _adopt(self, data: bytes) -> bool:
         """Tie this TCP connection to the ICE connection its first check is signed for."""

@@ -12,12 +12,7 @@ import time
 from collections.abc import Callable, Coroutine
 from typing import Any
 
-from teleconsult.media.aioice_adapter import (
-    open_media_port,
-    open_media_tcp_port,
-    use_media_port,
-    use_media_tcp_port,
-)
+from teleconsult.media.aioice_adapter import open_media_ports, use_media_ports
 from teleconsult.media.sfu import Sfu, gather_on
 from teleconsult.media.workers import Workers, default_count
 from teleconsult.session.channel import Channel
@@ -117,19 +112,16 @@ class Hub:
         self.metrics.watch_processes(self._processes)
         # Shared by this process's connections when it forwards the media itself; with workers
         # each takes a port of its own, and this process makes only legs to them.
-        use_media_port(None if workers else settings.media_port)
-        use_media_tcp_port(None if workers else settings.media_tcp_port)
+        if workers:
+            use_media_ports(None, None)
+        else:
+            use_media_ports(settings.media_port, settings.media_tcp_port)
         self.cluster: ClusterLink | None = None  # joined by the app, when settings.redis is set
 
     def _processes(self) -> dict[str, int]:
         """This node's processes by name: the server, and its media workers."""
-        found = {"server": os.getpid()}
-        if self.plane.workers is not None:
-            for name, pid in zip(
-                (w.name for w in self.plane.workers.workers), self.plane.workers.pids(), strict=True
-            ):
-                found[name] = pid
-        return found
+        workers = [] if self.plane.workers is None else self.plane.workers.workers
+        return {"server": os.getpid(), **{w.name: w.proc.pid for w in workers}}
 
     @property
     def sfu(self) -> Sfu:
@@ -337,8 +329,7 @@ class Hub:
         if self.plane.workers is not None:
             await self.plane.workers.start()
         else:
-            await open_media_port()  # a port in use stops the start here
-            await open_media_tcp_port()
+            await open_media_ports()  # a port in use stops the start here
         if self.turn is not None:
             await self.turn.start()
         if self.cluster is not None:

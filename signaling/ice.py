@@ -32,26 +32,25 @@ def builtin_turn(
     """Return the built-in TURN server the settings ask for (None with external ones, or none).
 
     It may relay to the node's own addresses on their media ports only: `--media-port` and the
-    `workers` after it, or (without) the ephemeral range that aiortc's ports come from, less
-    the relay's own ports.
+    `workers` after it, or (without) the ephemeral range that aiortc's ports come from (the
+    relay keeps out of its own ports itself).
     """
     if settings.turn_urls or settings.turn_port is None:
         return None
     # Clients whose networks block direct UDP reach the SFU through it.
     own = [a for a in (settings.host, settings.announce) if a and a != "0.0.0.0"]
-    server: TurnServer | None = None
     low, high = ephemeral_ports()
+    if settings.media_port is not None:
+        low, high = settings.media_port, settings.media_port + max(workers, 1) - 1
 
     def media(port: int) -> bool:
-        if settings.media_port is not None:
-            return settings.media_port <= port < settings.media_port + max(workers, 1)
-        return low <= port <= high and server is not None and not server.own_port(port)
+        return low <= port <= high
 
     tls = None
     if settings.turn_tls_cert is not None:
         tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
         tls.load_cert_chain(settings.turn_tls_cert, settings.turn_tls_key)
-    server = TurnServer(
+    return TurnServer(
         secret,
         host=settings.host,
         port=settings.turn_port,
@@ -61,7 +60,6 @@ def builtin_turn(
         tls=tls,
         tls_port=settings.turn_tls_port,
     )
-    return server
 
 
 def turn_urls(settings: Settings, turn: TurnServer | None) -> list[str]:

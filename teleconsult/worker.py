@@ -9,12 +9,7 @@ import signal
 import socket
 import sys
 
-from teleconsult.media.aioice_adapter import (
-    open_media_port,
-    open_media_tcp_port,
-    use_media_port,
-    use_media_tcp_port,
-)
+from teleconsult.media.aioice_adapter import open_media_ports, use_media_ports
 from teleconsult.media.ipc import Channel, serve
 from teleconsult.media.sfu import Sfu, gather_on
 from teleconsult.signaling.logs import configure_logging
@@ -51,10 +46,8 @@ async def _run(
 ) -> None:
     reader, writer = await asyncio.open_unix_connection(sock=sock)
     sfu = Sfu(announce=gather_on(announce), loudest=loudest)
-    use_media_port(media_port)
-    use_media_tcp_port(media_tcp_port)
-    await open_media_port()  # a port in use ends the worker here, with why
-    await open_media_tcp_port()
+    use_media_ports(media_port, media_tcp_port)
+    await open_media_ports()  # a port in use ends the worker here, with why
     await serve(sfu, Channel(reader, writer))
 
 

@@ -161,6 +161,38 @@ async def test_internal_peers_are_refused_by_default() -> None:
         await server.stop()
 
 
+async def test_the_relay_reaches_its_nodes_media_and_never_its_own_ports() -> None:
+    # The node on loopback; its media anywhere in the ephemeral range, as without --media-port.
+    policy = PeerPolicy(own=["127.0.0.1"], media=lambda port: port >= 1024)
+    server = TurnServer(SECRET, host="127.0.0.1", port=0, policy=policy)
+    await server.start()
+    loop = asyncio.get_running_loop()
+    media, _ = await loop.create_datagram_endpoint(Echo, local_addr=("127.0.0.1", 0))
+    try:
+        user, password = credentials.mint(SECRET, "x", 600, time.time())
+        relay, inbox = await create_turn_endpoint(Inbox, server.udp_address, user, password)
+        other, _ = await create_turn_endpoint(Inbox, server.udp_address, user, password)
+        # The node's media answers through the relay.
+        relay.sendto(b"probe", media.get_extra_info("sockname"))
+        assert await asyncio.wait_for(inbox.queue.get(), 5) == b"echo:probe"
+        # The relay's own listening port and another allocation's relay: a loop, refused.
+        loops = [server.udp_address, other.get_extra_info("sockname")]
+        assert loops[1][1] in server.relay_ports
+        before = server.stats.errors[403]
+        for peer in loops:
+            relay.sendto(b"loop", ("127.0.0.1", peer[1]))
+        for _ in range(50):
+            if server.stats.errors[403] >= before + len(loops):
+                break
+            await asyncio.sleep(0.05)
+        assert server.stats.errors[403] == before + len(loops)
+        relay.close()
+        other.close()
+    finally:
+        media.close()
+        await server.stop()
+
+
 @pytest.mark.parametrize(
     "flags", [["-y"], ["-y", "-s"], ["-y", "-t"]], ids=["channels", "send", "tcp"]
 )

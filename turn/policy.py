@@ -31,8 +31,8 @@ class PeerPolicy:
         # against them by string, not parsed.
         self.own_hosts = {str(a) for a in self.own}
         # Which ports of its own addresses the relay may reach: the node's media (the reason a
-        # built-in relay exists), never its other services or the relay's own ports (a loop).
-        # None: none at all.
+        # built-in relay exists), never its other services (the server keeps out of its own
+        # ports). None: none at all.
         self.media = media
 
     def permits_port(self, host: str, port: int) -> bool:

@@ -347,7 +347,7 @@ class TurnServer:
         ) != number:
             self._error(send, m, 400, "Bad Request", key)
             return
-        if not self.policy.permits(peer[0]) or not self.policy.permits_port(*peer):
+        if not self.policy.permits(peer[0]) or not self._reaches(peer):
             self._error(send, m, 403, "Forbidden", key)
             return
         now = self.clock()
@@ -363,9 +363,7 @@ class TurnServer:
         peer, data = m.attributes.get("XOR-PEER-ADDRESS"), m.attributes.get("DATA")
         if allocation is None or allocation.relay is None or peer is None or data is None:
             return
-        if allocation.permissions.get(peer[0], 0) >= self.clock() and self.policy.permits_port(
-            *peer
-        ):
+        if allocation.permissions.get(peer[0], 0) >= self.clock() and self._reaches(peer):
             allocation.relay.sendto(data, peer)
             self.stats.relayed_bytes += len(data)
 
@@ -462,6 +460,13 @@ class TurnServer:
         allocation = self.allocations.get((transport, client))
         if allocation is not None:
             self._release(allocation)
+
+    def _reaches(self, peer: Address) -> bool:
+        """Tell whether a datagram may go to this peer's port: as the policy says, and never to
+        one of this server's own ports on the node's own address (a loop)."""
+        if peer[0] in self.policy.own_hosts and self.own_port(peer[1]):
+            return False
+        return self.policy.permits_port(*peer)
 
     def own_port(self, port: int) -> bool:
         """Tell whether a port of this host is the server's own: a listener or a relay."""
