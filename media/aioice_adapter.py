@@ -10,6 +10,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import contextvars
+import errno
+import logging
+import os
 import random
 import socket
 import struct
@@ -25,13 +28,14 @@ from aioice.candidate import candidate_foundation, candidate_priority
 from aioice.utils import random_string
 from aiortc.rtp import is_rtcp
 
-from .datagrams import RTP, STUN, DropCounter, broken, kind_of
-from .demux import Demux, request_username
+from .datagrams import INGRESS, RTP, STUN, broken, kind_of
+from .demux import UFRAG_ALPHABET, Demux, request_username, worker_named
 from .fastcopy import FAST
+from .nodeport import DATAGRAM, RELEASE, TCP, TIE, UNTIE, Hand, reuse_socket
 from .overload import LOAD
 
-# Datagrams dropped on this process's ICE ports before aioice or aiortc saw them, by kind.
-INGRESS = DropCounter()
+log = logging.getLogger("teleconsult.media")
+
 
 # Connections whose media datagrams are offered straight from the socket to a taker (it tells
 # whether it took the datagram), instead of waiting in the connection's queue for a task.
@@ -283,6 +287,8 @@ _MEDIA_PORT: int | None = None
 _MEDIA_TCP_PORT: int | None = None
 # The shared sockets, by the address they are bound to.
 _SHARED: dict[str, SharedPort] = {}
+# Set in a media worker whose ports are the node's (held by the server, `media/nodeport.py`).
+_WORKER: _Worker | None = None
 # Set while connecting to another server (a cascade leg, a media worker on this machine): its
 # connections come from one port too, so its address could not tell them apart here.
 _OWN_PORTS: contextvars.ContextVar[bool] = contextvars.ContextVar("own_ports", default=False)
@@ -298,12 +304,25 @@ _original_connection_init = aioice.ice.Connection.__init__
 
 def _connection_init(self: aioice.ice.Connection, *args: Any, **kwargs: Any) -> None:
     if kwargs.get("local_username") is None:
-        ufrag = random_string(UFRAG_LENGTH)
+        ufrag = _new_ufrag()
         while ufrag in _LIVE:
-            ufrag = random_string(UFRAG_LENGTH)
+            ufrag = _new_ufrag()
         kwargs["local_username"] = ufrag
     _original_connection_init(self, *args, **kwargs)
     _LIVE[self.local_username] = self
+
+
+def _new_ufrag() -> str:
+    if _WORKER is None:
+        return random_string(UFRAG_LENGTH)
+    # A media worker's name its connections by their first character (`demux.worker_named`).
+    return UFRAG_ALPHABET[_WORKER.index] + random_string(UFRAG_LENGTH - 1)
+
+
+def _transaction_id() -> bytes:
+    """A STUN transaction id whose first byte names this media worker (88 random bits)."""
+    assert _WORKER is not None
+    return bytes([_WORKER.index]) + os.urandom(11)
 
 
 def _share_ports() -> None:
@@ -322,6 +341,54 @@ def use_media_ports(udp: int | None, tcp: int | None) -> None:
         _share_ports()
 
 
+class _Worker:
+    """What a media worker sharing the node's ports has of them: its index, the node's UDP
+    sockets (to send from), and its hand to the server."""
+
+    def __init__(self, index: int, sockets: dict[str, socket.socket], hand: socket.socket):
+        self.index = index
+        self.sockets = sockets
+        self.hand = Hand(hand, self._received)
+        self._adopting: set[asyncio.Future[None]] = set()
+
+    def _received(
+        self,
+        kind: bytes,
+        local: str,
+        remote: tuple[str, int],
+        payload: bytes,
+        received: socket.socket | None,
+    ) -> None:
+        port = _SHARED.get(local)
+        if kind == TCP and received is not None:
+            if _MEDIA_TCP_PORT is None:
+                received.close()
+                return
+            task = asyncio.ensure_future(_adopt_tcp(local, _MEDIA_TCP_PORT, received, payload))
+            self._adopting.add(task)
+            task.add_done_callback(self._adopting.discard)
+            return
+        if received is not None:
+            received.close()
+        if not isinstance(port, WorkerPort):
+            return
+        if kind == DATAGRAM:
+            port.arrived([(payload, remote, -1.0)])
+        elif kind == RELEASE:
+            port.demux.untie(remote)
+
+
+def use_node_port(index: int, sockets: dict[str, socket.socket], hand: socket.socket) -> None:
+    """Make this process media worker `index`, sharing the node's ports: the server's UDP
+    sockets (by address) to send from, and the hand it takes the rest through."""
+    global _WORKER
+    if index >= len(UFRAG_ALPHABET):
+        raise ValueError(f"at most {len(UFRAG_ALPHABET)} media workers share a port")
+    _WORKER = _Worker(index, sockets, hand)
+    aioice.stun.random_transaction_id = _transaction_id  # type: ignore[attr-defined]
+    _share_ports()
+
+
 @contextlib.contextmanager
 def own_ports() -> Iterator[None]:
     """Within the block, connections bind ports of their own although a shared one is set."""
@@ -335,30 +402,22 @@ def own_ports() -> Iterator[None]:
 async def open_media_ports() -> None:
     """Bind the shared ports now on the addresses ICE gathers on: a port in use stops the start,
     with why (an address that comes later is bound at its first use)."""
-    for address in aioice.ice.get_host_addresses(use_ipv4=True, use_ipv6=True):
+    if _WORKER is not None:
+        for address, sock in _WORKER.sockets.items():
+            if _MEDIA_PORT is not None:
+                _SHARED[address] = WorkerPort(address, _MEDIA_PORT, sock, _WORKER.hand)
+        _WORKER.hand.start()
+        return
+    for address in host_addresses():
         if _MEDIA_PORT is not None:
             await SharedPort.on(address, _MEDIA_PORT)
         if _MEDIA_TCP_PORT is not None:
             await _tcp_server(address, _MEDIA_TCP_PORT)
 
 
-def check_ports_free(udp: list[int], tcp: list[int]) -> None:
-    """Raise OSError, saying which, when one of these ports is taken on an address ICE gathers
-    on: media workers bind them, and a worker that cannot would only be started again."""
-    for address in aioice.ice.get_host_addresses(use_ipv4=True, use_ipv6=True):
-        family = socket.AF_INET6 if ":" in address else socket.AF_INET
-        for kind, ports, name in (
-            (socket.SOCK_DGRAM, udp, "media port"),
-            (socket.SOCK_STREAM, tcp, "media TCP port"),
-        ):
-            for port in ports:
-                with socket.socket(family, kind) as probe:
-                    if kind == socket.SOCK_STREAM:
-                        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-                    try:
-                        probe.bind((address, port))
-                    except OSError as e:
-                        raise OSError(e.errno, f"{name} {address}:{port}: {e.strerror}") from None
+def host_addresses() -> list[str]:
+    """The addresses ICE gathers host candidates on in this process."""
+    return list(aioice.ice.get_host_addresses(use_ipv4=True, use_ipv6=True))
 
 
 def _authentic(member: aioice.ice.StunProtocol, data: bytes) -> bool:
@@ -389,6 +448,10 @@ class SharedPort(asyncio.DatagramProtocol):
     async def on(cls, address: str, port: int) -> SharedPort:
         """The shared port on an address, bound at first use."""
         shared = _SHARED.get(address)
+        if _WORKER is not None:
+            if shared is None:
+                raise OSError(errno.EADDRNOTAVAIL, f"media port {address}:{port}: not the node's")
+            return shared
         if shared is None or shared.transport is None or shared.transport.is_closing():
             family = socket.AF_INET6 if ":" in address else socket.AF_INET
             sock = socket.socket(family, socket.SOCK_DGRAM)
@@ -411,13 +474,16 @@ class SharedPort(asyncio.DatagramProtocol):
 
     def datagram_received(self, data: bytes, addr: tuple[Any, ...]) -> None:
         """Hand a datagram, and those already waiting behind it, to their connections."""
-        self._take(data, (addr[0], addr[1]), self._route(data, addr))
         assert self.sock is not None
         try:
             waiting = _waiting(self.sock)
         except OSError:
-            return  # an ICMP error about one peer: nobody else's concern
-        routed = [(d, (a[0], a[1]), w, self._route(d, a)) for d, a, w in waiting]
+            waiting = []  # an ICMP error about one peer: nobody else's concern
+        self.arrived([(data, addr, -1.0), *waiting])
+
+    def arrived(self, batch: list[tuple[bytes, tuple[Any, ...], float]]) -> None:
+        """Hand datagrams read together (with the seconds each waited) to their connections."""
+        routed = [(d, (a[0], a[1]), w, self._route(d, a)) for d, a, w in batch]
         # As on a connection's own port (`_drained`): how long publishers' media waited.
         oldest = max(
             (
@@ -432,6 +498,11 @@ class SharedPort(asyncio.DatagramProtocol):
             LOAD.waited(oldest)
         for data, address, _waited, member in routed:
             self._take(data, address, member)
+
+    def send(self, data: Any, addr: Any) -> None:
+        """Send a datagram from the port."""
+        if self.transport is not None:
+            self.transport.sendto(data, addr)
 
     def _route(self, data: bytes, addr: tuple[Any, ...]) -> aioice.ice.StunProtocol | None:
         return self.demux.route(data, (addr[0], addr[1]))
@@ -454,6 +525,76 @@ class SharedPort(asyncio.DatagramProtocol):
         """An ICMP error about one peer: it concerns no other connection on the port."""
 
 
+class WorkerPort(SharedPort):
+    """The node's UDP port as a media worker shares it (`media/nodeport.py`): it sends from
+    the server's socket, and reads each peer's datagrams from a socket of its own bound to
+    the same port and connected to that peer, made when the peer's address is proven."""
+
+    def __init__(self, address: str, port: int, sock: socket.socket, hand: Hand) -> None:
+        super().__init__(address, port)
+        self.sock = sock  # the server's: only sent from here, never read
+        self.hand = hand
+        self.demux = Demux(_authentic, _asked, self._tie, self._untie)
+        self.connected: dict[tuple[str, int], socket.socket] = {}
+
+    def send(self, data: Any, addr: Any) -> None:
+        assert self.sock is not None
+        try:
+            self.sock.sendto(data, addr)
+        except (BlockingIOError, InterruptedError):
+            INGRESS.drop(kind_of(bytes(data)), "not sent: the media port's buffer is full")
+        except OSError:
+            pass  # as asyncio's transport: one peer's error is nobody else's
+
+    def arrived(self, batch: list[tuple[bytes, tuple[Any, ...], float]]) -> None:
+        assert _WORKER is not None
+        kept = []
+        for data, addr, waited in batch:
+            address = (addr[0], addr[1])
+            named = worker_named(data)
+            if (named is not None and named != _WORKER.index) or (
+                named is None and not self.demux.tied(address)
+            ):
+                # Another worker's: a check from an address one of ours still has, or what
+                # reached a socket of ours in the instant it was bound and not yet connected.
+                self.hand.send(DATAGRAM, self.address, address, data)
+            else:
+                kept.append((data, addr, waited))
+        super().arrived(kept)
+
+    def _readable(self, sock: socket.socket) -> None:
+        try:
+            waiting = _waiting(sock)
+        except OSError:
+            return  # an ICMP error about the peer, reported on its connected socket
+        self.arrived(waiting)
+
+    def _tie(self, address: tuple[str, int]) -> None:
+        """A peer's address is proven: take its datagrams on a socket of this process."""
+        sock = reuse_socket(self.address)
+        try:
+            sock.bind((self.address, self.port))
+            sock.connect(address)
+        except OSError as e:
+            sock.close()
+            # The server still hands this peer's datagrams here, one by one.
+            log.warning("no socket of its own for a media peer (%s): %s", self.address, e)
+        else:
+            sock.setblocking(False)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, SHARED_BUFFER)
+            sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
+            self.connected[address] = sock
+            asyncio.get_running_loop().add_reader(sock.fileno(), self._readable, sock)
+        self.hand.send(TIE, self.address, address)
+
+    def _untie(self, address: tuple[str, int]) -> None:
+        sock = self.connected.pop(address, None)
+        if sock is not None:
+            asyncio.get_running_loop().remove_reader(sock.fileno())
+            sock.close()
+        self.hand.send(UNTIE, self.address, address)
+
+
 # Receive buffer of a shared port: every connection's bursts queue on it (aioice gives each
 # of its own sockets the same size).
 SHARED_BUFFER = 8 * 1024 * 1024
@@ -468,9 +609,8 @@ class _Share(asyncio.DatagramTransport):
         self._closing = False
 
     def sendto(self, data: Any, addr: Any = None) -> None:
-        if self._closing or self._shared.transport is None:
-            return
-        self._shared.transport.sendto(data, addr)
+        if not self._closing:
+            self._shared.send(data, addr)
 
     def get_extra_info(self, name: str, default: Any = None) -> Any:
         if name == "socket":
@@ -509,6 +649,8 @@ async def _component_candidates(
         found = await _original_component_candidates(connection, component, addresses, timeout)
         return found + tcp
     members = []
+    if _WORKER is not None:
+        addresses = [a for a in addresses if a in _SHARED]  # the node's ports are bound on these
     for address in addresses:
         shared = await SharedPort.on(address, _MEDIA_PORT)
         member = aioice.ice.StunProtocol(connection)
@@ -541,6 +683,8 @@ TCP_STRANGER_FRAMES = 4
 
 
 async def _tcp_server(address: str, port: int) -> None:
+    if _WORKER is not None:
+        return  # the server listens, and hands this process its connections (`_adopt_tcp`)
     server = _TCP_SERVERS.get(address)
     if server is not None and server.is_serving():
         return
@@ -551,6 +695,17 @@ async def _tcp_server(address: str, port: int) -> None:
     except OSError as e:
         raise OSError(e.errno, f"media TCP port {address}:{port}: {e.strerror}") from None
     _TCP_SERVERS[address] = server
+
+
+async def _adopt_tcp(address: str, port: int, sock: socket.socket, buffered: bytes) -> None:
+    """Serve a TCP connection the server handed over, with what it read of it so far."""
+    path = _TcpPath(address, port)
+    try:
+        await asyncio.get_running_loop().connect_accepted_socket(lambda: path, sock=sock)
+    except OSError:
+        sock.close()
+        return
+    path.data_received(buffered)
 
 
 def _tcp_candidate(component: int, address: str, port: int) -> aioice.Candidate:

@@ -78,3 +78,7 @@ class DropCounter:
         self._logged_count[kind] = self.dropped[kind]
         # No address and no bytes: the count and the reason are what an operator acts on.
         log.warning("dropped %d malformed %s datagram(s) on media ports (%s)", since, kind, why)
+
+
+# Datagrams dropped on this process's ICE ports before aioice or aiortc saw them, by kind.
+INGRESS = DropCounter()

@@ -34,6 +34,25 @@ def request_username(data: bytes) -> str | None:
     return None
 
 
+# The characters a username fragment is made of (aioice's): with media workers, the first one
+# names the worker that holds the connection, and the first byte of a transaction id the
+# worker that asked.
+UFRAG_ALPHABET = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789"
+
+
+def worker_named(data: bytes) -> int | None:
+    """The media worker a STUN datagram names: a check's recipient by the first character of
+    its username fragment, a response by its transaction id; None for anything else."""
+    if kind_of(data) != STUN:
+        return None
+    username = request_username(data)
+    if username is not None:
+        index = UFRAG_ALPHABET.find(username[:1])
+        return index if username and index >= 0 else None
+    transaction = response_transaction(data)
+    return transaction[0] if transaction is not None else None
+
+
 def response_transaction(data: bytes) -> bytes | None:
     """The transaction id of a STUN success or error response, or None."""
     if len(data) < HEADER:
@@ -58,9 +77,14 @@ class Demux(Generic[M]):
         self,
         authentic: Callable[[M, bytes], bool],
         asked: Callable[[M, bytes], bool],
+        on_tie: Callable[[tuple[str, int]], None] | None = None,
+        on_untie: Callable[[tuple[str, int]], None] | None = None,
     ) -> None:
         self._authentic = authentic
         self._asked = asked
+        # Told when an address gets its first connection here, and when it has none left.
+        self._on_tie = on_tie
+        self._on_untie = on_untie
         self._by_ufrag: dict[str, M] = {}
         self._by_address: dict[tuple[str, int], M] = {}
         self._addresses: dict[M, set[tuple[str, int]]] = {}
@@ -79,7 +103,20 @@ class Demux(Generic[M]):
             del self._by_ufrag[ufrag]
         for address in self._addresses.pop(member, set()):
             if self._by_address.get(address) == member:
-                del self._by_address[address]
+                self.untie(address)
+
+    def untie(self, address: tuple[str, int]) -> None:
+        """Forget an address (another process's connection took it)."""
+        member = self._by_address.pop(address, None)
+        if member is None:
+            return
+        self._addresses.get(member, set()).discard(address)
+        if self._on_untie is not None:
+            self._on_untie(address)
+
+    def tied(self, address: tuple[str, int]) -> bool:
+        """Whether a connection here has this address."""
+        return address in self._by_address
 
     def route(self, data: bytes, address: tuple[str, int]) -> M | None:
         """Return the connection a datagram from `address` is for, or None (drop it)."""
@@ -123,3 +160,5 @@ class Demux(Generic[M]):
             self._addresses.get(previous, set()).discard(address)
         self._by_address[address] = member
         self._addresses.setdefault(member, set()).add(address)
+        if previous is None and self._on_tie is not None:
+            self._on_tie(address)

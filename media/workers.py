@@ -14,9 +14,11 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from .aioice_adapter import check_ports_free
+from .aioice_adapter import host_addresses
+from .demux import UFRAG_ALPHABET
 from .histogram import Histogram
 from .ipc import LEG, Args, Channel, MediaCall, frames
+from .nodeport import NodePort, hand_pair
 from .sfu import MediaError, Sfu, offered_media
 
 log = logging.getLogger("teleconsult.media")
@@ -139,10 +141,14 @@ class Workers:
         media_tcp_port: int | None = None,
     ) -> None:
         self.count = count
-        # Worker i takes its media on media_port + i (each process its own port), and over
-        # TCP on media_tcp_port + i.
         self.media_port = media_port
         self.media_tcp_port = media_tcp_port
+        # The node's media ports, which every worker shares, held here.
+        self.node_port: NodePort | None = None
+        if media_port is not None or media_tcp_port is not None:
+            if count > len(UFRAG_ALPHABET):
+                raise ValueError(f"at most {len(UFRAG_ALPHABET)} media workers share a port")
+            self.node_port = NodePort(media_port, media_tcp_port)
         self.here = Here(here)
         # The server's own SFU receives nothing but legs brought for the recorder: their ends
         # are this pool's business, not the rooms'.
@@ -169,13 +175,8 @@ class Workers:
 
     async def start(self) -> None:
         """Start every worker (a media port taken stops the start here, saying which)."""
-        udp = [] if self.media_port is None else [self.media_port + i for i in range(self.count)]
-        tcp = (
-            []
-            if self.media_tcp_port is None
-            else [self.media_tcp_port + i for i in range(self.count)]
-        )
-        check_ports_free(udp, tcp)
+        if self.node_port is not None:
+            await self.node_port.open(host_addresses())
         self.workers = list(await asyncio.gather(*(self._spawn(i) for i in range(self.count))))
         log.info("media forwarded by %d worker processes (pids %s)", self.count, self.pids())
         self._background(self._close_idle_copies_forever())
@@ -187,22 +188,28 @@ class Workers:
         await asyncio.gather(*(self._stop(w) for w in self.workers), return_exceptions=True)
         for task in list(self._tasks):
             task.cancel()
+        if self.node_port is not None:
+            self.node_port.close()
 
     def pids(self) -> list[int]:
         """Return the workers' process ids."""
         return [w.proc.pid for w in self.workers]
 
-    def _ports(self, index: int) -> list[str]:
-        """The media ports of worker `index`, as its options."""
-        argv = []
-        if self.media_port is not None:
-            argv += ["--media-port", str(self.media_port + index)]
-        if self.media_tcp_port is not None:
-            argv += ["--media-tcp-port", str(self.media_tcp_port + index)]
-        return argv
-
     async def _spawn(self, index: int) -> Worker:
         ours, theirs = socket.socketpair()
+        argv, fds = list(self.argv), [theirs.fileno()]
+        if self.media_port is not None:
+            argv += ["--media-port", str(self.media_port)]
+        if self.media_tcp_port is not None:
+            argv += ["--media-tcp-port", str(self.media_tcp_port)]
+        hand = None
+        if self.node_port is not None:
+            hand, their_hand = hand_pair()
+            argv += ["--index", str(index), "--hand-fd", str(their_hand.fileno())]
+            fds.append(their_hand.detach())
+            for address, sock in self.node_port.sockets.items():
+                argv += ["--media-socket", f"{address}={sock.fileno()}"]
+                fds.append(sock.fileno())
         try:
             proc = await asyncio.create_subprocess_exec(
                 sys.executable,
@@ -210,13 +217,16 @@ class Workers:
                 "teleconsult.worker",
                 "--fd",
                 str(theirs.fileno()),
-                *self.argv,
-                *self._ports(index),
-                pass_fds=(theirs.fileno(),),
+                *argv,
+                pass_fds=fds,
                 stdin=asyncio.subprocess.DEVNULL,
             )
         finally:
             theirs.close()
+            if hand is not None:
+                os.close(fds[1])  # the worker's end of its hand
+        if self.node_port is not None and hand is not None:
+            self.node_port.attach(index, hand)
         reader, writer = await asyncio.open_unix_connection(sock=ours)
         name = f"w{index}"
         worker = Worker(name, proc, Channel(reader, writer))
@@ -249,6 +259,8 @@ class Workers:
         """A worker stopped: end what it carried, then start another in its place."""
         code = await worker.proc.wait()
         log.error("media worker %s (pid %d) stopped with %s", worker.name, worker.proc.pid, code)
+        if self.node_port is not None:
+            self.node_port.detach(self.workers.index(worker))
         for stream_id, placed in list(self.streams.items()):
             if placed.origin is worker:
                 self._ended(stream_id)

@@ -88,7 +88,7 @@ class Hub:
             # A cluster node's cascades and heartbeat read its SFU directly: not yet workers.
             workers = 0
         self.turn_secret = turn_secret(settings, keys)
-        self.turn = ice.builtin_turn(settings, self.turn_secret, clock, workers)
+        self.turn = ice.builtin_turn(settings, self.turn_secret, clock)
         if self.turn is not None:
             self.metrics.watch_turn(self.turn)
         if workers:

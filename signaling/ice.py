@@ -27,13 +27,13 @@ def ephemeral_ports() -> tuple[int, int]:
 
 
 def builtin_turn(
-    settings: Settings, secret: str, clock: Callable[[], float], workers: int = 0
+    settings: Settings, secret: str, clock: Callable[[], float]
 ) -> TurnServer | None:
     """Return the built-in TURN server the settings ask for (None with external ones, or none).
 
-    It may relay to the node's own addresses on their media ports only: `--media-port` and the
-    `workers` after it, or (without) the ephemeral range that aiortc's ports come from (the
-    relay keeps out of its own ports itself).
+    It may relay to the node's own addresses on their media ports only: `--media-port`, or
+    (without) the ephemeral range that aiortc's ports come from (the relay keeps out of its
+    own ports itself).
     """
     if settings.turn_urls or settings.turn_port is None:
         return None
@@ -41,7 +41,7 @@ def builtin_turn(
     own = [a for a in (settings.host, settings.announce) if a and a != "0.0.0.0"]
     low, high = ephemeral_ports()
     if settings.media_port is not None:
-        low, high = settings.media_port, settings.media_port + max(workers, 1) - 1
+        low = high = settings.media_port
 
     def media(port: int) -> bool:
         return low <= port <= high

@@ -16,8 +16,8 @@ from prometheus_client.core import (
 )
 from prometheus_client.registry import Collector
 
-from teleconsult.media.aioice_adapter import INGRESS
 from teleconsult.media.aiortc_codecs import CODECS_CREATED
+from teleconsult.media.datagrams import INGRESS
 from teleconsult.media.histogram import Histogram as DelayHistogram
 
 

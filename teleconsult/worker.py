@@ -9,7 +9,7 @@ import signal
 import socket
 import sys
 
-from teleconsult.media.aioice_adapter import open_media_ports, use_media_ports
+from teleconsult.media.aioice_adapter import open_media_ports, use_media_ports, use_node_port
 from teleconsult.media.ipc import Channel, serve
 from teleconsult.media.sfu import Sfu, gather_on
 from teleconsult.signaling.logs import configure_logging
@@ -27,12 +27,27 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--loudest", type=int, default=3, help="voices each listener hears")
     parser.add_argument("--media-port", type=int, default=None, help="UDP port of all media")
     parser.add_argument("--media-tcp-port", type=int, default=None, help="TCP port for ICE-TCP")
+    parser.add_argument("--index", type=int, default=0, help="which of the node's workers")
+    parser.add_argument("--hand-fd", type=int, default=None, help="the node port's socket pair")
+    parser.add_argument(
+        "--media-socket",
+        action="append",
+        default=[],
+        metavar="ADDRESS=FD",
+        help="the server's socket on the media port, on one address",
+    )
     args = parser.parse_args(argv)
     configure_logging(args.log_level, args.log_format)
     # The server stops its workers; a worker outliving a killed server would hold its ports.
     ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # a terminal's ^C is the server's to handle
     sock = socket.socket(fileno=args.fd)
+    if args.hand_fd is not None:
+        sockets = {}
+        for item in args.media_socket:
+            address, fd = item.rsplit("=", 1)
+            sockets[address] = socket.socket(fileno=int(fd))
+        use_node_port(args.index, sockets, socket.socket(fileno=args.hand_fd))
     asyncio.run(_run(sock, args.announce, args.loudest, args.media_port, args.media_tcp_port))
     return 0
 
@@ -47,7 +62,7 @@ async def _run(
     reader, writer = await asyncio.open_unix_connection(sock=sock)
     sfu = Sfu(announce=gather_on(announce), loudest=loudest)
     use_media_ports(media_port, media_tcp_port)
-    await open_media_ports()  # a port in use ends the worker here, with why
+    await open_media_ports()
     await serve(sfu, Channel(reader, writer))
 
 

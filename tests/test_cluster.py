@@ -28,7 +28,7 @@ from .conftest import ADMIN_KEY, SECRET, annotation, server_process
 from .media_util import PatternTrack, ToneTrack, receive
 from .redis_server import RedisServer
 from .test_held_frame import hold, probe_jpeg
-from .test_media_port import free_pair
+from .test_media_port import free_port
 
 TTL = "1.5"
 
@@ -370,7 +370,7 @@ async def test_a_room_spans_nodes_with_one_leg_per_edge_node(
     # Shared: each node's clients on its one media port, as behind a hospital firewall; the
     # legs between nodes keep ports of their own (their addresses would not tell them apart).
     def port() -> tuple[str, ...]:
-        return ("--media-port", str(free_pair())) if shared else ()
+        return ("--media-port", str(free_port())) if shared else ()
 
     with (
         node(tmp_path, redis, "a", *port()) as a,

@@ -23,7 +23,7 @@ from aioice import stun
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
-from .test_media_port import free_pair
+from .test_media_port import free_port
 
 # The datagram that cut a live ultrasound feed (issue 12): an empty UDP datagram to an ICE
 # port reached aiortc's DTLS transport, whose receive loop ended on `data[0]`; publisher and
@@ -99,7 +99,7 @@ def live(
 ) -> Iterator[LiveSession]:
     # "own": a port per connection; "shared": the node's one UDP media port (media/demux.py),
     # and its ICE-TCP port.
-    shared = [free_pair(), free_pair()] if request.param == "shared" else []
+    shared = [free_port(), free_port()] if request.param == "shared" else []
     session = LiveSession(tmp_path_factory.mktemp("fuzz"), shared)
     try:
         _, frames = session.frames_after(5, 10)

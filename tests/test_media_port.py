@@ -1,6 +1,7 @@
-"""All of a node's media on one UDP port per media process (`--media-port`): the candidates
-name it, nothing else is bound, and a publisher and two viewers share it with their pictures
-arriving; stray datagrams on it change nobody's path."""
+"""All of a node's media on one UDP port and one TCP port (`--media-port`,
+`--media-tcp-port`), across its media workers: the candidates name them, nothing else is
+bound, and publishers and viewers on both workers share them with their pictures arriving;
+stray datagrams on them change nobody's path."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ import sys
 import time
 from pathlib import Path
 
+import aioice.stun
 import pytest
 
 from teleconsult.client.media import MediaClient
@@ -27,27 +29,26 @@ from .media_util import StampViewer
 from .need import executable
 
 HOST = "127.0.0.1"
+UNCONNECTED = "0.0.0.0:*"  # a socket's peer in `ss`, when it has none
 
 
 def token(role: Role, who: str) -> str:
     return mint(SECRET, "ward", role, who, 3600, who)
 
 
-def free_pair() -> int:
-    """A UDP port P with P+1 free as well (for two media workers)."""
+def free_port() -> int:
+    """A port free for both UDP and TCP on HOST."""
     for _ in range(50):
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as a:
-            a.bind((HOST, 0))
-            port = int(a.getsockname()[1])
-            if port >= 65535:
-                continue
-            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as b:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
+            udp.bind((HOST, 0))
+            port = int(udp.getsockname()[1])
+            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as tcp:
                 try:
-                    b.bind((HOST, port + 1))
+                    tcp.bind((HOST, port))
                 except OSError:
                     continue
         return port
-    raise RuntimeError("no two free ports in a row")
+    raise RuntimeError("no port free for UDP and TCP")
 
 
 def candidate_ports(sdp: str) -> set[int]:
@@ -72,16 +73,19 @@ def strange_tcp(port: int) -> None:
             assert conn.recv(100) == b""
 
 
-def udp_ports_of(pids: list[int]) -> set[int]:
-    """The local UDP ports these processes hold."""
+def udp_sockets_of(pids: list[int]) -> list[tuple[int, int, str]]:
+    """(pid, local port, peer) of each UDP socket these processes hold (UNCONNECTED when it
+    has no peer)."""
     out = subprocess.run(
         [executable("ss"), "-uanpH"], capture_output=True, text=True, timeout=10, check=True
     ).stdout
-    ports = set()
+    found = []
     for line in out.splitlines():
-        if any(f"pid={pid}," in line for pid in pids):
-            ports.add(int(line.split()[3].rsplit(":", 1)[1]))
-    return ports
+        for pid in pids:
+            if f"pid={pid}," in line:
+                fields = line.split()
+                found.append((pid, int(fields[3].rsplit(":", 1)[1]), fields[4]))
+    return found
 
 
 def children(pid: int) -> list[int]:
@@ -91,66 +95,156 @@ def children(pid: int) -> list[int]:
     return [int(x) for x in out.split()]
 
 
-async def test_one_port_per_media_process_carries_every_connection(tmp_path: Path) -> None:
-    port, tcp = free_pair(), free_pair()
+def ice_credentials(sdp: str) -> tuple[str, str]:
+    """The node's ICE username fragment and password in an SDP it wrote."""
+    ufrag = re.search(r"a=ice-ufrag:(\S+)", sdp)
+    pwd = re.search(r"a=ice-pwd:(\S+)", sdp)
+    assert ufrag and pwd, sdp
+    return ufrag.group(1), pwd.group(1)
+
+
+def check(sock: socket.socket, port: int, ufrag: str, pwd: str) -> int:
+    """Send a connectivity check for `ufrag` ("node's:client's") signed with the node's
+    password (a wrong one when `pwd` is wrong) and return the class of the answer from the
+    media port (or raise TimeoutError)."""
+    request = aioice.stun.Message(
+        message_method=aioice.stun.Method.BINDING, message_class=aioice.stun.Class.REQUEST
+    )
+    request.attributes["USERNAME"] = ufrag
+    request.attributes["PRIORITY"] = 1
+    request.add_message_integrity(pwd.encode())
+    request.add_fingerprint()
+    sock.settimeout(0.5)
+    for _ in range(6):  # retransmitted, as ICE does
+        sock.sendto(bytes(request), (HOST, port))
+        try:
+            while True:
+                data, source = sock.recvfrom(2048)
+                answer = aioice.stun.parse_message(data)
+                if answer.transaction_id == request.transaction_id:
+                    assert source == (HOST, port), source
+                    return int(answer.message_class)
+        except TimeoutError:
+            continue
+    raise TimeoutError("no answer to a check")
+
+
+def holder(pids: list[int], port: int, peer: tuple[str, int]) -> list[int]:
+    """The processes holding a socket on the media port connected to `peer`."""
+    return [
+        p
+        for p, local, remote in udp_sockets_of(pids)
+        if local == port and remote == f"{peer[0]}:{peer[1]}"
+    ]
+
+
+async def held_by(pids: list[int], port: int, peer: tuple[str, int], pid: int) -> None:
+    """Wait until exactly `pid` holds the socket connected to `peer`."""
+    found: list[int] = []
+    for _ in range(50):
+        found = await asyncio.to_thread(holder, pids, port, peer)
+        if found == [pid]:
+            return
+        await asyncio.sleep(0.1)
+    raise AssertionError(f"held by {found}, not [{pid}]")
+
+
+async def test_every_worker_shares_the_nodes_one_port(tmp_path: Path) -> None:
+    port, tcp = free_port(), free_port()
     extra = ["--media-port", str(port), "--media-workers", "2", "--media-tcp-port", str(tcp)]
     with server_process(tmp_path / "data", *extra) as (http_port, proc):
         use_host_addresses([HOST])
         url = f"ws://{HOST}:{http_port}/ws"
-        op = SignalingClient(url, token(Role.OPERATOR, "op"), "ward")
-        experts = [SignalingClient(url, token(Role.EXPERT, f"ex{i}"), "ward") for i in range(2)]
-        publisher = MediaClient(op)
+        rooms = ("ward", "clinic")
+        ops = [
+            SignalingClient(url, mint(SECRET, r, Role.OPERATOR, "op", 3600, "op"), r) for r in rooms
+        ]
+        experts = [
+            SignalingClient(url, mint(SECRET, r, Role.EXPERT, "ex", 3600, "ex"), r) for r in rooms
+        ]
+        publishers = [MediaClient(o) for o in ops]
         watchers = [MediaClient(e) for e in experts]
         viewers = [StampViewer() for _ in experts]
-        tasks = []
+        tasks, sdps = [], []
+        subs: list[tuple[str, str]] = []
         try:
-            await op.connect()
-            stream = await publisher.publish([(UltrasoundTrack(320, 240, 15), "probe", "")])
-            assert stream.pc.remoteDescription is not None
-            ports = candidate_ports(stream.pc.remoteDescription.sdp)
-            for sig, media, viewer in zip(experts, watchers, viewers, strict=True):
+            # A publisher goes to the least loaded worker: one room on each.
+            for op, publisher, sig, media, viewer in zip(
+                ops, publishers, experts, watchers, viewers, strict=True
+            ):
+                await op.connect()
+                stream = await publisher.publish([(UltrasoundTrack(320, 240, 15), "probe", "")])
                 await sig.connect()
                 sub = await media.subscribe(stream.id)
-                assert sub.pc.remoteDescription is not None
-                ports |= candidate_ports(sub.pc.remoteDescription.sdp)
+                assert stream.pc.remoteDescription and sub.pc.remoteDescription
+                sdps += [stream.pc.remoteDescription.sdp, sub.pc.remoteDescription.sdp]
+                assert sub.pc.localDescription is not None
+                node, _ = ice_credentials(sub.pc.remoteDescription.sdp)
+                theirs, _ = ice_credentials(sub.pc.localDescription.sdp)
+                subs.append((f"{node}:{theirs}", ice_credentials(sub.pc.remoteDescription.sdp)[1]))
                 tasks.append(asyncio.ensure_future(viewer.watch(sub.tracks[f"{stream.id}.0"])))
-            # Every candidate the node gave names one of its two media ports.
-            assert ports and ports <= {port, port + 1}, ports
             for viewer in viewers:
                 assert await viewer.back_after(time.time()) < 10
+            # Every candidate the node gave names its one UDP port, or its one TCP port.
+            assert set().union(*map(candidate_ports, sdps)) == {port}
+            assert set().union(*map(tcp_candidate_ports, sdps)) == {tcp}
+            # The server holds the port (its workers send from it too); each worker holds
+            # sockets on it connected to its peers, and no other UDP port.
+            workers = children(proc.pid)
+            held = udp_sockets_of([proc.pid, *workers])
+            assert (proc.pid, port, UNCONNECTED) in held, held
+            assert all(local == port for p, local, _ in held if p != proc.pid), held
+            for worker in workers:
+                assert any(p == worker and peer != UNCONNECTED for p, _, peer in held), held
+
+            # One address, checking for a connection on one worker, then on the other (a
+            # client whose next connection reuses its port): each check answered from the
+            # port, and the address moves to the worker of the connection that proved it.
+            (ward_ufrag, ward_pwd), (clinic_ufrag, clinic_pwd) = subs
+            success, error = int(aioice.stun.Class.RESPONSE), int(aioice.stun.Class.ERROR)
+            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as client:
+                client.bind((HOST, 0))
+                me = client.getsockname()
+                assert await asyncio.to_thread(check, client, port, ward_ufrag, ward_pwd) == success
+                first = await asyncio.to_thread(holder, workers, port, me)
+                assert len(first) == 1, first
+                assert (
+                    await asyncio.to_thread(check, client, port, clinic_ufrag, clinic_pwd)
+                    == success
+                )
+                other = next(w for w in workers if w != first[0])
+                await held_by(workers, port, me, other)
+                # A check signed with a wrong password is refused and moves nothing.
+                wrong = await asyncio.to_thread(check, client, port, ward_ufrag, "x" * 22)
+                assert wrong == error
+                await asyncio.sleep(0.3)
+                await held_by(workers, port, me, other)
+                assert await asyncio.to_thread(check, client, port, ward_ufrag, ward_pwd) == success
+                await held_by(workers, port, me, first[0])
+
             # Stray datagrams from an address no check came from: dropped, nobody's path moves.
             with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as stray:
-                for p in (port, port + 1):
-                    for junk in (bytes([0x80, 96]) + bytes(40), b"\x00\x01\x00\x00" + bytes(16)):
-                        stray.sendto(junk, (HOST, p))
+                for junk in (bytes([0x80, 96]) + bytes(40), b"\x00\x01\x00\x00" + bytes(16)):
+                    stray.sendto(junk, (HOST, port))
             # And on the TCP port: junk, a length past the end, a check nobody signed.
-            for p in (tcp, tcp + 1):
-                await asyncio.to_thread(strange_tcp, p)
+            await asyncio.to_thread(strange_tcp, tcp)
             for viewer in viewers:
                 assert await viewer.back_after(time.time()) < 5
-            # Every candidate offered a passive TCP path on the TCP ports.
-            assert tcp_candidate_ports(stream.pc.remoteDescription.sdp) <= {tcp, tcp + 1}
-            # The workers hold no other UDP port (the server process itself none for media).
-            held = udp_ports_of(children(proc.pid))
-            assert held <= {port, port + 1}, held
         finally:
             for task in tasks:
                 task.cancel()
-            for media in watchers:
+            for media in (*watchers, *publishers):
                 await media.close()
-            await publisher.close()
-            for sig in (*experts, op):
+            for sig in (*experts, *ops):
                 await sig.close()
             use_host_addresses(None)
 
 
 @pytest.mark.parametrize("workers", ["0", "2"])
 def test_a_media_port_in_use_stops_the_start_with_why(tmp_path: Path, workers: str) -> None:
-    # With workers, the second one's port is the one taken: no worker left starting again.
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as taken:
         taken.bind((HOST, 0))
-        port = taken.getsockname()[1]
-        first = port if workers == "0" else port - 1
+        port = first = taken.getsockname()[1]
         done = subprocess.run(
             [
                 str(Path(sys.executable).parent / "teleconsult"), "serve", "--port", "0",

@@ -26,7 +26,7 @@ from teleconsult.signaling.tokens import mint
 
 from .conftest import SECRET, server_process, stop
 from .netns import CHANGES, Namespace, change_network, namespace, watch_through
-from .test_media_port import free_pair
+from .test_media_port import free_port
 
 TELECONSULT = str(Path(sys.executable).parent / "teleconsult")
 BACK_WITHIN = 2.0
@@ -108,7 +108,7 @@ async def test_the_publish_tool_heals_a_network_change(
 ) -> None:
     # Shared: every connection on the node's one media port, where the phone's new address
     # must be tied to its connection by its checks (media/demux.py).
-    extra = ["--media-port", str(free_pair()), "--media-workers", "2"] if shared else []
+    extra = ["--media-port", str(free_port()), "--media-workers", "2"] if shared else []
     with namespace() as ns, server_process(tmp_path, *extra, host=ns.host) as (port, _):
         url = f"http://{ns.host}:{port}"
         with tool(
