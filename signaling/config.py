@@ -55,15 +55,15 @@ class Settings(BaseSettings):
         default=None,
         ge=1,
         le=65535,
-        description="UDP port all media comes in on (ICE host candidates); with N media "
-        "workers, ports P to P+N-1; a port per connection from the ephemeral range when not set",
+        description="UDP port all media comes in on (ICE host candidates), one for the node "
+        "and its media workers; a port per connection from the ephemeral range when not set",
     )
     media_tcp_port: int | None = Field(
         default=None,
         ge=1,
         le=65535,
         description="TCP port offered for ICE over TCP (RFC 6544), for networks that let no "
-        "UDP through; with N media workers, ports T to T+N-1; none when not set",
+        "UDP through, one for the node and its media workers; none when not set",
     )
     public_url: str | None = Field(
         default=None,

@@ -15,11 +15,13 @@ import pytest
 
 from teleconsult.client.media import MediaClient
 from teleconsult.media import workers as workers_module
+from teleconsult.media.aioice_adapter import own_ports
 from teleconsult.media.workers import IDLE_LEG, Worker, Workers
 from teleconsult.session.roles import Role
 
 from .conftest import Server, running_server, server_process, stop
 from .media_util import PacketTrack, PatternTrack, ToneTrack, receive, tone_level, vp8_frames
+from .test_media_port import free_port
 from .test_recording import packets, recording_dir, start_recording
 
 VIEWERS = 8
@@ -156,7 +158,19 @@ async def test_a_recording_takes_its_stream_from_a_worker_frame_for_frame(server
     assert got == [frames[(first + i) % len(frames)] for i in range(len(got))]
 
 
-async def test_a_worker_that_dies_ends_what_it_carried_and_is_replaced(server: Server) -> None:
+@pytest.mark.parametrize("shared", [False, True], ids=["own-ports", "node-port"])
+async def test_a_worker_that_dies_ends_what_it_carried_and_is_replaced(
+    tmp_path: Path, shared: bool
+) -> None:
+    # With the node's one media port, the replacement takes its share of it. The clients here
+    # are in the server's process: they keep ports of their own (`own_ports`).
+    port = {"media_port": free_port()} if shared else {}
+    async with running_server(tmp_path, announce="127.0.0.1", media_workers=2, **port) as srv:
+        with own_ports():
+            await _dies_and_is_replaced(srv)
+
+
+async def _dies_and_is_replaced(server: Server) -> None:
     workers = pool(server)
     op = await server.join(role=Role.OPERATOR, identity="op")
     viewer = await server.join(identity="ex")
@@ -172,12 +186,15 @@ async def test_a_worker_that_dies_ends_what_it_carried_and_is_replaced(server: S
         assert (removed["stream_id"], removed["reason"]) == (stream.id, "node_lost")
         await until(lambda: workers.restarts == 1)
         assert origin not in workers.workers and all(alive(p) for p in workers.pids())
-        # The room, the signaling and the other worker went on: publishing again works.
+        # The room, the signaling and the other worker went on: publishing again works, on
+        # both workers (the second stream goes to the one the first left least loaded).
         await op.request({"type": "chat", "text": "again"})
-        again = await publisher.publish([(PatternTrack(), "probe", "")])
-        sub = await watching.subscribe(again.id)
-        frames = await receive(sub.tracks[f"{again.id}.0"], 5)
-        assert frames[-1].width == 320
+        for _ in range(2):
+            again = await publisher.publish([(PatternTrack(), "probe", "")])
+            sub = await watching.subscribe(again.id)
+            frames = await receive(sub.tracks[f"{again.id}.0"], 5)
+            assert frames[-1].width == 320
+        assert all(w.ups for w in workers.workers)
     finally:
         await publisher.close()
         await watching.close()
