@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
 import secrets
@@ -20,6 +21,10 @@ from pydantic_settings import (
 )
 
 ENV_PREFIX = "TELECONSULT_"
+# Loopback and private networks (RFC 1918, RFC 4193): where a hospital's monitoring is.
+PRIVATE_NETWORKS = (
+    "127.0.0.0/8", "::1/128", "10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "fc00::/7",
+)  # fmt: skip
 # The TOML file `load_settings` reads, for the one construction it makes.
 _CONFIG_FILE: ContextVar[Path | None] = ContextVar("config_file", default=None)
 # Shown in place of a secret by `teleconsult config`.
@@ -166,6 +171,11 @@ class Settings(BaseSettings):
         description="a peer network the built-in relay may reach although internal "
         "(e.g. 10.20.0.0/16 for a hospital's own media servers); repeatable",
     )
+    metrics_allow: list[str] = Field(
+        default_factory=lambda: list(PRIVATE_NETWORKS),
+        description="a network that may read /metrics (the client's address, or the one a "
+        "proxy on this machine forwarded); repeatable; loopback and private networks by default",
+    )
     turn_ttl: float = Field(
         default=12 * 3600.0, description="lifetime of TURN credentials, seconds"
     )
@@ -192,6 +202,13 @@ class Settings(BaseSettings):
         if (self.tls_cert is None) != (self.tls_key is None):
             raise ValueError("tls_cert and tls_key go together: give both or neither")
         return self
+
+    @field_validator("metrics_allow")
+    @classmethod
+    def _networks(cls, networks: list[str]) -> list[str]:
+        for network in networks:
+            ipaddress.ip_network(network, strict=False)  # a ValueError names the bad one
+        return networks
 
     @field_validator("turn_port")
     @classmethod

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import hmac
+from ipaddress import IPv4Network, IPv6Address, IPv6Network, ip_address, ip_network
 from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -128,11 +129,23 @@ def admin_op(hub: Hub, op: str, room_id: str, data: dict[str, Any]) -> tuple[int
         return _STATUS.get(e.code, 400), {"error": {"code": e.code, "message": e.message}}
 
 
+def allowed(address: str | None, networks: list[IPv4Network | IPv6Network]) -> bool:
+    """Whether a client's address is in one of the networks."""
+    try:
+        ip = ip_address(address or "")
+    except ValueError:
+        return False
+    if isinstance(ip, IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped  # an IPv4 client of a node listening on ::
+    return any(ip in network for network in networks)
+
+
 class AdminApi:
     """The admin API, /healthz and /metrics of one node."""
 
     def __init__(self, hub: Hub) -> None:
         self.hub = hub
+        self.metrics_allow = [ip_network(n, strict=False) for n in hub.settings.metrics_allow]
 
     def routes(self) -> list[Route]:
         """Return the routes, bound to this node."""
@@ -216,6 +229,10 @@ class AdminApi:
         return JSONResponse(health, status_code=503 if self.hub.draining else 200)
 
     async def metrics(self, request: Request) -> Response:
+        # What the node carries and how much is for its operators, not the internet. Behind a
+        # proxy on this machine the address is the one it forwarded (uvicorn's proxy headers).
+        if not allowed(request.client.host if request.client else None, self.metrics_allow):
+            return _error(403, "metrics_not_allowed", "/metrics is not open to this address")
         self.hub.refresh_gauges()
         await self.hub.plane.stats()  # the media workers' counters, read now
         return Response(self.hub.metrics.render(), media_type="text/plain; version=0.0.4")

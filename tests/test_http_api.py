@@ -7,12 +7,17 @@ import json
 import re
 import urllib.error
 import urllib.request
+from pathlib import Path
 from typing import Any
+
+import pytest
+from pydantic import ValidationError
 
 from teleconsult.client.signaling import SignalingClient
 from teleconsult.session.roles import Role
+from teleconsult.signaling.config import Settings
 
-from .conftest import ADMIN_KEY, SECRET, Server
+from .conftest import ADMIN_KEY, SECRET, Server, running_server
 
 
 async def api(
@@ -240,3 +245,32 @@ async def test_admin_bodies_are_bounded(server: Server) -> None:
     assert status == 413 and body["error"]["code"] == "too_large"
     status, _ = await api(server, "POST", "/api/rooms", {"title": "Ward 7"})
     assert status == 201
+
+
+async def test_metrics_are_for_the_hospitals_own_networks(server: Server) -> None:
+    # Loopback is in the default; an address a proxy on this machine forwarded is what counts.
+    status, _ = await api(server, "GET", "/metrics", key=None)
+    assert status == 200
+
+    def through_proxy(client: str) -> int:
+        req = urllib.request.Request(server.http + "/metrics", headers={"X-Forwarded-For": client})
+        try:
+            with urllib.request.urlopen(req, timeout=5) as r:
+                return int(r.status)
+        except urllib.error.HTTPError as e:
+            assert json.loads(e.read())["error"]["code"] == "metrics_not_allowed"
+            return int(e.code)
+
+    assert await asyncio.to_thread(through_proxy, "10.20.30.40") == 200
+    assert await asyncio.to_thread(through_proxy, "203.0.113.9") == 403
+    assert await asyncio.to_thread(through_proxy, "nonsense") == 403
+
+
+async def test_metrics_narrowed_to_one_network(tmp_path: Path) -> None:
+    async with running_server(tmp_path, metrics_allow=["10.99.0.0/16"]) as server:
+        status, answer = await api(server, "GET", "/metrics", key=None)
+        assert status == 403 and answer["error"]["code"] == "metrics_not_allowed"
+        status, _ = await api(server, "GET", "/healthz", key=None)
+        assert status == 200
+    with pytest.raises(ValidationError, match="not-a-network"):
+        Settings(metrics_allow=["not-a-network"])
