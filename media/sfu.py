@@ -20,6 +20,7 @@ from aiortc.rtcrtpparameters import RTCRtpCodecParameters
 from .aioice_adapter import guard_ice_ports, own_ports, quick_consent, use_host_addresses
 from .aiortc_adapter import ForwardingReceiver, ForwardingSender, RelayPeerConnection
 from .aiortc_codecs import add_relay_codecs, codec_preferences, negotiated_codec, same_codec
+from .datagrams import INGRESS
 from .failures import handled_failure
 from .histogram import Histogram
 from .loudness import Choice, Voice, chosen_for
@@ -596,7 +597,8 @@ class Sfu:
             "queue_wait": self.load.last_floor,
             "queue_wait_worst": self.load.last_worst,
         }
-        return {"up": ups, "down": downs, "load": load}
+        # What this process's ICE ports dropped before aioice saw it, by kind.
+        return {"up": ups, "down": downs, "load": load, "dropped": dict(INGRESS.dropped)}
 
     # -- helpers -----------------------------------------------------------------------------
 

@@ -10,11 +10,13 @@ import signal
 import socket
 import sys
 import time
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from .aioice_adapter import host_addresses
+from .datagrams import INGRESS
 from .demux import UFRAG_ALPHABET
 from .histogram import Histogram
 from .ipc import LEG, Args, Channel, MediaCall, frames
@@ -594,7 +596,17 @@ class Workers:
             wait = max(wait, s["load"]["queue_wait"] or 0.0)
             worst = max(worst, s["load"]["queue_wait_worst"] or 0.0)
         load = {"held": held, "queue_wait": wait, "queue_wait_worst": worst}
-        return {"up": ups, "down": downs, "load": load, "workers": len(self.workers)}
+        # Dropped on the node's ports: by the server (nobody's, `nodeport`) and each worker.
+        dropped = Counter(INGRESS.dropped)
+        for s in self._stats.values():
+            dropped.update(s.get("dropped", {}))
+        return {
+            "up": ups,
+            "down": downs,
+            "load": load,
+            "workers": len(self.workers),
+            "dropped": dict(dropped),
+        }
 
     async def read_stats(self) -> None:
         """Read every worker's counters now."""

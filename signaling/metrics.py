@@ -249,7 +249,7 @@ class MediaCollector(Collector):
             "Malformed or misdirected datagrams dropped on ICE ports, by kind",
             labels=["kind"],
         )
-        for kind, n in sorted(INGRESS.dropped.items()):
+        for kind, n in sorted(stats.get("dropped", INGRESS.dropped).items()):
             dropped.add_metric([kind], n)
         yield dropped
         load = stats["load"]
