@@ -15,6 +15,7 @@ from aioice import stun
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from teleconsult.media import nodeport
 from teleconsult.media.datagrams import INGRESS, STUN, kind_of
 from teleconsult.media.demux import UFRAG_ALPHABET, worker_named
 from teleconsult.media.nodeport import (
@@ -201,3 +202,30 @@ async def test_junk_on_a_hand_and_the_port_breaks_nothing(
         client.sendto(data, (HOST, port.udp))
         assert (await w0.next())[3] == data
         await w1.nothing(0.1)
+
+
+async def closed_after(port: int, opening: bytes, within: float) -> None:
+    """Open a TCP connection, send `opening`, and see it closed by the node in time."""
+    reader, writer = await asyncio.open_connection(HOST, port)
+    writer.write(opening)
+    await writer.drain()
+    try:
+        heard = await asyncio.wait_for(reader.read(10), within)
+    except ConnectionResetError:
+        heard = b""
+    assert heard == b""
+    writer.close()
+
+
+async def test_a_tcp_connection_that_says_nothing_useful_is_closed(
+    node: tuple[NodePort, list[Far]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    port, (w0, w1) = node
+    assert port.tcp is not None
+    # One frame that never ends: closed once it has sent more than a check could be.
+    await closed_after(port.tcp, b"\xff\xff" + bytes(nodeport.GATE_BYTES + 10), 2.0)
+    # Silent: closed when its time is up (a new connection reads the patched time).
+    monkeypatch.setattr(nodeport, "GATE_SECONDS", 0.5)
+    await closed_after(port.tcp, b"", 3.0)
+    await w0.nothing(0.1)
+    await w1.nothing(0.1)
