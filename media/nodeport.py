@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import array
 import asyncio
+import functools
 import json
 import logging
 import socket
@@ -49,6 +50,7 @@ Address = tuple[str, int]
 # What a hand gives its owner: the kind, the local address, the remote one, the payload and
 # a received descriptor (TCP), if any.
 Received = Callable[[bytes, str, Address, bytes, socket.socket | None], None]
+
 
 def pack(kind: bytes, local: str, remote: Address, payload: bytes = b"") -> bytes:
     """One message of a hand."""
@@ -190,13 +192,13 @@ class NodePort:
                 sock.setblocking(False)
                 self.sockets[address] = sock
                 transport, _ = await loop.create_datagram_endpoint(
-                    lambda a=address: _Port(self, a), sock=sock  # type: ignore[misc]
+                    functools.partial(_Port, self, address), sock=sock
                 )
                 self._transports.append(transport)
             if self.tcp is not None:
                 try:
                     server = await loop.create_server(
-                        lambda a=address: _Gate(self, a),  # type: ignore[misc]
+                        functools.partial(_Gate, self, address),
                         host=address,
                         port=self.tcp,
                         reuse_address=True,
@@ -264,10 +266,9 @@ class NodePort:
             # there from an address the first still has.
             self.route(local, payload, remote, source=index)
 
-    def hand_tcp(self, local: str, remote: Address, buffered: bytes, fd: int) -> bool:
-        """Hand a new TCP connection to the worker its first check names."""
-        index = _first_check_worker(buffered)
-        hand = self.hands.get(index) if index is not None else None
+    def hand_tcp(self, index: int, local: str, remote: Address, buffered: bytes, fd: int) -> bool:
+        """Hand a new TCP connection to worker `index`, with what was read of it."""
+        hand = self.hands.get(index)
         return hand is not None and hand.send(TCP, local, remote, buffered, fd=fd)
 
 
@@ -289,26 +290,25 @@ class _Port(asyncio.DatagramProtocol):
         """An ICMP error about one peer (after a worker sent to it): nobody else's concern."""
 
 
-def _frames(buffered: bytes) -> tuple[list[bytes], bool]:
-    """The whole RFC 4571 frames at the start of a TCP stream, and whether one is still
-    incomplete."""
+def _frames(buffered: bytes) -> list[bytes]:
+    """The whole RFC 4571 frames at the start of a TCP stream."""
     frames: list[bytes] = []
     at = 0
     while at + 2 <= len(buffered):
         size = int.from_bytes(buffered[at : at + 2], "big")
         if at + 2 + size > len(buffered):
-            return frames, True
+            break
         frames.append(buffered[at + 2 : at + 2 + size])
         at += 2 + size
-    return frames, at < len(buffered)
+    return frames
 
 
-def _first_check_worker(buffered: bytes) -> int | None:
-    for frame in _frames(buffered)[0]:
-        if kind_of(frame) == STUN:
-            index = worker_named(frame)
-            if index is not None:
-                return index
+def _first_check_worker(frames: list[bytes]) -> int | None:
+    """The worker the first STUN frame naming one names, if any."""
+    for frame in frames:
+        index = worker_named(frame)
+        if index is not None:
+            return index
     return None
 
 
@@ -332,10 +332,11 @@ class _Gate(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         assert self.transport is not None
         self.buffered += data
-        frames, _ = _frames(self.buffered)
-        if _first_check_worker(self.buffered) is not None:
-            sock = self.transport.get_extra_info("socket")
-            if not self.node.hand_tcp(self.address, self.peer, self.buffered, sock.fileno()):
+        frames = _frames(self.buffered)
+        index = _first_check_worker(frames)
+        if index is not None:
+            fd = self.transport.get_extra_info("socket").fileno()
+            if not self.node.hand_tcp(index, self.address, self.peer, self.buffered, fd):
                 INGRESS.drop(STUN, "on the TCP media port, for no media worker")
             # Handed, the worker holds the connection: closing our copy leaves it open.
             self.transport.abort()

@@ -17,7 +17,8 @@ from aiortc import RTCConfiguration, RTCRtpTransceiver, RTCSessionDescription
 from aiortc import sdp as aiortc_sdp
 from aiortc.rtcrtpparameters import RTCRtpCodecParameters
 
-from .aioice_adapter import guard_ice_ports, own_ports, quick_consent, use_host_addresses
+from .aioice_adapter import guard_ice_ports, quick_consent, use_host_addresses
+from .aioice_ports import own_ports
 from .aiortc_adapter import ForwardingReceiver, ForwardingSender, RelayPeerConnection
 from .aiortc_codecs import add_relay_codecs, codec_preferences, negotiated_codec, same_codec
 from .datagrams import INGRESS

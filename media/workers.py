@@ -204,11 +204,11 @@ class Workers:
             argv += ["--media-port", str(self.media_port)]
         if self.media_tcp_port is not None:
             argv += ["--media-tcp-port", str(self.media_tcp_port)]
-        hand = None
+        hand = their_hand = None
         if self.node_port is not None:
             hand, their_hand = hand_pair()
             argv += ["--index", str(index), "--hand-fd", str(their_hand.fileno())]
-            fds.append(their_hand.detach())
+            fds.append(their_hand.fileno())
             for address, sock in self.node_port.sockets.items():
                 argv += ["--media-socket", f"{address}={sock.fileno()}"]
                 fds.append(sock.fileno())
@@ -225,8 +225,8 @@ class Workers:
             )
         finally:
             theirs.close()
-            if hand is not None:
-                os.close(fds[1])  # the worker's end of its hand
+            if their_hand is not None:
+                their_hand.close()
         if self.node_port is not None and hand is not None:
             self.node_port.attach(index, hand)
         reader, writer = await asyncio.open_unix_connection(sock=ours)

@@ -12,7 +12,7 @@ import time
 from collections.abc import Callable, Coroutine
 from typing import Any
 
-from teleconsult.media.aioice_adapter import open_media_ports, use_media_ports
+from teleconsult.media.aioice_ports import open_media_ports, use_media_ports
 from teleconsult.media.sfu import Sfu, gather_on
 from teleconsult.media.workers import Workers, default_count
 from teleconsult.session.channel import Channel

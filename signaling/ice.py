@@ -26,9 +26,7 @@ def ephemeral_ports() -> tuple[int, int]:
         return 32768, 60999
 
 
-def builtin_turn(
-    settings: Settings, secret: str, clock: Callable[[], float]
-) -> TurnServer | None:
+def builtin_turn(settings: Settings, secret: str, clock: Callable[[], float]) -> TurnServer | None:
     """Return the built-in TURN server the settings ask for (None with external ones, or none).
 
     It may relay to the node's own addresses on their media ports only: `--media-port`, or

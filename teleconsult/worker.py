@@ -9,7 +9,7 @@ import signal
 import socket
 import sys
 
-from teleconsult.media.aioice_adapter import open_media_ports, use_media_ports, use_node_port
+from teleconsult.media.aioice_ports import open_media_ports, use_media_ports, use_node_port
 from teleconsult.media.ipc import Channel, serve
 from teleconsult.media.sfu import Sfu, gather_on
 from teleconsult.signaling.logs import configure_logging

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from teleconsult.client.media import MediaClient
-from teleconsult.media.aioice_adapter import own_ports
+from teleconsult.media.aioice_ports import own_ports
 from teleconsult.media.datagrams import INGRESS
 from teleconsult.session.roles import Role
 

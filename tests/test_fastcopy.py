@@ -315,13 +315,13 @@ def test_a_burst_is_read_at_once_in_order_with_how_long_it_waited(
         out.bind(("127.0.0.1", 0))
         into.setblocking(False)
         into.setsockopt(socket.SOL_SOCKET, aioice_adapter.SO_TIMESTAMPNS, 1)
-        assert aioice_adapter._waiting(into) == []
+        assert aioice_adapter.waiting_datagrams(into) == []
         for i in range(40):
             out.sendto(i.to_bytes(2, "big") * 300, into.getsockname())
         time.sleep(0.2)
-        got = aioice_adapter._waiting(into)
+        got = aioice_adapter.waiting_datagrams(into)
         assert [d[:2] for d, _, _ in got] == [i.to_bytes(2, "big") for i in range(31)]
         assert all(a == out.getsockname() for _, a, _ in got)
         assert all(0.19 < w < 5 for _, _, w in got)
-        rest = aioice_adapter._waiting(into)
+        rest = aioice_adapter.waiting_datagrams(into)
         assert [d[:2] for d, _, _ in rest] == [i.to_bytes(2, "big") for i in range(31, 40)]

@@ -15,7 +15,7 @@ import pytest
 
 from teleconsult.client.media import MediaClient
 from teleconsult.media import workers as workers_module
-from teleconsult.media.aioice_adapter import own_ports
+from teleconsult.media.aioice_ports import own_ports
 from teleconsult.media.workers import IDLE_LEG, Worker, Workers
 from teleconsult.session.roles import Role
 
