@@ -332,6 +332,20 @@ async def test_every_worker_shares_the_nodes_one_port(tmp_path: Path) -> None:
                 assert await viewer.back_after(time.time()) < 5
             log = (tmp_path / "data" / "server.log").read_text(errors="replace")
             assert "Traceback" not in log, log[-3000:]
+            # Everyone leaves: the workers let every peer's socket go (a session of hours has
+            # people come and go; nothing is left behind per peer).
+            for task in tasks:
+                task.cancel()
+            for media in (*watchers, *publishers):
+                await media.close()
+            connected: list[tuple[int, int, str]] = []
+            for _ in range(100):
+                held = await asyncio.to_thread(udp_sockets_of, workers)
+                connected = [h for h in held if h[2] != UNCONNECTED]
+                if not connected:
+                    break
+                await asyncio.sleep(0.1)
+            assert not connected, connected
         finally:
             for task in tasks:
                 task.cancel()
